@@ -1,0 +1,2 @@
+//! The HAXM user/kernel ABI, frozen byte for byte.
+#![no_std]

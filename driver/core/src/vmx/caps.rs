@@ -1,0 +1,1 @@
+//! Capability MSRs (SDM Appendix A).

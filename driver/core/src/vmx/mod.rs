@@ -1,0 +1,4 @@
+//! VMX: capability MSRs and control negotiation.
+
+pub mod caps;
+pub mod negotiate;

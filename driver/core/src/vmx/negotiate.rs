@@ -1,0 +1,1 @@
+//! VMX control negotiation (SDM Appendix A.3-A.5).

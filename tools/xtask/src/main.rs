@@ -1,0 +1,75 @@
+//! `cargo xtask`: build and test orchestration for rhax.
+//!
+//! `cargo xtask test` is the one command CI and developers run: formatting, lints, host tests
+//! and (as they land) the bare-metal scenarios in Bochs.
+
+use std::process::{Command, ExitCode};
+
+mod metal;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("demo") => demo(),
+        Some("metal") => metal::main(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test|demo|metal [--model NAME] [--cpus N] [SCENARIO...]>"
+            );
+            Err("unknown or missing subcommand".into())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Errors are reported once, at the top, as text: xtask is a developer tool.
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+/// Runs `cargo` with `args` in the workspace root and fails if it fails.
+pub fn cargo(args: &[&str]) -> Result {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+/// The workspace root: two levels above this crate's manifest.
+pub fn workspace_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors().nth(2).unwrap_or(here).to_path_buf()
+}
+
+/// Every test: formatting, lints, host unit and conformance tests, then the metal stage.
+fn test() -> Result {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["test", "--workspace"])?;
+    metal::test_stage()
+}
+
+/// The main job: what rhax does today, end to end.
+fn demo() -> Result {
+    metal::demo()
+}
