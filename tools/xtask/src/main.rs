@@ -6,6 +6,7 @@
 use std::process::{Command, ExitCode};
 
 mod metal;
+mod rom;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,17 +1,452 @@
-//! The bare-metal stage: rhax-core on emulated VT-x in Bochs.
+//! The bare-metal stage: the `tests/metal` kernel on emulated VT-x in Bochs.
+//!
+//! `cargo xtask metal [--model NAME] [--cpus N] [--megs N] [--timeout SECS] [SCENARIO...]`
+//! builds the kernel (release, panic=abort, its own Cargo project), puts it and a command line
+//! into a ROM that replaces the BIOS (`rom.rs`), writes `bochsrc` and `continue.rc` into
+//! `<target>/metal-runs/<model>-<cpus>cpu/`, runs Bochs non-interactively (bochs-vmx.md §4) and
+//! parses the kernel's console protocol (see `tests/metal/src/main.rs`).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::rom;
+
+/// CPU models of the test stage (ARCHITECTURE.md, "Conventions").
+pub const TEST_MODELS: [&str; 3] = [
+    "corei7_sandy_bridge_2600k",
+    "corei7_skylake_x",
+    "corei7_icelake_u",
+];
+/// Scenarios every test model runs.
+pub const TEST_SCENARIOS: &[&str] = &["boot", "smp", "vmx-caps"];
+/// Bochs's instructions per emulated second (bochsrc `ips`); its TSC counts instructions.
+const IPS: u64 = 100_000_000;
+
+/// One Bochs run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Bochs CPU model (`cpu: model=`).
+    pub model: String,
+    /// Emulated CPUs.
+    pub cpus: u32,
+    /// RAM in MiB.
+    pub megs: u32,
+    /// Scenarios (the kernel's `scenarios=`).
+    pub scenarios: Vec<String>,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+}
+
+impl RunConfig {
+    fn new(model: &str, scenarios: &[&str]) -> Self {
+        Self {
+            model: model.into(),
+            cpus: 2,
+            megs: 128,
+            scenarios: scenarios.iter().map(|s| s.to_string()).collect(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// `(scenario, milliseconds from start line to result line, info)`.
+    pub passed: Vec<(String, f64, String)>,
+    /// `(scenario, reason)`.
+    pub failed: Vec<(String, String)>,
+    /// `(name, value, unit)` from `bench:` lines.
+    pub bench: Vec<(String, String, String)>,
+    /// Host seconds from starting Bochs to the kernel's first line.
+    pub boot_s: Option<f64>,
+    /// Host seconds for the whole run.
+    pub total_s: f64,
+    /// Why the run did not end cleanly, if it did not.
+    pub died: Option<String>,
+    /// Every console line, for callers that post-process (demo).
+    pub lines: Vec<String>,
+}
+
+impl RunReport {
+    /// True when every scenario passed and the run ended cleanly.
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.died.is_none()
+    }
+}
 
 /// `cargo xtask metal ...`.
-pub fn main(_args: &[String]) -> crate::Result {
-    Err("the bare-metal harness (tests/metal) has not landed yet".into())
+pub fn main(args: &[String]) -> crate::Result {
+    let mut cfg = RunConfig::new("corei7_skylake_x", &[]);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--model" => cfg.model = value("--model")?,
+            "--cpus" => {
+                cfg.cpus = value("--cpus")?
+                    .parse()
+                    .map_err(|e| format!("--cpus: {e}"))?
+            }
+            "--megs" => {
+                cfg.megs = value("--megs")?
+                    .parse()
+                    .map_err(|e| format!("--megs: {e}"))?
+            }
+            "--timeout" => {
+                cfg.timeout = Duration::from_secs(
+                    value("--timeout")?
+                        .parse()
+                        .map_err(|e| format!("--timeout: {e}"))?,
+                )
+            }
+            s if s.starts_with('-') => return Err(format!("unknown option {s}")),
+            s => cfg.scenarios.push(s.into()),
+        }
+    }
+    if cfg.scenarios.is_empty() {
+        cfg.scenarios = TEST_SCENARIOS.iter().map(|s| s.to_string()).collect();
+    }
+    let kernel = build_kernel()?;
+    let report = run(&kernel, &cfg)?;
+    summary(std::slice::from_ref(&(cfg, report)))
 }
 
-/// The metal part of `cargo xtask test`.
+/// The metal part of `cargo xtask test`: every scenario on the three test models.
 pub fn test_stage() -> crate::Result {
-    eprintln!("xtask: metal stage: not yet implemented (tests/metal has not landed)");
-    Ok(())
+    let kernel = build_kernel()?;
+    let mut results = Vec::new();
+    for model in TEST_MODELS {
+        let cfg = RunConfig::new(model, TEST_SCENARIOS);
+        let report = run(&kernel, &cfg)?;
+        results.push((cfg, report));
+    }
+    summary(&results)
 }
 
-/// The main job until the Bochs harness lands: the ABI summary.
+/// The main job: boot rhax-metal in Bochs and show what it does.
 pub fn demo() -> crate::Result {
-    crate::cargo(&["run", "-q", "-p", "rhax-api", "--example", "abi-ioctls"])
+    let kernel = build_kernel()?;
+    let cfg = RunConfig::new("corei7_skylake_x", TEST_SCENARIOS);
+    let report = run(&kernel, &cfg)?;
+    summary(std::slice::from_ref(&(cfg, report)))
+}
+
+/// Prints per-run timings and the final `metal: N passed, M failed` line; fails if anything did.
+fn summary(results: &[(RunConfig, RunReport)]) -> crate::Result {
+    let (mut passed, mut failed) = (0, 0);
+    for (cfg, r) in results {
+        let boot = r.boot_s.map_or("-".into(), |s| format!("{s:.3} s"));
+        println!(
+            "metal: {} x{}: boot {boot}, total {:.3} s, {} passed, {} failed",
+            cfg.model,
+            cfg.cpus,
+            r.total_s,
+            r.passed.len(),
+            r.failed.len()
+        );
+        for (name, ms, _) in &r.passed {
+            println!("metal:   PASS {name} ({ms:.1} ms)");
+        }
+        for (name, reason) in &r.failed {
+            println!("metal:   FAIL {name}: {reason}");
+        }
+        if let Some(d) = &r.died {
+            println!("metal:   run died: {d}");
+        }
+        passed += r.passed.len();
+        failed += r.failed.len() + usize::from(r.died.is_some() && r.failed.is_empty());
+    }
+    println!("metal: {passed} passed, {failed} failed");
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} metal scenario(s) failed"))
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from)
+}
+
+/// Builds the kernel with its own Cargo project (its `.cargo/config.toml` applies only when
+/// cargo runs inside `tests/metal`) and returns the ELF path.
+pub fn build_kernel() -> crate::Result<PathBuf> {
+    let dir = crate::workspace_root().join("tests/metal");
+    let target = target_dir().join("metal");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: building the metal kernel (tests/metal)");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-q"])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building tests/metal failed ({status})"));
+    }
+    Ok(target.join("x86_64-unknown-linux-gnu/release/rhax-metal"))
+}
+
+fn in_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// Makes sure `bochs-bin` exists: installs Debian's packages when root, else says what to do.
+fn ensure_bochs() -> crate::Result {
+    if in_path("bochs-bin") {
+        return Ok(());
+    }
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .ok();
+    const PKGS: [&str; 4] = ["bochs", "bochs-term", "bochsbios", "vgabios"];
+    if uid.as_deref() != Some("0") {
+        return Err(format!(
+            "bochs-bin not found; install it with: sudo apt-get install {}",
+            PKGS.join(" ")
+        ));
+    }
+    eprintln!("xtask: bochs-bin not found, installing {}", PKGS.join(" "));
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(PKGS)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        let _ = Command::new("apt-get").arg("update").status();
+        if !install() {
+            return Err(format!("apt-get install {} failed", PKGS.join(" ")));
+        }
+    }
+    if in_path("bochs-bin") {
+        Ok(())
+    } else {
+        Err("bochs-bin still missing after apt-get install".into())
+    }
+}
+
+/// The kernel command line for a run.
+pub fn cmdline(cfg: &RunConfig) -> String {
+    format!(
+        "mem={}M cpus={} tsc_hz={IPS} scenarios={}",
+        cfg.megs,
+        cfg.cpus,
+        cfg.scenarios.join(",")
+    )
+}
+
+/// Boots the kernel in Bochs with `cfg` and collects the results.
+pub fn run(kernel: &Path, cfg: &RunConfig) -> crate::Result<RunReport> {
+    ensure_bochs()?;
+    let dir = target_dir()
+        .join("metal-runs")
+        .join(format!("{}-{}cpu", cfg.model, cfg.cpus));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let elf = std::fs::read(kernel).map_err(|e| format!("{}: {e}", kernel.display()))?;
+    let image = rom::build(
+        &rom::parse_elf(&elf)?,
+        &cmdline(cfg),
+        Some(u64::from(cfg.megs) << 20),
+    )?;
+    let rom_path = dir.join("rom.bin");
+    let log_path = dir.join("bochs.log");
+    let _ = std::fs::remove_file(&log_path);
+    std::fs::write(&rom_path, &image).map_err(|e| format!("{}: {e}", rom_path.display()))?;
+    let template_path = crate::workspace_root().join("tests/metal/bochsrc-rom.txt");
+    let template = std::fs::read_to_string(&template_path)
+        .map_err(|e| format!("{}: {e}", template_path.display()))?;
+    let bochsrc = template
+        .replace("$HV_MEGS", &cfg.megs.to_string())
+        .replace("$HV_ROM", &rom_path.display().to_string())
+        .replace("$HV_MODEL", &cfg.model)
+        .replace("$HV_CPUS", &cfg.cpus.to_string())
+        .replace("$HV_LOG", &log_path.display().to_string());
+    std::fs::write(dir.join("bochsrc"), bochsrc).map_err(|e| format!("bochsrc: {e}"))?;
+    // `c` runs the simulation; `q` answers the debugger when the magic breakpoint (success)
+    // returns control to it (bochs-vmx.md §4).
+    std::fs::write(dir.join("continue.rc"), "c\nq\n").map_err(|e| format!("continue.rc: {e}"))?;
+
+    eprintln!(
+        "xtask: metal: {} x{} cpus, {} MiB, ROM {} KiB, cmdline \"{}\"",
+        cfg.model,
+        cfg.cpus,
+        cfg.megs,
+        image.len() >> 10,
+        cmdline(cfg)
+    );
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "-s",
+        "KILL",
+        &cfg.timeout.as_secs().to_string(),
+        "bochs-bin",
+        "-q",
+        "-f",
+        "bochsrc",
+        "-rc",
+        "continue.rc",
+    ])
+    .current_dir(&dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    if std::env::var_os("TERM").is_none_or(|t| t.is_empty()) {
+        cmd.env("TERM", "dumb");
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run bochs-bin: {e}"))?;
+    let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    let err_thread = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s);
+        s
+    });
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let mut report = RunReport::default();
+    let mut started: Option<(String, Instant)> = None;
+    let mut done = false;
+    let tag = cfg
+        .model
+        .trim_start_matches("corei7_")
+        .trim_start_matches("corei5_");
+    for raw in BufReader::new(stdout).split(b'\n') {
+        let Ok(raw) = raw else { break };
+        let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+        let t = start.elapsed().as_secs_f64();
+        // Kernel lines may follow a debugger prompt on the same line: find the protocol word.
+        let k = [
+            "rhax-metal:",
+            "scenario ",
+            "bench: ",
+            "metal-done:",
+            "metal-fatal:",
+            "FATAL:",
+            "PANIC:",
+            "smp:",
+            "vmx-caps:",
+        ]
+        .iter()
+        .filter_map(|w| line.find(w))
+        .min()
+        .map(|i| &line[i..]);
+        let Some(k) = k else {
+            if !line.is_empty() {
+                println!("[{tag} {t:7.3}] bochs| {line}");
+            }
+            continue;
+        };
+        println!("[{tag} {t:7.3}] {k}");
+        report.lines.push(k.to_string());
+        if report.boot_s.is_none() {
+            report.boot_s = Some(t);
+        }
+        if let Some(rest) = k.strip_prefix("scenario ") {
+            let Some((name, result)) = rest.split_once(": ") else {
+                continue;
+            };
+            if result == "start" {
+                started = Some((name.to_string(), Instant::now()));
+            } else if let Some(info) = result.strip_prefix("PASS") {
+                let ms = started
+                    .take()
+                    .map_or(0.0, |(_, t0)| t0.elapsed().as_secs_f64() * 1e3);
+                report
+                    .passed
+                    .push((name.to_string(), ms, info.trim().to_string()));
+            } else if let Some(reason) = result.strip_prefix("FAIL") {
+                started = None;
+                report
+                    .failed
+                    .push((name.to_string(), reason.trim().to_string()));
+            }
+        } else if let Some(b) = k.strip_prefix("bench: ") {
+            let mut f = b.split_whitespace();
+            if let (Some(n), Some(v)) = (f.next(), f.next()) {
+                report
+                    .bench
+                    .push((n.into(), v.into(), f.collect::<Vec<_>>().join(" ")));
+            }
+        } else if k.starts_with("metal-done:") {
+            done = true;
+        } else if let Some(reason) = k.strip_prefix("metal-fatal: ") {
+            if !done {
+                report.died = Some(reason.to_string());
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for bochs: {e}"))?;
+    report.total_s = start.elapsed().as_secs_f64();
+    let err = err_thread.join().unwrap_or_default();
+    std::fs::write(dir.join("bochs.stderr"), &err).map_err(|e| format!("bochs.stderr: {e}"))?;
+    std::fs::write(dir.join("console.log"), report.lines.join("\n") + "\n")
+        .map_err(|e| format!("console.log: {e}"))?;
+    if let Some((name, _)) = started {
+        report
+            .failed
+            .push((name, "run died during the scenario".into()));
+    }
+    if report.died.is_none() && !done {
+        report.died = Some(match status.code() {
+            Some(137) | None => format!("killed after the {} s timeout", cfg.timeout.as_secs()),
+            Some(c) => format!("Bochs exited with status {c} before the kernel finished"),
+        });
+    }
+    // Success is the magic breakpoint + `q` (status 0); the shutdown port means failure (1).
+    if report.died.is_none() && report.failed.is_empty() && !status.success() {
+        report.died = Some(format!(
+            "Bochs exited with {status} although every scenario passed"
+        ));
+    }
+    if !report.ok() {
+        print_log_diagnostics(&log_path, &err);
+    }
+    Ok(report)
+}
+
+/// Prints what Bochs said about the failure: VM-entry check failures, VMfail reasons, panics.
+fn print_log_diagnostics(log: &Path, stderr: &[u8]) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let interesting = |l: &&str| {
+        l.contains("VMENTER FAIL")
+            || l.contains("VMFAIL")
+            || l.contains("PANIC")
+            || l.contains("VMEXIT") && l.contains("ERROR")
+    };
+    let lines: Vec<&str> = text.lines().filter(interesting).collect();
+    println!(
+        "metal: Bochs log {} ({} notable lines):",
+        log.display(),
+        lines.len()
+    );
+    for l in lines.iter().take(40) {
+        println!("metal: log| {l}");
+    }
+    for l in String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(20)
+    {
+        println!("metal: stderr| {l}");
+    }
 }

@@ -1,0 +1,238 @@
+//! rhax-metal: a bare-metal test kernel that runs rhax scenarios on VT-x, emulated by Bochs in
+//! CI (see `cargo xtask metal`) and real on hardware.
+//!
+//! Boot: multiboot2 (the ROM built by xtask, or GRUB) → `boot.rs` enters long mode with the first
+//! 4 GiB identity-mapped → [`kmain`]: console, IDT/TSS, PICs masked, TSC rate, page allocator,
+//! VMX on the BSP, the other CPUs by INIT-SIPI-SIPI with VMX on each, then the scenarios named by
+//! `scenarios=` on the command line.
+//!
+//! Console protocol (parsed by xtask): `scenario NAME: start`, `scenario NAME: PASS [info]` or
+//! `scenario NAME: FAIL reason`, `bench: NAME VALUE UNIT`, and last `metal-done: passed=N
+//! failed=M`. A fatal error prints `metal-fatal: reason`. Success ends with Bochs's magic
+//! breakpoint (exit status 0), failure with the shutdown port (status 1).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod boot;
+mod bootinfo;
+mod console;
+mod interrupts;
+mod mm;
+mod scenarios;
+mod smp;
+mod sync;
+mod time;
+mod vmx;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use arch::outb;
+
+extern "C" {
+    static __kernel_end: u8;
+}
+
+/// Ends the run as a failure: Bochs's shutdown port (exit status 1), else halt.
+pub fn fail_run(reason: &str) -> ! {
+    static FAILING: AtomicBool = AtomicBool::new(false);
+    if !FAILING.swap(true, Ordering::SeqCst) {
+        console::print_unlocked(format_args!("metal-fatal: {reason}\n"));
+    }
+    for b in b"Shutdown" {
+        // SAFETY: port 0x8900 is Bochs's shutdown port; elsewhere the write is ignored.
+        unsafe { outb(0x8900, *b) }
+    }
+    arch::halt_forever()
+}
+
+/// Ends the run after the scenarios.
+fn finish(passed: usize, failed: usize) -> ! {
+    println!("metal-done: passed={passed} failed={failed}");
+    if failed == 0 {
+        arch::magic_break();
+        arch::halt_forever()
+    }
+    fail_run("some scenarios failed")
+}
+
+/// Masks both 8259 PICs after remapping them to vectors 0x20-0x2F, so that a stray IRQ can
+/// neither arrive nor alias an exception vector (the BIOS path leaves the PIT running).
+fn mask_pics() {
+    const SEQ: [(u16, u8); 10] = [
+        (0x20, 0x11),
+        (0xA0, 0x11), // ICW1: edge, cascade, ICW4 follows
+        (0x21, 0x20),
+        (0xA1, 0x28), // ICW2: vector bases
+        (0x21, 0x04),
+        (0xA1, 0x02), // ICW3: slave on IRQ2
+        (0x21, 0x01),
+        (0xA1, 0x01), // ICW4: 8086 mode
+        (0x21, 0xFF),
+        (0xA1, 0xFF), // OCW1: mask everything
+    ];
+    for (port, val) in SEQ {
+        // SAFETY: the standard 8259 initialisation sequence; nothing else uses the PICs.
+        unsafe { outb(port, val) }
+    }
+}
+
+fn init_memory(bi: &bootinfo::BootInfo) -> u64 {
+    let kernel_end = core::ptr::addr_of!(__kernel_end) as u64;
+    let low = kernel_end.max(if bi.info_end < 0xF000_0000 {
+        bi.info_end
+    } else {
+        0
+    });
+    let explicit = bi.arg("mem").and_then(bootinfo::parse_size);
+    let mut total = 0;
+    if bi.region_count > 0 && explicit.is_none() {
+        for &(s, e) in &bi.regions[..bi.region_count] {
+            let (s, e) = (s.max(low), e.min(1 << 32));
+            if e > s {
+                mm::add_region(s, e);
+                total += e - s;
+            }
+        }
+    } else {
+        let top = explicit
+            .or(bi.mem_upper_end)
+            .unwrap_or(128 << 20)
+            .min(0xC000_0000);
+        mm::add_region(low, top);
+        total = top.saturating_sub(low);
+    }
+    total
+}
+
+#[no_mangle]
+extern "C" fn kmain(magic: u32, info: u64) -> ! {
+    let bi = bootinfo::parse(magic, info);
+    if bi.arg("console") == Some("serial") {
+        console::enable_serial();
+    }
+    println!(
+        "rhax-metal: boot multiboot2={} cmdline=\"{}\"",
+        bi.multiboot2,
+        bi.cmdline()
+    );
+    interrupts::init_idt();
+    mask_pics();
+    match bi.arg("tsc_hz").and_then(|s| s.parse().ok()) {
+        Some(hz) => time::set_tsc_hz(hz),
+        None => {
+            let hz = time::calibrate_with_pit();
+            println!("rhax-metal: TSC measured at {hz} Hz");
+        }
+    }
+    let free = init_memory(&bi);
+    println!("rhax-metal: {} MiB free for the page allocator", free >> 20);
+    smp::init_bsp();
+    let want = bi
+        .arg("cpus")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1usize);
+    let online = smp::start_aps(want);
+    println!(
+        "rhax-metal: {online} of {want} CPUs online, VMX on BSP: {:?}",
+        vmx::state(0)
+    );
+    for cpu in 0..online {
+        if let vmx::VmxState::Failed(reason) = vmx::state(cpu) {
+            println!("rhax-metal: cpu {cpu}: cannot enter VMX operation: {reason}");
+        }
+    }
+    let list = bi.arg("scenarios").unwrap_or("boot,smp,vmx-caps");
+    let ctx = scenarios::Ctx { cpus_wanted: want };
+    let (passed, failed) = scenarios::run_list(&ctx, list);
+    finish(passed, failed)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::print_unlocked(format_args!("PANIC: {info}\n"));
+    fail_run("panic")
+}
+
+/// libcore for this target was built with panic=unwind and names this symbol from its unwind
+/// tables; with panic=abort it is never called (bochs-vmx.md §10.1).
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
+
+/// The precompiled liballoc (built with panic=unwind) has landing pads that call this; with
+/// panic=abort no unwinding ever starts, so reaching it is a broken invariant.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    fail_run("_Unwind_Resume called (unwinding is not supported)")
+}
+
+// compiler_builtins on this target does not export the mem* functions (bochs-vmx.md §10.1).
+// They are written as plain loops with `rep` string instructions, never through core::ptr
+// copy helpers (which would call back into them).
+
+/// # Safety
+/// C `memcpy` contract: valid, non-overlapping ranges of `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees both ranges are valid; DF is clear (SysV ABI).
+    unsafe {
+        core::arch::asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+            options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// # Safety
+/// C `memmove` contract: valid ranges of `n` bytes, possibly overlapping.
+#[no_mangle]
+pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
+    if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize + n) {
+        // SAFETY: forward copy is correct when dst is below src or the ranges are disjoint.
+        return unsafe { memcpy(dst, src, n) };
+    }
+    // n > 0 here (src < dst < src + n), so the last byte is inside both ranges.
+    let (d, s) = (dst.wrapping_add(n - 1), src.wrapping_add(n - 1));
+    // SAFETY: backward copy (DF set, then cleared again) for an overlap with dst above src.
+    unsafe {
+        core::arch::asm!("std", "rep movsb", "cld", inout("rcx") n => _, inout("rdi") d => _, inout("rsi") s => _, options(nostack));
+    }
+    dst
+}
+
+/// # Safety
+/// C `memset` contract: a valid range of `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
+    // SAFETY: the caller guarantees the range; DF is clear.
+    unsafe {
+        core::arch::asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+            options(nostack, preserves_flags));
+    }
+    dst
+}
+
+/// # Safety
+/// C `memcmp` contract: valid ranges of `n` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    for i in 0..n {
+        // SAFETY: i < n, within the first range.
+        let x = unsafe { a.wrapping_add(i).read_volatile() };
+        // SAFETY: i < n, within the second range.
+        let y = unsafe { b.wrapping_add(i).read_volatile() };
+        if x != y {
+            return i32::from(x) - i32::from(y);
+        }
+    }
+    0
+}
+
+/// # Safety
+/// As `memcmp`.
+#[no_mangle]
+pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
+    // SAFETY: same contract.
+    unsafe { memcmp(a, b, n) }
+}

@@ -1,0 +1,280 @@
+//! The scenarios, selected by `scenarios=a,b,c` on the command line. Each prints
+//! `scenario NAME: start`, then `scenario NAME: PASS [info]` or `scenario NAME: FAIL reason`.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
+use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
+use crate::{interrupts, mm, println, smp};
+
+/// What scenarios may know about the run.
+pub struct Ctx {
+    /// CPUs requested on the command line.
+    pub cpus_wanted: usize,
+}
+
+type Scenario = fn(&Ctx) -> Result<String, String>;
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("boot", boot),
+    ("smp", smp_scenario),
+    ("vmx-caps", vmx_caps),
+];
+
+/// Runs the comma-separated list (`all` = every scenario); returns (passed, failed).
+pub fn run_list(ctx: &Ctx, list: &str) -> (usize, usize) {
+    let (mut passed, mut failed) = (0, 0);
+    let names: Vec<&str> = if list == "all" {
+        SCENARIOS.iter().map(|s| s.0).collect()
+    } else {
+        list.split(',').filter(|s| !s.is_empty()).collect()
+    };
+    for name in names {
+        println!("scenario {name}: start");
+        let t0 = rdtsc();
+        let result = match SCENARIOS.iter().find(|s| s.0 == name) {
+            Some((_, f)) => f(ctx),
+            None => Err(String::from("unknown scenario")),
+        };
+        let instructions = rdtsc() - t0;
+        match result {
+            Ok(info) => {
+                passed += 1;
+                println!("scenario {name}: PASS {info} (tsc {instructions})");
+            }
+            Err(reason) => {
+                failed += 1;
+                println!("scenario {name}: FAIL {reason}");
+            }
+        }
+    }
+    (passed, failed)
+}
+
+/// Console, exception handlers (#BP, #UD, #GP caught at the right RIP with the right error
+/// code), long mode/SSE state, allocators, TSC.
+fn boot(_: &Ctx) -> Result<String, String> {
+    // #BP is a trap: the saved RIP is the instruction after INT3 (SDM Vol. 3A §7.5).
+    interrupts::expect(3, 0);
+    let after_int3: u64;
+    // SAFETY: the armed handler records the #BP and resumes after INT3; no state is changed.
+    unsafe { asm!("lea {0}, [rip + 2f]", "int3", "2:", out(reg) after_int3) };
+    match interrupts::caught() {
+        Some((3, rip, _)) if rip == after_int3 => {}
+        other => {
+            return Err(format!(
+                "#BP: expected rip {after_int3:#x}, handler saw {other:x?}"
+            ))
+        }
+    }
+    // #UD is a fault: the saved RIP is the UD2 itself; the handler skips its 2 bytes.
+    interrupts::expect(6, 2);
+    let at_ud2: u64;
+    // SAFETY: as above; the handler resumes after the 2-byte UD2.
+    unsafe { asm!("lea {0}, [rip + 2f]", "2:", "ud2", out(reg) at_ud2) };
+    match interrupts::caught() {
+        Some((6, rip, _)) if rip == at_ud2 => {}
+        other => {
+            return Err(format!(
+                "#UD: expected rip {at_ud2:#x}, handler saw {other:x?}"
+            ))
+        }
+    }
+    // #GP(0) from RDMSR of an MSR that does not exist (Bochs runs with ignore_bad_msrs=0).
+    interrupts::expect(13, 2);
+    let at_rdmsr: u64;
+    // SAFETY: as above; RDMSR (2 bytes) faults before changing EAX/EDX, which are discarded.
+    unsafe {
+        asm!("lea {0}, [rip + 2f]", "2:", "rdmsr", out(reg) at_rdmsr, in("ecx") 0x4000_1234u32,
+             out("eax") _, out("edx") _);
+    }
+    match interrupts::caught() {
+        Some((13, rip, 0)) if rip == at_rdmsr => {}
+        other => {
+            return Err(format!(
+                "#GP: expected rip {at_rdmsr:#x} error 0, handler saw {other:x?}"
+            ))
+        }
+    }
+    // Long mode, paging, SSE as the boot stub set them.
+    // SAFETY: IA32_EFER exists on every x86-64 CPU.
+    let efer = unsafe { rdmsr(0xC000_0080) };
+    if efer & (1 << 10) == 0
+        || cr0() & (1 << 31) == 0
+        || cr4() & (1 << 5 | 1 << 9) != (1 << 5 | 1 << 9)
+    {
+        return Err(format!(
+            "bad mode: efer={efer:#x} cr0={:#x} cr4={:#x}",
+            cr0(),
+            cr4()
+        ));
+    }
+    let x = core::hint::black_box(1.5f64);
+    if x * x + 0.75 != 3.0 {
+        return Err(String::from("SSE arithmetic gave a wrong result"));
+    }
+    // Allocators: small and large blocks, and pages returned.
+    let before = mm::free_page_count();
+    {
+        let v: Vec<u64> = (0..1000).collect();
+        let big = Box::new([7u8; 65536]);
+        let sum: u64 = v.iter().sum();
+        if sum != 499_500 || big.iter().map(|&b| u64::from(b)).sum::<u64>() != 7 * 65536 {
+            return Err(String::from("heap data corrupted"));
+        }
+        let p = mm::alloc_pages(3, 1 << 21).ok_or("alloc_pages(3, 2 MiB) failed")?;
+        if p % (1 << 21) != 0 {
+            return Err(format!("alloc_pages alignment: {p:#x}"));
+        }
+        mm::free_pages(p, 3);
+    }
+    let after = mm::free_page_count();
+    // The small-object classes keep their pages (at most one per class used above).
+    if before - after > 8 {
+        return Err(format!("pages leaked: {before} free before, {after} after"));
+    }
+    let (t0, t1) = (rdtsc(), rdtsc());
+    if t1 <= t0 {
+        return Err(String::from("TSC does not advance"));
+    }
+    Ok(format!("#BP/#UD/#GP caught, {} MiB free", after >> 8))
+}
+
+/// Every requested CPU is online, ran a job, and is in VMX operation with the same revision.
+fn smp_scenario(ctx: &Ctx) -> Result<String, String> {
+    let n = smp::cpu_count();
+    if n != ctx.cpus_wanted {
+        return Err(format!("{n} CPUs online, {} requested", ctx.cpus_wanted));
+    }
+    let seen = AtomicU64::new(0);
+    let bad = AtomicU64::new(0);
+    smp::run_on_all(&|i| {
+        // SAFETY: IA32_FEATURE_CONTROL exists (VMX was enabled on this CPU).
+        let fc = unsafe { rdmsr(IA32_FEATURE_CONTROL) };
+        if smp::cpu_index() != i || fc & 0b101 != 0b101 || cr4() & (1 << 13) == 0 {
+            bad.fetch_or(1 << i, Ordering::SeqCst);
+        }
+        seen.fetch_or(1 << i, Ordering::SeqCst);
+    });
+    let want = (1u64 << n) - 1;
+    if seen.load(Ordering::SeqCst) != want {
+        return Err(format!(
+            "CPUs that ran the job: {:#b}, expected {want:#b}",
+            seen.load(Ordering::SeqCst)
+        ));
+    }
+    if bad.load(Ordering::SeqCst) != 0 {
+        return Err(format!(
+            "CPUs with wrong index/feature control/CR4.VMXE: {:#b}",
+            bad.load(Ordering::SeqCst)
+        ));
+    }
+    let expected_rev = (vmx::read_cap(IA32_VMX_BASIC) & 0x7FFF_FFFF) as u32;
+    let mut trs = Vec::new();
+    for i in 0..n {
+        let pc = smp::percpu(i);
+        let tr = pc.tr.load(Ordering::SeqCst);
+        match vmx::state(i) {
+            VmxState::On {
+                revision,
+                feature_control,
+                vmxon_region,
+            } => {
+                println!(
+                    "smp: cpu {i} apic {} tr {tr:#x} vmxon ok revision {revision:#x} region {vmxon_region:#x} \
+                     feature-control {feature_control:?}",
+                    pc.apic_id.load(Ordering::SeqCst)
+                );
+                if revision != expected_rev {
+                    return Err(format!(
+                        "cpu {i}: revision {revision:#x} != {expected_rev:#x}"
+                    ));
+                }
+            }
+            other => return Err(format!("cpu {i}: VMX state {other:?}")),
+        }
+        if trs.contains(&tr) {
+            return Err(format!("cpu {i} shares TR {tr:#x}"));
+        }
+        trs.push(tr);
+    }
+    Ok(format!(
+        "{n} CPUs in VMX operation, revision {expected_rev:#x}"
+    ))
+}
+
+/// Reads and prints the VMX capability MSRs the CPU advertises (SDM Vol. 3C Appendix A).
+fn vmx_caps(_: &Ctx) -> Result<String, String> {
+    let basic = vmx::read_cap(IA32_VMX_BASIC);
+    let true_ctls = basic & (1 << 55) != 0;
+    let mut msrs: Vec<(&str, u32)> = alloc::vec![
+        ("IA32_VMX_BASIC", 0x480),
+        ("IA32_VMX_PINBASED_CTLS", 0x481),
+        ("IA32_VMX_PROCBASED_CTLS", 0x482),
+        ("IA32_VMX_EXIT_CTLS", 0x483),
+        ("IA32_VMX_ENTRY_CTLS", 0x484),
+        ("IA32_VMX_MISC", 0x485),
+        ("IA32_VMX_CR0_FIXED0", 0x486),
+        ("IA32_VMX_CR0_FIXED1", 0x487),
+        ("IA32_VMX_CR4_FIXED0", 0x488),
+        ("IA32_VMX_CR4_FIXED1", 0x489),
+        ("IA32_VMX_VMCS_ENUM", 0x48A),
+    ];
+    let proc = vmx::read_cap(0x482);
+    let mut proc2 = 0;
+    if proc >> 32 & (1 << 31) != 0 {
+        msrs.push(("IA32_VMX_PROCBASED_CTLS2", 0x48B));
+        proc2 = vmx::read_cap(0x48B);
+        // EPT (bit 1) or VPID (bit 5) allowed: IA32_VMX_EPT_VPID_CAP exists (Appendix A.10).
+        if proc2 >> 32 & (1 << 1 | 1 << 5) != 0 {
+            msrs.push(("IA32_VMX_EPT_VPID_CAP", 0x48C));
+        }
+        // VM functions (bit 13) allowed: IA32_VMX_VMFUNC exists (Appendix A.11).
+        if proc2 >> 32 & (1 << 13) != 0 {
+            msrs.push(("IA32_VMX_VMFUNC", 0x491));
+        }
+    }
+    if true_ctls {
+        msrs.extend([
+            ("IA32_VMX_TRUE_PINBASED_CTLS", 0x48D),
+            ("IA32_VMX_TRUE_PROCBASED_CTLS", 0x48E),
+            ("IA32_VMX_TRUE_EXIT_CTLS", 0x48F),
+            ("IA32_VMX_TRUE_ENTRY_CTLS", 0x490),
+        ]);
+    }
+    for (name, msr) in &msrs {
+        println!("vmx-caps: {name} {msr:#x} = {:#018x}", vmx::read_cap(*msr));
+    }
+    // Sanity of IA32_VMX_BASIC (Appendix A.1): VMCS region size 1..=4096, WB memory type (6).
+    let size = basic >> 32 & 0x1FFF;
+    let memtype = basic >> 50 & 0xF;
+    if size == 0 || size > 4096 || memtype != 6 || basic & 0x7FFF_FFFF == 0 {
+        return Err(format!(
+            "IA32_VMX_BASIC {basic:#x}: size {size}, memory type {memtype}"
+        ));
+    }
+    // A control's allowed-0 bits must be a subset of its allowed-1 bits (Appendix A.3).
+    for (name, msr) in &msrs[1..5] {
+        let v = vmx::read_cap(*msr);
+        if (v as u32) & !((v >> 32) as u32) != 0 {
+            return Err(format!(
+                "{name}: allowed-0 {:#x} not within allowed-1 {:#x}",
+                v as u32,
+                v >> 32
+            ));
+        }
+    }
+    let (_, _, _, edx) = cpuid(1, 0);
+    let ug = proc2 >> 32 & (1 << 7) != 0;
+    let ept = proc2 >> 32 & (1 << 1) != 0;
+    Ok(format!(
+        "revision {:#x}, vmcs size {size}, true controls {true_ctls}, EPT {ept}, unrestricted guest {ug}, apic {}",
+        basic & 0x7FFF_FFFF,
+        edx >> 9 & 1 != 0
+    ))
+}
