@@ -1,0 +1,261 @@
+//! rhax's own IOCTLs, outside HAXM's ABI.
+//!
+//! # Why these numbers
+//!
+//! * **Windows** function numbers `0xA00..=0xAFF`. Functions below 0x800 belong to Microsoft
+//!   (`CTL_CODE` documentation: "values of less than 0x800 are reserved for Microsoft").
+//!   Upstream HAXM 7.8.0 uses 0x900-0x918 (0x912 unused). Forks extend that range upward:
+//!   an unmerged upstream PR (commit 9dce9fc) used 0x919 for `HAX_VCPU_IOCTL_SET_EXCBMP`,
+//!   another third-party header 0x919 for `HAX_VCPU_IOCTL_SMI`, and crosvm's
+//!   `haxm_sys/win.rs` gives 0x918 to `HAX_VM_IOCTL_REGISTER_LOG_FILE` on the VM device
+//!   (`haxm-abi.md` §2, notes on the codes). Starting at 0xA00 leaves all of 0x919-0x9FF for
+//!   whatever HAXM's forks add next, and no known HAXM variant uses 0xA00 or above.
+//! * **POSIX** numbers `0xE0..=0xEF` (type byte 0, as HAXM). HAXM uses 0x20-0x24 (system),
+//!   0x80-0x87 (VM) and 0xC0-0xCB (vCPU); none of the forks above defines POSIX numbers.
+//!   0xE0 is well past the vCPU range so HAXM can keep growing it.
+//! * Every code is also distinct from every HAXM code on the same device on every platform
+//!   (tested below), so a HAXM driver answers an rhax IOCTL with its usual "unknown IOCTL"
+//!   error, and a client can probe with [`RHAX_IOCTL_EXT_INFO`].
+//!
+//! Like HAXM's, this list is append-only and the structs are frozen.
+
+use core::mem::size_of;
+
+use crate::ioctl::{px, Direction};
+use crate::pod::{assert_layout, impl_pod};
+
+/// The number of VMX basic exit reasons [`VcpuStats`] counts one by one: reasons `0..80`.
+///
+/// The Intel SDM (Vol. 3D, Appendix C "VMX Basic Exit Reasons") defines reasons up to 79 as
+/// of the 2024 editions (75 NOTIFY, 78/79 RDMSRLIST/WRMSRLIST); rhax's VMCS code handles at
+/// most 0..=75. Exits with a larger reason are counted in [`VcpuStats::total`] only.
+pub const RHAX_EXIT_REASONS: usize = 80;
+
+/// [`RhaxExtInfo::magic`]: `"RHAX"` in little-endian byte order.
+pub const RHAX_EXT_MAGIC: u32 = u32::from_le_bytes(*b"RHAX");
+
+/// The extension API version this crate describes ([`RhaxExtInfo::version`]).
+pub const RHAX_EXT_VERSION: u32 = 1;
+
+/// [`VcpuStats::version`] of the layout defined here.
+pub const RHAX_VCPU_STATS_VERSION: u32 = 1;
+
+bitflags::bitflags! {
+    /// [`RhaxExtInfo::features`]: the extension IOCTLs the driver implements.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct ExtFeatures: u64 {
+        /// [`RHAX_VCPU_IOCTL_GET_STATS`] and [`RHAX_VCPU_IOCTL_RESET_STATS`].
+        const VCPU_STATS = 1 << 0;
+    }
+}
+
+/// The answer of [`RHAX_IOCTL_EXT_INFO`]: identifies rhax and its extensions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RhaxExtInfo {
+    /// [`RHAX_EXT_MAGIC`].
+    pub magic: u32,
+    /// The extension API version, [`RHAX_EXT_VERSION`] or later.
+    pub version: u32,
+    /// [`ExtFeatures`] bits.
+    pub features: u64,
+}
+
+impl_pod!(RhaxExtInfo);
+assert_layout!(RhaxExtInfo, size = 16; magic = 0, version = 4, features = 8);
+
+impl RhaxExtInfo {
+    /// Whether the magic is right.
+    pub const fn is_rhax(&self) -> bool {
+        self.magic == RHAX_EXT_MAGIC
+    }
+
+    /// `features`, typed (unknown bits kept).
+    pub const fn features(&self) -> ExtFeatures {
+        ExtFeatures::from_bits_retain(self.features)
+    }
+}
+
+/// VMX work done for one exit reason (or a sum of them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitReasonStats {
+    /// VM exits with this basic exit reason.
+    pub exits: u64,
+    /// VMREADs executed while handling them (exit to next entry).
+    pub vmreads: u64,
+    /// VMWRITEs executed while handling them, including the flush before VM entry.
+    pub vmwrites: u64,
+    /// Other VMX instructions (VMXON, VMXOFF, VMPTRLD, VMCLEAR, VMLAUNCH, VMRESUME, INVEPT,
+    /// INVVPID) executed while handling them.
+    pub vmx_other: u64,
+    /// Host TSC cycles from VM exit to the next VM entry, summed.
+    pub cycles: u64,
+}
+
+impl_pod!(ExitReasonStats);
+assert_layout!(ExitReasonStats, size = 40;
+    exits = 0, vmreads = 8, vmwrites = 16, vmx_other = 24, cycles = 32);
+
+impl ExitReasonStats {
+    /// Field-by-field wrapping sum.
+    #[must_use]
+    pub const fn wrapping_add(self, o: Self) -> Self {
+        Self {
+            exits: self.exits.wrapping_add(o.exits),
+            vmreads: self.vmreads.wrapping_add(o.vmreads),
+            vmwrites: self.vmwrites.wrapping_add(o.vmwrites),
+            vmx_other: self.vmx_other.wrapping_add(o.vmx_other),
+            cycles: self.cycles.wrapping_add(o.cycles),
+        }
+    }
+
+    /// Field-by-field wrapping difference (`self - earlier`), for interval sampling.
+    #[must_use]
+    pub const fn wrapping_sub(self, earlier: Self) -> Self {
+        Self {
+            exits: self.exits.wrapping_sub(earlier.exits),
+            vmreads: self.vmreads.wrapping_sub(earlier.vmreads),
+            vmwrites: self.vmwrites.wrapping_sub(earlier.vmwrites),
+            vmx_other: self.vmx_other.wrapping_sub(earlier.vmx_other),
+            cycles: self.cycles.wrapping_sub(earlier.cycles),
+        }
+    }
+}
+
+/// The answer of [`RHAX_VCPU_IOCTL_GET_STATS`]: per-vCPU exit statistics, read by
+/// `rhax-stat` and the user library.
+///
+/// Counters only grow (wrapping at 2^64) until [`RHAX_VCPU_IOCTL_RESET_STATS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuStats {
+    /// [`RHAX_VCPU_STATS_VERSION`].
+    pub version: u32,
+    /// `size_of::<VcpuStats>()` as the driver knows it.
+    pub size: u32,
+    /// [`RHAX_EXIT_REASONS`]: the length of `per_reason`.
+    pub nr_reasons: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// `HAX_VCPU_IOCTL_RUN` calls.
+    pub runs: u64,
+    /// Returns from RUN to user space.
+    pub user_exits: u64,
+    /// The sum over every exit reason plus `outside_exits`.
+    pub total: ExitReasonStats,
+    /// VMX work not caused by a VM exit (IOCTLs such as GET_REGS, vCPU setup); `exits` is 0.
+    pub outside_exits: ExitReasonStats,
+    /// Indexed by VMX basic exit reason (exit-reason bits 15:0, SDM Vol. 3C 28.2.1).
+    pub per_reason: [ExitReasonStats; RHAX_EXIT_REASONS],
+}
+
+impl_pod!(VcpuStats);
+assert_layout!(VcpuStats, size = 3312;
+    version = 0, size = 4, nr_reasons = 8, reserved = 12, runs = 16, user_exits = 24,
+    total = 32, outside_exits = 72, per_reason = 112);
+
+impl VcpuStats {
+    /// The counters of basic exit reason `reason`, or `None` if it is not counted
+    /// separately.
+    pub fn reason(&self, reason: u32) -> Option<&ExitReasonStats> {
+        self.per_reason.get(usize::try_from(reason).ok()?)
+    }
+
+    /// An empty record with the header filled in, as a driver starts one.
+    pub fn new() -> Self {
+        Self {
+            version: RHAX_VCPU_STATS_VERSION,
+            size: size_of::<Self>() as u32,
+            nr_reasons: RHAX_EXIT_REASONS as u32,
+            ..Self::default()
+        }
+    }
+}
+
+crate::ioctl::ioctl_table! {
+    /// Every rhax extension IOCTL, in number order.
+    EXT_IOCTLS;
+    /// `RHAX_IOCTL_EXT_INFO` (system device): out [`RhaxExtInfo`]. A HAXM driver fails it.
+    RHAX_IOCTL_EXT_INFO: System, Some(0xa00), px(Direction::Read, 0xe0, size_of::<RhaxExtInfo>());
+    /// `RHAX_VCPU_IOCTL_GET_STATS` (vCPU device): out [`VcpuStats`]. Feature
+    /// [`ExtFeatures::VCPU_STATS`].
+    RHAX_VCPU_IOCTL_GET_STATS: Vcpu, Some(0xa01), px(Direction::Read, 0xe1, size_of::<VcpuStats>());
+    /// `RHAX_VCPU_IOCTL_RESET_STATS` (vCPU device): no argument; zeroes the counters of
+    /// [`VcpuStats`]. Feature [`ExtFeatures::VCPU_STATS`].
+    RHAX_VCPU_IOCTL_RESET_STATS: Vcpu, Some(0xa02), px(Direction::None, 0xe2, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ioctl::{Platform, IOCTLS};
+
+    #[test]
+    fn ext_codes_are_pinned() {
+        // Literal values, worked out by hand from CTL_CODE and _IOC, not recomputed.
+        assert_eq!(RHAX_IOCTL_EXT_INFO.windows(), Some(0x4000_2800));
+        assert_eq!(RHAX_IOCTL_EXT_INFO.linux(), Some(0x8010_00e0));
+        assert_eq!(
+            RHAX_IOCTL_EXT_INFO.code(Platform::Darwin),
+            Some(0x4010_00e0)
+        );
+        assert_eq!(RHAX_VCPU_IOCTL_GET_STATS.windows(), Some(0x4000_2804));
+        assert_eq!(RHAX_VCPU_IOCTL_GET_STATS.linux(), Some(0x8cf0_00e1));
+        assert_eq!(
+            RHAX_VCPU_IOCTL_GET_STATS.code(Platform::Darwin),
+            Some(0x4cf0_00e1)
+        );
+        assert_eq!(RHAX_VCPU_IOCTL_RESET_STATS.windows(), Some(0x4000_2808));
+        assert_eq!(RHAX_VCPU_IOCTL_RESET_STATS.linux(), Some(0x0000_00e2));
+        assert_eq!(
+            RHAX_VCPU_IOCTL_RESET_STATS.code(Platform::NetBsd),
+            Some(0x2000_00e2)
+        );
+        assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
+    }
+
+    #[test]
+    fn ext_codes_never_collide_with_haxm() {
+        let platforms = [
+            Platform::Windows,
+            Platform::Linux,
+            Platform::LinuxI386,
+            Platform::Darwin,
+            Platform::DarwinI386,
+            Platform::NetBsd,
+            Platform::NetBsdI386,
+        ];
+        for e in EXT_IOCTLS {
+            let f = e.windows_function.unwrap();
+            assert!((0xa00..=0xaff).contains(&f), "{}", e.name);
+            assert!((0xe0..=0xef).contains(&e.posix.unwrap().nr), "{}", e.name);
+            for h in IOCTLS {
+                for p in platforms {
+                    // Across all devices, not only the same one: a stricter rule than needed.
+                    if e.code(p).is_some() {
+                        assert_ne!(e.code(p), h.code(p), "{} vs {} on {p:?}", e.name, h.name);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stats_helpers() {
+        let mut s = VcpuStats::new();
+        assert_eq!(s.size as usize, size_of::<VcpuStats>());
+        s.per_reason[30].exits = 3;
+        assert_eq!(s.reason(30).map(|r| r.exits), Some(3));
+        assert!(s.reason(80).is_none());
+        assert!(s.reason(u32::MAX).is_none());
+        let a = ExitReasonStats {
+            exits: 1,
+            vmreads: 32,
+            vmwrites: 23,
+            vmx_other: 5,
+            cycles: 9,
+        };
+        assert_eq!(a.wrapping_add(a).wrapping_sub(a), a);
+    }
+}
