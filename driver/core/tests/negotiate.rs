@@ -545,8 +545,9 @@ fn skylake() -> VmxCapMsrs {
 fn each_required_control_disallowed_is_named() {
     type P = PrimaryProcControls;
     type S = SecondaryProcControls;
-    // (feature, how to take it away)
-    let cases: [(Feature, fn(&mut VmxCapMsrs)); 13] = [
+    /// How to take a feature away from Skylake's MSR values.
+    type TakeAway = fn(&mut VmxCapMsrs);
+    let cases: [(Feature, TakeAway); 13] = [
         (Feature::SecondaryControls, |m| {
             clear_may(&mut m.true_procbased, P::ACTIVATE_SECONDARY_CONTROLS.bits())
         }),
@@ -736,7 +737,7 @@ fn any_msr_values_give_a_valid_result_or_an_error() {
                 IA32_VMX_VMFUNC => base.vmfunc.unwrap(),
                 _ => 0,
             };
-            let v = if round % 2 == 0 {
+            if round % 2 == 0 {
                 rng.next()
             } else {
                 let mut v = b;
@@ -745,8 +746,7 @@ fn any_msr_values_give_a_valid_result_or_an_error() {
                     v ^= 1 << (rng.next() % 64);
                 }
                 v
-            };
-            v
+            }
         });
         let caps = VmxCaps::from_msrs(&msrs);
         match negotiate(&caps) {
