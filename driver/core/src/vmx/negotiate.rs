@@ -481,10 +481,11 @@ pub struct VmxControls {
     pub proc2: SecondaryProcControls,
     /// Tertiary processor-based VM-execution controls (64-bit field) to program.
     pub proc3: TertiaryProcControls,
-    /// VM-exit controls to program. VMCS setup also writes the "IA-32e mode guest" entry
-    /// control per guest (guest EFER.LMA), which is 0 here for the real-mode power-on state.
+    /// VM-exit controls to program.
     pub exit: ExitControls,
-    /// VM-entry controls to program.
+    /// VM-entry controls to program. VMCS setup sets the "IA-32e mode guest" control per
+    /// guest (it must equal guest EFER.LMA, SDM 27.3.1.1); it is 0 here for the real-mode
+    /// power-on state.
     pub entry: EntryControls,
     /// Optional features the CPU offers and rhax can use.
     pub available: OptionalFeatures,
