@@ -361,9 +361,35 @@ ioctl_table! {
 }
 
 impl IoctlDef {
-    /// The HAXM IOCTL with this name.
+    /// The HAXM or rhax extension IOCTL with this name.
     pub fn by_name(name: &str) -> Option<&'static IoctlDef> {
-        IOCTLS.iter().find(|d| d.name == name)
+        IOCTLS
+            .iter()
+            .chain(crate::ext::EXT_IOCTLS)
+            .find(|d| d.name == name)
+    }
+
+    /// The IOCTL that `code` means on a device of `scope` on `platform`, searching HAXM's
+    /// IOCTLs and then rhax's extensions. Codes are unique per device and platform (tested),
+    /// so the answer is unambiguous; HAXM dispatches the same way (`haxm-abi.md` §1).
+    ///
+    /// The constants are usable as patterns:
+    ///
+    /// ```
+    /// use rhax_api::ioctl::{self, IoctlDef, HAX_VCPU_IOCTL_RUN};
+    /// use rhax_api::{Platform, Scope};
+    ///
+    /// let def = IoctlDef::lookup(Platform::Windows, Scope::Vcpu, 0x4000_2418);
+    /// assert!(matches!(def, Some(&HAX_VCPU_IOCTL_RUN)));
+    /// // 0x40002440 is CAPABILITY on the system device, NOTIFY_QEMU_VERSION on a VM device.
+    /// let vm = IoctlDef::lookup(Platform::Windows, Scope::Vm, 0x4000_2440).unwrap();
+    /// assert_eq!(vm.name, "HAX_VM_IOCTL_NOTIFY_QEMU_VERSION");
+    /// ```
+    pub fn lookup(platform: Platform, scope: Scope, code: u32) -> Option<&'static IoctlDef> {
+        IOCTLS
+            .iter()
+            .chain(crate::ext::EXT_IOCTLS)
+            .find(|d| d.scope == scope && d.code(platform) == Some(code))
     }
 }
 
@@ -451,6 +477,39 @@ mod tests {
             Some(&HAX_VCPU_GET_REGS)
         );
         assert_eq!(IoctlDef::by_name("nope"), None);
+        assert_eq!(
+            IoctlDef::lookup(Platform::Windows, Scope::System, 0x4000_2440),
+            Some(&HAX_IOCTL_CAPABILITY)
+        );
+        assert_eq!(
+            IoctlDef::lookup(Platform::Windows, Scope::Vcpu, 0x4000_2440),
+            None
+        );
+        assert_eq!(
+            IoctlDef::lookup(Platform::Linux, Scope::Vcpu, 0x4000_2418),
+            None
+        );
+        assert_eq!(
+            IoctlDef::lookup(Platform::Linux, Scope::Vcpu, 0x400400ca),
+            None,
+            "the i386 SET_CPUID code is not a 64-bit code"
+        );
+        assert_eq!(
+            IoctlDef::lookup(Platform::LinuxI386, Scope::Vcpu, 0x400400ca),
+            Some(&HAX_VCPU_IOCTL_SET_CPUID)
+        );
+        for def in IOCTLS {
+            for p in [Platform::Windows, Platform::Linux, Platform::Darwin] {
+                if let Some(code) = def.code(p) {
+                    assert_eq!(
+                        IoctlDef::lookup(p, def.scope, code),
+                        Some(def),
+                        "{}",
+                        def.name
+                    );
+                }
+            }
+        }
         // Within one device, no two IOCTLs share a code on any platform.
         let platforms = [
             Platform::Windows,
