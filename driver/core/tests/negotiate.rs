@@ -788,3 +788,40 @@ fn any_msr_values_give_a_valid_result_or_an_error() {
     assert!(flipped_refused > 500, "only {flipped_refused} refused");
     println!("accepted {accepted}, refused after bit flips {flipped_refused}");
 }
+
+#[test]
+fn dependencies_of_optional_features() {
+    use OptionalFeatures as F;
+    // Without EPT A/D flags PML cannot log (SDM 29.3.6), and the EPTP leaves bit 6 clear.
+    let mut raw = skylake();
+    raw.ept_vpid_cap = Some(raw.ept_vpid_cap.unwrap() & !(1 << 21));
+    let c = negotiate(&VmxCaps::from_msrs(&raw)).unwrap();
+    assert!(!c.available.intersects(F::PML | F::EPT_ACCESSED_DIRTY));
+    assert_eq!(c.eptp(0x5000) & (1 << 6), 0);
+    // Without INVVPID, VPID is not used (its TLB entries could never be flushed).
+    let mut raw = skylake();
+    raw.ept_vpid_cap = Some(raw.ept_vpid_cap.unwrap() & !(1 << 32));
+    let c = negotiate(&VmxCaps::from_msrs(&raw)).unwrap();
+    assert!(!c.available.intersects(F::VPID | F::INVVPID_SINGLE_CONTEXT));
+    assert!(!c.proc2.contains(SecondaryProcControls::ENABLE_VPID));
+    // Without TPR shadow, none of the APIC virtualizations that need it is offered.
+    let mut raw = skylake();
+    let tpr = u64::from(PrimaryProcControls::USE_TPR_SHADOW.bits()) << 32;
+    raw.true_procbased = Some(raw.true_procbased.unwrap() & !tpr);
+    raw.procbased &= !tpr;
+    let c = negotiate(&VmxCaps::from_msrs(&raw)).unwrap();
+    assert!(!c.available.intersects(
+        F::TPR_SHADOW
+            | F::APIC_REGISTER_VIRTUALIZATION
+            | F::VIRTUAL_INTERRUPT_DELIVERY
+            | F::VIRTUALIZE_X2APIC
+    ));
+    assert!(c.available.contains(F::VIRTUALIZE_APIC_ACCESSES));
+    // Without the timer, saving its value is not offered either.
+    let mut raw = skylake();
+    raw.true_pinbased = Some(raw.true_pinbased.unwrap() & !(1 << (32 + 6)));
+    let c = negotiate(&VmxCaps::from_msrs(&raw)).unwrap();
+    assert!(!c
+        .available
+        .intersects(F::PREEMPTION_TIMER | F::SAVE_PREEMPTION_TIMER));
+}
