@@ -24,6 +24,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("boot", boot),
     ("smp", smp_scenario),
     ("vmx-caps", vmx_caps),
+    ("negotiate", negotiate),
+    ("refuse", refuse),
 ];
 
 /// Runs the comma-separated list (`all` = every scenario); returns (passed, failed).
@@ -277,4 +279,85 @@ fn vmx_caps(_: &Ctx) -> Result<String, String> {
         basic & 0x7FFF_FFFF,
         edx >> 9 & 1 != 0
     ))
+}
+
+/// The CPU's capabilities as rhax-core reads them, through the kernel's RDMSR.
+fn core_caps() -> rhax_core::vmx::caps::VmxCaps {
+    rhax_core::vmx::caps::VmxCaps::read(vmx::read_cap)
+}
+
+/// rhax-core negotiates VMX controls from this CPU's capability MSRs; every value it chose is
+/// checked here against the raw MSRs (allowed-0 bits set, nothing outside allowed-1: SDM Vol. 3D
+/// A.3-A.5), independently of rhax-core's own bookkeeping.
+fn negotiate(_: &Ctx) -> Result<String, String> {
+    let caps = core_caps();
+    let c = rhax_core::vmx::negotiate::negotiate(&caps)
+        .map_err(|e| format!("rhax-core refused: {e}"))?;
+    let basic = vmx::read_cap(IA32_VMX_BASIC);
+    let true_ctls = basic & (1 << 55) != 0;
+    let msr = |plain: u32, tru: u32| vmx::read_cap(if true_ctls { tru } else { plain });
+    let fields = [
+        ("pin-based", u64::from(c.pin.bits()), msr(0x481, 0x48D)),
+        (
+            "primary proc-based",
+            u64::from(c.proc.bits()),
+            msr(0x482, 0x48E),
+        ),
+        (
+            "secondary proc-based",
+            u64::from(c.proc2.bits()),
+            vmx::read_cap(0x48B),
+        ),
+        ("VM-exit", u64::from(c.exit.bits()), msr(0x483, 0x48F)),
+        ("VM-entry", u64::from(c.entry.bits()), msr(0x484, 0x490)),
+    ];
+    for (name, value, cap) in fields {
+        let (must, may) = (cap & 0xFFFF_FFFF, cap >> 32);
+        println!("negotiate: {name} controls {value:#010x} (must {must:#010x}, may {may:#010x})");
+        if value & must != must || value & !may != 0 {
+            return Err(format!(
+                "{name} controls {value:#x} violate the CPU's {cap:#x}"
+            ));
+        }
+    }
+    if c.vmcs_revision_id != (basic & 0x7FFF_FFFF) as u32 {
+        return Err(format!(
+            "revision {:#x} != IA32_VMX_BASIC {basic:#x}",
+            c.vmcs_revision_id
+        ));
+    }
+    println!("negotiate: enabled {:?}", c.enabled);
+    Ok(format!(
+        "{} optional features enabled",
+        c.enabled.iter().count()
+    ))
+}
+
+/// On a CPU without unrestricted guest (Bochs `corei5_lynnfield_750`), rhax-core must refuse
+/// with a reason that names the missing feature, instead of failing at VM entry.
+fn refuse(_: &Ctx) -> Result<String, String> {
+    let proc2 = if vmx::read_cap(0x482) >> 32 & (1 << 31) != 0 {
+        vmx::read_cap(0x48B)
+    } else {
+        0
+    };
+    if proc2 >> 32 & (1 << 7) != 0 {
+        return Err(String::from(
+            "this CPU offers unrestricted guest: run `refuse` on corei5_lynnfield_750",
+        ));
+    }
+    match rhax_core::vmx::negotiate::negotiate(&core_caps()) {
+        Ok(_) => Err(String::from(
+            "rhax-core accepted a CPU without unrestricted guest",
+        )),
+        Err(e) => {
+            let reason = format!("{e}");
+            println!("refuse: rhax-core says: {reason}");
+            if reason.contains("unrestricted guest") {
+                Ok(format!("refused: {reason}"))
+            } else {
+                Err(format!("refused for another reason: {reason}"))
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The bare-metal stage: the `tests/metal` kernel on emulated VT-x in Bochs.
 //!
 //! `cargo xtask metal [--model NAME] [--cpus N] [--megs N] [--timeout SECS] [SCENARIO...]`
+//! (or `cargo xtask metal --stage`: the metal stage of `cargo xtask test`, every test model)
 //! builds the kernel (release, panic=abort, its own Cargo project), puts it and a command line
 //! into a ROM that replaces the BIOS (`rom.rs`), writes `bochsrc` and `continue.rc` into
 //! `<target>/metal-runs/<model>-<cpus>cpu/`, runs Bochs non-interactively (bochs-vmx.md §4) and
@@ -20,7 +21,9 @@ pub const TEST_MODELS: [&str; 3] = [
     "corei7_icelake_u",
 ];
 /// Scenarios every test model runs.
-pub const TEST_SCENARIOS: &[&str] = &["boot", "smp", "vmx-caps"];
+pub const TEST_SCENARIOS: &[&str] = &["boot", "smp", "vmx-caps", "negotiate"];
+/// A model without unrestricted guest, where rhax must refuse cleanly (scenario `refuse`).
+pub const REFUSE_MODEL: &str = "corei5_lynnfield_750";
 /// Bochs's instructions per emulated second (bochsrc `ips`); its TSC counts instructions.
 const IPS: u64 = 100_000_000;
 
@@ -79,6 +82,10 @@ impl RunReport {
 
 /// `cargo xtask metal ...`.
 pub fn main(args: &[String]) -> crate::Result {
+    // `--stage`: exactly what `cargo xtask test` runs, without the host checks before it.
+    if args.iter().any(|a| a == "--stage") {
+        return test_stage();
+    }
     let mut cfg = RunConfig::new("corei7_skylake_x", &[]);
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -127,6 +134,9 @@ pub fn test_stage() -> crate::Result {
         let report = run(&kernel, &cfg)?;
         results.push((cfg, report));
     }
+    let cfg = RunConfig::new(REFUSE_MODEL, &["boot", "refuse"]);
+    let report = run(&kernel, &cfg)?;
+    results.push((cfg, report));
     summary(&results)
 }
 
@@ -332,22 +342,7 @@ pub fn run(kernel: &Path, cfg: &RunConfig) -> crate::Result<RunReport> {
         let Ok(raw) = raw else { break };
         let line = String::from_utf8_lossy(&raw).trim_end().to_string();
         let t = start.elapsed().as_secs_f64();
-        // Kernel lines may follow a debugger prompt on the same line: find the protocol word.
-        let k = [
-            "rhax-metal:",
-            "scenario ",
-            "bench: ",
-            "metal-done:",
-            "metal-fatal:",
-            "FATAL:",
-            "PANIC:",
-            "smp:",
-            "vmx-caps:",
-        ]
-        .iter()
-        .filter_map(|w| line.find(w))
-        .min()
-        .map(|i| &line[i..]);
+        let k = kernel_part(&line);
         let Some(k) = k else {
             if !line.is_empty() {
                 println!("[{tag} {t:7.3}] bochs| {line}");
@@ -424,6 +419,24 @@ pub fn run(kernel: &Path, cfg: &RunConfig) -> crate::Result<RunReport> {
     Ok(report)
 }
 
+/// The kernel's part of a stdout line: Bochs prints its own lines there too, and kernel output
+/// may follow a debugger prompt (`<bochs:1> `). Kernel lines start with `words: ` (lowercase
+/// word, digits and `-`), `FATAL:` or `PANIC:`.
+fn kernel_part(line: &str) -> Option<&str> {
+    let mut rest = line;
+    while let Some(r) = rest.strip_prefix("<bochs:") {
+        rest = r.split_once("> ").map_or("", |(_, r)| r);
+    }
+    let word = rest.split_once(": ").map(|(w, _)| w)?;
+    let kernel_word = !word.is_empty()
+        && word.starts_with(|c: char| c.is_ascii_lowercase())
+        && word
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == ' ');
+    let kernel_word = kernel_word || word == "FATAL" || word == "PANIC";
+    kernel_word.then_some(rest)
+}
+
 /// Prints what Bochs said about the failure: VM-entry check failures, VMfail reasons, panics.
 fn print_log_diagnostics(log: &Path, stderr: &[u8]) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -444,9 +457,38 @@ fn print_log_diagnostics(log: &Path, stderr: &[u8]) {
     }
     for l in String::from_utf8_lossy(stderr)
         .lines()
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty() && !l.contains("i["))
         .take(20)
     {
         println!("metal: stderr| {l}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_part;
+
+    #[test]
+    fn separates_kernel_lines_from_bochs_lines() {
+        assert_eq!(
+            kernel_part("scenario boot: PASS x"),
+            Some("scenario boot: PASS x")
+        );
+        assert_eq!(
+            kernel_part("<bochs:1> rhax-metal: boot"),
+            Some("rhax-metal: boot")
+        );
+        assert_eq!(
+            kernel_part("bench: cpuid-exits 12 us"),
+            Some("bench: cpuid-exits 12 us")
+        );
+        assert_eq!(kernel_part("FATAL: exception"), Some("FATAL: exception"));
+        assert_eq!(kernel_part("(0) Magic breakpoint"), None);
+        assert_eq!(kernel_part("Next at t=1548634"), None);
+        assert_eq!(
+            kernel_part("00001224135p[UNMAP ] >>PANIC<< Shutdown: x"),
+            None
+        );
+        assert_eq!(kernel_part("Bochs x86 Emulator 2.7"), None);
     }
 }
