@@ -140,12 +140,55 @@ pub fn test_stage() -> crate::Result {
     summary(&results)
 }
 
-/// The main job: boot rhax-metal in Bochs and show what it does.
+/// The main job: boot rhax-metal in Bochs and show what it does, then the per-exit-reason
+/// statistics table when the kernel printed `exit-stats:` lines.
 pub fn demo() -> crate::Result {
     let kernel = build_kernel()?;
     let cfg = RunConfig::new("corei7_skylake_x", TEST_SCENARIOS);
     let report = run(&kernel, &cfg)?;
+    let table = exit_stats_table(&report.lines);
+    if !table.is_empty() {
+        println!("{table}");
+    }
     summary(std::slice::from_ref(&(cfg, report)))
+}
+
+/// Formats the kernel's `exit-stats: REASON EXITS VMREADS VMWRITES` lines (VMX instructions
+/// counted by rhax-core per exit reason) as a table with per-exit ratios.
+pub fn exit_stats_table(lines: &[String]) -> String {
+    let rows: Vec<(&str, u64, u64, u64)> = lines
+        .iter()
+        .filter_map(|l| {
+            let mut f = l.strip_prefix("exit-stats: ")?.split_whitespace();
+            let reason = f.next()?;
+            let mut n = || f.next()?.parse::<u64>().ok();
+            Some((reason, n()?, n()?, n()?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{:<24} {:>10} {:>12} {:>13}\n",
+        "exit reason", "exits", "VMREAD/exit", "VMWRITE/exit"
+    );
+    let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+    let (mut te, mut tr, mut tw) = (0, 0, 0);
+    for (reason, exits, reads, writes) in rows {
+        out += &format!(
+            "{reason:<24} {exits:>10} {:>12.2} {:>13.2}\n",
+            per(reads, exits),
+            per(writes, exits)
+        );
+        (te, tr, tw) = (te + exits, tr + reads, tw + writes);
+    }
+    out += &format!(
+        "{:<24} {te:>10} {:>12.2} {:>13.2}",
+        "total",
+        per(tr, te),
+        per(tw, te)
+    );
+    out
 }
 
 /// Prints per-run timings and the final `metal: N passed, M failed` line; fails if anything did.
@@ -466,7 +509,33 @@ fn print_log_diagnostics(log: &Path, stderr: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_part;
+    use super::{exit_stats_table, kernel_part};
+
+    #[test]
+    fn exit_stats_table_has_ratios_and_total() {
+        let lines: Vec<String> = [
+            "exit-stats: CPUID 100 300 100",
+            "scenario x: PASS",
+            "exit-stats: IO_INSTRUCTION 50 250 0",
+            "exit-stats: broken line",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let t = exit_stats_table(&lines);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 4, "{t}");
+        assert!(
+            rows[1].starts_with("CPUID") && rows[1].contains("3.00") && rows[1].contains("1.00")
+        );
+        assert!(rows[2].starts_with("IO_INSTRUCTION") && rows[2].contains("5.00"));
+        // 550 VMREADs and 100 VMWRITEs over 150 exits.
+        assert!(
+            rows[3].starts_with("total") && rows[3].contains("150") && rows[3].contains("3.67")
+        );
+        assert!(rows[3].contains("0.67"));
+        assert_eq!(exit_stats_table(&["bench: a 1 us".to_string()]), "");
+    }
 
     #[test]
     fn separates_kernel_lines_from_bochs_lines() {
