@@ -251,7 +251,10 @@ pub fn run_on_cpus(mask: u64, f: &(dyn Fn(usize) + Sync)) {
 #[allow(dead_code)] // Used by the bare-metal Platform (platform.rs) once rhax-core exports it.
 pub fn kick(cpu: usize) {
     if cpu < cpu_count() {
-        send_ipi(PERCPU[cpu].apic_id.load(Ordering::SeqCst), u32::from(WAKE_VECTOR) | 0x4000);
+        send_ipi(
+            PERCPU[cpu].apic_id.load(Ordering::SeqCst),
+            u32::from(WAKE_VECTOR) | 0x4000,
+        );
     }
 }
 
