@@ -1,4 +1,16 @@
-//! VMX: capability MSRs and control negotiation.
+//! VMX: the instructions ([`Vmx`], real and software implementations, the counting wrapper),
+//! capability MSRs, control negotiation, and VMX root operation.
 
 pub mod caps;
+mod counted;
+mod error;
+#[cfg(target_arch = "x86_64")]
+pub mod hw;
+pub mod instructions;
 pub mod negotiate;
+pub mod root;
+pub mod soft;
+
+pub use counted::Counted;
+pub use error::{VmFail, VmInstructionError};
+pub use instructions::{GuestRegisters, Vmx};

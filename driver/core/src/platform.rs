@@ -1,0 +1,120 @@
+//! `Platform`: what an operating system gives the hypervisor (ARCHITECTURE.md, "Shape Platform
+//! for Windows"). Passed in, never a global. Every allocation and pinning can fail.
+
+use core::ptr::NonNull;
+
+/// Index of a logical processor, as the platform numbers them (0..cpu_count).
+pub type CpuIndex = u32;
+
+/// Failure of a platform service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformError {
+    /// No memory (non-paged pool or contiguous pages exhausted).
+    OutOfMemory,
+    /// A user address range is invalid or not accessible (probe-and-lock raised).
+    BadUserAddress,
+    /// The request exceeds what the platform supports (e.g. too many pages at once).
+    Unsupported,
+}
+
+/// Physically contiguous, zeroed, non-paged pages owned by the core until handed back with
+/// [`Platform::free_pages`].
+#[derive(Debug)]
+pub struct PhysPages {
+    virt: NonNull<u8>,
+    phys: u64,
+    count: usize,
+}
+
+// SAFETY: the pages are kernel memory owned by this value; nothing ties them to a thread.
+unsafe impl Send for PhysPages {}
+
+impl PhysPages {
+    /// Size of one page.
+    pub const PAGE_SIZE: usize = 4096;
+
+    /// Wraps an allocation made by a platform.
+    ///
+    /// # Safety
+    /// `virt` maps `count` zeroed pages at physical address `phys` (4-KByte aligned,
+    /// contiguous), writable by the kernel, owned exclusively by the returned value.
+    pub unsafe fn from_raw(virt: NonNull<u8>, phys: u64, count: usize) -> Self {
+        PhysPages { virt, phys, count }
+    }
+
+    /// Kernel virtual address of the first page.
+    pub fn virt(&self) -> NonNull<u8> {
+        self.virt
+    }
+
+    /// Physical address of the first page.
+    pub fn phys(&self) -> u64 {
+        self.phys
+    }
+
+    /// Number of pages.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The pages as bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: by `from_raw`'s contract the range is mapped, writable and exclusively ours;
+        // `&mut self` prevents aliasing through this value.
+        unsafe { core::slice::from_raw_parts_mut(self.virt.as_ptr(), self.count * Self::PAGE_SIZE) }
+    }
+}
+
+/// User memory pinned in place (MDL + probe-and-lock on Windows): its host-physical pages stay
+/// put until [`Platform::unpin`].
+#[derive(Debug)]
+pub struct PinnedMemory {
+    /// Platform's handle (an MDL pointer on Windows).
+    pub handle: usize,
+    /// User virtual address of the first byte.
+    pub user_address: u64,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// The services an OS provides. Shaped for Windows (non-paged physically addressed memory,
+/// probe-and-lock pinning, IPI broadcast, APC-based kicks), implemented also by the bare-metal
+/// test kernel and by host-test fakes.
+pub trait Platform {
+    /// Allocates `count` physically contiguous, zeroed, non-paged pages.
+    fn alloc_pages(&self, count: usize) -> Result<PhysPages, PlatformError>;
+
+    /// Frees pages from [`Platform::alloc_pages`].
+    fn free_pages(&self, pages: PhysPages);
+
+    /// Pins `len` bytes of the calling process's memory at `user_address`.
+    fn pin(&self, user_address: u64, len: usize) -> Result<PinnedMemory, PlatformError>;
+
+    /// The host-physical address of the page `page_index` of pinned memory.
+    fn pinned_page(&self, pinned: &PinnedMemory, page_index: usize) -> Option<u64>;
+
+    /// Releases pinned memory (also on process death without handle close).
+    fn unpin(&self, pinned: PinnedMemory);
+
+    /// Runs `f` on every CPU (IPI broadcast), passing the CPU's index, and waits for all.
+    fn run_on_each_cpu(&self, f: &(dyn Fn(CpuIndex) + Sync));
+
+    /// Runs `f` on one CPU and waits (e.g. VMCLEAR of a VMCS on the CPU it is active on).
+    fn run_on_cpu(&self, cpu: CpuIndex, f: &(dyn Fn() + Sync));
+
+    /// Index of the CPU the caller runs on.
+    fn current_cpu(&self) -> CpuIndex;
+
+    /// Number of CPUs.
+    fn cpu_count(&self) -> u32;
+
+    /// A monotonic time stamp in TSC ticks.
+    fn tsc(&self) -> u64;
+
+    /// TSC ticks per second.
+    fn tsc_frequency(&self) -> u64;
+
+    /// Forces a vCPU running on `cpu` out of the guest (an IPI; on Windows the RUN call then
+    /// returns to user mode where the APC is delivered).
+    fn kick(&self, cpu: CpuIndex);
+}

@@ -1,0 +1,370 @@
+//! The vCPU: its VMCS and bitmaps, the entry/exit path, and the guest MSRs swapped around runs.
+//!
+//! The entry path (SDM Vol. 3C chapters 27-28, 2023+ numbering): make the VMCS current on this
+//! CPU if it is not (VMPTRLD; the full host state only when the VMCS arrives on a CPU), refresh
+//! the per-thread host fields through the cache, flush the cache once, VMLAUNCH a clear VMCS or
+//! VMRESUME a launched one (never VMCLEAR per run), then read the exit reason and only what that
+//! reason needs. Every VMX instruction goes through [`Counted`] into the vCPU's [`VcpuStats`].
+
+use alloc::boxed::Box;
+
+use crate::platform::{CpuIndex, PhysPages, Platform, PlatformError};
+use crate::vmcs::exit::{decode_reason, VmExit};
+use crate::vmcs::setup::{self, VmcsConfig, PASS_THROUGH_MSRS, PASS_THROUGH_TSC_AUX};
+use crate::vmcs::stats::VcpuStats;
+use crate::vmcs::{FlushError, Vmcs, VmcsCache, VmcsField};
+use crate::vmx::negotiate::VmxControls;
+use crate::vmx::root::{
+    VmxRoot, IA32_CSTAR, IA32_FMASK, IA32_FS_BASE, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_STAR,
+    IA32_TSC_AUX,
+};
+use crate::vmx::{Counted, GuestRegisters, VmFail, Vmx};
+
+/// Why a vCPU could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateError {
+    /// Page allocation failed.
+    Platform(PlatformError),
+    /// VPID 0 is the host's (SDM §27.2.1.1: VPID must not be 0 when enabled).
+    InvalidVpid,
+}
+
+/// Why a run did not reach a VM exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunError {
+    /// The VMCS is still active on another CPU (or on this CPU before VMX was re-enabled):
+    /// call [`Vcpu::unload`] there first (SDM §25.11.1: a VMCS must be VMCLEARed before it is
+    /// made current on another CPU).
+    ActiveElsewhere {
+        /// Where it is active.
+        cpu: CpuIndex,
+    },
+    /// VMCLEAR, VMPTRLD or a VMREAD failed.
+    Vmx(VmFail),
+    /// A VMWRITE of the flush failed.
+    Flush(FlushError),
+    /// VMLAUNCH/VMRESUME failed (VMfailValid 7: controls, 8: host state, 4/5: launch state).
+    Entry(VmFail),
+}
+
+impl From<VmFail> for RunError {
+    fn from(e: VmFail) -> Self {
+        RunError::Vmx(e)
+    }
+}
+
+/// Guest values of the MSRs the guest uses without exits and VMX does not switch.
+const SWAPPED_MSRS: [u32; 6] =
+    [IA32_KERNEL_GS_BASE, IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_TSC_AUX];
+
+/// A virtual CPU.
+pub struct Vcpu {
+    vmcs_page: PhysPages,
+    msr_bitmap: PhysPages,
+    io_bitmaps: PhysPages,
+    cache: VmcsCache,
+    /// Guest GPRs (RSP, RIP, RFLAGS are VMCS fields).
+    pub regs: GuestRegisters,
+    host_rsp: u64,
+    launched: bool,
+    initialized: bool,
+    needs_setup: bool,
+    resident: Option<(CpuIndex, u64)>,
+    controls: VmxControls,
+    config: VmcsConfig,
+    stats: Box<VcpuStats>,
+    exit_tsc: Option<u64>,
+    /// Guest values of [`SWAPPED_MSRS`] while not loaded on the CPU.
+    guest_msrs: [u64; 6],
+    /// Host values saved while the guest's are loaded.
+    host_msrs: Option<[u64; 6]>,
+}
+
+impl Vcpu {
+    /// Allocates the VMCS region, the MSR bitmap and the two I/O bitmaps, and prepares the
+    /// power-on state (written into the VMCS on the first run).
+    pub fn new<P: Platform>(
+        platform: &P,
+        controls: &VmxControls,
+        vpid: u16,
+        eptp: u64,
+    ) -> Result<Vcpu, CreateError> {
+        if vpid == 0 {
+            return Err(CreateError::InvalidVpid);
+        }
+        let vmcs_page = platform.alloc_pages(1).map_err(CreateError::Platform)?;
+        let mut msr_bitmap = match platform.alloc_pages(1) {
+            Ok(p) => p,
+            Err(e) => {
+                platform.free_pages(vmcs_page);
+                return Err(CreateError::Platform(e));
+            }
+        };
+        let mut io_bitmaps = match platform.alloc_pages(2) {
+            Ok(p) => p,
+            Err(e) => {
+                platform.free_pages(vmcs_page);
+                platform.free_pages(msr_bitmap);
+                return Err(CreateError::Platform(e));
+            }
+        };
+        let mut pass = [0u32; PASS_THROUGH_MSRS.len() + 1];
+        pass[..PASS_THROUGH_MSRS.len()].copy_from_slice(&PASS_THROUGH_MSRS);
+        pass[PASS_THROUGH_MSRS.len()] = PASS_THROUGH_TSC_AUX;
+        setup::fill_msr_bitmap(msr_bitmap.bytes_mut(), &pass);
+        let (a, b) = io_bitmaps.bytes_mut().split_at_mut(PhysPages::PAGE_SIZE);
+        setup::fill_io_bitmaps(a, b);
+        let config = VmcsConfig {
+            eptp,
+            vpid,
+            msr_bitmap: msr_bitmap.phys(),
+            io_bitmap_a: io_bitmaps.phys(),
+            io_bitmap_b: io_bitmaps.phys() + PhysPages::PAGE_SIZE as u64,
+        };
+        Ok(Vcpu {
+            vmcs_page,
+            msr_bitmap,
+            io_bitmaps,
+            cache: VmcsCache::new(),
+            regs: GuestRegisters::default(),
+            host_rsp: 0,
+            launched: false,
+            initialized: false,
+            needs_setup: true,
+            resident: None,
+            controls: *controls,
+            config,
+            stats: Box::default(),
+            exit_tsc: None,
+            guest_msrs: [0; 6],
+            host_msrs: None,
+        })
+    }
+
+    /// Frees the pages. The VMCS must not be active on any CPU ([`Vcpu::unload`] first);
+    /// otherwise the vCPU is handed back.
+    pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), Vcpu> {
+        if self.resident.is_some() {
+            return Err(self);
+        }
+        platform.free_pages(self.vmcs_page);
+        platform.free_pages(self.msr_bitmap);
+        platform.free_pages(self.io_bitmaps);
+        Ok(())
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &VcpuStats {
+        &self.stats
+    }
+
+    /// Zeroes the counters.
+    pub fn reset_stats(&mut self) {
+        self.stats.reset();
+    }
+
+    /// The CPU whose VMCS is this vCPU's, if any.
+    pub fn resident_cpu(&self) -> Option<CpuIndex> {
+        self.resident.map(|(c, _)| c)
+    }
+
+    /// The VMCS configuration (EPTP, VPID, bitmap addresses).
+    pub fn config(&self) -> &VmcsConfig {
+        &self.config
+    }
+
+    /// Makes the VMCS current on `root`'s CPU if needed. On arrival on a CPU: VMCLEAR of a never
+    /// used region (SDM §25.11.3 initializes a VMCS that way), VMPTRLD, the cache forgets
+    /// everything not dirty, and the host state (and, the first time, the whole VMCS) is written.
+    fn ensure_current<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), RunError> {
+        let phys = self.vmcs_page.phys();
+        let mut vmx = Counted::new(&mut root.vmx, &mut self.stats);
+        match self.resident {
+            Some((cpu, generation)) if cpu == root.cpu && generation == root.generation => {
+                if root.current_vmcs != Some(phys) {
+                    // Another vCPU's VMCS was current here; ours kept its state (no VMCLEAR
+                    // needed between VMCSs on one CPU, SDM §25.11.1), so the cache stays valid.
+                    // SAFETY: VMX root on this CPU (root invariant); the region is ours.
+                    unsafe { vmx.vmptrld(phys) }?;
+                    root.current_vmcs = Some(phys);
+                }
+                return Ok(());
+            }
+            Some((cpu, _)) => return Err(RunError::ActiveElsewhere { cpu }),
+            None => {}
+        }
+        if !self.initialized {
+            let revision = root.caps.basic.revision_id & 0x7fff_ffff;
+            self.vmcs_page.bytes_mut()[..4].copy_from_slice(&revision.to_le_bytes());
+            // SAFETY: VMX root; the region is ours and carries the revision identifier.
+            unsafe { vmx.vmclear(phys) }?;
+            self.initialized = true;
+            self.launched = false;
+        }
+        // SAFETY: VMX root; the region is ours, VMCLEARed, not active on another CPU.
+        unsafe { vmx.vmptrld(phys) }?;
+        root.current_vmcs = Some(phys);
+        self.resident = Some((root.cpu, root.generation));
+        self.cache.invalidate_all();
+        // The HOST_RSP value the stub caches is still the VMCS's (VMCLEAR keeps the data), but
+        // this is another CPU's stack: force the stub to write it.
+        self.host_rsp = 0;
+        // SAFETY: CPL0 on the root's CPU.
+        let cr3 = unsafe { vmx.read_cr3() };
+        // SAFETY: as above.
+        let fs_base = unsafe { vmx.rdmsr(IA32_FS_BASE) };
+        // SAFETY: the VMCS mirrored by `self.cache` was just made current.
+        let mut vmcs = unsafe { Vmcs::new(&mut self.cache, &mut vmx) };
+        setup::write_host_state(&mut vmcs, &root.host, &self.controls, cr3, fs_base);
+        if self.needs_setup {
+            setup::write_controls(&mut vmcs, &self.controls, &self.config);
+            setup::write_power_on_state(&mut vmcs, &self.controls);
+            self.needs_setup = false;
+        }
+        Ok(())
+    }
+
+    /// Gives the handler access to the VMCS (through the cache) and the GPRs; loads the VMCS
+    /// on this CPU first if needed.
+    pub fn with_vmcs<V: Vmx, R>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        f: impl FnOnce(&mut Vmcs<'_, Counted<'_, V>>, &mut GuestRegisters) -> R,
+    ) -> Result<R, RunError> {
+        self.ensure_current(root)?;
+        let mut vmx = Counted::new(&mut root.vmx, &mut self.stats);
+        // SAFETY: ensure_current made this vCPU's VMCS current on the root's CPU.
+        let mut vmcs = unsafe { Vmcs::new(&mut self.cache, &mut vmx) };
+        Ok(f(&mut vmcs, &mut self.regs))
+    }
+
+    /// Enters the guest and returns the decoded VM exit.
+    ///
+    /// Runs on `root`'s CPU with interrupts disabled (the contract of [`VmxRoot::enable`]).
+    /// The guest's STAR/LSTAR/CSTAR/FMASK/KERNEL_GS_BASE/TSC_AUX stay loaded after the return;
+    /// call [`Vcpu::put`] before the thread can reach user mode or be preempted.
+    pub fn run<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<VmExit, RunError> {
+        self.ensure_current(root)?;
+        self.load_guest_msrs(root);
+        // SAFETY: CPL0 on the root's CPU (root invariant).
+        let cr3 = unsafe { root.vmx.read_cr3() };
+        // SAFETY: as above.
+        let fs_base = unsafe { root.vmx.rdmsr(IA32_FS_BASE) };
+        let Vcpu { cache, regs, host_rsp, launched, stats, exit_tsc, .. } = self;
+        let mut vmx = Counted::new(&mut root.vmx, stats);
+        // SAFETY: ensure_current made this vCPU's VMCS current on the root's CPU.
+        let mut vmcs = unsafe { Vmcs::new(cache, &mut vmx) };
+        setup::write_host_thread_state(&mut vmcs, cr3, fs_base);
+        clear_stale_interrupt_shadow(&mut vmcs)?;
+        vmcs.flush().map_err(RunError::Flush)?;
+        let now = vmcs.vmx().rdtsc();
+        if let Some(t) = exit_tsc.take() {
+            vmcs.vmx().stats().add_host_cycles(now.wrapping_sub(t));
+        }
+        // SAFETY: VMX root, this VMCS current, interrupts off (contract of VmxRoot::enable);
+        // host state written for this CPU; `host_rsp` belongs to this VMCS.
+        let entered = unsafe { vmcs.vmx().vmenter(regs, *launched, host_rsp) };
+        *exit_tsc = Some(vmcs.vmx().rdtsc());
+        vmcs.on_exit();
+        entered.map_err(RunError::Entry)?;
+        vmcs.vmx().stats().close_window();
+        let raw = vmcs.exit_reason()?;
+        // SDM §27.8: a VM entry that fails while loading guest state leaves the VMCS's launch
+        // state as it was; any other exit means the entry succeeded (the VMCS is launched).
+        if raw & (1 << 31) == 0 {
+            *launched = true;
+        }
+        vmcs.vmx().stats().begin_exit(raw as u16);
+        Ok(decode_reason(&mut vmcs, raw)?)
+    }
+
+    /// VMCLEAR on the CPU where the VMCS is active (call it there, e.g. through
+    /// [`Platform::run_on_cpu`], before the vCPU runs elsewhere or is destroyed). Restores the
+    /// host MSRs first if the guest's are loaded.
+    pub fn unload<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), RunError> {
+        self.put(root);
+        match self.resident {
+            Some((cpu, generation)) if cpu == root.cpu && generation == root.generation => {}
+            Some((cpu, _)) if cpu != root.cpu => return Err(RunError::ActiveElsewhere { cpu }),
+            // Resident under an older VMXON of this CPU: VMXOFF already made it inactive.
+            Some(_) => {
+                self.resident = None;
+                self.launched = false;
+                self.cache.invalidate_all();
+                return Ok(());
+            }
+            None => return Ok(()),
+        }
+        let phys = self.vmcs_page.phys();
+        let mut vmx = Counted::new(&mut root.vmx, &mut self.stats);
+        // SAFETY: VMX root on this CPU; the region is ours and active here.
+        unsafe { vmx.vmclear(phys) }?;
+        if root.current_vmcs == Some(phys) {
+            root.current_vmcs = None;
+        }
+        self.resident = None;
+        self.launched = false;
+        self.cache.invalidate_all();
+        Ok(())
+    }
+
+    fn load_guest_msrs<V: Vmx>(&mut self, root: &mut VmxRoot<V>) {
+        if self.host_msrs.is_some() {
+            return;
+        }
+        let mut host = [0u64; 6];
+        for (i, &msr) in SWAPPED_MSRS.iter().enumerate() {
+            // SAFETY: CPL0; the MSRs exist on every Intel 64 CPU (TSC_AUX with RDTSCP, which
+            // every VMX CPU with unrestricted guest has).
+            host[i] = unsafe { root.vmx.rdmsr(msr) };
+            // SAFETY: as above; the host value is restored by `put` before the thread can
+            // leave the non-preemptible region.
+            unsafe { root.vmx.wrmsr(msr, self.guest_msrs[i]) };
+        }
+        self.host_msrs = Some(host);
+    }
+
+    /// Saves the guest's swapped MSRs and restores the host's (before returning to user mode or
+    /// enabling preemption). Cheap when nothing is loaded.
+    pub fn put<V: Vmx>(&mut self, root: &mut VmxRoot<V>) {
+        let Some(host) = self.host_msrs.take() else { return };
+        for (i, &msr) in SWAPPED_MSRS.iter().enumerate() {
+            // SAFETY: CPL0; see load_guest_msrs.
+            self.guest_msrs[i] = unsafe { root.vmx.rdmsr(msr) };
+            // SAFETY: restores the value read in load_guest_msrs.
+            unsafe { root.vmx.wrmsr(msr, host[i]) };
+        }
+    }
+}
+
+/// Advances the guest RIP past the instruction that caused the exit (VM-exit instruction
+/// length, SDM §28.2.5): two VMREADs (length, RIP) and one cached write.
+///
+/// Blocking by STI or MOV SS ends with the skipped instruction; it is cleared lazily (see
+/// `clear_stale_interrupt_shadow`), which costs nothing unless an event is injected.
+pub fn skip_instruction<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<(), VmFail> {
+    let len = u64::from(vmcs.vm_exit_instruction_length()?);
+    let rip = vmcs.guest_rip()?;
+    vmcs.set_guest_rip(rip.wrapping_add(len));
+    Ok(())
+}
+
+/// When the guest RIP was moved by software (dirty) the interruptibility state saved at the
+/// exit may still say "blocking by STI/MOV SS" for an instruction that no longer comes next.
+/// That only matters to VM entry when an event is injected or RFLAGS changed (SDM §27.3.1.5:
+/// STI blocking requires RFLAGS.IF=1; §27.3.1.5 event-injection checks), so the VMREAD is paid
+/// only then. Otherwise the stale blocking at most delays an interrupt-window exit by one
+/// instruction, which the guest cannot tell from a later interrupt.
+fn clear_stale_interrupt_shadow<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<(), VmFail> {
+    let c = vmcs.cache();
+    if !c.is_dirty(VmcsField::GuestRip) {
+        return Ok(());
+    }
+    let injecting = c.is_dirty(VmcsField::VmEntryInterruptionInformation)
+        && c.peek(VmcsField::VmEntryInterruptionInformation).is_some_and(|v| v & (1 << 31) != 0);
+    if injecting || c.is_dirty(VmcsField::GuestRflags) {
+        let state = vmcs.guest_interruptibility_state()?;
+        vmcs.set_guest_interruptibility_state(state & !3);
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Per-vCPU counters: VM exits, VMREADs, VMWRITEs, other VMX instructions and host TSC cycles
+//! spent between a VM exit and the next VM entry, per basic exit reason; VMREAD/VMWRITE counts
+//! per VMCS field for tuning. Filled by [`crate::vmx::Counted`], the wrapper every VMX
+//! operation of a vCPU goes through, so nothing escapes.
+//!
+//! Attribution: a *window* runs from the VMREAD of one exit's reason to the VMREAD of the next
+//! one, so it holds the decoding, the handling, the flush and the VMRESUME of that exit. The
+//! window before the first VM exit (setup and VMLAUNCH) goes to [`SETUP_BUCKET`].
+
+use crate::vmcs::VmcsField;
+
+/// Number of basic exit reasons tracked one by one (0..=79, SDM Appendix C).
+pub const EXIT_REASONS: usize = 80;
+/// Bucket for work done before the first VM exit and for unknown reasons (>= 80).
+pub const SETUP_BUCKET: usize = EXIT_REASONS;
+/// Number of buckets.
+pub const BUCKETS: usize = EXIT_REASONS + 1;
+
+/// Counters of one exit reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitCounters {
+    /// VM exits with this reason.
+    pub exits: u64,
+    /// VMREADs in the windows of these exits.
+    pub vmreads: u64,
+    /// VMWRITEs (including the entry stub's HOST_RSP write).
+    pub vmwrites: u64,
+    /// Other VMX instructions (VMLAUNCH, VMRESUME, VMPTRLD, VMCLEAR, INVEPT, INVVPID, ...).
+    pub other_vmx: u64,
+    /// Host TSC cycles from the VM exit to the next VM entry.
+    pub host_cycles: u64,
+}
+
+impl ExitCounters {
+    fn add(&mut self, o: &ExitCounters) {
+        self.exits += o.exits;
+        self.vmreads += o.vmreads;
+        self.vmwrites += o.vmwrites;
+        self.other_vmx += o.other_vmx;
+        self.host_cycles += o.host_cycles;
+    }
+}
+
+/// VMREAD/VMWRITE counts of one field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldCounters {
+    /// VMREADs.
+    pub reads: u64,
+    /// VMWRITEs.
+    pub writes: u64,
+}
+
+/// The counters of one vCPU.
+#[derive(Clone, Debug)]
+pub struct VcpuStats {
+    per_exit: [ExitCounters; BUCKETS],
+    per_field: [FieldCounters; VmcsField::COUNT],
+    /// Operations since the start of the current window.
+    window: ExitCounters,
+    /// Bucket the current window belongs to.
+    bucket: usize,
+}
+
+impl Default for VcpuStats {
+    fn default() -> Self {
+        VcpuStats {
+            per_exit: [ExitCounters::default(); BUCKETS],
+            per_field: [FieldCounters::default(); VmcsField::COUNT],
+            window: ExitCounters::default(),
+            bucket: SETUP_BUCKET,
+        }
+    }
+}
+
+/// The bucket of a basic exit reason.
+pub const fn bucket_of(basic_reason: u16) -> usize {
+    if (basic_reason as usize) < EXIT_REASONS {
+        basic_reason as usize
+    } else {
+        SETUP_BUCKET
+    }
+}
+
+impl VcpuStats {
+    pub(crate) fn count_read(&mut self, encoding: u32) {
+        self.window.vmreads += 1;
+        if let Some(f) = field_of(encoding) {
+            self.per_field[f.index()].reads += 1;
+        }
+    }
+
+    pub(crate) fn count_write(&mut self, encoding: u32) {
+        self.window.vmwrites += 1;
+        if let Some(f) = field_of(encoding) {
+            self.per_field[f.index()].writes += 1;
+        }
+    }
+
+    pub(crate) fn count_other(&mut self) {
+        self.window.other_vmx += 1;
+    }
+
+    pub(crate) fn add_host_cycles(&mut self, cycles: u64) {
+        self.window.host_cycles += cycles;
+    }
+
+    /// Closes the current window (call right after a VM exit, before reading its reason).
+    pub(crate) fn close_window(&mut self) {
+        let w = core::mem::take(&mut self.window);
+        self.per_exit[self.bucket].add(&w);
+    }
+
+    /// Starts the window of a VM exit with this basic reason (after reading it).
+    pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
+        // The exit-reason VMREAD was counted in the fresh window already; only the bucket moves.
+        self.bucket = bucket_of(basic_reason);
+        self.per_exit[self.bucket].exits += 1;
+    }
+
+    /// The counters of one bucket, including the still-open window.
+    pub fn exit(&self, bucket: usize) -> ExitCounters {
+        let mut c = self.per_exit.get(bucket).copied().unwrap_or_default();
+        if bucket == self.bucket {
+            c.add(&self.window);
+        }
+        c
+    }
+
+    /// The counters of one field.
+    pub fn field(&self, field: VmcsField) -> FieldCounters {
+        self.per_field[field.index()]
+    }
+
+    /// Sum over all buckets (open window included).
+    pub fn total(&self) -> ExitCounters {
+        let mut t = ExitCounters::default();
+        for c in &self.per_exit {
+            t.add(c);
+        }
+        t.add(&self.window);
+        t
+    }
+
+    /// A copy of every counter with the open window folded in, for export (e.g. to the stats
+    /// extension of the ABI): `per_exit[reason]`, `per_field[VmcsField::index()]`.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut per_exit = self.per_exit;
+        per_exit[self.bucket].add(&self.window);
+        StatsSnapshot { per_exit, per_field: self.per_field }
+    }
+
+    /// Zeroes every counter (the current window keeps its bucket).
+    pub fn reset(&mut self) {
+        let bucket = self.bucket;
+        *self = VcpuStats::default();
+        self.bucket = bucket;
+    }
+}
+
+/// A plain copy of a vCPU's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// By basic exit reason; index [`SETUP_BUCKET`] holds setup and unknown reasons.
+    pub per_exit: [ExitCounters; BUCKETS],
+    /// By field, indexed by [`VmcsField::index`].
+    pub per_field: [FieldCounters; VmcsField::COUNT],
+}
+
+fn field_of(encoding: u32) -> Option<VmcsField> {
+    VmcsField::from_encoding(encoding).or_else(|| VmcsField::from_encoding(encoding & !1))
+}

@@ -1,0 +1,416 @@
+//! The real [`Vmx`]: VMX instructions as inline assembly (Intel SDM Vol. 3C chapter 31; 2023+
+//! numbering) and the VM entry/exit stub. This is the only module with VMX assembly in it.
+//!
+//! Failure convention (SDM §31.2): CF=1 → `VMfailInvalid`, ZF=1 → `VMfailValid`, whose number is
+//! then read from the VM-instruction error field (0x4400) of the current VMCS.
+
+use core::arch::{asm, global_asm};
+
+use crate::vmx::instructions::{
+    DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
+};
+use crate::vmx::{VmFail, VmInstructionError};
+
+/// Encoding of the VM-instruction error field (SDM Appendix B.3.2).
+const VM_INSTRUCTION_ERROR: u64 = 0x4400;
+
+/// The VMX instructions of the CPU this code runs on. Zero-sized: the state is the CPU's.
+///
+/// Not `Send`: a value stands for "VMX on this CPU", so it must not wander to another thread.
+#[derive(Debug)]
+pub struct HwVmx {
+    _not_send: core::marker::PhantomData<*const ()>,
+}
+
+impl HwVmx {
+    /// Creates the handle.
+    ///
+    /// # Safety
+    /// The caller runs at CPL0 on an Intel 64 CPU with VMX, and uses the value only on the CPU
+    /// (and in the non-preemptible context) it was created on.
+    pub const unsafe fn new() -> Self {
+        HwVmx { _not_send: core::marker::PhantomData }
+    }
+}
+
+/// Turns the flags after a VMX instruction into a result.
+///
+/// # Safety
+/// CPL0, VMX root (a `VMfailValid` reads the error field of the current VMCS, which exists
+/// whenever ZF=1 was reported).
+#[inline(always)]
+unsafe fn check(cf: u8, zf: u8) -> Result<(), VmFail> {
+    if cf != 0 {
+        Err(VmFail::Invalid)
+    } else if zf != 0 {
+        let mut number: u64;
+        // SAFETY: ZF=1 means there is a current VMCS (SDM §31.2), so VMREAD of the
+        // VM-instruction error field (always supported) succeeds; CPL0/VMX root by contract.
+        unsafe {
+            asm!("vmread {v}, {e}", v = out(reg) number, e = in(reg) VM_INSTRUCTION_ERROR,
+                 options(nostack, nomem));
+        }
+        number &= 0xffff_ffff;
+        Err(VmFail::Valid(VmInstructionError::from_number(number as u32)))
+    } else {
+        Ok(())
+    }
+}
+
+// The entry/exit stub. `rhax_vmx_enter(regs: *mut GuestRegisters, launched: u64,
+// host_rsp: *mut u64) -> u64` (System V ABI: rdi, rsi, rdx; result in rax):
+//   bits 7:0 = 0 after a VM exit, 1 = VMfailInvalid, 2 = VMfailValid; bit 8 = HOST_RSP written.
+// Frame while the guest runs (HOST_RSP points at it): [rsp] = regs pointer, [rsp+8] = report,
+// then the callee-saved registers. A VM exit loads RSP from HOST_RSP and RIP from HOST_RIP
+// (= rhax_vmx_exit) and clears RFLAGS except bit 1 (SDM §28.5.3), so DF=0 and IF=0 there.
+global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl rhax_vmx_enter",
+    "rhax_vmx_enter:",
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    // HOST_RSP will be rsp after two more pushes. VMWRITE it only if it changed.
+    "xor eax, eax",
+    "lea rcx, [rsp - 16]",
+    "cmp rcx, [rdx]",
+    "je 2f",
+    "mov r8d, 0x6c14",
+    "vmwrite r8, rcx",
+    "jbe 9f",
+    "mov [rdx], rcx",
+    "mov eax, 1",
+    "2:",
+    "push rax",
+    "push rdi",
+    // Load the guest GPRs; MOV leaves the flags of TEST alone (ZF=1: not launched).
+    "test rsi, rsi",
+    "mov rax, [rdi + 0]",
+    "mov rcx, [rdi + 8]",
+    "mov rdx, [rdi + 16]",
+    "mov rbx, [rdi + 24]",
+    "mov rbp, [rdi + 40]",
+    "mov rsi, [rdi + 48]",
+    "mov r8, [rdi + 64]",
+    "mov r9, [rdi + 72]",
+    "mov r10, [rdi + 80]",
+    "mov r11, [rdi + 88]",
+    "mov r12, [rdi + 96]",
+    "mov r13, [rdi + 104]",
+    "mov r14, [rdi + 112]",
+    "mov r15, [rdi + 120]",
+    "mov rdi, [rdi + 56]",
+    "jnz 3f",
+    "vmlaunch",
+    "jmp 4f",
+    "3:",
+    "vmresume",
+    "4:",
+    // VM entry failed (the instruction fell through): CF or ZF says how.
+    "mov eax, 2",
+    "mov ecx, 1",
+    "cmovc eax, ecx",
+    "mov rcx, [rsp + 8]",
+    "shl ecx, 8",
+    "or eax, ecx",
+    "add rsp, 16",
+    "jmp 8f",
+    "9:",
+    // VMWRITE of HOST_RSP failed; nothing was pushed after the callee-saved registers.
+    "mov eax, 2",
+    "mov ecx, 1",
+    "cmovc eax, ecx",
+    "8:",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    "",
+    ".p2align 4",
+    ".globl rhax_vmx_exit",
+    "rhax_vmx_exit:",
+    "push rax",
+    "mov rax, [rsp + 8]",
+    "mov [rax + 8], rcx",
+    "mov [rax + 16], rdx",
+    "mov [rax + 24], rbx",
+    "mov [rax + 40], rbp",
+    "mov [rax + 48], rsi",
+    "mov [rax + 56], rdi",
+    "mov [rax + 64], r8",
+    "mov [rax + 72], r9",
+    "mov [rax + 80], r10",
+    "mov [rax + 88], r11",
+    "mov [rax + 96], r12",
+    "mov [rax + 104], r13",
+    "mov [rax + 112], r14",
+    "mov [rax + 120], r15",
+    "pop rcx",
+    "mov [rax], rcx",
+    "add rsp, 8",
+    "pop rax",
+    "shl eax, 8",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+);
+
+extern "C" {
+    fn rhax_vmx_enter(regs: *mut GuestRegisters, launched: u64, host_rsp: *mut u64) -> u64;
+    fn rhax_vmx_exit();
+}
+
+/// A VMX instruction with one 64-bit memory operand (VMXON, VMCLEAR, VMPTRLD).
+macro_rules! vmx_mem_op {
+    ($insn:literal, $addr:expr) => {{
+        let operand: u64 = $addr;
+        let (cf, zf): (u8, u8);
+        // SAFETY: the operand is a live local; the instruction's preconditions are the caller's
+        // (see the `# Safety` of the trait method).
+        unsafe {
+            asm!(concat!($insn, " qword ptr [{p}]"), "setc {cf}", "setz {zf}",
+                 p = in(reg) &operand, cf = out(reg_byte) cf, zf = out(reg_byte) zf,
+                 options(nostack));
+        }
+        // SAFETY: CPL0 and VMX root as the trait method requires.
+        unsafe { check(cf, zf) }
+    }};
+}
+
+impl Vmx for HwVmx {
+    unsafe fn vmxon(&mut self, region: u64) -> Result<(), VmFail> {
+        vmx_mem_op!("vmxon", region)
+    }
+
+    unsafe fn vmxoff(&mut self) -> Result<(), VmFail> {
+        let (cf, zf): (u8, u8);
+        // SAFETY: CPL0 and VMX root by contract.
+        unsafe {
+            asm!("vmxoff", "setc {cf}", "setz {zf}", cf = out(reg_byte) cf, zf = out(reg_byte) zf,
+                 options(nostack));
+        }
+        // SAFETY: as above.
+        unsafe { check(cf, zf) }
+    }
+
+    unsafe fn vmclear(&mut self, vmcs: u64) -> Result<(), VmFail> {
+        vmx_mem_op!("vmclear", vmcs)
+    }
+
+    unsafe fn vmptrld(&mut self, vmcs: u64) -> Result<(), VmFail> {
+        vmx_mem_op!("vmptrld", vmcs)
+    }
+
+    unsafe fn vmptrst(&mut self) -> Result<u64, VmFail> {
+        let mut pointer: u64 = 0;
+        let (cf, zf): (u8, u8);
+        // SAFETY: VMPTRST stores 8 bytes into the live local; CPL0/VMX root by contract.
+        unsafe {
+            asm!("vmptrst qword ptr [{p}]", "setc {cf}", "setz {zf}", p = in(reg) &mut pointer,
+                 cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack));
+        }
+        // SAFETY: as above.
+        unsafe { check(cf, zf) }?;
+        Ok(pointer)
+    }
+
+    #[inline]
+    unsafe fn vmread(&mut self, encoding: u32) -> Result<u64, VmFail> {
+        let value: u64;
+        let (cf, zf): (u8, u8);
+        // SAFETY: register operands only; CPL0, VMX root and a current VMCS by contract.
+        unsafe {
+            asm!("vmread {v}, {e}", "setc {cf}", "setz {zf}", v = out(reg) value,
+                 e = in(reg) u64::from(encoding), cf = out(reg_byte) cf, zf = out(reg_byte) zf,
+                 options(nostack, nomem));
+        }
+        // SAFETY: as above.
+        unsafe { check(cf, zf) }?;
+        Ok(value)
+    }
+
+    #[inline]
+    unsafe fn vmwrite(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
+        let (cf, zf): (u8, u8);
+        // SAFETY: register operands only; CPL0, VMX root, a current VMCS and a harmless value
+        // by contract.
+        unsafe {
+            asm!("vmwrite {e}, {v}", "setc {cf}", "setz {zf}", e = in(reg) u64::from(encoding),
+                 v = in(reg) value, cf = out(reg_byte) cf, zf = out(reg_byte) zf,
+                 options(nostack, nomem));
+        }
+        // SAFETY: as above.
+        unsafe { check(cf, zf) }
+    }
+
+    unsafe fn vmenter(
+        &mut self,
+        regs: &mut GuestRegisters,
+        launched: bool,
+        host_rsp: &mut u64,
+    ) -> Result<EntryReport, VmFail> {
+        // SAFETY: the stub follows the System V ABI (callee-saved registers preserved, the
+        // frame popped on every path); the pointers are live exclusive references; the VMCS
+        // preconditions are the caller's.
+        let r = unsafe { rhax_vmx_enter(regs, u64::from(launched), host_rsp) };
+        let report = EntryReport { host_rsp_written: r & 0x100 != 0 };
+        match r & 0xff {
+            0 => Ok(report),
+            // SAFETY: the stub reported CF=1 or ZF=1 of VMLAUNCH/VMRESUME/VMWRITE; CPL0 and
+            // VMX root by contract.
+            1 => unsafe { check(1, 0) }.map(|()| report),
+            // SAFETY: as above.
+            _ => unsafe { check(0, 1) }.map(|()| report),
+        }
+    }
+
+    fn host_rip(&self) -> u64 {
+        rhax_vmx_exit as *const () as usize as u64
+    }
+
+    unsafe fn invept(&mut self, kind: InveptType, eptp: u64) -> Result<(), VmFail> {
+        let descriptor: [u64; 2] = [eptp, 0];
+        let t: u64 = match kind {
+            InveptType::SingleContext => 1,
+            InveptType::Global => 2,
+        };
+        let (cf, zf): (u8, u8);
+        // SAFETY: the 16-byte descriptor is a live local; CPL0/VMX root by contract.
+        unsafe {
+            asm!("invept {t}, [{d}]", "setc {cf}", "setz {zf}", t = in(reg) t,
+                 d = in(reg) &descriptor, cf = out(reg_byte) cf, zf = out(reg_byte) zf,
+                 options(nostack));
+        }
+        // SAFETY: as above.
+        unsafe { check(cf, zf) }
+    }
+
+    unsafe fn invvpid(
+        &mut self,
+        kind: InvvpidType,
+        vpid: u16,
+        address: u64,
+    ) -> Result<(), VmFail> {
+        let descriptor: [u64; 2] = [u64::from(vpid), address];
+        let t: u64 = match kind {
+            InvvpidType::IndividualAddress => 0,
+            InvvpidType::SingleContext => 1,
+            InvvpidType::AllContexts => 2,
+            InvvpidType::SingleContextRetainingGlobals => 3,
+        };
+        let (cf, zf): (u8, u8);
+        // SAFETY: the 16-byte descriptor is a live local; CPL0/VMX root by contract.
+        unsafe {
+            asm!("invvpid {t}, [{d}]", "setc {cf}", "setz {zf}", t = in(reg) t,
+                 d = in(reg) &descriptor, cf = out(reg_byte) cf, zf = out(reg_byte) zf,
+                 options(nostack));
+        }
+        // SAFETY: as above.
+        unsafe { check(cf, zf) }
+    }
+
+    unsafe fn rdmsr(&mut self, msr: u32) -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: CPL0 and an existing MSR by contract.
+        unsafe {
+            asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack, nomem));
+        }
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    unsafe fn wrmsr(&mut self, msr: u32, value: u64) {
+        // SAFETY: CPL0 and a harmless write by contract.
+        unsafe {
+            asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+                 options(nostack));
+        }
+    }
+
+    unsafe fn read_cr0(&mut self) -> u64 {
+        let v: u64;
+        // SAFETY: CPL0 by contract.
+        unsafe { asm!("mov {}, cr0", out(reg) v, options(nostack, nomem)) };
+        v
+    }
+
+    unsafe fn read_cr3(&mut self) -> u64 {
+        let v: u64;
+        // SAFETY: CPL0 by contract.
+        unsafe { asm!("mov {}, cr3", out(reg) v, options(nostack, nomem)) };
+        v
+    }
+
+    unsafe fn read_cr4(&mut self) -> u64 {
+        let v: u64;
+        // SAFETY: CPL0 by contract.
+        unsafe { asm!("mov {}, cr4", out(reg) v, options(nostack, nomem)) };
+        v
+    }
+
+    unsafe fn write_cr4(&mut self, value: u64) {
+        // SAFETY: CPL0 and a harmless value by contract.
+        unsafe { asm!("mov cr4, {}", in(reg) value, options(nostack)) };
+    }
+
+    unsafe fn selectors(&mut self) -> Selectors {
+        let (cs, ss, ds, es, fs, gs, tr): (u16, u16, u16, u16, u16, u16, u16);
+        // SAFETY: reading segment registers and TR has no side effects; CPL0 by contract.
+        unsafe {
+            asm!("mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es",
+                 "mov {4:x}, fs", "mov {5:x}, gs", "str {6:x}",
+                 out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
+                 out(reg) tr, options(nostack, nomem));
+        }
+        Selectors { cs, ss, ds, es, fs, gs, tr }
+    }
+
+    unsafe fn sgdt(&mut self) -> DescriptorTablePointer {
+        let mut buf = [0u8; 10];
+        // SAFETY: SGDT stores 10 bytes into the live local buffer.
+        unsafe { asm!("sgdt [{}]", in(reg) buf.as_mut_ptr(), options(nostack)) };
+        table_pointer(buf)
+    }
+
+    unsafe fn sidt(&mut self) -> DescriptorTablePointer {
+        let mut buf = [0u8; 10];
+        // SAFETY: SIDT stores 10 bytes into the live local buffer.
+        unsafe { asm!("sidt [{}]", in(reg) buf.as_mut_ptr(), options(nostack)) };
+        table_pointer(buf)
+    }
+
+    unsafe fn tss_base(&mut self, gdt: DescriptorTablePointer, tr: u16) -> u64 {
+        let entry = (gdt.base + u64::from(tr & !7)) as *const u64;
+        // SAFETY: by contract `tr` selects a 16-byte TSS descriptor inside this CPU's GDT.
+        let low = unsafe { entry.read_unaligned() };
+        // SAFETY: as above, the second half of the system descriptor.
+        let high = unsafe { entry.add(1).read_unaligned() };
+        // SDM Vol. 3A §8.2.3, Figure 8-4: base 15:0 in bits 31:16, 23:16 in 39:32, 31:24 in
+        // 63:56, 63:32 in the low half of the second quadword.
+        ((low >> 16) & 0xff_ffff) | ((low >> 56) << 24) | ((high & 0xffff_ffff) << 32)
+    }
+
+    fn rdtsc(&mut self) -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: RDTSC is allowed at CPL0 (and CPL3 unless CR4.TSD) and has no side effects.
+        unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, nomem)) };
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+}
+
+fn table_pointer(buf: [u8; 10]) -> DescriptorTablePointer {
+    let limit = u16::from_le_bytes([buf[0], buf[1]]);
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&buf[2..10]);
+    DescriptorTablePointer { base: u64::from_le_bytes(base), limit }
+}
