@@ -118,3 +118,89 @@ pub trait Platform {
     /// returns to user mode where the APC is delivered).
     fn kick(&self, cpu: CpuIndex);
 }
+
+/// A [`Platform`] for host tests and examples: pages from the global allocator with made-up
+/// physical addresses (distinct, 4-KByte aligned, below 4 GiB), one CPU, a counter as TSC.
+/// It maps nothing real: only the software VMX model may be given its addresses.
+#[derive(Debug, Default)]
+pub struct HeapPlatform {
+    next_phys: core::sync::atomic::AtomicU64,
+    tsc: core::sync::atomic::AtomicU64,
+    /// Pages currently allocated (to check that everything is freed).
+    pub live_pages: core::sync::atomic::AtomicUsize,
+}
+
+impl HeapPlatform {
+    /// A platform whose first page gets physical address 1 MiB.
+    pub fn new() -> Self {
+        HeapPlatform {
+            next_phys: core::sync::atomic::AtomicU64::new(0x10_0000),
+            ..Default::default()
+        }
+    }
+}
+
+impl Platform for HeapPlatform {
+    fn alloc_pages(&self, count: usize) -> Result<PhysPages, PlatformError> {
+        use core::sync::atomic::Ordering;
+        let size = count
+            .checked_mul(PhysPages::PAGE_SIZE)
+            .ok_or(PlatformError::Unsupported)?;
+        let layout = core::alloc::Layout::from_size_align(size.max(1), PhysPages::PAGE_SIZE)
+            .map_err(|_| PlatformError::Unsupported)?;
+        // SAFETY: the layout has a nonzero size.
+        let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let virt = NonNull::new(ptr).ok_or(PlatformError::OutOfMemory)?;
+        let phys = self.next_phys.fetch_add(size as u64, Ordering::Relaxed);
+        self.live_pages.fetch_add(count, Ordering::Relaxed);
+        // SAFETY: fresh zeroed allocation of `count` pages owned by the result.
+        Ok(unsafe { PhysPages::from_raw(virt, phys, count) })
+    }
+
+    fn free_pages(&self, pages: PhysPages) {
+        let size = pages.count * PhysPages::PAGE_SIZE;
+        self.live_pages
+            .fetch_sub(pages.count, core::sync::atomic::Ordering::Relaxed);
+        if let Ok(layout) = core::alloc::Layout::from_size_align(size.max(1), PhysPages::PAGE_SIZE)
+        {
+            // SAFETY: allocated by alloc_pages with this layout, and owned by `pages`.
+            unsafe { alloc::alloc::dealloc(pages.virt.as_ptr(), layout) };
+        }
+    }
+
+    fn pin(&self, _user_address: u64, _len: usize) -> Result<PinnedMemory, PlatformError> {
+        Err(PlatformError::Unsupported)
+    }
+
+    fn pinned_page(&self, _pinned: &PinnedMemory, _page_index: usize) -> Option<u64> {
+        None
+    }
+
+    fn unpin(&self, _pinned: PinnedMemory) {}
+
+    fn run_on_each_cpu(&self, f: &(dyn Fn(CpuIndex) + Sync)) {
+        f(0)
+    }
+
+    fn run_on_cpu(&self, _cpu: CpuIndex, f: &(dyn Fn() + Sync)) {
+        f()
+    }
+
+    fn current_cpu(&self) -> CpuIndex {
+        0
+    }
+
+    fn cpu_count(&self) -> u32 {
+        1
+    }
+
+    fn tsc(&self) -> u64 {
+        self.tsc.fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn tsc_frequency(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn kick(&self, _cpu: CpuIndex) {}
+}

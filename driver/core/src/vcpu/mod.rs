@@ -54,15 +54,21 @@ impl From<VmFail> for RunError {
 }
 
 /// Guest values of the MSRs the guest uses without exits and VMX does not switch.
-const SWAPPED_MSRS: [u32; 6] =
-    [IA32_KERNEL_GS_BASE, IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_TSC_AUX];
+const SWAPPED_MSRS: [u32; 6] = [
+    IA32_KERNEL_GS_BASE,
+    IA32_STAR,
+    IA32_LSTAR,
+    IA32_CSTAR,
+    IA32_FMASK,
+    IA32_TSC_AUX,
+];
 
 /// A virtual CPU.
 pub struct Vcpu {
     vmcs_page: PhysPages,
     msr_bitmap: PhysPages,
     io_bitmaps: PhysPages,
-    cache: VmcsCache,
+    cache: Box<VmcsCache>,
     /// Guest GPRs (RSP, RIP, RFLAGS are VMCS fields).
     pub regs: GuestRegisters,
     host_rsp: u64,
@@ -125,7 +131,7 @@ impl Vcpu {
             vmcs_page,
             msr_bitmap,
             io_bitmaps,
-            cache: VmcsCache::new(),
+            cache: Box::default(),
             regs: GuestRegisters::default(),
             host_rsp: 0,
             launched: false,
@@ -143,9 +149,9 @@ impl Vcpu {
 
     /// Frees the pages. The VMCS must not be active on any CPU ([`Vcpu::unload`] first);
     /// otherwise the vCPU is handed back.
-    pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), Vcpu> {
+    pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), Box<Vcpu>> {
         if self.resident.is_some() {
-            return Err(self);
+            return Err(Box::new(self));
         }
         platform.free_pages(self.vmcs_page);
         platform.free_pages(self.msr_bitmap);
@@ -250,7 +256,15 @@ impl Vcpu {
         let cr3 = unsafe { root.vmx.read_cr3() };
         // SAFETY: as above.
         let fs_base = unsafe { root.vmx.rdmsr(IA32_FS_BASE) };
-        let Vcpu { cache, regs, host_rsp, launched, stats, exit_tsc, .. } = self;
+        let Vcpu {
+            cache,
+            regs,
+            host_rsp,
+            launched,
+            stats,
+            exit_tsc,
+            ..
+        } = self;
         let mut vmx = Counted::new(&mut root.vmx, stats);
         // SAFETY: ensure_current made this vCPU's VMCS current on the root's CPU.
         let mut vmcs = unsafe { Vmcs::new(cache, &mut vmx) };
@@ -327,7 +341,9 @@ impl Vcpu {
     /// Saves the guest's swapped MSRs and restores the host's (before returning to user mode or
     /// enabling preemption). Cheap when nothing is loaded.
     pub fn put<V: Vmx>(&mut self, root: &mut VmxRoot<V>) {
-        let Some(host) = self.host_msrs.take() else { return };
+        let Some(host) = self.host_msrs.take() else {
+            return;
+        };
         for (i, &msr) in SWAPPED_MSRS.iter().enumerate() {
             // SAFETY: CPL0; see load_guest_msrs.
             self.guest_msrs[i] = unsafe { root.vmx.rdmsr(msr) };
@@ -361,7 +377,8 @@ fn clear_stale_interrupt_shadow<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<(), Vm
         return Ok(());
     }
     let injecting = c.is_dirty(VmcsField::VmEntryInterruptionInformation)
-        && c.peek(VmcsField::VmEntryInterruptionInformation).is_some_and(|v| v & (1 << 31) != 0);
+        && c.peek(VmcsField::VmEntryInterruptionInformation)
+            .is_some_and(|v| v & (1 << 31) != 0);
     if injecting || c.is_dirty(VmcsField::GuestRflags) {
         let state = vmcs.guest_interruptibility_state()?;
         vmcs.set_guest_interruptibility_state(state & !3);

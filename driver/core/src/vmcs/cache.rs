@@ -195,8 +195,10 @@ impl<'a, V: Vmx> Vmcs<'a, V> {
                 let i = w * 64 + b;
                 self.cache.dirty[w] = bits & (bits - 1);
                 let field = VmcsField::ALL[i];
+                let value = self.cache.values[i];
                 // SAFETY: the view's contract: VMX root, CPL0, the mirrored VMCS is current.
-                if let Err(fail) = unsafe { self.vmx.vmwrite(field.encoding(), self.cache.values[i]) } {
+                let written = unsafe { self.vmx.vmwrite(field.encoding(), value) };
+                if let Err(fail) = written {
                     self.cache.cached[w] &= !(1 << b);
                     return Err(FlushError { field, fail });
                 }
@@ -255,7 +257,12 @@ mod tests {
             v.flush().unwrap();
         }
         assert_eq!(s.counts.vmwrite, 4);
-        assert_eq!(s.counts.writes_by_field.get(&VmcsField::GuestRip.encoding()), Some(&1));
+        assert_eq!(
+            s.counts
+                .writes_by_field
+                .get(&VmcsField::GuestRip.encoding()),
+            Some(&1)
+        );
         assert_eq!(s.peek(VmcsField::GuestRip), Some(0x200));
         assert_eq!(cache.dirty_count(), 0);
         cache.on_exit();
@@ -290,14 +297,21 @@ mod tests {
         v.guest_rip().unwrap();
         v.ept_pointer().unwrap();
         v.host_cr3().unwrap();
-        assert_eq!(s.counts.vmread, 4, "only guest RIP is read again after an exit");
+        assert_eq!(
+            s.counts.vmread, 4,
+            "only guest RIP is read again after an exit"
+        );
         cache.invalidate_all();
         // SAFETY: as above.
         let mut v = unsafe { Vmcs::new(&mut cache, &mut s) };
         v.set_guest_rsp(9);
         v.ept_pointer().unwrap();
         v.host_cr3().unwrap();
-        assert_eq!(v.guest_rsp(), Ok(9), "a pending write survives invalidation");
+        assert_eq!(
+            v.guest_rsp(),
+            Ok(9),
+            "a pending write survives invalidation"
+        );
         assert_eq!(s.counts.vmread, 6);
         assert!(cache.is_dirty(VmcsField::GuestRsp));
     }

@@ -102,7 +102,11 @@ impl IoAccess {
         IoAccess {
             port: (q >> 16) as u16,
             size: ((q & 7) + 1) as u8,
-            direction: if q & 8 != 0 { IoDirection::In } else { IoDirection::Out },
+            direction: if q & 8 != 0 {
+                IoDirection::In
+            } else {
+                IoDirection::Out
+            },
             string: q & (1 << 4) != 0,
             rep: q & (1 << 5) != 0,
             immediate: q & (1 << 6) != 0,
@@ -153,7 +157,10 @@ impl CrAccess {
                 0 => CrAccessType::MovTo { gpr },
                 1 => CrAccessType::MovFrom { gpr },
                 2 => CrAccessType::Clts,
-                _ => CrAccessType::Lmsw { source: (q >> 16) as u16, memory: q & (1 << 6) != 0 },
+                _ => CrAccessType::Lmsw {
+                    source: (q >> 16) as u16,
+                    memory: q & (1 << 6) != 0,
+                },
             },
         }
     }
@@ -398,7 +405,11 @@ fn vectoring<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<Option<Interruption>, VmF
     if info & (1 << 31) == 0 {
         return Ok(None);
     }
-    let code = if info & (1 << 11) != 0 { Some(vmcs.idt_vectoring_error_code()?) } else { None };
+    let code = if info & (1 << 11) != 0 {
+        Some(vmcs.idt_vectoring_error_code()?)
+    } else {
+        None
+    };
     Ok(Some(Interruption::decode(info, code)))
 }
 
@@ -413,7 +424,10 @@ pub fn decode_reason<V: Vmx>(vmcs: &mut Vmcs<'_, V>, raw: u32) -> Result<VmExit,
     use self::reason as r;
     let basic = raw as u16;
     if raw & (1 << 31) != 0 {
-        return Ok(VmExit::EntryFailure { reason: basic, qualification: vmcs.exit_qualification()? });
+        return Ok(VmExit::EntryFailure {
+            reason: basic,
+            qualification: vmcs.exit_qualification()?,
+        });
     }
     Ok(match basic {
         r::EXCEPTION_OR_NMI => {
@@ -425,18 +439,25 @@ pub fn decode_reason<V: Vmx>(vmcs: &mut Vmcs<'_, V>, raw: u32) -> Result<VmExit,
             };
             let interruption = Interruption::decode(info, code);
             // The qualification is defined for #DB (1) and #PF (14) only (SDM §28.2.1).
-            let qualification =
-                if matches!(interruption.vector, 1 | 14) && interruption.kind == InterruptionType::HardwareException {
-                    vmcs.exit_qualification()?
-                } else {
-                    0
-                };
-            VmExit::ExceptionOrNmi { interruption, qualification, vectoring: vectoring(vmcs)? }
+            let qualification = if matches!(interruption.vector, 1 | 14)
+                && interruption.kind == InterruptionType::HardwareException
+            {
+                vmcs.exit_qualification()?
+            } else {
+                0
+            };
+            VmExit::ExceptionOrNmi {
+                interruption,
+                qualification,
+                vectoring: vectoring(vmcs)?,
+            }
         }
         r::EXTERNAL_INTERRUPT => VmExit::ExternalInterrupt,
         r::TRIPLE_FAULT => VmExit::TripleFault,
         r::INIT => VmExit::Init,
-        r::SIPI => VmExit::Sipi { vector: vmcs.exit_qualification()? as u8 },
+        r::SIPI => VmExit::Sipi {
+            vector: vmcs.exit_qualification()? as u8,
+        },
         r::INTERRUPT_WINDOW => VmExit::InterruptWindow,
         r::NMI_WINDOW => VmExit::NmiWindow,
         r::CPUID => VmExit::Cpuid,
@@ -457,14 +478,25 @@ pub fn decode_reason<V: Vmx>(vmcs: &mut Vmcs<'_, V>, raw: u32) -> Result<VmExit,
             } else {
                 None
             };
-            VmExit::EptViolation { gpa, gla, qualification, vectoring: vectoring(vmcs)? }
+            VmExit::EptViolation {
+                gpa,
+                gla,
+                qualification,
+                vectoring: vectoring(vmcs)?,
+            }
         }
-        r::EPT_MISCONFIG => VmExit::EptMisconfig { gpa: vmcs.guest_physical_address()? },
+        r::EPT_MISCONFIG => VmExit::EptMisconfig {
+            gpa: vmcs.guest_physical_address()?,
+        },
         r::PREEMPTION_TIMER => VmExit::PreemptionTimer,
         r::XSETBV => VmExit::Xsetbv,
         other => VmExit::Other {
             reason: other,
-            vectoring: if may_have_vectoring(other) { vectoring(vmcs)? } else { None },
+            vectoring: if may_have_vectoring(other) {
+                vectoring(vmcs)?
+            } else {
+                None
+            },
         },
     })
 }
@@ -480,11 +512,21 @@ mod tests {
         let io = IoAccess::from_qualification(q);
         assert_eq!(
             io,
-            IoAccess { port: 0x3f8, size: 1, direction: IoDirection::Out, string: false, rep: false, immediate: false }
+            IoAccess {
+                port: 0x3f8,
+                size: 1,
+                direction: IoDirection::Out,
+                string: false,
+                rep: false,
+                immediate: false
+            }
         );
         // REP INSD from port 0x1f0, immediate? no; 4 bytes, in, string, rep.
         let io = IoAccess::from_qualification(0x01f0_0000 | 3 | 8 | 16 | 32);
-        assert_eq!((io.size, io.direction, io.string, io.rep), (4, IoDirection::In, true, true));
+        assert_eq!(
+            (io.size, io.direction, io.string, io.rep),
+            (4, IoDirection::In, true, true)
+        );
         let io = IoAccess::from_qualification(0x0080_0000 | 1 | 64);
         assert_eq!((io.port, io.size, io.immediate), (0x80, 2, true));
     }
@@ -493,7 +535,10 @@ mod tests {
     fn cr_qualification_decodes_per_table_28_3() {
         assert_eq!(
             CrAccess::from_qualification(0x300),
-            CrAccess { cr: 0, access: CrAccessType::MovTo { gpr: 3 } }
+            CrAccess {
+                cr: 0,
+                access: CrAccessType::MovTo { gpr: 3 }
+            }
         );
         assert_eq!(
             CrAccess::from_qualification(0x14 | (5 << 8)).access,
@@ -501,7 +546,10 @@ mod tests {
         );
         assert_eq!(
             CrAccess::from_qualification(0x0001_0070).access,
-            CrAccessType::Lmsw { source: 1, memory: true }
+            CrAccessType::Lmsw {
+                source: 1,
+                memory: true
+            }
         );
     }
 }

@@ -14,7 +14,7 @@
 //! which is in the guest area but never saved by a VM exit).
 
 use crate::vmcs::Vmcs;
-use crate::vmx::{Vmx, VmFail};
+use crate::vmx::{VmFail, Vmx};
 
 /// The width of a field (encoding bits 14:13).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,10 +153,18 @@ pub struct FieldInfo {
 }
 
 macro_rules! vmcs_value_type {
-    (W16) => { u16 };
-    (W32) => { u32 };
-    (W64) => { u64 };
-    (Natural) => { u64 };
+    (W16) => {
+        u16
+    };
+    (W32) => {
+        u32
+    };
+    (W64) => {
+        u64
+    };
+    (Natural) => {
+        u64
+    };
 }
 
 macro_rules! vmcs_setter {
@@ -538,7 +546,11 @@ mod tests {
         let mut names = BTreeSet::new();
         for (i, &f) in VmcsField::ALL.iter().enumerate() {
             assert_eq!(f.index(), i);
-            assert!(encs.insert(f.encoding()), "duplicate encoding {:#x}", f.encoding());
+            assert!(
+                encs.insert(f.encoding()),
+                "duplicate encoding {:#x}",
+                f.encoding()
+            );
             assert!(names.insert(f.name()), "duplicate name {}", f.name());
             assert_eq!(VmcsField::from_encoding(f.encoding()), Some(f));
         }
@@ -549,7 +561,12 @@ mod tests {
     fn read_only_means_exit_information_and_policy_follows_area() {
         for &f in VmcsField::ALL {
             // SDM §25.11.2: type 1 ("VM-exit information") is exactly the read-only data area.
-            assert_eq!(f.access() == Access::Ro, f.kind() == Kind::ExitInfo, "{}", f.name());
+            assert_eq!(
+                f.access() == Access::Ro,
+                f.kind() == Kind::ExitInfo,
+                "{}",
+                f.name()
+            );
             match f.kind() {
                 Kind::ExitInfo => assert_eq!(f.policy(), Policy::Volatile, "{}", f.name()),
                 Kind::Host => assert_eq!(f.policy(), Policy::Stable, "{}", f.name()),
@@ -566,7 +583,11 @@ mod tests {
         let mut seen = BTreeSet::new();
         for &f in VmcsField::ALL {
             let d = Encoding::decode(f.encoding());
-            assert!(seen.insert((d.width.code(), d.kind.code(), d.index)), "{}", f.name());
+            assert!(
+                seen.insert((d.width.code(), d.kind.code(), d.index)),
+                "{}",
+                f.name()
+            );
         }
     }
 }

@@ -10,8 +10,8 @@ use crate::vmcs::Vmcs;
 use crate::vmx::caps::{EntryControls, ExitControls, PrimaryProcControls, SecondaryProcControls};
 use crate::vmx::negotiate::VmxControls;
 use crate::vmx::root::{
-    HostState, IA32_CSTAR, IA32_FMASK, IA32_FS_BASE, IA32_GS_BASE, IA32_KERNEL_GS_BASE,
-    IA32_LSTAR, IA32_STAR, IA32_SYSENTER_CS, IA32_SYSENTER_EIP, IA32_SYSENTER_ESP, IA32_TSC_AUX,
+    HostState, IA32_CSTAR, IA32_FMASK, IA32_FS_BASE, IA32_GS_BASE, IA32_KERNEL_GS_BASE, IA32_LSTAR,
+    IA32_STAR, IA32_SYSENTER_CS, IA32_SYSENTER_EIP, IA32_SYSENTER_ESP, IA32_TSC_AUX,
 };
 use crate::vmx::Vmx;
 
@@ -78,7 +78,8 @@ pub fn msr_exits(page: &[u8], msr: u32, write: bool) -> bool {
         _ => return true,
     };
     let half = if write { 2048 } else { 0 };
-    page.get(half + base + index / 8).is_none_or(|b| b & (1 << (index % 8)) != 0)
+    page.get(half + base + index / 8)
+        .is_none_or(|b| b & (1 << (index % 8)) != 0)
 }
 
 /// Fills both I/O bitmaps so that every port exits (HAXM semantics: all port I/O goes to the
@@ -92,10 +93,14 @@ pub fn fill_io_bitmaps(a: &mut [u8], b: &mut [u8]) {
 pub fn write_controls<V: Vmx>(vmcs: &mut Vmcs<'_, V>, c: &VmxControls, config: &VmcsConfig) {
     vmcs.set_pin_based_vm_execution_controls(c.pin.bits());
     vmcs.set_primary_processor_based_vm_execution_controls(c.proc.bits());
-    if c.proc.contains(PrimaryProcControls::ACTIVATE_SECONDARY_CONTROLS) {
+    if c.proc
+        .contains(PrimaryProcControls::ACTIVATE_SECONDARY_CONTROLS)
+    {
         vmcs.set_secondary_processor_based_vm_execution_controls(c.proc2.bits());
     }
-    if c.proc.contains(PrimaryProcControls::ACTIVATE_TERTIARY_CONTROLS) {
+    if c.proc
+        .contains(PrimaryProcControls::ACTIVATE_TERTIARY_CONTROLS)
+    {
         vmcs.set_tertiary_processor_based_vm_execution_controls(c.proc3.bits());
     }
     vmcs.set_primary_vm_exit_controls(c.exit.bits());
@@ -130,8 +135,14 @@ pub fn write_controls<V: Vmx>(vmcs: &mut Vmcs<'_, V>, c: &VmxControls, config: &
     // CR0/CR4 ownership (SDM §25.6.6): bits the VMX fixed-bit MSRs force (NE, VMXE, ...) are
     // host-owned; the guest reads its own view from the read shadow. With unrestricted guest,
     // PE and PG are the guest's (SDM §27.3.1.1).
-    vmcs.set_cr0_guest_host_mask(forced_bits(c.guest_cr0_fixed.must_be_one, c.guest_cr0_fixed.may_be_one));
-    vmcs.set_cr4_guest_host_mask(forced_bits(c.guest_cr4_fixed.must_be_one, c.guest_cr4_fixed.may_be_one));
+    vmcs.set_cr0_guest_host_mask(forced_bits(
+        c.guest_cr0_fixed.must_be_one,
+        c.guest_cr0_fixed.may_be_one,
+    ));
+    vmcs.set_cr4_guest_host_mask(forced_bits(
+        c.guest_cr4_fixed.must_be_one,
+        c.guest_cr4_fixed.may_be_one,
+    ));
     // The link pointer must be all ones without VMCS shadowing (SDM §27.3.1.5).
     vmcs.set_vmcs_link_pointer(u64::MAX);
 }
@@ -292,7 +303,10 @@ mod tests {
             assert!(!msr_exits(&page, msr, true), "{msr:#x} write");
         }
         for msr in [0x10, 0x1b, 0x277, 0xc000_0080, 0x4000_0000] {
-            assert!(msr_exits(&page, msr, false) && msr_exits(&page, msr, true), "{msr:#x}");
+            assert!(
+                msr_exits(&page, msr, false) && msr_exits(&page, msr, true),
+                "{msr:#x}"
+            );
         }
         assert!(!fill_msr_bitmap(&mut page[..100], &[]));
     }

@@ -146,7 +146,10 @@ impl VcpuStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         let mut per_exit = self.per_exit;
         per_exit[self.bucket].add(&self.window);
-        StatsSnapshot { per_exit, per_field: self.per_field }
+        StatsSnapshot {
+            per_exit,
+            per_field: self.per_field,
+        }
     }
 
     /// Zeroes every counter (the current window keeps its bucket).

@@ -83,7 +83,13 @@ impl<V: Vmx> Vmx for Counted<'_, V> {
         // SAFETY: forwarded under the caller's contract.
         let r = unsafe { self.inner.vmenter(regs, launched, host_rsp) };
         // The stub's HOST_RSP VMWRITE is a VMWRITE like any other.
-        if matches!(r, Ok(EntryReport { host_rsp_written: true })) || *host_rsp != before {
+        if matches!(
+            r,
+            Ok(EntryReport {
+                host_rsp_written: true
+            })
+        ) || *host_rsp != before
+        {
             self.stats.count_write(VmcsField::HostRsp.encoding());
         }
         r

@@ -106,7 +106,11 @@ mod tests {
             assert_eq!(e.number(), n);
             // The SDM leaves 14, 21 and 27 reserved; 0 is "no error".
             let reserved = matches!(n, 0 | 14 | 21 | 27) || n > 28;
-            assert_eq!(matches!(e, VmInstructionError::Unknown(_)), reserved, "n={n}");
+            assert_eq!(
+                matches!(e, VmInstructionError::Unknown(_)),
+                reserved,
+                "n={n}"
+            );
         }
         assert_eq!(
             VmInstructionError::from_number(12),

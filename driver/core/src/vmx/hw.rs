@@ -29,7 +29,9 @@ impl HwVmx {
     /// The caller runs at CPL0 on an Intel 64 CPU with VMX, and uses the value only on the CPU
     /// (and in the non-preemptible context) it was created on.
     pub const unsafe fn new() -> Self {
-        HwVmx { _not_send: core::marker::PhantomData }
+        HwVmx {
+            _not_send: core::marker::PhantomData,
+        }
     }
 }
 
@@ -51,7 +53,9 @@ unsafe fn check(cf: u8, zf: u8) -> Result<(), VmFail> {
                  options(nostack, nomem));
         }
         number &= 0xffff_ffff;
-        Err(VmFail::Valid(VmInstructionError::from_number(number as u32)))
+        Err(VmFail::Valid(VmInstructionError::from_number(
+            number as u32,
+        )))
     } else {
         Ok(())
     }
@@ -264,7 +268,9 @@ impl Vmx for HwVmx {
         // frame popped on every path); the pointers are live exclusive references; the VMCS
         // preconditions are the caller's.
         let r = unsafe { rhax_vmx_enter(regs, u64::from(launched), host_rsp) };
-        let report = EntryReport { host_rsp_written: r & 0x100 != 0 };
+        let report = EntryReport {
+            host_rsp_written: r & 0x100 != 0,
+        };
         match r & 0xff {
             0 => Ok(report),
             // SAFETY: the stub reported CF=1 or ZF=1 of VMLAUNCH/VMRESUME/VMWRITE; CPL0 and
@@ -296,12 +302,7 @@ impl Vmx for HwVmx {
         unsafe { check(cf, zf) }
     }
 
-    unsafe fn invvpid(
-        &mut self,
-        kind: InvvpidType,
-        vpid: u16,
-        address: u64,
-    ) -> Result<(), VmFail> {
+    unsafe fn invvpid(&mut self, kind: InvvpidType, vpid: u16, address: u64) -> Result<(), VmFail> {
         let descriptor: [u64; 2] = [u64::from(vpid), address];
         let t: u64 = match kind {
             InvvpidType::IndividualAddress => 0,
@@ -372,7 +373,15 @@ impl Vmx for HwVmx {
                  out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs,
                  out(reg) tr, options(nostack, nomem));
         }
-        Selectors { cs, ss, ds, es, fs, gs, tr }
+        Selectors {
+            cs,
+            ss,
+            ds,
+            es,
+            fs,
+            gs,
+            tr,
+        }
     }
 
     unsafe fn sgdt(&mut self) -> DescriptorTablePointer {
@@ -394,7 +403,7 @@ impl Vmx for HwVmx {
         // SAFETY: by contract `tr` selects a 16-byte TSS descriptor inside this CPU's GDT.
         let low = unsafe { entry.read_unaligned() };
         // SAFETY: as above, the second half of the system descriptor.
-        let high = unsafe { entry.add(1).read_unaligned() };
+        let high = unsafe { entry.wrapping_add(1).read_unaligned() };
         // SDM Vol. 3A §8.2.3, Figure 8-4: base 15:0 in bits 31:16, 23:16 in 39:32, 31:24 in
         // 63:56, 63:32 in the low half of the second quadword.
         ((low >> 16) & 0xff_ffff) | ((low >> 56) << 24) | ((high & 0xffff_ffff) << 32)
@@ -412,5 +421,8 @@ fn table_pointer(buf: [u8; 10]) -> DescriptorTablePointer {
     let limit = u16::from_le_bytes([buf[0], buf[1]]);
     let mut base = [0u8; 8];
     base.copy_from_slice(&buf[2..10]);
-    DescriptorTablePointer { base: u64::from_le_bytes(base), limit }
+    DescriptorTablePointer {
+        base: u64::from_le_bytes(base),
+        limit,
+    }
 }

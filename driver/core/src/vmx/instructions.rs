@@ -181,8 +181,7 @@ pub trait Vmx {
     ///
     /// # Safety
     /// CPL0, VMX root; the CPU supports this INVVPID type.
-    unsafe fn invvpid(&mut self, kind: InvvpidType, vpid: u16, address: u64)
-        -> Result<(), VmFail>;
+    unsafe fn invvpid(&mut self, kind: InvvpidType, vpid: u16, address: u64) -> Result<(), VmFail>;
 
     /// RDMSR.
     ///

@@ -90,7 +90,7 @@ impl HostState {
     /// # Safety
     /// CPL0, pinned to the CPU whose state is read.
     pub unsafe fn capture<V: Vmx>(vmx: &mut V) -> HostState {
-        // SAFETY (for each read below): CPL0 by contract; the MSRs exist on every Intel 64 CPU.
+        // SAFETY: CPL0 by contract (here and below; the MSRs exist on every Intel 64 CPU).
         let sel = unsafe { vmx.selectors() };
         // SAFETY: as above.
         let gdt = unsafe { vmx.sgdt() };
@@ -191,7 +191,8 @@ impl<V: Vmx> VmxRoot<V> {
         // SAFETY: setting CR4.VMXE changes nothing else (CPL0 by contract).
         unsafe { vmx.write_cr4(old_cr4 | CR4_VMXE) };
         // SDM §25.2: bits 30:0 of the first dword hold the revision identifier, bit 31 is 0.
-        region.bytes_mut()[..4].copy_from_slice(&(caps.basic.revision_id & 0x7fff_ffff).to_le_bytes());
+        region.bytes_mut()[..4]
+            .copy_from_slice(&(caps.basic.revision_id & 0x7fff_ffff).to_le_bytes());
         // SAFETY: preconditions established above; the region stays owned by the root.
         if let Err(e) = unsafe { vmx.vmxon(region.phys()) } {
             // SAFETY: restores the CR4 value found on entry.
@@ -200,15 +201,24 @@ impl<V: Vmx> VmxRoot<V> {
         }
         // SAFETY: CPL0, pinned.
         let host = unsafe { HostState::capture(&mut vmx) };
-        Ok(VmxRoot { vmx, cpu, caps, host, generation, current_vmcs: None, region, old_cr4 })
+        Ok(VmxRoot {
+            vmx,
+            cpu,
+            caps,
+            host,
+            generation,
+            current_vmcs: None,
+            region,
+            old_cr4,
+        })
     }
 
     /// Leaves VMX root operation (VMXOFF, CR4 restored). VMCSs still active on this CPU must
     /// have been VMCLEARed (see [`crate::vcpu::Vcpu::unload`]).
-    pub fn disable(mut self) -> Result<(V, PhysPages), (Self, VmFail)> {
+    pub fn disable(mut self) -> Result<(V, PhysPages), (alloc::boxed::Box<Self>, VmFail)> {
         // SAFETY: VMX root on this CPU is the invariant of `self`.
         if let Err(e) = unsafe { self.vmx.vmxoff() } {
-            return Err((self, e));
+            return Err((alloc::boxed::Box::new(self), e));
         }
         // SAFETY: CPL0 (contract of `enable`); restores the CR4 found at enable time.
         unsafe { self.vmx.write_cr4(self.old_cr4) };

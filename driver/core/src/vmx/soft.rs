@@ -94,9 +94,23 @@ impl Default for SoftHostCpu {
             cr0: 0x8005_0033,
             cr3: 0x0010_0000,
             cr4: 0x0000_06a0,
-            selectors: Selectors { cs: 0x08, ss: 0x10, ds: 0, es: 0, fs: 0, gs: 0, tr: 0x40 },
-            gdt: DescriptorTablePointer { base: 0xffff_8000_0001_0000, limit: 0x7f },
-            idt: DescriptorTablePointer { base: 0xffff_8000_0002_0000, limit: 0xfff },
+            selectors: Selectors {
+                cs: 0x08,
+                ss: 0x10,
+                ds: 0,
+                es: 0,
+                fs: 0,
+                gs: 0,
+                tr: 0x40,
+            },
+            gdt: DescriptorTablePointer {
+                base: 0xffff_8000_0001_0000,
+                limit: 0x7f,
+            },
+            idt: DescriptorTablePointer {
+                base: 0xffff_8000_0002_0000,
+                limit: 0xfff,
+            },
             tss_base: 0xffff_8000_0003_0000,
         }
     }
@@ -120,7 +134,8 @@ impl GuestCpu<'_> {
 
     /// Sets a field as the CPU would (no access check).
     pub fn write(&mut self, field: VmcsField, value: u64) {
-        self.fields.insert(field.encoding(), value & field.width().mask());
+        self.fields
+            .insert(field.encoding(), value & field.width().mask());
     }
 
     /// Records an instruction-caused VM exit: basic reason, qualification, instruction length
@@ -128,7 +143,10 @@ impl GuestCpu<'_> {
     pub fn exit(&mut self, reason: u32, qualification: u64, instruction_length: u32) {
         self.write(VmcsField::ExitReason, u64::from(reason));
         self.write(VmcsField::ExitQualification, qualification);
-        self.write(VmcsField::VmExitInstructionLength, u64::from(instruction_length));
+        self.write(
+            VmcsField::VmExitInstructionLength,
+            u64::from(instruction_length),
+        );
     }
 }
 
@@ -214,7 +232,8 @@ impl SoftVmx {
     /// Sets a field of the current VMCS without VMWRITE (to break state on purpose in tests).
     pub fn poke(&mut self, field: VmcsField, value: u64) {
         if let Some(vmcs) = self.current.and_then(|c| self.regions.get_mut(&c)) {
-            vmcs.fields.insert(field.encoding(), value & field.width().mask());
+            vmcs.fields
+                .insert(field.encoding(), value & field.width().mask());
         }
     }
 
@@ -241,7 +260,10 @@ impl SoftVmx {
     /// VMfailValid: stores the number in the VM-instruction error field (SDM §31.2).
     fn fail_valid(&mut self, error: VmInstructionError) -> VmFail {
         if let Ok(vmcs) = self.current_vmcs() {
-            vmcs.fields.insert(VmcsField::VmInstructionError.encoding(), u64::from(error.number()));
+            vmcs.fields.insert(
+                VmcsField::VmInstructionError.encoding(),
+                u64::from(error.number()),
+            );
             VmFail::Valid(error)
         } else {
             VmFail::Invalid
@@ -423,8 +445,10 @@ impl Vmx for SoftVmx {
                 // the exit reason set; the launch state is unchanged; nothing else is saved.
                 let vmcs = self.current_vmcs()?;
                 let reason = EXIT_REASON_ENTRY_FAILURE | EXIT_REASON_INVALID_GUEST_STATE;
-                vmcs.fields.insert(VmcsField::ExitReason.encoding(), u64::from(reason));
-                vmcs.fields.insert(VmcsField::ExitQualification.encoding(), qualification);
+                vmcs.fields
+                    .insert(VmcsField::ExitReason.encoding(), u64::from(reason));
+                vmcs.fields
+                    .insert(VmcsField::ExitQualification.encoding(), qualification);
                 clear_entry_intr(vmcs);
                 Ok(report)
             }
@@ -433,7 +457,11 @@ impl Vmx for SoftVmx {
                 vmcs.launched = true;
                 vmcs.fields.remove(&VmcsField::ExitReason.encoding());
                 if let Some(hook) = self.hook.as_mut() {
-                    let mut cpu = GuestCpu { fields: &mut vmcs.fields, regs, resumed: launched };
+                    let mut cpu = GuestCpu {
+                        fields: &mut vmcs.fields,
+                        regs,
+                        resumed: launched,
+                    };
                     hook.run_guest(&mut cpu);
                 }
                 clear_entry_intr(&mut vmcs);
@@ -623,9 +651,18 @@ mod checks {
             return Err(BAD);
         }
         for (count, addr) in [
-            (VmcsField::VmExitMsrStoreCount, VmcsField::VmExitMsrStoreAddress),
-            (VmcsField::VmExitMsrLoadCount, VmcsField::VmExitMsrLoadAddress),
-            (VmcsField::VmEntryMsrLoadCount, VmcsField::VmEntryMsrLoadAddress),
+            (
+                VmcsField::VmExitMsrStoreCount,
+                VmcsField::VmExitMsrStoreAddress,
+            ),
+            (
+                VmcsField::VmExitMsrLoadCount,
+                VmcsField::VmExitMsrLoadAddress,
+            ),
+            (
+                VmcsField::VmEntryMsrLoadCount,
+                VmcsField::VmEntryMsrLoadAddress,
+            ),
         ] {
             if s.field(count) != 0 && (s.field(addr) & 0xf != 0 || !phys_ok(s.field(addr))) {
                 return Err(BAD);
@@ -834,13 +871,55 @@ mod checks {
         // §27.3.1.2: segment registers.
         let rflags = s.field(F::GuestRflags);
         let v86 = rflags & (1 << 17) != 0;
-        let cs = seg(s, F::GuestCsSelector, F::GuestCsBase, F::GuestCsLimit, F::GuestCsAccessRights);
-        let ss = seg(s, F::GuestSsSelector, F::GuestSsBase, F::GuestSsLimit, F::GuestSsAccessRights);
-        let ds = seg(s, F::GuestDsSelector, F::GuestDsBase, F::GuestDsLimit, F::GuestDsAccessRights);
-        let es = seg(s, F::GuestEsSelector, F::GuestEsBase, F::GuestEsLimit, F::GuestEsAccessRights);
-        let fs = seg(s, F::GuestFsSelector, F::GuestFsBase, F::GuestFsLimit, F::GuestFsAccessRights);
-        let gs = seg(s, F::GuestGsSelector, F::GuestGsBase, F::GuestGsLimit, F::GuestGsAccessRights);
-        let tr = seg(s, F::GuestTrSelector, F::GuestTrBase, F::GuestTrLimit, F::GuestTrAccessRights);
+        let cs = seg(
+            s,
+            F::GuestCsSelector,
+            F::GuestCsBase,
+            F::GuestCsLimit,
+            F::GuestCsAccessRights,
+        );
+        let ss = seg(
+            s,
+            F::GuestSsSelector,
+            F::GuestSsBase,
+            F::GuestSsLimit,
+            F::GuestSsAccessRights,
+        );
+        let ds = seg(
+            s,
+            F::GuestDsSelector,
+            F::GuestDsBase,
+            F::GuestDsLimit,
+            F::GuestDsAccessRights,
+        );
+        let es = seg(
+            s,
+            F::GuestEsSelector,
+            F::GuestEsBase,
+            F::GuestEsLimit,
+            F::GuestEsAccessRights,
+        );
+        let fs = seg(
+            s,
+            F::GuestFsSelector,
+            F::GuestFsBase,
+            F::GuestFsLimit,
+            F::GuestFsAccessRights,
+        );
+        let gs = seg(
+            s,
+            F::GuestGsSelector,
+            F::GuestGsBase,
+            F::GuestGsLimit,
+            F::GuestGsAccessRights,
+        );
+        let tr = seg(
+            s,
+            F::GuestTrSelector,
+            F::GuestTrBase,
+            F::GuestTrLimit,
+            F::GuestTrAccessRights,
+        );
         let ldtr = seg(
             s,
             F::GuestLdtrSelector,
@@ -950,8 +1029,10 @@ mod checks {
             return Err(0);
         }
         // §27.3.1.3: GDTR/IDTR: canonical base, limit bits 31:16 zero.
-        for (b, l) in [(F::GuestGdtrBase, F::GuestGdtrLimit), (F::GuestIdtrBase, F::GuestIdtrLimit)]
-        {
+        for (b, l) in [
+            (F::GuestGdtrBase, F::GuestGdtrLimit),
+            (F::GuestIdtrBase, F::GuestIdtrLimit),
+        ] {
             if !canonical(s.field(b)) || s.field(l) >> 16 != 0 {
                 return Err(0);
             }
