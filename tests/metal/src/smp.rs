@@ -248,7 +248,6 @@ pub fn run_on_cpus(mask: u64, f: &(dyn Fn(usize) + Sync)) {
 
 /// Sends the wake-up IPI to CPU `cpu`: wakes it from HLT, or forces a VM exit when it runs a
 /// guest with external-interrupt exiting.
-#[allow(dead_code)] // Used by the bare-metal Platform (platform.rs) once rhax-core exports it.
 pub fn kick(cpu: usize) {
     if cpu < cpu_count() {
         send_ipi(

@@ -111,7 +111,6 @@ pub fn enable_on_this_cpu(cpu: usize) {
     STATE.lock()[cpu] = s;
 }
 
-#[allow(dead_code)] // Hand-over to rhax-core, which enters VMX operation itself.
 /// Leaves VMX operation on the running CPU (index `cpu`), freeing the VMXON region.
 pub fn vmxoff_on_this_cpu(cpu: usize) {
     let mut st = STATE.lock();

@@ -21,7 +21,18 @@ pub const TEST_MODELS: [&str; 3] = [
     "corei7_icelake_u",
 ];
 /// Scenarios every test model runs.
-pub const TEST_SCENARIOS: &[&str] = &["boot", "smp", "vmx-caps", "negotiate"];
+pub const TEST_SCENARIOS: &[&str] = &[
+    "boot",
+    "smp",
+    "vmx-caps",
+    "negotiate",
+    "real-mode",
+    "protected-mode",
+    "long-mode",
+    "ept-violation",
+    "preemption-timer",
+    "two-vcpus",
+];
 /// A model without unrestricted guest, where rhax must refuse cleanly (scenario `refuse`).
 pub const REFUSE_MODEL: &str = "corei5_lynnfield_750";
 /// Bochs's instructions per emulated second (bochsrc `ips`); its TSC counts instructions.
@@ -144,7 +155,7 @@ pub fn test_stage() -> crate::Result {
 /// statistics table when the kernel printed `exit-stats:` lines.
 pub fn demo() -> crate::Result {
     let kernel = build_kernel()?;
-    let cfg = RunConfig::new("corei7_skylake_x", TEST_SCENARIOS);
+    let cfg = RunConfig::new("corei7_skylake_x", &["boot", "smp", "demo"]);
     let report = run(&kernel, &cfg)?;
     let table = exit_stats_table(&report.lines);
     if !table.is_empty() {
@@ -209,6 +220,9 @@ fn summary(results: &[(RunConfig, RunReport)]) -> crate::Result {
         }
         for (name, reason) in &r.failed {
             println!("metal:   FAIL {name}: {reason}");
+        }
+        for (name, value, unit) in &r.bench {
+            println!("bench: {name} {value} {unit}");
         }
         if let Some(d) = &r.died {
             println!("metal:   run died: {d}");
@@ -376,6 +390,7 @@ pub fn run(kernel: &Path, cfg: &RunConfig) -> crate::Result<RunReport> {
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let mut report = RunReport::default();
     let mut started: Option<(String, Instant)> = None;
+    let mut timer: Option<(String, Instant)> = None;
     let mut done = false;
     let tag = cfg
         .model
@@ -422,6 +437,35 @@ pub fn run(kernel: &Path, cfg: &RunConfig) -> crate::Result<RunReport> {
                 report
                     .bench
                     .push((n.into(), v.into(), f.collect::<Vec<_>>().join(" ")));
+            }
+        } else if let Some(t) = k.strip_prefix("bench-timer: ") {
+            // `bench-timer: NAME start` ... `bench-timer: NAME stop N`: host wall time of N
+            // round trips, measured here because the guest's TSC counts instructions.
+            let f: Vec<&str> = t.split_whitespace().collect();
+            match f.as_slice() {
+                [name, "start"] => timer = Some((name.to_string(), Instant::now())),
+                [name, "stop", n] => {
+                    let n: f64 = n.parse().unwrap_or(0.0);
+                    if let Some((_, t0)) = timer.take().filter(|(t, _)| t == name) {
+                        let secs = t0.elapsed().as_secs_f64();
+                        let lines = [
+                            format!("bench: {name}-wall {secs:.3} s"),
+                            format!(
+                                "bench: {name}-wall-per-exit {:.2} us/exit",
+                                secs * 1e6 / n.max(1.0)
+                            ),
+                        ];
+                        for l in lines {
+                            println!("[{tag} {:7.3}] {l}", start.elapsed().as_secs_f64());
+                            let mut f = l["bench: ".len()..].split_whitespace();
+                            if let (Some(a), Some(b), Some(c)) = (f.next(), f.next(), f.next()) {
+                                report.bench.push((a.into(), b.into(), c.into()));
+                            }
+                            report.lines.push(l);
+                        }
+                    }
+                }
+                _ => {}
             }
         } else if k.starts_with("metal-done:") {
             done = true;
