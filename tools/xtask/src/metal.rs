@@ -186,6 +186,17 @@ pub fn exit_stats_table(lines: &[String]) -> String {
     let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
     let (mut te, mut tr, mut tw) = (0, 0, 0);
     for (reason, exits, reads, writes) in rows {
+        if exits == 0 {
+            // Work before the first exit (VMCS setup, VMLAUNCH): absolute counts, not ratios.
+            out += &format!(
+                "{:<24} {:>10} {:>12} {:>13}\n",
+                format!("{reason} (total)"),
+                "-",
+                reads,
+                writes
+            );
+            continue;
+        }
         out += &format!(
             "{reason:<24} {exits:>10} {:>12.2} {:>13.2}\n",
             per(reads, exits),
@@ -561,6 +572,7 @@ mod tests {
             "exit-stats: CPUID 100 300 100",
             "scenario x: PASS",
             "exit-stats: IO_INSTRUCTION 50 250 0",
+            "exit-stats: SETUP 0 7 200",
             "exit-stats: broken line",
         ]
         .iter()
@@ -568,16 +580,17 @@ mod tests {
         .collect();
         let t = exit_stats_table(&lines);
         let rows: Vec<&str> = t.lines().collect();
-        assert_eq!(rows.len(), 4, "{t}");
+        assert_eq!(rows.len(), 5, "{t}");
+        assert!(rows[3].starts_with("SETUP (total)") && rows[3].contains("200"));
         assert!(
             rows[1].starts_with("CPUID") && rows[1].contains("3.00") && rows[1].contains("1.00")
         );
         assert!(rows[2].starts_with("IO_INSTRUCTION") && rows[2].contains("5.00"));
-        // 550 VMREADs and 100 VMWRITEs over 150 exits.
+        // 550 VMREADs and 100 VMWRITEs over 150 exits (setup work excluded).
         assert!(
-            rows[3].starts_with("total") && rows[3].contains("150") && rows[3].contains("3.67")
+            rows[4].starts_with("total") && rows[4].contains("150") && rows[4].contains("3.67")
         );
-        assert!(rows[3].contains("0.67"));
+        assert!(rows[4].contains("0.67"));
         assert_eq!(exit_stats_table(&["bench: a 1 us".to_string()]), "");
     }
 
