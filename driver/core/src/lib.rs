@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod memory;
 pub mod platform;
 pub mod vcpu;
 pub mod vmcs;

@@ -1,0 +1,681 @@
+//! Guest memory: RAM blocks, memslots, PROTECT_RAM and the EPT built from them.
+//!
+//! Section numbers follow the Intel SDM, order number 325462-083US (March 2024): Vol. 3C §29.3
+//! "The Extended Page Table Mechanism (EPT)" (§29.3.2 translation and entry formats, §29.3.3
+//! EPT-induced VM exits), §29.4 caching and INVEPT, §25.6.11 the EPTP. HAXM behaviour from
+//! haxm-abi.md §2 (ALLOC_RAM, ADD_RAMBLOCK, SET_RAM, SET_RAM2, PROTECT_RAM) and §6 "Guest RAM".
+//!
+//! # Design
+//!
+//! * **Lazy EPT, lazy pinning (as HAXM).** SET_RAM only edits the memslots and zaps EPT
+//!   entries; nothing is pinned or mapped. An EPT violation ([`GuestMemory::handle_violation`])
+//!   looks up the slot, pins the 2-MiB chunk of the RAM block on first use, and maps every page
+//!   of the slot that lies in that chunk at once (one 2-MiB leaf when allowed). Why lazy:
+//!   QEMU registers every RAM block with host memory (VRAM, option ROMs, the whole of pc.ram)
+//!   whether the guest touches it or not (haxm-clients.md §2.1); pinning all of it eagerly
+//!   would lock gigabytes of never-used memory. Pinned chunks stay pinned until the block goes
+//!   (the VM is destroyed, or a STANDALONE block loses its last mapping), as in HAXM.
+//! * **2-MiB leaves** where a whole 2-MiB-aligned guest range maps, inside one slot, onto one
+//!   chunk whose host pages are physically contiguous from a 2-MiB-aligned address, and the CPU
+//!   supports 2-MiB EPT pages (the `large_pages` argument); 4 KiB otherwise. A 2-MiB guest
+//!   range containing a protected page is always mapped with 4-KiB leaves.
+//! * **Memory type**: write-back with "ignore PAT", see [`ept::LEAF_MEMORY_TYPE`].
+//! * **MMIO** is every guest-physical page without a slot: it never gets an EPT entry, so
+//!   an access exits with an EPT violation, and [`Resolution::Mmio`] sends it to the emulator.
+//!   Writes to ROM are the same ([`Resolution::WriteToRom`]): ROM pages are mapped read+execute.
+//!
+//! # Concurrency
+//!
+//! Memory-map changes arrive on the VM handle from any thread (QEMU's main thread, or a vCPU
+//! thread reprogramming a PCI BAR) while other vCPUs run the guest (haxm-clients.md §2.2).
+//! All state lives behind one [`spin::Mutex`]; vCPUs take it only to resolve an EPT violation
+//! or to translate for the emulator, never on the VM-entry path. The lock is only taken where
+//! the thread may block and fault (pinning probes user memory): never with interrupts off or
+//! at raised IRQL, never inside the non-preemptible entry region.
+//!
+//! Safety argument against the CPU's page walker, which reads the tables without the lock:
+//! * entries change only by one aligned 8-byte atomic store each, so a walk sees the old or
+//!   the new entry, never a torn one;
+//! * filling a not-present entry needs no flush (only present translations are cached);
+//! * a change that clears a present entry ("zap") bumps the **epoch** and returns an
+//!   [`InveptRequest`]: until every CPU that may have run this VM executed a single-context
+//!   INVEPT for [`GuestMemory::eptp`], the CPU may still use the old translation, and even walk
+//!   through a page table the zap unlinked. So nothing a zap removes is freed at once: unlinked
+//!   page tables and the pins of dropped STANDALONE blocks are *retired*, tagged with the epoch,
+//!   and handed back to the platform only by [`GuestMemory::invept_done`], which the caller
+//!   calls after that INVEPT completed everywhere (and after no vCPU holds a [`Translation`]
+//!   from before). Guest RAM pages and EPT pages therefore never return to the host while a
+//!   stale translation can reach them.
+//! * This module never executes VMX instructions; the caller issues INVEPT (e.g. by IPI to the
+//!   CPUs running the VM's vCPUs, and on the next entry of a vCPU whose CPU has a flushed epoch
+//!   older than [`GuestMemory::epoch`]).
+
+mod ept;
+mod error;
+mod memslot;
+mod ramblock;
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use rhax_api::{
+    AllocRamInfo, ProtectRamInfo, RamFlags, RamPermission, RamblockInfo, SetRamInfo, SetRamInfo2,
+    HAX_CHUNK_SIZE,
+};
+use spin::Mutex;
+
+pub use ept::{
+    entry_span, index, leaf_entry, Leaf, EPT_ADDRESS_MASK, EPT_EXECUTE, EPT_IGNORE_PAT, EPT_LARGE,
+    EPT_MEMORY_TYPE_WB, EPT_READ, EPT_RWX, EPT_WRITE, LEAF_MEMORY_TYPE,
+};
+pub use error::MemoryError;
+pub use memslot::Slot;
+
+use crate::platform::{PhysPages, PinnedMemory, Platform};
+use ept::Ept;
+use memslot::{MemSlots, Protections};
+use ramblock::{RamBlock, RamBlocks};
+
+/// Guest page size.
+pub const PAGE_SIZE: u64 = 4096;
+/// Frames per 2-MiB page.
+const FRAMES_PER_LARGE: u64 = 512;
+/// A 2-MiB page.
+pub const LARGE_PAGE_SIZE: u64 = PAGE_SIZE * FRAMES_PER_LARGE;
+/// Guest-physical addresses a 4-level EPT translates: bits 47:0 (SDM Vol. 3C §29.3.2).
+pub const GPA_LIMIT: u64 = 1 << 48;
+
+const _: () = assert!(HAX_CHUNK_SIZE == LARGE_PAGE_SIZE);
+
+bitflags::bitflags! {
+    /// The access that caused an EPT violation: exit-qualification bits 2:0 (SDM Vol. 3C
+    /// §28.2.1, Table 28-7 "Exit Qualification for EPT Violations").
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct EptAccess: u64 {
+        /// Bit 0: a data read.
+        const READ = 1 << 0;
+        /// Bit 1: a data write.
+        const WRITE = 1 << 1;
+        /// Bit 2: an instruction fetch.
+        const EXECUTE = 1 << 2;
+    }
+}
+
+impl EptAccess {
+    /// The access bits of an EPT-violation exit qualification.
+    pub fn from_exit_qualification(qualification: u64) -> EptAccess {
+        EptAccess::from_bits_truncate(qualification & 7)
+    }
+}
+
+/// What an EPT violation turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The page is RAM and is now mapped (or already was: another vCPU got there first);
+    /// re-enter the guest.
+    Mapped,
+    /// No RAM at this address: emulate the instruction as MMIO (FAST_MMIO exit).
+    Mmio,
+    /// A write to ROM: emulate it as an MMIO write (QEMU drops it).
+    WriteToRom,
+    /// The 2-MiB guest block holding the page contains pages protected by PROTECT_RAM:
+    /// HAX_EXIT_PAGEFAULT.
+    Protected {
+        /// The first protected page of the 2-MiB-aligned block containing the faulting
+        /// address, as HAXM reports in `pagefault.gpa` (haxm-abi.md §4 and quirk 10; Android
+        /// rounds down to 2 MiB and unprotects the whole chunk).
+        gpa: u64,
+    },
+}
+
+/// A guest-physical address resolved for the instruction emulator or string IO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// The host-physical address (pinned until the mapping goes and [`GuestMemory::invept_done`]).
+    pub hpa: u64,
+    /// The host-virtual address in the process that registered the block.
+    pub hva: u64,
+    /// Writes allowed (not ROM).
+    pub writable: bool,
+}
+
+/// A request to execute a single-context INVEPT for `eptp` on every CPU where this VM's vCPUs
+/// run or ran, then to call [`GuestMemory::invept_done`] with it.
+#[must_use = "a changed mapping stays cached in CPUs until INVEPT"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InveptRequest {
+    /// The EPTP to invalidate.
+    pub eptp: u64,
+    /// The epoch the INVEPT makes current.
+    pub epoch: u64,
+}
+
+/// A RAM block, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RamBlockInfo {
+    /// First host-virtual address.
+    pub start: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Created implicitly by a STANDALONE mapping.
+    pub standalone: bool,
+    /// Indices of the pinned 2-MiB chunks.
+    pub pinned_chunks: Vec<u64>,
+}
+
+/// The whole observable state, to compare before and after a refused request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemorySnapshot {
+    /// RAM blocks in address order.
+    pub blocks: Vec<RamBlockInfo>,
+    /// Memslots in guest-physical order.
+    pub slots: Vec<Slot>,
+    /// Protected guest frame ranges `[start, end)`.
+    pub protected: Vec<(u64, u64)>,
+    /// Guest frame after the highest mapped so far.
+    pub mapped_limit_gfn: u64,
+    /// Present EPT leaves.
+    pub leaves: Vec<(u64, Leaf)>,
+    /// The epoch.
+    pub epoch: u64,
+    /// Paging structures in the tree.
+    pub tables: usize,
+    /// Retired paging structures and pins waiting for an INVEPT.
+    pub retired: (usize, usize),
+}
+
+struct MemoryMap {
+    blocks: RamBlocks,
+    slots: MemSlots,
+    protections: Protections,
+    ept: Ept,
+    large_pages: bool,
+    /// Frame after the highest ever mapped (PROTECT_RAM must stay below it).
+    mapped_limit_gfn: u64,
+    epoch: u64,
+    retired_tables: Vec<(u64, PhysPages)>,
+    retired_pins: Vec<(u64, PinnedMemory)>,
+}
+
+/// A VM's guest memory. Shared between the VM handle and its vCPUs (`&self` everywhere).
+pub struct GuestMemory {
+    map: Mutex<MemoryMap>,
+    epoch: AtomicU64,
+    eptp: u64,
+}
+
+/// A validated SET_RAM / SET_RAM2.
+struct MapRequest {
+    start_gfn: u64,
+    end_gfn: u64,
+    va: u64,
+    flags: RamFlags,
+}
+
+fn check_map_request(
+    pa: u64,
+    size: u64,
+    va: u64,
+    flags: RamFlags,
+) -> Result<MapRequest, MemoryError> {
+    let known = RamFlags::ROM | RamFlags::STANDALONE | RamFlags::INVALID;
+    if !known.contains(flags) {
+        return Err(MemoryError::BadFlags);
+    }
+    // HAXM (core/memory.c): INVALID must come alone and with va == 0.
+    let unmap = flags.contains(RamFlags::INVALID);
+    if unmap && (flags != RamFlags::INVALID || va != 0) {
+        return Err(MemoryError::BadFlags);
+    }
+    if size == 0 {
+        return Err(MemoryError::ZeroSize);
+    }
+    if !unmap && va == 0 {
+        return Err(MemoryError::ZeroAddress);
+    }
+    // HAXM drops the low 12 bits of pa and size silently; rhax refuses them (QEMU trims to
+    // host pages, haxm-clients.md §2.2, and haxm-clients.md §2.3 lists page alignment).
+    if pa % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 || va % PAGE_SIZE != 0 {
+        return Err(MemoryError::Misaligned);
+    }
+    let end = pa.checked_add(size).ok_or(MemoryError::RangeOverflow)?;
+    if !unmap {
+        va.checked_add(size).ok_or(MemoryError::RangeOverflow)?;
+    }
+    if end > GPA_LIMIT {
+        return Err(MemoryError::GpaOutOfRange);
+    }
+    Ok(MapRequest {
+        start_gfn: pa / PAGE_SIZE,
+        end_gfn: end / PAGE_SIZE,
+        va,
+        flags,
+    })
+}
+
+impl GuestMemory {
+    /// An empty guest-physical space (everything MMIO) with its PML4. `large_pages`: the CPU
+    /// supports 2-MiB EPT leaves (IA32_VMX_EPT_VPID_CAP bit 16).
+    pub fn new<P: Platform>(platform: &P, large_pages: bool) -> Result<GuestMemory, MemoryError> {
+        let ept = Ept::new(platform)?;
+        let eptp = ept.eptp();
+        Ok(GuestMemory {
+            map: Mutex::new(MemoryMap {
+                blocks: RamBlocks::default(),
+                slots: MemSlots::default(),
+                protections: Protections::default(),
+                ept,
+                large_pages,
+                mapped_limit_gfn: 0,
+                epoch: 0,
+                retired_tables: Vec::new(),
+                retired_pins: Vec::new(),
+            }),
+            epoch: AtomicU64::new(0),
+            eptp,
+        })
+    }
+
+    /// The EPT pointer for the VMCS (SDM Vol. 3C §25.6.11).
+    pub fn eptp(&self) -> u64 {
+        self.eptp
+    }
+
+    /// The epoch: bumped by every change that needs an INVEPT. A vCPU whose CPU last flushed
+    /// an older epoch must INVEPT before entering the guest. Lock-free.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// `HAX_VM_IOCTL_ALLOC_RAM`: registers `[va, va + size)` (32-bit size) as a RAM block.
+    /// `pad` is not checked, as in HAXM.
+    pub fn alloc_ram(&self, info: &AllocRamInfo) -> Result<(), MemoryError> {
+        self.map
+            .lock()
+            .blocks
+            .add(info.va, u64::from(info.size), false)
+    }
+
+    /// `HAX_VM_IOCTL_ADD_RAMBLOCK`: registers `[start_va, start_va + size)` as a RAM block.
+    pub fn add_ramblock(&self, info: &RamblockInfo) -> Result<(), MemoryError> {
+        if info.reserved != 0 {
+            return Err(MemoryError::ReservedNotZero);
+        }
+        self.map.lock().blocks.add(info.start_va, info.size, false)
+    }
+
+    /// `HAX_VM_IOCTL_SET_RAM`. `pad` is not checked: QEMU leaves stack garbage in it
+    /// (haxm-clients.md §2.2).
+    pub fn set_ram(&self, info: &SetRamInfo) -> Result<Option<InveptRequest>, MemoryError> {
+        let req = check_map_request(info.pa_start, u64::from(info.size), info.va, info.flags())?;
+        self.apply_map(&req)
+    }
+
+    /// `HAX_VM_IOCTL_SET_RAM2`: as [`GuestMemory::set_ram`] with a 64-bit size; `reserved1`
+    /// and `reserved2` must be 0.
+    pub fn set_ram2(&self, info: &SetRamInfo2) -> Result<Option<InveptRequest>, MemoryError> {
+        if info.reserved1 != 0 || info.reserved2 != 0 {
+            return Err(MemoryError::ReservedNotZero);
+        }
+        let req = check_map_request(info.pa_start, info.size, info.va, info.flags())?;
+        self.apply_map(&req)
+    }
+
+    fn apply_map(&self, req: &MapRequest) -> Result<Option<InveptRequest>, MemoryError> {
+        let mut guard = self.map.lock();
+        let m = &mut *guard;
+        let unmap = req.flags.contains(RamFlags::INVALID);
+        let size = (req.end_gfn - req.start_gfn) * PAGE_SIZE;
+        let va_end = req.va.wrapping_add(size); // checked in check_map_request
+                                                // Validate everything before changing anything.
+        let mut new_block = false;
+        let block = if unmap {
+            0
+        } else if req.flags.contains(RamFlags::STANDALONE) {
+            // The HVA range is its own block. A remap of the same range (e.g. ROM <-> RAM)
+            // reuses the implicit block it already has.
+            match m.blocks.blocks.get(&req.va) {
+                Some(b) if b.standalone && b.size == size => req.va,
+                _ => {
+                    if m.blocks.overlaps(req.va, va_end) {
+                        return Err(MemoryError::Overlap);
+                    }
+                    new_block = true;
+                    req.va
+                }
+            }
+        } else {
+            match m.blocks.containing(req.va, va_end) {
+                Some(b) => b.start,
+                None => return Err(MemoryError::NoRamBlock),
+            }
+        };
+        // Apply.
+        if new_block {
+            m.blocks.add(req.va, size, true)?;
+        }
+        let touched = m.slots.remove_range(req.start_gfn, req.end_gfn);
+        if !unmap {
+            m.slots.insert(Slot {
+                start_gfn: req.start_gfn,
+                end_gfn: req.end_gfn,
+                block,
+                hva: req.va,
+                rom: req.flags.contains(RamFlags::ROM),
+            });
+            m.mapped_limit_gfn = m.mapped_limit_gfn.max(req.end_gfn);
+        }
+        let mut retired = Vec::new();
+        let mut flush = m.ept.zap(req.start_gfn, req.end_gfn, &mut retired);
+        let mut pins = Vec::new();
+        for b in touched {
+            let orphan = m
+                .blocks
+                .blocks
+                .get(&b)
+                .is_some_and(|blk| blk.standalone && !m.slots.references(b));
+            if orphan {
+                pins.extend(m.blocks.remove(b));
+            }
+        }
+        flush |= !pins.is_empty();
+        Ok(self.retire(m, flush, retired, pins))
+    }
+
+    /// Bumps the epoch and parks what must wait for an INVEPT, when anything changed.
+    fn retire(
+        &self,
+        m: &mut MemoryMap,
+        flush: bool,
+        tables: Vec<PhysPages>,
+        pins: Vec<PinnedMemory>,
+    ) -> Option<InveptRequest> {
+        if !flush && tables.is_empty() && pins.is_empty() {
+            return None;
+        }
+        m.epoch += 1;
+        self.epoch.store(m.epoch, Ordering::Release);
+        let e = m.epoch;
+        m.retired_tables.extend(tables.into_iter().map(|t| (e, t)));
+        m.retired_pins.extend(pins.into_iter().map(|p| (e, p)));
+        Some(InveptRequest {
+            eptp: self.eptp,
+            epoch: e,
+        })
+    }
+
+    /// `HAX_VM_IOCTL_PROTECT_RAM`: protects (NONE) or unprotects (RWX) the guest pages touched
+    /// by `[pa_start, pa_start + size)`. Any access to a 2-MiB block holding a protected page
+    /// then resolves to [`Resolution::Protected`].
+    pub fn protect_ram(&self, info: &ProtectRamInfo) -> Result<Option<InveptRequest>, MemoryError> {
+        let perm = info.permission().map_err(|_| MemoryError::BadPermission)?;
+        if info.reserved != 0 {
+            return Err(MemoryError::ReservedNotZero);
+        }
+        if info.size == 0 {
+            return Err(MemoryError::ZeroSize);
+        }
+        let end = info
+            .pa_start
+            .checked_add(info.size)
+            .ok_or(MemoryError::RangeOverflow)?;
+        let start_gfn = info.pa_start / PAGE_SIZE;
+        // Rounded out: every page the range touches (Android passes page-sized ranges).
+        let end_gfn = end / PAGE_SIZE + u64::from(end % PAGE_SIZE != 0);
+        let mut guard = self.map.lock();
+        let m = &mut *guard;
+        // HAXM: the range must lie below the highest guest frame mapped so far (-EINVAL).
+        if end_gfn > m.mapped_limit_gfn {
+            return Err(MemoryError::BeyondMappedRam);
+        }
+        let protect = perm == RamPermission::None;
+        m.protections.set(start_gfn, end_gfn, protect);
+        if !protect {
+            // Unprotected pages are mapped by the next violation; nothing cached to flush.
+            return Ok(None);
+        }
+        let mut retired = Vec::new();
+        let flush = m.ept.zap(start_gfn, end_gfn, &mut retired);
+        Ok(self.retire(m, flush, retired, Vec::new()))
+    }
+
+    /// Resolves an EPT violation at `gpa` (the guest-physical-address field of the exit) for
+    /// `access` (exit-qualification bits 2:0). Pins and maps RAM lazily.
+    pub fn handle_violation<P: Platform>(
+        &self,
+        platform: &P,
+        gpa: u64,
+        access: EptAccess,
+    ) -> Result<Resolution, MemoryError> {
+        let mut guard = self.map.lock();
+        let m = &mut *guard;
+        let gfn = gpa / PAGE_SIZE;
+        let Some(slot) = m.slots.find(gfn).copied() else {
+            return Ok(Resolution::Mmio);
+        };
+        if slot.rom && access.contains(EptAccess::WRITE) {
+            return Ok(Resolution::WriteToRom);
+        }
+        if let Some(leaf) = m.ept.leaf(gpa) {
+            // Another vCPU mapped it between this exit and the lock; or a stale translation
+            // the INVEPT in flight will remove.
+            let _ = leaf;
+            return Ok(Resolution::Mapped);
+        }
+        let block_start = gfn & !(FRAMES_PER_LARGE - 1);
+        if let Some(p) = m
+            .protections
+            .first_in(block_start, block_start + FRAMES_PER_LARGE)
+        {
+            return Ok(Resolution::Protected { gpa: p * PAGE_SIZE });
+        }
+        m.fill(platform, &slot, gfn)?;
+        Ok(Resolution::Mapped)
+    }
+
+    /// The host page behind `gpa`, for the instruction emulator and string IO: `None` for
+    /// MMIO. Pins the chunk if needed. A protected page is [`MemoryError::Protected`].
+    pub fn translate<P: Platform>(
+        &self,
+        platform: &P,
+        gpa: u64,
+    ) -> Result<Option<Translation>, MemoryError> {
+        let mut guard = self.map.lock();
+        let m = &mut *guard;
+        let gfn = gpa / PAGE_SIZE;
+        let Some(slot) = m.slots.find(gfn).copied() else {
+            return Ok(None);
+        };
+        if let Some(p) = m.protections.first_in(gfn, gfn + 1) {
+            return Err(MemoryError::Protected { gpa: p * PAGE_SIZE });
+        }
+        let hva = slot.hva_of(gfn);
+        let block = block_of(&mut m.blocks, slot.block)?;
+        let (chunk, page) = chunk_page(block, hva);
+        let pinned = block.pin_chunk(platform, chunk)?;
+        let hpa = platform
+            .pinned_page(pinned, page)
+            .ok_or(MemoryError::Platform(
+                crate::platform::PlatformError::BadUserAddress,
+            ))?;
+        Ok(Some(Translation {
+            hpa: hpa + gpa % PAGE_SIZE,
+            hva: hva + gpa % PAGE_SIZE,
+            writable: !slot.rom,
+        }))
+    }
+
+    /// The INVEPT of `request` completed on every CPU: frees what changes up to its epoch
+    /// retired.
+    pub fn invept_done<P: Platform>(&self, platform: &P, request: InveptRequest) {
+        let (tables, pins) = {
+            let mut m = self.map.lock();
+            let tables = drain_upto(&mut m.retired_tables, request.epoch);
+            let pins = drain_upto(&mut m.retired_pins, request.epoch);
+            (tables, pins)
+        };
+        for t in tables {
+            platform.free_pages(t);
+        }
+        for p in pins {
+            platform.unpin(p);
+        }
+    }
+
+    /// The memslots, in guest-physical order.
+    pub fn slots(&self) -> Vec<Slot> {
+        self.map.lock().slots.iter().copied().collect()
+    }
+
+    /// The EPT leaf translating `gpa`, if present.
+    pub fn ept_leaf(&self, gpa: u64) -> Option<Leaf> {
+        self.map.lock().ept.leaf(gpa)
+    }
+
+    /// Everything observable, for tests and diagnostics.
+    pub fn snapshot(&self) -> MemorySnapshot {
+        let m = self.map.lock();
+        let mut leaves = Vec::new();
+        m.ept.leaves(&mut leaves);
+        MemorySnapshot {
+            blocks: m
+                .blocks
+                .blocks
+                .values()
+                .map(|b| RamBlockInfo {
+                    start: b.start,
+                    size: b.size,
+                    standalone: b.standalone,
+                    pinned_chunks: b.chunks.keys().copied().collect(),
+                })
+                .collect(),
+            slots: m.slots.iter().copied().collect(),
+            protected: m.protections.ranges().collect(),
+            mapped_limit_gfn: m.mapped_limit_gfn,
+            leaves,
+            epoch: m.epoch,
+            tables: m.ept.table_count(),
+            retired: (m.retired_tables.len(), m.retired_pins.len()),
+        }
+    }
+
+    /// Gives every page and pin back. Call only when no vCPU of the VM runs any more and every
+    /// CPU that ran one executed an INVEPT for [`GuestMemory::eptp`] (single- or all-context)
+    /// afterwards: otherwise a cached translation could reach freed memory.
+    pub fn destroy<P: Platform>(self, platform: &P) {
+        let m = self.map.into_inner();
+        m.ept.free(platform);
+        for (_, t) in m.retired_tables {
+            platform.free_pages(t);
+        }
+        for (_, p) in m.retired_pins {
+            platform.unpin(p);
+        }
+        for (_, b) in m.blocks.blocks {
+            for (_, p) in b.chunks {
+                platform.unpin(p);
+            }
+        }
+    }
+}
+
+fn drain_upto<T>(v: &mut Vec<(u64, T)>, epoch: u64) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut keep = Vec::new();
+    for (e, t) in v.drain(..) {
+        if e <= epoch {
+            out.push(t);
+        } else {
+            keep.push((e, t));
+        }
+    }
+    *v = keep;
+    out
+}
+
+fn block_of(blocks: &mut RamBlocks, start: u64) -> Result<&mut RamBlock, MemoryError> {
+    // A slot always names a registered block; a miss would be a broken invariant, reported
+    // as an error rather than a panic.
+    blocks.blocks.get_mut(&start).ok_or(MemoryError::NoRamBlock)
+}
+
+/// The chunk index and the page index inside it of host address `hva` in `block`.
+fn chunk_page(block: &RamBlock, hva: u64) -> (u64, usize) {
+    let off = hva - block.start;
+    (
+        off / HAX_CHUNK_SIZE,
+        ((off % HAX_CHUNK_SIZE) / PAGE_SIZE) as usize,
+    )
+}
+
+impl MemoryMap {
+    /// Maps every page of `slot` whose host page lies in the chunk holding `gfn`'s, except
+    /// protected pages (HAXM maps up to 512 PTEs per violation the same way).
+    fn fill<P: Platform>(
+        &mut self,
+        platform: &P,
+        slot: &Slot,
+        gfn: u64,
+    ) -> Result<(), MemoryError> {
+        let hva = slot.hva_of(gfn);
+        let block = block_of(&mut self.blocks, slot.block)?;
+        let (chunk, _) = chunk_page(block, hva);
+        let (chunk_start, chunk_len) = block.chunk_range(chunk);
+        let pinned = block.pin_chunk(platform, chunk)?;
+        let slot_hva_end = slot.hva_of(slot.end_gfn);
+        let lo_h = chunk_start.max(slot.hva);
+        let hi_h = (chunk_start + chunk_len).min(slot_hva_end);
+        let lo = slot.start_gfn + (lo_h - slot.hva) / PAGE_SIZE;
+        let hi = slot.start_gfn + (hi_h - slot.hva) / PAGE_SIZE;
+        let page_of = |g: u64| ((slot.hva_of(g) - chunk_start) / PAGE_SIZE) as usize;
+        let mut g = lo;
+        while g < hi {
+            let region = g & !(FRAMES_PER_LARGE - 1);
+            let region_end = region + FRAMES_PER_LARGE;
+            if self.large_pages
+                && g == region
+                && region_end <= hi
+                && self.protections.first_in(region, region_end).is_none()
+                && self.ept.pde_free(region * PAGE_SIZE)
+            {
+                if let Some(hpa) = contiguous_2m(platform, pinned, page_of(region)) {
+                    let entry = leaf_entry(hpa, slot.rom, true);
+                    self.ept.map(platform, region * PAGE_SIZE, 2, entry)?;
+                    g = region_end;
+                    continue;
+                }
+            }
+            let stop = region_end.min(hi);
+            while g < stop {
+                let gpa = g * PAGE_SIZE;
+                if self.protections.first_in(g, g + 1).is_none() && self.ept.leaf(gpa).is_none() {
+                    let hpa =
+                        platform
+                            .pinned_page(pinned, page_of(g))
+                            .ok_or(MemoryError::Platform(
+                                crate::platform::PlatformError::BadUserAddress,
+                            ))?;
+                    self.ept
+                        .map(platform, gpa, 1, leaf_entry(hpa, slot.rom, false))?;
+                }
+                g += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The host-physical address of 512 pinned pages from `first`, when they are contiguous and
+/// start 2-MiB aligned (a 2-MiB EPT leaf needs both: Table 29-4, bits 20:12 reserved).
+fn contiguous_2m<P: Platform>(platform: &P, pinned: &PinnedMemory, first: usize) -> Option<u64> {
+    let base = platform.pinned_page(pinned, first)?;
+    if base % LARGE_PAGE_SIZE != 0 {
+        return None;
+    }
+    for i in 1..FRAMES_PER_LARGE as usize {
+        if platform.pinned_page(pinned, first + i)? != base + i as u64 * PAGE_SIZE {
+            return None;
+        }
+    }
+    Some(base)
+}
