@@ -37,7 +37,6 @@ pub enum VmxState {
         feature_control: FeatureControl,
     },
     /// Left VMX operation (VMXOFF) so that another owner (rhax-core) can enter it.
-    #[allow(dead_code)] // Constructed by `vmxoff_on_this_cpu`, the hand-over to rhax-core.
     Off { revision: u32 },
     /// Could not enter VMX operation.
     Failed(&'static str),
