@@ -194,8 +194,12 @@ pub enum Error {
 
 impl Error {
     /// The OS error behind an IOCTL or open failure, if this is one.
-    pub const fn os_error(&self) -> Option<OsError> {
-        match *self {
+    pub fn os_error(&self) -> Option<OsError> {
+        self.os_ref().copied()
+    }
+
+    fn os_ref(&self) -> Option<&OsError> {
+        match self {
             Self::Open { os, .. } | Self::CreateVcpu { os, .. } => Some(os),
             Self::Version(os)
             | Self::Capability(os)
@@ -312,36 +316,8 @@ impl fmt::Display for Error {
 
 impl core::error::Error for Error {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
-        match self {
-            Self::Open { os, .. } | Self::CreateVcpu { os, .. } => Some(os),
-            Self::Version(os)
-            | Self::Capability(os)
-            | Self::SetMemlimit(os)
-            | Self::CreateVm(os)
-            | Self::NotifyQemuVersion(os)
-            | Self::AllocRam(os)
-            | Self::AddRamblock(os)
-            | Self::SetRam(os)
-            | Self::SetRam2(os)
-            | Self::ProtectRam(os)
-            | Self::SetupTunnel(os)
-            | Self::Run(os)
-            | Self::SetRegs(os)
-            | Self::GetRegs(os)
-            | Self::SetFpu(os)
-            | Self::GetFpu(os)
-            | Self::SetMsrs(os)
-            | Self::GetMsrs(os)
-            | Self::Interrupt(os)
-            | Self::Kickoff(os)
-            | Self::Debug(os)
-            | Self::SetCpuid(os)
-            | Self::GetCpuid(os)
-            | Self::ExtInfo(os)
-            | Self::GetStats(os)
-            | Self::ResetStats(os) => Some(os),
-            _ => None,
-        }
+        self.os_ref()
+            .map(|os| os as &(dyn core::error::Error + 'static))
     }
 }
 

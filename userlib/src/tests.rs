@@ -1322,3 +1322,72 @@ fn errors_display_and_source() {
     );
     assert!(Error::TooManyMsrs { count: 40 }.to_string().contains("31"));
 }
+
+/// The POSIX transport's plumbing on this host: no HAXM here, so opening `/dev/HAX` fails
+/// with a typed error, and IOCTLs sent to `/dev/null` come back as `ENOTTY`, including the
+/// CPUID pointer-to-pointer argument; a buffer shorter than the code's size is refused
+/// before the system call.
+#[cfg(target_os = "linux")]
+#[test]
+fn posix_transport_plumbing() {
+    use std::os::fd::OwnedFd;
+
+    use rhax_api::ioctl::{HAX_IOCTL_VERSION, HAX_VCPU_IOCTL_RUN, HAX_VCPU_IOCTL_SET_CPUID};
+
+    use crate::{IoctlBuf, IoctlRequest, PosixTransport, Transport};
+
+    const ENOENT: i32 = 2;
+    const EACCES: i32 = 13;
+    const ENOTTY: i32 = 25;
+    match System::open(PosixTransport) {
+        Err(Error::Open {
+            device: DevicePath::System,
+            os: OsError::Errno(e),
+        }) => assert!(e == ENOENT || e == EACCES, "errno {e}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => {} // a HAX device exists on this machine
+    }
+    let t = PosixTransport;
+    assert_eq!(t.platform(), Platform::Linux);
+    let fd: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let mut v = [0u8; 8];
+    let req = IoctlRequest {
+        def: &HAX_IOCTL_VERSION,
+        code: 0xc008_0020,
+        buf: IoctlBuf::Out(&mut v),
+    };
+    assert_eq!(t.ioctl(&fd, req), Err(OsError::Errno(ENOTTY)));
+    let mut small = [0u8; 4];
+    let req = IoctlRequest {
+        def: &HAX_IOCTL_VERSION,
+        code: 0xc008_0020,
+        buf: IoctlBuf::Out(&mut small),
+    };
+    assert_eq!(t.ioctl(&fd, req), Err(OsError::Unsupported));
+    let table = CpuidTable::from_entries(&[CpuidEntry::default()]).unwrap();
+    let req = IoctlRequest {
+        def: &HAX_VCPU_IOCTL_SET_CPUID,
+        code: 0x4008_00ca,
+        buf: IoctlBuf::In(table.used_bytes()),
+    };
+    assert_eq!(t.ioctl(&fd, req), Err(OsError::Errno(ENOTTY)));
+    let req = IoctlRequest {
+        def: &HAX_VCPU_IOCTL_RUN,
+        code: 0xc0,
+        buf: IoctlBuf::None,
+    };
+    assert_eq!(t.ioctl(&fd, req), Err(OsError::Errno(ENOTTY)));
+    t.close(fd);
+}
+
+/// A vCPU can move to its own thread; a VM can be shared (SET_RAM from any thread).
+#[cfg(target_os = "linux")]
+#[test]
+fn os_objects_are_send_and_sync_where_they_must_be() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<Vcpu<crate::PosixTransport>>();
+    send::<Vm<crate::PosixTransport>>();
+    sync::<Vm<crate::PosixTransport>>();
+    sync::<System<crate::PosixTransport>>();
+}
