@@ -8,6 +8,8 @@
 
 use alloc::boxed::Box;
 
+use rhax_api::fpu::FxLayout;
+
 use crate::platform::{CpuIndex, PhysPages, Platform, PlatformError};
 use crate::vmcs::exit::{decode_reason, VmExit};
 use crate::vmcs::setup::{self, VmcsConfig, PASS_THROUGH_MSRS, PASS_THROUGH_TSC_AUX};
@@ -84,6 +86,14 @@ pub struct Vcpu {
     guest_msrs: [u64; 6],
     /// Host values saved while the guest's are loaded.
     host_msrs: Option<[u64; 6]>,
+    /// The guest's x87/SSE image while not loaded on the CPU (loaded with the MSRs, saved by
+    /// [`Vcpu::put`]).
+    fpu: Box<FxLayout>,
+    /// The host's x87/SSE state while the guest's is loaded.
+    host_fpu: Box<FxLayout>,
+    /// The guest's CR2 (VMX does not switch CR2; it is loaded before each entry when the CPU's
+    /// value differs and read back after each exit).
+    cr2: u64,
 }
 
 impl Vcpu {
@@ -144,6 +154,9 @@ impl Vcpu {
             exit_tsc: None,
             guest_msrs: [0; 6],
             host_msrs: None,
+            fpu: Box::new(power_on_fpu()),
+            host_fpu: Box::default(),
+            cr2: 0,
         })
     }
 
@@ -263,6 +276,7 @@ impl Vcpu {
             launched,
             stats,
             exit_tsc,
+            cr2,
             ..
         } = self;
         let mut vmx = Counted::new(&mut root.vmx, stats);
@@ -275,9 +289,18 @@ impl Vcpu {
         if let Some(t) = exit_tsc.take() {
             vmcs.vmx().stats().add_host_cycles(now.wrapping_sub(t));
         }
+        // SAFETY: CPL0 with interrupts off (contract of VmxRoot::enable): nothing can fault
+        // between this write and the entry.
+        unsafe {
+            if vmcs.vmx().read_cr2() != *cr2 {
+                vmcs.vmx().write_cr2(*cr2);
+            }
+        }
         // SAFETY: VMX root, this VMCS current, interrupts off (contract of VmxRoot::enable);
         // host state written for this CPU; `host_rsp` belongs to this VMCS.
         let entered = unsafe { vmcs.vmx().vmenter(regs, *launched, host_rsp) };
+        // SAFETY: CPL0; the guest's CR2 is still in the register (interrupts off since exit).
+        *cr2 = unsafe { vmcs.vmx().read_cr2() };
         *exit_tsc = Some(vmcs.vmx().rdtsc());
         vmcs.on_exit();
         entered.map_err(RunError::Entry)?;
@@ -335,6 +358,13 @@ impl Vcpu {
             // leave the non-preemptible region.
             unsafe { root.vmx.wrmsr(msr, self.guest_msrs[i]) };
         }
+        // The guest's x87/SSE state travels with the MSRs: loaded once per stay in the
+        // non-preemptible region, not per entry (HAXM swapped it on every entry, §6 "FPU").
+        // SAFETY: CPL0, pinned (contract of VmxRoot::enable); the guest image was validated
+        // when it was set (set_fpu clears reserved MXCSR bits).
+        unsafe { root.vmx.fxsave(&mut self.host_fpu) };
+        // SAFETY: as above.
+        unsafe { root.vmx.fxrstor(&self.fpu) };
         self.host_msrs = Some(host);
     }
 
@@ -344,12 +374,85 @@ impl Vcpu {
         let Some(host) = self.host_msrs.take() else {
             return;
         };
+        // SAFETY: CPL0, pinned; the guest state is loaded (host_msrs was Some).
+        unsafe { root.vmx.fxsave(&mut self.fpu) };
+        // SAFETY: restores the image saved in load_guest_msrs.
+        unsafe { root.vmx.fxrstor(&self.host_fpu) };
         for (i, &msr) in SWAPPED_MSRS.iter().enumerate() {
             // SAFETY: CPL0; see load_guest_msrs.
             self.guest_msrs[i] = unsafe { root.vmx.rdmsr(msr) };
             // SAFETY: restores the value read in load_guest_msrs.
             unsafe { root.vmx.wrmsr(msr, host[i]) };
         }
+    }
+}
+
+impl Vcpu {
+    /// The guest value of one of the MSRs swapped around runs (KERNEL_GS_BASE, STAR, LSTAR,
+    /// CSTAR, FMASK, TSC_AUX), or `None` for another MSR. Reads the CPU when the guest's
+    /// values are loaded.
+    pub fn swapped_msr<V: Vmx>(&mut self, root: &mut VmxRoot<V>, msr: u32) -> Option<u64> {
+        let i = SWAPPED_MSRS.iter().position(|&m| m == msr)?;
+        if self.host_msrs.is_some() {
+            // SAFETY: CPL0; the MSR exists (see load_guest_msrs) and holds the guest value.
+            Some(unsafe { root.vmx.rdmsr(msr) })
+        } else {
+            Some(self.guest_msrs[i])
+        }
+    }
+
+    /// Sets one of the swapped MSRs; false if `msr` is not one of them.
+    pub fn set_swapped_msr<V: Vmx>(&mut self, root: &mut VmxRoot<V>, msr: u32, value: u64) -> bool {
+        let Some(i) = SWAPPED_MSRS.iter().position(|&m| m == msr) else {
+            return false;
+        };
+        self.guest_msrs[i] = value;
+        if self.host_msrs.is_some() {
+            // SAFETY: CPL0; the guest's values are loaded and `put` restores the host's.
+            unsafe { root.vmx.wrmsr(msr, value) };
+        }
+        true
+    }
+
+    /// The guest's x87/SSE image. Current only while the guest's state is not loaded (after
+    /// [`Vcpu::put`], which every RUN of the HAXM vCPU ends with).
+    pub fn fpu(&self) -> &FxLayout {
+        &self.fpu
+    }
+
+    /// Replaces the guest's x87/SSE image (after [`Vcpu::put`]). Reserved MXCSR bits are
+    /// cleared (FXRSTOR would raise #GP on them, SDM Vol. 1 §10.5.1.2) using `mxcsr_mask`
+    /// (0xffbf if the image does not say, the architectural default).
+    pub fn set_fpu(&mut self, image: &FxLayout) {
+        let mut f = *image;
+        let mask = if f.mxcsr_mask == 0 {
+            0xffbf
+        } else {
+            f.mxcsr_mask
+        };
+        f.mxcsr &= mask;
+        *self.fpu = f;
+    }
+
+    /// The guest's CR2.
+    pub fn cr2(&self) -> u64 {
+        self.cr2
+    }
+
+    /// Sets the guest's CR2 (loaded into the CPU before the next entry).
+    pub fn set_cr2(&mut self, value: u64) {
+        self.cr2 = value;
+    }
+}
+
+/// The x87/SSE state after power-up/reset (SDM Vol. 3A Table 10-1: FCW 0x37F, MXCSR 0x1F80,
+/// tags empty).
+fn power_on_fpu() -> FxLayout {
+    FxLayout {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        mxcsr_mask: 0xffbf,
+        ..FxLayout::default()
     }
 }
 

@@ -381,7 +381,9 @@ vmcs_fields! {
     (primary_vm_exit_controls, 0x400c, W32, Control, Rw, Stable),
     (vm_exit_msr_store_count, 0x400e, W32, Control, Rw, Stable),
     (vm_exit_msr_load_count, 0x4010, W32, Control, Rw, Stable),
-    (vm_entry_controls, 0x4012, W32, Control, Rw, Stable),
+    // Every VM exit stores EFER.LMA into its "IA-32e mode guest" bit (SDM §28.2), so it is
+    // volatile although a control.
+    (vm_entry_controls, 0x4012, W32, Control, Rw, Volatile),
     (vm_entry_msr_load_count, 0x4014, W32, Control, Rw, Stable),
     // Every VM exit clears its valid bit (SDM §28.2.5), so it is volatile although a control.
     (vm_entry_interruption_information, 0x4016, W32, Control, Rw, Volatile),

@@ -1,6 +1,8 @@
 //! [`Counted`]: a [`Vmx`] that forwards to another and counts every operation into a vCPU's
 //! [`VcpuStats`]. The vCPU reaches the CPU only through it, so nothing escapes the counters.
 
+use rhax_api::fpu::FxLayout;
+
 use crate::vmcs::stats::VcpuStats;
 use crate::vmcs::VmcsField;
 use crate::vmx::instructions::{
@@ -163,5 +165,25 @@ impl<V: Vmx> Vmx for Counted<'_, V> {
 
     fn rdtsc(&mut self) -> u64 {
         self.inner.rdtsc()
+    }
+
+    unsafe fn read_cr2(&mut self) -> u64 {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.read_cr2() }
+    }
+
+    unsafe fn write_cr2(&mut self, value: u64) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.write_cr2(value) }
+    }
+
+    unsafe fn fxsave(&mut self, area: &mut FxLayout) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.fxsave(area) }
+    }
+
+    unsafe fn fxrstor(&mut self, area: &FxLayout) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.fxrstor(area) }
     }
 }

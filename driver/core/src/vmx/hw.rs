@@ -6,6 +6,8 @@
 
 use core::arch::{asm, global_asm};
 
+use rhax_api::fpu::FxLayout;
+
 use crate::vmx::instructions::{
     DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
@@ -414,6 +416,30 @@ impl Vmx for HwVmx {
         // SAFETY: RDTSC is allowed at CPL0 (and CPL3 unless CR4.TSD) and has no side effects.
         unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nostack, nomem)) };
         (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    unsafe fn read_cr2(&mut self) -> u64 {
+        let v: u64;
+        // SAFETY: CPL0 by contract.
+        unsafe { asm!("mov {}, cr2", out(reg) v, options(nostack, nomem)) };
+        v
+    }
+
+    unsafe fn write_cr2(&mut self, value: u64) {
+        // SAFETY: CPL0 by contract; CR2 only holds the last page-fault address.
+        unsafe { asm!("mov cr2, {}", in(reg) value, options(nostack, nomem)) };
+    }
+
+    unsafe fn fxsave(&mut self, area: &mut FxLayout) {
+        let p: *mut FxLayout = area;
+        // SAFETY: CPL0, CR0.TS=0 by contract; `area` is 512 writable bytes aligned to 16.
+        unsafe { asm!("fxsave64 [{}]", in(reg) p, options(nostack)) };
+    }
+
+    unsafe fn fxrstor(&mut self, area: &FxLayout) {
+        let p: *const FxLayout = area;
+        // SAFETY: CPL0, CR0.TS=0 by contract; `area` is a valid 16-aligned FXSAVE image.
+        unsafe { asm!("fxrstor64 [{}]", in(reg) p, options(nostack, readonly)) };
     }
 }
 

@@ -4,6 +4,8 @@
 //! [`crate::vmx::soft::SoftVmx`] (a software model for host tests). [`crate::vmx::Counted`]
 //! wraps either and counts every operation.
 
+use rhax_api::fpu::FxLayout;
+
 use crate::vmx::VmFail;
 
 /// The guest general-purpose registers that VMX does not keep in the VMCS (RSP, RIP and
@@ -247,4 +249,32 @@ pub trait Vmx {
 
     /// RDTSC.
     fn rdtsc(&mut self) -> u64;
+
+    /// MOV from CR2 (the guest's page-fault address lives in the real CR2 while it runs: VMX
+    /// does not switch CR2, SDM Vol. 3C §28.3 lists no CR2 field).
+    ///
+    /// # Safety
+    /// CPL0.
+    unsafe fn read_cr2(&mut self) -> u64;
+
+    /// MOV to CR2.
+    ///
+    /// # Safety
+    /// CPL0; interrupts off (a host page fault in between would overwrite it).
+    unsafe fn write_cr2(&mut self, value: u64);
+
+    /// FXSAVE64 of the x87/SSE state into `area` (SDM Vol. 2A FXSAVE; 512 bytes, 16-aligned:
+    /// [`FxLayout`] is `align(16)`).
+    ///
+    /// # Safety
+    /// CPL0; CR0.TS=0 (else #NM) and the state saved is the one the caller means to save
+    /// (pinned, no preemption between the matching save and restore).
+    unsafe fn fxsave(&mut self, area: &mut FxLayout);
+
+    /// FXRSTOR64 of `area` into the x87/SSE registers.
+    ///
+    /// # Safety
+    /// As [`Vmx::fxsave`]; `area` must hold a valid image (reserved MXCSR bits clear, else
+    /// #GP): the caller checks `mxcsr` against the MXCSR mask.
+    unsafe fn fxrstor(&mut self, area: &FxLayout);
 }

@@ -15,6 +15,8 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 
+use rhax_api::fpu::FxLayout;
+
 use crate::vmcs::{Access, VmcsField, Width};
 use crate::vmx::caps::{
     EntryControls, ExitControls, PinBasedControls, PrimaryProcControls, SecondaryProcControls,
@@ -62,6 +64,10 @@ pub struct SoftCounts {
     pub rdmsr: u64,
     /// WRMSR.
     pub wrmsr: u64,
+    /// FXSAVE.
+    pub fxsave: u64,
+    /// FXRSTOR.
+    pub fxrstor: u64,
     /// VMREADs by encoding.
     pub reads_by_field: BTreeMap<u32, u64>,
     /// VMWRITEs by encoding.
@@ -124,6 +130,10 @@ pub struct GuestCpu<'a> {
     pub regs: &'a mut GuestRegisters,
     /// True for VMRESUME, false for VMLAUNCH.
     pub resumed: bool,
+    /// The x87/SSE registers (the guest's while it runs).
+    pub fpu: &'a mut FxLayout,
+    /// CR2 (the guest's while it runs).
+    pub cr2: &'a mut u64,
 }
 
 impl GuestCpu<'_> {
@@ -181,6 +191,10 @@ pub struct SoftVmx {
     pub counts: SoftCounts,
     /// Stack pointer the model pretends the entry stub runs at (HOST_RSP caching).
     pub stack_pointer: u64,
+    /// The x87/SSE registers of the model CPU (what FXSAVE stores, FXRSTOR loads).
+    pub fpu: Box<FxLayout>,
+    /// CR2 of the model CPU.
+    pub cr2: u64,
     caps: VmxCaps,
     vmxon_region: Option<u64>,
     regions: BTreeMap<u64, SoftVmcs>,
@@ -204,6 +218,8 @@ impl SoftVmx {
             unsupported: BTreeSet::new(),
             counts: SoftCounts::default(),
             stack_pointer: 0xffff_8000_1000_0f00,
+            fpu: Box::default(),
+            cr2: 0,
             caps,
             vmxon_region: None,
             regions: BTreeMap::new(),
@@ -461,6 +477,8 @@ impl Vmx for SoftVmx {
                         fields: &mut vmcs.fields,
                         regs,
                         resumed: launched,
+                        fpu: &mut self.fpu,
+                        cr2: &mut self.cr2,
                     };
                     hook.run_guest(&mut cpu);
                 }
@@ -535,6 +553,24 @@ impl Vmx for SoftVmx {
     fn rdtsc(&mut self) -> u64 {
         self.tsc = self.tsc.wrapping_add(1);
         self.tsc
+    }
+
+    unsafe fn read_cr2(&mut self) -> u64 {
+        self.cr2
+    }
+
+    unsafe fn write_cr2(&mut self, value: u64) {
+        self.cr2 = value;
+    }
+
+    unsafe fn fxsave(&mut self, area: &mut FxLayout) {
+        self.counts.fxsave += 1;
+        *area = *self.fpu;
+    }
+
+    unsafe fn fxrstor(&mut self, area: &FxLayout) {
+        self.counts.fxrstor += 1;
+        *self.fpu = *area;
     }
 }
 
