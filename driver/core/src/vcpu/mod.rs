@@ -289,12 +289,12 @@ impl Vcpu {
         if let Some(t) = exit_tsc.take() {
             vmcs.vmx().stats().add_host_cycles(now.wrapping_sub(t));
         }
-        // SAFETY: CPL0 with interrupts off (contract of VmxRoot::enable): nothing can fault
-        // between this write and the entry.
-        unsafe {
-            if vmcs.vmx().read_cr2() != *cr2 {
-                vmcs.vmx().write_cr2(*cr2);
-            }
+        // SAFETY: CPL0 (contract of VmxRoot::enable).
+        let cpu_cr2 = unsafe { vmcs.vmx().read_cr2() };
+        if cpu_cr2 != *cr2 {
+            // SAFETY: CPL0 with interrupts off: nothing can fault between this write and the
+            // entry.
+            unsafe { vmcs.vmx().write_cr2(*cr2) };
         }
         // SAFETY: VMX root, this VMCS current, interrupts off (contract of VmxRoot::enable);
         // host state written for this CPU; `host_rsp` belongs to this VMCS.
