@@ -12,6 +12,8 @@
 
 extern crate alloc;
 
+pub mod dispatch;
+pub mod emulate;
 pub mod memory;
 pub mod platform;
 pub mod vcpu;

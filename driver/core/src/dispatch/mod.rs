@@ -1,0 +1,1105 @@
+//! The one entry point every shell calls: [`Hypervisor::dispatch`]`(handle, code, input,
+//! output)`, with HAXM's objects, handles and per-device IOCTL meaning (`haxm-abi.md` §1-§2).
+//!
+//! # What a shell does
+//!
+//! * At load: `Hypervisor::new(platform, roots, codes, host)` where `codes` is the IOCTL
+//!   encoding its clients use ([`rhax_api::Platform`]: Windows, Linux or Darwin codes) and
+//!   `host` the negotiated [`VmxControls`] (or why VT-x is unusable, for CAPABILITY).
+//! * Opening `\\.\HAX` / `/dev/HAX`: [`Hypervisor::open_system`]. Opening `hax_vmNN`:
+//!   [`Hypervisor::open_vm`] (exclusive: a second open is refused, HAXM's EBUSY). Opening
+//!   `hax_vmNN_vcpuMM`: [`Hypervisor::open_vcpu`] (exclusive too). The shell keeps the
+//!   returned [`Handle`] with the file object.
+//! * Every IOCTL: [`Hypervisor::dispatch`]; `input` holds the bytes the caller sent, `output`
+//!   the buffer to fill (on POSIX, exactly the size the code encodes, as the kernel copies
+//!   them; on Windows, the caller's lengths, checked against HAXM's minimums). The result is
+//!   the number of bytes written (Windows `IoStatus.Information`), or a [`DispatchError`]
+//!   the shell turns into a status with [`DispatchError::nt_status`] or
+//!   [`DispatchError::errno`]. A failed request changes nothing.
+//! * Closing: [`Hypervisor::close`]. There is no destroy IOCTL (HAXM's DESTROY_VM and
+//!   VCPU_DESTROY were never implemented: Linux answers 0, the others "unknown"); closing a
+//!   vCPU handle destroys the vCPU; closing the VM handle destroys the VM as soon as its
+//!   last vCPU is gone (each vCPU holds the VM, as HAXM's reference counts).
+//!
+//! # Lifetimes, and where rhax deliberately differs from HAXM
+//!
+//! * VM ids 0..64 (0..8 with NetBSD codes), lowest free first; vCPU ids 0..16.
+//! * A VM created through a system handle but never opened is destroyed when that system
+//!   handle is closed, and a vCPU created but never opened when its VM handle is closed.
+//!   HAXM leaks both until reboot (`haxm-abi.md` §1); no client depends on that.
+//! * A closed VM cannot be reopened, nor get new vCPUs ([`ErrorKind::VmClosing`]); its open
+//!   vCPU handles keep working until closed (process exit closes handles in any order).
+//!
+//! # Locking (thread safety)
+//!
+//! QEMU calls from many threads at once: the main thread changes the memory map while vCPU
+//! threads are inside RUN; GET/SET_REGS come from the main thread while a vCPU thread is
+//! parked. Locks, always taken in this order (a lock may be taken while holding only locks
+//! above it):
+//!
+//! 1. `Hypervisor::table` (the VM table, system handles, the memory limit): held only to look
+//!    up or insert/remove objects; never across VMX instructions, allocation or RUN.
+//! 2. `VmObject::state` (open flags, the vCPU table, QEMU's version): short, as (1).
+//! 3. `VcpuObject::backend` (one vCPU): held for the whole of one vCPU IOCTL, RUN included,
+//!    and taken *before* the shell's non-preemptible region ([`CpuRoots::with_current`]) so
+//!    that a preempted holder is never spun on by a non-preemptible context.
+//! 4. `VmObject::memory` (read-locked by memory IOCTLs and by a running vCPU; write-locked
+//!    only to destroy the VM, when no vCPU and no handle is left), then the memory module's
+//!    own lock.
+//!
+//! No global lock is held across RUN: two vCPUs of one VM run concurrently, and memory
+//! changes proceed while they do. A change that removes a translation is followed by an
+//! INVEPT on every CPU ([`CpuRoots::invept_each_cpu`]; the IPI also forces running vCPUs
+//! out) before the memory module may free what it unlinked
+//! ([`crate::memory::GuestMemory::invept_done`]). KICKOFF takes no lock at all: it reads the
+//! CPU a vCPU runs on from an atomic.
+//!
+//! Objects are reference counted (`Arc`): a request clones the object it resolved and drops
+//! the table locks; closing removes the object from the table first (so no new request can
+//! find it) and then waits on its lock for a request still in flight before tearing down.
+
+mod backend;
+mod error;
+mod roots;
+mod stats;
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use rhax_api::ext::{ExtFeatures, RhaxExtInfo, RHAX_EXT_MAGIC, RHAX_EXT_VERSION};
+use rhax_api::ioctl::{self as codes, IoctlDef};
+use rhax_api::{
+    cpuid_size, AllocRamInfo, CapabilityFailure, CapabilityFeatures, CapabilityInfo,
+    CapabilityStatus, CpuidHeader, ModuleVersion, MsrData, Pod, ProtectRamInfo, QemuVersion,
+    RamblockInfo, Scope, SetMemlimit, SetRamInfo, SetRamInfo2, TunnelInfo, HAX_COMPAT_VERSION,
+    HAX_CUR_VERSION, HAX_MAX_CPUID_ENTRIES, HAX_MAX_MSR_ARRAY, HAX_MAX_VCPUS, HAX_MAX_VMS,
+    HAX_MAX_VMS_NETBSD, HAX_TUNNEL_PAGE_SIZE,
+};
+use spin::{Mutex, RwLock};
+
+pub use error::{errno, nt, DispatchError, ErrorKind};
+pub use roots::{CpuRoots, NoCpuRoots, RootUnavailable, SoftCpuRoots, UserMapping};
+pub use stats::vcpu_stats;
+
+use crate::memory::{GuestMemory, InveptRequest, MemoryError, MemorySnapshot};
+use crate::platform::{CpuIndex, Platform};
+use crate::vmx::negotiate::{OptionalFeatures, VmxControls};
+use backend::VcpuBackend;
+
+/// The host encoding of IOCTL codes a hypervisor serves.
+pub type Codes = rhax_api::Platform;
+
+/// `HAX_MEMQUOTA` default: HAXM reports 2^48 bytes until SET_MEMLIMIT (`haxm-abi.md` §5).
+pub const DEFAULT_MEM_QUOTA: u64 = 1 << 48;
+
+const NOT_RUNNING: u32 = u32::MAX;
+
+/// What a handle refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HandleKind {
+    /// The control device.
+    System,
+    /// A VM device.
+    Vm {
+        /// The VM id.
+        vm: u32,
+    },
+    /// A vCPU device.
+    Vcpu {
+        /// The VM id.
+        vm: u32,
+        /// The vCPU id.
+        vcpu: u32,
+    },
+}
+
+/// An open handle: the object it names and a serial number unique over the hypervisor's
+/// life, so a stale handle never reaches a later object with the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Handle {
+    kind: HandleKind,
+    serial: u64,
+}
+
+impl Handle {
+    /// What it refers to.
+    pub fn kind(&self) -> HandleKind {
+        self.kind
+    }
+
+    /// The device scope its IOCTLs are looked up in.
+    pub fn scope(&self) -> Scope {
+        match self.kind {
+            HandleKind::System => Scope::System,
+            HandleKind::Vm { .. } => Scope::Vm,
+            HandleKind::Vcpu { .. } => Scope::Vcpu,
+        }
+    }
+
+    /// A handle made up from parts, for tests of stale and forged handles.
+    pub fn forge(kind: HandleKind, serial: u64) -> Handle {
+        Handle { kind, serial }
+    }
+}
+
+/// A vCPU slot of a VM.
+struct VcpuEntry {
+    obj: Arc<VcpuObject>,
+    /// Serial of the open handle.
+    handle: Option<u64>,
+}
+
+struct VmState {
+    /// Serial of the open VM handle.
+    handle: Option<u64>,
+    /// The VM handle was closed: the VM lives on only for its vCPUs.
+    closed: bool,
+    vcpus: [Option<VcpuEntry>; HAX_MAX_VCPUS as usize],
+    qemu_version: Option<QemuVersion>,
+}
+
+impl VmState {
+    fn vcpu_count(&self) -> usize {
+        self.vcpus.iter().filter(|v| v.is_some()).count()
+    }
+}
+
+struct VmObject {
+    id: u32,
+    /// The system handle that created it (for cleanup of never-opened VMs).
+    creator: Option<u64>,
+    eptp: u64,
+    memory: RwLock<Option<GuestMemory>>,
+    state: Mutex<VmState>,
+}
+
+struct VcpuObject {
+    id: u32,
+    /// CPU index while inside RUN, [`NOT_RUNNING`] otherwise (read by KICKOFF without locks).
+    running_on: AtomicU32,
+    user_tunnel: u64,
+    user_io_buffer: u64,
+    backend: Mutex<Option<VcpuBackend>>,
+}
+
+struct Table {
+    vms: Vec<Option<Arc<VmObject>>>,
+    systems: Vec<u64>,
+    /// Bytes; `None` after `SET_MEMLIMIT{enable = 0}`.
+    mem_limit: Option<u64>,
+}
+
+/// Observable state, to compare before and after a refused request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HypervisorSnapshot {
+    /// The memory quota in bytes, if reported.
+    pub mem_limit: Option<u64>,
+    /// Open system handles.
+    pub system_handles: usize,
+    /// Live VMs in id order.
+    pub vms: Vec<VmSnapshot>,
+}
+
+/// One VM in a [`HypervisorSnapshot`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSnapshot {
+    /// Its id.
+    pub id: u32,
+    /// Its handle is open.
+    pub open: bool,
+    /// Its handle was closed.
+    pub closed: bool,
+    /// What NOTIFY_QEMU_VERSION said.
+    pub qemu_version: Option<(u32, u32)>,
+    /// Its vCPUs in id order: id, handle open, tunnel and IO buffer user addresses.
+    pub vcpus: Vec<(u32, bool, u64, u64)>,
+    /// Its guest memory.
+    pub memory: Option<MemorySnapshot>,
+}
+
+/// The hypervisor: every object, reached through handles.
+pub struct Hypervisor<P: Platform + UserMapping, R: CpuRoots> {
+    platform: P,
+    roots: R,
+    codes: Codes,
+    host: Result<VmxControls, CapabilityFailure>,
+    next_serial: AtomicU64,
+    table: Mutex<Table>,
+}
+
+type Res<T> = Result<T, DispatchError>;
+
+/// The request being served, for error context.
+#[derive(Clone, Copy)]
+struct Ctx {
+    def: Option<&'static IoctlDef>,
+    scope: Option<Scope>,
+    codes: Codes,
+}
+
+impl Ctx {
+    fn err(&self, kind: ErrorKind) -> DispatchError {
+        DispatchError::new(kind, self.def, self.scope, self.codes)
+    }
+
+    fn windows(&self) -> bool {
+        self.codes == Codes::Windows
+    }
+
+    /// HAXM's buffer checks: Windows needs at least `input`/`output` bytes
+    /// (`METHOD_BUFFERED` lengths); POSIX kernels copy exactly the size the code encodes, so
+    /// anything else is refused. A need of 0 means the buffer is not used.
+    fn sizes(&self, input: &[u8], need_in: usize, output: &[u8], need_out: usize) -> Res<()> {
+        let ok = |got: usize, need: usize| {
+            need == 0
+                || if self.windows() {
+                    got >= need
+                } else {
+                    got == need
+                }
+        };
+        if !ok(input.len(), need_in) {
+            return Err(self.err(ErrorKind::InputSize {
+                expected: need_in,
+                got: input.len(),
+            }));
+        }
+        if !ok(output.len(), need_out) {
+            return Err(self.err(ErrorKind::OutputSize {
+                expected: need_out,
+                got: output.len(),
+            }));
+        }
+        Ok(())
+    }
+
+    fn read<T: Pod>(&self, input: &[u8]) -> Res<T> {
+        T::read_from_prefix(input).ok_or_else(|| {
+            self.err(ErrorKind::InputSize {
+                expected: T::SIZE,
+                got: input.len(),
+            })
+        })
+    }
+
+    fn write<T: Pod>(&self, value: &T, output: &mut [u8]) -> Res<usize> {
+        let got = output.len();
+        value.write_to_prefix(output).ok_or_else(|| {
+            self.err(ErrorKind::OutputSize {
+                expected: T::SIZE,
+                got,
+            })
+        })
+    }
+}
+
+impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
+    /// A hypervisor serving clients that use `codes`, on a host where VT-x negotiated to
+    /// `host` (or is unusable for the reasons given, which CAPABILITY then reports).
+    pub fn new(
+        platform: P,
+        roots: R,
+        codes: Codes,
+        host: Result<VmxControls, CapabilityFailure>,
+    ) -> Self {
+        let max_vms = match codes {
+            Codes::NetBsd | Codes::NetBsdI386 => HAX_MAX_VMS_NETBSD,
+            _ => HAX_MAX_VMS,
+        };
+        Hypervisor {
+            platform,
+            roots,
+            codes,
+            host,
+            next_serial: AtomicU64::new(1),
+            table: Mutex::new(Table {
+                vms: (0..max_vms).map(|_| None).collect(),
+                systems: Vec::new(),
+                mem_limit: Some(DEFAULT_MEM_QUOTA),
+            }),
+        }
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The CPU roots.
+    pub fn roots(&self) -> &R {
+        &self.roots
+    }
+
+    /// The IOCTL encoding served.
+    pub fn codes(&self) -> Codes {
+        self.codes
+    }
+
+    fn ctx(&self, def: Option<&'static IoctlDef>, scope: Option<Scope>) -> Ctx {
+        Ctx {
+            def,
+            scope,
+            codes: self.codes,
+        }
+    }
+
+    fn serial(&self) -> u64 {
+        self.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The capability bits rhax really implements today (`haxm-abi.md` §5). FASTMMIO,
+    /// RAM_PROTECTION, DEBUG, IMPLICIT_RAMBLOCK and CPUID follow once the HAXM vCPU serves
+    /// the exits and IOCTLs behind them.
+    pub fn capability_features(&self) -> Option<CapabilityFeatures> {
+        self.host.as_ref().ok().map(|_| {
+            // EPT and unrestricted guest are required by negotiation (vmx::negotiate), so a
+            // working host has both.
+            CapabilityFeatures::EPT
+                | CapabilityFeatures::UG
+                | CapabilityFeatures::RAMBLOCK_64BIT
+                | CapabilityFeatures::SETRAM_64BIT
+                | CapabilityFeatures::TUNNEL_PAGE
+        })
+    }
+
+    // ---------------------------------------------------------------- handles
+
+    /// Opens the control device (not exclusive).
+    pub fn open_system(&self) -> Handle {
+        let serial = self.serial();
+        self.table.lock().systems.push(serial);
+        Handle {
+            kind: HandleKind::System,
+            serial,
+        }
+    }
+
+    /// Creates a VM (lowest free id) not owned by any system handle; returns its id.
+    pub fn create_vm(&self) -> Res<u32> {
+        self.create_vm_for(None, self.ctx(Some(&codes::HAX_IOCTL_CREATE_VM), None))
+    }
+
+    fn create_vm_for(&self, creator: Option<u64>, ctx: Ctx) -> Res<u32> {
+        let controls = self
+            .host
+            .as_ref()
+            .map_err(|_| ctx.err(ErrorKind::NotWorking))?;
+        // Allocate before taking the table lock: allocation may be slow, and a failure then
+        // leaves the table untouched.
+        let large = controls.available.contains(OptionalFeatures::EPT_2M_PAGES);
+        let memory =
+            GuestMemory::new(&self.platform, large).map_err(|e| ctx.err(ErrorKind::Memory(e)))?;
+        let mut table = self.table.lock();
+        let Some(id) = table.vms.iter().position(Option::is_none) else {
+            drop(table);
+            memory.destroy(&self.platform);
+            return Err(ctx.err(ErrorKind::NoFreeVmId));
+        };
+        let eptp = memory.eptp();
+        table.vms[id] = Some(Arc::new(VmObject {
+            id: id as u32,
+            creator,
+            eptp,
+            memory: RwLock::new(Some(memory)),
+            state: Mutex::new(VmState {
+                handle: None,
+                closed: false,
+                vcpus: Default::default(),
+                qemu_version: None,
+            }),
+        }));
+        Ok(id as u32)
+    }
+
+    /// Opens VM `vm`'s device. Exclusive: fails with [`ErrorKind::Busy`] while open.
+    pub fn open_vm(&self, vm: u32) -> Res<Handle> {
+        let ctx = self.ctx(None, Some(Scope::Vm));
+        let table = self.table.lock();
+        let obj = table
+            .vms
+            .get(vm as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ctx.err(ErrorKind::NoSuchVm { vm }))?;
+        let mut st = obj.state.lock();
+        if st.closed {
+            return Err(ctx.err(ErrorKind::VmClosing));
+        }
+        if st.handle.is_some() {
+            return Err(ctx.err(ErrorKind::Busy));
+        }
+        let serial = self.serial();
+        st.handle = Some(serial);
+        Ok(Handle {
+            kind: HandleKind::Vm { vm },
+            serial,
+        })
+    }
+
+    /// Opens vCPU `vcpu` of VM `vm`. Exclusive.
+    pub fn open_vcpu(&self, vm: u32, vcpu: u32) -> Res<Handle> {
+        let ctx = self.ctx(None, Some(Scope::Vcpu));
+        let table = self.table.lock();
+        let obj = table
+            .vms
+            .get(vm as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ctx.err(ErrorKind::NoSuchVm { vm }))?;
+        let mut st = obj.state.lock();
+        if st.closed {
+            return Err(ctx.err(ErrorKind::VmClosing));
+        }
+        let entry = st
+            .vcpus
+            .get_mut(vcpu as usize)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| ctx.err(ErrorKind::NoSuchVcpu { vcpu }))?;
+        if entry.handle.is_some() {
+            return Err(ctx.err(ErrorKind::Busy));
+        }
+        let serial = self.serial();
+        entry.handle = Some(serial);
+        Ok(Handle {
+            kind: HandleKind::Vcpu { vm, vcpu },
+            serial,
+        })
+    }
+
+    /// Closes a handle and destroys what it kept alive. Fails only for a handle that is not
+    /// open (nothing changes then).
+    pub fn close(&self, handle: Handle) -> Res<()> {
+        let ctx = self.ctx(None, Some(handle.scope()));
+        let mut dead_vcpus: Vec<Arc<VcpuObject>> = Vec::new();
+        let mut dead_vms: Vec<Arc<VmObject>> = Vec::new();
+        {
+            let mut table = self.table.lock();
+            match handle.kind {
+                HandleKind::System => {
+                    let pos = table
+                        .systems
+                        .iter()
+                        .position(|&s| s == handle.serial)
+                        .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                    table.systems.swap_remove(pos);
+                    for slot in table.vms.iter_mut() {
+                        let never_opened = slot.as_ref().is_some_and(|vm| {
+                            let st = vm.state.lock();
+                            vm.creator == Some(handle.serial) && st.handle.is_none() && !st.closed
+                        });
+                        if never_opened {
+                            if let Some(vm) = slot.take() {
+                                let mut st = vm.state.lock();
+                                dead_vcpus.extend(
+                                    st.vcpus.iter_mut().filter_map(|v| v.take()).map(|e| e.obj),
+                                );
+                                drop(st);
+                                dead_vms.push(vm);
+                            }
+                        }
+                    }
+                }
+                HandleKind::Vm { vm } => {
+                    let slot = table
+                        .vms
+                        .get_mut(vm as usize)
+                        .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                    let obj = slot
+                        .as_ref()
+                        .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                    let mut st = obj.state.lock();
+                    if st.handle != Some(handle.serial) {
+                        return Err(ctx.err(ErrorKind::InvalidHandle));
+                    }
+                    st.handle = None;
+                    st.closed = true;
+                    for v in st.vcpus.iter_mut() {
+                        if v.as_ref().is_some_and(|e| e.handle.is_none()) {
+                            if let Some(e) = v.take() {
+                                dead_vcpus.push(e.obj);
+                            }
+                        }
+                    }
+                    let empty = st.vcpu_count() == 0;
+                    drop(st);
+                    if empty {
+                        if let Some(o) = slot.take() {
+                            dead_vms.push(o);
+                        }
+                    }
+                }
+                HandleKind::Vcpu { vm, vcpu } => {
+                    let slot = table
+                        .vms
+                        .get_mut(vm as usize)
+                        .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                    let obj = slot
+                        .as_ref()
+                        .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                    let mut st = obj.state.lock();
+                    let v = st
+                        .vcpus
+                        .get_mut(vcpu as usize)
+                        .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                    if v.as_ref().and_then(|e| e.handle) != Some(handle.serial) {
+                        return Err(ctx.err(ErrorKind::InvalidHandle));
+                    }
+                    if let Some(e) = v.take() {
+                        dead_vcpus.push(e.obj);
+                    }
+                    let gone = st.closed && st.vcpu_count() == 0;
+                    drop(st);
+                    if gone {
+                        if let Some(o) = slot.take() {
+                            dead_vms.push(o);
+                        }
+                    }
+                }
+            }
+        }
+        // Outside the table lock: vCPUs first (their VMCSs reference the EPT), then VMs.
+        for v in dead_vcpus {
+            self.destroy_vcpu(&v);
+        }
+        for vm in dead_vms {
+            self.destroy_vm(&vm);
+        }
+        Ok(())
+    }
+
+    fn destroy_vcpu(&self, obj: &VcpuObject) {
+        // Waits for a request still in flight on this vCPU, then takes it out for good.
+        let Some(mut b) = obj.backend.lock().take() else {
+            return;
+        };
+        let (tunnel, io) = b.tunnel_pages();
+        self.platform.unmap_user(obj.user_tunnel, tunnel);
+        self.platform.unmap_user(obj.user_io_buffer, io);
+        if let Some(cpu) = b.vcpu.resident_cpu() {
+            // VMCLEAR where the VMCS is active (SDM Vol. 3C §25.11.1) before its page is freed.
+            let vcpu = &mut b.vcpu;
+            let _ = self.roots.with_cpu(cpu, |root| vcpu.unload(root));
+        }
+        b.destroy(&self.platform);
+    }
+
+    fn destroy_vm(&self, vm: &VmObject) {
+        let Some(memory) = vm.memory.write().take() else {
+            return;
+        };
+        // Every CPU that ran one of its vCPUs may still cache translations tagged with its
+        // EPTP (SDM Vol. 3C §29.4.3.1): flush them before the tables and pins go back.
+        self.roots
+            .invept_each_cpu(vm.eptp, self.single_context_invept());
+        memory.destroy(&self.platform);
+    }
+
+    fn single_context_invept(&self) -> bool {
+        self.host.as_ref().is_ok_and(|c| {
+            c.available
+                .contains(OptionalFeatures::INVEPT_SINGLE_CONTEXT)
+        })
+    }
+
+    fn resolve_vm(&self, handle: Handle, vm: u32, ctx: Ctx) -> Res<Arc<VmObject>> {
+        let table = self.table.lock();
+        let obj = table
+            .vms
+            .get(vm as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+        if obj.state.lock().handle != Some(handle.serial) {
+            return Err(ctx.err(ErrorKind::InvalidHandle));
+        }
+        Ok(obj.clone())
+    }
+
+    fn resolve_vcpu(
+        &self,
+        handle: Handle,
+        vm: u32,
+        vcpu: u32,
+        ctx: Ctx,
+    ) -> Res<(Arc<VmObject>, Arc<VcpuObject>)> {
+        let table = self.table.lock();
+        let obj = table
+            .vms
+            .get(vm as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+        let st = obj.state.lock();
+        let e = st
+            .vcpus
+            .get(vcpu as usize)
+            .and_then(Option::as_ref)
+            .filter(|e| e.handle == Some(handle.serial))
+            .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+        Ok((obj.clone(), e.obj.clone()))
+    }
+
+    // ---------------------------------------------------------------- dispatch
+
+    /// Serves one IOCTL (see the module documentation).
+    pub fn dispatch(
+        &self,
+        handle: Handle,
+        code: u32,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Res<usize> {
+        let scope = handle.scope();
+        let ctx = self.ctx(None, Some(scope));
+        // The handle first: a request on a closed or stale handle never reaches an object.
+        let target = match handle.kind {
+            HandleKind::System => {
+                if !self.table.lock().systems.contains(&handle.serial) {
+                    return Err(ctx.err(ErrorKind::InvalidHandle));
+                }
+                Target::System(handle.serial)
+            }
+            HandleKind::Vm { vm } => Target::Vm(self.resolve_vm(handle, vm, ctx)?),
+            HandleKind::Vcpu { vm, vcpu } => {
+                let (v, c) = self.resolve_vcpu(handle, vm, vcpu, ctx)?;
+                Target::Vcpu(v, c)
+            }
+        };
+        let def = IoctlDef::lookup(self.codes, scope, code)
+            .ok_or_else(|| ctx.err(ErrorKind::UnknownIoctl { code }))?;
+        let ctx = self.ctx(Some(def), Some(scope));
+        match target {
+            Target::System(serial) => self.system_ioctl(serial, def, ctx, input, output),
+            Target::Vm(vm) => self.vm_ioctl(&vm, def, ctx, input, output),
+            Target::Vcpu(vm, vcpu) => self.vcpu_ioctl(&vm, &vcpu, def, ctx, input, output),
+        }
+    }
+
+    fn system_ioctl(
+        &self,
+        serial: u64,
+        def: &'static IoctlDef,
+        ctx: Ctx,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Res<usize> {
+        use rhax_api::ext::RHAX_IOCTL_EXT_INFO;
+        match *def {
+            codes::HAX_IOCTL_VERSION => {
+                ctx.sizes(input, 0, output, ModuleVersion::SIZE)?;
+                let v = ModuleVersion {
+                    compat_version: HAX_COMPAT_VERSION,
+                    cur_version: HAX_CUR_VERSION,
+                };
+                ctx.write(&v, output)
+            }
+            codes::HAX_IOCTL_CAPABILITY => {
+                ctx.sizes(input, 0, output, CapabilityInfo::SIZE)?;
+                let table = self.table.lock();
+                let (mut wstatus, winfo) = match (&self.host, self.capability_features()) {
+                    (Ok(_), Some(f)) => (CapabilityStatus::WORKING, f.bits()),
+                    (Err(fail), _) => (CapabilityStatus::empty(), fail.bits()),
+                    (Ok(_), None) => (CapabilityStatus::empty(), CapabilityFailure::VT.bits()),
+                };
+                if table.mem_limit.is_some() {
+                    wstatus |= CapabilityStatus::MEMQUOTA;
+                }
+                // win_refcount: Windows reports the control device's reference count, Linux
+                // a zeroed field (`haxm-abi.md` §2).
+                let refcount = if ctx.windows() {
+                    table.systems.len() as u32
+                } else {
+                    0
+                };
+                // mem_quota is not written when MEMQUOTA is clear (HAXM); Linux copies a zeroed
+                // local struct, so its callers see 0.
+                let previous = CapabilityInfo::read_from_prefix(output).unwrap_or_default();
+                let quota = match table.mem_limit {
+                    Some(q) => q,
+                    None if matches!(self.codes, Codes::Linux | Codes::LinuxI386) => 0,
+                    None => previous.mem_quota,
+                };
+                let cap = CapabilityInfo {
+                    wstatus: wstatus.bits(),
+                    winfo,
+                    win_refcount: refcount,
+                    mem_quota: quota,
+                };
+                ctx.write(&cap, output)
+            }
+            codes::HAX_IOCTL_SET_MEMLIMIT => {
+                ctx.sizes(input, SetMemlimit::SIZE, output, 0)?;
+                let m: SetMemlimit = ctx.read(input)?;
+                let mut table = self.table.lock();
+                if table.vms.iter().any(Option::is_some) {
+                    return Err(ctx.err(ErrorKind::VmsExist));
+                }
+                // The input is in MB, the quota in bytes (`haxm-abi.md` §8 quirk 11).
+                table.mem_limit = if m.enable_memlimit == 0 {
+                    None
+                } else {
+                    Some(m.memory_limit.checked_mul(1 << 20).ok_or_else(|| {
+                        ctx.err(ErrorKind::MemLimitOverflow {
+                            megabytes: m.memory_limit,
+                        })
+                    })?)
+                };
+                Ok(0)
+            }
+            codes::HAX_IOCTL_CREATE_VM => {
+                ctx.sizes(input, 0, output, 4)?;
+                let id = self.create_vm_for(Some(serial), ctx)?;
+                ctx.write(&id, output)
+            }
+            codes::HAX_IOCTL_DESTROY_VM => self.unimplemented_by_haxm(ctx),
+            RHAX_IOCTL_EXT_INFO => {
+                ctx.sizes(input, 0, output, RhaxExtInfo::SIZE)?;
+                let info = RhaxExtInfo {
+                    magic: RHAX_EXT_MAGIC,
+                    version: RHAX_EXT_VERSION,
+                    features: ExtFeatures::VCPU_STATS.bits(),
+                };
+                ctx.write(&info, output)
+            }
+            _ => Err(ctx.err(ErrorKind::UnknownIoctl {
+                code: def.code(self.codes).unwrap_or(0),
+            })),
+        }
+    }
+
+    /// DESTROY_VM and VCPU_DESTROY: HAXM's Linux driver returns 0 (its unknown-IOCTL default),
+    /// the others their "unknown IOCTL" error.
+    fn unimplemented_by_haxm(&self, ctx: Ctx) -> Res<usize> {
+        if matches!(self.codes, Codes::Linux | Codes::LinuxI386) {
+            Ok(0)
+        } else {
+            Err(ctx.err(ErrorKind::UnimplementedByHaxm))
+        }
+    }
+
+    /// Runs a memory-map change and, if it removed translations, the INVEPT everywhere that
+    /// lets the memory module free what it unlinked.
+    fn memory_change(
+        &self,
+        vm: &VmObject,
+        ctx: Ctx,
+        f: impl FnOnce(&GuestMemory) -> Result<Option<InveptRequest>, MemoryError>,
+    ) -> Res<usize> {
+        let guard = vm.memory.read();
+        let memory = guard
+            .as_ref()
+            .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+        if let Some(req) = f(memory).map_err(|e| ctx.err(ErrorKind::Memory(e)))? {
+            self.roots
+                .invept_each_cpu(req.eptp, self.single_context_invept());
+            memory.invept_done(&self.platform, req);
+        }
+        Ok(0)
+    }
+
+    fn vm_ioctl(
+        &self,
+        vm: &Arc<VmObject>,
+        def: &'static IoctlDef,
+        ctx: Ctx,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Res<usize> {
+        match *def {
+            codes::HAX_VM_IOCTL_VCPU_CREATE | codes::HAX_VM_IOCTL_VCPU_CREATE_ORIG => {
+                ctx.sizes(input, 4, output, 0)?;
+                let id: u32 = ctx.read(input)?;
+                self.create_vcpu(vm, id, ctx)?;
+                Ok(0)
+            }
+            codes::HAX_VM_IOCTL_ALLOC_RAM => {
+                ctx.sizes(input, AllocRamInfo::SIZE, output, 0)?;
+                let info: AllocRamInfo = ctx.read(input)?;
+                self.memory_change(vm, ctx, |m| m.alloc_ram(&info).map(|()| None))
+            }
+            codes::HAX_VM_IOCTL_ADD_RAMBLOCK => {
+                ctx.sizes(input, RamblockInfo::SIZE, output, 0)?;
+                let info: RamblockInfo = ctx.read(input)?;
+                self.memory_change(vm, ctx, |m| m.add_ramblock(&info).map(|()| None))
+            }
+            codes::HAX_VM_IOCTL_SET_RAM => {
+                ctx.sizes(input, SetRamInfo::SIZE, output, 0)?;
+                let info: SetRamInfo = ctx.read(input)?;
+                self.memory_change(vm, ctx, |m| m.set_ram(&info))
+            }
+            codes::HAX_VM_IOCTL_SET_RAM2 => {
+                ctx.sizes(input, SetRamInfo2::SIZE, output, 0)?;
+                let info: SetRamInfo2 = ctx.read(input)?;
+                self.memory_change(vm, ctx, |m| m.set_ram2(&info))
+            }
+            codes::HAX_VM_IOCTL_PROTECT_RAM => {
+                ctx.sizes(input, ProtectRamInfo::SIZE, output, 0)?;
+                let info: ProtectRamInfo = ctx.read(input)?;
+                self.memory_change(vm, ctx, |m| m.protect_ram(&info))
+            }
+            codes::HAX_VM_IOCTL_NOTIFY_QEMU_VERSION => {
+                ctx.sizes(input, QemuVersion::SIZE, output, 0)?;
+                // HAXM records "fast MMIO basic/extra" from it and never reads them again
+                // (`haxm-abi.md` §2); kept for diagnostics. Never fails.
+                let v: QemuVersion = ctx.read(input)?;
+                vm.state.lock().qemu_version = Some(v);
+                Ok(0)
+            }
+            codes::HAX_VM_IOCTL_VCPU_DESTROY => self.unimplemented_by_haxm(ctx),
+            _ => Err(ctx.err(ErrorKind::UnknownIoctl {
+                code: def.code(self.codes).unwrap_or(0),
+            })),
+        }
+    }
+
+    fn create_vcpu(&self, vm: &Arc<VmObject>, id: u32, ctx: Ctx) -> Res<()> {
+        if id >= HAX_MAX_VCPUS {
+            return Err(ctx.err(ErrorKind::VcpuIdOutOfRange { vcpu: id }));
+        }
+        let in_use = |st: &VmState| st.vcpus[id as usize].is_some();
+        if in_use(&vm.state.lock()) {
+            return Err(ctx.err(ErrorKind::VcpuIdInUse { vcpu: id }));
+        }
+        let controls = self
+            .host
+            .as_ref()
+            .map_err(|_| ctx.err(ErrorKind::NotWorking))?;
+        // Build outside the locks (allocation), then insert if the id is still free.
+        let backend = VcpuBackend::new(&self.platform, controls, vm.id, id, vm.eptp)
+            .map_err(|e| ctx.err(ErrorKind::Platform(e)))?;
+        let (tunnel, io) = backend.tunnel_pages();
+        let user_tunnel = match self.platform.map_user(tunnel) {
+            Ok(va) => va,
+            Err(e) => {
+                backend.destroy(&self.platform);
+                return Err(ctx.err(ErrorKind::Platform(e)));
+            }
+        };
+        let user_io_buffer = match self.platform.map_user(io) {
+            Ok(va) => va,
+            Err(e) => {
+                self.platform.unmap_user(user_tunnel, tunnel);
+                backend.destroy(&self.platform);
+                return Err(ctx.err(ErrorKind::Platform(e)));
+            }
+        };
+        let obj = Arc::new(VcpuObject {
+            id,
+            running_on: AtomicU32::new(NOT_RUNNING),
+            user_tunnel,
+            user_io_buffer,
+            backend: Mutex::new(Some(backend)),
+        });
+        let mut st = vm.state.lock();
+        if in_use(&st) || st.closed {
+            drop(st);
+            let kind = ErrorKind::VcpuIdInUse { vcpu: id };
+            self.destroy_vcpu(&obj);
+            return Err(ctx.err(kind));
+        }
+        st.vcpus[id as usize] = Some(VcpuEntry { obj, handle: None });
+        Ok(())
+    }
+
+    fn vcpu_ioctl(
+        &self,
+        _vm: &Arc<VmObject>,
+        vcpu: &Arc<VcpuObject>,
+        def: &'static IoctlDef,
+        ctx: Ctx,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Res<usize> {
+        use rhax_api::ext::{VcpuStats, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_RESET_STATS};
+        use rhax_api::{FxLayout, VcpuDebug, VcpuState};
+        let waiting = |what| Err(ctx.err(ErrorKind::NotImplemented { what }));
+        match *def {
+            codes::HAX_VCPU_IOCTL_KICKOFF => {
+                // No lock: RUN holds the vCPU's. A vCPU not in the guest has nothing to leave.
+                let cpu = vcpu.running_on.load(Ordering::Acquire);
+                if cpu != NOT_RUNNING {
+                    self.platform.kick(cpu as CpuIndex);
+                }
+                Ok(0)
+            }
+            codes::HAX_VCPU_IOCTL_SETUP_TUNNEL => {
+                ctx.sizes(input, 0, output, TunnelInfo::SIZE)?;
+                // The mapping was made at VCPU_CREATE; a repeated call returns the same
+                // pointers (`haxm-abi.md` §2).
+                let info = TunnelInfo {
+                    va: vcpu.user_tunnel,
+                    io_va: vcpu.user_io_buffer,
+                    size: HAX_TUNNEL_PAGE_SIZE,
+                    pad: [0; 6],
+                };
+                ctx.write(&info, output)
+            }
+            RHAX_VCPU_IOCTL_GET_STATS => {
+                ctx.sizes(input, 0, output, VcpuStats::SIZE)?;
+                let stats = {
+                    let b = vcpu.backend.lock();
+                    let b = b
+                        .as_ref()
+                        .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                    vcpu_stats(&b.vcpu.stats().snapshot(), b.runs, b.user_exits)
+                };
+                ctx.write(&stats, output)
+            }
+            RHAX_VCPU_IOCTL_RESET_STATS => {
+                let mut b = vcpu.backend.lock();
+                let b = b
+                    .as_mut()
+                    .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                b.vcpu.reset_stats();
+                b.runs = 0;
+                b.user_exits = 0;
+                Ok(0)
+            }
+            codes::HAX_VCPU_IOCTL_RUN => waiting("RUN (HAXM vCPU)"),
+            codes::HAX_VCPU_IOCTL_SET_MSRS | codes::HAX_VCPU_IOCTL_GET_MSRS => {
+                ctx.sizes(input, MsrData::SIZE, output, MsrData::SIZE)?;
+                let d: MsrData = ctx.read(input)?;
+                // At most 31 per call (`haxm-abi.md` §8 quirk 4).
+                if usize::from(d.nr_msr) >= HAX_MAX_MSR_ARRAY {
+                    return Err(ctx.err(ErrorKind::TooManyMsrs { nr_msr: d.nr_msr }));
+                }
+                waiting("SET/GET_MSRS (HAXM vCPU)")
+            }
+            codes::HAX_VCPU_IOCTL_SET_FPU => {
+                ctx.sizes(input, FxLayout::SIZE, output, 0)?;
+                waiting("SET_FPU (HAXM vCPU)")
+            }
+            codes::HAX_VCPU_IOCTL_GET_FPU => {
+                ctx.sizes(input, 0, output, FxLayout::SIZE)?;
+                waiting("GET_FPU (HAXM vCPU)")
+            }
+            codes::HAX_VCPU_SET_REGS => {
+                ctx.sizes(input, VcpuState::SIZE, output, 0)?;
+                waiting("SET_REGS (HAXM vCPU)")
+            }
+            codes::HAX_VCPU_GET_REGS => {
+                ctx.sizes(input, 0, output, VcpuState::SIZE)?;
+                waiting("GET_REGS (HAXM vCPU)")
+            }
+            codes::HAX_VCPU_IOCTL_INTERRUPT => {
+                ctx.sizes(input, 4, output, 0)?;
+                waiting("INTERRUPT (HAXM vCPU)")
+            }
+            codes::HAX_IOCTL_VCPU_DEBUG => {
+                ctx.sizes(input, VcpuDebug::SIZE, output, 0)?;
+                waiting("VCPU_DEBUG (HAXM vCPU)")
+            }
+            codes::HAX_VCPU_IOCTL_SET_CPUID => {
+                let header = self.cpuid_header(input, ctx)?;
+                let need = self.cpuid_bytes(header.total, ctx)?;
+                ctx.sizes(input, need, output, 0)?;
+                waiting("SET_CPUID (VM CPUID table)")
+            }
+            codes::HAX_VCPU_IOCTL_GET_CPUID => {
+                let header = self.cpuid_header(input, ctx)?;
+                let need = cpuid_size(header.total.min(HAX_MAX_CPUID_ENTRIES as u32) as usize)
+                    .unwrap_or(usize::MAX);
+                if output.len() < core::mem::size_of::<CpuidHeader>() {
+                    return Err(ctx.err(ErrorKind::OutputSize {
+                        expected: need,
+                        got: output.len(),
+                    }));
+                }
+                if ctx.windows() {
+                    ctx.sizes(input, 0, output, need)?;
+                }
+                waiting("GET_CPUID (VM CPUID table)")
+            }
+            _ => Err(ctx.err(ErrorKind::UnknownIoctl {
+                code: def.code(self.codes).unwrap_or(0),
+            })),
+        }
+    }
+
+    fn cpuid_header(&self, input: &[u8], ctx: Ctx) -> Res<CpuidHeader> {
+        CpuidHeader::read_from_prefix(input).ok_or_else(|| {
+            ctx.err(ErrorKind::InputSize {
+                expected: core::mem::size_of::<CpuidHeader>(),
+                got: input.len(),
+            })
+        })
+    }
+
+    /// SET_CPUID: `0 < total <= 64` (`haxm-abi.md` §2), then `8 + total * 40` bytes.
+    fn cpuid_bytes(&self, total: u32, ctx: Ctx) -> Res<usize> {
+        if total == 0 || total as usize > HAX_MAX_CPUID_ENTRIES {
+            return Err(ctx.err(ErrorKind::CpuidTotal { total }));
+        }
+        Ok(cpuid_size(total as usize).unwrap_or(usize::MAX))
+    }
+
+    // ---------------------------------------------------------------- inspection
+
+    /// Everything observable (object tables, handles, memory), for tests and diagnostics.
+    pub fn snapshot(&self) -> HypervisorSnapshot {
+        let table = self.table.lock();
+        let vms = table
+            .vms
+            .iter()
+            .flatten()
+            .map(|vm| {
+                let st = vm.state.lock();
+                VmSnapshot {
+                    id: vm.id,
+                    open: st.handle.is_some(),
+                    closed: st.closed,
+                    qemu_version: st.qemu_version.map(|q| (q.cur_version, q.least_version)),
+                    vcpus: st
+                        .vcpus
+                        .iter()
+                        .flatten()
+                        .map(|e| {
+                            (
+                                e.obj.id,
+                                e.handle.is_some(),
+                                e.obj.user_tunnel,
+                                e.obj.user_io_buffer,
+                            )
+                        })
+                        .collect(),
+                    memory: vm.memory.read().as_ref().map(GuestMemory::snapshot),
+                }
+            })
+            .collect();
+        HypervisorSnapshot {
+            mem_limit: table.mem_limit,
+            system_handles: table.systems.len(),
+            vms,
+        }
+    }
+}
+
+enum Target {
+    System(u64),
+    Vm(Arc<VmObject>),
+    Vcpu(Arc<VmObject>, Arc<VcpuObject>),
+}
+
+impl<P: Platform + UserMapping, R: CpuRoots> Drop for Hypervisor<P, R> {
+    /// Driver unload: everything still alive is torn down (vCPUs first).
+    fn drop(&mut self) {
+        let vms: Vec<Arc<VmObject>> = self
+            .table
+            .lock()
+            .vms
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for vm in vms {
+            let vcpus: Vec<Arc<VcpuObject>> = vm
+                .state
+                .lock()
+                .vcpus
+                .iter_mut()
+                .filter_map(Option::take)
+                .map(|e| e.obj)
+                .collect();
+            for v in vcpus {
+                self.destroy_vcpu(&v);
+            }
+            self.destroy_vm(&vm);
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! [`CpuRoots`]: how a shell lends the dispatcher the VMX root operation of a CPU, and
+//! [`UserMapping`]: how it maps kernel pages (the tunnel, the IO buffer) into the calling
+//! process. Plus the host-test implementations over the software VMX.
+
+use crate::platform::{CpuIndex, HeapPlatform, PhysPages, PlatformError};
+use crate::vmx::instructions::InveptType;
+use crate::vmx::root::VmxRoot;
+use crate::vmx::soft::SoftVmx;
+use crate::vmx::Vmx;
+
+/// The shell could not lend a VMX root (VMX is off on that CPU, or the CPU does not exist).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootUnavailable;
+
+/// Per-CPU VMX root operation, lent by the shell for the duration of a closure.
+///
+/// Rules the dispatcher follows and an implementation may rely on:
+/// * [`CpuRoots::with_current`] is entered with no dispatcher spin lock taken *inside* it:
+///   the vCPU lock is acquired before, so a preempted lock holder can never be spun on by a
+///   non-preemptible context of the same CPU;
+/// * nothing inside the closures pins user memory or sleeps (Windows: probe-and-lock happens
+///   at PASSIVE_LEVEL, outside);
+/// * the closures never re-enter the trait.
+pub trait CpuRoots {
+    /// The VMX instruction implementation.
+    type Vmx: Vmx;
+
+    /// Runs `f` with the VMX root of the CPU the caller runs on, with preemption disabled
+    /// (Windows: IRQL raised to DISPATCH_LEVEL) exactly for the duration of `f`.
+    fn with_current<T>(
+        &self,
+        f: impl FnOnce(&mut VmxRoot<Self::Vmx>) -> T,
+    ) -> Result<T, RootUnavailable>;
+
+    /// Runs `f` on CPU `cpu` with its VMX root (an IPI to that CPU; direct if it is the
+    /// current one) and waits. Used to VMCLEAR a vCPU's VMCS where it is active before the
+    /// vCPU is used on another CPU or destroyed (SDM Vol. 3C §25.11.1).
+    fn with_cpu<T: Send>(
+        &self,
+        cpu: CpuIndex,
+        f: impl FnOnce(&mut VmxRoot<Self::Vmx>) -> T + Send,
+    ) -> Result<T, RootUnavailable>;
+
+    /// Executes INVEPT for `eptp` on every CPU in VMX root operation and waits for all
+    /// (SDM Vol. 3C §29.4.3.1: a CPU may keep translations tagged with an EPTP after it
+    /// stopped running it, so every CPU is flushed, not only those running the VM now).
+    /// Single-context when `single_context`, else global. The IPI also forces any vCPU in
+    /// guest mode out (external-interrupt exiting), so its next entry uses the new tables.
+    /// An implementation must execute the instruction without borrowing a root that the
+    /// interrupted thread may hold (INVEPT needs only VMX root, no VMCS).
+    fn invept_each_cpu(&self, eptp: u64, single_context: bool);
+}
+
+/// Maps kernel pages into the process calling the dispatcher (HAXM maps the tunnel and the IO
+/// buffer into the process that calls VCPU_CREATE, `haxm-abi.md` §8 quirk 13).
+pub trait UserMapping {
+    /// Maps `pages` into the calling process; returns the user address.
+    fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError>;
+
+    /// Undoes [`UserMapping::map_user`] (also when the process died: the shell knows how).
+    fn unmap_user(&self, user_address: u64, pages: &PhysPages);
+}
+
+/// Host tests and the bare-metal kernel share one address space with the "user": the user
+/// address is the kernel address.
+impl UserMapping for HeapPlatform {
+    fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError> {
+        Ok(pages.virt().as_ptr() as u64)
+    }
+
+    fn unmap_user(&self, _user_address: u64, _pages: &PhysPages) {}
+}
+
+/// A [`CpuRoots`] for host tests: one CPU (index 0, as [`HeapPlatform`]) whose VMX root is a
+/// [`SoftVmx`]. Not `Sync` (the software model's CPU hook is not `Send`): one test thread.
+pub struct SoftCpuRoots {
+    root: core::cell::RefCell<Option<VmxRoot<SoftVmx>>>,
+    /// INVEPTs executed by [`CpuRoots::invept_each_cpu`] (a CPU-count check for tests).
+    pub invepts: core::cell::Cell<u64>,
+}
+
+impl SoftCpuRoots {
+    /// Lends `root` as CPU 0's.
+    pub fn new(root: VmxRoot<SoftVmx>) -> Self {
+        SoftCpuRoots {
+            root: core::cell::RefCell::new(Some(root)),
+            invepts: core::cell::Cell::new(0),
+        }
+    }
+
+    /// No VMX on the CPU: every lend fails with [`RootUnavailable`].
+    pub fn disabled() -> Self {
+        SoftCpuRoots {
+            root: core::cell::RefCell::new(None),
+            invepts: core::cell::Cell::new(0),
+        }
+    }
+
+    /// Direct access to the model CPU (install a guest hook, read counters).
+    pub fn with_soft<T>(&self, f: impl FnOnce(&mut VmxRoot<SoftVmx>) -> T) -> Option<T> {
+        let mut r = self.root.try_borrow_mut().ok()?;
+        r.as_mut().map(f)
+    }
+}
+
+impl CpuRoots for SoftCpuRoots {
+    type Vmx = SoftVmx;
+
+    fn with_current<T>(
+        &self,
+        f: impl FnOnce(&mut VmxRoot<SoftVmx>) -> T,
+    ) -> Result<T, RootUnavailable> {
+        self.with_soft(f).ok_or(RootUnavailable)
+    }
+
+    fn with_cpu<T: Send>(
+        &self,
+        cpu: CpuIndex,
+        f: impl FnOnce(&mut VmxRoot<SoftVmx>) -> T + Send,
+    ) -> Result<T, RootUnavailable> {
+        if cpu != 0 {
+            return Err(RootUnavailable);
+        }
+        self.with_current(f)
+    }
+
+    fn invept_each_cpu(&self, eptp: u64, single_context: bool) {
+        let kind = if single_context {
+            InveptType::SingleContext
+        } else {
+            InveptType::Global
+        };
+        let done = self.with_soft(|root| {
+            // SAFETY: the software model has no preconditions beyond VMX root, which a
+            // `VmxRoot` guarantees.
+            unsafe { root.vmx().invept(kind, eptp) }
+        });
+        if matches!(done, Some(Ok(()))) {
+            self.invepts.set(self.invepts.get() + 1);
+        }
+    }
+}
+
+/// A [`CpuRoots`] with VMX off on every CPU: for exercising the system and VM paths (and
+/// their thread safety) without any vCPU work. Every lend fails; INVEPT is counted only.
+#[derive(Debug, Default)]
+pub struct NoCpuRoots {
+    /// INVEPT broadcasts requested.
+    pub invepts: core::sync::atomic::AtomicU64,
+}
+
+impl CpuRoots for NoCpuRoots {
+    type Vmx = SoftVmx;
+
+    fn with_current<T>(
+        &self,
+        _f: impl FnOnce(&mut VmxRoot<SoftVmx>) -> T,
+    ) -> Result<T, RootUnavailable> {
+        Err(RootUnavailable)
+    }
+
+    fn with_cpu<T: Send>(
+        &self,
+        _cpu: CpuIndex,
+        _f: impl FnOnce(&mut VmxRoot<SoftVmx>) -> T + Send,
+    ) -> Result<T, RootUnavailable> {
+        Err(RootUnavailable)
+    }
+
+    fn invept_each_cpu(&self, _eptp: u64, _single_context: bool) {
+        self.invepts
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
