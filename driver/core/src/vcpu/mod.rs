@@ -6,6 +6,10 @@
 //! VMRESUME a launched one (never VMCLEAR per run), then read the exit reason and only what that
 //! reason needs. Every VMX instruction goes through [`Counted`] into the vCPU's [`VcpuStats`].
 
+pub mod cpuid;
+pub mod guest;
+pub mod haxm;
+
 use alloc::boxed::Box;
 
 use rhax_api::fpu::FxLayout;
@@ -185,6 +189,11 @@ impl Vcpu {
     /// The CPU whose VMCS is this vCPU's, if any.
     pub fn resident_cpu(&self) -> Option<CpuIndex> {
         self.resident.map(|(c, _)| c)
+    }
+
+    /// The negotiated controls this vCPU runs with.
+    pub fn controls(&self) -> &VmxControls {
+        &self.controls
     }
 
     /// The VMCS configuration (EPTP, VPID, bitmap addresses).

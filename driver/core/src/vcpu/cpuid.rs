@@ -1,0 +1,310 @@
+//! The per-VM CPUID table: what CPUID exits answer (haxm-abi.md §2 SET_CPUID/GET_CPUID, §6
+//! "CPUID, from the per-VM 18-leaf table"). Feature bits follow SDM Vol. 2A CPUID,
+//! Tables 3-10/3-11 (leaf 1) and 3-8 (leaf 7).
+
+use rhax_api::cpuid::{CpuidEntry, HAXM_CPUID_LEAVES, HAX_MAX_CPUID_ENTRIES};
+
+/// A CPUID result: EAX, EBX, ECX, EDX.
+pub type CpuidRegs = [u32; 4];
+
+/// Why SET_CPUID was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuidError {
+    /// `total` is 0 (HAXM: -EINVAL).
+    Empty,
+    /// `total` exceeds [`HAX_MAX_CPUID_ENTRIES`] (HAXM: -E2BIG on POSIX).
+    TooMany {
+        /// The total asked for.
+        total: usize,
+    },
+}
+
+/// Leaf 1 ECX bits hidden from the guest: MONITOR (3, MWAIT exits), VMX (5), SMX (6),
+/// EIST (7), TM2 (8), SDBG (11), PDCM (15), x2APIC (21; no in-kernel APIC), TSC-deadline (24),
+/// XSAVE (26) / OSXSAVE (27) / AVX (28) / F16C (29) / FMA (12): only the FXSAVE image is
+/// switched (haxm-abi.md §6 "FPU"), so state beyond SSE would leak between guest and host.
+const LEAF1_ECX_HIDDEN: u32 = (1 << 3)
+    | (1 << 5)
+    | (1 << 6)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 15)
+    | (1 << 21)
+    | (1 << 24)
+    | (1 << 26)
+    | (1 << 27)
+    | (1 << 28)
+    | (1 << 29);
+/// Leaf 1 ECX bit 31: "hypervisor present" (reserved for this use by every hypervisor).
+const HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 EDX bits hidden: ACPI thermal (22), TM (29), PBE (31).
+const LEAF1_EDX_HIDDEN: u32 = (1 << 22) | (1 << 29) | (1 << 31);
+/// Leaf 7.0 EBX bits passed: FSGSBASE (0), BMI1 (3), SMEP (7), BMI2 (8), ERMS (9), INVPCID
+/// (10), RDSEED (18), ADX (19), SMAP (20), CLFLUSHOPT (23), SHA (29). No AVX2/AVX-512 (no
+/// XSAVE), no TSX, no PQM/PQE, no MPX.
+const LEAF7_EBX_PASSED: u32 = (1 << 0)
+    | (1 << 3)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 18)
+    | (1 << 19)
+    | (1 << 20)
+    | (1 << 23)
+    | (1 << 29);
+
+/// The leaves of the default table: HAXM holds 18.
+const DEFAULT_LEAVES: [(u32, u32); HAXM_CPUID_LEAVES] = [
+    (0, 0),
+    (1, 0),
+    (2, 0),
+    (4, 0),
+    (4, 1),
+    (4, 2),
+    (4, 3),
+    (7, 0),
+    (0x4000_0000, 0),
+    (0x8000_0000, 0),
+    (0x8000_0001, 0),
+    (0x8000_0002, 0),
+    (0x8000_0003, 0),
+    (0x8000_0004, 0),
+    (0x8000_0005, 0),
+    (0x8000_0006, 0),
+    (0x8000_0007, 0),
+    (0x8000_0008, 0),
+];
+
+/// Leaves whose answer depends on ECX (the subleaf).
+fn indexed(function: u32) -> bool {
+    matches!(
+        function,
+        4 | 7 | 0xb | 0xd | 0xf | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1f
+    )
+}
+
+/// The CPUID answers of one VM, shared by its vCPUs.
+#[derive(Clone, Debug)]
+pub struct CpuidTable {
+    entries: [CpuidEntry; HAX_MAX_CPUID_ENTRIES],
+    len: usize,
+    /// The host's values of the feature leaves, to filter SET_CPUID against.
+    host_leaf1: CpuidRegs,
+    host_leaf7: CpuidRegs,
+    host_ext1: CpuidRegs,
+}
+
+fn entry(function: u32, index: u32, r: CpuidRegs) -> CpuidEntry {
+    CpuidEntry {
+        function,
+        index,
+        flags: 0,
+        eax: r[0],
+        ebx: r[1],
+        ecx: r[2],
+        edx: r[3],
+        pad: [0; 3],
+    }
+}
+
+impl CpuidTable {
+    /// The default table built from the host's CPUID (`host(leaf, subleaf)`): the hypervisor
+    /// bit set, VMX and features rhax does not virtualize hidden, leaf 0 and 0x80000000 capped
+    /// to the leaves the table holds.
+    pub fn new(host: impl Fn(u32, u32) -> CpuidRegs) -> CpuidTable {
+        let mut t = CpuidTable {
+            entries: [entry(0, 0, [0; 4]); HAX_MAX_CPUID_ENTRIES],
+            len: 0,
+            host_leaf1: host(1, 0),
+            host_leaf7: host(7, 0),
+            host_ext1: host(0x8000_0001, 0),
+        };
+        for (i, &(f, idx)) in DEFAULT_LEAVES.iter().enumerate() {
+            let mut r = host(f, idx);
+            match f {
+                0 => r[0] = r[0].min(7),
+                1 => {
+                    // EBX[31:24] (initial APIC ID) is patched per vCPU at answer time.
+                    r[2] = (r[2] & !LEAF1_ECX_HIDDEN) | HYPERVISOR;
+                    r[3] &= !LEAF1_EDX_HIDDEN;
+                }
+                7 => r = [0, r[1] & LEAF7_EBX_PASSED, 0, 0],
+                0x4000_0000 => r = [0x4000_0000, 0x7861_6872, 0x7861_6872, 0x7861_6872], // "rhaxrhaxrhax"
+                0x8000_0000 => r[0] = r[0].min(0x8000_0008),
+                _ => {}
+            }
+            t.entries[i] = entry(f, idx, r);
+        }
+        t.len = DEFAULT_LEAVES.len();
+        t
+    }
+
+    /// The default table from the CPU this runs on.
+    #[cfg(target_arch = "x86_64")]
+    pub fn from_host() -> CpuidTable {
+        CpuidTable::new(|leaf, sub| {
+            let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+            [r.eax, r.ebx, r.ecx, r.edx]
+        })
+    }
+
+    /// The entries held.
+    pub fn entries(&self) -> &[CpuidEntry] {
+        &self.entries[..self.len]
+    }
+
+    /// `HAX_VCPU_IOCTL_SET_CPUID`: merges `entries` into the table (same function and index:
+    /// replaced; new leaves added), each filtered against the host so a guest never sees a
+    /// feature the host lacks or rhax hides. Refused without change if `entries` is empty or
+    /// holds more than 64, or if the merge would exceed 64 leaves.
+    pub fn set(&mut self, entries: &[CpuidEntry]) -> Result<(), CpuidError> {
+        if entries.is_empty() {
+            return Err(CpuidError::Empty);
+        }
+        if entries.len() > HAX_MAX_CPUID_ENTRIES {
+            return Err(CpuidError::TooMany {
+                total: entries.len(),
+            });
+        }
+        let mut next = self.clone();
+        for e in entries {
+            let mut e = *e;
+            e.flags = 0;
+            e.pad = [0; 3];
+            if !indexed(e.function) {
+                e.index = 0;
+            }
+            match e.function {
+                1 => {
+                    e.ecx = (e.ecx & self.host_leaf1[2] & !LEAF1_ECX_HIDDEN) | HYPERVISOR;
+                    e.edx &= self.host_leaf1[3] & !LEAF1_EDX_HIDDEN;
+                }
+                7 if e.index == 0 => {
+                    e.ebx &= self.host_leaf7[1] & LEAF7_EBX_PASSED;
+                    e.ecx = 0;
+                    e.edx = 0;
+                }
+                0x8000_0001 => {
+                    e.ecx &= self.host_ext1[2];
+                    e.edx &= self.host_ext1[3];
+                }
+                _ => {}
+            }
+            match next.entries[..next.len]
+                .iter_mut()
+                .find(|x| x.function == e.function && x.index == e.index)
+            {
+                Some(x) => *x = e,
+                None => {
+                    if next.len == HAX_MAX_CPUID_ENTRIES {
+                        return Err(CpuidError::TooMany {
+                            total: next.len + 1,
+                        });
+                    }
+                    next.entries[next.len] = e;
+                    next.len += 1;
+                }
+            }
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// `HAX_VCPU_IOCTL_GET_CPUID`: the number of leaves held, and, when `out` has room for all
+    /// of them, the leaves copied into it (HAXM: with `total` smaller than the table only the
+    /// header comes back, `total` set to the table's size).
+    pub fn get(&self, out: &mut [CpuidEntry]) -> (u32, bool) {
+        let n = self.len;
+        if out.len() < n {
+            return (n as u32, false);
+        }
+        out[..n].copy_from_slice(self.entries());
+        (n as u32, true)
+    }
+
+    /// The answer to CPUID with `leaf` in EAX and `subleaf` in ECX on vCPU `apic_id`. A leaf
+    /// the table lacks answers as the highest basic leaf does (SDM Vol. 2A CPUID: "If a value
+    /// entered for CPUID.EAX is higher than the maximum input value ... the data for the
+    /// highest basic information leaf is returned"); within a known leaf a missing subleaf
+    /// answers zeros.
+    pub fn lookup(&self, leaf: u32, subleaf: u32, apic_id: u8) -> CpuidRegs {
+        let find = |f: u32, i: u32| {
+            self.entries()
+                .iter()
+                .find(|e| e.function == f && (e.index == i || !indexed(f)))
+        };
+        let e = match find(leaf, subleaf) {
+            Some(e) => Some(*e),
+            None if self.entries().iter().any(|e| e.function == leaf) => None,
+            None => {
+                let max = find(0, 0).map_or(0, |e| e.eax);
+                find(max, 0).copied()
+            }
+        };
+        let Some(e) = e else {
+            return [0; 4];
+        };
+        let mut r = [e.eax, e.ebx, e.ecx, e.edx];
+        if e.function == 1 {
+            r[1] = (r[1] & 0x00ff_ffff) | (u32::from(apic_id) << 24);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(leaf: u32, _sub: u32) -> CpuidRegs {
+        match leaf {
+            0 => [0x16, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+            1 => [0x906ea, 0x0010_0800, 0xffff_ffff & !HYPERVISOR, 0xbfeb_fbff],
+            7 => [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff],
+            0x8000_0000 => [0x8000_0008, 0, 0, 0],
+            _ => [leaf, 1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn default_table_hides_vmx_and_sets_the_hypervisor_bit() {
+        let t = CpuidTable::new(host);
+        assert_eq!(t.entries().len(), 18);
+        let r = t.lookup(1, 0, 3);
+        assert_eq!(r[2] & (1 << 5), 0, "VMX hidden");
+        assert_ne!(r[2] & HYPERVISOR, 0);
+        assert_eq!(r[2] & (1 << 28), 0, "AVX hidden");
+        assert_eq!(r[1] >> 24, 3, "APIC id of the vCPU");
+        assert_eq!(t.lookup(0, 0, 0)[0], 7);
+        assert_eq!(t.lookup(7, 0, 0)[1] & (1 << 5), 0, "no AVX2");
+        // Above the highest basic leaf: the highest basic leaf's answer.
+        assert_eq!(t.lookup(0x15, 0, 0), t.lookup(7, 0, 0));
+    }
+
+    #[test]
+    fn set_filters_against_the_host_and_refuses_bad_totals() {
+        let mut t = CpuidTable::new(host);
+        let before = t.clone();
+        assert_eq!(t.set(&[]), Err(CpuidError::Empty));
+        let many = [entry(0x8000_0001, 0, [0; 4]); 65];
+        assert_eq!(t.set(&many), Err(CpuidError::TooMany { total: 65 }));
+        assert_eq!(t.entries(), before.entries(), "no change on refusal");
+        // The guest asks for VMX and everything in leaf 1: VMX stays hidden, and a bit the host
+        // lacks (bit 31 of EDX, PBE, hidden anyway; bit 30 of EDX is set on this host) too.
+        t.set(&[entry(1, 0, [0x906ea, 0, u32::MAX, u32::MAX])])
+            .unwrap();
+        let r = t.lookup(1, 0, 0);
+        assert_eq!(r[2] & (1 << 5), 0);
+        assert_eq!(r[3], 0xbfeb_fbff & !LEAF1_EDX_HIDDEN);
+        // A new leaf is added; GET with too small a buffer reports the size only.
+        t.set(&[entry(0xa, 0, [1, 2, 3, 4])]).unwrap();
+        let mut out = [entry(0, 0, [0; 4]); 18];
+        assert_eq!(t.get(&mut out), (19, false));
+        let mut out = [entry(0, 0, [0; 4]); 64];
+        assert_eq!(t.get(&mut out), (19, true));
+        assert_eq!(out[18].function, 0xa);
+    }
+}
