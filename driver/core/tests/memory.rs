@@ -76,6 +76,17 @@ impl Fake {
         unsafe { ((base + (phys & 0xfff) as usize) as *const u64).read_volatile() }
     }
 
+    /// Copies a whole table page (one lock for 512 entries).
+    fn read_table(&self, phys: u64) -> Vec<u64> {
+        let s = self.s.lock().unwrap();
+        let base = *s
+            .pages
+            .get(&phys)
+            .unwrap_or_else(|| panic!("walker reached non-table physical address {phys:#x}"));
+        // SAFETY: `base` is a live, 8-aligned page of 512 u64 owned by the fake.
+        unsafe { std::slice::from_raw_parts(base as *const u64, 512) }.to_vec()
+    }
+
     fn live_pages(&self) -> usize {
         self.s.lock().unwrap().live_pages
     }
@@ -258,8 +269,9 @@ fn walk(fake: &Fake, eptp: u64, gpa: u64) -> Option<Walked> {
 /// Every present 4-KiB page of the EPT (2 MiB leaves expanded), found by walking all tables.
 fn all_pages(fake: &Fake, eptp: u64) -> BTreeMap<u64, Walked> {
     fn rec(fake: &Fake, table: u64, level: u32, base: u64, out: &mut BTreeMap<u64, Walked>) {
+        let entries = fake.read_table(table);
         for i in 0..512u64 {
-            let e = fake.read_phys(table + i * 8);
+            let e = entries[i as usize];
             if e & 7 == 0 {
                 continue;
             }
@@ -539,12 +551,21 @@ fn standalone_blocks_come_and_go_with_their_mappings() {
     // Remapping the same host range read-only reuses the implicit block.
     map(&mem, 0x1000_0000, 0x4000, va, 0x41);
     assert_eq!(mem.snapshot().blocks.len(), 2);
-    // A STANDALONE range overlapping a registered block is refused.
+    // A STANDALONE range inside a registered block shares it; straddling an edge is refused.
+    map(&mem, 0x3000_0000, 0x2000, BLOCK_A + 0x1000, 0x40);
+    assert_eq!(mem.snapshot().blocks.len(), 2);
+    assert_eq!(mem.slots()[1].block, BLOCK_A);
+    let _ = unmap(&mem, 0x3000_0000, 0x2000);
+    assert_eq!(
+        mem.snapshot().blocks.len(),
+        2,
+        "an explicit block is never dropped"
+    );
     let before = mem.snapshot();
     let r = mem.set_ram2(&SetRamInfo2 {
         pa_start: 0x2000_0000,
         size: 0x2000,
-        va: BLOCK_A + 0x1000,
+        va: BLOCK_A + MB2 - 0x1000,
         flags: 0x40,
         reserved1: 0,
         reserved2: 0,

@@ -332,17 +332,16 @@ impl GuestMemory {
         let block = if unmap {
             0
         } else if req.flags.contains(RamFlags::STANDALONE) {
-            // The HVA range is its own block. A remap of the same range (e.g. ROM <-> RAM)
-            // reuses the implicit block it already has.
-            match m.blocks.blocks.get(&req.va) {
-                Some(b) if b.standalone && b.size == size => req.va,
-                _ => {
-                    if m.blocks.overlaps(req.va, va_end) {
-                        return Err(MemoryError::Overlap);
-                    }
-                    new_block = true;
-                    req.va
-                }
+            // The HVA range is its own block. A range inside an existing block (a remap of a
+            // STANDALONE range, e.g. ROM <-> RAM, or the same buffer at a second guest
+            // address) shares that block; one straddling a block's edge is refused.
+            if let Some(b) = m.blocks.containing(req.va, va_end) {
+                b.start
+            } else if m.blocks.overlaps(req.va, va_end) {
+                return Err(MemoryError::Overlap);
+            } else {
+                new_block = true;
+                req.va
             }
         } else {
             match m.blocks.containing(req.va, va_end) {
