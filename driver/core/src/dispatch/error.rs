@@ -269,16 +269,20 @@ impl DispatchError {
     /// [`crate::dispatch::Hypervisor::dispatch`] for Linux).
     pub fn errno(&self) -> i32 {
         use errno::*;
-        let bsd = !matches!(self.platform, Codes::Linux | Codes::LinuxI386);
+        // Windows has no errno; it gets Linux's numbering so the value is still meaningful.
+        let bsd = !matches!(
+            self.platform,
+            Codes::Linux | Codes::LinuxI386 | Codes::Windows
+        );
         let enosys = if bsd { ENOSYS_BSD } else { ENOSYS_LINUX };
         match self.kind {
             ErrorKind::InvalidHandle | ErrorKind::VmClosing => ENODEV,
             ErrorKind::UnknownIoctl { .. } => enosys,
             ErrorKind::UnimplementedByHaxm => {
-                if bsd {
-                    enosys
-                } else {
+                if matches!(self.platform, Codes::Linux | Codes::LinuxI386) {
                     0
+                } else {
+                    enosys
                 }
             }
             ErrorKind::InputSize { .. } | ErrorKind::OutputSize { .. } => EINVAL,

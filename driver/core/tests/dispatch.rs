@@ -1,0 +1,1173 @@
+//! The dispatcher end to end with the software VMX: objects and lifetimes, HAXM's per-device
+//! IOCTL meaning, the system and VM IOCTLs, and bad input (`haxm-abi.md` §1-§2): every refused
+//! request gives HAXM's status and leaves the observable state (a snapshot) unchanged.
+
+use std::sync::atomic::Ordering;
+
+use rhax_api::ext::{RhaxExtInfo, VcpuStats, RHAX_EXT_MAGIC, RHAX_IOCTL_EXT_INFO};
+use rhax_api::ioctl::{self, IoctlDef, IOCTLS};
+use rhax_api::{
+    CapabilityInfo, ModuleVersion, MsrData, Platform as Codes, Pod, QemuVersion, RamblockInfo,
+    Scope, SetMemlimit, SetRamInfo, SetRamInfo2, TunnelInfo,
+};
+use rhax_core::dispatch::{
+    errno, nt, vcpu_stats, DispatchError, ErrorKind, Handle, HandleKind, Hypervisor,
+    HypervisorSnapshot, NoCpuRoots, SoftCpuRoots,
+};
+use rhax_core::platform::{HeapPlatform, Platform};
+use rhax_core::vmcs::stats::{StatsSnapshot, BUCKETS, SETUP_BUCKET};
+use rhax_core::vmx::negotiate::negotiate;
+use rhax_core::vmx::root::VmxRoot;
+use rhax_core::vmx::soft::{msrs_from_tsv, SoftVmx};
+
+const TSV: &str = include_str!("data/bochs-vmx-msrs.tsv");
+
+type Hv = Hypervisor<HeapPlatform, SoftCpuRoots>;
+
+fn hv(codes: Codes) -> Hv {
+    let platform = HeapPlatform::new();
+    let vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").expect("model"));
+    let controls = negotiate(vmx.caps()).expect("negotiation");
+    let page = platform.alloc_pages(1).expect("page");
+    // SAFETY: software model, one thread.
+    let root = match unsafe { VmxRoot::enable(vmx, 0, page, 1) } {
+        Ok(r) => r,
+        Err(e) => panic!("enable: {:?}", e.0),
+    };
+    Hypervisor::new(platform, SoftCpuRoots::new(root), codes, Ok(controls))
+}
+
+fn code(def: &IoctlDef, codes: Codes) -> u32 {
+    def.code(codes).expect("defined on this platform")
+}
+
+fn call(
+    h: &Hv,
+    handle: Handle,
+    def: &IoctlDef,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<usize, DispatchError> {
+    h.dispatch(handle, code(def, h.codes()), input, out)
+}
+
+/// System handle, a VM created and opened through it.
+fn vm(h: &Hv) -> (Handle, Handle, u32) {
+    let sys = h.open_system();
+    let mut id = [0u8; 4];
+    assert_eq!(
+        call(h, sys, &ioctl::HAX_IOCTL_CREATE_VM, &[], &mut id),
+        Ok(4)
+    );
+    let id = u32::from_le_bytes(id);
+    (sys, h.open_vm(id).expect("open vm"), id)
+}
+
+fn create_vcpu(h: &Hv, vm: Handle, id: u32) -> Result<usize, DispatchError> {
+    call(
+        h,
+        vm,
+        &ioctl::HAX_VM_IOCTL_VCPU_CREATE,
+        &id.to_le_bytes(),
+        &mut [],
+    )
+}
+
+fn live_pages(h: &Hv) -> usize {
+    h.platform().live_pages.load(Ordering::Relaxed)
+}
+
+/// Asserts a refusal with `kind` and that nothing observable changed.
+#[track_caller]
+fn refused(
+    h: &Hv,
+    before: &HypervisorSnapshot,
+    r: Result<usize, DispatchError>,
+    kind: ErrorKind,
+) -> DispatchError {
+    let e = r.expect_err("must be refused");
+    assert_eq!(e.kind, kind, "{e}");
+    assert_eq!(
+        &h.snapshot(),
+        before,
+        "state changed by a refused request: {e}"
+    );
+    e
+}
+
+#[test]
+fn version_and_capability_as_haxm() {
+    for codes in [Codes::Windows, Codes::Linux, Codes::Darwin] {
+        let h = hv(codes);
+        let sys = h.open_system();
+        let mut out = [0u8; 8];
+        assert_eq!(
+            call(&h, sys, &ioctl::HAX_IOCTL_VERSION, &[], &mut out),
+            Ok(8)
+        );
+        let v = ModuleVersion::from_bytes(&out).unwrap();
+        assert_eq!((v.compat_version, v.cur_version), (1, 4));
+        let mut out = [0xeeu8; 16];
+        assert_eq!(
+            call(&h, sys, &ioctl::HAX_IOCTL_CAPABILITY, &[], &mut out),
+            Ok(16)
+        );
+        let c = CapabilityInfo::from_bytes(&out).unwrap();
+        assert_eq!(c.wstatus, 0x3, "{codes:?}: WORKING | MEMQUOTA");
+        assert_eq!(
+            c.winfo,
+            0x1 | 0x4 | 0x8 | 0x10 | 0x20,
+            "EPT UG RAMBLOCK SETRAM TUNNEL"
+        );
+        assert_eq!(c.mem_quota, 1 << 48);
+        let refcount = if codes == Codes::Windows { 1 } else { 0 };
+        assert_eq!(c.win_refcount, refcount);
+    }
+}
+
+#[test]
+fn capability_when_vt_is_not_usable_and_create_vm_fails() {
+    let failure = rhax_api::CapabilityFailure::VT | rhax_api::CapabilityFailure::NX;
+    for codes in [Codes::Windows, Codes::Linux] {
+        let h: Hypervisor<HeapPlatform, NoCpuRoots> = Hypervisor::new(
+            HeapPlatform::new(),
+            NoCpuRoots::default(),
+            codes,
+            Err(failure),
+        );
+        let sys = h.open_system();
+        let mut out = [0u8; 16];
+        h.dispatch(
+            sys,
+            code(&ioctl::HAX_IOCTL_CAPABILITY, codes),
+            &[],
+            &mut out,
+        )
+        .unwrap();
+        let c = CapabilityInfo::from_bytes(&out).unwrap();
+        assert!(!c.is_working());
+        assert_eq!(c.failure(), Some(failure));
+        let mut id = [0u8; 4];
+        let e = h
+            .dispatch(sys, code(&ioctl::HAX_IOCTL_CREATE_VM, codes), &[], &mut id)
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotWorking);
+        assert_eq!(e.nt_status(), nt::STATUS_UNSUCCESSFUL);
+        assert_eq!(e.errno(), errno::ENOMEM);
+        assert!(h.snapshot().vms.is_empty());
+    }
+}
+
+#[test]
+fn set_memlimit_mb_to_bytes_and_refused_while_a_vm_exists() {
+    let h = hv(Codes::Linux);
+    let sys = h.open_system();
+    let lim = |enable: u8, mb: u64| SetMemlimit {
+        enable_memlimit: enable,
+        pad: [0; 7],
+        memory_limit: mb,
+    };
+    assert_eq!(
+        call(
+            &h,
+            sys,
+            &ioctl::HAX_IOCTL_SET_MEMLIMIT,
+            lim(1, 1024).as_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    assert_eq!(h.snapshot().mem_limit, Some(1 << 30));
+    let mut out = [0u8; 16];
+    call(&h, sys, &ioctl::HAX_IOCTL_CAPABILITY, &[], &mut out).unwrap();
+    assert_eq!(
+        CapabilityInfo::from_bytes(&out).unwrap().mem_quota(),
+        Some(1 << 30)
+    );
+    // Overflow of MB -> bytes: refused, nothing changed.
+    let before = h.snapshot();
+    let r = call(
+        &h,
+        sys,
+        &ioctl::HAX_IOCTL_SET_MEMLIMIT,
+        lim(1, u64::MAX >> 10).as_bytes(),
+        &mut [],
+    );
+    refused(
+        &h,
+        &before,
+        r,
+        ErrorKind::MemLimitOverflow {
+            megabytes: u64::MAX >> 10,
+        },
+    );
+    // Disabled: MEMQUOTA clear; Linux reports 0.
+    call(
+        &h,
+        sys,
+        &ioctl::HAX_IOCTL_SET_MEMLIMIT,
+        lim(0, 5).as_bytes(),
+        &mut [],
+    )
+    .unwrap();
+    let mut out = [0xffu8; 16];
+    call(&h, sys, &ioctl::HAX_IOCTL_CAPABILITY, &[], &mut out).unwrap();
+    let c = CapabilityInfo::from_bytes(&out).unwrap();
+    assert_eq!((c.wstatus, c.mem_quota), (0x1, 0));
+    // With a VM: -EINVAL / STATUS_UNSUCCESSFUL, limit unchanged.
+    let (_, _, _) = vm(&h);
+    let before = h.snapshot();
+    let r = call(
+        &h,
+        sys,
+        &ioctl::HAX_IOCTL_SET_MEMLIMIT,
+        lim(1, 1).as_bytes(),
+        &mut [],
+    );
+    let e = refused(&h, &before, r, ErrorKind::VmsExist);
+    assert_eq!(
+        (e.errno(), e.nt_status()),
+        (errno::EINVAL, nt::STATUS_UNSUCCESSFUL)
+    );
+}
+
+#[test]
+fn windows_0x910_is_capability_on_system_and_notify_qemu_version_on_a_vm() {
+    let h = hv(Codes::Windows);
+    let (sys, vmh, id) = vm(&h);
+    let mut out = [0u8; 16];
+    assert_eq!(h.dispatch(sys, 0x4000_2440, &[], &mut out), Ok(16));
+    assert_eq!(CapabilityInfo::from_bytes(&out).unwrap().wstatus & 1, 1);
+    let q = QemuVersion {
+        cur_version: 4,
+        least_version: 4,
+    };
+    assert_eq!(h.dispatch(vmh, 0x4000_2440, q.as_bytes(), &mut []), Ok(0));
+    assert_eq!(h.snapshot().vms[0].qemu_version, Some((4, 4)));
+    assert_eq!(h.snapshot().vms[0].id, id);
+    // On a vCPU device the code means nothing: INVALID_PARAMETER.
+    create_vcpu(&h, vmh, 0).unwrap();
+    let vc = h.open_vcpu(id, 0).unwrap();
+    let e = h.dispatch(vc, 0x4000_2440, &[], &mut out).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnknownIoctl { code: 0x4000_2440 });
+    assert_eq!(e.nt_status(), nt::STATUS_INVALID_PARAMETER);
+}
+
+#[test]
+fn vm_ids_lowest_free_first_up_to_64_and_8_on_netbsd() {
+    for (codes, max) in [(Codes::Windows, 64u32), (Codes::NetBsd, 8)] {
+        let h = hv(codes);
+        let sys = h.open_system();
+        let create = |h: &Hv| {
+            let mut id = [0u8; 4];
+            call(h, sys, &ioctl::HAX_IOCTL_CREATE_VM, &[], &mut id).map(|_| u32::from_le_bytes(id))
+        };
+        for want in 0..max {
+            assert_eq!(create(&h), Ok(want));
+        }
+        let before = h.snapshot();
+        let e = refused(&h, &before, create(&h).map(|i| i as usize), ErrorKind::NoFreeVmId);
+        assert_eq!(e.nt_status(), nt::STATUS_UNSUCCESSFUL);
+        assert_eq!(e.errno(), errno::ENOMEM);
+        // Free 5 and 2 (open + close): the next two creations get 2 then 5.
+        for id in [5, 2] {
+            let vmh = h.open_vm(id).unwrap();
+            h.close(vmh).unwrap();
+        }
+        assert_eq!(create(&h), Ok(2));
+        assert_eq!(create(&h), Ok(5));
+    }
+}
+
+#[test]
+fn create_vm_output_too_small_is_buffer_too_small_and_creates_nothing() {
+    let h = hv(Codes::Windows);
+    let sys = h.open_system();
+    let before = h.snapshot();
+    let r = call(&h, sys, &ioctl::HAX_IOCTL_CREATE_VM, &[], &mut [0u8; 3]);
+    let e = refused(
+        &h,
+        &before,
+        r,
+        ErrorKind::OutputSize {
+            expected: 4,
+            got: 3,
+        },
+    );
+    assert_eq!(e.nt_status(), nt::STATUS_BUFFER_TOO_SMALL);
+}
+
+#[test]
+fn vm_and_vcpu_devices_are_exclusive() {
+    let h = hv(Codes::Linux);
+    let (_, _, id) = vm(&h);
+    let e = h.open_vm(id).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Busy);
+    assert_eq!(
+        (e.errno(), e.nt_status()),
+        (errno::EBUSY, nt::STATUS_ACCESS_DENIED)
+    );
+    let vmh = Handle::forge(HandleKind::Vm { vm: id }, 0);
+    let _ = vmh;
+    let e = h.open_vm(id + 1).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NoSuchVm { vm: id + 1 });
+    assert_eq!(e.errno(), errno::ENOENT);
+    let e = h.open_vm(u32::MAX).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NoSuchVm { vm: u32::MAX });
+}
+
+#[test]
+fn vcpu_create_ids_duplicates_orig_alias_and_tunnel() {
+    let h = hv(Codes::Linux);
+    let (_, vmh, id) = vm(&h);
+    let before = h.snapshot();
+    let e = refused(
+        &h,
+        &before,
+        create_vcpu(&h, vmh, 16),
+        ErrorKind::VcpuIdOutOfRange { vcpu: 16 },
+    );
+    assert_eq!(e.errno(), errno::EINVAL);
+    create_vcpu(&h, vmh, 3).unwrap();
+    let before = h.snapshot();
+    let e = refused(
+        &h,
+        &before,
+        create_vcpu(&h, vmh, 3),
+        ErrorKind::VcpuIdInUse { vcpu: 3 },
+    );
+    assert_eq!(e.errno(), errno::EINVAL);
+    // The POSIX legacy _IOR alias creates too.
+    assert_eq!(
+        call(
+            &h,
+            vmh,
+            &ioctl::HAX_VM_IOCTL_VCPU_CREATE_ORIG,
+            &15u32.to_le_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    let e = h.open_vcpu(id, 4).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NoSuchVcpu { vcpu: 4 });
+    let vc = h.open_vcpu(id, 3).unwrap();
+    assert_eq!(h.open_vcpu(id, 3).unwrap_err().kind, ErrorKind::Busy);
+    let mut a = [0u8; 24];
+    let mut b = [0u8; 24];
+    assert_eq!(
+        call(&h, vc, &ioctl::HAX_VCPU_IOCTL_SETUP_TUNNEL, &[], &mut a),
+        Ok(24)
+    );
+    assert_eq!(
+        call(&h, vc, &ioctl::HAX_VCPU_IOCTL_SETUP_TUNNEL, &[], &mut b),
+        Ok(24)
+    );
+    assert_eq!(a, b, "a repeated SETUP_TUNNEL returns the same pointers");
+    let t = TunnelInfo::from_bytes(&a).unwrap();
+    assert!(t.va != 0 && t.io_va != 0 && t.va != t.io_va);
+    assert_eq!(t.size, 4096);
+    assert_eq!(t.va % 4096, 0);
+    let snap = h.snapshot();
+    let v3 = snap.vms[0].vcpus.iter().find(|v| v.0 == 3).unwrap();
+    assert_eq!((v3.2, v3.3), (t.va, t.io_va));
+}
+
+#[test]
+fn lifetimes_vm_lives_until_its_last_vcpu_and_everything_is_freed() {
+    let h = hv(Codes::Windows);
+    let baseline = live_pages(&h);
+    let (sys, vmh, id) = vm(&h);
+    create_vcpu(&h, vmh, 0).unwrap();
+    create_vcpu(&h, vmh, 1).unwrap();
+    create_vcpu(&h, vmh, 2).unwrap(); // never opened
+    let v0 = h.open_vcpu(id, 0).unwrap();
+    let v1 = h.open_vcpu(id, 1).unwrap();
+    assert!(live_pages(&h) > baseline);
+    // Closing the VM handle first (process exit order is arbitrary): the VM stays for its
+    // open vCPUs; the never-opened vCPU 2 goes; the VM cannot be reopened.
+    h.close(vmh).unwrap();
+    let s = h.snapshot();
+    assert_eq!(s.vms.len(), 1);
+    assert!(s.vms[0].closed && !s.vms[0].open);
+    assert_eq!(
+        s.vms[0].vcpus.iter().map(|v| v.0).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert_eq!(h.open_vm(id).unwrap_err().kind, ErrorKind::VmClosing);
+    assert_eq!(h.open_vcpu(id, 0).unwrap_err().kind, ErrorKind::VmClosing);
+    // The closed VM handle is dead; the vCPU handles still work.
+    let e = call(
+        &h,
+        vmh,
+        &ioctl::HAX_VM_IOCTL_VCPU_CREATE,
+        &5u32.to_le_bytes(),
+        &mut [],
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidHandle);
+    assert_eq!(e.nt_status(), nt::STATUS_INVALID_HANDLE);
+    let mut t = [0u8; 24];
+    assert_eq!(
+        call(&h, v1, &ioctl::HAX_VCPU_IOCTL_SETUP_TUNNEL, &[], &mut t),
+        Ok(24)
+    );
+    h.close(v0).unwrap();
+    assert_eq!(h.snapshot().vms.len(), 1);
+    assert_eq!(
+        h.close(v0).unwrap_err().kind,
+        ErrorKind::InvalidHandle,
+        "closed twice"
+    );
+    h.close(v1).unwrap();
+    assert!(
+        h.snapshot().vms.is_empty(),
+        "the last vCPU took the VM with it"
+    );
+    let e = call(&h, v1, &ioctl::HAX_VCPU_IOCTL_SETUP_TUNNEL, &[], &mut t).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidHandle);
+    assert_eq!(live_pages(&h), baseline, "every page handed back");
+    // The id is free again, and an old handle never reaches the new VM with the same id.
+    let mut out = [0u8; 4];
+    call(&h, sys, &ioctl::HAX_IOCTL_CREATE_VM, &[], &mut out).unwrap();
+    assert_eq!(u32::from_le_bytes(out), id);
+    let e = call(
+        &h,
+        vmh,
+        &ioctl::HAX_VM_IOCTL_VCPU_CREATE,
+        &0u32.to_le_bytes(),
+        &mut [],
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidHandle);
+    let forged = Handle::forge(HandleKind::Vm { vm: id }, 12345);
+    assert_eq!(h.open_vm(id).map(|_| ()), Ok(()));
+    let e = call(
+        &h,
+        forged,
+        &ioctl::HAX_VM_IOCTL_VCPU_CREATE,
+        &0u32.to_le_bytes(),
+        &mut [],
+    )
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidHandle);
+}
+
+#[test]
+fn closing_the_system_handle_frees_vms_it_created_but_never_opened() {
+    let h = hv(Codes::Linux);
+    let baseline = live_pages(&h);
+    let sys = h.open_system();
+    let sys2 = h.open_system();
+    let mut out = [0u8; 4];
+    call(&h, sys, &ioctl::HAX_IOCTL_CREATE_VM, &[], &mut out).unwrap(); // 0, never opened
+    call(&h, sys, &ioctl::HAX_IOCTL_CREATE_VM, &[], &mut out).unwrap(); // 1, opened below
+    call(&h, sys2, &ioctl::HAX_IOCTL_CREATE_VM, &[], &mut out).unwrap(); // 2, other owner
+    let v1 = h.open_vm(1).unwrap();
+    h.close(sys).unwrap();
+    let ids: Vec<u32> = h.snapshot().vms.iter().map(|v| v.id).collect();
+    assert_eq!(ids, vec![1, 2]);
+    assert_eq!(h.snapshot().system_handles, 1);
+    assert_eq!(
+        call(&h, sys, &ioctl::HAX_IOCTL_VERSION, &[], &mut [0u8; 8])
+            .unwrap_err()
+            .kind,
+        ErrorKind::InvalidHandle
+    );
+    h.close(v1).unwrap();
+    h.close(sys2).unwrap();
+    assert!(h.snapshot().vms.is_empty());
+    assert_eq!(live_pages(&h), baseline);
+}
+
+/// The buffer sizes each IOCTL needs (input, output), HAXM's Windows minimums.
+fn needs(def: &IoctlDef) -> Option<(usize, usize)> {
+    use rhax_api::*;
+    Some(match def.name {
+        "HAX_IOCTL_VERSION" => (0, 8),
+        "HAX_IOCTL_CREATE_VM" => (0, 4),
+        "HAX_IOCTL_CAPABILITY" => (0, 16),
+        "HAX_IOCTL_SET_MEMLIMIT" => (16, 0),
+        "HAX_VM_IOCTL_VCPU_CREATE" | "HAX_VM_IOCTL_VCPU_CREATE_ORIG" => (4, 0),
+        "HAX_VM_IOCTL_ALLOC_RAM" => (AllocRamInfo::SIZE, 0),
+        "HAX_VM_IOCTL_SET_RAM" => (SetRamInfo::SIZE, 0),
+        "HAX_VM_IOCTL_ADD_RAMBLOCK" => (RamblockInfo::SIZE, 0),
+        "HAX_VM_IOCTL_SET_RAM2" => (SetRamInfo2::SIZE, 0),
+        "HAX_VM_IOCTL_PROTECT_RAM" => (ProtectRamInfo::SIZE, 0),
+        "HAX_VM_IOCTL_NOTIFY_QEMU_VERSION" => (8, 0),
+        "HAX_VCPU_IOCTL_SET_MSRS" | "HAX_VCPU_IOCTL_GET_MSRS" => (520, 520),
+        "HAX_VCPU_IOCTL_SET_FPU" | "HAX_VCPU_SET_REGS" => (512, 0),
+        "HAX_VCPU_IOCTL_GET_FPU" | "HAX_VCPU_GET_REGS" => (0, 512),
+        "HAX_VCPU_IOCTL_SETUP_TUNNEL" => (0, 24),
+        "HAX_VCPU_IOCTL_INTERRUPT" => (4, 0),
+        "HAX_IOCTL_VCPU_DEBUG" => (72, 0),
+        "RHAX_IOCTL_EXT_INFO" => (0, 16),
+        "RHAX_VCPU_IOCTL_GET_STATS" => (0, VcpuStats::SIZE),
+        _ => return None,
+    })
+}
+
+#[test]
+fn every_short_or_inexact_buffer_is_refused_without_a_change() {
+    let defs: Vec<&IoctlDef> = IOCTLS.iter().chain(rhax_api::ext::EXT_IOCTLS).collect();
+    let mut checked = 0;
+    for codes in [Codes::Windows, Codes::Linux, Codes::Darwin] {
+        let h = hv(codes);
+        let (sys, vmh, id) = vm(&h);
+        create_vcpu(&h, vmh, 0).unwrap();
+        let vc = h.open_vcpu(id, 0).unwrap();
+        for def in &defs {
+            let (Some(c), Some((nin, nout))) = (def.code(codes), needs(def)) else {
+                continue;
+            };
+            let handle = match def.scope {
+                Scope::System => sys,
+                Scope::Vm => vmh,
+                Scope::Vcpu => vc,
+            };
+            // Windows: one byte short. POSIX: one byte short and one byte long.
+            let mut wrong = vec![];
+            if nin > 0 {
+                wrong.push((nin - 1, nout, true));
+                if codes != Codes::Windows {
+                    wrong.push((nin + 1, nout, true));
+                }
+            }
+            if nout > 0 {
+                wrong.push((nin, nout - 1, false));
+                if codes != Codes::Windows {
+                    wrong.push((nin, nout + 1, false));
+                }
+            }
+            for (lin, lout, is_in) in wrong {
+                let before = h.snapshot();
+                let input = vec![0u8; lin];
+                let mut output = vec![0u8; lout];
+                let r = h.dispatch(handle, c, &input, &mut output);
+                let kind = if is_in {
+                    ErrorKind::InputSize {
+                        expected: nin,
+                        got: lin,
+                    }
+                } else {
+                    ErrorKind::OutputSize {
+                        expected: nout,
+                        got: lout,
+                    }
+                };
+                let e = refused(&h, &before, r, kind);
+                assert_eq!(e.errno(), errno::EINVAL, "{}", def.name);
+                let win = if def.name == "HAX_IOCTL_CREATE_VM" {
+                    nt::STATUS_BUFFER_TOO_SMALL
+                } else {
+                    nt::STATUS_INVALID_PARAMETER
+                };
+                assert_eq!(e.nt_status(), win, "{}", def.name);
+                assert!(
+                    output.iter().all(|&b| b == 0),
+                    "{}: output written",
+                    def.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 60, "only {checked} cases");
+}
+
+#[test]
+fn unknown_codes_per_device_and_platform() {
+    for codes in [Codes::Windows, Codes::Linux, Codes::Darwin] {
+        let h = hv(codes);
+        let (sys, vmh, id) = vm(&h);
+        create_vcpu(&h, vmh, 0).unwrap();
+        let vc = h.open_vcpu(id, 0).unwrap();
+        // A VM code on the system and vCPU devices, a vCPU code on the VM device: unknown.
+        let vm_code = code(&ioctl::HAX_VM_IOCTL_SET_RAM, codes);
+        let run = code(&ioctl::HAX_VCPU_IOCTL_RUN, codes);
+        for (handle, c, scope) in [
+            (sys, vm_code, Scope::System),
+            (vc, vm_code, Scope::Vcpu),
+            (vmh, run, Scope::Vm),
+            (sys, 0xdead_beef, Scope::System),
+        ] {
+            let before = h.snapshot();
+            let e = refused(
+                &h,
+                &before,
+                h.dispatch(handle, c, &[0; 64], &mut [0; 64]),
+                ErrorKind::UnknownIoctl { code: c },
+            );
+            let enosys = if codes == Codes::Darwin { 78 } else { 38 };
+            assert_eq!(e.errno(), enosys);
+            let win = if scope == Scope::System {
+                nt::STATUS_INVALID_DEVICE_REQUEST
+            } else {
+                nt::STATUS_INVALID_PARAMETER
+            };
+            assert_eq!(e.nt_status(), win);
+        }
+        // A Linux code is not a Windows code and vice versa.
+        let other = if codes == Codes::Windows {
+            0xc008_0020
+        } else {
+            0x4000_2400
+        };
+        assert!(h.dispatch(sys, other, &[], &mut [0; 8]).is_err());
+    }
+}
+
+#[test]
+fn destroy_ioctls_do_what_haxm_does_per_platform() {
+    // Linux: HAXM's default case returns 0 and nothing happens.
+    let h = hv(Codes::Linux);
+    let (sys, vmh, id) = vm(&h);
+    create_vcpu(&h, vmh, 0).unwrap();
+    let before = h.snapshot();
+    assert_eq!(
+        call(
+            &h,
+            sys,
+            &ioctl::HAX_IOCTL_DESTROY_VM,
+            &id.to_le_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    assert_eq!(
+        call(
+            &h,
+            vmh,
+            &ioctl::HAX_VM_IOCTL_VCPU_DESTROY,
+            &0u32.to_le_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    assert_eq!(h.snapshot(), before, "nothing destroyed");
+    // Darwin: -ENOSYS. Windows: VCPU_DESTROY unknown on the VM device.
+    let h = hv(Codes::Darwin);
+    let (sys, vmh, id) = vm(&h);
+    let before = h.snapshot();
+    let r = call(
+        &h,
+        sys,
+        &ioctl::HAX_IOCTL_DESTROY_VM,
+        &id.to_le_bytes(),
+        &mut [],
+    );
+    assert_eq!(
+        refused(&h, &before, r, ErrorKind::UnimplementedByHaxm).errno(),
+        78
+    );
+    let h = hv(Codes::Windows);
+    let (_, vmh2, _) = vm(&h);
+    let before = h.snapshot();
+    let r = call(
+        &h,
+        vmh2,
+        &ioctl::HAX_VM_IOCTL_VCPU_DESTROY,
+        &0u32.to_le_bytes(),
+        &mut [],
+    );
+    assert_eq!(
+        refused(&h, &before, r, ErrorKind::UnimplementedByHaxm).nt_status(),
+        nt::STATUS_INVALID_PARAMETER
+    );
+    let _ = vmh;
+}
+
+#[test]
+fn ramblocks_and_mappings_through_the_dispatcher() {
+    let h = hv(Codes::Windows);
+    let (_, vmh, _) = vm(&h);
+    let block = |va: u64, size: u64, reserved: u64| RamblockInfo {
+        start_va: va,
+        size,
+        reserved,
+    };
+    let add = |b: RamblockInfo| {
+        call(
+            &h,
+            vmh,
+            &ioctl::HAX_VM_IOCTL_ADD_RAMBLOCK,
+            b.as_bytes(),
+            &mut [],
+        )
+    };
+    assert_eq!(add(block(0x1000_0000, 0x40_0000, 0)), Ok(0));
+    // Overlap: -EINVAL, Windows STATUS_UNSUCCESSFUL for ADD_RAMBLOCK; nothing changed.
+    let before = h.snapshot();
+    let e = refused(
+        &h,
+        &before,
+        add(block(0x1020_0000, 0x40_0000, 0)),
+        ErrorKind::Memory(rhax_core::memory::MemoryError::Overlap),
+    );
+    assert_eq!(
+        (e.nt_status(), e.errno()),
+        (nt::STATUS_UNSUCCESSFUL, errno::EINVAL)
+    );
+    // reserved != 0: INVALID_PARAMETER.
+    let e = refused(
+        &h,
+        &before,
+        add(block(0x2000_0000, 0x1000, 1)),
+        ErrorKind::Memory(rhax_core::memory::MemoryError::ReservedNotZero),
+    );
+    assert_eq!(e.nt_status(), nt::STATUS_INVALID_PARAMETER);
+    // Range overflow.
+    let r = add(block(u64::MAX - 0xfff, 0x2000, 0));
+    let e = r.expect_err("overflow");
+    assert!(matches!(e.kind, ErrorKind::Memory(_)));
+    assert_eq!(h.snapshot(), before);
+    // SET_RAM inside the block, then SET_RAM2 with a wrapping range: refused.
+    let set = SetRamInfo {
+        pa_start: 0,
+        size: 0x20_0000,
+        flags: 0,
+        pad: [0xcc; 3],
+        va: 0x1000_0000,
+    };
+    assert_eq!(
+        call(
+            &h,
+            vmh,
+            &ioctl::HAX_VM_IOCTL_SET_RAM,
+            set.as_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    assert_eq!(h.snapshot().vms[0].memory.as_ref().unwrap().slots.len(), 1);
+    let before = h.snapshot();
+    let wrap = SetRamInfo2 {
+        pa_start: u64::MAX - 0xfff,
+        size: 0x2000,
+        va: 0x1000_0000,
+        flags: 0,
+        reserved1: 0,
+        reserved2: 0,
+    };
+    let e = call(
+        &h,
+        vmh,
+        &ioctl::HAX_VM_IOCTL_SET_RAM2,
+        wrap.as_bytes(),
+        &mut [],
+    )
+    .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Memory(_)), "{e}");
+    assert_eq!(e.nt_status(), nt::STATUS_INVALID_PARAMETER);
+    assert_eq!(h.snapshot(), before);
+    // Outside any block: refused.
+    let outside = SetRamInfo {
+        va: 0x9000_0000,
+        ..set
+    };
+    let e = call(
+        &h,
+        vmh,
+        &ioctl::HAX_VM_IOCTL_SET_RAM,
+        outside.as_bytes(),
+        &mut [],
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.kind,
+        ErrorKind::Memory(rhax_core::memory::MemoryError::NoRamBlock)
+    );
+    assert_eq!(h.snapshot(), before);
+    // Unmap with INVALID.
+    let unmap = SetRamInfo {
+        flags: 0x80,
+        va: 0,
+        ..set
+    };
+    assert_eq!(
+        call(
+            &h,
+            vmh,
+            &ioctl::HAX_VM_IOCTL_SET_RAM,
+            unmap.as_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    assert!(h.snapshot().vms[0]
+        .memory
+        .as_ref()
+        .unwrap()
+        .slots
+        .is_empty());
+}
+
+#[test]
+fn msr_count_and_cpuid_total_are_checked() {
+    let h = hv(Codes::Linux);
+    let (_, vmh, id) = vm(&h);
+    create_vcpu(&h, vmh, 0).unwrap();
+    let vc = h.open_vcpu(id, 0).unwrap();
+    let d = MsrData {
+        nr_msr: 32,
+        ..Default::default()
+    };
+    let before = h.snapshot();
+    let r = call(
+        &h,
+        vc,
+        &ioctl::HAX_VCPU_IOCTL_SET_MSRS,
+        d.as_bytes(),
+        &mut [0; 520],
+    );
+    let e = refused(&h, &before, r, ErrorKind::TooManyMsrs { nr_msr: 32 });
+    assert_eq!(
+        (e.errno(), e.nt_status()),
+        (errno::EFAULT, nt::STATUS_INVALID_PARAMETER)
+    );
+    for (total, err) in [(0u32, errno::EINVAL), (65, errno::E2BIG)] {
+        let mut input = total.to_le_bytes().to_vec();
+        input.extend([0; 4]);
+        let r = call(&h, vc, &ioctl::HAX_VCPU_IOCTL_SET_CPUID, &input, &mut []);
+        let e = refused(&h, &before, r, ErrorKind::CpuidTotal { total });
+        assert_eq!(e.errno(), err);
+    }
+}
+
+#[test]
+fn ext_info_and_stats() {
+    let h = hv(Codes::Darwin);
+    let (sys, vmh, id) = vm(&h);
+    let mut out = [0u8; 16];
+    assert_eq!(
+        h.dispatch(
+            sys,
+            code(&RHAX_IOCTL_EXT_INFO, Codes::Darwin),
+            &[],
+            &mut out
+        ),
+        Ok(16)
+    );
+    let info = RhaxExtInfo::from_bytes(&out).unwrap();
+    assert_eq!(info.magic, RHAX_EXT_MAGIC);
+    assert!(info
+        .features()
+        .contains(rhax_api::ext::ExtFeatures::VCPU_STATS));
+    create_vcpu(&h, vmh, 0).unwrap();
+    let vc = h.open_vcpu(id, 0).unwrap();
+    let mut out = vec![0xffu8; VcpuStats::SIZE];
+    assert_eq!(
+        call(
+            &h,
+            vc,
+            &rhax_api::ext::RHAX_VCPU_IOCTL_GET_STATS,
+            &[],
+            &mut out
+        ),
+        Ok(VcpuStats::SIZE)
+    );
+    let s = VcpuStats::from_bytes(&out).unwrap();
+    assert_eq!(
+        (s.version, s.size as usize, s.nr_reasons),
+        (1, VcpuStats::SIZE, 80)
+    );
+    assert_eq!(s.runs, 0);
+    assert_eq!(
+        call(
+            &h,
+            vc,
+            &rhax_api::ext::RHAX_VCPU_IOCTL_RESET_STATS,
+            &[],
+            &mut []
+        ),
+        Ok(0)
+    );
+}
+
+#[test]
+fn stats_conversion_keeps_every_counter() {
+    let mut snap = StatsSnapshot {
+        per_exit: [Default::default(); BUCKETS],
+        per_field: [Default::default(); rhax_core::vmcs::VmcsField::COUNT],
+    };
+    snap.per_exit[30].exits = 3;
+    snap.per_exit[30].vmreads = 12;
+    snap.per_exit[30].vmwrites = 3;
+    snap.per_exit[30].host_cycles = 900;
+    snap.per_exit[12].exits = 1;
+    snap.per_exit[12].other_vmx = 1;
+    snap.per_exit[SETUP_BUCKET].exits = 2; // exits with reasons >= 80
+    snap.per_exit[SETUP_BUCKET].vmwrites = 40;
+    let s = vcpu_stats(&snap, 7, 5);
+    assert_eq!((s.runs, s.user_exits), (7, 5));
+    assert_eq!(s.reason(30).unwrap().exits, 3);
+    assert_eq!(s.reason(30).unwrap().vmreads, 12);
+    assert_eq!(s.reason(30).unwrap().cycles, 900);
+    assert_eq!(s.reason(12).unwrap().vmx_other, 1);
+    assert_eq!(s.outside_exits.exits, 0);
+    assert_eq!(s.outside_exits.vmwrites, 40);
+    assert_eq!(s.total.exits, 6);
+    assert_eq!(s.total.vmwrites, 43);
+    assert_eq!(s.total.vmreads, 12);
+}
+
+#[test]
+fn vcpu_ioctls_waiting_for_the_haxm_vcpu_are_refused_cleanly() {
+    let h = hv(Codes::Windows);
+    let (_, vmh, id) = vm(&h);
+    create_vcpu(&h, vmh, 0).unwrap();
+    let vc = h.open_vcpu(id, 0).unwrap();
+    for def in [&ioctl::HAX_VCPU_IOCTL_RUN, &ioctl::HAX_VCPU_GET_REGS] {
+        let before = h.snapshot();
+        let r = call(&h, vc, def, &[0; 512], &mut [0; 512]);
+        let e = r.expect_err("not yet");
+        assert!(matches!(e.kind, ErrorKind::NotImplemented { .. }), "{e}");
+        assert_eq!(h.snapshot(), before);
+    }
+    // KICKOFF of a vCPU that is not running: nothing to do.
+    assert_eq!(
+        call(&h, vc, &ioctl::HAX_VCPU_IOCTL_KICKOFF, &[], &mut []),
+        Ok(0)
+    );
+}
+
+// ---------------------------------------------------------------- threads
+
+#[test]
+fn concurrent_vm_lifecycles_and_memory_changes() {
+    let h: Hypervisor<HeapPlatform, NoCpuRoots> = Hypervisor::new(
+        HeapPlatform::new(),
+        NoCpuRoots::default(),
+        Codes::Linux,
+        Ok(
+            negotiate(SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").unwrap()).caps())
+                .unwrap(),
+        ),
+    );
+    fn assert_sync<T: Sync>(_: &T) {}
+    assert_sync(&h);
+    let sys = h.open_system();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let h = &h;
+            s.spawn(move || {
+                for i in 0..50u64 {
+                    let mut id = [0u8; 4];
+                    let c = code(&ioctl::HAX_IOCTL_CREATE_VM, Codes::Linux);
+                    h.dispatch(sys, c, &[], &mut id).unwrap();
+                    let id = u32::from_le_bytes(id);
+                    let vmh = h.open_vm(id).unwrap();
+                    let va = 0x1000_0000 * (t + 1) + i * 0x10_0000;
+                    let b = RamblockInfo {
+                        start_va: va,
+                        size: 0x10_0000,
+                        reserved: 0,
+                    };
+                    let c = code(&ioctl::HAX_VM_IOCTL_ADD_RAMBLOCK, Codes::Linux);
+                    h.dispatch(vmh, c, b.as_bytes(), &mut []).unwrap();
+                    let set = SetRamInfo {
+                        pa_start: 0,
+                        size: 0x10_0000,
+                        flags: 0,
+                        pad: [0; 3],
+                        va,
+                    };
+                    let c = code(&ioctl::HAX_VM_IOCTL_SET_RAM, Codes::Linux);
+                    h.dispatch(vmh, c, set.as_bytes(), &mut []).unwrap();
+                    let c = code(&ioctl::HAX_VM_IOCTL_VCPU_CREATE, Codes::Linux);
+                    h.dispatch(vmh, c, &((i % 16) as u32).to_le_bytes(), &mut [])
+                        .unwrap();
+                    let vc = h.open_vcpu(id, (i % 16) as u32).unwrap();
+                    if i % 2 == 0 {
+                        h.close(vc).unwrap();
+                        h.close(vmh).unwrap();
+                    } else {
+                        h.close(vmh).unwrap();
+                        h.close(vc).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    assert!(h.snapshot().vms.is_empty());
+    assert_eq!(h.platform().live_pages.load(Ordering::Relaxed), 0);
+}
+
+// ---------------------------------------------------------------- fuzz
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Random sequences of opens, closes and IOCTLs (known codes of every device and platform,
+/// random codes, random buffer sizes and bytes, live, closed and forged handles): no panic,
+/// and after every step the object model's invariants hold.
+#[test]
+fn fuzz_random_ioctl_sequences() {
+    let seed = std::env::var("RHAX_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15u64);
+    let budget = std::time::Duration::from_millis(
+        std::env::var("RHAX_FUZZ_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000),
+    );
+    let start = std::time::Instant::now();
+    let mut rng = XorShift(seed);
+    let all: Vec<&IoctlDef> = IOCTLS.iter().chain(rhax_api::ext::EXT_IOCTLS).collect();
+    let platforms = [Codes::Windows, Codes::Linux, Codes::Darwin, Codes::NetBsd];
+    let mut steps = 0u64;
+    let mut round = 0;
+    while start.elapsed() < budget {
+        let codes = platforms[round % platforms.len()];
+        round += 1;
+        let h = hv(codes);
+        let baseline = live_pages(&h);
+        let max_vms = if codes == Codes::NetBsd { 8 } else { 64 };
+        let mut handles: Vec<Handle> = Vec::new(); // live and closed, both used
+        for _ in 0..400 {
+            steps += 1;
+            let before = h.snapshot();
+            match rng.below(10) {
+                0 => handles.push(h.open_system()),
+                1 => {
+                    if let Ok(hd) = h.open_vm(rng.below(70) as u32) {
+                        handles.push(hd);
+                    }
+                }
+                2 => {
+                    if let Ok(hd) = h.open_vcpu(rng.below(10) as u32, rng.below(18) as u32) {
+                        handles.push(hd);
+                    }
+                }
+                3 if !handles.is_empty() => {
+                    let i = rng.below(handles.len() as u64) as usize;
+                    let _ = h.close(handles[i]);
+                }
+                _ => {
+                    let handle = if handles.is_empty() || rng.below(20) == 0 {
+                        let kind = match rng.below(3) {
+                            0 => HandleKind::System,
+                            1 => HandleKind::Vm {
+                                vm: rng.below(70) as u32,
+                            },
+                            _ => HandleKind::Vcpu {
+                                vm: rng.below(70) as u32,
+                                vcpu: rng.below(20) as u32,
+                            },
+                        };
+                        Handle::forge(kind, rng.next())
+                    } else {
+                        handles[rng.below(handles.len() as u64) as usize]
+                    };
+                    let c = if rng.below(8) == 0 {
+                        rng.next() as u32
+                    } else {
+                        let d = all[rng.below(all.len() as u64) as usize];
+                        d.code(codes).unwrap_or(rng.next() as u32)
+                    };
+                    let lin = match rng.below(4) {
+                        0 => 0,
+                        1 => rng.below(600) as usize,
+                        _ => [4, 8, 16, 24, 40, 72, 512, 520][rng.below(8) as usize],
+                    };
+                    let mut input: Vec<u8> = (0..lin).map(|_| rng.next() as u8).collect();
+                    // Plausible values often: small ids, page-aligned addresses, small sizes.
+                    if lin >= 24 && rng.below(2) == 0 {
+                        let va = (rng.below(64) + 1) << 21;
+                        input[..8].copy_from_slice(&(rng.below(16) << 21).to_le_bytes());
+                        input[8..16].copy_from_slice(&(rng.below(4) << 20).to_le_bytes());
+                        input[16..24].copy_from_slice(&va.to_le_bytes());
+                    } else if lin >= 4 && rng.below(2) == 0 {
+                        input[..4].copy_from_slice(&(rng.below(20) as u32).to_le_bytes());
+                    }
+                    let lout = match rng.below(3) {
+                        0 => 0,
+                        1 => rng.below(4000) as usize,
+                        _ => [4, 8, 16, 24, 512, 520, VcpuStats::SIZE][rng.below(7) as usize],
+                    };
+                    let mut output = vec![0u8; lout];
+                    let was_create = IoctlDef::lookup(codes, handle.scope(), c)
+                        .is_some_and(|d| d.name == "HAX_IOCTL_CREATE_VM");
+                    match h.dispatch(handle, c, &input, &mut output) {
+                        Ok(n) => {
+                            assert!(n <= output.len());
+                            if was_create {
+                                // Lowest free id first.
+                                let id = u32::from_le_bytes(output[..4].try_into().unwrap());
+                                let lowest =
+                                    (0..max_vms).find(|i| !before.vms.iter().any(|v| v.id == *i));
+                                assert_eq!(Some(id), lowest);
+                            }
+                        }
+                        Err(e) => {
+                            // Every error maps to a status; refusals change nothing (except
+                            // the documented partial successes: none among these IOCTLs).
+                            assert_ne!(e.nt_status(), 0);
+                            let _ = e.errno();
+                            let _ = e.to_string();
+                            assert_eq!(h.snapshot(), before, "{e}");
+                        }
+                    }
+                }
+            }
+            check_invariants(&h, max_vms);
+        }
+        // Close everything: all pages go back.
+        for hd in handles {
+            let _ = h.close(hd);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.system_handles, 0);
+        // VMs created through a system handle and never opened went with it; the rest had
+        // their handles closed.
+        assert!(
+            s.vms.is_empty(),
+            "{:?}",
+            s.vms.iter().map(|v| v.id).collect::<Vec<_>>()
+        );
+        assert_eq!(live_pages(&h), baseline);
+    }
+    assert!(steps > 1000, "only {steps} steps in {budget:?}");
+    println!("fuzz: {steps} steps, seed {seed:#x}");
+}
+
+fn check_invariants(h: &Hv, max_vms: u32) {
+    let s = h.snapshot();
+    let mut last = None;
+    for vm in &s.vms {
+        assert!(vm.id < max_vms);
+        assert!(last < Some(vm.id), "ids unique and ordered");
+        last = Some(vm.id);
+        assert!(!(vm.open && vm.closed));
+        // A closed VM lives only for its vCPUs (refcount): never closed and empty.
+        assert!(
+            !vm.closed || !vm.vcpus.is_empty(),
+            "closed VM {} without vCPUs",
+            vm.id
+        );
+        let mut lastv = None;
+        for v in &vm.vcpus {
+            assert!(v.0 < 16);
+            assert!(lastv < Some(v.0));
+            lastv = Some(v.0);
+            assert!(v.2 != 0 && v.3 != 0);
+            // A vCPU of a closed VM is one with an open handle.
+            assert!(!vm.closed || v.1);
+        }
+        assert!(vm.memory.is_some());
+    }
+}
