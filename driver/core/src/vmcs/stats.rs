@@ -82,17 +82,21 @@ pub const fn bucket_of(basic_reason: u16) -> usize {
 }
 
 impl VcpuStats {
+    // Inlined into every VMREAD/VMWRITE of `Counted`: with a constant encoding the table
+    // lookup folds away, and even a variable one costs a few instructions, not a search.
+    #[inline(always)]
     pub(crate) fn count_read(&mut self, encoding: u32) {
         self.window.vmreads += 1;
-        if let Some(f) = field_of(encoding) {
-            self.per_field[f.index()].reads += 1;
+        if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
+            f.reads += 1;
         }
     }
 
+    #[inline(always)]
     pub(crate) fn count_write(&mut self, encoding: u32) {
         self.window.vmwrites += 1;
-        if let Some(f) = field_of(encoding) {
-            self.per_field[f.index()].writes += 1;
+        if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
+            f.writes += 1;
         }
     }
 
@@ -169,6 +173,82 @@ pub struct StatsSnapshot {
     pub per_field: [FieldCounters; VmcsField::COUNT],
 }
 
-fn field_of(encoding: u32) -> Option<VmcsField> {
-    VmcsField::from_encoding(encoding).or_else(|| VmcsField::from_encoding(encoding & !1))
+/// Bits of an encoding the lookup table keys on: access type (0), index 5:0 (bits 6:1), type
+/// (11:10) and width (14:13) (SDM §25.11.2, Table 25-21). No field of the table uses the others
+/// (index bits 8:6 above 5, bit 12, bits 31:15), which the table build checks.
+const KEY_BITS: u32 = 0x6c7f;
+
+/// Slot of an encoding in [`FIELD_BY_KEY`]: width, type and index 5:0. Bit 0 is left out: the
+/// high half of a 64-bit field (encoding | 1) counts for that field.
+const fn key_of(encoding: u32) -> usize {
+    ((((encoding >> 13) & 3) << 8) | (((encoding >> 10) & 3) << 6) | ((encoding >> 1) & 0x3f))
+        as usize
+}
+
+/// `VmcsField::index()` of each key, [`NO_FIELD`] where no field has it.
+static FIELD_BY_KEY: [u8; 1024] = field_by_key();
+
+/// An index past every field (`per_field.get_mut` finds nothing there).
+const NO_FIELD: u8 = u8::MAX;
+
+const fn field_by_key() -> [u8; 1024] {
+    assert!(
+        VmcsField::COUNT < NO_FIELD as usize,
+        "field index must fit a u8"
+    );
+    let mut t = [NO_FIELD; 1024];
+    let mut i = 0;
+    while i < VmcsField::COUNT {
+        let e = VmcsField::ALL[i].encoding();
+        assert!(
+            e & !KEY_BITS == 0 && e & 1 == 0,
+            "a field encoding uses bits the lookup does not key on"
+        );
+        assert!(t[key_of(e)] == NO_FIELD, "two fields share a key");
+        t[key_of(e)] = i as u8;
+        i += 1;
+    }
+    t
+}
+
+/// The `VmcsField::index()` an encoding counts for (a 64-bit field's high half counts for the
+/// field), or an index past the table for encodings the table does not know.
+#[inline]
+fn field_index(encoding: u32) -> usize {
+    if encoding & !KEY_BITS != 0 {
+        return NO_FIELD as usize;
+    }
+    FIELD_BY_KEY[key_of(encoding)] as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition the table replaces: the field itself, else the field whose high half
+    /// this is.
+    fn by_search(encoding: u32) -> Option<VmcsField> {
+        VmcsField::from_encoding(encoding).or_else(|| VmcsField::from_encoding(encoding & !1))
+    }
+
+    #[test]
+    fn table_lookup_matches_the_search_for_every_16_bit_encoding_and_beyond() {
+        let extra = [0x1_0000, 0x1_6c00, 0x8000_6c00, u32::MAX, 0x7fff_ffff];
+        for e in (0..=0xffff).chain(extra) {
+            let want = by_search(e).map_or(NO_FIELD as usize, VmcsField::index);
+            assert_eq!(field_index(e), want, "encoding {e:#x}");
+        }
+    }
+
+    #[test]
+    fn counts_land_on_the_field_including_high_halves() {
+        let mut s = VcpuStats::default();
+        s.count_read(VmcsField::GuestRip.encoding());
+        s.count_write(VmcsField::EptPointer.encoding() | 1);
+        s.count_write(0x7fff_fffe);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 1);
+        assert_eq!(s.field(VmcsField::EptPointer).writes, 1);
+        let t = s.total();
+        assert_eq!((t.vmreads, t.vmwrites), (1, 2));
+    }
 }
