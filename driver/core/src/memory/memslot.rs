@@ -26,9 +26,11 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// The host-virtual address of frame `gfn` (which must lie in the slot).
+    /// The host-virtual address of frame `gfn` (meaningful for `gfn` in the slot or at its
+    /// end; wrapping arithmetic so that no argument panics).
     pub fn hva_of(&self, gfn: u64) -> u64 {
-        self.hva + (gfn - self.start_gfn) * PAGE_SIZE
+        self.hva
+            .wrapping_add(gfn.wrapping_sub(self.start_gfn).wrapping_mul(PAGE_SIZE))
     }
 
     /// Whether `next` continues this slot seamlessly (same block, contiguous host range, same

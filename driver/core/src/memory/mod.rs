@@ -455,10 +455,9 @@ impl GuestMemory {
         if slot.rom && access.contains(EptAccess::WRITE) {
             return Ok(Resolution::WriteToRom);
         }
-        if let Some(leaf) = m.ept.leaf(gpa) {
-            // Another vCPU mapped it between this exit and the lock; or a stale translation
-            // the INVEPT in flight will remove.
-            let _ = leaf;
+        if m.ept.leaf(gpa).is_some() {
+            // Another vCPU mapped it between this exit and the lock (no flush needed: the
+            // violation itself dropped the stale "not present" for this address).
             return Ok(Resolution::Mapped);
         }
         let block_start = gfn & !(FRAMES_PER_LARGE - 1);
