@@ -262,7 +262,7 @@ mod tests {
     fn host(leaf: u32, _sub: u32) -> CpuidRegs {
         match leaf {
             0 => [0x16, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
-            1 => [0x906ea, 0x0010_0800, 0xffff_ffff & !HYPERVISOR, 0xbfeb_fbff],
+            1 => [0x906ea, 0x0010_0800, !HYPERVISOR, 0xbfeb_fbff],
             7 => [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff],
             0x8000_0000 => [0x8000_0008, 0, 0, 0],
             _ => [leaf, 1, 2, 3],

@@ -286,7 +286,13 @@ impl HaxVcpu {
         self.panicked
     }
 
-    fn with_tunnel<R>(&mut self, f: impl FnOnce(&mut Tunnel) -> R) -> R {
+    /// The IO buffer page (port data, or a [`FastMmio`] at offset 0).
+    pub fn io_buffer_mut(&mut self) -> &mut [u8] {
+        self.iobuf.bytes_mut()
+    }
+
+    /// Reads and updates the tunnel (as user space would, for tests and in-kernel clients).
+    pub fn with_tunnel<R>(&mut self, f: impl FnOnce(&mut Tunnel) -> R) -> R {
         let bytes = &mut self.tunnel.bytes_mut()[..core::mem::size_of::<Tunnel>()];
         let mut t = Tunnel::read_from_prefix(bytes).unwrap_or_default();
         let r = f(&mut t);

@@ -1,0 +1,669 @@
+//! The HAXM vCPU end to end against the software VMX: the hook plays the guest CPU, a buffer
+//! plays guest RAM (everything at or above 1 MiB is MMIO). Each exit status of haxm-abi.md §4,
+//! the completions at the next RUN, event injection, register/MSR/CPUID IOCTLs, bad inputs.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use rhax_api::cpuid::CpuidEntry;
+use rhax_api::msr::{MsrData, VmxMsr};
+use rhax_api::tunnel::{ExitStatus, FastMmio, HAX_EXIT_REASON_PAUSE_REQUEST};
+use rhax_api::Pod;
+use rhax_core::memory::{EptAccess, MemoryError, Resolution};
+use rhax_core::platform::{HeapPlatform, Platform};
+use rhax_core::vcpu::cpuid::{CpuidError, CpuidTable};
+use rhax_core::vcpu::guest::{Backing, GuestMemoryAccess};
+use rhax_core::vcpu::haxm::{HaxError, HaxVcpu, PanicReason};
+use rhax_core::vmcs::stats::bucket_of;
+use rhax_core::vmcs::VmcsField;
+use rhax_core::vmx::instructions::reg;
+use rhax_core::vmx::negotiate::negotiate;
+use rhax_core::vmx::root::VmxRoot;
+use rhax_core::vmx::soft::{msrs_from_tsv, GuestCpu, SoftVmx};
+
+const TSV: &str = include_str!("data/bochs-vmx-msrs.tsv");
+const RAM: usize = 0x10_0000;
+
+struct Ram(RefCell<Vec<u8>>);
+
+impl GuestMemoryAccess for Ram {
+    fn resolve(&self, gpa: u64, _: EptAccess) -> Result<Resolution, MemoryError> {
+        Ok(if (gpa as usize) < RAM {
+            Resolution::Mapped
+        } else {
+            Resolution::Mmio
+        })
+    }
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<Backing, MemoryError> {
+        let m = self.0.borrow();
+        match m.get(gpa as usize..gpa as usize + buf.len()) {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                Ok(Backing::Ram)
+            }
+            None => Ok(Backing::NotRam),
+        }
+    }
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<Backing, MemoryError> {
+        let mut m = self.0.borrow_mut();
+        match m.get_mut(gpa as usize..gpa as usize + data.len()) {
+            Some(d) => {
+                d.copy_from_slice(data);
+                Ok(Backing::Ram)
+            }
+            None => Ok(Backing::NotRam),
+        }
+    }
+}
+
+struct T {
+    platform: HeapPlatform,
+    root: VmxRoot<SoftVmx>,
+    vcpu: HaxVcpu,
+    mem: Ram,
+    cpuid: CpuidTable,
+}
+
+fn host_cpuid(leaf: u32, _: u32) -> [u32; 4] {
+    match leaf {
+        0 => [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
+        1 => [0x906ea, 0x0010_0800, 0x7ffa_fbff, 0xbfeb_fbff],
+        _ => [0; 4],
+    }
+}
+
+fn setup() -> T {
+    let platform = HeapPlatform::new();
+    let vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").unwrap());
+    let controls = negotiate(vmx.caps()).unwrap();
+    let page = platform.alloc_pages(1).unwrap();
+    // SAFETY: software model, one thread.
+    let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }
+        .map_err(|e| e.0)
+        .unwrap();
+    let vcpu = HaxVcpu::new(&platform, &controls, 0, 0, controls.eptp(0x4000_0000)).unwrap();
+    T {
+        platform,
+        root,
+        vcpu,
+        mem: Ram(RefCell::new(vec![0; RAM])),
+        cpuid: CpuidTable::new(host_cpuid),
+    }
+}
+
+impl T {
+    fn hook(&mut self, f: impl FnMut(&mut GuestCpu<'_>) + 'static) {
+        self.root.vmx().set_hook(f);
+    }
+    fn run(&mut self) -> Result<ExitStatus, HaxError> {
+        self.vcpu
+            .run(&mut self.root, &self.mem, &self.cpuid, &self.platform)?;
+        Ok(self.vcpu.with_tunnel(|t| t.status().unwrap()))
+    }
+    fn rip(&mut self) -> u64 {
+        self.vcpu.get_regs(&mut self.root).unwrap().rip
+    }
+}
+
+/// One scripted guest step.
+type Step = Box<dyn FnMut(&mut GuestCpu<'_>)>;
+
+/// A guest that runs one scripted exit per entry.
+fn script(steps: Vec<Step>) -> impl FnMut(&mut GuestCpu<'_>) {
+    let mut steps = steps.into_iter();
+    move |cpu| match steps.next() {
+        Some(mut s) => s(cpu),
+        None => panic!("guest ran past its script"),
+    }
+}
+
+#[test]
+fn out_then_in_completed_at_the_next_run() {
+    let mut t = setup();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.regs.gpr[reg::RAX] = 0x1234_5641;
+            c.exit(30, 0x03f8_0000, 1); // OUT DX, AL
+        }),
+        Box::new(|c| c.exit(30, 0x0060_0000 | 8 | 64, 2)), // IN AL, 0x60
+        Box::new(|c| {
+            assert_eq!(
+                c.regs.gpr[reg::RAX],
+                0x1234_565a,
+                "IN completed into AL only"
+            );
+            c.exit(30, 0x0080_0000 | 1, 1); // OUT DX, AX (16-bit)
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!(
+        (io.direction, io.size, io.port, io.count, io.flags),
+        (0, 1, 0x3f8, 1, 0)
+    );
+    assert_eq!(t.vcpu.io_buffer_mut()[0], 0x41);
+    assert_eq!(t.rip(), 0xfff1);
+    assert_eq!(t.vcpu.with_tunnel(|t| t.exit_reason), 30);
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!((io.direction, io.port), (1, 0x60));
+    t.vcpu.io_buffer_mut()[0] = 0x5a;
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!((io.size, io.port), (2, 0x80));
+    assert_eq!(&t.vcpu.io_buffer_mut()[..2], &[0x5a, 0x56]);
+}
+
+#[test]
+fn rep_outsb_moves_64_bytes_per_exit_and_rip_only_at_the_end() {
+    let mut t = setup();
+    for i in 0..100u8 {
+        t.mem.0.borrow_mut()[0x500 + usize::from(i)] = i;
+    }
+    let la = Rc::new(RefCell::new(0x500u64));
+    let l2 = la.clone();
+    t.hook(move |c| {
+        // REP OUTSB to DX=0x3f8: string + rep; the linear address is DS:RSI.
+        c.write(VmcsField::GuestLinearAddress, *l2.borrow());
+        c.write(VmcsField::VmExitInstructionInformation, 1 << 7); // 32-bit address size
+        c.exit(30, 0x03f8_0000 | 16 | 32, 2);
+    });
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.regs[reg::RCX] = 100;
+    s.regs[reg::RSI] = 0x500;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!((io.count, io.flags, io.df, io.vaddr), (64, 1, 0, 0x500));
+    assert_eq!(t.vcpu.io_buffer_mut()[63], 63);
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(
+        (s.regs[reg::RCX], s.regs[reg::RSI], s.rip),
+        (36, 0x540, 0xfff0)
+    );
+    *la.borrow_mut() = 0x540;
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!((io.count, io.vaddr), (36, 0x540));
+    assert_eq!(t.vcpu.io_buffer_mut()[35], 99);
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(
+        (s.regs[reg::RCX], s.regs[reg::RSI], s.rip),
+        (0, 0x564, 0xfff2)
+    );
+    // DF=1: 4 elements going down from 0x503: the buffer holds 0x500..0x503 ascending.
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.regs[reg::RCX] = 4;
+    s.regs[reg::RSI] = 0x503;
+    s.rflags = 2 | (1 << 10);
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    *la.borrow_mut() = 0x503;
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!((io.count, io.df, io.vaddr), (4, 1, 0x500));
+    assert_eq!(&t.vcpu.io_buffer_mut()[..4], &[0, 1, 2, 3]);
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!((s.regs[reg::RCX], s.regs[reg::RSI]), (0, 0x4ff));
+}
+
+#[test]
+fn rep_insb_writes_guest_memory_at_the_next_run() {
+    let mut t = setup();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.write(VmcsField::GuestLinearAddress, 0x700);
+            c.write(VmcsField::VmExitInstructionInformation, 0);
+            c.exit(30, 0x0060_0000 | 8 | 16 | 32, 2);
+        }),
+        Box::new(|c| c.exit(12, 0, 1)),
+    ]));
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.regs[reg::RCX] = 3;
+    s.regs[reg::RDI] = 0x700;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    t.vcpu.io_buffer_mut()[..3].copy_from_slice(&[7, 8, 9]);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(&t.mem.0.borrow()[0x700..0x703], &[7, 8, 9]);
+}
+
+#[test]
+fn hlt_interrupt_window_injection_and_external_interrupt() {
+    let mut t = setup();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s2 = seen.clone();
+    t.hook(script(vec![
+        // HLT with nothing queued: to user, RIP past HLT, ready forced to 1.
+        Box::new(|c| c.exit(12, 0, 1)),
+        // IF=0: nothing injected, interrupt-window exiting on; the guest then STIs.
+        Box::new(move |c| {
+            s2.borrow_mut().push((
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls) & 4,
+            ));
+            c.write(VmcsField::GuestRflags, 2 | (1 << 9));
+            c.exit(7, 0, 0);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0030,
+                "highest queued vector injected as external interrupt"
+            );
+            c.exit(1, 0, 0); // a host interrupt
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0020
+            );
+            assert_eq!(
+                c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls) & 4,
+                0
+            );
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(t.rip(), 0xfff1);
+    assert_eq!(t.vcpu.with_tunnel(|t| t.ready_for_interrupt_injection), 1);
+    t.vcpu.interrupt(0x20);
+    t.vcpu.interrupt(0x130); // & 0xff = 0x30
+    t.vcpu.interrupt(0x20); // duplicate
+    assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    assert_eq!(seen.borrow()[0], (0, 4));
+    assert_eq!(
+        t.vcpu.with_tunnel(|t| t.ready_for_interrupt_injection),
+        0,
+        "0x20 still queued"
+    );
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(t.vcpu.with_tunnel(|t| t.ready_for_interrupt_injection), 1);
+}
+
+#[test]
+fn interrupted_delivery_is_reinjected() {
+    let mut t = setup();
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.rflags = 2 | (1 << 9);
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.vcpu.interrupt(0x41);
+    t.hook(script(vec![
+        // Delivering 0x41 hit an EPT violation on the IDT page (RAM: mapped, resumed).
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0041
+            );
+            c.write(VmcsField::IdtVectoringInformation, 0x8000_0041);
+            c.write(VmcsField::GuestPhysicalAddress, 0x1000);
+            c.exit(48, 1, 0);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0041
+            );
+            c.write(VmcsField::IdtVectoringInformation, 0);
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
+#[test]
+fn user_window_request_returns_interrupt_when_the_guest_can_take_one() {
+    let mut t = setup();
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.rflags = 2 | (1 << 9);
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.vcpu.with_tunnel(|t| t.request_interrupt_window = 1);
+    t.hook(|c: &mut GuestCpu<'_>| {
+        assert_eq!(
+            c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls) & 4,
+            4
+        );
+        c.exit(7, 0, 0);
+    });
+    assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    assert_eq!(t.vcpu.with_tunnel(|t| t.ready_for_interrupt_injection), 1);
+}
+
+#[test]
+fn triple_fault_is_sticky_and_pause_request_exits_at_once() {
+    let mut t = setup();
+    t.vcpu
+        .with_tunnel(|t| t.exit_reason = HAX_EXIT_REASON_PAUSE_REQUEST);
+    t.hook(script(vec![Box::new(|c| c.exit(2, 0, 0))]));
+    assert_eq!(t.run(), Ok(ExitStatus::Paused));
+    assert_eq!(t.root.vmx().counts.vmlaunch, 0, "no entry for a pause");
+    assert_eq!(t.run(), Ok(ExitStatus::StateChange));
+    assert_eq!(t.vcpu.panic_reason(), Some(PanicReason::TripleFault));
+    assert_eq!(
+        t.run(),
+        Ok(ExitStatus::StateChange),
+        "sticky, no entry (script ended)"
+    );
+    assert_eq!(t.run(), Ok(ExitStatus::StateChange));
+}
+
+#[test]
+fn user_event_pending_is_test_and_cleared() {
+    let mut t = setup();
+    t.vcpu.with_tunnel(|t| t.user_event_pending = 3);
+    assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    assert_eq!(
+        t.vcpu.with_tunnel(|t| t.user_event_pending),
+        2,
+        "bit 0 only"
+    );
+}
+
+#[test]
+fn entry_failure_is_an_error_and_set_regs_fixes_it() {
+    let mut t = setup();
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.rflags = 0; // bit 1 must be 1 (SDM 27.3.1.4)
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1));
+    assert_eq!(
+        t.run(),
+        Err(HaxError::InvalidGuestState {
+            reason: 33,
+            qualification: 0
+        })
+    );
+    assert_eq!(
+        t.vcpu.with_tunnel(|t| t.exit_status),
+        ExitStatus::Unknown as u32
+    );
+    s.rflags = 2;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
+#[test]
+fn mmio_store_and_load_with_completion() {
+    let mut t = setup();
+    // Real mode at 0:0x1000: `mov [bx], ax` (89 07) then `mov cx, [bx]` (8b 0f).
+    t.mem.0.borrow_mut()[0x1000..0x1004].copy_from_slice(&[0x89, 0x07, 0x8b, 0x0f]);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cs.selector = 0;
+    s.cs.base = 0;
+    s.rip = 0x1000;
+    s.regs[reg::RAX] = 0xbeef;
+    s.regs[reg::RCX] = 0xffff_0000;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.write(VmcsField::GuestPhysicalAddress, 0xfee0_0080);
+            c.exit(48, 2, 0);
+        }),
+        Box::new(|c| {
+            assert_eq!(c.read(VmcsField::GuestRip), 0x1002);
+            c.write(VmcsField::GuestPhysicalAddress, 0xfee0_0030);
+            c.exit(48, 1, 0);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.regs.gpr[reg::RCX],
+                0xffff_1450,
+                "16-bit load keeps the rest"
+            );
+            assert_eq!(c.read(VmcsField::GuestRip), 0x1004);
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    let m = FastMmio::read_from_prefix(t.vcpu.io_buffer_mut()).unwrap();
+    assert_eq!(
+        (m.gpa, m.size, m.direction, m.value),
+        (0xfee0_0080, 2, 1, 0xbeef)
+    );
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    let mut m = FastMmio::read_from_prefix(t.vcpu.io_buffer_mut()).unwrap();
+    assert_eq!((m.gpa, m.size, m.direction), (0xfee0_0030, 2, 0));
+    assert_eq!(t.rip(), 0x1002, "RIP moves when the read completes");
+    m.value = 0x1450;
+    t.vcpu.io_buffer_mut()[..56].copy_from_slice(m.as_bytes());
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
+#[test]
+fn unknown_mmio_instruction_panics_the_vcpu() {
+    let mut t = setup();
+    t.mem.0.borrow_mut()[0x1000..0x1002].copy_from_slice(&[0x01, 0x07]); // add [bx], ax
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cs.base = 0;
+    s.rip = 0x1000;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(|c: &mut GuestCpu<'_>| {
+        c.write(VmcsField::GuestPhysicalAddress, 0xfee0_0000);
+        c.exit(48, 2, 0);
+    });
+    assert_eq!(t.run(), Ok(ExitStatus::StateChange));
+    assert!(matches!(
+        t.vcpu.panic_reason(),
+        Some(PanicReason::Emulation(_))
+    ));
+}
+
+#[test]
+fn cpuid_from_the_table_and_msrs_in_kernel() {
+    let mut t = setup();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.regs.gpr[reg::RAX] = 1;
+            c.exit(10, 0, 2);
+        }),
+        Box::new(|c| {
+            assert_ne!(c.regs.gpr[reg::RCX] & (1 << 31), 0, "hypervisor bit");
+            assert_eq!(c.regs.gpr[reg::RCX] & (1 << 5), 0, "VMX hidden");
+            c.regs.gpr[reg::RCX] = 0xc000_0081; // WRMSR STAR
+            c.regs.gpr[reg::RAX] = 0x1111;
+            c.regs.gpr[reg::RDX] = 0x2222;
+            c.exit(32, 0, 2);
+        }),
+        Box::new(|c| {
+            c.regs.gpr[reg::RCX] = 0xc000_0081; // RDMSR STAR
+            c.exit(31, 0, 2);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                (c.regs.gpr[reg::RAX], c.regs.gpr[reg::RDX]),
+                (0x1111, 0x2222)
+            );
+            c.regs.gpr[reg::RCX] = 0x4000_1234; // unknown MSR: #GP
+            c.exit(31, 0, 2);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0b0d
+            );
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    let stats = t.vcpu.stats();
+    assert_eq!(stats.per_reason[10].exits, 1);
+    assert_eq!(stats.per_reason[31].exits, 2);
+    assert_eq!(stats.runs, 1);
+}
+
+#[test]
+fn msr_round_trip_and_bad_counts() {
+    let mut t = setup();
+    let msrs = [
+        (0x174, 0x10),
+        (0x175, 0x8000),
+        (0x176, 0x9000),
+        (0xc000_0081, 1),
+        (0xc000_0082, 2),
+        (0xc000_0083, 3),
+        (0xc000_0084, 4),
+        (0xc000_0102, 5),
+        (0xc000_0080, 0xd01),
+        (0x277, 0x0007_0406_0007_0406),
+        (0x1b, 0xfee0_0900),
+        (0xc000_0103, 7),
+    ];
+    let entries: Vec<VmxMsr> = msrs
+        .iter()
+        .map(|&(e, v)| VmxMsr { entry: e, value: v })
+        .collect();
+    let mut d = MsrData::from_entries(&entries).unwrap();
+    t.vcpu.set_msrs(&mut t.root, &mut d).unwrap();
+    assert_eq!(usize::from(d.done), msrs.len());
+    let mut g = MsrData::from_entries(&entries).unwrap();
+    for e in g.entries.iter_mut() {
+        e.value = 0;
+    }
+    t.vcpu.get_msrs(&mut t.root, &mut g).unwrap();
+    assert_eq!(usize::from(g.done), msrs.len());
+    for (i, &(_, v)) in msrs.iter().enumerate() {
+        assert_eq!(g.entries[i].value, v, "msr {:#x}", msrs[i].0);
+    }
+    assert_eq!(t.vcpu.with_tunnel(|t| t.apic_base), 0xfee0_0900);
+    // Stops at the first refused MSR.
+    let mut d = MsrData::from_entries(&[
+        VmxMsr {
+            entry: 0xc000_0081,
+            value: 9,
+        },
+        VmxMsr {
+            entry: 0x4000_0000,
+            value: 1,
+        },
+        VmxMsr {
+            entry: 0xc000_0082,
+            value: 9,
+        },
+    ])
+    .unwrap();
+    t.vcpu.set_msrs(&mut t.root, &mut d).unwrap();
+    assert_eq!(d.done, 1);
+    // nr_msr >= 32: refused, nothing changed.
+    let mut bad = MsrData::from_entries(&[VmxMsr {
+        entry: 0xc000_0082,
+        value: 77,
+    }])
+    .unwrap();
+    bad.nr_msr = 32;
+    assert_eq!(
+        t.vcpu.set_msrs(&mut t.root, &mut bad),
+        Err(HaxError::TooManyMsrs { nr_msr: 32 })
+    );
+    let mut g = MsrData::from_entries(&[VmxMsr {
+        entry: 0xc000_0082,
+        value: 0,
+    }])
+    .unwrap();
+    t.vcpu.get_msrs(&mut t.root, &mut g).unwrap();
+    assert_eq!(g.entries[0].value, 2);
+}
+
+#[test]
+fn regs_and_fpu_round_trip_and_cpuid_bad_totals() {
+    let mut t = setup();
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(
+        (s.rip, s.cs.selector, s.cs.base),
+        (0xfff0, 0xf000, 0xffff_0000)
+    );
+    for (i, r) in s.regs.iter_mut().enumerate() {
+        *r = 0x100 + i as u64;
+    }
+    s.rip = 0x7c00;
+    s.cr2 = 0xdead_0000;
+    s.dr0 = 0x1234;
+    s.fs.ar = 0; // QEMU's "unusable"
+    s.ds.ar = 0x92; // not accessed: fixed up
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    let g = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(g.regs, s.regs);
+    assert_eq!((g.rip, g.cr2, g.dr0), (0x7c00, 0xdead_0000, 0x1234));
+    assert_eq!(g.fs.ar, 0x1_0000, "unusable reported with the null bit");
+    assert_eq!(g.ds.ar, 0x93);
+    assert_eq!(g.cr0, 0x6000_0010, "CR0 as the guest sees it");
+    let mut f = t.vcpu.get_fpu();
+    assert_eq!((f.fcw, f.mxcsr), (0x37f, 0x1f80));
+    f.mmx_1[3] = [0xaa; 16];
+    t.vcpu.set_fpu(&f);
+    assert_eq!(t.vcpu.get_fpu().mmx_1[3], [0xaa; 16]);
+    // The guest's image is what the CPU holds while the guest runs.
+    t.hook(|c: &mut GuestCpu<'_>| {
+        assert_eq!(c.fpu.mmx_1[3], [0xaa; 16]);
+        c.fpu.mmx_1[4] = [0x55; 16];
+        c.exit(12, 0, 1);
+    });
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(t.vcpu.get_fpu().mmx_1[4], [0x55; 16]);
+    assert_ne!(t.root.vmx().fpu.mmx_1[4], [0x55; 16], "host state back");
+    let before: Vec<CpuidEntry> = t.cpuid.entries().to_vec();
+    assert_eq!(
+        HaxVcpu::set_cpuid(&mut t.cpuid, &[]),
+        Err(HaxError::Cpuid(CpuidError::Empty))
+    );
+    let many = vec![before[0]; 65];
+    assert_eq!(
+        HaxVcpu::set_cpuid(&mut t.cpuid, &many),
+        Err(HaxError::Cpuid(CpuidError::TooMany { total: 65 }))
+    );
+    assert_eq!(t.cpuid.entries(), &before[..]);
+}
+
+/// Per-exit VMREAD/VMWRITE of the HAXM run loop, steady state (model count).
+#[test]
+fn per_exit_costs_of_the_haxm_loop() {
+    fn measure(name: &str, reason: u32, f: impl FnMut(&mut GuestCpu<'_>) + 'static, user: bool) {
+        let mut t = setup();
+        t.mem.0.borrow_mut()[0x1000..0x1002].copy_from_slice(&[0x89, 0x07]);
+        let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+        s.cs.base = 0;
+        s.rip = 0x1000;
+        t.vcpu.set_regs(&mut t.root, &s).unwrap();
+        t.vcpu
+            .with_tunnel(|t| t.request_interrupt_window = i32::from(!user));
+        t.hook(f);
+        let n = 50;
+        for _ in 0..5 {
+            let _ = t.run();
+        }
+        let c0 = t.vcpu.stats();
+        for _ in 0..n {
+            assert!(t.run().is_ok());
+        }
+        let c1 = t.vcpu.stats();
+        let b = bucket_of(reason as u16);
+        let d = c1.per_reason[b].wrapping_sub(c0.per_reason[b]);
+        assert!(d.exits >= n);
+        println!(
+            "{name}: {:.2} VMREAD, {:.2} VMWRITE per exit ({} exits)",
+            d.vmreads as f64 / d.exits as f64,
+            d.vmwrites as f64 / d.exits as f64,
+            d.exits
+        );
+    }
+    measure("IO (OUT)", 30, |c| c.exit(30, 0x03f8_0000, 1), true);
+    measure("HLT", 12, |c| c.exit(12, 0, 1), true);
+    measure(
+        "MMIO (EPT violation, store)",
+        48,
+        |c| {
+            c.write(VmcsField::GuestPhysicalAddress, 0xfee0_0080);
+            c.write(VmcsField::GuestRip, 0x1000);
+            c.exit(48, 2, 0);
+        },
+        true,
+    );
+    measure(
+        "interrupt window",
+        7,
+        |c| {
+            c.write(VmcsField::GuestRflags, 2 | (1 << 9));
+            c.exit(7, 0, 0)
+        },
+        false,
+    );
+}
