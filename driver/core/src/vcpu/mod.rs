@@ -201,10 +201,28 @@ impl Vcpu {
         &self.config
     }
 
-    /// Makes the VMCS current on `root`'s CPU if needed. On arrival on a CPU: VMCLEAR of a never
+    /// Makes the VMCS current on `root`'s CPU if needed (see [`Vcpu::make_current`]).
+    #[inline(always)]
+    fn ensure_current<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), RunError> {
+        // Every run and every handler access passes here: the common case (already current on
+        // this CPU under this VMXON) is three compares inline, the rest out of line.
+        match self.resident {
+            Some((cpu, generation))
+                if cpu == root.cpu
+                    && generation == root.generation
+                    && root.current_vmcs == Some(self.vmcs_page.phys()) =>
+            {
+                Ok(())
+            }
+            _ => self.make_current(root),
+        }
+    }
+
+    /// The slow part of [`Vcpu::ensure_current`]. On arrival on a CPU: VMCLEAR of a never
     /// used region (SDM §25.11.3 initializes a VMCS that way), VMPTRLD, the cache forgets
     /// everything not dirty, and the host state (and, the first time, the whole VMCS) is written.
-    fn ensure_current<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), RunError> {
+    #[inline(never)]
+    fn make_current<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), RunError> {
         let phys = self.vmcs_page.phys();
         let mut vmx = Counted::new(&mut root.vmx, &mut self.stats);
         match self.resident {
