@@ -185,8 +185,10 @@ const fn key_of(encoding: u32) -> usize {
         as usize
 }
 
-/// `VmcsField::index()` of each key, [`NO_FIELD`] where no field has it.
-static FIELD_BY_KEY: [u8; 1024] = field_by_key();
+/// `VmcsField::index()` of each key, [`NO_FIELD`] where no field has it. A `const`, not a
+/// `static`: the crate that inlines a typed accessor sees the contents and folds the lookup of
+/// a constant encoding (a `static` of another crate stays an opaque load).
+const FIELD_BY_KEY: [u8; 1024] = field_by_key();
 
 /// An index past every field (`per_field.get_mut` finds nothing there).
 const NO_FIELD: u8 = u8::MAX;
