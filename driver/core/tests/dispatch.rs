@@ -11,14 +11,13 @@ use rhax_api::{
     Scope, SetMemlimit, SetRamInfo, SetRamInfo2, TunnelInfo,
 };
 use rhax_core::dispatch::{
-    errno, nt, vcpu_stats, DispatchError, ErrorKind, Handle, HandleKind, Hypervisor,
-    HypervisorSnapshot, NoCpuRoots, SoftCpuRoots,
+    errno, nt, DispatchError, ErrorKind, Handle, HandleKind, Hypervisor, HypervisorSnapshot,
+    NoCpuRoots, SoftCpuRoots,
 };
 use rhax_core::platform::{HeapPlatform, Platform};
-use rhax_core::vmcs::stats::{StatsSnapshot, BUCKETS, SETUP_BUCKET};
 use rhax_core::vmx::negotiate::negotiate;
 use rhax_core::vmx::root::VmxRoot;
-use rhax_core::vmx::soft::{msrs_from_tsv, SoftVmx};
+use rhax_core::vmx::soft::{msrs_from_tsv, GuestCpu, SoftVmx};
 
 const TSV: &str = include_str!("data/bochs-vmx-msrs.tsv");
 
@@ -114,11 +113,7 @@ fn version_and_capability_as_haxm() {
         );
         let c = CapabilityInfo::from_bytes(&out).unwrap();
         assert_eq!(c.wstatus, 0x3, "{codes:?}: WORKING | MEMQUOTA");
-        assert_eq!(
-            c.winfo,
-            0x1 | 0x4 | 0x8 | 0x10 | 0x20,
-            "EPT UG RAMBLOCK SETRAM TUNNEL"
-        );
+        assert_eq!(c.winfo, 0x3ff & !0x80, "all of HAXM 7.8.0's bits but DEBUG");
         assert_eq!(c.mem_quota, 1 << 48);
         let refcount = if codes == Codes::Windows { 1 } else { 0 };
         assert_eq!(c.win_refcount, refcount);
@@ -266,7 +261,12 @@ fn vm_ids_lowest_free_first_up_to_64_and_8_on_netbsd() {
             assert_eq!(create(&h), Ok(want));
         }
         let before = h.snapshot();
-        let e = refused(&h, &before, create(&h).map(|i| i as usize), ErrorKind::NoFreeVmId);
+        let e = refused(
+            &h,
+            &before,
+            create(&h).map(|i| i as usize),
+            ErrorKind::NoFreeVmId,
+        );
         assert_eq!(e.nt_status(), nt::STATUS_UNSUCCESSFUL);
         assert_eq!(e.errno(), errno::ENOMEM);
         // Free 5 and 2 (open + close): the next two creations get 2 then 5.
@@ -883,51 +883,279 @@ fn ext_info_and_stats() {
     );
 }
 
-#[test]
-fn stats_conversion_keeps_every_counter() {
-    let mut snap = StatsSnapshot {
-        per_exit: [Default::default(); BUCKETS],
-        per_field: [Default::default(); rhax_core::vmcs::VmcsField::COUNT],
-    };
-    snap.per_exit[30].exits = 3;
-    snap.per_exit[30].vmreads = 12;
-    snap.per_exit[30].vmwrites = 3;
-    snap.per_exit[30].host_cycles = 900;
-    snap.per_exit[12].exits = 1;
-    snap.per_exit[12].other_vmx = 1;
-    snap.per_exit[SETUP_BUCKET].exits = 2; // exits with reasons >= 80
-    snap.per_exit[SETUP_BUCKET].vmwrites = 40;
-    let s = vcpu_stats(&snap, 7, 5);
-    assert_eq!((s.runs, s.user_exits), (7, 5));
-    assert_eq!(s.reason(30).unwrap().exits, 3);
-    assert_eq!(s.reason(30).unwrap().vmreads, 12);
-    assert_eq!(s.reason(30).unwrap().cycles, 900);
-    assert_eq!(s.reason(12).unwrap().vmx_other, 1);
-    assert_eq!(s.outside_exits.exits, 0);
-    assert_eq!(s.outside_exits.vmwrites, 40);
-    assert_eq!(s.total.exits, 6);
-    assert_eq!(s.total.vmwrites, 43);
-    assert_eq!(s.total.vmreads, 12);
+/// A VM with vCPU 0 created and opened.
+fn vcpu(h: &Hv) -> Handle {
+    let (_, vmh, id) = vm(h);
+    create_vcpu(h, vmh, 0).unwrap();
+    h.open_vcpu(id, 0).unwrap()
+}
+
+fn tunnel(h: &Hv, vc: Handle) -> rhax_api::Tunnel {
+    let mut t = [0u8; 24];
+    call(h, vc, &ioctl::HAX_VCPU_IOCTL_SETUP_TUNNEL, &[], &mut t).unwrap();
+    let va = TunnelInfo::from_bytes(&t).unwrap().va;
+    // SAFETY: HeapPlatform maps the tunnel page at its kernel address, live while the vCPU is.
+    let bytes = unsafe { std::slice::from_raw_parts(va as *const u8, 4096) };
+    rhax_api::Tunnel::read_from_prefix(bytes).unwrap()
 }
 
 #[test]
-fn vcpu_ioctls_waiting_for_the_haxm_vcpu_are_refused_cleanly() {
+fn run_out_and_hlt_through_the_dispatcher_with_stats() {
+    let h = hv(Codes::Linux);
+    let vc = vcpu(&h);
+    let mut n = 0;
+    h.roots().with_soft(|root| {
+        root.vmx().set_hook(move |c: &mut GuestCpu<'_>| {
+            n += 1;
+            if n == 1 {
+                c.exit(30, 0x03f8_0000, 1) // OUT DX, AL to 0x3f8
+            } else {
+                c.exit(12, 0, 1) // HLT
+            }
+        })
+    });
+    let before = call(&h, vc, &ioctl::HAX_VCPU_GET_REGS, &[], &mut [0; 512]).map(|_| ());
+    assert_eq!(before, Ok(()));
+    assert_eq!(
+        call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []),
+        Ok(0)
+    );
+    let t = tunnel(&h, vc);
+    assert_eq!(t.status(), Ok(rhax_api::ExitStatus::Io));
+    assert_eq!(
+        call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []),
+        Ok(0)
+    );
+    assert_eq!(tunnel(&h, vc).status(), Ok(rhax_api::ExitStatus::Hlt));
+    let mut out = vec![0u8; VcpuStats::SIZE];
+    call(
+        &h,
+        vc,
+        &rhax_api::ext::RHAX_VCPU_IOCTL_GET_STATS,
+        &[],
+        &mut out,
+    )
+    .unwrap();
+    let s = VcpuStats::from_bytes(&out).unwrap();
+    assert_eq!(s.runs, 2);
+    assert_eq!(s.reason(30).unwrap().exits, 1);
+    assert_eq!(s.reason(12).unwrap().exits, 1);
+    assert!(s.reason(30).unwrap().vmreads > 0);
+    assert!(s.total.exits >= 2);
+    call(
+        &h,
+        vc,
+        &rhax_api::ext::RHAX_VCPU_IOCTL_RESET_STATS,
+        &[],
+        &mut [],
+    )
+    .unwrap();
+    call(
+        &h,
+        vc,
+        &rhax_api::ext::RHAX_VCPU_IOCTL_GET_STATS,
+        &[],
+        &mut out,
+    )
+    .unwrap();
+    let s = VcpuStats::from_bytes(&out).unwrap();
+    assert_eq!((s.runs, s.total.exits), (0, 0));
+}
+
+#[test]
+fn regs_fpu_msrs_interrupt_through_the_dispatcher() {
     let h = hv(Codes::Windows);
-    let (_, vmh, id) = vm(&h);
-    create_vcpu(&h, vmh, 0).unwrap();
-    let vc = h.open_vcpu(id, 0).unwrap();
-    for def in [&ioctl::HAX_VCPU_IOCTL_RUN, &ioctl::HAX_VCPU_GET_REGS] {
-        let before = h.snapshot();
-        let r = call(&h, vc, def, &[0; 512], &mut [0; 512]);
-        let e = r.expect_err("not yet");
-        assert!(matches!(e.kind, ErrorKind::NotImplemented { .. }), "{e}");
-        assert_eq!(h.snapshot(), before);
-    }
-    // KICKOFF of a vCPU that is not running: nothing to do.
+    let vc = vcpu(&h);
+    let mut regs = [0u8; 512];
+    assert_eq!(
+        call(&h, vc, &ioctl::HAX_VCPU_GET_REGS, &[], &mut regs),
+        Ok(512)
+    );
+    let mut s = rhax_api::VcpuState::from_bytes(&regs).unwrap();
+    assert_eq!(s.rip, 0xfff0, "HAXM's power-on state");
+    s.rip = 0x7c00;
+    s.regs[0] = 0x1234;
+    assert_eq!(
+        call(&h, vc, &ioctl::HAX_VCPU_SET_REGS, s.as_bytes(), &mut []),
+        Ok(0)
+    );
+    call(&h, vc, &ioctl::HAX_VCPU_GET_REGS, &[], &mut regs).unwrap();
+    let back = rhax_api::VcpuState::from_bytes(&regs).unwrap();
+    assert_eq!((back.rip, back.regs[0]), (0x7c00, 0x1234));
+    let fx = rhax_api::FxLayout {
+        fcw: 0x37f,
+        ..Default::default()
+    };
+    assert_eq!(
+        call(
+            &h,
+            vc,
+            &ioctl::HAX_VCPU_IOCTL_SET_FPU,
+            fx.as_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    let mut out = [0u8; 512];
+    assert_eq!(
+        call(&h, vc, &ioctl::HAX_VCPU_IOCTL_GET_FPU, &[], &mut out),
+        Ok(512)
+    );
+    assert_eq!(rhax_api::FxLayout::from_bytes(&out).unwrap().fcw, 0x37f);
+    // SYSENTER_CS through SET_MSRS, read back with GET_MSRS; `done` filled.
+    let mut d = MsrData {
+        nr_msr: 1,
+        ..Default::default()
+    };
+    d.entries[0].entry = 0x174;
+    d.entries[0].value = 0x10;
+    let mut out = [0u8; 520];
+    assert_eq!(
+        call(
+            &h,
+            vc,
+            &ioctl::HAX_VCPU_IOCTL_SET_MSRS,
+            d.as_bytes(),
+            &mut out
+        ),
+        Ok(520)
+    );
+    assert_eq!(MsrData::from_bytes(&out).unwrap().done, 1);
+    d.entries[0].value = 0;
+    call(
+        &h,
+        vc,
+        &ioctl::HAX_VCPU_IOCTL_GET_MSRS,
+        d.as_bytes(),
+        &mut out,
+    )
+    .unwrap();
+    let got = MsrData::from_bytes(&out).unwrap();
+    assert_eq!((got.done, got.entries[0].value), (1, 0x10));
+    assert_eq!(
+        call(
+            &h,
+            vc,
+            &ioctl::HAX_VCPU_IOCTL_INTERRUPT,
+            &0x20u32.to_le_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    // VCPU_DEBUG with ENABLE is not implemented: a clear error.
+    let dbg = rhax_api::VcpuDebug {
+        control: 1,
+        ..Default::default()
+    };
+    let e = call(
+        &h,
+        vc,
+        &ioctl::HAX_IOCTL_VCPU_DEBUG,
+        dbg.as_bytes(),
+        &mut [],
+    )
+    .unwrap_err();
+    assert_eq!(e.nt_status(), nt::STATUS_NOT_IMPLEMENTED, "{e}");
     assert_eq!(
         call(&h, vc, &ioctl::HAX_VCPU_IOCTL_KICKOFF, &[], &mut []),
         Ok(0)
     );
+}
+
+#[test]
+fn cpuid_table_is_the_vms_and_get_cpuid_reports_its_size() {
+    for codes in [Codes::Windows, Codes::Linux] {
+        let h = hv(codes);
+        let (_, vmh, id) = vm(&h);
+        create_vcpu(&h, vmh, 0).unwrap();
+        create_vcpu(&h, vmh, 1).unwrap();
+        let v0 = h.open_vcpu(id, 0).unwrap();
+        let v1 = h.open_vcpu(id, 1).unwrap();
+        // total 0: only the header comes back, with the table's size.
+        let mut hdr = [0u8; 8];
+        let r = call(&h, v0, &ioctl::HAX_VCPU_IOCTL_GET_CPUID, &[0; 8], &mut hdr);
+        if codes == Codes::Windows {
+            assert_eq!(r, Ok(8));
+        } else {
+            let e = r.unwrap_err();
+            assert_eq!(
+                (e.kind, e.errno()),
+                (
+                    ErrorKind::CpuidTooSmall {
+                        total: u32::from_le_bytes(hdr[..4].try_into().unwrap())
+                    },
+                    errno::ENOMEM
+                )
+            );
+        }
+        let total = u32::from_le_bytes(hdr[..4].try_into().unwrap());
+        assert!((1..=64).contains(&total));
+        // Set leaf 0x4000_0000 through vCPU 0, read it through vCPU 1.
+        let entry = rhax_api::CpuidEntry {
+            function: 0x4000_0000,
+            eax: 0x4000_0001,
+            ebx: 0x5848_5248,
+            ..Default::default()
+        };
+        let mut input = 1u32.to_le_bytes().to_vec();
+        input.extend([0; 4]);
+        input.extend(entry.as_bytes());
+        let r = call(&h, v0, &ioctl::HAX_VCPU_IOCTL_SET_CPUID, &input, &mut []);
+        assert_eq!(r, Ok(0));
+        let mut input = 64u32.to_le_bytes().to_vec();
+        input.extend([0; 4]);
+        let need = 8 + 64 * 40;
+        let mut out = vec![0u8; need];
+        let n = call(&h, v1, &ioctl::HAX_VCPU_IOCTL_GET_CPUID, &input, &mut out).unwrap();
+        let got = u32::from_le_bytes(out[..4].try_into().unwrap()) as usize;
+        assert_eq!(n, 8 + got * 40);
+        let found = out[8..n]
+            .chunks_exact(40)
+            .filter_map(rhax_api::CpuidEntry::from_bytes)
+            .any(|e| e.function == 0x4000_0000);
+        assert!(found, "the VM-wide table has the new leaf");
+    }
+}
+
+#[test]
+fn vcpu_work_without_a_vmx_root_is_refused() {
+    let h: Hypervisor<HeapPlatform, NoCpuRoots> = Hypervisor::new(
+        HeapPlatform::new(),
+        NoCpuRoots::default(),
+        Codes::Linux,
+        Ok(
+            negotiate(SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").unwrap()).caps())
+                .unwrap(),
+        ),
+    );
+    let sys = h.open_system();
+    let mut id = [0u8; 4];
+    h.dispatch(
+        sys,
+        code(&ioctl::HAX_IOCTL_CREATE_VM, Codes::Linux),
+        &[],
+        &mut id,
+    )
+    .unwrap();
+    let vmh = h.open_vm(0).unwrap();
+    h.dispatch(
+        vmh,
+        code(&ioctl::HAX_VM_IOCTL_VCPU_CREATE, Codes::Linux),
+        &[0; 4],
+        &mut [],
+    )
+    .unwrap();
+    let vc = h.open_vcpu(0, 0).unwrap();
+    let e = h
+        .dispatch(
+            vc,
+            code(&ioctl::HAX_VCPU_IOCTL_RUN, Codes::Linux),
+            &[],
+            &mut [],
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NoVmxRoot);
+    assert_eq!(e.errno(), errno::ENXIO);
 }
 
 // ---------------------------------------------------------------- threads
@@ -1031,25 +1259,66 @@ fn fuzz_random_ioctl_sequences() {
     let platforms = [Codes::Windows, Codes::Linux, Codes::Darwin, Codes::NetBsd];
     let mut steps = 0u64;
     let mut round = 0;
+    let mut ok: std::collections::BTreeMap<&str, u64> = Default::default();
     while start.elapsed() < budget {
         let codes = platforms[round % platforms.len()];
         round += 1;
         let h = hv(codes);
+        // The guest: each entry exits with HLT, OUT, CPUID or an external interrupt.
+        let mut g = XorShift(seed ^ round as u64);
+        h.roots().with_soft(|root| {
+            root.vmx()
+                .set_hook(move |c: &mut GuestCpu<'_>| match g.below(4) {
+                    0 => c.exit(12, 0, 1),
+                    1 => c.exit(30, 0x03f8_0000, 1),
+                    2 => c.exit(10, 0, 2),
+                    _ => c.exit(1, 0, 0),
+                })
+        });
         let baseline = live_pages(&h);
         let max_vms = if codes == Codes::NetBsd { 8 } else { 64 };
         let mut handles: Vec<Handle> = Vec::new(); // live and closed, both used
         for _ in 0..400 {
             steps += 1;
             let before = h.snapshot();
-            match rng.below(10) {
+            match rng.below(12) {
                 0 => handles.push(h.open_system()),
+                10 | 11 => {
+                    let live: Vec<(u32, u32)> = before
+                        .vms
+                        .iter()
+                        .flat_map(|v| v.vcpus.iter().map(move |c| (v.id, c.0)))
+                        .collect();
+                    if let Some(&(vm, vcpu)) = live.get(rng.below(live.len() as u64 + 1) as usize) {
+                        if let Ok(hd) = h.open_vcpu(vm, vcpu) {
+                            handles.push(hd);
+                        }
+                    }
+                }
+                // Mostly ids that exist, sometimes any.
                 1 => {
-                    if let Ok(hd) = h.open_vm(rng.below(70) as u32) {
+                    let id = match before
+                        .vms
+                        .get(rng.below(before.vms.len() as u64 + 1) as usize)
+                    {
+                        Some(v) if rng.below(4) != 0 => v.id,
+                        _ => rng.below(70) as u32,
+                    };
+                    if let Ok(hd) = h.open_vm(id) {
                         handles.push(hd);
                     }
                 }
                 2 => {
-                    if let Ok(hd) = h.open_vcpu(rng.below(10) as u32, rng.below(18) as u32) {
+                    let live: Vec<(u32, u32)> = before
+                        .vms
+                        .iter()
+                        .flat_map(|v| v.vcpus.iter().map(move |c| (v.id, c.0)))
+                        .collect();
+                    let (vm, vcpu) = match live.get(rng.below(live.len() as u64 + 1) as usize) {
+                        Some(&p) if rng.below(4) != 0 => p,
+                        _ => (rng.below(10) as u32, rng.below(18) as u32),
+                    };
+                    if let Ok(hd) = h.open_vcpu(vm, vcpu) {
                         handles.push(hd);
                     }
                 }
@@ -1070,18 +1339,29 @@ fn fuzz_random_ioctl_sequences() {
                             },
                         };
                         Handle::forge(kind, rng.next())
+                    } else if rng.below(2) == 0 {
+                        // Recent handles are more often alive (and vCPU handles come last).
+                        let back = rng.below(handles.len().min(4) as u64) as usize;
+                        handles[handles.len() - 1 - back]
                     } else {
                         handles[rng.below(handles.len() as u64) as usize]
                     };
-                    let c = if rng.below(8) == 0 {
-                        rng.next() as u32
-                    } else {
-                        let d = all[rng.below(all.len() as u64) as usize];
-                        d.code(codes).unwrap_or(rng.next() as u32)
+                    // Mostly a code of the handle's device, with the sizes it needs.
+                    let own: Vec<&&IoctlDef> = all
+                        .iter()
+                        .filter(|d| d.scope == handle.scope() && d.code(codes).is_some())
+                        .collect();
+                    let def = match rng.below(8) {
+                        0 => None,
+                        1 => Some(all[rng.below(all.len() as u64) as usize]),
+                        _ => Some(*own[rng.below(own.len() as u64) as usize]),
                     };
-                    let lin = match rng.below(4) {
-                        0 => 0,
-                        1 => rng.below(600) as usize,
+                    let c = def.and_then(|d| d.code(codes)).unwrap_or(rng.next() as u32);
+                    let exact = def.and_then(needs).filter(|_| rng.below(3) != 0);
+                    let lin = match (exact, rng.below(4)) {
+                        (Some((n, _)), _) => n,
+                        (None, 0) => 0,
+                        (None, 1) => rng.below(600) as usize,
                         _ => [4, 8, 16, 24, 40, 72, 512, 520][rng.below(8) as usize],
                     };
                     let mut input: Vec<u8> = (0..lin).map(|_| rng.next() as u8).collect();
@@ -1094,9 +1374,10 @@ fn fuzz_random_ioctl_sequences() {
                     } else if lin >= 4 && rng.below(2) == 0 {
                         input[..4].copy_from_slice(&(rng.below(20) as u32).to_le_bytes());
                     }
-                    let lout = match rng.below(3) {
-                        0 => 0,
-                        1 => rng.below(4000) as usize,
+                    let lout = match (exact, rng.below(3)) {
+                        (Some((_, n)), _) => n,
+                        (None, 0) => 0,
+                        (None, 1) => rng.below(4000) as usize,
                         _ => [4, 8, 16, 24, 512, 520, VcpuStats::SIZE][rng.below(7) as usize],
                     };
                     let mut output = vec![0u8; lout];
@@ -1105,6 +1386,9 @@ fn fuzz_random_ioctl_sequences() {
                     match h.dispatch(handle, c, &input, &mut output) {
                         Ok(n) => {
                             assert!(n <= output.len());
+                            if let Some(d) = IoctlDef::lookup(codes, handle.scope(), c) {
+                                *ok.entry(d.name).or_default() += 1;
+                            }
                             if was_create {
                                 // Lowest free id first.
                                 let id = u32::from_le_bytes(output[..4].try_into().unwrap());
@@ -1142,7 +1426,18 @@ fn fuzz_random_ioctl_sequences() {
         assert_eq!(live_pages(&h), baseline);
     }
     assert!(steps > 1000, "only {steps} steps in {budget:?}");
-    println!("fuzz: {steps} steps, seed {seed:#x}");
+    println!("fuzz: {steps} steps, seed {seed:#x}, successes {ok:?}");
+    // The sequences reach past validation into every object kind.
+    for name in [
+        "HAX_IOCTL_CREATE_VM",
+        "HAX_VM_IOCTL_VCPU_CREATE",
+        "HAX_VCPU_IOCTL_RUN",
+    ] {
+        assert!(
+            ok.get(name).copied().unwrap_or(0) > 0,
+            "{name} never succeeded: {ok:?}"
+        );
+    }
 }
 
 fn check_invariants(h: &Hv, max_vms: u32) {

@@ -25,7 +25,11 @@
 //! | SET/GET_MSRS with `nr_msr` ≥ 32 | `STATUS_INVALID_PARAMETER` | `EFAULT` |
 //! | SET_CPUID `total` 0 / > 64 | `STATUS_UNSUCCESSFUL` | `EINVAL` / `E2BIG` |
 //! | no VMX root on this CPU, VMX instruction failure | `STATUS_UNSUCCESSFUL` | `ENXIO` / `EFAULT` |
-//! | not implemented in rhax yet | `STATUS_NOT_IMPLEMENTED` | `ENOSYS` |
+//! | GET_CPUID `total` below the table's 18+ leaves (header written) | success, 8 bytes | `ENOMEM` |
+//! | RUN: VM entry failed (guest state, controls) | `STATUS_UNSUCCESSFUL` | `EINVAL` |
+//! | RUN: MMIO completion failed in the emulator | `STATUS_UNSUCCESSFUL` | handler returns **+1** ([`DispatchError::posix_return`]) |
+//! | SET/GET_REGS, MSRS, DEBUG: VMCS not loadable | `STATUS_UNSUCCESSFUL` | `EFAULT` |
+//! | not implemented in rhax yet (VCPU_DEBUG with ENABLE) | `STATUS_NOT_IMPLEMENTED` | `ENOSYS` |
 //!
 //! **Linux quirk not reproduced:** HAXM's Linux VM and system handlers return 0 for an unknown
 //! code (`haxm-abi.md` §8, quirk 12). rhax answers `ENOSYS` there, like HAXM on macOS: no known
@@ -42,6 +46,8 @@ use rhax_api::{Platform as Codes, Scope};
 
 use crate::memory::MemoryError;
 use crate::platform::PlatformError;
+use crate::vcpu::cpuid::CpuidError;
+use crate::vcpu::haxm::HaxError;
 
 /// NTSTATUS values a Windows shell completes an IRP with (`ntstatus.h`).
 pub mod nt {
@@ -179,6 +185,14 @@ pub enum ErrorKind {
         /// What is missing.
         what: &'static str,
     },
+    /// The HAXM vCPU refused or failed the request.
+    Vcpu(HaxError),
+    /// GET_CPUID with `total` below the table's size: only the header (with the size) was
+    /// written (POSIX `ENOMEM`; Windows reports success instead).
+    CpuidTooSmall {
+        /// The number of leaves the table holds.
+        total: u32,
+    },
 }
 
 /// A failed IOCTL or handle operation, with what HAXM's answer depends on.
@@ -248,8 +262,13 @@ impl DispatchError {
             // SET_RAM, SET_RAM2, PROTECT_RAM: -EINVAL → INVALID_PARAMETER, else UNSUCCESSFUL.
             ErrorKind::Memory(e) if e.is_invalid_argument() => STATUS_INVALID_PARAMETER,
             ErrorKind::TooManyMsrs { .. } => STATUS_INVALID_PARAMETER,
-            ErrorKind::NotImplemented { .. } => STATUS_NOT_IMPLEMENTED,
-            ErrorKind::Memory(_)
+            ErrorKind::NotImplemented { .. } | ErrorKind::Vcpu(HaxError::Unsupported(_)) => {
+                STATUS_NOT_IMPLEMENTED
+            }
+            ErrorKind::Vcpu(HaxError::TooManyMsrs { .. }) => STATUS_INVALID_PARAMETER,
+            ErrorKind::Vcpu(_)
+            | ErrorKind::CpuidTooSmall { .. }
+            | ErrorKind::Memory(_)
             | ErrorKind::VmsExist
             | ErrorKind::MemLimitOverflow { .. }
             | ErrorKind::NotWorking
@@ -302,11 +321,30 @@ impl DispatchError {
             ErrorKind::NoVmxRoot => ENXIO,
             ErrorKind::Vmx => EFAULT,
             ErrorKind::NotImplemented { .. } => enosys,
+            ErrorKind::CpuidTooSmall { .. } => ENOMEM,
+            // HAXM's VCPU_CREATE turns every failure into -EINVAL.
+            ErrorKind::Vcpu(_) if self.is(&ioctl::HAX_VM_IOCTL_VCPU_CREATE) => EINVAL,
+            ErrorKind::Vcpu(e) => match e {
+                // RUN: a failed VM entry is -EINVAL (`_exit_status = HAX_EXIT_UNKNOWN`).
+                HaxError::EntryFailed(_) | HaxError::InvalidGuestState { .. } => EINVAL,
+                HaxError::TooManyMsrs { .. } => EFAULT,
+                HaxError::Cpuid(CpuidError::Empty) => EINVAL,
+                HaxError::Cpuid(CpuidError::TooMany { .. }) => E2BIG,
+                HaxError::Unsupported(_) => enosys,
+                HaxError::Create(_) | HaxError::Platform(_) => ENOMEM,
+                // SET/GET_REGS: -EFAULT when the VMCS cannot be loaded.
+                HaxError::Vmcs(_) | HaxError::Memory(_) | HaxError::EmulationFailed => EFAULT,
+            },
         }
     }
 
-    /// What a POSIX ioctl handler returns: `-errno()`.
+    /// What HAXM's POSIX ioctl handler returns: `-errno()`, except **+1** when RUN failed to
+    /// complete an MMIO access with the instruction emulator (the vCPU has panicked,
+    /// `haxm-abi.md` §2 RUN).
     pub fn posix_return(&self) -> i32 {
+        if self.kind == ErrorKind::Vcpu(HaxError::EmulationFailed) {
+            return 1;
+        }
         -self.errno()
     }
 }
@@ -347,6 +385,10 @@ impl fmt::Display for DispatchError {
             ErrorKind::NoVmxRoot => f.write_str("VMX is not enabled on this CPU"),
             ErrorKind::Vmx => f.write_str("VMX instruction failed"),
             ErrorKind::NotImplemented { what } => write!(f, "not implemented yet: {what}"),
+            ErrorKind::Vcpu(e) => write!(f, "vCPU: {e:?}"),
+            ErrorKind::CpuidTooSmall { total } => {
+                write!(f, "room for fewer than the {total} CPUID leaves held")
+            }
         }
     }
 }

@@ -58,10 +58,8 @@
 //! the table locks; closing removes the object from the table first (so no new request can
 //! find it) and then waits on its lock for a request still in flight before tearing down.
 
-mod backend;
 mod error;
 mod roots;
-mod stats;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -80,12 +78,15 @@ use spin::{Mutex, RwLock};
 
 pub use error::{errno, nt, DispatchError, ErrorKind};
 pub use roots::{CpuRoots, NoCpuRoots, RootUnavailable, SoftCpuRoots, UserMapping};
-pub use stats::vcpu_stats;
 
 use crate::memory::{GuestMemory, InveptRequest, MemoryError, MemorySnapshot};
 use crate::platform::{CpuIndex, Platform};
+use crate::vcpu::cpuid::CpuidTable;
+use crate::vcpu::guest::MappedGuestMemory;
+use crate::vcpu::haxm::{HaxError, HaxVcpu};
+use crate::vcpu::RunError;
 use crate::vmx::negotiate::{OptionalFeatures, VmxControls};
-use backend::VcpuBackend;
+use crate::vmx::root::VmxRoot;
 
 /// The host encoding of IOCTL codes a hypervisor serves.
 pub type Codes = rhax_api::Platform;
@@ -171,6 +172,9 @@ struct VmObject {
     creator: Option<u64>,
     eptp: u64,
     memory: RwLock<Option<GuestMemory>>,
+    /// The VM's CPUID table, shared by its vCPUs; replaced whole by SET_CPUID (copy on
+    /// write), so RUN holds a reference without a lock.
+    cpuid: Mutex<Arc<CpuidTable>>,
     state: Mutex<VmState>,
 }
 
@@ -180,7 +184,7 @@ struct VcpuObject {
     running_on: AtomicU32,
     user_tunnel: u64,
     user_io_buffer: u64,
-    backend: Mutex<Option<VcpuBackend>>,
+    backend: Mutex<Option<HaxVcpu>>,
 }
 
 struct Table {
@@ -226,6 +230,7 @@ pub struct Hypervisor<P: Platform + UserMapping, R: CpuRoots> {
     host: Result<VmxControls, CapabilityFailure>,
     next_serial: AtomicU64,
     table: Mutex<Table>,
+    cpuid_template: CpuidTable,
 }
 
 type Res<T> = Result<T, DispatchError>;
@@ -318,7 +323,15 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 systems: Vec::new(),
                 mem_limit: Some(DEFAULT_MEM_QUOTA),
             }),
+            cpuid_template: default_cpuid(),
         }
+    }
+
+    /// Replaces the CPUID table new VMs start from (default: the host's, filtered by
+    /// [`CpuidTable::new`]).
+    pub fn with_cpuid(mut self, table: CpuidTable) -> Self {
+        self.cpuid_template = table;
+        self
     }
 
     /// The platform.
@@ -348,18 +361,22 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         self.next_serial.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The capability bits rhax really implements today (`haxm-abi.md` §5). FASTMMIO,
-    /// RAM_PROTECTION, DEBUG, IMPLICIT_RAMBLOCK and CPUID follow once the HAXM vCPU serves
-    /// the exits and IOCTLs behind them.
+    /// The capability bits rhax really implements today (`haxm-abi.md` §5): all of HAXM
+    /// 7.8.0's but DEBUG (VCPU_DEBUG with ENABLE, single-step and breakpoints, is refused by
+    /// the HAXM vCPU).
     pub fn capability_features(&self) -> Option<CapabilityFeatures> {
         self.host.as_ref().ok().map(|_| {
             // EPT and unrestricted guest are required by negotiation (vmx::negotiate), so a
             // working host has both.
             CapabilityFeatures::EPT
                 | CapabilityFeatures::UG
+                | CapabilityFeatures::FASTMMIO
                 | CapabilityFeatures::RAMBLOCK_64BIT
                 | CapabilityFeatures::SETRAM_64BIT
                 | CapabilityFeatures::TUNNEL_PAGE
+                | CapabilityFeatures::RAM_PROTECTION
+                | CapabilityFeatures::IMPLICIT_RAMBLOCK
+                | CapabilityFeatures::CPUID
         })
     }
 
@@ -402,6 +419,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             creator,
             eptp,
             memory: RwLock::new(Some(memory)),
+            cpuid: Mutex::new(Arc::new(self.cpuid_template.clone())),
             state: Mutex::new(VmState {
                 handle: None,
                 closed: false,
@@ -574,12 +592,16 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let (tunnel, io) = b.tunnel_pages();
         self.platform.unmap_user(obj.user_tunnel, tunnel);
         self.platform.unmap_user(obj.user_io_buffer, io);
-        if let Some(cpu) = b.vcpu.resident_cpu() {
+        if let Some(cpu) = b.core().resident_cpu() {
             // VMCLEAR where the VMCS is active (SDM Vol. 3C §25.11.1) before its page is freed.
-            let vcpu = &mut b.vcpu;
-            let _ = self.roots.with_cpu(cpu, |root| vcpu.unload(root));
+            let core = b.core();
+            let _ = self.roots.with_cpu(cpu, |root| core.unload(root));
         }
-        b.destroy(&self.platform);
+        if let Err(still_active) = b.destroy(&self.platform) {
+            // Its VMCS could not be cleared: a CPU may still use the pages, so they are
+            // leaked rather than handed back.
+            core::mem::forget(still_active);
+        }
     }
 
     fn destroy_vm(&self, vm: &VmObject) {
@@ -862,13 +884,13 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             .as_ref()
             .map_err(|_| ctx.err(ErrorKind::NotWorking))?;
         // Build outside the locks (allocation), then insert if the id is still free.
-        let backend = VcpuBackend::new(&self.platform, controls, vm.id, id, vm.eptp)
-            .map_err(|e| ctx.err(ErrorKind::Platform(e)))?;
+        let backend = HaxVcpu::new(&self.platform, controls, vm.id, id, vm.eptp)
+            .map_err(|e| ctx.err(ErrorKind::Vcpu(e)))?;
         let (tunnel, io) = backend.tunnel_pages();
         let user_tunnel = match self.platform.map_user(tunnel) {
             Ok(va) => va,
             Err(e) => {
-                backend.destroy(&self.platform);
+                let _ = backend.destroy(&self.platform);
                 return Err(ctx.err(ErrorKind::Platform(e)));
             }
         };
@@ -876,7 +898,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             Ok(va) => va,
             Err(e) => {
                 self.platform.unmap_user(user_tunnel, tunnel);
-                backend.destroy(&self.platform);
+                let _ = backend.destroy(&self.platform);
                 return Err(ctx.err(ErrorKind::Platform(e)));
             }
         };
@@ -898,9 +920,52 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         Ok(())
     }
 
+    /// Runs `f` on the current CPU's VMX root with the vCPU's VMCS usable there: if the VMCS
+    /// is active on another CPU it is VMCLEARed there first (SDM Vol. 3C §25.11.1), through
+    /// [`CpuRoots::with_cpu`], outside the non-preemptible region. The vCPU lock is held by
+    /// the caller.
+    fn on_this_cpu<T>(
+        &self,
+        hax: &mut HaxVcpu,
+        ctx: Ctx,
+        mut f: impl FnMut(&mut HaxVcpu, &mut VmxRoot<R::Vmx>) -> Result<T, HaxError>,
+    ) -> Res<T> {
+        // A thread may be moved between the attempts; two moves in a row are unlikely, three
+        // mean something is wrong.
+        for _ in 0..3 {
+            let r = self
+                .roots
+                .with_current(|root| {
+                    match hax.core().resident_cpu() {
+                        Some(cpu) if cpu != root.cpu() => return Err(OnCpu::Migrate(cpu)),
+                        _ => {}
+                    }
+                    f(hax, root).map_err(OnCpu::Hax)
+                })
+                .map_err(|_| ctx.err(ErrorKind::NoVmxRoot))?;
+            let cpu = match r {
+                Ok(v) => return Ok(v),
+                Err(OnCpu::Migrate(cpu))
+                | Err(OnCpu::Hax(HaxError::Vmcs(RunError::ActiveElsewhere { cpu }))) => cpu,
+                Err(OnCpu::Hax(e)) => return Err(ctx.err(ErrorKind::Vcpu(e))),
+            };
+            let core = hax.core();
+            self.roots
+                .with_cpu(cpu, |root| core.unload(root))
+                .map_err(|_| ctx.err(ErrorKind::NoVmxRoot))?
+                .map_err(|e| ctx.err(ErrorKind::Vcpu(HaxError::Vmcs(e))))?;
+        }
+        Err(
+            ctx.err(ErrorKind::Vcpu(HaxError::Vmcs(RunError::ActiveElsewhere {
+                cpu: self.platform.current_cpu(),
+            }))),
+        )
+    }
+
+    #[allow(clippy::too_many_lines)]
     fn vcpu_ioctl(
         &self,
-        _vm: &Arc<VmObject>,
+        vm: &Arc<VmObject>,
         vcpu: &Arc<VcpuObject>,
         def: &'static IoctlDef,
         ctx: Ctx,
@@ -908,16 +973,17 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         output: &mut [u8],
     ) -> Res<usize> {
         use rhax_api::ext::{VcpuStats, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_RESET_STATS};
-        use rhax_api::{FxLayout, VcpuDebug, VcpuState};
-        let waiting = |what| Err(ctx.err(ErrorKind::NotImplemented { what }));
+        use rhax_api::{CpuidEntry, FxLayout, VcpuDebug, VcpuState};
+        // Requests that need no vCPU state come first: they must not wait for a RUN.
         match *def {
             codes::HAX_VCPU_IOCTL_KICKOFF => {
-                // No lock: RUN holds the vCPU's. A vCPU not in the guest has nothing to leave.
+                // No lock: RUN holds the vCPU's. A vCPU not in the guest has nothing to leave;
+                // one about to enter sees the user-event/kick state V's run loop checks.
                 let cpu = vcpu.running_on.load(Ordering::Acquire);
                 if cpu != NOT_RUNNING {
                     self.platform.kick(cpu as CpuIndex);
                 }
-                Ok(0)
+                return Ok(0);
             }
             codes::HAX_VCPU_IOCTL_SETUP_TUNNEL => {
                 ctx.sizes(input, 0, output, TunnelInfo::SIZE)?;
@@ -929,83 +995,150 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                     size: HAX_TUNNEL_PAGE_SIZE,
                     pad: [0; 6],
                 };
-                ctx.write(&info, output)
-            }
-            RHAX_VCPU_IOCTL_GET_STATS => {
-                ctx.sizes(input, 0, output, VcpuStats::SIZE)?;
-                let stats = {
-                    let b = vcpu.backend.lock();
-                    let b = b
-                        .as_ref()
-                        .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
-                    vcpu_stats(&b.vcpu.stats().snapshot(), b.runs, b.user_exits)
-                };
-                ctx.write(&stats, output)
-            }
-            RHAX_VCPU_IOCTL_RESET_STATS => {
-                let mut b = vcpu.backend.lock();
-                let b = b
-                    .as_mut()
-                    .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
-                b.vcpu.reset_stats();
-                b.runs = 0;
-                b.user_exits = 0;
-                Ok(0)
-            }
-            codes::HAX_VCPU_IOCTL_RUN => waiting("RUN (HAXM vCPU)"),
-            codes::HAX_VCPU_IOCTL_SET_MSRS | codes::HAX_VCPU_IOCTL_GET_MSRS => {
-                ctx.sizes(input, MsrData::SIZE, output, MsrData::SIZE)?;
-                let d: MsrData = ctx.read(input)?;
-                // At most 31 per call (`haxm-abi.md` §8 quirk 4).
-                if usize::from(d.nr_msr) >= HAX_MAX_MSR_ARRAY {
-                    return Err(ctx.err(ErrorKind::TooManyMsrs { nr_msr: d.nr_msr }));
-                }
-                waiting("SET/GET_MSRS (HAXM vCPU)")
-            }
-            codes::HAX_VCPU_IOCTL_SET_FPU => {
-                ctx.sizes(input, FxLayout::SIZE, output, 0)?;
-                waiting("SET_FPU (HAXM vCPU)")
-            }
-            codes::HAX_VCPU_IOCTL_GET_FPU => {
-                ctx.sizes(input, 0, output, FxLayout::SIZE)?;
-                waiting("GET_FPU (HAXM vCPU)")
-            }
-            codes::HAX_VCPU_SET_REGS => {
-                ctx.sizes(input, VcpuState::SIZE, output, 0)?;
-                waiting("SET_REGS (HAXM vCPU)")
-            }
-            codes::HAX_VCPU_GET_REGS => {
-                ctx.sizes(input, 0, output, VcpuState::SIZE)?;
-                waiting("GET_REGS (HAXM vCPU)")
-            }
-            codes::HAX_VCPU_IOCTL_INTERRUPT => {
-                ctx.sizes(input, 4, output, 0)?;
-                waiting("INTERRUPT (HAXM vCPU)")
-            }
-            codes::HAX_IOCTL_VCPU_DEBUG => {
-                ctx.sizes(input, VcpuDebug::SIZE, output, 0)?;
-                waiting("VCPU_DEBUG (HAXM vCPU)")
+                return ctx.write(&info, output);
             }
             codes::HAX_VCPU_IOCTL_SET_CPUID => {
+                // The table is the VM's (`haxm-abi.md` §2): replaced whole, so running vCPUs
+                // keep the one they started with until their next RUN.
                 let header = self.cpuid_header(input, ctx)?;
                 let need = self.cpuid_bytes(header.total, ctx)?;
                 ctx.sizes(input, need, output, 0)?;
-                waiting("SET_CPUID (VM CPUID table)")
+                let entries: Vec<CpuidEntry> = input[core::mem::size_of::<CpuidHeader>()..need]
+                    .chunks_exact(CpuidEntry::SIZE)
+                    .filter_map(CpuidEntry::from_bytes)
+                    .collect();
+                let mut slot = vm.cpuid.lock();
+                let mut table = CpuidTable::clone(&slot);
+                HaxVcpu::set_cpuid(&mut table, &entries)
+                    .map_err(|e| ctx.err(ErrorKind::Vcpu(e)))?;
+                *slot = Arc::new(table);
+                return Ok(0);
             }
             codes::HAX_VCPU_IOCTL_GET_CPUID => {
                 let header = self.cpuid_header(input, ctx)?;
-                let need = cpuid_size(header.total.min(HAX_MAX_CPUID_ENTRIES as u32) as usize)
-                    .unwrap_or(usize::MAX);
-                if output.len() < core::mem::size_of::<CpuidHeader>() {
-                    return Err(ctx.err(ErrorKind::OutputSize {
-                        expected: need,
-                        got: output.len(),
-                    }));
+                let room = header.total.min(HAX_MAX_CPUID_ENTRIES as u32) as usize;
+                let need = cpuid_size(room).unwrap_or(usize::MAX);
+                ctx.sizes(input, 0, output, need)?;
+                let table = vm.cpuid.lock().clone();
+                let mut entries = [CpuidEntry::default(); HAX_MAX_CPUID_ENTRIES];
+                let (total, copied) = table.get(&mut entries[..room]);
+                let out_header = CpuidHeader {
+                    total,
+                    pad: 0,
+                    entries: [],
+                };
+                let mut n = ctx.write(&out_header, output)?;
+                if !copied {
+                    // HAXM: `total` too small → the header with the table's size; POSIX
+                    // -ENOMEM (the header is still copied back), Windows success with Info 8.
+                    if ctx.windows() {
+                        return Ok(n);
+                    }
+                    return Err(ctx.err(ErrorKind::CpuidTooSmall { total }));
                 }
-                if ctx.windows() {
-                    ctx.sizes(input, 0, output, need)?;
+                for e in &entries[..total as usize] {
+                    n += ctx.write(e, &mut output[n..])?;
                 }
-                waiting("GET_CPUID (VM CPUID table)")
+                return Ok(n);
+            }
+            _ => {}
+        }
+        // Validate sizes before waiting for the vCPU.
+        let (need_in, need_out) = match *def {
+            codes::HAX_VCPU_IOCTL_RUN | RHAX_VCPU_IOCTL_RESET_STATS => (0, 0),
+            codes::HAX_VCPU_IOCTL_SET_MSRS | codes::HAX_VCPU_IOCTL_GET_MSRS => {
+                (MsrData::SIZE, MsrData::SIZE)
+            }
+            codes::HAX_VCPU_IOCTL_SET_FPU => (FxLayout::SIZE, 0),
+            codes::HAX_VCPU_IOCTL_GET_FPU => (0, FxLayout::SIZE),
+            codes::HAX_VCPU_SET_REGS => (VcpuState::SIZE, 0),
+            codes::HAX_VCPU_GET_REGS => (0, VcpuState::SIZE),
+            codes::HAX_VCPU_IOCTL_INTERRUPT => (4, 0),
+            codes::HAX_IOCTL_VCPU_DEBUG => (VcpuDebug::SIZE, 0),
+            RHAX_VCPU_IOCTL_GET_STATS => (0, VcpuStats::SIZE),
+            _ => {
+                return Err(ctx.err(ErrorKind::UnknownIoctl {
+                    code: def.code(self.codes).unwrap_or(0),
+                }))
+            }
+        };
+        ctx.sizes(input, need_in, output, need_out)?;
+        let mut msrs = None;
+        if need_in == MsrData::SIZE {
+            let d: MsrData = ctx.read(input)?;
+            // At most 31 per call (`haxm-abi.md` §8 quirk 4); checked before any work.
+            if usize::from(d.nr_msr) >= HAX_MAX_MSR_ARRAY {
+                return Err(ctx.err(ErrorKind::TooManyMsrs { nr_msr: d.nr_msr }));
+            }
+            msrs = Some(d);
+        }
+        // The vCPU lock, taken before any non-preemptible region (module documentation).
+        let mut guard = vcpu.backend.lock();
+        let hax = guard
+            .as_mut()
+            .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+        match *def {
+            codes::HAX_VCPU_IOCTL_RUN => {
+                let cpuid = vm.cpuid.lock().clone();
+                let memory = vm.memory.read();
+                let memory = memory
+                    .as_ref()
+                    .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
+                // SAFETY: `UserMapping::guest_page` satisfies `MappedGuestMemory::new`'s
+                // contract (the unsafe trait's requirement).
+                let mapped =
+                    unsafe { MappedGuestMemory::new(memory, &self.platform, P::guest_page) };
+                let running = &vcpu.running_on;
+                let r = self.on_this_cpu(hax, ctx, |hax, root| {
+                    running.store(root.cpu(), Ordering::Release);
+                    let r = hax.run(root, &mapped, &cpuid, &self.platform);
+                    running.store(NOT_RUNNING, Ordering::Release);
+                    r
+                });
+                r.map(|()| 0)
+            }
+            codes::HAX_VCPU_IOCTL_SET_MSRS | codes::HAX_VCPU_IOCTL_GET_MSRS => {
+                let set = *def == codes::HAX_VCPU_IOCTL_SET_MSRS;
+                let mut d = msrs.unwrap_or_default();
+                self.on_this_cpu(hax, ctx, |hax, root| {
+                    if set {
+                        hax.set_msrs(root, &mut d)
+                    } else {
+                        hax.get_msrs(root, &mut d)
+                    }
+                })?;
+                ctx.write(&d, output)
+            }
+            codes::HAX_VCPU_IOCTL_SET_FPU => {
+                let f: FxLayout = ctx.read(input)?;
+                hax.set_fpu(&f);
+                Ok(0)
+            }
+            codes::HAX_VCPU_IOCTL_GET_FPU => ctx.write(&hax.get_fpu(), output),
+            codes::HAX_VCPU_SET_REGS => {
+                let s: VcpuState = ctx.read(input)?;
+                self.on_this_cpu(hax, ctx, |hax, root| hax.set_regs(root, &s))?;
+                Ok(0)
+            }
+            codes::HAX_VCPU_GET_REGS => {
+                let s = self.on_this_cpu(hax, ctx, |hax, root| hax.get_regs(root))?;
+                ctx.write(&s, output)
+            }
+            codes::HAX_VCPU_IOCTL_INTERRUPT => {
+                // Linux copies one byte, Windows and Darwin a u32; only bits 7:0 count.
+                let v: u32 = ctx.read(input)?;
+                hax.interrupt(v & 0xff);
+                Ok(0)
+            }
+            codes::HAX_IOCTL_VCPU_DEBUG => {
+                let d: VcpuDebug = ctx.read(input)?;
+                self.on_this_cpu(hax, ctx, |hax, root| hax.debug(root, &d))?;
+                Ok(0)
+            }
+            RHAX_VCPU_IOCTL_GET_STATS => ctx.write(&hax.stats(), output),
+            RHAX_VCPU_IOCTL_RESET_STATS => {
+                hax.reset_stats();
+                Ok(0)
             }
             _ => Err(ctx.err(ErrorKind::UnknownIoctl {
                 code: def.code(self.codes).unwrap_or(0),
@@ -1069,6 +1202,25 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             vms,
         }
     }
+}
+
+/// The default CPUID table of new VMs.
+fn default_cpuid() -> CpuidTable {
+    #[cfg(target_arch = "x86_64")]
+    {
+        CpuidTable::from_host()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        CpuidTable::new(|_, _| [0; 4])
+    }
+}
+
+/// Why a lent root could not serve a vCPU operation.
+enum OnCpu {
+    /// The vCPU's VMCS is active on this other CPU: clear it there first.
+    Migrate(CpuIndex),
+    Hax(HaxError),
 }
 
 enum Target {

@@ -2,6 +2,9 @@
 //! [`UserMapping`]: how it maps kernel pages (the tunnel, the IO buffer) into the calling
 //! process. Plus the host-test implementations over the software VMX.
 
+use core::ptr::NonNull;
+
+use crate::memory::Translation;
 use crate::platform::{CpuIndex, HeapPlatform, PhysPages, PlatformError};
 use crate::vmx::instructions::InveptType;
 use crate::vmx::root::VmxRoot;
@@ -51,24 +54,41 @@ pub trait CpuRoots {
     fn invept_each_cpu(&self, eptp: u64, single_context: bool);
 }
 
-/// Maps kernel pages into the process calling the dispatcher (HAXM maps the tunnel and the IO
-/// buffer into the process that calls VCPU_CREATE, `haxm-abi.md` §8 quirk 13).
-pub trait UserMapping {
+/// How the shell makes memory reachable: kernel pages (the tunnel, the IO buffer) mapped into
+/// the process calling the dispatcher (HAXM maps them into the process that calls
+/// VCPU_CREATE, `haxm-abi.md` §8 quirk 13), and pinned guest RAM reached from the kernel (for
+/// string IO and the MMIO instruction fetch).
+///
+/// # Safety
+/// [`UserMapping::guest_page`] must satisfy the contract of
+/// [`crate::vcpu::guest::MappedGuestMemory::new`]: for a translation the VM's memory hands
+/// out it returns `None` or a pointer to the rest of that host page, kernel-accessible and
+/// valid for reads and writes while the translation is.
+pub unsafe trait UserMapping {
     /// Maps `pages` into the calling process; returns the user address.
     fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError>;
 
     /// Undoes [`UserMapping::map_user`] (also when the process died: the shell knows how).
     fn unmap_user(&self, user_address: u64, pages: &PhysPages);
+
+    /// The kernel address of the guest byte behind `t` (bare metal: the identity-mapped
+    /// `hpa`; Windows: the system address of the pinned chunk's MDL).
+    fn guest_page(t: &Translation) -> Option<NonNull<u8>>;
 }
 
-/// Host tests and the bare-metal kernel share one address space with the "user": the user
-/// address is the kernel address.
-impl UserMapping for HeapPlatform {
+/// Host tests share one address space with the "user": the user address is the kernel
+/// address. [`HeapPlatform`] cannot pin, so no translation ever reaches `guest_page`.
+// SAFETY: `guest_page` never returns a pointer.
+unsafe impl UserMapping for HeapPlatform {
     fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError> {
         Ok(pages.virt().as_ptr() as u64)
     }
 
     fn unmap_user(&self, _user_address: u64, _pages: &PhysPages) {}
+
+    fn guest_page(_t: &Translation) -> Option<NonNull<u8>> {
+        None
+    }
 }
 
 /// A [`CpuRoots`] for host tests: one CPU (index 0, as [`HeapPlatform`]) whose VMX root is a
