@@ -331,7 +331,6 @@ impl Vcpu {
         *exit_tsc = Some(vmcs.vmx().rdtsc());
         vmcs.on_exit();
         entered.map_err(RunError::Entry)?;
-        vmcs.vmx().stats().close_window();
         let raw = vmcs.exit_reason()?;
         // SDM §27.8: a VM entry that fails while loading guest state leaves the VMCS's launch
         // state as it was; any other exit means the entry succeeded (the VMCS is launched).

@@ -108,17 +108,30 @@ impl VcpuStats {
         self.window.host_cycles += cycles;
     }
 
-    /// Closes the current window (call right after a VM exit, before reading its reason).
-    pub(crate) fn close_window(&mut self) {
-        let w = core::mem::take(&mut self.window);
-        self.per_exit[self.bucket].add(&w);
+    /// Starts the window of a VM exit with this basic reason. Call it right after the VMREAD
+    /// of the exit reason, which belongs to this exit's window.
+    ///
+    /// The open window is folded into its bucket only when the bucket changes: a run of exits
+    /// with one reason (the hot case) just keeps accumulating, which costs nothing per exit, and
+    /// every reader folds the open window in.
+    #[inline]
+    pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
+        let bucket = bucket_of(basic_reason);
+        if bucket != self.bucket {
+            self.switch_bucket(bucket);
+        }
+        self.per_exit[bucket].exits += 1;
     }
 
-    /// Starts the window of a VM exit with this basic reason (after reading it).
-    pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
-        // The exit-reason VMREAD was counted in the fresh window already; only the bucket moves.
-        self.bucket = bucket_of(basic_reason);
-        self.per_exit[self.bucket].exits += 1;
+    #[cold]
+    fn switch_bucket(&mut self, bucket: usize) {
+        let mut w = core::mem::take(&mut self.window);
+        // The exit-reason VMREAD just counted opens the new window.
+        let reason_read = w.vmreads.min(1);
+        w.vmreads -= reason_read;
+        self.per_exit[self.bucket].add(&w);
+        self.window.vmreads = reason_read;
+        self.bucket = bucket;
     }
 
     /// The counters of one bucket, including the still-open window.
@@ -240,6 +253,62 @@ mod tests {
             let want = by_search(e).map_or(NO_FIELD as usize, VmcsField::index);
             assert_eq!(field_index(e), want, "encoding {e:#x}");
         }
+    }
+
+    /// One exit as `Vcpu::run` counts it: work of the previous window, then the exit-reason
+    /// VMREAD, then `begin_exit`.
+    fn exit(s: &mut VcpuStats, reason: u16, reads: u64, writes: u64, cycles: u64) {
+        for _ in 0..reads {
+            s.count_read(VmcsField::GuestRip.encoding());
+        }
+        for _ in 0..writes {
+            s.count_write(VmcsField::GuestRip.encoding());
+        }
+        s.count_other();
+        s.add_host_cycles(cycles);
+        s.count_read(VmcsField::ExitReason.encoding());
+        s.begin_exit(reason);
+    }
+
+    #[test]
+    fn windows_go_to_the_reason_that_opened_them_across_reason_changes() {
+        let mut s = VcpuStats::default();
+        // Setup window (2 reads), then CPUID x3 (1 read, 1 write each), IO x2 (2 reads), HLT.
+        exit(&mut s, 10, 2, 0, 100);
+        exit(&mut s, 10, 1, 1, 10);
+        exit(&mut s, 10, 1, 1, 10);
+        exit(&mut s, 30, 1, 1, 10);
+        exit(&mut s, 30, 2, 0, 20);
+        exit(&mut s, 12, 2, 0, 20);
+        let setup = s.exit(SETUP_BUCKET);
+        assert_eq!(
+            (
+                setup.exits,
+                setup.vmreads,
+                setup.other_vmx,
+                setup.host_cycles
+            ),
+            (0, 2, 1, 100)
+        );
+        // Each exit's window: its reason read + the next window's work.
+        let cpuid = s.exit(10);
+        assert_eq!(
+            (cpuid.exits, cpuid.vmreads, cpuid.vmwrites, cpuid.other_vmx),
+            (3, 3 + 3, 3, 3)
+        );
+        assert_eq!(cpuid.host_cycles, 30);
+        let io = s.exit(30);
+        assert_eq!(
+            (io.exits, io.vmreads, io.vmwrites, io.host_cycles),
+            (2, 2 + 4, 0, 40)
+        );
+        // The open window: HLT's reason read only.
+        let hlt = s.exit(12);
+        assert_eq!((hlt.exits, hlt.vmreads, hlt.other_vmx), (1, 1, 0));
+        let t = s.total();
+        assert_eq!((t.exits, t.vmreads, t.vmwrites), (6, 15, 3));
+        assert_eq!(s.snapshot().per_exit[10], cpuid);
+        assert_eq!(s.snapshot().per_exit[12], hlt);
     }
 
     #[test]
