@@ -13,7 +13,7 @@ use rhax_core::memory::{EptAccess, MemoryError, Resolution};
 use rhax_core::platform::{HeapPlatform, Platform};
 use rhax_core::vcpu::cpuid::{CpuidError, CpuidTable};
 use rhax_core::vcpu::guest::{Backing, GuestMemoryAccess};
-use rhax_core::vcpu::haxm::{HaxError, HaxVcpu, PanicReason};
+use rhax_core::vcpu::haxm::{AfterMemory, HaxError, HaxVcpu, PanicReason, RunStep};
 use rhax_core::vmcs::stats::bucket_of;
 use rhax_core::vmcs::VmcsField;
 use rhax_core::vmx::instructions::reg;
@@ -95,9 +95,17 @@ impl T {
     fn hook(&mut self, f: impl FnMut(&mut GuestCpu<'_>) + 'static) {
         self.root.vmx().set_hook(f);
     }
+    /// One RUN as the dispatcher drives it: steps in the "region", memory work between.
     fn run(&mut self) -> Result<ExitStatus, HaxError> {
-        self.vcpu
-            .run(&mut self.root, &self.mem, &self.cpuid, &self.platform)?;
+        let mut step = self.vcpu.run(&mut self.root, &self.cpuid, &self.platform)?;
+        while let RunStep::NeedMemory(_) = step {
+            if self.vcpu.complete_memory(&self.mem)? == AfterMemory::Done {
+                break;
+            }
+            step = self
+                .vcpu
+                .resume(&mut self.root, &self.cpuid, &self.platform)?;
+        }
         Ok(self.vcpu.with_tunnel(|t| t.status().unwrap()))
     }
     fn rip(&mut self) -> u64 {

@@ -333,7 +333,10 @@ impl DispatchError {
                 HaxError::Unsupported(_) => enosys,
                 HaxError::Create(_) | HaxError::Platform(_) => ENOMEM,
                 // SET/GET_REGS: -EFAULT when the VMCS cannot be loaded.
-                HaxError::Vmcs(_) | HaxError::Memory(_) | HaxError::EmulationFailed => EFAULT,
+                HaxError::Vmcs(_)
+                | HaxError::Memory(_)
+                | HaxError::EmulationFailed
+                | HaxError::NothingToResume => EFAULT,
             },
         }
     }

@@ -83,7 +83,7 @@ use crate::memory::{GuestMemory, InveptRequest, MemoryError, MemorySnapshot};
 use crate::platform::{CpuIndex, Platform};
 use crate::vcpu::cpuid::CpuidTable;
 use crate::vcpu::guest::MappedGuestMemory;
-use crate::vcpu::haxm::{HaxError, HaxVcpu};
+use crate::vcpu::haxm::{AfterMemory, HaxError, HaxVcpu, RunStep};
 use crate::vcpu::RunError;
 use crate::vmx::negotiate::{OptionalFeatures, VmxControls};
 use crate::vmx::root::VmxRoot;
@@ -1089,13 +1089,34 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 let mapped =
                     unsafe { MappedGuestMemory::new(memory, &self.platform, P::guest_page) };
                 let running = &vcpu.running_on;
-                let r = self.on_this_cpu(hax, ctx, |hax, root| {
-                    running.store(root.cpu(), Ordering::Release);
-                    let r = hax.run(root, &mapped, &cpuid, &self.platform);
-                    running.store(NOT_RUNNING, Ordering::Release);
-                    r
-                });
-                r.map(|()| 0)
+                // RUN in steps (vcpu::haxm module documentation): the guest runs inside the
+                // non-preemptible region; an exit that needs guest memory (an EPT violation
+                // may pin, every access takes the memory lock) ends the step, the work is
+                // done here at passive level, and the next step continues. A thread moved
+                // to another CPU in between finds its VMCS cleared there by `on_this_cpu`.
+                let mut first = true;
+                loop {
+                    let step = self.on_this_cpu(hax, ctx, |hax, root| {
+                        running.store(root.cpu(), Ordering::Release);
+                        let r = if first {
+                            hax.run(root, &cpuid, &self.platform)
+                        } else {
+                            hax.resume(root, &cpuid, &self.platform)
+                        };
+                        running.store(NOT_RUNNING, Ordering::Release);
+                        r
+                    })?;
+                    first = false;
+                    if step == RunStep::Done {
+                        return Ok(0);
+                    }
+                    let after = hax
+                        .complete_memory(&mapped)
+                        .map_err(|e| ctx.err(ErrorKind::Vcpu(e)))?;
+                    if after == AfterMemory::Done {
+                        return Ok(0);
+                    }
+                }
             }
             codes::HAX_VCPU_IOCTL_SET_MSRS | codes::HAX_VCPU_IOCTL_GET_MSRS => {
                 let set = *def == codes::HAX_VCPU_IOCTL_SET_MSRS;

@@ -7,7 +7,32 @@
 //! does (CPUID, MSRs, CR access, interrupt window, RAM EPT violations, HLT with a vector
 //! queued) or fill the tunnel and return. RUN returns within a bounded time: the
 //! VMX-preemption timer (when the CPU has it) cuts a guest that never exits after
-//! [`TIME_SLICE_US`], and in-kernel resumes stop after [`RUN_BUDGET_US`].
+//! [`TIME_SLICE_US`], and in-kernel resumes stop after [`RUN_BUDGET_US`] (counted from the
+//! start of the RUN, across all its steps).
+//!
+//! # Steps: no guest-memory work in the non-preemptible region
+//!
+//! [`HaxVcpu::run`] and [`HaxVcpu::resume`] execute inside the shell's non-preemptible region
+//! (`CpuRoots::with_current`: raised IRQL on Windows, interrupts off on bare metal). Guest
+//! memory must not be touched there: resolving an EPT violation may pin user memory
+//! (probe-and-lock, legal only at IRQL <= APC_LEVEL, and it may fault and block), and every
+//! guest-memory access takes [`crate::memory::GuestMemory`]'s spin lock, whose holder may be
+//! a preempted passive-level thread of the same CPU. So neither takes a
+//! [`GuestMemoryAccess`] at all: an exit that needs guest memory (an EPT violation, a string
+//! OUT, the completion of a string IN) ends the step with [`RunStep::NeedMemory`] after
+//! capturing, from the VMCS, everything the memory work needs. The caller leaves the region,
+//! calls [`HaxVcpu::complete_memory`] at passive level and, when that answers
+//! [`AfterMemory::Resume`], re-enters the region and calls [`HaxVcpu::resume`], which finishes
+//! the exit and re-enters the guest (VMRESUME) without redoing anything the first step did.
+//! Exits without memory work (CPUID, MSRs, port IO, HLT, interrupt window) are handled in one
+//! step as before, with no extra VMREAD or VMWRITE.
+//!
+//! Between steps the vCPU is not loaded on any CPU in a way a migration could break: every
+//! step ends with [`Vcpu::put`] (host MSRs and FPU back), dirty VMCS fields stay in the cache
+//! (kept by a VMCLEAR on migration, `VmcsCache::invalidate_all`), and the continuation reads
+//! no VM-exit information field (the first step captured them). Each step starts by making
+//! the VMCS current ([`RunError::ActiveElsewhere`] before any side effect when it is still
+//! active on another CPU, for the caller to VMCLEAR there and retry).
 
 use alloc::boxed::Box;
 
@@ -80,6 +105,102 @@ pub enum HaxError {
     Memory(MemoryError),
     /// Not implemented (VCPU_DEBUG single-step and breakpoints).
     Unsupported(&'static str),
+    /// [`HaxVcpu::resume`] or [`HaxVcpu::complete_memory`] called with no step waiting for
+    /// it (a caller bug; nothing changed).
+    NothingToResume,
+}
+
+/// How one step of RUN inside the non-preemptible region ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStep {
+    /// The RUN is over: the tunnel holds the exit.
+    Done,
+    /// The exit needs guest memory, which must not be touched inside the region: leave it,
+    /// call [`HaxVcpu::complete_memory`], and on [`AfterMemory::Resume`] re-enter it and call
+    /// [`HaxVcpu::resume`]. The request says what is pending (the vCPU keeps its own copy).
+    NeedMemory(MemoryRequest),
+}
+
+/// Guest-memory work a RUN step left for passive level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryRequest {
+    /// The string IN (INS) of the previous exit: `len` bytes of the IO buffer go to guest
+    /// linear address `linear`, translated in the paging mode of that exit.
+    CompleteIns {
+        /// Lowest linear address.
+        linear: u64,
+        /// Bytes (at most 64).
+        len: usize,
+        /// Paging mode at the exit.
+        mode: PagingMode,
+    },
+    /// An EPT violation: resolve it (lazy pin and map of RAM, or MMIO); when it is not RAM,
+    /// fetch the instruction at `fetch` for the MMIO emulator.
+    EptViolation {
+        /// Guest-physical address of the access.
+        gpa: u64,
+        /// Exit-qualification bits 2:0.
+        access: EptAccess,
+        /// The whole exit qualification (for HAX_EXIT_PAGEFAULT's flags).
+        qualification: u64,
+        /// Where the faulting instruction is.
+        fetch: Fetch,
+    },
+    /// A string OUT (OUTS): `len` bytes from guest linear address `linear` go to the IO
+    /// buffer. The exit (HAX_EXIT_IO) is otherwise complete; nothing follows in the region.
+    StringOut {
+        /// Lowest linear address.
+        linear: u64,
+        /// Bytes (at most 64).
+        len: usize,
+        /// Paging mode at the exit.
+        mode: PagingMode,
+    },
+}
+
+/// Where an instruction that faulted on MMIO is, read from the VMCS at the exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    /// Linear address of its first byte (CS base + RIP).
+    pub linear: u64,
+    /// Paging mode.
+    pub mode: PagingMode,
+    /// Decoding mode.
+    pub cpu_mode: CpuMode,
+}
+
+/// What [`HaxVcpu::complete_memory`] leaves to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterMemory {
+    /// Re-enter the non-preemptible region and call [`HaxVcpu::resume`].
+    Resume,
+    /// The RUN is over (the tunnel holds the exit).
+    Done,
+}
+
+/// An EPT violation resolved at passive level, waiting for [`HaxVcpu::resume`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Resolved {
+    gpa: u64,
+    qualification: u64,
+    resolution: Resolution,
+    /// The instruction bytes (when not RAM) or why they could not be read.
+    fetched: [u8; emulate::MAX_LENGTH],
+    got: Result<usize, WalkError>,
+    cpu_mode: CpuMode,
+}
+
+/// Where a RUN stands between its steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// No step waits.
+    Idle,
+    /// [`HaxVcpu::complete_memory`] must do this.
+    Waiting(MemoryRequest),
+    /// The string IN completion is done: [`HaxVcpu::resume`] goes on with the RUN.
+    InsDone,
+    /// [`HaxVcpu::resume`] finishes this EPT violation.
+    Violation(Resolved),
 }
 
 impl From<RunError> for HaxError {
@@ -131,10 +252,11 @@ enum Pending {
     In {
         size: u8,
     },
-    /// INS: `len` bytes from the IO buffer to guest memory at `linear`.
+    /// INS: `len` bytes from the IO buffer to guest memory at `linear` (paging `mode`).
     Ins {
         linear: u64,
         len: usize,
+        mode: PagingMode,
     },
     /// MMIO load: `FastMmio.value` into a register, then RIP += `length`.
     MmioLoad {
@@ -152,7 +274,14 @@ enum Next {
     Resume,
     /// Return to user space with this status.
     User(ExitStatus),
+    /// End the step: guest memory is needed (outside the non-preemptible region).
+    Memory(MemoryRequest),
 }
+
+/// Basic exit reason of IO instructions (SDM Appendix C).
+const EXIT_REASON_IO: u32 = 30;
+/// Basic exit reason of EPT violations.
+const EXIT_REASON_EPT_VIOLATION: u16 = 48;
 
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_DF: u64 = 1 << 10;
@@ -185,6 +314,12 @@ pub struct HaxVcpu {
     window_on: bool,
     runs: u64,
     user_exits: u64,
+    /// Where the RUN in progress stands between steps.
+    step: Step,
+    /// TSC at the start of the RUN's guest loop, and the budget in TSC ticks (it spans all
+    /// the RUN's steps).
+    run_start: u64,
+    run_budget: u64,
 }
 
 fn tsc_ticks(platform: &impl Platform, us: u64) -> u64 {
@@ -244,6 +379,9 @@ impl HaxVcpu {
             window_on: false,
             runs: 0,
             user_exits: 0,
+            step: Step::Idle,
+            run_start: 0,
+            run_budget: 0,
         };
         let apic = v.apic_base;
         v.with_tunnel(|t| t.apic_base = apic);
@@ -329,24 +467,130 @@ impl HaxVcpu {
         self.vectors.iter().any(|&w| w != 0)
     }
 
-    /// `HAX_VCPU_IOCTL_RUN`. Fills the tunnel; `Ok` for every exit status (as HAXM returns 0),
-    /// `Err` for a failed VM entry (status UNKNOWN) or a failed MMIO completion.
-    pub fn run<V: Vmx, M: GuestMemoryAccess + ?Sized, P: Platform>(
+    /// `HAX_VCPU_IOCTL_RUN`, first step (inside the non-preemptible region; see the module
+    /// documentation). Fills the tunnel; `Ok` for every exit status (as HAXM returns 0), `Err`
+    /// for a failed VM entry (status UNKNOWN) or a failed MMIO completion. A RUN abandoned
+    /// between its steps (the caller could not re-enter the region) is not continued: the
+    /// only state kept across steps is a resolved EPT violation or a completed string IN,
+    /// and entering the guest again re-raises the violation (a fault: RIP did not move, SDM
+    /// Vol. 3C §29.3.3.2) or simply goes on.
+    pub fn run<V: Vmx, P: Platform>(
         &mut self,
         root: &mut VmxRoot<V>,
-        mem: &M,
         cpuid: &CpuidTable,
         platform: &P,
-    ) -> Result<(), HaxError> {
+    ) -> Result<RunStep, HaxError> {
+        // Before any side effect: a VMCS still active elsewhere is reported now, so the
+        // caller's VMCLEAR-and-retry repeats nothing.
+        self.core.with_vmcs(root, |_, _| ())?;
         self.runs += 1;
         self.user_exits += 1;
-        let r = self.run_inner(root, mem, cpuid, platform);
-        // The guest's MSRs and FPU go back before the thread can leave the non-preemptible
-        // region the caller holds for this RUN.
+        self.step = Step::Idle;
+        let r = self.start(root, cpuid, platform);
+        self.leave(root);
+        r
+    }
+
+    /// Continues a RUN after [`HaxVcpu::complete_memory`] answered [`AfterMemory::Resume`]
+    /// (inside the non-preemptible region, on any CPU: the caller moves the VMCS as for
+    /// [`HaxVcpu::run`]). [`HaxError::NothingToResume`] if no step waits.
+    pub fn resume<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
+        if !matches!(self.step, Step::InsDone | Step::Violation(_)) {
+            return Err(HaxError::NothingToResume);
+        }
+        self.core.with_vmcs(root, |_, _| ())?;
+        let r = match core::mem::replace(&mut self.step, Step::Idle) {
+            Step::Violation(v) => match self.finish_violation(root, &v) {
+                Ok(next) => {
+                    match self.after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform) {
+                        Ok(Some(step)) => Ok(step),
+                        Ok(None) => self.guest_loop(root, cpuid, platform),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            _ => self.begin_guest(root, cpuid, platform),
+        };
+        self.leave(root);
+        r
+    }
+
+    /// The guest-memory work of the last step, at passive level (outside the non-preemptible
+    /// region): the pins, the memory lock and the copies happen here.
+    pub fn complete_memory<M: GuestMemoryAccess + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<AfterMemory, HaxError> {
+        let Step::Waiting(request) = self.step else {
+            return Err(HaxError::NothingToResume);
+        };
+        self.step = Step::Idle;
+        match request {
+            MemoryRequest::CompleteIns { linear, len, mode } => {
+                self.pending = Pending::None;
+                let len = len.min(64);
+                let mut data = [0u8; 64];
+                data[..len].copy_from_slice(&self.iobuf.bytes_mut()[..len]);
+                if let Err(e) = write_linear(mem, &mode, linear, &data[..len]) {
+                    self.panicked = Some(PanicReason::GuestMemory(e));
+                    return Err(HaxError::EmulationFailed);
+                }
+                self.step = Step::InsDone;
+                Ok(AfterMemory::Resume)
+            }
+            MemoryRequest::StringOut { linear, len, mode } => {
+                let len = len.min(64);
+                let mut buf = [0u8; 64];
+                match read_linear(mem, &mode, linear, &mut buf[..len]) {
+                    Ok(_) => self.iobuf.bytes_mut()[..len].copy_from_slice(&buf[..len]),
+                    // The registers already moved past the elements; the vCPU is dead
+                    // anyway (STATECHANGE on this and every later RUN).
+                    Err(e) => {
+                        self.panicked = Some(PanicReason::GuestMemory(e));
+                        self.set_status(ExitStatus::StateChange, EXIT_REASON_IO);
+                    }
+                }
+                Ok(AfterMemory::Done)
+            }
+            MemoryRequest::EptViolation {
+                gpa,
+                access,
+                qualification,
+                fetch,
+            } => {
+                let resolution = mem.resolve(gpa, access).map_err(HaxError::Memory)?;
+                let mut fetched = [0u8; emulate::MAX_LENGTH];
+                let got = match resolution {
+                    Resolution::Mmio | Resolution::WriteToRom => {
+                        read_linear(mem, &fetch.mode, fetch.linear, &mut fetched)
+                    }
+                    Resolution::Mapped | Resolution::Protected { .. } => Ok(0),
+                };
+                self.step = Step::Violation(Resolved {
+                    gpa,
+                    qualification,
+                    resolution,
+                    fetched,
+                    got,
+                    cpu_mode: fetch.cpu_mode,
+                });
+                Ok(AfterMemory::Resume)
+            }
+        }
+    }
+
+    /// The end of every step: the guest's MSRs and FPU go back before the thread can leave
+    /// the non-preemptible region the caller holds.
+    fn leave<V: Vmx>(&mut self, root: &mut VmxRoot<V>) {
         self.core.put(root);
         let apic = self.apic_base;
         self.with_tunnel(|t| t.apic_base = apic);
-        r
     }
 
     fn set_status(&mut self, status: ExitStatus, reason: u32) {
@@ -356,18 +600,32 @@ impl HaxVcpu {
         });
     }
 
-    fn run_inner<V: Vmx, M: GuestMemoryAccess + ?Sized, P: Platform>(
+    fn start<V: Vmx, P: Platform>(
         &mut self,
         root: &mut VmxRoot<V>,
-        mem: &M,
         cpuid: &CpuidTable,
         platform: &P,
-    ) -> Result<(), HaxError> {
+    ) -> Result<RunStep, HaxError> {
         if self.panicked.is_some() {
             self.set_status(ExitStatus::StateChange, 0);
-            return Ok(());
+            return Ok(RunStep::Done);
         }
-        self.complete_pending(root, mem)?;
+        if let Pending::Ins { linear, len, mode } = self.pending {
+            let request = MemoryRequest::CompleteIns { linear, len, mode };
+            self.step = Step::Waiting(request);
+            return Ok(RunStep::NeedMemory(request));
+        }
+        self.complete_pending(root)?;
+        self.begin_guest(root, cpuid, platform)
+    }
+
+    /// The pause handshake, then the guest loop.
+    fn begin_guest<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
         // Quirk 7: `_exit_reason == 8` written by user space asks for an immediate exit. It is
         // consumed (cleared) so the next RUN runs the guest.
         let pause = self.with_tunnel(|t| {
@@ -379,14 +637,24 @@ impl HaxVcpu {
             p
         });
         if pause {
-            return Ok(());
+            return Ok(RunStep::Done);
         }
-        let start = platform.tsc();
-        let budget = tsc_ticks(platform, RUN_BUDGET_US);
+        self.run_start = platform.tsc();
+        self.run_budget = tsc_ticks(platform, RUN_BUDGET_US);
+        self.guest_loop(root, cpuid, platform)
+    }
+
+    fn guest_loop<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
         loop {
             if self.take_user_event() {
                 self.set_status(ExitStatus::Interrupt, 0);
-                return self.finish_user_exit(root);
+                self.finish_user_exit(root)?;
+                return Ok(RunStep::Done);
             }
             let injected = self.prepare_entry(root)?;
             let exit = match self.core.run(root) {
@@ -409,33 +677,58 @@ impl HaxVcpu {
                 });
             }
             self.after_exit(root, &exit, injected)?;
-            let next = self.handle(root, mem, cpuid, &exit)?;
-            match next {
-                Next::User(status) => {
-                    self.set_status(status, u32::from(exit.basic_reason()));
-                    if status == ExitStatus::StateChange {
-                        return Ok(());
-                    }
-                    if status == ExitStatus::Hlt {
-                        self.finish_user_exit(root)?;
-                        self.with_tunnel(|t| t.ready_for_interrupt_injection = 1);
-                        return Ok(());
-                    }
-                    return self.finish_user_exit(root);
+            let next = self.handle(root, cpuid, &exit)?;
+            if let Some(step) = self.after_handler(root, next, exit.basic_reason(), platform)? {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// Acts on a handler's decision: `Some` ends the step, `None` enters the guest again.
+    fn after_handler<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        next: Next,
+        reason: u16,
+        platform: &P,
+    ) -> Result<Option<RunStep>, HaxError> {
+        match next {
+            Next::User(status) => {
+                self.set_status(status, u32::from(reason));
+                if status == ExitStatus::StateChange {
+                    return Ok(Some(RunStep::Done));
                 }
-                Next::Resume => {
-                    // Rule (b) of status 4: the user asked for a window and the guest can take
-                    // an interrupt now, with nothing of ours queued or being injected.
-                    let wants = self.with_tunnel(|t| t.request_interrupt_window != 0);
-                    if wants && !self.vectors_pending() && self.guest_interruptible(root)? {
-                        self.set_status(ExitStatus::Interrupt, u32::from(exit.basic_reason()));
-                        return self.finish_user_exit(root);
-                    }
-                    if platform.tsc().wrapping_sub(start) >= budget {
-                        self.set_status(ExitStatus::Interrupt, u32::from(exit.basic_reason()));
-                        return self.finish_user_exit(root);
-                    }
+                self.finish_user_exit(root)?;
+                if status == ExitStatus::Hlt {
+                    self.with_tunnel(|t| t.ready_for_interrupt_injection = 1);
                 }
+                Ok(Some(RunStep::Done))
+            }
+            Next::Memory(request) => {
+                if let MemoryRequest::StringOut { .. } = request {
+                    // The exit is complete but for the data: the tunnel is filled now, while
+                    // the VMCS is at hand.
+                    self.set_status(ExitStatus::Io, u32::from(reason));
+                    self.finish_user_exit(root)?;
+                }
+                self.step = Step::Waiting(request);
+                Ok(Some(RunStep::NeedMemory(request)))
+            }
+            Next::Resume => {
+                // Rule (b) of status 4: the user asked for a window and the guest can take
+                // an interrupt now, with nothing of ours queued or being injected.
+                let wants = self.with_tunnel(|t| t.request_interrupt_window != 0);
+                if wants && !self.vectors_pending() && self.guest_interruptible(root)? {
+                    self.set_status(ExitStatus::Interrupt, u32::from(reason));
+                    self.finish_user_exit(root)?;
+                    return Ok(Some(RunStep::Done));
+                }
+                if platform.tsc().wrapping_sub(self.run_start) >= self.run_budget {
+                    self.set_status(ExitStatus::Interrupt, u32::from(reason));
+                    self.finish_user_exit(root)?;
+                    return Ok(Some(RunStep::Done));
+                }
+                Ok(None)
             }
         }
     }
@@ -454,7 +747,7 @@ impl HaxVcpu {
             .with_vmcs(root, |vmcs, _| -> Result<bool, VmFail> {
                 let intr = vmcs.vm_entry_interruption_information()?;
                 Ok(vmcs.guest_rflags()? & RFLAGS_IF != 0
-                    && vmcs.guest_interruptibility_state()? & 3 == 0
+                    && interrupt_shadow(vmcs)? == 0
                     && intr & VALID == 0)
             })??;
         Ok(r)
@@ -482,7 +775,7 @@ impl HaxVcpu {
                     if !injected
                         && queued > 0
                         && vmcs.guest_rflags()? & RFLAGS_IF != 0
-                        && vmcs.guest_interruptibility_state()? & 3 == 0
+                        && interrupt_shadow(vmcs)? == 0
                     {
                         if let Some(v) = highest {
                             vmcs.set_vm_entry_interruption_information(VALID | u32::from(v));
@@ -572,10 +865,9 @@ impl HaxVcpu {
         Ok(())
     }
 
-    fn handle<V: Vmx, M: GuestMemoryAccess + ?Sized>(
+    fn handle<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
-        mem: &M,
         cpuid: &CpuidTable,
         exit: &VmExit,
     ) -> Result<Next, HaxError> {
@@ -648,28 +940,21 @@ impl HaxVcpu {
                 self.cr_access(root, cr)?;
                 Next::Resume
             }
-            VmExit::Io(io) => self.io(root, mem, io)?,
+            VmExit::Io(io) => self.io(root, io)?,
             VmExit::EptViolation {
                 gpa, qualification, ..
             } => {
-                let access = EptAccess::from_exit_qualification(qualification.bits());
-                match mem.resolve(gpa, access) {
-                    Ok(Resolution::Mapped) => Next::Resume,
-                    Ok(Resolution::Mmio) | Ok(Resolution::WriteToRom) => {
-                        self.mmio(root, mem, gpa)?
-                    }
-                    Ok(Resolution::Protected { gpa: page }) => {
-                        self.with_tunnel(|t| {
-                            let pf = t.pagefault_mut();
-                            pf.gpa = page;
-                            pf.flags = (qualification.bits() & 0x3f) as u32;
-                            pf.reserved1 = 0;
-                            pf.reserved2 = 0;
-                        });
-                        Next::User(ExitStatus::PageFault)
-                    }
-                    Err(e) => return Err(HaxError::Memory(e)),
-                }
+                // Resolved outside the region (it may pin). Where the instruction is, for the
+                // MMIO emulator, is read now with the exit's VMCS at hand: the fields are the
+                // ones an MMIO exit reads anyway, so MMIO costs no extra VMREAD and no third
+                // step; a RAM violation (first touch of a chunk, or after a zap) pays them.
+                let fetch = self.fetch_site(root)?;
+                Next::Memory(MemoryRequest::EptViolation {
+                    gpa,
+                    access: EptAccess::from_exit_qualification(qualification.bits()),
+                    qualification: qualification.bits(),
+                    fetch,
+                })
             }
             VmExit::EptMisconfig { gpa } => self.panic(PanicReason::EptMisconfig { gpa }),
             VmExit::ExceptionOrNmi { interruption, .. } => match interruption.kind {
@@ -759,10 +1044,9 @@ impl HaxVcpu {
         })
     }
 
-    fn io<V: Vmx, M: GuestMemoryAccess + ?Sized>(
+    fn io<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
-        mem: &M,
         io: crate::vmcs::exit::IoAccess,
     ) -> Result<Next, HaxError> {
         let inward = io.direction == IoDirection::In;
@@ -837,17 +1121,13 @@ impl HaxVcpu {
         } else {
             la
         };
-        if !inward {
-            let mut buf = [0u8; 64];
-            match read_linear(mem, &mode, lowest, &mut buf[..bytes]) {
-                Ok(_) => {}
-                Err(e) => return Ok(self.panic(PanicReason::GuestMemory(e))),
-            }
-            self.iobuf.bytes_mut()[..bytes].copy_from_slice(&buf[..bytes]);
-        } else {
+        // The bytes of an OUTS are copied after this step (guest memory is not touched in
+        // the region); an INS completes at the next RUN, in the paging mode of this exit.
+        if inward {
             self.pending = Pending::Ins {
                 linear: lowest,
                 len: bytes,
+                mode,
             };
         }
         let index = if inward { reg::RDI } else { reg::RSI };
@@ -881,15 +1161,19 @@ impl HaxVcpu {
         t.flags = rhax_api::tunnel::HAX_IO_FLAG_STRING;
         t.vaddr = lowest;
         self.with_tunnel(|tn| tn.payload = TunnelPayload::from_io(t));
-        Ok(Next::User(ExitStatus::Io))
+        Ok(if inward {
+            Next::User(ExitStatus::Io)
+        } else {
+            Next::Memory(MemoryRequest::StringOut {
+                linear: lowest,
+                len: bytes,
+                mode,
+            })
+        })
     }
 
-    fn mmio<V: Vmx, M: GuestMemoryAccess + ?Sized>(
-        &mut self,
-        root: &mut VmxRoot<V>,
-        mem: &M,
-        gpa: u64,
-    ) -> Result<Next, HaxError> {
+    /// Where the instruction of the exit is, and its decoding mode.
+    fn fetch_site<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<Fetch, HaxError> {
         let (rip, cs_base, cs_ar, mode, rflags) =
             self.core.with_vmcs(root, |vmcs, _| -> Result<_, VmFail> {
                 Ok((
@@ -912,12 +1196,48 @@ impl HaxVcpu {
         } else {
             cs_base.wrapping_add(rip) & 0xffff_ffff
         };
-        let mut bytes = [0u8; emulate::MAX_LENGTH];
-        let got = match read_linear(mem, &mode, linear, &mut bytes) {
-            Ok(n) => n,
-            Err(e) => return Ok(self.panic(PanicReason::GuestMemory(e))),
-        };
-        let insn = match emulate::decode(&bytes[..got], cpu_mode) {
+        Ok(Fetch {
+            linear,
+            mode,
+            cpu_mode,
+        })
+    }
+
+    /// The second step of an EPT violation, resolved at passive level.
+    fn finish_violation<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        v: &Resolved,
+    ) -> Result<Next, HaxError> {
+        Ok(match v.resolution {
+            Resolution::Mapped => Next::Resume,
+            Resolution::Mmio | Resolution::WriteToRom => match v.got {
+                Ok(n) => self.mmio(root, v.gpa, v.fetched.get(..n).unwrap_or(&[]), v.cpu_mode)?,
+                Err(e) => self.panic(PanicReason::GuestMemory(e)),
+            },
+            Resolution::Protected { gpa: page } => {
+                let flags = (v.qualification & 0x3f) as u32;
+                self.with_tunnel(|t| {
+                    let pf = t.pagefault_mut();
+                    pf.gpa = page;
+                    pf.flags = flags;
+                    pf.reserved1 = 0;
+                    pf.reserved2 = 0;
+                });
+                Next::User(ExitStatus::PageFault)
+            }
+        })
+    }
+
+    /// FAST_MMIO for the instruction `bytes` (fetched at passive level) at `gpa`.
+    fn mmio<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        gpa: u64,
+        bytes: &[u8],
+        cpu_mode: CpuMode,
+    ) -> Result<Next, HaxError> {
+        let insn = match emulate::decode(bytes, cpu_mode) {
             Ok(i) => i,
             Err(e) => return Ok(self.panic(PanicReason::Emulation(e))),
         };
@@ -1000,11 +1320,8 @@ impl HaxVcpu {
     }
 
     /// Completes the IN or MMIO read of the previous exit from the IO buffer (quirk 6).
-    fn complete_pending<V: Vmx, M: GuestMemoryAccess + ?Sized>(
-        &mut self,
-        root: &mut VmxRoot<V>,
-        mem: &M,
-    ) -> Result<(), HaxError> {
+    /// A string IN is not completed here but by [`HaxVcpu::complete_memory`] (guest memory).
+    fn complete_pending<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {
         let pending = core::mem::replace(&mut self.pending, Pending::None);
         match pending {
             Pending::None => {}
@@ -1022,15 +1339,7 @@ impl HaxVcpu {
                     _ => v & 0xffff_ffff,
                 };
             }
-            Pending::Ins { linear, len } => {
-                let mut data = [0u8; 64];
-                data[..len].copy_from_slice(&self.iobuf.bytes_mut()[..len]);
-                let mode = self.core.with_vmcs(root, |vmcs, _| Self::paging(vmcs))??;
-                if let Err(e) = write_linear(mem, &mode, linear, &data[..len]) {
-                    self.panicked = Some(PanicReason::GuestMemory(e));
-                    return Err(HaxError::EmulationFailed);
-                }
-            }
+            Pending::Ins { .. } => self.pending = pending,
             Pending::MmioLoad {
                 dest,
                 dest_size,
@@ -1561,6 +1870,19 @@ fn segment_mut(s: &mut VcpuState, i: usize) -> &mut SegmentDesc {
 }
 
 /// The access rights VM entry accepts for what QEMU sends (HAXM `core/cpu.c` fix-ups).
+/// Blocking by STI / by MOV SS (interruptibility bits 1:0) as it applies to the next entry.
+/// The bits saved at an exit describe the instruction after the exiting one; once software
+/// moved RIP past that instruction (HLT skipped inside `sti; hlt`, an emulated OUT, SET_REGS),
+/// the shadow is over (SDM Vol. 3C §27.3.1.5; `clear_stale_interrupt_shadow` clears it in the
+/// VMCS at entry when an event is injected). Without this, `sti; hlt` followed by INTERRUPT
+/// never injects: the stale STI blocking enables a window that the guest's next `cli` closes.
+fn interrupt_shadow<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<u32, VmFail> {
+    if vmcs.cache().is_dirty(VmcsField::GuestRip) {
+        return Ok(0);
+    }
+    Ok(vmcs.guest_interruptibility_state()? & 3)
+}
+
 fn fix_ar(index: usize, ar: u32) -> u32 {
     if ar == 0 {
         return 1 << 16;
