@@ -13,6 +13,7 @@ use rhax_core::memory::{
     PAGE_SIZE,
 };
 use rhax_core::platform::{CpuIndex, PhysPages, PinnedMemory, Platform, PlatformError};
+use rhax_core::vcpu::guest::{Backing, GuestMemoryAccess, MappedGuestMemory};
 
 const MB2: u64 = LARGE_PAGE_SIZE;
 const HPA_BASE: u64 = 0x100_0000_0000;
@@ -39,7 +40,13 @@ struct FakeState {
     next_pin: usize,
     pin_calls: usize,
     unpin_calls: usize,
+    /// Unpinned memory is overwritten with [`POISON`] (as pages handed back to the OS and
+    /// reused): only for pins of real test buffers.
+    poison: bool,
 }
+
+/// What unpinned pages read as when the fake poisons them.
+const POISON: u8 = 0xdb;
 
 struct Fake {
     s: Mutex<FakeState>,
@@ -179,6 +186,12 @@ impl Platform for Fake {
         let mut s = self.s.lock().unwrap();
         assert!(s.pins.remove(&pinned.handle).is_some(), "double unpin");
         s.unpin_calls += 1;
+        if s.poison {
+            // SAFETY: with `poison` set, pins are of live test buffers (the test's contract).
+            unsafe {
+                std::ptr::write_bytes(pinned.user_address as *mut u8, POISON, pinned.len);
+            }
+        }
     }
 
     fn run_on_each_cpu(&self, f: &(dyn Fn(CpuIndex) + Sync)) {
@@ -1202,4 +1215,95 @@ fn concurrent_map_changes_while_vcpus_fault() {
     check_against_model(&fake, &mem, &model, "after concurrency");
     let mem = Arc::try_unwrap(mem).ok().unwrap();
     teardown(&fake, mem);
+}
+
+/// The kernel address of a translated page in these tests: the "user" buffer is this
+/// process's memory, so the host-virtual address is it. Slow on purpose (it spins), to widen
+/// the window between the lookup and the copy that a regression would reopen.
+fn map_slowly(t: &rhax_core::memory::Translation) -> Option<NonNull<u8>> {
+    for _ in 0..2000 {
+        std::hint::spin_loop();
+    }
+    NonNull::new(t.hva as *mut u8)
+}
+
+/// Host-side copies (string IO, MMIO fetch) through `MappedGuestMemory` while another thread
+/// unmaps a STANDALONE block and completes its INVEPT, which unpins it: the fake poisons
+/// unpinned memory, and no copy may ever return poison (a copy after the unpin would). Two
+/// buffers take turns, so an unpinned one stays poisoned for a whole round.
+#[test]
+fn copies_never_reach_memory_unpinned_by_a_concurrent_unmap() {
+    const SIZE: usize = 4 * PAGE_SIZE as usize;
+    const GPA: u64 = 0x10_0000;
+    const PATTERN: u8 = 0x5a;
+    let layout = std::alloc::Layout::from_size_align(SIZE, PAGE_SIZE as usize).unwrap();
+    let bufs: Vec<u64> = (0..2)
+        .map(|_| {
+            // SAFETY: non-zero layout; freed at the end, after every thread is joined.
+            let b = unsafe { std::alloc::alloc(layout) };
+            assert!(!b.is_null());
+            b as u64
+        })
+        .collect();
+    let fake = Arc::new(Fake::new(HpaMode::Contiguous));
+    fake.s.lock().unwrap().poison = true;
+    let mem = Arc::new(GuestMemory::new(&*fake, false).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ram_reads = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for t in 0..2u64 {
+        let (fake, mem, stop, ram_reads) =
+            (fake.clone(), mem.clone(), stop.clone(), ram_reads.clone());
+        readers.push(std::thread::spawn(move || {
+            // SAFETY: `map_slowly` returns the host-virtual address of the page, which is a
+            // test buffer: live for the whole test and readable while pinned.
+            let guest = unsafe { MappedGuestMemory::new(&mem, &*fake, map_slowly) };
+            let mut rng = Rng(5 + t);
+            let mut data = vec![0u8; PAGE_SIZE as usize];
+            while !stop.load(Ordering::Relaxed) {
+                let page = rng.below(SIZE as u64 / PAGE_SIZE);
+                let off = rng.below(64);
+                let len = PAGE_SIZE as usize - off as usize;
+                let gpa = GPA + page * PAGE_SIZE + off;
+                match guest.read(gpa, &mut data[..len]).unwrap() {
+                    Backing::Ram => {
+                        assert!(
+                            data[..len].iter().all(|&b| b == PATTERN),
+                            "a copy read unpinned (poisoned) memory at {gpa:#x}"
+                        );
+                        ram_reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Backing::NotRam => {}
+                }
+            }
+        }));
+    }
+    let mut unpins = 0;
+    for round in 0..200 {
+        let va = bufs[round % 2];
+        // SAFETY: a live test buffer that no mapping reaches now.
+        unsafe { std::ptr::write_bytes(va as *mut u8, PATTERN, SIZE) };
+        assert_eq!(map(&mem, GPA, SIZE as u64, va, 0x40), None);
+        for _ in 0..20 {
+            std::thread::yield_now();
+        }
+        // A request whenever a reader pinned the block since it was mapped.
+        if let Some(req) = unmap(&mem, GPA, SIZE as u64) {
+            let before = fake.unpin_calls();
+            mem.invept_done(&*fake, req);
+            unpins += fake.unpin_calls() - before;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(ram_reads.load(Ordering::Relaxed) > 0, "the readers saw RAM");
+    assert!(unpins > 0, "unmaps released pins while readers ran");
+    let mem = Arc::try_unwrap(mem).ok().unwrap();
+    teardown(&fake, mem);
+    for b in bufs {
+        // SAFETY: allocated above with this layout; every user is gone.
+        unsafe { std::alloc::dealloc(b as *mut u8, layout) };
+    }
 }

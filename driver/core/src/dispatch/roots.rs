@@ -63,7 +63,8 @@ pub trait CpuRoots {
 /// [`UserMapping::guest_page`] must satisfy the contract of
 /// [`crate::vcpu::guest::MappedGuestMemory::new`]: for a translation the VM's memory hands
 /// out it returns `None` or a pointer to the rest of that host page, kernel-accessible and
-/// valid for reads and writes while the translation is.
+/// valid for reads and writes while the page is pinned. It is called at passive level with
+/// the VM's memory lock held (the copy follows under the same lock), so it must not block.
 pub unsafe trait UserMapping {
     /// Maps `pages` into the calling process; returns the user address.
     fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError>;

@@ -29,7 +29,7 @@
 //! Memory-map changes arrive on the VM handle from any thread (QEMU's main thread, or a vCPU
 //! thread reprogramming a PCI BAR) while other vCPUs run the guest (haxm-clients.md §2.2).
 //! All state lives behind one [`spin::Mutex`]; vCPUs take it only to resolve an EPT violation
-//! or to translate for the emulator, never on the VM-entry path. The lock is only taken where
+//! or to translate and copy for the emulator and string IO, never on the VM-entry path. The lock is only taken where
 //! the thread may block and fault (pinning probes user memory): never with interrupts off or
 //! at raised IRQL, never inside the non-preemptible entry region.
 //!
@@ -43,9 +43,15 @@
 //!   through a page table the zap unlinked. So nothing a zap removes is freed at once: unlinked
 //!   page tables and the pins of dropped STANDALONE blocks are *retired*, tagged with the epoch,
 //!   and handed back to the platform only by [`GuestMemory::invept_done`], which the caller
-//!   calls after that INVEPT completed everywhere (and after no vCPU holds a [`Translation`]
-//!   from before). Guest RAM pages and EPT pages therefore never return to the host while a
+//!   calls after that INVEPT completed everywhere (host-side copies through a [`Translation`]
+//!   happen only inside the lock, see below, so none is in flight then). Guest RAM pages and EPT pages therefore never return to the host while a
 //!   stale translation can reach them.
+//! * **Host-side copies** (string IO, the MMIO instruction fetch, the guest page walk) reach
+//!   guest RAM through the pins too, not through the EPT, and no INVEPT protects them: a copy
+//!   through a [`Translation`] obtained earlier could still run while another thread unmaps
+//!   the page, the INVEPT broadcast completes and [`GuestMemory::invept_done`] unpins it. So
+//!   the kernel copies only inside [`GuestMemory::with_translation`], which holds the lock from
+//!   the lookup to the end of the copy; see there for why that closes the window.
 //! * This module never executes VMX instructions; the caller issues INVEPT (e.g. by IPI to the
 //!   CPUs running the VM's vCPUs, and on the next entry of a vCPU whose CPU has a flushed epoch
 //!   older than [`GuestMemory::epoch`]).
@@ -471,40 +477,48 @@ impl GuestMemory {
         Ok(Resolution::Mapped)
     }
 
-    /// The host page behind `gpa`, for the instruction emulator and string IO: `None` for
-    /// MMIO. Pins the chunk if needed. A protected page is [`MemoryError::Protected`].
+    /// The host page behind `gpa`: `None` for MMIO. Pins the chunk if needed. A protected
+    /// page is [`MemoryError::Protected`]. The result is only an address once the call
+    /// returns: the pin behind it may go as soon as the lock is released (an unmap, then
+    /// [`GuestMemory::invept_done`]). To reach the bytes use [`GuestMemory::with_translation`].
     pub fn translate<P: Platform>(
         &self,
         platform: &P,
         gpa: u64,
     ) -> Result<Option<Translation>, MemoryError> {
+        self.map.lock().translate(platform, gpa)
+    }
+
+    /// Runs `f` with the translation of `gpa` (as [`GuestMemory::translate`]) while holding
+    /// the memory lock: the host page `f` reaches through it stays pinned until `f` returns.
+    /// `f` must be short (a copy of at most a page) and must not call back into this memory.
+    ///
+    /// Why this is enough: a pin is released only by [`GuestMemory::invept_done`] (or by
+    /// [`GuestMemory::destroy`], which owns the memory), and only a pin that a mapping change
+    /// retired; the change retires it in the same critical section that removes the last
+    /// memslot reaching its block, and `invept_done` takes the lock to collect it. `f` runs in
+    /// one critical section with the lookup that found the page through a memslot. Both being
+    /// critical sections of one lock, either the lookup comes first, and the pin is not even
+    /// retired before `f` is done, or the change comes first, and the lookup finds no memslot
+    /// (`f` gets `None`: MMIO). No copy can reach a page after its unpin.
+    ///
+    /// Holding the lock for the copy is cheap: the copies are at most 64 bytes (string IO),
+    /// 15 (instruction fetch) or 8 (page-table entries), and the lock is never taken inside
+    /// the non-preemptible region.
+    pub fn with_translation<P: Platform, R>(
+        &self,
+        platform: &P,
+        gpa: u64,
+        f: impl FnOnce(Option<Translation>) -> R,
+    ) -> Result<R, MemoryError> {
         let mut guard = self.map.lock();
-        let m = &mut *guard;
-        let gfn = gpa / PAGE_SIZE;
-        let Some(slot) = m.slots.find(gfn).copied() else {
-            return Ok(None);
-        };
-        if let Some(p) = m.protections.first_in(gfn, gfn + 1) {
-            return Err(MemoryError::Protected { gpa: p * PAGE_SIZE });
-        }
-        let hva = slot.hva_of(gfn);
-        let block = block_of(&mut m.blocks, slot.block)?;
-        let (chunk, page) = chunk_page(block, hva);
-        let pinned = block.pin_chunk(platform, chunk)?;
-        let hpa = platform
-            .pinned_page(pinned, page)
-            .ok_or(MemoryError::Platform(
-                crate::platform::PlatformError::BadUserAddress,
-            ))?;
-        Ok(Some(Translation {
-            hpa: hpa + gpa % PAGE_SIZE,
-            hva: hva + gpa % PAGE_SIZE,
-            writable: !slot.rom,
-        }))
+        let t = guard.translate(platform, gpa)?;
+        Ok(f(t))
     }
 
     /// The INVEPT of `request` completed on every CPU: frees what changes up to its epoch
-    /// retired.
+    /// retired. Collected under the lock, so never while a [`GuestMemory::with_translation`]
+    /// copy runs (see there).
     pub fn invept_done<P: Platform>(&self, platform: &P, request: InveptRequest) {
         let (tables, pins) = {
             let mut m = self.map.lock();
@@ -607,6 +621,35 @@ fn chunk_page(block: &RamBlock, hva: u64) -> (u64, usize) {
 }
 
 impl MemoryMap {
+    /// [`GuestMemory::translate`] under the lock.
+    fn translate<P: Platform>(
+        &mut self,
+        platform: &P,
+        gpa: u64,
+    ) -> Result<Option<Translation>, MemoryError> {
+        let gfn = gpa / PAGE_SIZE;
+        let Some(slot) = self.slots.find(gfn).copied() else {
+            return Ok(None);
+        };
+        if let Some(p) = self.protections.first_in(gfn, gfn + 1) {
+            return Err(MemoryError::Protected { gpa: p * PAGE_SIZE });
+        }
+        let hva = slot.hva_of(gfn);
+        let block = block_of(&mut self.blocks, slot.block)?;
+        let (chunk, page) = chunk_page(block, hva);
+        let pinned = block.pin_chunk(platform, chunk)?;
+        let hpa = platform
+            .pinned_page(pinned, page)
+            .ok_or(MemoryError::Platform(
+                crate::platform::PlatformError::BadUserAddress,
+            ))?;
+        Ok(Some(Translation {
+            hpa: hpa + gpa % PAGE_SIZE,
+            hva: hva + gpa % PAGE_SIZE,
+            writable: !slot.rom,
+        }))
+    }
+
     /// Maps every page of `slot` whose host page lies in the chunk holding `gfn`'s, except
     /// protected pages (HAXM maps up to 512 PTEs per violation the same way).
     fn fill<P: Platform>(

@@ -34,8 +34,8 @@ pub trait GuestMemoryAccess {
 }
 
 /// How the kernel reaches a translated guest page: a pointer to the byte at `t` that stays
-/// valid while the translation does (bare metal: the identity-mapped `hpa`; Windows: the
-/// system address of the pinned chunk's MDL).
+/// valid while the page is pinned (bare metal: the identity-mapped `hpa`; Windows: the system
+/// address of the pinned chunk's MDL). Called with the memory's lock held (it must not block).
 pub type MapPage = fn(t: &Translation) -> Option<NonNull<u8>>;
 
 /// [`GuestMemoryAccess`] over a VM's [`GuestMemory`].
@@ -51,23 +51,41 @@ impl<'a, P: Platform> MappedGuestMemory<'a, P> {
     /// # Safety
     /// For every translation the memory hands out, `map` returns either `None` or a pointer to
     /// `PAGE_SIZE - (t.hpa % PAGE_SIZE)` bytes of kernel-accessible memory backing exactly
-    /// those guest bytes, valid for reads and writes while the translation is (until the
-    /// mapping changes and [`GuestMemory::invept_done`] ran).
+    /// those guest bytes, valid for reads and writes while the page stays pinned (at least
+    /// until the mapping changes and [`GuestMemory::invept_done`] ran).
     pub unsafe fn new(mem: &'a GuestMemory, platform: &'a P, map: MapPage) -> Self {
         MappedGuestMemory { mem, platform, map }
     }
 
-    fn page(&self, gpa: u64, len: usize, write: bool) -> Result<Option<NonNull<u8>>, MemoryError> {
+    /// Copies between guest page `gpa` and the kernel with `copy(page, len)` inside
+    /// [`GuestMemory::with_translation`]: the copy runs under the memory lock, so a concurrent
+    /// unmap cannot unpin the page before the copy is over (the argument is there).
+    fn copy(
+        &self,
+        gpa: u64,
+        len: usize,
+        write: bool,
+        copy: impl FnOnce(NonNull<u8>),
+    ) -> Result<Backing, MemoryError> {
         if (gpa % PAGE_SIZE) as usize + len > PAGE_SIZE as usize {
             return Err(MemoryError::RangeOverflow);
         }
-        let Some(t) = self.mem.translate(self.platform, gpa)? else {
-            return Ok(None);
-        };
-        if write && !t.writable {
-            return Ok(None);
-        }
-        Ok((self.map)(&t))
+        let map = self.map;
+        self.mem.with_translation(self.platform, gpa, |t| {
+            let Some(t) = t else {
+                return Backing::NotRam;
+            };
+            if write && !t.writable {
+                return Backing::NotRam;
+            }
+            match map(&t) {
+                Some(p) => {
+                    copy(p);
+                    Backing::Ram
+                }
+                None => Backing::NotRam,
+            }
+        })
     }
 }
 
@@ -77,23 +95,21 @@ impl<P: Platform> GuestMemoryAccess for MappedGuestMemory<'_, P> {
     }
 
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<Backing, MemoryError> {
-        let Some(p) = self.page(gpa, buf.len(), false)? else {
-            return Ok(Backing::NotRam);
-        };
-        // SAFETY: by the contract of `new`, `p` maps the rest of the page (checked to hold
-        // `buf.len()` bytes above) for as long as this call; guest memory may change under us
-        // (other vCPUs), which a byte copy tolerates.
-        unsafe { core::ptr::copy_nonoverlapping(p.as_ptr(), buf.as_mut_ptr(), buf.len()) };
-        Ok(Backing::Ram)
+        let len = buf.len();
+        self.copy(gpa, len, false, |p| {
+            // SAFETY: by the contract of `new`, `p` maps the rest of the page (checked by
+            // `copy` to hold `len` bytes) while the page is pinned, which it stays for this
+            // closure (it runs under the memory lock); guest memory may change under us
+            // (other vCPUs), which a byte copy tolerates.
+            unsafe { core::ptr::copy_nonoverlapping(p.as_ptr(), buf.as_mut_ptr(), len) };
+        })
     }
 
     fn write(&self, gpa: u64, data: &[u8]) -> Result<Backing, MemoryError> {
-        let Some(p) = self.page(gpa, data.len(), true)? else {
-            return Ok(Backing::NotRam);
-        };
-        // SAFETY: as in `read`; the page is writable RAM.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr(), data.len()) };
-        Ok(Backing::Ram)
+        self.copy(gpa, data.len(), true, |p| {
+            // SAFETY: as in `read`; `copy` checked that the page is writable RAM.
+            unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), p.as_ptr(), data.len()) };
+        })
     }
 }
 
