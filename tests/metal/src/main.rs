@@ -20,6 +20,8 @@ mod boot;
 mod bootinfo;
 mod console;
 mod guests;
+mod haxm;
+mod hv;
 mod interrupts;
 mod mm;
 mod platform;

@@ -6,6 +6,8 @@
 
 use core::ptr::NonNull;
 
+use rhax_core::dispatch::UserMapping;
+use rhax_core::memory::Translation;
 use rhax_core::platform::{CpuIndex, PhysPages, PinnedMemory, Platform, PlatformError};
 
 use crate::{mm, smp, time};
@@ -78,5 +80,24 @@ impl Platform for Metal {
 
     fn kick(&self, cpu: CpuIndex) {
         smp::kick(cpu as usize);
+    }
+}
+
+// SAFETY: `guest_page` returns the identity-mapped address of `t.hpa`, which lies in the first
+// 4 GiB (pinning accepts nothing else) and stays valid while the translation does (pinned
+// pages are kernel pages the client keeps for the VM's life).
+unsafe impl UserMapping for Metal {
+    /// No user mode: the "user" address of a kernel page is its identity-mapped address.
+    fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError> {
+        Ok(pages.phys())
+    }
+
+    fn unmap_user(&self, _user_address: u64, _pages: &PhysPages) {}
+
+    fn guest_page(t: &Translation) -> Option<NonNull<u8>> {
+        if t.hpa >= IDENTITY_END {
+            return None;
+        }
+        NonNull::new(t.hpa as *mut u8)
     }
 }

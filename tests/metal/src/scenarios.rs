@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
-use crate::{guests, interrupts, mm, println, smp};
+use crate::{guests, haxm, interrupts, mm, println, smp};
 
 /// What scenarios may know about the run.
 pub struct Ctx {
@@ -34,6 +34,12 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("two-vcpus", guests::two_vcpus),
     ("bench-exits", guests::bench_exits),
     ("demo", guests::demo),
+    ("haxm-qemu", haxm::haxm_qemu),
+    ("haxm-pmode", haxm::haxm_pmode),
+    ("haxm-long", haxm::haxm_long),
+    ("haxm-smp", haxm::haxm_smp),
+    ("haxm-bad-input", haxm::haxm_bad_input),
+    ("bench-haxm", haxm::bench_haxm),
 ];
 
 /// Runs the comma-separated list (`all` = every scenario); returns (passed, failed).

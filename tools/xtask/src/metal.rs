@@ -32,6 +32,11 @@ pub const TEST_SCENARIOS: &[&str] = &[
     "ept-violation",
     "preemption-timer",
     "two-vcpus",
+    "haxm-qemu",
+    "haxm-pmode",
+    "haxm-long",
+    "haxm-smp",
+    "haxm-bad-input",
 ];
 /// A model without unrestricted guest, where rhax must refuse cleanly (scenario `refuse`).
 pub const REFUSE_MODEL: &str = "corei5_lynnfield_750";
