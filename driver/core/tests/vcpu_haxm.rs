@@ -2,7 +2,7 @@
 //! plays guest RAM (everything at or above 1 MiB is MMIO). Each exit status of haxm-abi.md §4,
 //! the completions at the next RUN, event injection, register/MSR/CPUID IOCTLs, bad inputs.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use rhax_api::cpuid::CpuidEntry;
@@ -10,10 +10,11 @@ use rhax_api::msr::{MsrData, VmxMsr};
 use rhax_api::tunnel::{ExitStatus, FastMmio, HAX_EXIT_REASON_PAUSE_REQUEST};
 use rhax_api::Pod;
 use rhax_core::memory::{EptAccess, MemoryError, Resolution};
+use rhax_core::platform::{CpuIndex, PhysPages, PinnedMemory, PlatformError};
 use rhax_core::platform::{HeapPlatform, Platform};
 use rhax_core::vcpu::cpuid::{CpuidError, CpuidTable};
 use rhax_core::vcpu::guest::{Backing, GuestMemoryAccess};
-use rhax_core::vcpu::haxm::{AfterMemory, HaxError, HaxVcpu, PanicReason, RunStep};
+use rhax_core::vcpu::haxm::{AfterMemory, HaxError, HaxVcpu, MemoryRequest, PanicReason, RunStep};
 use rhax_core::vmcs::stats::bucket_of;
 use rhax_core::vmcs::VmcsField;
 use rhax_core::vmx::instructions::reg;
@@ -24,10 +25,12 @@ use rhax_core::vmx::soft::{msrs_from_tsv, GuestCpu, SoftVmx};
 const TSV: &str = include_str!("data/bochs-vmx-msrs.tsv");
 const RAM: usize = 0x10_0000;
 
-struct Ram(RefCell<Vec<u8>>);
+/// Guest RAM, and how many calls reached it.
+struct Ram(RefCell<Vec<u8>>, Cell<u32>);
 
 impl GuestMemoryAccess for Ram {
     fn resolve(&self, gpa: u64, _: EptAccess) -> Result<Resolution, MemoryError> {
+        self.1.set(self.1.get() + 1);
         Ok(if (gpa as usize) < RAM {
             Resolution::Mapped
         } else {
@@ -35,6 +38,7 @@ impl GuestMemoryAccess for Ram {
         })
     }
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<Backing, MemoryError> {
+        self.1.set(self.1.get() + 1);
         let m = self.0.borrow();
         match m.get(gpa as usize..gpa as usize + buf.len()) {
             Some(s) => {
@@ -45,6 +49,7 @@ impl GuestMemoryAccess for Ram {
         }
     }
     fn write(&self, gpa: u64, data: &[u8]) -> Result<Backing, MemoryError> {
+        self.1.set(self.1.get() + 1);
         let mut m = self.0.borrow_mut();
         match m.get_mut(gpa as usize..gpa as usize + data.len()) {
             Some(d) => {
@@ -86,7 +91,7 @@ fn setup() -> T {
         platform,
         root,
         vcpu,
-        mem: Ram(RefCell::new(vec![0; RAM])),
+        mem: Ram(RefCell::new(vec![0; RAM]), Cell::new(0)),
         cpuid: CpuidTable::new(host_cpuid),
     }
 }
@@ -107,6 +112,20 @@ impl T {
                 .resume(&mut self.root, &self.cpuid, &self.platform)?;
         }
         Ok(self.vcpu.with_tunnel(|t| t.status().unwrap()))
+    }
+    fn step(&mut self) -> Result<RunStep, HaxError> {
+        self.vcpu.run(&mut self.root, &self.cpuid, &self.platform)
+    }
+    fn resume(&mut self) -> Result<RunStep, HaxError> {
+        self.vcpu
+            .resume(&mut self.root, &self.cpuid, &self.platform)
+    }
+    fn entries(&mut self) -> u64 {
+        let c = &self.root.vmx().counts;
+        c.vmlaunch + c.vmresume
+    }
+    fn status(&mut self) -> ExitStatus {
+        self.vcpu.with_tunnel(|t| t.status().unwrap())
     }
     fn rip(&mut self) -> u64 {
         self.vcpu.get_regs(&mut self.root).unwrap().rip
@@ -654,6 +673,21 @@ fn per_exit_costs_of_the_haxm_loop() {
         );
     }
     measure("IO (OUT)", 30, |c| c.exit(30, 0x03f8_0000, 1), true);
+    let mut cpuid_then_out = false;
+    measure(
+        "CPUID (in kernel, then an OUT)",
+        10,
+        move |c| {
+            cpuid_then_out = !cpuid_then_out;
+            if cpuid_then_out {
+                c.regs.gpr[reg::RAX] = 1;
+                c.exit(10, 0, 2)
+            } else {
+                c.exit(30, 0x03f8_0000, 1)
+            }
+        },
+        true,
+    );
     measure("HLT", 12, |c| c.exit(12, 0, 1), true);
     measure(
         "MMIO (EPT violation, store)",
@@ -674,4 +708,178 @@ fn per_exit_costs_of_the_haxm_loop() {
         },
         false,
     );
+}
+
+/// Guest memory is never reached from inside a step (`run`/`resume` take none): an exit that
+/// needs it ends the step with the request, the caller does the work, the next step goes on.
+#[test]
+fn memory_work_ends_the_step_and_the_next_step_continues() {
+    let mut t = setup();
+    t.mem.0.borrow_mut()[0x500..0x502].copy_from_slice(&[0x11, 0x22]);
+    t.hook(script(vec![
+        // RAM violation: resolved between the steps, then the guest goes on.
+        Box::new(|c| {
+            c.write(VmcsField::GuestPhysicalAddress, 0x2000);
+            c.exit(48, 1, 0);
+        }),
+        // OUTSB (no REP) from 0x500.
+        Box::new(|c| {
+            c.write(VmcsField::GuestLinearAddress, 0x500);
+            c.exit(30, 0x03f8_0000 | 16, 1);
+        }),
+        // INSB (no REP) to 0x600.
+        Box::new(|c| {
+            c.write(VmcsField::GuestLinearAddress, 0x600);
+            c.exit(30, 0x0060_0000 | 8 | 16, 1);
+        }),
+        Box::new(|c| c.exit(12, 0, 1)),
+    ]));
+    let step = t.step().unwrap();
+    let RunStep::NeedMemory(MemoryRequest::EptViolation { gpa, access, .. }) = step else {
+        panic!("{step:?}");
+    };
+    assert_eq!((gpa, access), (0x2000, EptAccess::READ));
+    assert_eq!(t.mem.1.get(), 0, "no memory access inside the step");
+    assert_eq!(t.entries(), 1);
+    assert_eq!(
+        t.resume(),
+        Err(HaxError::NothingToResume),
+        "not resolved yet"
+    );
+    assert_eq!(t.vcpu.complete_memory(&t.mem), Ok(AfterMemory::Resume));
+    assert_eq!(t.mem.1.get(), 1, "resolved once, no fetch for RAM");
+    assert_eq!(
+        t.vcpu.complete_memory(&t.mem),
+        Err(HaxError::NothingToResume)
+    );
+    // The OUTS: the exit is complete in the tunnel but for the bytes.
+    let step = t.resume().unwrap();
+    assert!(matches!(
+        step,
+        RunStep::NeedMemory(MemoryRequest::StringOut {
+            linear: 0x500,
+            len: 1,
+            ..
+        })
+    ));
+    assert_eq!(t.entries(), 2, "the guest resumed once");
+    assert_eq!(t.status(), ExitStatus::Io);
+    t.vcpu.io_buffer_mut()[0] = 0;
+    assert_eq!(t.vcpu.complete_memory(&t.mem), Ok(AfterMemory::Done));
+    assert_eq!(t.vcpu.io_buffer_mut()[0], 0x11);
+    assert_eq!(t.resume(), Err(HaxError::NothingToResume), "RUN over");
+    // The INS exit, then its completion at the next RUN, before any entry.
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    t.vcpu.io_buffer_mut()[0] = 0x77;
+    let entries = t.entries();
+    let step = t.step().unwrap();
+    assert!(matches!(
+        step,
+        RunStep::NeedMemory(MemoryRequest::CompleteIns {
+            linear: 0x600,
+            len: 1,
+            ..
+        })
+    ));
+    assert_eq!(t.entries(), entries);
+    assert_eq!(t.mem.0.borrow()[0x600], 0);
+    assert_eq!(t.vcpu.complete_memory(&t.mem), Ok(AfterMemory::Resume));
+    assert_eq!(t.mem.0.borrow()[0x600], 0x77);
+    assert_eq!(t.resume(), Ok(RunStep::Done));
+    assert_eq!(t.status(), ExitStatus::Hlt);
+    assert_eq!(t.vcpu.stats().runs, 3);
+}
+
+/// A RUN abandoned between its steps (the caller could not re-enter the region) is not
+/// continued by the next RUN: the guest re-executes the faulting instruction, which faults
+/// again, and the MMIO store is reported (and RIP moved) once.
+#[test]
+fn an_abandoned_step_is_retaken_not_replayed() {
+    let mut t = setup();
+    t.mem.0.borrow_mut()[0x1000..0x1002].copy_from_slice(&[0x89, 0x07]); // mov [bx], ax
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cs.base = 0;
+    s.rip = 0x1000;
+    s.regs[reg::RAX] = 0x4321;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    let rips = Rc::new(RefCell::new(Vec::new()));
+    let r2 = rips.clone();
+    t.hook(move |c: &mut GuestCpu<'_>| {
+        r2.borrow_mut().push(c.read(VmcsField::GuestRip));
+        c.write(VmcsField::GuestPhysicalAddress, 0xfee0_0000);
+        c.exit(48, 2, 0);
+    });
+    assert!(matches!(t.step(), Ok(RunStep::NeedMemory(_))));
+    assert_eq!(t.vcpu.complete_memory(&t.mem), Ok(AfterMemory::Resume));
+    // Abandoned: a new RUN instead of `resume`.
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(*rips.borrow(), vec![0x1000, 0x1000]);
+    let m = FastMmio::read_from_prefix(t.vcpu.io_buffer_mut()).unwrap();
+    assert_eq!((m.gpa, m.direction, m.value), (0xfee0_0000, 1, 0x4321));
+    assert_eq!(t.rip(), 0x1002);
+}
+
+/// [`HeapPlatform`] whose clock advances 1 ms per read.
+#[derive(Default)]
+struct FastClock(HeapPlatform, Cell<u64>);
+
+impl Platform for FastClock {
+    fn alloc_pages(&self, count: usize) -> Result<PhysPages, PlatformError> {
+        self.0.alloc_pages(count)
+    }
+    fn free_pages(&self, pages: PhysPages) {
+        self.0.free_pages(pages)
+    }
+    fn pin(&self, a: u64, l: usize) -> Result<PinnedMemory, PlatformError> {
+        self.0.pin(a, l)
+    }
+    fn pinned_page(&self, p: &PinnedMemory, i: usize) -> Option<u64> {
+        self.0.pinned_page(p, i)
+    }
+    fn unpin(&self, p: PinnedMemory) {
+        self.0.unpin(p)
+    }
+    fn run_on_each_cpu(&self, f: &(dyn Fn(CpuIndex) + Sync)) {
+        self.0.run_on_each_cpu(f)
+    }
+    fn run_on_cpu(&self, c: CpuIndex, f: &(dyn Fn() + Sync)) {
+        self.0.run_on_cpu(c, f)
+    }
+    fn current_cpu(&self) -> CpuIndex {
+        0
+    }
+    fn cpu_count(&self) -> u32 {
+        1
+    }
+    fn tsc(&self) -> u64 {
+        self.1.set(self.1.get() + 1_000_000);
+        self.1.get()
+    }
+    fn tsc_frequency(&self) -> u64 {
+        1_000_000_000
+    }
+    fn kick(&self, _: CpuIndex) {}
+}
+
+/// A guest that faults on RAM forever (every exit needs a step outside the region) still
+/// comes back within the RUN budget: it counts from the start of the RUN, not of a step.
+#[test]
+fn run_budget_spans_the_steps() {
+    let mut t = setup();
+    let clock = FastClock::default();
+    t.hook(|c: &mut GuestCpu<'_>| {
+        c.write(VmcsField::GuestPhysicalAddress, 0x3000);
+        c.exit(48, 1, 0);
+    });
+    let mut steps = 1;
+    let mut step = t.vcpu.run(&mut t.root, &t.cpuid, &clock).unwrap();
+    while let RunStep::NeedMemory(_) = step {
+        assert_eq!(t.vcpu.complete_memory(&t.mem), Ok(AfterMemory::Resume));
+        step = t.vcpu.resume(&mut t.root, &t.cpuid, &clock).unwrap();
+        steps += 1;
+        assert!(steps < 20, "RUN does not come back");
+    }
+    assert_eq!(t.status(), ExitStatus::Interrupt);
+    // 1 ms per clock read: about 5 steps for the 5 ms budget.
+    assert!(steps >= 4, "{steps} steps");
 }
