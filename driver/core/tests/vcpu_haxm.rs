@@ -15,6 +15,7 @@ use rhax_core::platform::{HeapPlatform, Platform};
 use rhax_core::vcpu::cpuid::{CpuidError, CpuidTable};
 use rhax_core::vcpu::guest::{Backing, GuestMemoryAccess};
 use rhax_core::vcpu::haxm::{AfterMemory, HaxError, HaxVcpu, MemoryRequest, PanicReason, RunStep};
+use rhax_core::vcpu::RunError;
 use rhax_core::vmcs::stats::bucket_of;
 use rhax_core::vmcs::VmcsField;
 use rhax_core::vmx::instructions::reg;
@@ -882,4 +883,69 @@ fn run_budget_spans_the_steps() {
     assert_eq!(t.status(), ExitStatus::Interrupt);
     // 1 ms per clock read: about 5 steps for the 5 ms budget.
     assert!(steps >= 4, "{steps} steps");
+}
+
+/// The thread moves to another CPU between the steps: the next step reports the VMCS active
+/// on the first CPU before doing anything (the step stays pending), the caller VMCLEARs it
+/// there, and the step then finishes on the new CPU (VMPTRLD, host state) with the right RIP.
+/// The software model keeps VMCS contents per CPU, so the test copies them across, as the
+/// VMCLEAR / VMPTRLD pair does through memory on hardware (SDM Vol. 3C §25.11.1).
+#[test]
+fn a_step_continues_on_another_cpu_after_vmclear() {
+    let mut t = setup();
+    t.mem.0.borrow_mut()[0x1000..0x1002].copy_from_slice(&[0x89, 0x07]); // mov [bx], ax
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cs.base = 0;
+    s.rip = 0x1000;
+    s.regs[reg::RAX] = 0x5678;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(script(vec![Box::new(|c| {
+        c.write(VmcsField::GuestPhysicalAddress, 0xfee0_0010);
+        c.exit(48, 2, 0);
+    })]));
+    assert!(matches!(t.step(), Ok(RunStep::NeedMemory(_))));
+    assert_eq!(t.vcpu.complete_memory(&t.mem), Ok(AfterMemory::Resume));
+    // CPU 1.
+    let vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").unwrap());
+    let page = t.platform.alloc_pages(1).unwrap();
+    // SAFETY: software model, one thread.
+    let mut other = unsafe { VmxRoot::enable(vmx, 1, page, 1) }
+        .map_err(|e| e.0)
+        .unwrap();
+    assert_eq!(
+        t.vcpu.resume(&mut other, &t.cpuid, &t.platform),
+        Err(HaxError::Vmcs(RunError::ActiveElsewhere { cpu: 0 }))
+    );
+    // What the dispatcher's `on_this_cpu` does: VMCLEAR where it is active.
+    let contents: Vec<(VmcsField, u64)> = VmcsField::ALL
+        .iter()
+        .filter_map(|&f| t.root.vmx().peek(f).map(|v| (f, v)))
+        .collect();
+    t.vcpu.core().unload(&mut t.root).unwrap();
+    t.vcpu.core().with_vmcs(&mut other, |_, _| ()).unwrap();
+    for (f, v) in contents {
+        other.vmx().poke(f, v);
+    }
+    assert_eq!(
+        t.vcpu.resume(&mut other, &t.cpuid, &t.platform),
+        Ok(RunStep::Done),
+        "the MMIO store finishes on CPU 1"
+    );
+    assert_eq!(t.status(), ExitStatus::FastMmio);
+    let m = FastMmio::read_from_prefix(t.vcpu.io_buffer_mut()).unwrap();
+    assert_eq!((m.gpa, m.direction, m.value), (0xfee0_0010, 1, 0x5678));
+    other.vmx().set_hook(|c: &mut GuestCpu<'_>| {
+        assert_eq!(c.read(VmcsField::GuestRip), 0x1002, "RIP past the MOV");
+        c.exit(12, 0, 1);
+    });
+    assert_eq!(
+        t.vcpu.run(&mut other, &t.cpuid, &t.platform),
+        Ok(RunStep::Done)
+    );
+    assert_eq!(t.status(), ExitStatus::Hlt);
+    assert_eq!(
+        other.vmx().counts.vmlaunch,
+        1,
+        "launched afresh after VMCLEAR"
+    );
 }
