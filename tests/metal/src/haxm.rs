@@ -33,21 +33,21 @@ use crate::hv::{KernelTransport, Shell};
 use crate::scenarios::Ctx;
 use crate::{mm, println, smp};
 
-type V<'a> = Vcpu<KernelTransport<'a>>;
-type R<T> = Result<T, String>;
+pub(crate) type V<'a> = Vcpu<KernelTransport<'a>>;
+pub(crate) type R<T> = Result<T, String>;
 
-fn e(what: &str) -> impl Fn(rhax::Error) -> String + '_ {
+pub(crate) fn e(what: &str) -> impl Fn(rhax::Error) -> String + '_ {
     move |err| format!("{what}: {err:?}")
 }
 
 /// Kernel pages given to the VM as a RAM block ("user" memory, identity-mapped).
-struct Ram {
+pub(crate) struct Ram {
     addr: u64,
     pages: u64,
 }
 
 impl Ram {
-    fn new(bytes: u64) -> R<Ram> {
+    pub(crate) fn new(bytes: u64) -> R<Ram> {
         let pages = bytes.div_ceil(mm::PAGE);
         let addr = mm::alloc_pages(pages, mm::PAGE).ok_or("no memory for guest RAM")?;
         Ok(Ram { addr, pages })
@@ -57,7 +57,7 @@ impl Ram {
         self.pages * mm::PAGE
     }
 
-    fn write(&self, off: u64, bytes: &[u8]) {
+    pub(crate) fn write(&self, off: u64, bytes: &[u8]) {
         assert!(off + bytes.len() as u64 <= self.len());
         // SAFETY: inside this block (asserted); the guest may run concurrently only in
         // haxm-smp, where the harness writes a page the guest cannot see (unmapped).
@@ -139,7 +139,7 @@ impl Asm {
 
 /// What one RUN returned, copied out of the borrowed [`Exit`].
 #[derive(Debug, PartialEq, Eq)]
-enum Ev {
+pub(crate) enum Ev {
     Io {
         dir: IoDirection,
         size: u8,
@@ -210,7 +210,7 @@ fn step(v: &mut V<'_>, answer: u64) -> R<Ev> {
 
 /// RUN until an exit other than INTERRUPT (a host interrupt or the preemption timer may cut
 /// any run short; QEMU simply runs again).
-fn next(v: &mut V<'_>, answer: u64) -> R<Ev> {
+pub(crate) fn next(v: &mut V<'_>, answer: u64) -> R<Ev> {
     for _ in 0..1000 {
         match step(v, answer)? {
             Ev::Interrupt => {}
@@ -220,7 +220,7 @@ fn next(v: &mut V<'_>, answer: u64) -> R<Ev> {
     Err(String::from("1000 INTERRUPT exits in a row"))
 }
 
-fn io_out(port: u16, size: u8, data: &[u8]) -> Ev {
+pub(crate) fn io_out(port: u16, size: u8, data: &[u8]) -> Ev {
     Ev::Io {
         dir: IoDirection::Out,
         size,
@@ -232,7 +232,7 @@ fn io_out(port: u16, size: u8, data: &[u8]) -> Ev {
     }
 }
 
-fn expect(what: &str, got: Ev, want: Ev) -> R<()> {
+pub(crate) fn expect(what: &str, got: Ev, want: Ev) -> R<()> {
     if got == want {
         Ok(())
     } else {
@@ -289,7 +289,7 @@ fn qemu_reset_state() -> VcpuState {
 }
 
 /// QEMU's reset state moved to CS = 0, IP = `ip`.
-fn real_mode_at(ip: u64) -> VcpuState {
+pub(crate) fn real_mode_at(ip: u64) -> VcpuState {
     let mut s = qemu_reset_state();
     s.cs = SegmentDesc::new(0, 0, 0xffff, 0x9b);
     s.rip = ip;
@@ -319,7 +319,7 @@ const QEMU_MSRS: [u64; 10] = [
     0xC000_0102,
 ];
 
-fn qemu_msrs() -> Vec<VmxMsr> {
+pub(crate) fn qemu_msrs() -> Vec<VmxMsr> {
     QEMU_MSRS
         .iter()
         .map(|&entry| VmxMsr { entry, value: 0 })
@@ -348,7 +348,7 @@ fn qemu_init<'a>(sys: &System<KernelTransport<'a>>) -> R<Vm<KernelTransport<'a>>
 }
 
 /// SET_REGS, SET_FPU, SET_MSRS (QEMU's `hax_arch_set_registers` order).
-fn qemu_set(v: &V<'_>, s: &VcpuState, msrs: &[VmxMsr]) -> R<()> {
+pub(crate) fn qemu_set(v: &V<'_>, s: &VcpuState, msrs: &[VmxMsr]) -> R<()> {
     v.set_regs(s).map_err(e("SET_REGS"))?;
     v.set_fpu(&qemu_reset_fpu()).map_err(e("SET_FPU"))?;
     let done = v.set_msrs(msrs).map_err(e("SET_MSRS"))?;
@@ -634,7 +634,7 @@ pub fn haxm_qemu(_: &Ctx) -> R<String> {
 }
 
 /// A VM with `ram` at GPA 0 (one block, one mapping) and vCPU 0, in QEMU's order.
-fn simple_vm<'a>(
+pub(crate) fn simple_vm<'a>(
     shell: &'a Shell,
     ram: &Ram,
 ) -> R<(System<KernelTransport<'a>>, Vm<KernelTransport<'a>>, V<'a>)> {
@@ -984,7 +984,7 @@ pub fn haxm_smp(ctx: &Ctx) -> R<String> {
 
 /// Raw IOCTL through the transport: `(def, input)` on `handle`, with an output buffer of
 /// `out_len` bytes. Returns the Win32 error, or `None` on success.
-fn raw<T: Transport>(
+pub(crate) fn raw<T: Transport>(
     t: &T,
     handle: &T::Handle,
     def: &'static rhax::api::IoctlDef,

@@ -21,6 +21,7 @@ mod bootinfo;
 mod console;
 mod guests;
 mod haxm;
+mod haxm_events;
 mod hv;
 mod interrupts;
 mod mm;

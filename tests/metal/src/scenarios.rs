@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
-use crate::{guests, haxm, interrupts, mm, println, smp};
+use crate::{guests, haxm, haxm_events, interrupts, mm, println, smp};
 
 /// What scenarios may know about the run.
 pub struct Ctx {
@@ -39,6 +39,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-long", haxm::haxm_long),
     ("haxm-smp", haxm::haxm_smp),
     ("haxm-bad-input", haxm::haxm_bad_input),
+    ("haxm-events", haxm_events::haxm_events),
     ("bench-haxm", haxm::bench_haxm),
 ];
 

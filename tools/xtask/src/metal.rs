@@ -37,6 +37,7 @@ pub const TEST_SCENARIOS: &[&str] = &[
     "haxm-long",
     "haxm-smp",
     "haxm-bad-input",
+    "haxm-events",
 ];
 /// A model without unrestricted guest, where rhax must refuse cleanly (scenario `refuse`).
 pub const REFUSE_MODEL: &str = "corei5_lynnfield_750";
