@@ -949,3 +949,38 @@ fn a_step_continues_on_another_cpu_after_vmclear() {
         "launched afresh after VMCLEAR"
     );
 }
+
+#[test]
+fn sti_hlt_then_interrupt_injects_at_the_next_run() {
+    // `sti; hlt`: the HLT exit saves blocking by STI (interruptibility bit 0) for the
+    // instruction after STI, the HLT itself. The core moves RIP past the HLT, so the shadow is
+    // over (SDM Vol. 3C §27.3.1.5): the vector queued with INTERRUPT must be injected at the
+    // next entry, not wait for an interrupt window that a later `cli` would close.
+    let mut t = setup();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s2 = seen.clone();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.write(VmcsField::GuestRflags, 2 | (1 << 9));
+            c.write(VmcsField::GuestInterruptibilityState, 1);
+            c.exit(12, 0, 1);
+        }),
+        Box::new(move |c| {
+            s2.borrow_mut().push((
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls) & 4,
+                c.read(VmcsField::GuestInterruptibilityState) & 3,
+            ));
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(t.rip(), 0xfff1, "RIP past the HLT");
+    t.vcpu.interrupt(0x20);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(
+        seen.borrow()[0],
+        (0x8000_0020, 0, 0),
+        "injected at once, no window, no stale STI blocking at entry"
+    );
+}
