@@ -7,6 +7,7 @@
 //! and argument size, as the platform headers' macros do; the unit tests below pin every one
 //! to the literal number measured from the real headers.
 
+use core::fmt;
 use core::mem::size_of;
 
 use crate::{
@@ -106,6 +107,83 @@ impl Scope {
             Self::System => "system",
             Self::Vm => "vm",
             Self::Vcpu => "vcpu",
+        }
+    }
+}
+
+/// One HAXM device (`haxm-abi.md` §1 (a)): the control device, a VM device or a vCPU device.
+///
+/// This is the identity both sides share: the user library opens a `Device` and the driver's
+/// dispatcher keeps one in every handle. Its [`scope`](Self::scope) selects the IOCTL table a
+/// code is looked up in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The control device: `\\.\HAX` / `/dev/HAX`.
+    System,
+    /// A VM device: `\\.\hax_vmNN` / `/dev/hax_vm/vmNN`.
+    Vm {
+        /// The VM id from `HAX_IOCTL_CREATE_VM`.
+        vm: u32,
+    },
+    /// A vCPU device: `\\.\hax_vmNN_vcpuMM` / `/dev/hax_vmNN/vcpuMM`.
+    Vcpu {
+        /// The VM id.
+        vm: u32,
+        /// The vCPU id given to `HAX_VM_IOCTL_VCPU_CREATE`.
+        vcpu: u32,
+    },
+}
+
+impl Device {
+    /// The IOCTL scope of the device.
+    pub const fn scope(&self) -> Scope {
+        match self {
+            Self::System => Scope::System,
+            Self::Vm { .. } => Scope::Vm,
+            Self::Vcpu { .. } => Scope::Vcpu,
+        }
+    }
+
+    /// The Win32 name, as QEMU builds it (`hax-windows.c`): `\\.\HAX`, `\\.\hax_vm%02d`,
+    /// `\\.\hax_vm%02d_vcpu%02d`. Formatting needs no allocation.
+    pub const fn windows(&self) -> impl fmt::Display {
+        WindowsName(*self)
+    }
+
+    /// The POSIX path, as QEMU builds it (`hax-posix.c`): `/dev/HAX`, `/dev/hax_vm/vm%02d`,
+    /// `/dev/hax_vm%02d/vcpu%02d`. Formatting needs no allocation.
+    pub const fn posix(&self) -> impl fmt::Display {
+        PosixName(*self)
+    }
+}
+
+impl fmt::Display for Device {
+    /// The POSIX path (the shorter to read in messages).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        PosixName(*self).fmt(f)
+    }
+}
+
+struct WindowsName(Device);
+
+impl fmt::Display for WindowsName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Device::System => f.write_str(r"\\.\HAX"),
+            Device::Vm { vm } => write!(f, r"\\.\hax_vm{vm:02}"),
+            Device::Vcpu { vm, vcpu } => write!(f, r"\\.\hax_vm{vm:02}_vcpu{vcpu:02}"),
+        }
+    }
+}
+
+struct PosixName(Device);
+
+impl fmt::Display for PosixName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Device::System => f.write_str("/dev/HAX"),
+            Device::Vm { vm } => write!(f, "/dev/hax_vm/vm{vm:02}"),
+            Device::Vcpu { vm, vcpu } => write!(f, "/dev/hax_vm{vm:02}/vcpu{vcpu:02}"),
         }
     }
 }
@@ -540,6 +618,62 @@ mod tests {
             bsd_ioc(Direction::Write, 0, 1, 0x2000),
             0x8000_0001,
             "13-bit length"
+        );
+    }
+
+    /// A fixed buffer to format into: the crate is `no_std` even under test.
+    struct Text {
+        buf: [u8; 64],
+        len: usize,
+    }
+
+    impl fmt::Write for Text {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let end = self.len + s.len();
+            self.buf
+                .get_mut(self.len..end)
+                .ok_or(fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+
+    fn text(d: impl fmt::Display) -> Text {
+        let mut t = Text {
+            buf: [0; 64],
+            len: 0,
+        };
+        fmt::write(&mut t, format_args!("{d}")).unwrap();
+        t
+    }
+
+    fn eq(t: Text, want: &str) {
+        assert_eq!(core::str::from_utf8(&t.buf[..t.len]).unwrap(), want);
+    }
+
+    #[test]
+    fn device_scope_and_names_follow_haxm() {
+        let (sys, vm, cpu) = (
+            Device::System,
+            Device::Vm { vm: 3 },
+            Device::Vcpu { vm: 3, vcpu: 12 },
+        );
+        assert_eq!(sys.scope(), Scope::System);
+        assert_eq!(vm.scope(), Scope::Vm);
+        assert_eq!(cpu.scope(), Scope::Vcpu);
+        // haxm-abi.md §1 (a): two-digit decimal ids, QEMU's hax-windows.c / hax-posix.c names.
+        eq(text(sys.windows()), r"\\.\HAX");
+        eq(text(vm.windows()), r"\\.\hax_vm03");
+        eq(text(cpu.windows()), r"\\.\hax_vm03_vcpu12");
+        eq(text(sys.posix()), "/dev/HAX");
+        eq(text(vm.posix()), "/dev/hax_vm/vm03");
+        eq(text(cpu.posix()), "/dev/hax_vm03/vcpu12");
+        eq(text(cpu), "/dev/hax_vm03/vcpu12");
+        // Ids past 99 are not truncated (`%02d` is a minimum width).
+        eq(
+            text(Device::Vcpu { vm: 100, vcpu: 7 }.windows()),
+            r"\\.\hax_vm100_vcpu07",
         );
     }
 }

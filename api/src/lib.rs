@@ -55,7 +55,7 @@ pub use cpuid::{
 };
 pub use debug::{DebugControl, VcpuDebug};
 pub use fpu::FxLayout;
-pub use ioctl::{IoctlDef, Platform, Scope};
+pub use ioctl::{Device, IoctlDef, Platform, Scope};
 pub use memory::{
     AllocRamInfo, ProtectRamInfo, RamFlags, RamPermission, RamblockInfo, SetRamInfo, SetRamInfo2,
     HAX_CHUNK_SIZE, HAX_PAGE_SIZE, HAX_RAM_PERM_MASK,

@@ -48,85 +48,15 @@
 //! }
 //! ```
 
-use core::fmt;
-
 use rhax_api::ioctl::ArgSize;
-use rhax_api::{IoctlDef, Platform, Scope};
+use rhax_api::{IoctlDef, Platform};
 
 use crate::error::OsError;
 
-/// A HAXM device: the system (control) device, a VM or a vCPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DevicePath {
-    /// `\\.\HAX` / `/dev/HAX`.
-    System,
-    /// `\\.\hax_vmNN` / `/dev/hax_vm/vmNN`.
-    Vm {
-        /// The VM id from `HAX_IOCTL_CREATE_VM`.
-        vm: u32,
-    },
-    /// `\\.\hax_vmNN_vcpuMM` / `/dev/hax_vmNN/vcpuMM`.
-    Vcpu {
-        /// The VM id.
-        vm: u32,
-        /// The vCPU id given to `HAX_VM_IOCTL_VCPU_CREATE`.
-        vcpu: u32,
-    },
-}
-
-impl DevicePath {
-    /// The device's IOCTL scope.
-    pub const fn scope(&self) -> Scope {
-        match self {
-            Self::System => Scope::System,
-            Self::Vm { .. } => Scope::Vm,
-            Self::Vcpu { .. } => Scope::Vcpu,
-        }
-    }
-
-    /// The Win32 name, as QEMU builds it (`hax-windows.c`): `\\.\HAX`, `\\.\hax_vm%02d`,
-    /// `\\.\hax_vm%02d_vcpu%02d`.
-    pub const fn windows(&self) -> impl fmt::Display {
-        WindowsName(*self)
-    }
-
-    /// The POSIX path, as QEMU builds it (`hax-posix.c`): `/dev/HAX`, `/dev/hax_vm/vm%02d`,
-    /// `/dev/hax_vm%02d/vcpu%02d`.
-    pub const fn posix(&self) -> impl fmt::Display {
-        PosixName(*self)
-    }
-}
-
-impl fmt::Display for DevicePath {
-    /// The POSIX path (the shorter to read in messages).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        PosixName(*self).fmt(f)
-    }
-}
-
-struct WindowsName(DevicePath);
-
-impl fmt::Display for WindowsName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            DevicePath::System => f.write_str(r"\\.\HAX"),
-            DevicePath::Vm { vm } => write!(f, r"\\.\hax_vm{vm:02}"),
-            DevicePath::Vcpu { vm, vcpu } => write!(f, r"\\.\hax_vm{vm:02}_vcpu{vcpu:02}"),
-        }
-    }
-}
-
-struct PosixName(DevicePath);
-
-impl fmt::Display for PosixName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            DevicePath::System => f.write_str("/dev/HAX"),
-            DevicePath::Vm { vm } => write!(f, "/dev/hax_vm/vm{vm:02}"),
-            DevicePath::Vcpu { vm, vcpu } => write!(f, "/dev/hax_vm{vm:02}/vcpu{vcpu:02}"),
-        }
-    }
-}
+/// A HAXM device: the system (control) device, a VM or a vCPU. The same type the driver's
+/// dispatcher names its handles with ([`rhax_api::Device`]), under the name this library
+/// has always used; `windows()` and `posix()` give the names QEMU opens.
+pub use rhax_api::Device as DevicePath;
 
 /// The data of one IOCTL, in the shape HAXM expects on Windows (`haxm-clients.md`,
 /// "Windows buffer conventions"). POSIX has a single argument pointer; a POSIX transport

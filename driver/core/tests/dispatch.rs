@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use rhax_api::ext::{RhaxExtInfo, VcpuStats, RHAX_EXT_MAGIC, RHAX_IOCTL_EXT_INFO};
 use rhax_api::ioctl::{self, IoctlDef, IOCTLS};
 use rhax_api::{
-    CapabilityInfo, ModuleVersion, MsrData, Platform as Codes, Pod, QemuVersion, RamblockInfo,
-    Scope, SetMemlimit, SetRamInfo, SetRamInfo2, TunnelInfo,
+    CapabilityInfo, Device, ModuleVersion, MsrData, Platform as Codes, Pod, QemuVersion,
+    RamblockInfo, Scope, SetMemlimit, SetRamInfo, SetRamInfo2, TunnelInfo,
 };
 use rhax_core::dispatch::{
-    errno, nt, DispatchError, ErrorKind, Handle, HandleKind, Hypervisor, HypervisorSnapshot,
-    NoCpuRoots, SoftCpuRoots,
+    errno, nt, DispatchError, ErrorKind, Handle, Hypervisor, HypervisorSnapshot, NoCpuRoots,
+    SoftCpuRoots,
 };
 use rhax_core::platform::{HeapPlatform, Platform};
 use rhax_core::vmx::negotiate::negotiate;
@@ -307,7 +307,7 @@ fn vm_and_vcpu_devices_are_exclusive() {
         (e.errno(), e.nt_status()),
         (errno::EBUSY, nt::STATUS_ACCESS_DENIED)
     );
-    let vmh = Handle::forge(HandleKind::Vm { vm: id }, 0);
+    let vmh = Handle::forge(Device::Vm { vm: id }, 0);
     let _ = vmh;
     let e = h.open_vm(id + 1).unwrap_err();
     assert_eq!(e.kind, ErrorKind::NoSuchVm { vm: id + 1 });
@@ -439,7 +439,7 @@ fn lifetimes_vm_lives_until_its_last_vcpu_and_everything_is_freed() {
     )
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidHandle);
-    let forged = Handle::forge(HandleKind::Vm { vm: id }, 12345);
+    let forged = Handle::forge(Device::Vm { vm: id }, 12345);
     assert_eq!(h.open_vm(id).map(|_| ()), Ok(()));
     let e = call(
         &h,
@@ -1329,11 +1329,11 @@ fn fuzz_random_ioctl_sequences() {
                 _ => {
                     let handle = if handles.is_empty() || rng.below(20) == 0 {
                         let kind = match rng.below(3) {
-                            0 => HandleKind::System,
-                            1 => HandleKind::Vm {
+                            0 => Device::System,
+                            1 => Device::Vm {
                                 vm: rng.below(70) as u32,
                             },
-                            _ => HandleKind::Vcpu {
+                            _ => Device::Vcpu {
                                 vm: rng.below(70) as u32,
                                 vcpu: rng.below(20) as u32,
                             },

@@ -69,10 +69,10 @@ use rhax_api::ext::{ExtFeatures, RhaxExtInfo, RHAX_EXT_MAGIC, RHAX_EXT_VERSION};
 use rhax_api::ioctl::{self as codes, IoctlDef};
 use rhax_api::{
     cpuid_size, AllocRamInfo, CapabilityFailure, CapabilityFeatures, CapabilityInfo,
-    CapabilityStatus, CpuidHeader, ModuleVersion, MsrData, Pod, ProtectRamInfo, QemuVersion,
-    RamblockInfo, Scope, SetMemlimit, SetRamInfo, SetRamInfo2, TunnelInfo, HAX_COMPAT_VERSION,
-    HAX_CUR_VERSION, HAX_MAX_CPUID_ENTRIES, HAX_MAX_MSR_ARRAY, HAX_MAX_VCPUS, HAX_MAX_VMS,
-    HAX_MAX_VMS_NETBSD, HAX_TUNNEL_PAGE_SIZE,
+    CapabilityStatus, CpuidHeader, Device, ModuleVersion, MsrData, Pod, ProtectRamInfo,
+    QemuVersion, RamblockInfo, Scope, SetMemlimit, SetRamInfo, SetRamInfo2, TunnelInfo,
+    HAX_COMPAT_VERSION, HAX_CUR_VERSION, HAX_MAX_CPUID_ENTRIES, HAX_MAX_MSR_ARRAY, HAX_MAX_VCPUS,
+    HAX_MAX_VMS, HAX_MAX_VMS_NETBSD, HAX_TUNNEL_PAGE_SIZE,
 };
 use spin::{Mutex, RwLock};
 
@@ -96,51 +96,28 @@ pub const DEFAULT_MEM_QUOTA: u64 = 1 << 48;
 
 const NOT_RUNNING: u32 = u32::MAX;
 
-/// What a handle refers to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HandleKind {
-    /// The control device.
-    System,
-    /// A VM device.
-    Vm {
-        /// The VM id.
-        vm: u32,
-    },
-    /// A vCPU device.
-    Vcpu {
-        /// The VM id.
-        vm: u32,
-        /// The vCPU id.
-        vcpu: u32,
-    },
-}
-
 /// An open handle: the object it names and a serial number unique over the hypervisor's
 /// life, so a stale handle never reaches a later object with the same id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Handle {
-    kind: HandleKind,
+    device: Device,
     serial: u64,
 }
 
 impl Handle {
-    /// What it refers to.
-    pub fn kind(&self) -> HandleKind {
-        self.kind
+    /// The device it refers to.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// The device scope its IOCTLs are looked up in.
     pub fn scope(&self) -> Scope {
-        match self.kind {
-            HandleKind::System => Scope::System,
-            HandleKind::Vm { .. } => Scope::Vm,
-            HandleKind::Vcpu { .. } => Scope::Vcpu,
-        }
+        self.device.scope()
     }
 
     /// A handle made up from parts, for tests of stale and forged handles.
-    pub fn forge(kind: HandleKind, serial: u64) -> Handle {
-        Handle { kind, serial }
+    pub fn forge(device: Device, serial: u64) -> Handle {
+        Handle { device, serial }
     }
 }
 
@@ -387,7 +364,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let serial = self.serial();
         self.table.lock().systems.push(serial);
         Handle {
-            kind: HandleKind::System,
+            device: Device::System,
             serial,
         }
     }
@@ -449,7 +426,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let serial = self.serial();
         st.handle = Some(serial);
         Ok(Handle {
-            kind: HandleKind::Vm { vm },
+            device: Device::Vm { vm },
             serial,
         })
     }
@@ -478,7 +455,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let serial = self.serial();
         entry.handle = Some(serial);
         Ok(Handle {
-            kind: HandleKind::Vcpu { vm, vcpu },
+            device: Device::Vcpu { vm, vcpu },
             serial,
         })
     }
@@ -491,8 +468,8 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let mut dead_vms: Vec<Arc<VmObject>> = Vec::new();
         {
             let mut table = self.table.lock();
-            match handle.kind {
-                HandleKind::System => {
+            match handle.device {
+                Device::System => {
                     let pos = table
                         .systems
                         .iter()
@@ -516,7 +493,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                         }
                     }
                 }
-                HandleKind::Vm { vm } => {
+                Device::Vm { vm } => {
                     let slot = table
                         .vms
                         .get_mut(vm as usize)
@@ -545,7 +522,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                         }
                     }
                 }
-                HandleKind::Vcpu { vm, vcpu } => {
+                Device::Vcpu { vm, vcpu } => {
                     let slot = table
                         .vms
                         .get_mut(vm as usize)
@@ -671,15 +648,15 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let scope = handle.scope();
         let ctx = self.ctx(None, Some(scope));
         // The handle first: a request on a closed or stale handle never reaches an object.
-        let target = match handle.kind {
-            HandleKind::System => {
+        let target = match handle.device {
+            Device::System => {
                 if !self.table.lock().systems.contains(&handle.serial) {
                     return Err(ctx.err(ErrorKind::InvalidHandle));
                 }
                 Target::System(handle.serial)
             }
-            HandleKind::Vm { vm } => Target::Vm(self.resolve_vm(handle, vm, ctx)?),
-            HandleKind::Vcpu { vm, vcpu } => {
+            Device::Vm { vm } => Target::Vm(self.resolve_vm(handle, vm, ctx)?),
+            Device::Vcpu { vm, vcpu } => {
                 let (v, c) = self.resolve_vcpu(handle, vm, vcpu, ctx)?;
                 Target::Vcpu(v, c)
             }
