@@ -217,21 +217,12 @@ mod tests {
 
     #[test]
     fn ext_codes_never_collide_with_haxm() {
-        let platforms = [
-            Platform::Windows,
-            Platform::Linux,
-            Platform::LinuxI386,
-            Platform::Darwin,
-            Platform::DarwinI386,
-            Platform::NetBsd,
-            Platform::NetBsdI386,
-        ];
         for e in EXT_IOCTLS {
             let f = e.windows_function.unwrap();
             assert!((0xa00..=0xaff).contains(&f), "{}", e.name);
             assert!((0xe0..=0xef).contains(&e.posix.unwrap().nr), "{}", e.name);
             for h in IOCTLS {
-                for p in platforms {
+                for p in Platform::ALL {
                     // Across all devices, not only the same one: a stricter rule than needed.
                     if e.code(p).is_some() {
                         assert_ne!(e.code(p), h.code(p), "{} vs {} on {p:?}", e.name, h.name);

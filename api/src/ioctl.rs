@@ -255,6 +255,17 @@ pub enum Platform {
 }
 
 impl Platform {
+    /// Every platform, in declaration order.
+    pub const ALL: [Platform; 7] = [
+        Self::Windows,
+        Self::Linux,
+        Self::LinuxI386,
+        Self::Darwin,
+        Self::DarwinI386,
+        Self::NetBsd,
+        Self::NetBsdI386,
+    ];
+
     /// The platform this crate is compiled for, if HAXM exists there.
     pub const HOST: Option<Platform> = if cfg!(windows) {
         Some(Self::Windows)
@@ -589,16 +600,7 @@ mod tests {
             }
         }
         // Within one device, no two IOCTLs share a code on any platform.
-        let platforms = [
-            Platform::Windows,
-            Platform::Linux,
-            Platform::LinuxI386,
-            Platform::Darwin,
-            Platform::DarwinI386,
-            Platform::NetBsd,
-            Platform::NetBsdI386,
-        ];
-        for p in platforms {
+        for p in Platform::ALL {
             for (i, a) in IOCTLS.iter().enumerate() {
                 for b in &IOCTLS[i + 1..] {
                     if a.scope == b.scope && a.code(p).is_some() {
