@@ -1471,21 +1471,7 @@ impl HaxVcpu {
                     IA32_APIC_BASE => apic,
                     // FEATURE_CONTROL: locked, VMX off (VMX is hidden in CPUID).
                     0x3a => 1,
-                    0x17
-                    | 0x8b
-                    | 0x179
-                    | 0x17a
-                    | 0xfe
-                    | 0x2ff
-                    | 0x1a0
-                    | 0xc1..=0xc4
-                    | 0x186..=0x189
-                    | 0x200..=0x20f
-                    | 0x250
-                    | 0x258
-                    | 0x259
-                    | 0x268..=0x26f
-                    | 0x400..=0x413 => soft.unwrap_or(0),
+                    m if is_soft_msr(m) => soft.unwrap_or(0),
                     _ => return Ok(None),
                 }))
             })??;
@@ -1512,21 +1498,7 @@ impl HaxVcpu {
                 self.apic_base = v;
                 return Ok(true);
             }
-            0x17
-            | 0x8b
-            | 0x179
-            | 0x17a
-            | 0xfe
-            | 0x2ff
-            | 0x1a0
-            | 0xc1..=0xc4
-            | 0x186..=0x189
-            | 0x200..=0x20f
-            | 0x250
-            | 0x258
-            | 0x259
-            | 0x268..=0x26f
-            | 0x400..=0x413 => {
+            m if is_soft_msr(m) => {
                 self.soft_msrs.insert(msr, v);
                 return Ok(true);
             }
@@ -1956,4 +1928,29 @@ fn write_cr4<V: Vmx>(vmcs: &mut Vmcs<'_, Counted<'_, V>>, v: u64) -> Result<(), 
     vmcs.set_cr4_read_shadow(v);
     vmcs.set_guest_cr4(v | must);
     Ok(())
+}
+
+/// MSRs HAXM keeps in software per vCPU (haxm-abi.md §6): written values are remembered and
+/// read back, nothing reaches the hardware. PLATFORM_ID (0x17), BIOS_SIGN_ID (0x8b), MCG_CAP/
+/// MCG_STATUS (0x179/0x17a), MTRRcap (0xfe), MTRR def type (0x2ff), MISC_ENABLE (0x1a0),
+/// PMC0-3 (0xc1-0xc4), PERFEVTSEL0-3 (0x186-0x189), variable MTRRs (0x200-0x20f), fixed MTRRs
+/// (0x250, 0x258, 0x259, 0x268-0x26f) and the MC0-MC4 banks (0x400-0x413).
+const fn is_soft_msr(msr: u32) -> bool {
+    matches!(
+        msr,
+        0x17 | 0x8b
+            | 0x179
+            | 0x17a
+            | 0xfe
+            | 0x2ff
+            | 0x1a0
+            | 0xc1..=0xc4
+            | 0x186..=0x189
+            | 0x200..=0x20f
+            | 0x250
+            | 0x258
+            | 0x259
+            | 0x268..=0x26f
+            | 0x400..=0x413
+    )
 }
