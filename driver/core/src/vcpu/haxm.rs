@@ -40,7 +40,7 @@ use rhax_api::cpuid::CpuidEntry;
 use rhax_api::debug::{DebugControl, VcpuDebug};
 use rhax_api::ext;
 use rhax_api::fpu::FxLayout;
-use rhax_api::msr::{MsrData, HAX_MAX_MSRS_PER_CALL};
+use rhax_api::msr::{MsrData, VmxMsr, HAX_MAX_MSRS_PER_CALL};
 use rhax_api::pod::Pod;
 use rhax_api::tunnel::{
     ExitStatus, FastMmio, Tunnel, TunnelIo, TunnelPayload, HAX_EXIT_REASON_PAUSE_REQUEST,
@@ -1554,22 +1554,15 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         d: &mut MsrData,
     ) -> Result<(), HaxError> {
-        let n = usize::from(d.nr_msr);
-        if n > HAX_MAX_MSRS_PER_CALL {
-            return Err(HaxError::TooManyMsrs { nr_msr: d.nr_msr });
-        }
-        let mut done = 0;
-        for i in 0..n {
-            let msr = d.entries[i].entry;
-            let Ok(m) = u32::try_from(msr) else { break };
-            match self.read_msr(root, m)? {
-                Some(v) => d.entries[i].value = v,
-                None => break,
-            }
-            done += 1;
-        }
-        d.done = done;
-        Ok(())
+        self.msr_batch(root, d, |vcpu, root, msr, e| {
+            Ok(match vcpu.read_msr(root, msr)? {
+                Some(v) => {
+                    e.value = v;
+                    true
+                }
+                None => false,
+            })
+        })
     }
 
     /// `HAX_VCPU_IOCTL_SET_MSRS`: as [`HaxVcpu::get_msrs`], writing.
@@ -1578,15 +1571,30 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         d: &mut MsrData,
     ) -> Result<(), HaxError> {
+        self.msr_batch(root, d, |vcpu, root, msr, e| {
+            vcpu.write_msr(root, msr, e.value)
+        })
+    }
+
+    /// HAXM's MSR batch protocol shared by GET and SET (haxm-abi.md §2): `nr_msr` above 31 is
+    /// refused before anything is touched; entries are processed in order until `op` refuses
+    /// one (or its index does not fit 32 bits); `done` counts the processed entries.
+    fn msr_batch<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        d: &mut MsrData,
+        mut op: impl FnMut(&mut Self, &mut VmxRoot<V>, u32, &mut VmxMsr) -> Result<bool, HaxError>,
+    ) -> Result<(), HaxError> {
         let n = usize::from(d.nr_msr);
         if n > HAX_MAX_MSRS_PER_CALL {
             return Err(HaxError::TooManyMsrs { nr_msr: d.nr_msr });
         }
         let mut done = 0;
-        for i in 0..n {
-            let e = d.entries[i];
-            let Ok(m) = u32::try_from(e.entry) else { break };
-            if !self.write_msr(root, m, e.value)? {
+        for e in &mut d.entries[..n] {
+            let Ok(msr) = u32::try_from(e.entry) else {
+                break;
+            };
+            if !op(self, root, msr, e)? {
                 break;
             }
             done += 1;
