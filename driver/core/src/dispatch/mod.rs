@@ -171,6 +171,23 @@ struct Table {
     mem_limit: Option<u64>,
 }
 
+impl Table {
+    /// VM `vm`'s state, locked, if the VM exists and its handle has not been closed (a closed
+    /// VM lives on only for its vCPUs: it cannot be reopened nor get new vCPUs).
+    fn open_vm_state(&self, vm: u32, ctx: &Ctx) -> Res<spin::MutexGuard<'_, VmState>> {
+        let obj = self
+            .vms
+            .get(vm as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ctx.err(ErrorKind::NoSuchVm { vm }))?;
+        let st = obj.state.lock();
+        if st.closed {
+            return Err(ctx.err(ErrorKind::VmClosing));
+        }
+        Ok(st)
+    }
+}
+
 /// Observable state, to compare before and after a refused request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HypervisorSnapshot {
@@ -411,15 +428,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     pub fn open_vm(&self, vm: u32) -> Res<Handle> {
         let ctx = self.ctx(None, Some(Scope::Vm));
         let table = self.table.lock();
-        let obj = table
-            .vms
-            .get(vm as usize)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| ctx.err(ErrorKind::NoSuchVm { vm }))?;
-        let mut st = obj.state.lock();
-        if st.closed {
-            return Err(ctx.err(ErrorKind::VmClosing));
-        }
+        let mut st = table.open_vm_state(vm, &ctx)?;
         if st.handle.is_some() {
             return Err(ctx.err(ErrorKind::Busy));
         }
@@ -435,15 +444,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     pub fn open_vcpu(&self, vm: u32, vcpu: u32) -> Res<Handle> {
         let ctx = self.ctx(None, Some(Scope::Vcpu));
         let table = self.table.lock();
-        let obj = table
-            .vms
-            .get(vm as usize)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| ctx.err(ErrorKind::NoSuchVm { vm }))?;
-        let mut st = obj.state.lock();
-        if st.closed {
-            return Err(ctx.err(ErrorKind::VmClosing));
-        }
+        let mut st = table.open_vm_state(vm, &ctx)?;
         let entry = st
             .vcpus
             .get_mut(vcpu as usize)
