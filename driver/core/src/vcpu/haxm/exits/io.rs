@@ -1,0 +1,134 @@
+//! Port IO exits (exit reason 30): IN/OUT to user space, string IO in chunks of at most 64
+//! bytes (haxm-abi.md §4 "String IO", SDM Vol. 3C §28.2.1 Table 28-5).
+
+use super::*;
+
+impl HaxVcpu {
+    pub(in crate::vcpu::haxm) fn io<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        io: crate::vmcs::exit::IoAccess,
+    ) -> Result<Next, HaxError> {
+        let inward = io.direction == IoDirection::In;
+        let mut t = TunnelIo {
+            direction: u8::from(inward),
+            df: 0,
+            size: u16::from(io.size),
+            port: io.port,
+            count: 1,
+            flags: 0,
+            pad0: 0,
+            pad1: 0,
+            pad2: 0,
+            vaddr: 0,
+        };
+        if !io.string {
+            if inward {
+                self.pending = Pending::In { size: io.size };
+            } else {
+                let v = self.core.regs.gpr[reg::RAX].to_le_bytes();
+                self.iobuf.bytes_mut()[..usize::from(io.size)]
+                    .copy_from_slice(&v[..usize::from(io.size)]);
+            }
+            self.skip(root)?;
+            self.with_tunnel(|tn| tn.payload = TunnelPayload::from_io(t));
+            return Ok(Next::User(ExitStatus::Io));
+        }
+        // String IO (INS/OUTS), at most 64 bytes per exit (IOS_MAX_BUFFER).
+        let size = u64::from(io.size);
+        let (la, rflags, cs_ar, mode, info) =
+            self.core.with_vmcs(root, |vmcs, _| -> Result<_, VmFail> {
+                Ok((
+                    vmcs.guest_linear_address()?,
+                    vmcs.guest_rflags()?,
+                    vmcs.guest_cs_access_rights()?,
+                    Self::paging(vmcs)?,
+                    vmcs.vm_exit_instruction_information()?,
+                ))
+            })??;
+        // Address size: instruction-information bits 9:7 (SDM Table 28-8) when the CPU reports
+        // it (IA32_VMX_BASIC bit 54), else the code segment's default.
+        let addr_bits = if root.caps().basic.ins_outs_info {
+            match (info >> 7) & 7 {
+                0 => 16,
+                1 => 32,
+                _ => 64,
+            }
+        } else if cs_ar & (1 << 13) != 0 {
+            64
+        } else if cs_ar & (1 << 14) != 0 {
+            32
+        } else {
+            16
+        };
+        let mask = if addr_bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << addr_bits) - 1
+        };
+        let df = rflags & RFLAGS_DF != 0;
+        let rcx = self.core.regs.gpr[reg::RCX];
+        let total = if io.rep { rcx & mask } else { 1 };
+        if total == 0 {
+            self.skip(root)?;
+            return Ok(Next::Resume);
+        }
+        let n = total.min(64 / size);
+        let bytes = (n * size) as usize;
+        // With DF=1 the elements go downwards; the buffer holds them in ascending memory order.
+        let lowest = if df {
+            la.wrapping_sub((n - 1) * size)
+        } else {
+            la
+        };
+        // The bytes of an OUTS are copied after this step (guest memory is not touched in
+        // the region); an INS completes at the next RUN, in the paging mode of this exit.
+        if inward {
+            self.pending = Pending::Ins {
+                linear: lowest,
+                len: bytes,
+                mode,
+            };
+        }
+        let index = if inward { reg::RDI } else { reg::RSI };
+        let delta = n * size;
+        let old = self.core.regs.gpr[index];
+        let moved = if df {
+            old.wrapping_sub(delta)
+        } else {
+            old.wrapping_add(delta)
+        };
+        // A 32-bit address write zero-extends (64-bit mode), a 16-bit one keeps bits 63:16.
+        self.core.regs.gpr[index] = match addr_bits {
+            16 => (old & !0xffff) | (moved & 0xffff),
+            32 => moved & 0xffff_ffff,
+            _ => moved,
+        };
+        let done = if io.rep {
+            let left = (rcx & mask) - n;
+            self.core.regs.gpr[reg::RCX] = (rcx & !mask) | left;
+            left == 0
+        } else {
+            true
+        };
+        // RIP moves only when the whole REP is done; otherwise the guest runs the instruction
+        // again for the next chunk (§4 "String IO").
+        if done {
+            self.skip(root)?;
+        }
+        t.df = u8::from(df);
+        t.count = n as u16;
+        t.flags = rhax_api::tunnel::HAX_IO_FLAG_STRING;
+        t.vaddr = lowest;
+        self.with_tunnel(|tn| tn.payload = TunnelPayload::from_io(t));
+        Ok(if inward {
+            Next::User(ExitStatus::Io)
+        } else {
+            Next::Memory(MemoryRequest::StringOut {
+                linear: lowest,
+                len: bytes,
+                mode,
+            })
+        })
+    }
+}

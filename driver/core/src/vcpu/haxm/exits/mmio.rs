@@ -1,0 +1,187 @@
+//! MMIO: EPT violations outside RAM, the instruction fetch and FAST_MMIO (haxm-abi.md §4),
+//! and the completion of loads at the next RUN.
+
+use super::*;
+
+impl HaxVcpu {
+    /// Where the instruction of the exit is, and its decoding mode.
+    pub(in crate::vcpu::haxm) fn fetch_site<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<Fetch, HaxError> {
+        let (rip, cs_base, cs_ar, mode, rflags) =
+            self.core.with_vmcs(root, |vmcs, _| -> Result<_, VmFail> {
+                Ok((
+                    vmcs.guest_rip()?,
+                    vmcs.guest_cs_base()?,
+                    vmcs.guest_cs_access_rights()?,
+                    Self::paging(vmcs)?,
+                    vmcs.guest_rflags()?,
+                ))
+            })??;
+        let cpu_mode = if mode.lma && cs_ar & (1 << 13) != 0 {
+            CpuMode::Bits64
+        } else if mode.cr0 & 1 != 0 && rflags & (1 << 17) == 0 && cs_ar & (1 << 14) != 0 {
+            CpuMode::Bits32
+        } else {
+            CpuMode::Bits16
+        };
+        let linear = if cpu_mode == CpuMode::Bits64 {
+            rip
+        } else {
+            cs_base.wrapping_add(rip) & 0xffff_ffff
+        };
+        Ok(Fetch {
+            linear,
+            mode,
+            cpu_mode,
+        })
+    }
+
+    /// The second step of an EPT violation, resolved at passive level.
+    pub(in crate::vcpu::haxm) fn finish_violation<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        v: &Resolved,
+    ) -> Result<Next, HaxError> {
+        Ok(match v.resolution {
+            Resolution::Mapped => Next::Resume,
+            Resolution::Mmio | Resolution::WriteToRom => match v.got {
+                Ok(n) => self.mmio(root, v.gpa, v.fetched.get(..n).unwrap_or(&[]), v.cpu_mode)?,
+                Err(e) => self.panic(PanicReason::GuestMemory(e)),
+            },
+            Resolution::Protected { gpa: page } => {
+                let flags = (v.qualification & 0x3f) as u32;
+                self.with_tunnel(|t| {
+                    let pf = t.pagefault_mut();
+                    pf.gpa = page;
+                    pf.flags = flags;
+                    pf.reserved1 = 0;
+                    pf.reserved2 = 0;
+                });
+                Next::User(ExitStatus::PageFault)
+            }
+        })
+    }
+
+    /// FAST_MMIO for the instruction `bytes` (fetched at passive level) at `gpa`.
+    pub(in crate::vcpu::haxm) fn mmio<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        gpa: u64,
+        bytes: &[u8],
+        cpu_mode: CpuMode,
+    ) -> Result<Next, HaxError> {
+        let insn = match emulate::decode(bytes, cpu_mode) {
+            Ok(i) => i,
+            Err(e) => return Ok(self.panic(PanicReason::Emulation(e))),
+        };
+        let mut m = FastMmio {
+            gpa,
+            size: insn.size,
+            ..FastMmio::default()
+        };
+        match insn.operation {
+            Operation::Load {
+                dest,
+                dest_size,
+                extend,
+            } => {
+                m.direction = 0;
+                self.pending = Pending::MmioLoad {
+                    dest,
+                    dest_size,
+                    size: insn.size,
+                    extend,
+                    length: insn.length,
+                };
+            }
+            Operation::StoreRegister { src } => {
+                let v = self.gpr(root, src.number)?;
+                m.direction = 1;
+                m.value = emulate::store_value(v, src, insn.size);
+            }
+            Operation::StoreImmediate { value } => {
+                m.direction = 1;
+                m.value = emulate::store_value(
+                    value,
+                    Register {
+                        number: 0,
+                        high_byte: false,
+                    },
+                    insn.size,
+                );
+            }
+        }
+        // Only gpa, value, size and direction are HAXM's to write (§4); the rest keeps what
+        // the buffer held.
+        {
+            let buf = &mut self.iobuf.bytes_mut()[..core::mem::size_of::<FastMmio>()];
+            let mut old = FastMmio::read_from_prefix(buf).unwrap_or_default();
+            old.gpa = m.gpa;
+            if m.direction == 1 {
+                old.value = m.value;
+            }
+            old.size = m.size;
+            old.direction = m.direction;
+            buf.copy_from_slice(old.as_bytes());
+        }
+        if m.direction == 1 {
+            self.core
+                .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
+                    let rip = vmcs.guest_rip()?;
+                    vmcs.set_guest_rip(rip.wrapping_add(u64::from(insn.length)));
+                    Ok(())
+                })??;
+        }
+        Ok(Next::User(ExitStatus::FastMmio))
+    }
+
+    /// Completes the IN or MMIO read of the previous exit from the IO buffer (quirk 6).
+    /// A string IN is not completed here but by [`HaxVcpu::complete_memory`] (guest memory).
+    pub(in crate::vcpu::haxm) fn complete_pending<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<(), HaxError> {
+        let pending = core::mem::replace(&mut self.pending, Pending::None);
+        match pending {
+            Pending::None => {}
+            Pending::In { size } => {
+                let mut b = [0u8; 8];
+                b[..usize::from(size)]
+                    .copy_from_slice(&self.iobuf.bytes_mut()[..usize::from(size)]);
+                let v = u64::from_le_bytes(b);
+                let rax = &mut self.core.regs.gpr[reg::RAX];
+                // Hardware: a 32-bit IN zero-extends into RAX (rhax does not reproduce HAXM's
+                // quirk 9, which keeps RAX[63:32]).
+                *rax = match size {
+                    1 => (*rax & !0xff) | v,
+                    2 => (*rax & !0xffff) | v,
+                    _ => v & 0xffff_ffff,
+                };
+            }
+            Pending::Ins { .. } => self.pending = pending,
+            Pending::MmioLoad {
+                dest,
+                dest_size,
+                size,
+                extend,
+                length,
+            } => {
+                let value = FastMmio::read_from_prefix(self.iobuf.bytes_mut())
+                    .map(|m| m.value)
+                    .unwrap_or(0);
+                let old = self.gpr(root, dest.number)?;
+                let new = emulate::merge_load(old, dest, dest_size, size, extend, value);
+                self.set_gpr(root, dest.number, new)?;
+                self.core
+                    .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
+                        let rip = vmcs.guest_rip()?;
+                        vmcs.set_guest_rip(rip.wrapping_add(u64::from(length)));
+                        Ok(())
+                    })??;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! The RUN state machine: steps inside the non-preemptible region, the guest loop, and the
+//! passive-level memory work between steps (see the parent module's documentation).
+
+use super::events::interrupt_shadow;
+use super::*;
+
+impl HaxVcpu {
+    /// `HAX_VCPU_IOCTL_RUN`, first step (inside the non-preemptible region; see the module
+    /// documentation). Fills the tunnel; `Ok` for every exit status (as HAXM returns 0), `Err`
+    /// for a failed VM entry (status UNKNOWN) or a failed MMIO completion. A RUN abandoned
+    /// between its steps (the caller could not re-enter the region) is not continued: the
+    /// only state kept across steps is a resolved EPT violation or a completed string IN,
+    /// and entering the guest again re-raises the violation (a fault: RIP did not move, SDM
+    /// Vol. 3C §29.3.3.2) or simply goes on.
+    pub fn run<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
+        // Before any side effect: a VMCS still active elsewhere is reported now, so the
+        // caller's VMCLEAR-and-retry repeats nothing.
+        self.core.with_vmcs(root, |_, _| ())?;
+        self.runs += 1;
+        self.user_exits += 1;
+        self.step = Step::Idle;
+        let r = self.start(root, cpuid, platform);
+        self.leave(root);
+        r
+    }
+
+    /// Continues a RUN after [`HaxVcpu::complete_memory`] answered [`AfterMemory::Resume`]
+    /// (inside the non-preemptible region, on any CPU: the caller moves the VMCS as for
+    /// [`HaxVcpu::run`]). [`HaxError::NothingToResume`] if no step waits.
+    pub fn resume<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
+        if !matches!(self.step, Step::InsDone | Step::Violation(_)) {
+            return Err(HaxError::NothingToResume);
+        }
+        self.core.with_vmcs(root, |_, _| ())?;
+        let r = match core::mem::replace(&mut self.step, Step::Idle) {
+            Step::Violation(v) => match self.finish_violation(root, &v) {
+                Ok(next) => {
+                    match self.after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform) {
+                        Ok(Some(step)) => Ok(step),
+                        Ok(None) => self.guest_loop(root, cpuid, platform),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            _ => self.begin_guest(root, cpuid, platform),
+        };
+        self.leave(root);
+        r
+    }
+
+    /// The guest-memory work of the last step, at passive level (outside the non-preemptible
+    /// region): the pins, the memory lock and the copies happen here.
+    pub fn complete_memory<M: GuestMemoryAccess + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Result<AfterMemory, HaxError> {
+        let Step::Waiting(request) = self.step else {
+            return Err(HaxError::NothingToResume);
+        };
+        self.step = Step::Idle;
+        match request {
+            MemoryRequest::CompleteIns { linear, len, mode } => {
+                self.pending = Pending::None;
+                let len = len.min(64);
+                let mut data = [0u8; 64];
+                data[..len].copy_from_slice(&self.iobuf.bytes_mut()[..len]);
+                if let Err(e) = write_linear(mem, &mode, linear, &data[..len]) {
+                    self.panicked = Some(PanicReason::GuestMemory(e));
+                    return Err(HaxError::EmulationFailed);
+                }
+                self.step = Step::InsDone;
+                Ok(AfterMemory::Resume)
+            }
+            MemoryRequest::StringOut { linear, len, mode } => {
+                let len = len.min(64);
+                let mut buf = [0u8; 64];
+                match read_linear(mem, &mode, linear, &mut buf[..len]) {
+                    Ok(_) => self.iobuf.bytes_mut()[..len].copy_from_slice(&buf[..len]),
+                    // The registers already moved past the elements; the vCPU is dead
+                    // anyway (STATECHANGE on this and every later RUN).
+                    Err(e) => {
+                        self.panicked = Some(PanicReason::GuestMemory(e));
+                        self.set_status(ExitStatus::StateChange, EXIT_REASON_IO);
+                    }
+                }
+                Ok(AfterMemory::Done)
+            }
+            MemoryRequest::EptViolation {
+                gpa,
+                access,
+                qualification,
+                fetch,
+            } => {
+                let resolution = mem.resolve(gpa, access).map_err(HaxError::Memory)?;
+                let mut fetched = [0u8; emulate::MAX_LENGTH];
+                let got = match resolution {
+                    Resolution::Mmio | Resolution::WriteToRom => {
+                        read_linear(mem, &fetch.mode, fetch.linear, &mut fetched)
+                    }
+                    Resolution::Mapped | Resolution::Protected { .. } => Ok(0),
+                };
+                self.step = Step::Violation(Resolved {
+                    gpa,
+                    qualification,
+                    resolution,
+                    fetched,
+                    got,
+                    cpu_mode: fetch.cpu_mode,
+                });
+                Ok(AfterMemory::Resume)
+            }
+        }
+    }
+
+    /// The end of every step: the guest's MSRs and FPU go back before the thread can leave
+    /// the non-preemptible region the caller holds.
+    pub(in crate::vcpu::haxm) fn leave<V: Vmx>(&mut self, root: &mut VmxRoot<V>) {
+        self.core.put(root);
+        let apic = self.apic_base;
+        self.with_tunnel(|t| t.apic_base = apic);
+    }
+
+    pub(in crate::vcpu::haxm) fn start<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
+        if self.panicked.is_some() {
+            self.set_status(ExitStatus::StateChange, 0);
+            return Ok(RunStep::Done);
+        }
+        if let Pending::Ins { linear, len, mode } = self.pending {
+            let request = MemoryRequest::CompleteIns { linear, len, mode };
+            self.step = Step::Waiting(request);
+            return Ok(RunStep::NeedMemory(request));
+        }
+        self.complete_pending(root)?;
+        self.begin_guest(root, cpuid, platform)
+    }
+
+    /// The pause handshake, then the guest loop.
+    pub(in crate::vcpu::haxm) fn begin_guest<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
+        // Quirk 7: `_exit_reason == 8` written by user space asks for an immediate exit. It is
+        // consumed (cleared) so the next RUN runs the guest.
+        let pause = self.with_tunnel(|t| {
+            let p = t.exit_reason == HAX_EXIT_REASON_PAUSE_REQUEST;
+            if p {
+                t.exit_status = ExitStatus::Paused as u32;
+                t.exit_reason = 0;
+            }
+            p
+        });
+        if pause {
+            return Ok(RunStep::Done);
+        }
+        self.run_start = platform.tsc();
+        self.run_budget = tsc_ticks(platform, RUN_BUDGET_US);
+        self.guest_loop(root, cpuid, platform)
+    }
+
+    pub(in crate::vcpu::haxm) fn guest_loop<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
+        loop {
+            if self.take_user_event() {
+                self.set_status(ExitStatus::Interrupt, 0);
+                self.finish_user_exit(root)?;
+                return Ok(RunStep::Done);
+            }
+            let injected = self.prepare_entry(root)?;
+            let exit = match self.core.run(root) {
+                Ok(e) => e,
+                Err(e @ RunError::Entry(_)) => {
+                    self.set_status(ExitStatus::Unknown, 0);
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let VmExit::EntryFailure {
+                reason,
+                qualification,
+            } = exit
+            {
+                self.set_status(ExitStatus::Unknown, 0);
+                return Err(HaxError::InvalidGuestState {
+                    reason,
+                    qualification,
+                });
+            }
+            self.after_exit(root, &exit, injected)?;
+            let next = self.handle(root, cpuid, &exit)?;
+            if let Some(step) = self.after_handler(root, next, exit.basic_reason(), platform)? {
+                return Ok(step);
+            }
+        }
+    }
+
+    /// Acts on a handler's decision: `Some` ends the step, `None` enters the guest again.
+    pub(in crate::vcpu::haxm) fn after_handler<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        next: Next,
+        reason: u16,
+        platform: &P,
+    ) -> Result<Option<RunStep>, HaxError> {
+        match next {
+            Next::User(status) => {
+                self.set_status(status, u32::from(reason));
+                if status == ExitStatus::StateChange {
+                    return Ok(Some(RunStep::Done));
+                }
+                self.finish_user_exit(root)?;
+                if status == ExitStatus::Hlt {
+                    self.with_tunnel(|t| t.ready_for_interrupt_injection = 1);
+                }
+                Ok(Some(RunStep::Done))
+            }
+            Next::Memory(request) => {
+                if let MemoryRequest::StringOut { .. } = request {
+                    // The exit is complete but for the data: the tunnel is filled now, while
+                    // the VMCS is at hand.
+                    self.set_status(ExitStatus::Io, u32::from(reason));
+                    self.finish_user_exit(root)?;
+                }
+                self.step = Step::Waiting(request);
+                Ok(Some(RunStep::NeedMemory(request)))
+            }
+            Next::Resume => {
+                // Rule (b) of status 4: the user asked for a window and the guest can take
+                // an interrupt now, with nothing of ours queued or being injected.
+                let wants = self.with_tunnel(|t| t.request_interrupt_window != 0);
+                if wants && !self.vectors_pending() && self.guest_interruptible(root)? {
+                    self.set_status(ExitStatus::Interrupt, u32::from(reason));
+                    self.finish_user_exit(root)?;
+                    return Ok(Some(RunStep::Done));
+                }
+                if platform.tsc().wrapping_sub(self.run_start) >= self.run_budget {
+                    self.set_status(ExitStatus::Interrupt, u32::from(reason));
+                    self.finish_user_exit(root)?;
+                    return Ok(Some(RunStep::Done));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// `ready_for_interrupt_injection`: 1 iff nothing is queued and the guest can take an
+    /// interrupt now (§4). Computed when RUN returns (the only time user space reads it).
+    pub(in crate::vcpu::haxm) fn finish_user_exit<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<(), HaxError> {
+        let ready = !self.vectors_pending() && self.guest_interruptible(root)?;
+        self.with_tunnel(|t| t.ready_for_interrupt_injection = i32::from(ready));
+        Ok(())
+    }
+
+    pub(in crate::vcpu::haxm) fn guest_interruptible<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<bool, HaxError> {
+        let r = self
+            .core
+            .with_vmcs(root, |vmcs, _| -> Result<bool, VmFail> {
+                let intr = vmcs.vm_entry_interruption_information()?;
+                Ok(vmcs.guest_rflags()? & RFLAGS_IF != 0
+                    && interrupt_shadow(vmcs)? == 0
+                    && intr & VALID == 0)
+            })??;
+        Ok(r)
+    }
+}

@@ -1,0 +1,268 @@
+//! Register state IOCTLs: GET/SET_REGS, GET/SET_FPU, VCPU_DEBUG, statistics, SET_CPUID.
+
+use super::exits::guest_cr;
+use super::*;
+
+impl HaxVcpu {
+    /// `HAX_VCPU_IOCTL_GET_FPU`: the guest's FXSAVE image.
+    pub fn get_fpu(&self) -> FxLayout {
+        *self.core_ref().fpu()
+    }
+
+    /// `HAX_VCPU_IOCTL_SET_FPU` (reserved MXCSR bits are dropped).
+    pub fn set_fpu(&mut self, f: &FxLayout) {
+        self.core.set_fpu(f);
+    }
+
+    /// `HAX_VCPU_GET_REGS`: the whole `vcpu_state_t`, including the fields HAXM leaves
+    /// unwritten (EFER, SYSENTER, activity and interruptibility state; `pde` is 0).
+    pub fn get_regs<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<VcpuState, HaxError> {
+        let drs = self.drs;
+        let cr2 = self.core.cr2();
+        let mut s = self
+            .core
+            .with_vmcs(root, |vmcs, regs| -> Result<VcpuState, VmFail> {
+                let mut s = VcpuState {
+                    regs: regs.gpr,
+                    ..VcpuState::default()
+                };
+                s.regs[reg::RSP] = vmcs.guest_rsp()?;
+                s.rip = vmcs.guest_rip()?;
+                s.rflags = vmcs.guest_rflags()?;
+                for (i, seg) in SEGMENTS.iter().enumerate() {
+                    let d = SegmentDesc::new(
+                        vmcs.read(seg[0])? as u16,
+                        vmcs.read(seg[1])?,
+                        vmcs.read(seg[2])? as u32,
+                        vmcs.read(seg[3])? as u32,
+                    );
+                    *segment_mut(&mut s, i) = d;
+                }
+                s.gdt = SegmentDesc::new(0, vmcs.guest_gdtr_base()?, vmcs.guest_gdtr_limit()?, 0);
+                s.idt = SegmentDesc::new(0, vmcs.guest_idtr_base()?, vmcs.guest_idtr_limit()?, 0);
+                s.cr0 = guest_cr(vmcs, 0)?;
+                s.cr3 = vmcs.guest_cr3()?;
+                s.cr4 = guest_cr(vmcs, 4)?;
+                s.dr7 = vmcs.guest_dr7()?;
+                let lma = vmcs.vm_entry_controls()? & EntryControls::IA32E_MODE_GUEST.bits() != 0;
+                s.efer =
+                    ((vmcs.guest_ia32_efer()? & !EFER_LMA) | if lma { EFER_LMA } else { 0 }) as u32;
+                s.sysenter_cs = vmcs.guest_ia32_sysenter_cs()?;
+                s.sysenter_eip = vmcs.guest_ia32_sysenter_eip()?;
+                s.sysenter_esp = vmcs.guest_ia32_sysenter_esp()?;
+                s.activity_state = vmcs.guest_activity_state()?;
+                s.interruptibility_state.raw = vmcs.guest_interruptibility_state()?;
+                Ok(s)
+            })??;
+        s.cr2 = cr2;
+        s.dr0 = drs[0];
+        s.dr1 = drs[1];
+        s.dr2 = drs[2];
+        s.dr3 = drs[3];
+        s.dr6 = drs[4];
+        Ok(s)
+    }
+
+    /// `HAX_VCPU_SET_REGS`: GPRs, RIP, RFLAGS, CR0/2/3/4, DR0-3/6/7 and the segments; the
+    /// fields HAXM ignores stay ignored (EFER and SYSENTER come through SET_MSRS). QEMU's zeros
+    /// are accepted: DRs of 0 get their fixed bits, `ar == 0` means unusable (AR 0x10000), a
+    /// non-accessed code/data type gets the accessed bit and TR a busy type (VM entry requires
+    /// both, SDM §27.3.1.2). No consistency check here: CR0.PG/CR4.PAE/EFER.LME may disagree
+    /// until SET_MSRS (haxm-clients.md §3.5); VM entry checks.
+    pub fn set_regs<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        s: &VcpuState,
+    ) -> Result<(), HaxError> {
+        let s = *s;
+        self.core.with_vmcs(root, |vmcs, regs| {
+            regs.gpr = s.regs;
+            vmcs.set_guest_rsp(s.regs[reg::RSP]);
+            vmcs.set_guest_rip(s.rip);
+            vmcs.set_guest_rflags(s.rflags);
+            for (i, seg) in SEGMENTS.iter().enumerate() {
+                let d = segment(&s, i);
+                let ar = fix_ar(i, d.ar);
+                vmcs.write(seg[0], u64::from(d.selector));
+                vmcs.write(seg[1], d.base);
+                vmcs.write(seg[2], u64::from(d.limit));
+                vmcs.write(seg[3], u64::from(ar));
+            }
+            vmcs.set_guest_gdtr_base(s.gdt.base);
+            vmcs.set_guest_gdtr_limit(s.gdt.limit & 0xffff);
+            vmcs.set_guest_idtr_base(s.idt.base);
+            vmcs.set_guest_idtr_limit(s.idt.limit & 0xffff);
+            vmcs.set_guest_cr3(s.cr3);
+            // DR7: bit 10 is fixed to 1, bits 63:32 must be 0 (SDM §27.3.1.1).
+            vmcs.set_guest_dr7((s.dr7 & 0xffff_ffff) | 0x400);
+        })?;
+        let c = *self.controls();
+        self.core.with_vmcs(root, |vmcs, _| {
+            vmcs.set_cr0_read_shadow(s.cr0);
+            vmcs.set_guest_cr0(c.guest_cr0_fixed.adjust(s.cr0));
+            vmcs.set_cr4_read_shadow(s.cr4);
+            vmcs.set_guest_cr4(c.guest_cr4_fixed.adjust(s.cr4));
+        })?;
+        self.core.set_cr2(s.cr2);
+        self.drs = [
+            s.dr0,
+            s.dr1,
+            s.dr2,
+            s.dr3,
+            (s.dr6 & 0xffff_ffff) | 0xffff_0ff0,
+        ];
+        Ok(())
+    }
+
+    /// `HAX_IOCTL_VCPU_DEBUG`. Only "debugging off" is implemented (DR0-3 = 0, DR7 = 0x400,
+    /// as HAXM without ENABLE); ENABLE with STEP or breakpoints is refused as
+    /// [`HaxError::Unsupported`].
+    pub fn debug<V: Vmx>(&mut self, root: &mut VmxRoot<V>, d: &VcpuDebug) -> Result<(), HaxError> {
+        if d.control().contains(DebugControl::ENABLE) {
+            return Err(HaxError::Unsupported(
+                "VCPU_DEBUG: single-step and breakpoints",
+            ));
+        }
+        self.drs[..4].fill(0);
+        self.core
+            .with_vmcs(root, |vmcs, _| vmcs.set_guest_dr7(0x400))?;
+        Ok(())
+    }
+
+    /// The counters in the extension ABI's format.
+    pub fn stats(&self) -> ext::VcpuStats {
+        let snap = self.core_ref().stats().snapshot();
+        let conv = |c: &ExitCounters| ext::ExitReasonStats {
+            exits: c.exits,
+            vmreads: c.vmreads,
+            vmwrites: c.vmwrites,
+            vmx_other: c.other_vmx,
+            cycles: c.host_cycles,
+        };
+        let mut out = ext::VcpuStats::new();
+        out.runs = self.runs;
+        out.user_exits = self.user_exits;
+        let mut total = ext::ExitReasonStats::default();
+        for (i, c) in snap.per_exit.iter().enumerate() {
+            let s = conv(c);
+            if i == SETUP_BUCKET {
+                out.outside_exits = ext::ExitReasonStats { exits: 0, ..s };
+            } else if let Some(slot) = out.per_reason.get_mut(i) {
+                *slot = s;
+            }
+            total = total.wrapping_add(s);
+        }
+        out.total = total;
+        out
+    }
+
+    /// Zeroes the counters.
+    pub fn reset_stats(&mut self) {
+        self.core.reset_stats();
+        self.runs = 0;
+        self.user_exits = 0;
+    }
+
+    /// SET_CPUID through the vCPU handle (the table is the VM's).
+    pub fn set_cpuid(table: &mut CpuidTable, entries: &[CpuidEntry]) -> Result<(), HaxError> {
+        table.set(entries).map_err(HaxError::Cpuid)
+    }
+}
+
+/// Selector, base, limit, access-rights fields of CS, SS, DS, ES, FS, GS, LDTR, TR (the order
+/// of `vcpu_state_t`).
+pub(in crate::vcpu::haxm) const SEGMENTS: [[VmcsField; 4]; 8] = {
+    use VmcsField as F;
+    [
+        [
+            F::GuestCsSelector,
+            F::GuestCsBase,
+            F::GuestCsLimit,
+            F::GuestCsAccessRights,
+        ],
+        [
+            F::GuestSsSelector,
+            F::GuestSsBase,
+            F::GuestSsLimit,
+            F::GuestSsAccessRights,
+        ],
+        [
+            F::GuestDsSelector,
+            F::GuestDsBase,
+            F::GuestDsLimit,
+            F::GuestDsAccessRights,
+        ],
+        [
+            F::GuestEsSelector,
+            F::GuestEsBase,
+            F::GuestEsLimit,
+            F::GuestEsAccessRights,
+        ],
+        [
+            F::GuestFsSelector,
+            F::GuestFsBase,
+            F::GuestFsLimit,
+            F::GuestFsAccessRights,
+        ],
+        [
+            F::GuestGsSelector,
+            F::GuestGsBase,
+            F::GuestGsLimit,
+            F::GuestGsAccessRights,
+        ],
+        [
+            F::GuestLdtrSelector,
+            F::GuestLdtrBase,
+            F::GuestLdtrLimit,
+            F::GuestLdtrAccessRights,
+        ],
+        [
+            F::GuestTrSelector,
+            F::GuestTrBase,
+            F::GuestTrLimit,
+            F::GuestTrAccessRights,
+        ],
+    ]
+};
+
+pub(in crate::vcpu::haxm) fn segment(s: &VcpuState, i: usize) -> SegmentDesc {
+    [s.cs, s.ss, s.ds, s.es, s.fs, s.gs, s.ldt, s.tr][i]
+}
+
+pub(in crate::vcpu::haxm) fn segment_mut(s: &mut VcpuState, i: usize) -> &mut SegmentDesc {
+    match i {
+        0 => &mut s.cs,
+        1 => &mut s.ss,
+        2 => &mut s.ds,
+        3 => &mut s.es,
+        4 => &mut s.fs,
+        5 => &mut s.gs,
+        6 => &mut s.ldt,
+        _ => &mut s.tr,
+    }
+}
+
+/// The access rights VM entry accepts for what QEMU sends (HAXM `core/cpu.c` fix-ups).
+pub(in crate::vcpu::haxm) fn fix_ar(index: usize, ar: u32) -> u32 {
+    if ar == 0 {
+        return 1 << 16;
+    }
+    if ar & (1 << 16) != 0 {
+        return ar;
+    }
+    match index {
+        // TR: a TSS must be busy (11, or 3 for a 16-bit TSS).
+        7 => {
+            (ar & !0xf)
+                | if ar & 0xf == 1 || ar & 0xf == 3 {
+                    3
+                } else {
+                    11
+                }
+        }
+        6 => ar,
+        // Code/data (S=1): the accessed bit must be set.
+        _ if ar & (1 << 4) != 0 => ar | 1,
+        _ => ar,
+    }
+}
