@@ -2,148 +2,8 @@
 //! plays guest RAM (everything at or above 1 MiB is MMIO). Each exit status of haxm-abi.md §4,
 //! the completions at the next RUN, event injection, register/MSR/CPUID IOCTLs, bad inputs.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
-
-use rhax_api::cpuid::CpuidEntry;
-use rhax_api::msr::{MsrData, VmxMsr};
-use rhax_api::tunnel::{ExitStatus, FastMmio, HAX_EXIT_REASON_PAUSE_REQUEST};
-use rhax_api::Pod;
-use rhax_core::memory::{EptAccess, MemoryError, Resolution};
-use rhax_core::platform::{CpuIndex, PhysPages, PinnedMemory, PlatformError};
-use rhax_core::platform::{HeapPlatform, Platform};
-use rhax_core::vcpu::cpuid::{CpuidError, CpuidTable};
-use rhax_core::vcpu::guest::{Backing, GuestMemoryAccess};
-use rhax_core::vcpu::haxm::{AfterMemory, HaxError, HaxVcpu, MemoryRequest, PanicReason, RunStep};
-use rhax_core::vcpu::RunError;
-use rhax_core::vmcs::stats::bucket_of;
-use rhax_core::vmcs::VmcsField;
-use rhax_core::vmx::instructions::reg;
-use rhax_core::vmx::negotiate::negotiate;
-use rhax_core::vmx::root::VmxRoot;
-use rhax_core::vmx::soft::{msrs_from_tsv, GuestCpu, SoftVmx};
-
-const TSV: &str = include_str!("data/bochs-vmx-msrs.tsv");
-const RAM: usize = 0x10_0000;
-
-/// Guest RAM, and how many calls reached it.
-struct Ram(RefCell<Vec<u8>>, Cell<u32>);
-
-impl GuestMemoryAccess for Ram {
-    fn resolve(&self, gpa: u64, _: EptAccess) -> Result<Resolution, MemoryError> {
-        self.1.set(self.1.get() + 1);
-        Ok(if (gpa as usize) < RAM {
-            Resolution::Mapped
-        } else {
-            Resolution::Mmio
-        })
-    }
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<Backing, MemoryError> {
-        self.1.set(self.1.get() + 1);
-        let m = self.0.borrow();
-        match m.get(gpa as usize..gpa as usize + buf.len()) {
-            Some(s) => {
-                buf.copy_from_slice(s);
-                Ok(Backing::Ram)
-            }
-            None => Ok(Backing::NotRam),
-        }
-    }
-    fn write(&self, gpa: u64, data: &[u8]) -> Result<Backing, MemoryError> {
-        self.1.set(self.1.get() + 1);
-        let mut m = self.0.borrow_mut();
-        match m.get_mut(gpa as usize..gpa as usize + data.len()) {
-            Some(d) => {
-                d.copy_from_slice(data);
-                Ok(Backing::Ram)
-            }
-            None => Ok(Backing::NotRam),
-        }
-    }
-}
-
-struct T {
-    platform: HeapPlatform,
-    root: VmxRoot<SoftVmx>,
-    vcpu: HaxVcpu,
-    mem: Ram,
-    cpuid: CpuidTable,
-}
-
-fn host_cpuid(leaf: u32, _: u32) -> [u32; 4] {
-    match leaf {
-        0 => [0xd, 0x756e_6547, 0x6c65_746e, 0x4965_6e69],
-        1 => [0x906ea, 0x0010_0800, 0x7ffa_fbff, 0xbfeb_fbff],
-        _ => [0; 4],
-    }
-}
-
-fn setup() -> T {
-    let platform = HeapPlatform::new();
-    let vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").unwrap());
-    let controls = negotiate(vmx.caps()).unwrap();
-    let page = platform.alloc_pages(1).unwrap();
-    // SAFETY: software model, one thread.
-    let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }
-        .map_err(|e| e.0)
-        .unwrap();
-    let vcpu = HaxVcpu::new(&platform, &controls, 0, 0, controls.eptp(0x4000_0000)).unwrap();
-    T {
-        platform,
-        root,
-        vcpu,
-        mem: Ram(RefCell::new(vec![0; RAM]), Cell::new(0)),
-        cpuid: CpuidTable::new(host_cpuid),
-    }
-}
-
-impl T {
-    fn hook(&mut self, f: impl FnMut(&mut GuestCpu<'_>) + 'static) {
-        self.root.vmx().set_hook(f);
-    }
-    /// One RUN as the dispatcher drives it: steps in the "region", memory work between.
-    fn run(&mut self) -> Result<ExitStatus, HaxError> {
-        let mut step = self.vcpu.run(&mut self.root, &self.cpuid, &self.platform)?;
-        while let RunStep::NeedMemory(_) = step {
-            if self.vcpu.complete_memory(&self.mem)? == AfterMemory::Done {
-                break;
-            }
-            step = self
-                .vcpu
-                .resume(&mut self.root, &self.cpuid, &self.platform)?;
-        }
-        Ok(self.vcpu.with_tunnel(|t| t.status().unwrap()))
-    }
-    fn step(&mut self) -> Result<RunStep, HaxError> {
-        self.vcpu.run(&mut self.root, &self.cpuid, &self.platform)
-    }
-    fn resume(&mut self) -> Result<RunStep, HaxError> {
-        self.vcpu
-            .resume(&mut self.root, &self.cpuid, &self.platform)
-    }
-    fn entries(&mut self) -> u64 {
-        let c = &self.root.vmx().counts;
-        c.vmlaunch + c.vmresume
-    }
-    fn status(&mut self) -> ExitStatus {
-        self.vcpu.with_tunnel(|t| t.status().unwrap())
-    }
-    fn rip(&mut self) -> u64 {
-        self.vcpu.get_regs(&mut self.root).unwrap().rip
-    }
-}
-
-/// One scripted guest step.
-type Step = Box<dyn FnMut(&mut GuestCpu<'_>)>;
-
-/// A guest that runs one scripted exit per entry.
-fn script(steps: Vec<Step>) -> impl FnMut(&mut GuestCpu<'_>) {
-    let mut steps = steps.into_iter();
-    move |cpu| match steps.next() {
-        Some(mut s) => s(cpu),
-        None => panic!("guest ran past its script"),
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn out_then_in_completed_at_the_next_run() {
@@ -617,7 +477,8 @@ fn regs_and_fpu_round_trip_and_cpuid_bad_totals() {
     let mut f = t.vcpu.get_fpu();
     assert_eq!((f.fcw, f.mxcsr), (0x37f, 0x1f80));
     f.mmx_1[3] = [0xaa; 16];
-    t.vcpu.set_fpu(&f);
+    let host = t.root.host_state().mxcsr_mask;
+    t.vcpu.set_fpu(host, &f).unwrap();
     assert_eq!(t.vcpu.get_fpu().mmx_1[3], [0xaa; 16]);
     // The guest's image is what the CPU holds while the guest runs.
     t.hook(|c: &mut GuestCpu<'_>| {

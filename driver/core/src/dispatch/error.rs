@@ -265,7 +265,9 @@ impl DispatchError {
             ErrorKind::NotImplemented { .. } | ErrorKind::Vcpu(HaxError::Unsupported(_)) => {
                 STATUS_NOT_IMPLEMENTED
             }
-            ErrorKind::Vcpu(HaxError::TooManyMsrs { .. }) => STATUS_INVALID_PARAMETER,
+            ErrorKind::Vcpu(HaxError::TooManyMsrs { .. } | HaxError::InvalidValue(_)) => {
+                STATUS_INVALID_PARAMETER
+            }
             ErrorKind::Vcpu(_)
             | ErrorKind::CpuidTooSmall { .. }
             | ErrorKind::Memory(_)
@@ -326,7 +328,9 @@ impl DispatchError {
             ErrorKind::Vcpu(_) if self.is(&ioctl::HAX_VM_IOCTL_VCPU_CREATE) => EINVAL,
             ErrorKind::Vcpu(e) => match e {
                 // RUN: a failed VM entry is -EINVAL (`_exit_status = HAX_EXIT_UNKNOWN`).
-                HaxError::EntryFailed(_) | HaxError::InvalidGuestState { .. } => EINVAL,
+                HaxError::EntryFailed(_)
+                | HaxError::InvalidGuestState { .. }
+                | HaxError::InvalidValue(_) => EINVAL,
                 HaxError::TooManyMsrs { .. } => EFAULT,
                 HaxError::Cpuid(CpuidError::Empty) => EINVAL,
                 HaxError::Cpuid(CpuidError::TooMany { .. }) => E2BIG,

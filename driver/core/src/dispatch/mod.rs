@@ -1110,7 +1110,12 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             }
             codes::HAX_VCPU_IOCTL_SET_FPU => {
                 let f: FxLayout = ctx.read(input)?;
-                hax.set_fpu(&f);
+                let host = self
+                    .roots
+                    .with_current(|root| root.host_state().mxcsr_mask)
+                    .map_err(|_| ctx.err(ErrorKind::NoVmxRoot))?;
+                hax.set_fpu(host, &f)
+                    .map_err(|e| ctx.err(ErrorKind::Vcpu(e)))?;
                 Ok(0)
             }
             codes::HAX_VCPU_IOCTL_GET_FPU => ctx.write(&hax.get_fpu(), output),

@@ -6,6 +6,7 @@
 //! VMRESUME a launched one (never VMCLEAR per run), then read the exit reason and only what that
 //! reason needs. Every VMX instruction goes through [`Counted`] into the vCPU's [`VcpuStats`].
 
+pub mod checked;
 pub mod cpuid;
 pub mod guest;
 pub mod haxm;
@@ -60,14 +61,22 @@ impl From<VmFail> for RunError {
 }
 
 /// Guest values of the MSRs the guest uses without exits and VMX does not switch.
-const SWAPPED_MSRS: [u32; 6] = [
-    IA32_KERNEL_GS_BASE,
-    IA32_STAR,
-    IA32_LSTAR,
-    IA32_CSTAR,
-    IA32_FMASK,
-    IA32_TSC_AUX,
-];
+use checked::SWAPPED_MSRS;
+const _: () = {
+    let m = [
+        IA32_KERNEL_GS_BASE,
+        IA32_STAR,
+        IA32_LSTAR,
+        IA32_CSTAR,
+        IA32_FMASK,
+        IA32_TSC_AUX,
+    ];
+    let mut i = 0;
+    while i < m.len() {
+        assert!(m[i] == SWAPPED_MSRS[i]);
+        i += 1;
+    }
+};
 
 /// A virtual CPU.
 pub struct Vcpu {
@@ -386,8 +395,9 @@ impl Vcpu {
         }
         // The guest's x87/SSE state travels with the MSRs: loaded once per stay in the
         // non-preemptible region, not per entry (HAXM swapped it on every entry, §6 "FPU").
-        // SAFETY: CPL0, pinned (contract of VmxRoot::enable); the guest image was validated
-        // when it was set (set_fpu clears reserved MXCSR bits).
+        // SAFETY: CPL0, pinned (contract of VmxRoot::enable); the guest image is either the
+        // power-on image, one checked against this host's MXCSR_MASK (`FxImage`), or one
+        // FXSAVE stored from a guest the CPU ran (valid by construction).
         unsafe { root.vmx.fxsave(&mut self.host_fpu) };
         // SAFETY: as above.
         unsafe { root.vmx.fxrstor(&self.fpu) };
@@ -427,17 +437,19 @@ impl Vcpu {
         }
     }
 
-    /// Sets one of the swapped MSRs; false if `msr` is not one of them.
-    pub fn set_swapped_msr<V: Vmx>(&mut self, root: &mut VmxRoot<V>, msr: u32, value: u64) -> bool {
-        let Some(i) = SWAPPED_MSRS.iter().position(|&m| m == msr) else {
-            return false;
-        };
-        self.guest_msrs[i] = value;
+    /// Sets one of the swapped MSRs to a value WRMSR accepts (checked by the caller's
+    /// [`checked::SwappedMsrValue::check`]).
+    pub fn set_swapped_msr<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        value: checked::SwappedMsrValue,
+    ) {
+        self.guest_msrs[value.slot()] = value.value();
         if self.host_msrs.is_some() {
-            // SAFETY: CPL0; the guest's values are loaded and `put` restores the host's.
-            unsafe { root.vmx.wrmsr(msr, value) };
+            // SAFETY: CPL0; the guest's values are loaded and `put` restores the host's; the
+            // value passed the architectural checks WRMSR applies (SwappedMsrValue).
+            unsafe { root.vmx.wrmsr(value.msr(), value.value()) };
         }
-        true
     }
 
     /// The guest's x87/SSE image. Current only while the guest's state is not loaded (after
@@ -446,18 +458,10 @@ impl Vcpu {
         &self.fpu
     }
 
-    /// Replaces the guest's x87/SSE image (after [`Vcpu::put`]). Reserved MXCSR bits are
-    /// cleared (FXRSTOR would raise #GP on them, SDM Vol. 1 §10.5.1.2) using `mxcsr_mask`
-    /// (0xffbf if the image does not say, the architectural default).
-    pub fn set_fpu(&mut self, image: &FxLayout) {
-        let mut f = *image;
-        let mask = if f.mxcsr_mask == 0 {
-            0xffbf
-        } else {
-            f.mxcsr_mask
-        };
-        f.mxcsr &= mask;
-        *self.fpu = f;
+    /// Replaces the guest's x87/SSE image (after [`Vcpu::put`]) with one checked against the
+    /// host's MXCSR_MASK, so the FXRSTOR of the next run cannot fault.
+    pub fn set_fpu(&mut self, image: &checked::FxImage) {
+        *self.fpu = *image.get();
     }
 
     /// The guest's CR2.

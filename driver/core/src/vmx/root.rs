@@ -82,6 +82,9 @@ pub struct HostState {
     pub pat: u64,
     /// The entry stub's exit label.
     pub rip: u64,
+    /// The MXCSR bits this CPU supports (from an FXSAVE image), which every guest MXCSR is
+    /// checked against before FXRSTOR sees it (SDM Vol. 1 §10.5.1.2).
+    pub mxcsr_mask: crate::vcpu::checked::MxcsrMask,
 }
 
 impl HostState {
@@ -99,6 +102,9 @@ impl HostState {
         // SAFETY: TR selects this CPU's TSS descriptor in its GDT.
         let tr_base = unsafe { vmx.tss_base(gdt, sel.tr) };
         let clean = |s: u16| s & !7;
+        let mut fx = rhax_api::fpu::FxLayout::default();
+        // SAFETY: CPL0; FXSAVE only stores into `fx` (16-byte aligned by its type).
+        unsafe { vmx.fxsave(&mut fx) };
         HostState {
             // SAFETY: as above.
             cr0: unsafe { vmx.read_cr0() },
@@ -129,6 +135,7 @@ impl HostState {
             // SAFETY: as above.
             pat: unsafe { vmx.rdmsr(IA32_PAT) },
             rip: vmx.host_rip(),
+            mxcsr_mask: crate::vcpu::checked::MxcsrMask::from_host_fxsave(fx.mxcsr_mask),
         }
     }
 }

@@ -29,7 +29,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<bool, HaxError> {
-        let want_window_user = self.with_tunnel(|t| t.request_interrupt_window != 0);
+        let want_window_user = self.wants_interrupt_window();
         let queued: u32 = self.vectors.iter().map(|w| w.count_ones()).sum();
         let highest = self.highest_vector();
         let preemption = self.preemption_ticks;

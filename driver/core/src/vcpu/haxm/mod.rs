@@ -43,7 +43,8 @@ use rhax_api::fpu::FxLayout;
 use rhax_api::msr::{MsrData, VmxMsr, HAX_MAX_MSRS_PER_CALL};
 use rhax_api::pod::Pod;
 use rhax_api::tunnel::{
-    ExitStatus, FastMmio, Tunnel, TunnelIo, TunnelPayload, HAX_EXIT_REASON_PAUSE_REQUEST,
+    ExitStatus, FastMmio, Tunnel, TunnelIo, TunnelPageFault, TunnelPayload,
+    HAX_EXIT_REASON_PAUSE_REQUEST,
 };
 use rhax_api::vcpu::{SegmentDesc, VcpuState};
 
@@ -114,6 +115,9 @@ pub enum HaxError {
     /// [`HaxVcpu::resume`] or [`HaxVcpu::complete_memory`] called with no step waiting for
     /// it (a caller bug; nothing changed).
     NothingToResume,
+    /// A value from the caller that would fault in the host or fail VM entry (an MXCSR bit
+    /// outside the host's MXCSR_MASK, ...); nothing changed.
+    InvalidValue(crate::vcpu::checked::Refused),
 }
 
 /// How one step of RUN inside the non-preemptible region ended.
@@ -315,7 +319,7 @@ pub struct HaxVcpu {
     /// DR0-3 and DR6 (not loaded into the CPU: hardware breakpoints are not supported yet).
     drs: [u64; 5],
     /// MSRs HAXM accepts and keeps without effect (MTRRs, MCE banks, PMU, MISC_ENABLE...).
-    soft_msrs: alloc::collections::BTreeMap<u32, u64>,
+    soft_msrs: [u64; exits::SOFT_MSRS],
     preemption_ticks: Option<u32>,
     window_on: bool,
     runs: u64,
@@ -380,7 +384,7 @@ impl HaxVcpu {
                 | APIC_BASE_ENABLE
                 | if vcpu_id == 0 { APIC_BASE_BSP } else { 0 },
             drs: [0, 0, 0, 0, 0xffff_0ff0],
-            soft_msrs: alloc::collections::BTreeMap::new(),
+            soft_msrs: [0; exits::SOFT_MSRS],
             preemption_ticks,
             window_on: false,
             runs: 0,
@@ -389,8 +393,7 @@ impl HaxVcpu {
             run_start: 0,
             run_budget: 0,
         };
-        let apic = v.apic_base;
-        v.with_tunnel(|t| t.apic_base = apic);
+        v.publish_apic_base();
         Ok(v)
     }
 

@@ -127,8 +127,7 @@ impl HaxVcpu {
     /// the non-preemptible region the caller holds.
     pub(in crate::vcpu::haxm) fn leave<V: Vmx>(&mut self, root: &mut VmxRoot<V>) {
         self.core.put(root);
-        let apic = self.apic_base;
-        self.with_tunnel(|t| t.apic_base = apic);
+        self.publish_apic_base();
     }
 
     pub(in crate::vcpu::haxm) fn start<V: Vmx, P: Platform>(
@@ -159,15 +158,8 @@ impl HaxVcpu {
     ) -> Result<RunStep, HaxError> {
         // Quirk 7: `_exit_reason == 8` written by user space asks for an immediate exit. It is
         // consumed (cleared) so the next RUN runs the guest.
-        let pause = self.with_tunnel(|t| {
-            let p = t.exit_reason == HAX_EXIT_REASON_PAUSE_REQUEST;
-            if p {
-                t.exit_status = ExitStatus::Paused as u32;
-                t.exit_reason = 0;
-            }
-            p
-        });
-        if pause {
+        if self.take_pause_request() {
+            self.set_status(ExitStatus::Paused, 0);
             return Ok(RunStep::Done);
         }
         self.run_start = platform.tsc();
@@ -231,7 +223,7 @@ impl HaxVcpu {
                 }
                 self.finish_user_exit(root)?;
                 if status == ExitStatus::Hlt {
-                    self.with_tunnel(|t| t.ready_for_interrupt_injection = 1);
+                    self.set_ready_for_injection(true);
                 }
                 Ok(Some(RunStep::Done))
             }
@@ -248,7 +240,7 @@ impl HaxVcpu {
             Next::Resume => {
                 // Rule (b) of status 4: the user asked for a window and the guest can take
                 // an interrupt now, with nothing of ours queued or being injected.
-                let wants = self.with_tunnel(|t| t.request_interrupt_window != 0);
+                let wants = self.wants_interrupt_window();
                 if wants && !self.vectors_pending() && self.guest_interruptible(root)? {
                     self.set_status(ExitStatus::Interrupt, u32::from(reason));
                     self.finish_user_exit(root)?;
@@ -271,7 +263,7 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
     ) -> Result<(), HaxError> {
         let ready = !self.vectors_pending() && self.guest_interruptible(root)?;
-        self.with_tunnel(|t| t.ready_for_interrupt_injection = i32::from(ready));
+        self.set_ready_for_injection(ready);
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 
 use super::exits::guest_cr;
 use super::*;
+use crate::vcpu::checked::{FxImage, MxcsrMask};
 
 impl HaxVcpu {
     /// `HAX_VCPU_IOCTL_GET_FPU`: the guest's FXSAVE image.
@@ -9,9 +10,13 @@ impl HaxVcpu {
         *self.core_ref().fpu()
     }
 
-    /// `HAX_VCPU_IOCTL_SET_FPU` (reserved MXCSR bits are dropped).
-    pub fn set_fpu(&mut self, f: &FxLayout) {
-        self.core.set_fpu(f);
+    /// `HAX_VCPU_IOCTL_SET_FPU`: an MXCSR with a bit outside the host's MXCSR_MASK (which
+    /// FXRSTOR would fault on in the host, SDM Vol. 1 §10.5.1.2) is refused with nothing
+    /// changed. The image's own `mxcsr_mask` field is data, not a rule: FXRSTOR ignores it.
+    pub fn set_fpu(&mut self, host: MxcsrMask, f: &FxLayout) -> Result<(), HaxError> {
+        let image = FxImage::check(f, host).map_err(HaxError::InvalidValue)?;
+        self.core.set_fpu(&image);
+        Ok(())
     }
 
     /// `HAX_VCPU_GET_REGS`: the whole `vcpu_state_t`, including the fields HAXM leaves

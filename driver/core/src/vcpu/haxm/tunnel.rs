@@ -1,11 +1,19 @@
-//! The tunnel page shared with user space: every field is accessed on its own (volatile or
-//! atomic), never read-modify-written as a whole struct, because user space may write
-//! `user_event_pending`, `request_interrupt_window` or `_exit_reason` at any time (haxm-abi.md §4).
+//! The tunnel page shared with user space (haxm-abi.md §4).
+//!
+//! User space may write `user_event_pending`, `request_interrupt_window` or `_exit_reason`
+//! from another thread at any moment, including while RUN is in the kernel. So the vCPU never
+//! reads or writes the tunnel as a whole struct (a read-modify-write of the page would lose a
+//! write that lands in between): every field is its own atomic (u32/u64 fields) or volatile
+//! (the payload union, which only the kernel writes during RUN) access.
+
+use core::mem::offset_of;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::*;
 
 impl HaxVcpu {
-    /// Reads and updates the tunnel (as user space would, for tests and in-kernel clients).
+    /// Reads and updates the whole tunnel as user space would. For tests and in-kernel clients
+    /// between RUNs only: the vCPU's own code uses the per-field accessors below.
     pub fn with_tunnel<R>(&mut self, f: impl FnOnce(&mut Tunnel) -> R) -> R {
         let bytes = &mut self.tunnel.bytes_mut()[..core::mem::size_of::<Tunnel>()];
         let mut t = Tunnel::read_from_prefix(bytes).unwrap_or_default();
@@ -14,22 +22,87 @@ impl HaxVcpu {
         r
     }
 
-    /// Test-and-clear of `user_event_pending` bit 0 (quirk 8), atomically: user space may set
-    /// it at any time.
-    pub(in crate::vcpu::haxm) fn take_user_event(&mut self) -> bool {
-        let p = self.tunnel.virt().as_ptr();
-        // SAFETY: offset 12 of the page-aligned tunnel page is 4-byte aligned and inside the
-        // page this vCPU owns; user space shares it, so only atomic access is used.
-        let field = p.wrapping_add(12) as *const core::sync::atomic::AtomicU32;
-        // SAFETY: see above; the page lives as long as `self`.
-        let a = unsafe { &*field };
-        a.fetch_and(!1, core::sync::atomic::Ordering::AcqRel) & 1 != 0
+    /// A copy of the tunnel, read without writing anything back.
+    pub fn tunnel(&self) -> Tunnel {
+        let p = self.tunnel.virt().as_ptr() as *const Tunnel;
+        // SAFETY: the tunnel page is page-aligned (aligned for `Tunnel`), owned by this vCPU
+        // and holds at least `size_of::<Tunnel>()` bytes; every bit pattern is a valid
+        // `Tunnel` (Pod). Volatile: user space may write it concurrently.
+        unsafe { core::ptr::read_volatile(p) }
     }
 
+    /// The tunnel's `u32` field at `offset`, as an atomic.
+    fn tunnel_u32(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset % 4 == 0 && offset + 4 <= core::mem::size_of::<Tunnel>());
+        let p = self.tunnel.virt().as_ptr().wrapping_add(offset) as *const AtomicU32;
+        // SAFETY: the tunnel page is page-aligned, owned by this vCPU for its lifetime and
+        // mapped writable; `offset` is a 4-aligned field offset of `Tunnel` (inside the page).
+        // User space shares the page, which is why only atomic accesses go through it.
+        unsafe { &*p }
+    }
+
+    /// `user_event_pending`: test-and-clear of bit 0 (quirk 8), atomically.
+    pub(in crate::vcpu::haxm) fn take_user_event(&mut self) -> bool {
+        let a = self.tunnel_u32(offset_of!(Tunnel, user_event_pending));
+        a.fetch_and(!1, Ordering::AcqRel) & 1 != 0
+    }
+
+    /// Quirk 7: `_exit_reason == 8` written by user space before RUN asks for an immediate
+    /// exit; consumed (set to 0) only if it is still there.
+    pub(in crate::vcpu::haxm) fn take_pause_request(&mut self) -> bool {
+        let a = self.tunnel_u32(offset_of!(Tunnel, exit_reason));
+        a.compare_exchange(
+            HAX_EXIT_REASON_PAUSE_REQUEST,
+            0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    }
+
+    /// `request_interrupt_window != 0`.
+    pub(in crate::vcpu::haxm) fn wants_interrupt_window(&self) -> bool {
+        let a = self.tunnel_u32(offset_of!(Tunnel, request_interrupt_window));
+        a.load(Ordering::Acquire) != 0
+    }
+
+    /// `ready_for_interrupt_injection`.
+    pub(in crate::vcpu::haxm) fn set_ready_for_injection(&mut self, ready: bool) {
+        let a = self.tunnel_u32(offset_of!(Tunnel, ready_for_interrupt_injection));
+        // The field is an i32 that is 0 or 1: the same bits as this u32.
+        a.store(u32::from(ready), Ordering::Release);
+    }
+
+    /// `_exit_status` and `_exit_reason`.
     pub(in crate::vcpu::haxm) fn set_status(&mut self, status: ExitStatus, reason: u32) {
-        self.with_tunnel(|t| {
-            t.exit_status = status as u32;
-            t.exit_reason = reason;
-        });
+        self.tunnel_u32(offset_of!(Tunnel, exit_status))
+            .store(status as u32, Ordering::Release);
+        self.tunnel_u32(offset_of!(Tunnel, exit_reason))
+            .store(reason, Ordering::Release);
+    }
+
+    /// `apic_base`.
+    pub(in crate::vcpu::haxm) fn publish_apic_base(&mut self) {
+        let p = self
+            .tunnel
+            .virt()
+            .as_ptr()
+            .wrapping_add(offset_of!(Tunnel, apic_base)) as *const AtomicU64;
+        // SAFETY: as in `tunnel_u32`; `apic_base` is at offset 48, 8-aligned in the page.
+        let a = unsafe { &*p };
+        a.store(self.apic_base, Ordering::Release);
+    }
+
+    /// The payload union (IO or PAGEFAULT): written only by the kernel during RUN and read by
+    /// user space after it, so a volatile store of the whole union suffices.
+    pub(in crate::vcpu::haxm) fn set_payload(&mut self, payload: TunnelPayload) {
+        let p = self
+            .tunnel
+            .virt()
+            .as_ptr()
+            .wrapping_add(offset_of!(Tunnel, payload)) as *mut TunnelPayload;
+        // SAFETY: `payload` is at offset 24 of the page-aligned tunnel page, aligned for the
+        // union (checked by rhax-api's layout assertions) and inside the page this vCPU owns.
+        unsafe { core::ptr::write_volatile(p, payload) };
     }
 }

@@ -2,47 +2,83 @@
 //! Tables 28-3, 28-4).
 
 use super::*;
+use crate::vcpu::checked::{GuestCr0, GuestCr3, GuestCr4, Refused};
 
 impl HaxVcpu {
+    /// MOV to/from CR0, CR3, CR4, CR8, CLTS and LMSW. A write that hardware refuses (SDM
+    /// Vol. 2B MOV CR "#GP(0)", checked by `vcpu::checked`) injects #GP and leaves RIP and the
+    /// register alone; storing it would fail every later VM entry instead (SDM §27.3.1.1).
     pub(in crate::vcpu::haxm) fn cr_access<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
         cr: crate::vmcs::exit::CrAccess,
+        maxphyaddr: u8,
     ) -> Result<(), HaxError> {
         let value = match cr.access {
             CrAccessType::MovTo { gpr } => Some(self.gpr(root, gpr)?),
             _ => None,
         };
-        let read =
-            self.core
-                .with_vmcs(root, |vmcs, _| -> Result<Option<(u8, u64)>, VmFail> {
-                    let mut out = None;
-                    match (cr.cr, cr.access) {
-                        (0, CrAccessType::MovTo { .. }) => write_cr0(vmcs, value.unwrap_or(0))?,
-                        (0, CrAccessType::Clts) => {
-                            let v = guest_cr(vmcs, 0)? & !8;
-                            write_cr0(vmcs, v)?;
+        let cr4_fixed1 = self.controls().guest_cr4_fixed.may_be_one;
+        let read = self.core.with_vmcs(
+            root,
+            |vmcs, _| -> Result<Result<Option<(u8, u64)>, Refused>, VmFail> {
+                let mut out = None;
+                let efer = vmcs.guest_ia32_efer()?;
+                let cr0 = |vmcs: &mut Vmcs<'_, Counted<'_, V>>, v: u64| -> Result<_, VmFail> {
+                    let cs_long = vmcs.guest_cs_access_rights()? & (1 << 13) != 0;
+                    Ok(GuestCr0::check(v, efer, guest_cr(vmcs, 4)?, cs_long))
+                };
+                match (cr.cr, cr.access) {
+                    (0, CrAccessType::MovTo { .. }) => match cr0(vmcs, value.unwrap_or(0))? {
+                        Ok(v) => write_cr0(vmcs, v)?,
+                        Err(e) => return Ok(Err(e)),
+                    },
+                    (0, CrAccessType::Clts) => {
+                        let v = guest_cr(vmcs, 0)? & !8;
+                        match cr0(vmcs, v)? {
+                            Ok(v) => write_cr0(vmcs, v)?,
+                            Err(e) => return Ok(Err(e)),
                         }
-                        (0, CrAccessType::Lmsw { source, .. }) => {
-                            // LMSW loads CR0[3:0] and cannot clear PE (SDM Vol. 2A LMSW).
-                            let cur = guest_cr(vmcs, 0)?;
-                            let v = (cur & !0xe) | u64::from(source & 0xf) | (cur & 1);
-                            write_cr0(vmcs, v)?;
-                        }
-                        (0, CrAccessType::MovFrom { gpr }) => out = Some((gpr, guest_cr(vmcs, 0)?)),
-                        (4, CrAccessType::MovTo { .. }) => write_cr4(vmcs, value.unwrap_or(0))?,
-                        (4, CrAccessType::MovFrom { gpr }) => out = Some((gpr, guest_cr(vmcs, 4)?)),
-                        (3, CrAccessType::MovTo { .. }) => vmcs.set_guest_cr3(value.unwrap_or(0)),
-                        (3, CrAccessType::MovFrom { gpr }) => out = Some((gpr, vmcs.guest_cr3()?)),
-                        // CR8 (TPR) is not virtualized: writes are dropped, reads give 0 (§6).
-                        (8, CrAccessType::MovFrom { gpr }) => out = Some((gpr, 0)),
-                        _ => {}
                     }
-                    skip_instruction(vmcs)?;
-                    Ok(out)
-                })??;
-        if let Some((gpr, v)) = read {
-            self.set_gpr(root, gpr, v)?;
+                    (0, CrAccessType::Lmsw { source, .. }) => {
+                        // LMSW loads CR0[3:0] and cannot clear PE (SDM Vol. 2A LMSW).
+                        let cur = guest_cr(vmcs, 0)?;
+                        let v = (cur & !0xe) | u64::from(source & 0xf) | (cur & 1);
+                        match cr0(vmcs, v)? {
+                            Ok(v) => write_cr0(vmcs, v)?,
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    (0, CrAccessType::MovFrom { gpr }) => out = Some((gpr, guest_cr(vmcs, 0)?)),
+                    (4, CrAccessType::MovTo { .. }) => {
+                        let cur = guest_cr(vmcs, 4)?;
+                        let cr3 = vmcs.guest_cr3()?;
+                        match GuestCr4::check(value.unwrap_or(0), cur, cr4_fixed1, efer, cr3) {
+                            Ok(v) => write_cr4(vmcs, v)?,
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    (4, CrAccessType::MovFrom { gpr }) => out = Some((gpr, guest_cr(vmcs, 4)?)),
+                    (3, CrAccessType::MovTo { .. }) => {
+                        let pcide = guest_cr(vmcs, 4)? & (1 << 17) != 0;
+                        match GuestCr3::check(value.unwrap_or(0), maxphyaddr, pcide) {
+                            Ok(v) => vmcs.set_guest_cr3(v.get()),
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    (3, CrAccessType::MovFrom { gpr }) => out = Some((gpr, vmcs.guest_cr3()?)),
+                    // CR8 (TPR) is not virtualized: writes are dropped, reads give 0 (§6).
+                    (8, CrAccessType::MovFrom { gpr }) => out = Some((gpr, 0)),
+                    _ => {}
+                }
+                skip_instruction(vmcs)?;
+                Ok(Ok(out))
+            },
+        )??;
+        match read {
+            Ok(Some((gpr, v))) => self.set_gpr(root, gpr, v)?,
+            Ok(None) => {}
+            Err(_) => self.inject_gp(root)?,
         }
         Ok(())
     }
@@ -110,8 +146,9 @@ pub(in crate::vcpu::haxm) fn guest_cr<V: Vmx>(
 /// §11.8.5 "Initializing IA-32e Mode").
 pub(in crate::vcpu::haxm) fn write_cr0<V: Vmx>(
     vmcs: &mut Vmcs<'_, Counted<'_, V>>,
-    v: u64,
+    v: GuestCr0,
 ) -> Result<(), VmFail> {
+    let v = v.get();
     let old = vmcs.guest_cr0()?;
     let mask = vmcs.cr0_guest_host_mask()?;
     let must = mask & old & !vmcs.cr0_read_shadow()?;
@@ -134,8 +171,9 @@ pub(in crate::vcpu::haxm) fn write_cr0<V: Vmx>(
 
 pub(in crate::vcpu::haxm) fn write_cr4<V: Vmx>(
     vmcs: &mut Vmcs<'_, Counted<'_, V>>,
-    v: u64,
+    v: GuestCr4,
 ) -> Result<(), VmFail> {
+    let v = v.get();
     let old = vmcs.guest_cr4()?;
     let mask = vmcs.cr4_guest_host_mask()?;
     let must = mask & old & !vmcs.cr4_read_shadow()?;

@@ -31,7 +31,7 @@ impl HaxVcpu {
                     .copy_from_slice(&v[..usize::from(io.size)]);
             }
             self.skip(root)?;
-            self.with_tunnel(|tn| tn.payload = TunnelPayload::from_io(t));
+            self.set_payload(TunnelPayload::from_io(t));
             return Ok(Next::User(ExitStatus::Io));
         }
         // String IO (INS/OUTS), at most 64 bytes per exit (IOS_MAX_BUFFER).
@@ -120,7 +120,7 @@ impl HaxVcpu {
         t.count = n as u16;
         t.flags = rhax_api::tunnel::HAX_IO_FLAG_STRING;
         t.vaddr = lowest;
-        self.with_tunnel(|tn| tn.payload = TunnelPayload::from_io(t));
+        self.set_payload(TunnelPayload::from_io(t));
         Ok(if inward {
             Next::User(ExitStatus::Io)
         } else {

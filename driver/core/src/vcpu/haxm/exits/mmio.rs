@@ -52,13 +52,11 @@ impl HaxVcpu {
             },
             Resolution::Protected { gpa: page } => {
                 let flags = (v.qualification & 0x3f) as u32;
-                self.with_tunnel(|t| {
-                    let pf = t.pagefault_mut();
-                    pf.gpa = page;
-                    pf.flags = flags;
-                    pf.reserved1 = 0;
-                    pf.reserved2 = 0;
-                });
+                self.set_payload(TunnelPayload::from_pagefault(TunnelPageFault {
+                    gpa: page,
+                    flags,
+                    ..TunnelPageFault::default()
+                }));
                 Next::User(ExitStatus::PageFault)
             }
         })

@@ -4,6 +4,7 @@
 use super::*;
 mod cr_dr;
 pub(in crate::vcpu::haxm) use cr_dr::guest_cr;
+pub(in crate::vcpu::haxm) use msr::{MsrWriter, SOFT_MSRS};
 mod io;
 mod mmio;
 mod msr;
@@ -63,7 +64,7 @@ impl HaxVcpu {
                 if write {
                     let v = (self.core.regs.gpr[reg::RDX] << 32)
                         | (self.core.regs.gpr[reg::RAX] & 0xffff_ffff);
-                    if self.write_msr(root, msr, v)? {
+                    if self.write_msr(root, msr, v, MsrWriter::Guest)? {
                         self.skip(root)?;
                     } else {
                         self.inject_gp(root)?;
@@ -81,7 +82,10 @@ impl HaxVcpu {
                 Next::Resume
             }
             VmExit::CrAccess(cr) => {
-                self.cr_access(root, cr)?;
+                // MAXPHYADDR as the guest sees it (CPUID 0x80000008 EAX[7:0]).
+                let apic_id = self.vcpu_id as u8;
+                let maxphyaddr = cpuid.lookup(0x8000_0008, 0, apic_id)[0] as u8;
+                self.cr_access(root, cr, maxphyaddr)?;
                 Next::Resume
             }
             VmExit::Io(io) => self.io(root, io)?,

@@ -1,6 +1,7 @@
 //! RDMSR/WRMSR exits and the GET/SET_MSRS IOCTLs (haxm-abi.md §2, §6).
 
 use super::*;
+use crate::vcpu::checked::{CanonicalAddress, GuestDebugCtl, GuestEfer, SwappedMsrValue};
 
 impl HaxVcpu {
     /// Reads an MSR HAXM handles (§6 list); `None` for one it does not (RDMSR → #GP).
@@ -12,7 +13,7 @@ impl HaxVcpu {
         if let Some(v) = self.core.swapped_msr(root, msr) {
             return Ok(Some(v));
         }
-        let soft = self.soft_msrs.get(&msr).copied();
+        let soft = soft_msr_slot(msr).map(|i| self.soft_msrs[i]);
         let apic = self.apic_base;
         let v = self
             .core
@@ -30,26 +31,37 @@ impl HaxVcpu {
                     IA32_FS_BASE => vmcs.guest_fs_base()?,
                     IA32_GS_BASE => vmcs.guest_gs_base()?,
                     IA32_PAT => vmcs.guest_ia32_pat()?,
-                    0x1d9 => vmcs.guest_ia32_debugctl()?,
+                    IA32_DEBUGCTL => vmcs.guest_ia32_debugctl()?,
                     IA32_APIC_BASE => apic,
                     // FEATURE_CONTROL: locked, VMX off (VMX is hidden in CPUID).
                     0x3a => 1,
-                    m if is_soft_msr(m) => soft.unwrap_or(0),
+                    _ if soft.is_some() => soft.unwrap_or(0),
                     _ => return Ok(None),
                 }))
             })??;
         Ok(v)
     }
 
-    /// Writes an MSR HAXM handles; false if refused (WRMSR → #GP).
+    /// Writes an MSR HAXM handles; false if refused (guest WRMSR → #GP; SET_MSRS stops its
+    /// batch there). Every value that reaches WRMSR in the host or a VMCS guest field VM entry
+    /// checks passes a check of `vcpu::checked` first: a refused value changes nothing.
+    /// `writer` decides the rules that differ: a guest cannot write EFER.LMA or change LME
+    /// with paging on; user space restores a whole state and may.
     pub(in crate::vcpu::haxm) fn write_msr<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
         msr: u32,
         v: u64,
+        writer: MsrWriter,
     ) -> Result<bool, HaxError> {
-        if self.core.set_swapped_msr(root, msr, v) {
-            return Ok(true);
+        if let Some(checked) = SwappedMsrValue::check(msr, v) {
+            return Ok(match checked {
+                Ok(value) => {
+                    self.core.set_swapped_msr(root, value);
+                    true
+                }
+                Err(_) => false,
+            });
         }
         match msr {
             IA32_APIC_BASE => {
@@ -61,12 +73,12 @@ impl HaxVcpu {
                 self.apic_base = v;
                 return Ok(true);
             }
-            m if is_soft_msr(m) => {
-                self.soft_msrs.insert(msr, v);
-                return Ok(true);
+            m => {
+                if let Some(slot) = soft_msr_slot(m) {
+                    self.soft_msrs[slot] = v;
+                    return Ok(true);
+                }
             }
-            0x3a => return Ok(false),
-            _ => {}
         }
         let ok = self
             .core
@@ -77,32 +89,59 @@ impl HaxVcpu {
                         vmcs.set_tsc_offset(v.wrapping_sub(now));
                     }
                     IA32_EFER => {
-                        // SCE, LME, LMA, NXE only. "IA-32e mode guest" follows LMA (SDM §27.3.1.1
-                        // requires them equal on entry).
-                        if v & !0xd01 != 0 {
+                        let efer = match writer {
+                            MsrWriter::Guest => {
+                                let cr0 = guest_cr(vmcs, 0)?;
+                                let lma = vmcs.vm_entry_controls()?
+                                    & EntryControls::IA32E_MODE_GUEST.bits()
+                                    != 0;
+                                let current = (vmcs.guest_ia32_efer()? & !EFER_LMA)
+                                    | if lma { EFER_LMA } else { 0 };
+                                GuestEfer::from_guest(v, current, cr0)
+                            }
+                            MsrWriter::User => GuestEfer::from_user(v),
+                        };
+                        let Ok(efer) = efer else {
                             return Ok(false);
-                        }
-                        vmcs.set_guest_ia32_efer(v);
+                        };
+                        // "IA-32e mode guest" follows LMA (SDM §27.3.1.1 requires them equal).
+                        vmcs.set_guest_ia32_efer(efer.get());
                         let entry = vmcs.vm_entry_controls()?;
                         let bit = EntryControls::IA32E_MODE_GUEST.bits();
-                        vmcs.set_vm_entry_controls(if v & EFER_LMA != 0 {
+                        vmcs.set_vm_entry_controls(if efer.lma() {
                             entry | bit
                         } else {
                             entry & !bit
                         });
                     }
                     IA32_SYSENTER_CS => vmcs.set_guest_ia32_sysenter_cs(v as u32),
-                    IA32_SYSENTER_ESP => vmcs.set_guest_ia32_sysenter_esp(v),
-                    IA32_SYSENTER_EIP => vmcs.set_guest_ia32_sysenter_eip(v),
-                    IA32_FS_BASE => vmcs.set_guest_fs_base(v),
-                    IA32_GS_BASE => vmcs.set_guest_gs_base(v),
+                    IA32_SYSENTER_ESP | IA32_SYSENTER_EIP | IA32_FS_BASE | IA32_GS_BASE => {
+                        // Canonical, or WRMSR raises #GP and VM entry fails (SDM §27.3.1.1-2).
+                        let Ok(a) = CanonicalAddress::check(v) else {
+                            return Ok(false);
+                        };
+                        match msr {
+                            IA32_SYSENTER_ESP => vmcs.set_guest_ia32_sysenter_esp(a.get()),
+                            IA32_SYSENTER_EIP => vmcs.set_guest_ia32_sysenter_eip(a.get()),
+                            IA32_FS_BASE => vmcs.set_guest_fs_base(a.get()),
+                            _ => vmcs.set_guest_gs_base(a.get()),
+                        }
+                    }
                     IA32_PAT => {
+                        // Each entry a valid memory type (SDM Vol. 3A §13.12.2; VM entry checks
+                        // the same, §27.3.1.1).
                         if !(0..8).all(|i| matches!((v >> (i * 8)) & 0xff, 0 | 1 | 4 | 5 | 6 | 7)) {
                             return Ok(false);
                         }
                         vmcs.set_guest_ia32_pat(v);
                     }
-                    0x1d9 => vmcs.set_guest_ia32_debugctl(v),
+                    IA32_DEBUGCTL => {
+                        let Ok(d) = GuestDebugCtl::check(v) else {
+                            return Ok(false);
+                        };
+                        vmcs.set_guest_ia32_debugctl(d.get());
+                    }
+                    // FEATURE_CONTROL is locked (reads as 1): writes fault, as on hardware.
                     _ => return Ok(false),
                 }
                 Ok(true)
@@ -135,7 +174,7 @@ impl HaxVcpu {
         d: &mut MsrData,
     ) -> Result<(), HaxError> {
         self.msr_batch(root, d, |vcpu, root, msr, e| {
-            vcpu.write_msr(root, msr, e.value)
+            vcpu.write_msr(root, msr, e.value, MsrWriter::User)
         })
     }
 
@@ -167,27 +206,62 @@ impl HaxVcpu {
     }
 }
 
-/// MSRs HAXM keeps in software per vCPU (haxm-abi.md §6): written values are remembered and
-/// read back, nothing reaches the hardware. PLATFORM_ID (0x17), BIOS_SIGN_ID (0x8b), MCG_CAP/
-/// MCG_STATUS (0x179/0x17a), MTRRcap (0xfe), MTRR def type (0x2ff), MISC_ENABLE (0x1a0),
-/// PMC0-3 (0xc1-0xc4), PERFEVTSEL0-3 (0x186-0x189), variable MTRRs (0x200-0x20f), fixed MTRRs
-/// (0x250, 0x258, 0x259, 0x268-0x26f) and the MC0-MC4 banks (0x400-0x413).
-pub(in crate::vcpu::haxm) const fn is_soft_msr(msr: u32) -> bool {
-    matches!(
-        msr,
-        0x17 | 0x8b
-            | 0x179
-            | 0x17a
-            | 0xfe
-            | 0x2ff
-            | 0x1a0
-            | 0xc1..=0xc4
-            | 0x186..=0x189
-            | 0x200..=0x20f
-            | 0x250
-            | 0x258
-            | 0x259
-            | 0x268..=0x26f
-            | 0x400..=0x413
-    )
+/// Who writes an MSR: the rules for EFER differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) enum MsrWriter {
+    /// A guest WRMSR.
+    Guest,
+    /// SET_MSRS.
+    User,
+}
+
+/// IA32_DEBUGCTL.
+const IA32_DEBUGCTL: u32 = 0x1d9;
+
+/// Ranges of the MSRs HAXM keeps in software per vCPU (haxm-abi.md §6): written values are
+/// remembered and read back, nothing reaches the hardware. PLATFORM_ID (0x17), BIOS_SIGN_ID
+/// (0x8b), PMC0-3 (0xc1-0xc4), MTRRcap (0xfe), MCG_CAP/MCG_STATUS (0x179/0x17a),
+/// PERFEVTSEL0-3 (0x186-0x189), MISC_ENABLE (0x1a0), variable MTRRs (0x200-0x20f), fixed
+/// MTRRs (0x250, 0x258, 0x259, 0x268-0x26f), MTRR def type (0x2ff) and the MC0-MC4 banks
+/// (0x400-0x413). A fixed array holds them: no allocation on the WRMSR path.
+const SOFT_MSR_RANGES: [(u32, u32); 13] = [
+    (0x17, 0x17),
+    (0x8b, 0x8b),
+    (0xc1, 0xc4),
+    (0xfe, 0xfe),
+    (0x179, 0x17a),
+    (0x186, 0x189),
+    (0x1a0, 0x1a0),
+    (0x200, 0x20f),
+    (0x250, 0x250),
+    (0x258, 0x259),
+    (0x268, 0x26f),
+    (0x2ff, 0x2ff),
+    (0x400, 0x413),
+];
+
+/// How many MSRs [`SOFT_MSR_RANGES`] names.
+pub(in crate::vcpu::haxm) const SOFT_MSRS: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < SOFT_MSR_RANGES.len() {
+        n += (SOFT_MSR_RANGES[i].1 - SOFT_MSR_RANGES[i].0 + 1) as usize;
+        i += 1;
+    }
+    n
+};
+
+/// The slot of a software-kept MSR, or `None` for any other MSR.
+pub(in crate::vcpu::haxm) const fn soft_msr_slot(msr: u32) -> Option<usize> {
+    let mut base = 0;
+    let mut i = 0;
+    while i < SOFT_MSR_RANGES.len() {
+        let (lo, hi) = SOFT_MSR_RANGES[i];
+        if msr >= lo && msr <= hi {
+            return Some(base + (msr - lo) as usize);
+        }
+        base += (hi - lo + 1) as usize;
+        i += 1;
+    }
+    None
 }

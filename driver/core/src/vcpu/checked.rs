@@ -1,0 +1,438 @@
+//! Values that reach privileged instructions or VM-entry checks, checked where they come in.
+//!
+//! A value from an IOCTL or from the guest that the host later hands to WRMSR, FXRSTOR or a
+//! VMCS guest-state field is checked here, once, against the architectural rules, and past
+//! that point travels as a type only this module can build. Hardware faults in the host
+//! (#GP on WRMSR of a non-canonical LSTAR, on FXRSTOR of an MXCSR with bits outside
+//! MXCSR_MASK) are a bugcheck for every user; a value VM entry refuses wedges the vCPU. Both
+//! are refused at the edge instead: the IOCTL fails (or stops its batch), the guest gets #GP.
+//!
+//! Sources: SDM Vol. 4 (MSR definitions), Vol. 2B WRMSR "Protected Mode Exceptions", Vol. 1
+//! §10.5.1 (FXSAVE/FXRSTOR, MXCSR_MASK), Vol. 3A §2.5 (CR0/CR4), Vol. 3C §27.3.1 (guest-state
+//! checks on VM entry).
+
+use rhax_api::fpu::FxLayout;
+
+/// Why a value was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// An address an MSR or VMCS field must hold canonically is not canonical.
+    NonCanonical,
+    /// Reserved bits are set.
+    ReservedBits,
+    /// The write is not allowed in the current state (EFER.LME with paging on, CR0.PG without
+    /// PE, CR0.NW without CD, ...).
+    InvalidTransition,
+}
+
+/// True when bits 63:47 of `v` are all equal (canonical for 48-bit linear addresses). The
+/// host may support 57-bit addresses, but 48 bits are canonical everywhere, and no guest of
+/// rhax sees LA57 (CPUID leaf 7 ECX bit 16 is not passed through).
+pub const fn is_canonical(v: u64) -> bool {
+    (((v << 16) as i64) >> 16) as u64 == v
+}
+
+/// IA32_KERNEL_GS_BASE, STAR, LSTAR, CSTAR, FMASK, TSC_AUX: the guest values the host loads
+/// with WRMSR around runs (VMX does not switch them).
+pub const SWAPPED_MSRS: [u32; 6] = [
+    0xc000_0102, // IA32_KERNEL_GS_BASE
+    0xc000_0081, // IA32_STAR
+    0xc000_0082, // IA32_LSTAR
+    0xc000_0083, // IA32_CSTAR
+    0xc000_0084, // IA32_FMASK
+    0xc000_0103, // IA32_TSC_AUX
+];
+
+/// A guest value of one of [`SWAPPED_MSRS`] that WRMSR accepts on every Intel 64 CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwappedMsrValue {
+    slot: usize,
+    value: u64,
+}
+
+impl SwappedMsrValue {
+    /// `None` when `msr` is not swapped; otherwise the checked value or why WRMSR would raise
+    /// #GP: KERNEL_GS_BASE, LSTAR and CSTAR must be canonical (SDM Vol. 2B WRMSR; KVM checks
+    /// CSTAR too), TSC_AUX and FMASK have bits 63:32 reserved (SDM Vol. 4 Table 2-2).
+    pub fn check(msr: u32, value: u64) -> Option<Result<Self, Refused>> {
+        let slot = SWAPPED_MSRS.iter().position(|&m| m == msr)?;
+        let ok = match msr {
+            0xc000_0102 | 0xc000_0082 | 0xc000_0083 => {
+                if is_canonical(value) {
+                    Ok(())
+                } else {
+                    Err(Refused::NonCanonical)
+                }
+            }
+            0xc000_0084 | 0xc000_0103 if value >> 32 != 0 => Err(Refused::ReservedBits),
+            _ => Ok(()),
+        };
+        Some(ok.map(|()| SwappedMsrValue { slot, value }))
+    }
+
+    /// Index into [`SWAPPED_MSRS`].
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// The MSR index.
+    pub fn msr(&self) -> u32 {
+        SWAPPED_MSRS[self.slot]
+    }
+
+    /// The value.
+    pub fn value(&self) -> u64 {
+        self.value
+    }
+}
+
+/// The MXCSR bits this CPU supports (SDM Vol. 1 §10.5.1.2): the MXCSR_MASK field of an FXSAVE
+/// image taken on the host, or 0xFFBF when that field is 0 (CPUs before DAZ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MxcsrMask(u32);
+
+impl MxcsrMask {
+    /// The architectural default (DAZ unsupported): a subset of every CPU's mask.
+    pub const DEFAULT: MxcsrMask = MxcsrMask(0xffbf);
+
+    /// From the MXCSR_MASK field of an FXSAVE image the host took.
+    pub fn from_host_fxsave(field: u32) -> MxcsrMask {
+        if field == 0 {
+            MxcsrMask::DEFAULT
+        } else {
+            MxcsrMask(field)
+        }
+    }
+
+    /// The mask.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+/// A guest x87/SSE image that FXRSTOR accepts on this host: MXCSR has no bit outside the
+/// host's MXCSR_MASK (else FXRSTOR raises #GP, SDM Vol. 1 §10.5.1.2). The image's own
+/// `mxcsr_mask` field is ignored by FXRSTOR and says nothing about the host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FxImage(FxLayout);
+
+impl FxImage {
+    /// Checks `image` against the host's mask.
+    pub fn check(image: &FxLayout, host: MxcsrMask) -> Result<FxImage, Refused> {
+        if image.mxcsr & !host.bits() != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        Ok(FxImage(*image))
+    }
+
+    /// The image.
+    pub fn get(&self) -> &FxLayout {
+        &self.0
+    }
+}
+
+/// IA32_EFER bits a guest may hold: SCE (0), LME (8), LMA (10), NXE (11).
+pub const EFER_VALID: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const CR0_PE: u64 = 1;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_PCIDE: u64 = 1 << 17;
+const CR4_VMXE: u64 = 1 << 13;
+const CR4_SMXE: u64 = 1 << 14;
+
+/// A value for the guest's IA32_EFER that VM entry accepts with the matching "IA-32e mode
+/// guest" control (SDM §27.3.1.1: reserved bits 0, LMA = the control).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestEfer(u64);
+
+impl GuestEfer {
+    /// A guest WRMSR (SDM Vol. 4 IA32_EFER, Vol. 3A §11.8.5): reserved bits → #GP; LME may
+    /// not change while CR0.PG = 1 → #GP; LMA is read-only (the current value stays).
+    pub fn from_guest(value: u64, current: u64, cr0: u64) -> Result<GuestEfer, Refused> {
+        if value & !EFER_VALID != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        if cr0 & CR0_PG != 0 && (value ^ current) & EFER_LME != 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        Ok(GuestEfer((value & !EFER_LMA) | (current & EFER_LMA)))
+    }
+
+    /// SET_MSRS from user space, which restores a whole state (QEMU writes LMA with the rest
+    /// after SET_REGS): only reserved bits are refused.
+    pub fn from_user(value: u64) -> Result<GuestEfer, Refused> {
+        if value & !EFER_VALID != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        Ok(GuestEfer(value))
+    }
+
+    /// The value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// EFER.LMA.
+    pub fn lma(self) -> bool {
+        self.0 & EFER_LMA != 0
+    }
+}
+
+/// A canonical address for a VMCS guest field VM entry checks (FS/GS base, SYSENTER_ESP/EIP:
+/// SDM §27.3.1.1-2). WRMSR of a non-canonical value to these MSRs raises #GP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CanonicalAddress(u64);
+
+impl CanonicalAddress {
+    /// Checks `value`.
+    pub fn check(value: u64) -> Result<CanonicalAddress, Refused> {
+        if is_canonical(value) {
+            Ok(CanonicalAddress(value))
+        } else {
+            Err(Refused::NonCanonical)
+        }
+    }
+
+    /// The address.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// IA32_DEBUGCTL as the guest may hold it: BTF (bit 1) is kept; LBR (bit 0) is dropped (LBRs
+/// are not virtualized; KVM does the same); any other bit → #GP (KVM's rule; bits 2-5 and
+/// 16-63 are reserved, SDM Vol. 4, and VM entry refuses reserved bits, §27.3.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestDebugCtl(u64);
+
+impl GuestDebugCtl {
+    /// Checks `value`.
+    pub fn check(value: u64) -> Result<GuestDebugCtl, Refused> {
+        if value & !0x3 != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        Ok(GuestDebugCtl(value & 0x2))
+    }
+
+    /// The value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A guest MOV to CR0 that hardware accepts (SDM Vol. 2B MOV CR, Vol. 3A §2.5): bits 63:32
+/// set → #GP; PG without PE → #GP; NW without CD → #GP; PG set with EFER.LME and CR4.PAE
+/// clear → #GP; PG cleared in 64-bit mode (CS.L) → #GP. Reserved bits of 31:0 are ignored
+/// (written as 0), as hardware does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestCr0(u64);
+
+/// CR0 bits 31:0 that exist: PE MP EM TS ET NE (5:0), WP (16), AM (18), NW CD PG (31:29).
+const CR0_DEFINED: u64 = 0x3f | (1 << 16) | (1 << 18) | (7 << 29);
+
+impl GuestCr0 {
+    /// Checks a new value against the current state.
+    pub fn check(value: u64, efer: u64, cr4: u64, cs_long: bool) -> Result<GuestCr0, Refused> {
+        if value >> 32 != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        let v = value & CR0_DEFINED;
+        if v & CR0_PG != 0 && v & CR0_PE == 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        if v & CR0_NW != 0 && v & CR0_CD == 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        if v & CR0_PG != 0 && efer & EFER_LME != 0 && cr4 & CR4_PAE == 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        if v & CR0_PG == 0 && cs_long && efer & EFER_LMA != 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        Ok(GuestCr0(v))
+    }
+
+    /// The value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A guest MOV to CR4 that hardware accepts: only bits the CPU supports (IA32_VMX_CR4_FIXED1)
+/// other than VMXE and SMXE (VMX is hidden from the guest), PAE not cleared in IA-32e mode,
+/// PCIDE set only in IA-32e mode with CR3[11:0] = 0 (SDM Vol. 2B MOV CR "#GP(0)").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestCr4(u64);
+
+impl GuestCr4 {
+    /// Checks a new value; `may_be_one` is the CPU's IA32_VMX_CR4_FIXED1.
+    pub fn check(
+        value: u64,
+        current: u64,
+        may_be_one: u64,
+        efer: u64,
+        cr3: u64,
+    ) -> Result<GuestCr4, Refused> {
+        if value & !(may_be_one & !(CR4_VMXE | CR4_SMXE)) != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        let lma = efer & EFER_LMA != 0;
+        if lma && value & CR4_PAE == 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        if value & CR4_PCIDE != 0 && current & CR4_PCIDE == 0 && (!lma || cr3 & 0xfff != 0) {
+            return Err(Refused::InvalidTransition);
+        }
+        Ok(GuestCr4(value))
+    }
+
+    /// The value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A guest MOV to CR3 that hardware accepts: no bit at or above MAXPHYADDR (bit 63 is the
+/// "no flush" hint with CR4.PCIDE and is not stored; SDM Vol. 3A §4.10.4.1). VM entry checks
+/// the same bits (§27.3.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestCr3(u64);
+
+impl GuestCr3 {
+    /// Checks `value` for a CPU with `maxphyaddr` physical-address bits (clamped to 36..=52).
+    pub fn check(value: u64, maxphyaddr: u8, pcide: bool) -> Result<GuestCr3, Refused> {
+        let v = if pcide { value & !(1 << 63) } else { value };
+        let width = maxphyaddr.clamp(36, 52);
+        if v >> width != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        Ok(GuestCr3(v))
+    }
+
+    /// The value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_boundaries() {
+        assert!(is_canonical(0));
+        assert!(is_canonical(0x0000_7fff_ffff_ffff));
+        assert!(!is_canonical(0x0000_8000_0000_0000));
+        assert!(!is_canonical(0x8000_0000_0000_0000));
+        assert!(is_canonical(0xffff_8000_0000_0000));
+        assert!(!is_canonical(0xfffe_ffff_ffff_ffff));
+    }
+
+    #[test]
+    fn swapped_msrs_refuse_what_wrmsr_faults_on() {
+        assert_eq!(SwappedMsrValue::check(0x10, 0), None);
+        for msr in [0xc000_0102, 0xc000_0082, 0xc000_0083] {
+            assert_eq!(
+                SwappedMsrValue::check(msr, 0x8000_0000_0000_0000),
+                Some(Err(Refused::NonCanonical))
+            );
+            assert!(SwappedMsrValue::check(msr, 0xffff_8000_0000_1000)
+                .unwrap()
+                .is_ok());
+        }
+        for msr in [0xc000_0084, 0xc000_0103] {
+            assert_eq!(
+                SwappedMsrValue::check(msr, 1 << 32),
+                Some(Err(Refused::ReservedBits))
+            );
+        }
+        let star = SwappedMsrValue::check(0xc000_0081, u64::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (star.msr(), star.value(), star.slot()),
+            (0xc000_0081, u64::MAX, 1)
+        );
+    }
+
+    #[test]
+    fn fx_image_is_checked_against_the_host_mask_not_its_own() {
+        let mut f = FxLayout {
+            mxcsr: 0x1f80 | (1 << 6),
+            mxcsr_mask: 0xffff_ffff,
+            ..FxLayout::default()
+        };
+        assert_eq!(
+            FxImage::check(&f, MxcsrMask::DEFAULT),
+            Err(Refused::ReservedBits)
+        );
+        assert!(FxImage::check(&f, MxcsrMask::from_host_fxsave(0xffff)).is_ok());
+        f.mxcsr = 0x1_0000;
+        assert!(FxImage::check(&f, MxcsrMask::from_host_fxsave(0xffff)).is_err());
+        assert_eq!(MxcsrMask::from_host_fxsave(0), MxcsrMask::DEFAULT);
+    }
+
+    #[test]
+    fn efer_rules() {
+        let pg = 1 << 31;
+        assert_eq!(
+            GuestEfer::from_guest(1 << 9, 0, 0),
+            Err(Refused::ReservedBits)
+        );
+        assert_eq!(
+            GuestEfer::from_guest(EFER_LME, 0, pg),
+            Err(Refused::InvalidTransition)
+        );
+        // LMA is read-only for the guest.
+        assert_eq!(GuestEfer::from_guest(EFER_LMA | 1, 0, 0).unwrap().get(), 1);
+        assert_eq!(
+            GuestEfer::from_guest(EFER_LME, EFER_LME | EFER_LMA, pg)
+                .unwrap()
+                .get(),
+            EFER_LME | EFER_LMA
+        );
+        assert!(GuestEfer::from_user(0xd01).unwrap().lma());
+        assert!(GuestEfer::from_user(1 << 12).is_err());
+    }
+
+    #[test]
+    fn cr_rules() {
+        let lme = EFER_LME;
+        assert!(GuestCr0::check(1 << 32, 0, 0, false).is_err());
+        assert!(GuestCr0::check(CR0_PG, 0, 0, false).is_err());
+        assert!(GuestCr0::check(CR0_NW | 1, 0, 0, false).is_err());
+        assert!(GuestCr0::check(CR0_PG | 1, lme, 0, false).is_err());
+        assert!(GuestCr0::check(CR0_PG | 1, lme, CR4_PAE, false).is_ok());
+        assert!(GuestCr0::check(1, lme | EFER_LMA, CR4_PAE, true).is_err());
+        // Reserved bits of 31:0 are ignored, not faulted.
+        assert_eq!(
+            GuestCr0::check(0x11 | (1 << 6), 0, 0, false).unwrap().get(),
+            0x11
+        );
+        let fixed1 = 0x3727ff;
+        assert!(GuestCr4::check(CR4_VMXE, 0, fixed1, 0, 0).is_err());
+        assert!(GuestCr4::check(1 << 25, 0, fixed1, 0, 0).is_err());
+        assert!(GuestCr4::check(0, CR4_PAE, fixed1, EFER_LMA, 0).is_err());
+        assert!(GuestCr4::check(CR4_PAE | CR4_PCIDE, CR4_PAE, fixed1, 0, 0).is_err());
+        assert!(GuestCr4::check(CR4_PAE | CR4_PCIDE, CR4_PAE, fixed1, EFER_LMA, 0).is_ok());
+        assert!(GuestCr3::check(1 << 46, 46, false).is_err());
+        assert_eq!(
+            GuestCr3::check((1 << 63) | 0x1000, 46, true).unwrap().get(),
+            0x1000
+        );
+        assert!(GuestCr3::check(1 << 63, 46, false).is_err());
+    }
+
+    #[test]
+    fn debugctl_and_canonical_fields() {
+        assert_eq!(GuestDebugCtl::check(3).unwrap().get(), 2);
+        assert!(GuestDebugCtl::check(1 << 6).is_err());
+        assert!(CanonicalAddress::check(1 << 47).is_err());
+        assert_eq!(CanonicalAddress::check(0x1000).unwrap().get(), 0x1000);
+    }
+}

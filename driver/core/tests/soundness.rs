@@ -1,0 +1,270 @@
+//! The soundness defects of issue 8 that live in the vCPU, each as the input that used to harm
+//! the host or wedge the vCPU: values from SET_MSRS/SET_FPU that would fault in the host's
+//! WRMSR/FXRSTOR, guest writes that hardware refuses (they must fault in the guest, not fail
+//! every later VM entry), and the tunnel fields user space writes while RUN is in the kernel.
+
+mod common;
+use common::*;
+
+use rhax_core::vcpu::checked::{is_canonical, Refused};
+
+const GP: u64 = 0x8000_0b0d; // valid, hardware exception, error code, vector 13
+const LSTAR: u32 = 0xc000_0082;
+
+fn msr(entry: u64, value: u64) -> VmxMsr {
+    VmxMsr { entry, value }
+}
+
+fn set_one(t: &mut T, entry: u64, value: u64) -> u16 {
+    let mut d = MsrData::from_entries(&[msr(entry, value)]).unwrap();
+    t.vcpu.set_msrs(&mut t.root, &mut d).unwrap();
+    d.done
+}
+
+fn get_one(t: &mut T, entry: u64) -> u64 {
+    let mut d = MsrData::from_entries(&[msr(entry, 0)]).unwrap();
+    t.vcpu.get_msrs(&mut t.root, &mut d).unwrap();
+    assert_eq!(d.done, 1);
+    d.entries[0].value
+}
+
+#[test]
+fn set_msrs_refuses_values_the_host_wrmsr_or_vm_entry_would_fault_on() {
+    let mut t = setup();
+    let bad: [(u64, u64); 9] = [
+        (0xc000_0082, 0x8000_0000_0000_0000), // LSTAR
+        (0xc000_0083, 0x0000_8000_0000_0000), // CSTAR
+        (0xc000_0102, 0x1234_5678_9abc_def0), // KERNEL_GS_BASE
+        (0xc000_0103, 1 << 32),               // TSC_AUX reserved bits
+        (0xc000_0084, 1 << 40),               // FMASK reserved bits
+        (0xc000_0100, 0x0000_8000_0000_0000), // FS_BASE
+        (0x175, 0x0001_0000_0000_0000),       // SYSENTER_ESP
+        (0xc000_0080, 1 << 9),                // EFER reserved bit
+        (0x1d9, 1 << 6),                      // DEBUGCTL bit the guest may not set
+    ];
+    for &(entry, value) in &bad {
+        let before = get_one(&mut t, entry);
+        assert_eq!(set_one(&mut t, entry, value), 0, "msr {entry:#x} refused");
+        assert_eq!(get_one(&mut t, entry), before, "msr {entry:#x} unchanged");
+    }
+    // A good value in the same batch after a bad one is not reached (HAXM's in-order stop).
+    let mut d = MsrData::from_entries(&[
+        msr(0xc000_0082, 0xffff_8000_0000_1000),
+        msr(0xc000_0082, 1 << 63),
+    ])
+    .unwrap();
+    t.vcpu.set_msrs(&mut t.root, &mut d).unwrap();
+    assert_eq!(d.done, 1);
+    // A RUN loads the guest values with WRMSR: all of them are what WRMSR accepts.
+    t.hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert!(t.root.vmx().counts.wrmsr > 0);
+    for m in [0xc000_0082u32, 0xc000_0083, 0xc000_0102] {
+        let v = t.root.vmx().msrs.get(&m).copied().unwrap_or(0);
+        assert!(is_canonical(v), "host msr {m:#x} = {v:#x}");
+    }
+    assert_eq!(get_one(&mut t, u64::from(LSTAR)), 0xffff_8000_0000_1000);
+}
+
+#[test]
+fn set_fpu_checks_mxcsr_against_the_host_mask_not_the_callers() {
+    let mut t = setup();
+    let host = t.root.host_state().mxcsr_mask;
+    let before = t.vcpu.get_fpu();
+    let mut f = before;
+    // The caller claims every bit is supported; the host does not support bit 16.
+    f.mxcsr_mask = 0xffff_ffff;
+    f.mxcsr = 0x1f80 | (1 << 16);
+    f.fcw = 0x27f;
+    assert_eq!(
+        t.vcpu.set_fpu(host, &f),
+        Err(HaxError::InvalidValue(Refused::ReservedBits))
+    );
+    assert_eq!(t.vcpu.get_fpu(), before, "nothing changed");
+    f.mxcsr = 0x1f80 & host.bits();
+    t.vcpu.set_fpu(host, &f).unwrap();
+    assert_eq!(t.vcpu.get_fpu().fcw, 0x27f);
+}
+
+/// One guest WRMSR per step; the step after checks the #GP and that RIP did not move.
+fn wrmsr(msr: u32, value: u64) -> Step {
+    Box::new(move |c| {
+        c.regs.gpr[reg::RCX] = u64::from(msr);
+        c.regs.gpr[reg::RAX] = value & 0xffff_ffff;
+        c.regs.gpr[reg::RDX] = value >> 32;
+        c.exit(32, 0, 2);
+    })
+}
+
+fn expect_gp_then(next: Step, what: &'static str) -> Step {
+    let mut next = next;
+    Box::new(move |c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation),
+            GP,
+            "{what}: #GP injected"
+        );
+        assert_eq!(c.read(VmcsField::VmEntryExceptionErrorCode), 0, "{what}");
+        assert_eq!(c.read(VmcsField::GuestRip), 0xfff0, "{what}: RIP not moved");
+        next(c)
+    })
+}
+
+fn expect_no_event_then(next: Step, what: &'static str) -> Step {
+    let mut next = next;
+    Box::new(move |c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation) & (1 << 31),
+            0,
+            "{what}: no event"
+        );
+        next(c)
+    })
+}
+
+#[test]
+fn guest_wrmsr_of_values_hardware_refuses_gets_gp_and_the_vcpu_keeps_running() {
+    let mut t = setup();
+    let cases: [(u32, u64, &str); 9] = [
+        (0xc000_0100, 0x0000_8000_0000_0000, "FS_BASE non-canonical"),
+        (0xc000_0101, 0xdead_beef_0000_0000, "GS_BASE non-canonical"),
+        (0x176, 0x0010_0000_0000_0000, "SYSENTER_EIP non-canonical"),
+        (0x175, 0x8000_0000_0000_0000, "SYSENTER_ESP non-canonical"),
+        (LSTAR, 0x0000_8000_0000_0000, "LSTAR non-canonical"),
+        (0xc000_0103, 1 << 33, "TSC_AUX reserved bits"),
+        (0xc000_0080, 1 << 2, "EFER reserved bit"),
+        (0x1d9, 1 << 20, "DEBUGCTL reserved bit"),
+        (0x277, 0x02, "PAT invalid type"),
+    ];
+    let mut steps: Vec<Step> = vec![wrmsr(cases[0].0, cases[0].1)];
+    for w in cases.windows(2) {
+        steps.push(expect_gp_then(wrmsr(w[1].0, w[1].1), w[0].2));
+    }
+    // EFER.LMA is read-only: a write of SCE|LMA keeps LMA (0 here) and succeeds.
+    steps.push(expect_gp_then(
+        wrmsr(0xc000_0080, (1 << 10) | 1),
+        cases[8].2,
+    ));
+    steps.push(expect_no_event_then(
+        Box::new(|c| c.exit(12, 0, 1)),
+        "EFER with LMA",
+    ));
+    t.hook(script(steps));
+    assert_eq!(
+        t.run(),
+        Ok(ExitStatus::Hlt),
+        "every fault stayed in the guest"
+    );
+    assert_eq!(get_one(&mut t, 0xc000_0080), 1, "SCE set, LMA kept at 0");
+    assert_eq!(get_one(&mut t, 0xc000_0100), 0);
+    assert_eq!(t.vcpu.panic_reason(), None);
+    // And the next RUN enters the guest (no state VM entry refuses was stored).
+    t.hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
+#[test]
+fn guest_efer_lme_change_with_paging_on_gets_gp() {
+    let mut t = setup();
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr0 = 0x8000_0011;
+    s.cr4 = 0x20;
+    s.cs.selector = 8;
+    s.cs.base = 0;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    assert_eq!(set_one(&mut t, 0xc000_0080, 0), 1);
+    t.hook(script(vec![
+        wrmsr(0xc000_0080, 1 << 8),
+        Box::new(|c| {
+            assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation), GP);
+            c.exit(12, 0, 1)
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(get_one(&mut t, 0xc000_0080), 0);
+}
+
+/// MOV to CRn from RAX (exit qualification: bits 3:0 CR, 5:4 access type 0, 11:8 GPR 0).
+fn mov_to_cr(cr: u64, value: u64) -> Step {
+    Box::new(move |c| {
+        c.regs.gpr[reg::RAX] = value;
+        c.exit(28, cr, 3);
+    })
+}
+
+#[test]
+fn guest_cr_writes_hardware_refuses_get_gp() {
+    let mut t = setup();
+    let cases: [(u64, u64, &str); 5] = [
+        (0, 1 << 32, "CR0 bit 32"),
+        (0, 0x8000_0000, "CR0.PG without PE"),
+        (0, 0x2000_0011, "CR0.NW without CD"),
+        (4, 1 << 13, "CR4.VMXE (VMX is hidden)"),
+        (3, 1 << 60, "CR3 above MAXPHYADDR"),
+    ];
+    let mut steps: Vec<Step> = vec![mov_to_cr(cases[0].0, cases[0].1)];
+    for w in cases.windows(2) {
+        steps.push(expect_gp_then(mov_to_cr(w[1].0, w[1].1), w[0].2));
+    }
+    // A good write after them: CR0.PE, which succeeds and moves RIP.
+    steps.push(expect_gp_then(mov_to_cr(0, 0x11), cases[4].2));
+    steps.push(Box::new(|c| {
+        assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation) >> 31, 0);
+        assert_eq!(c.read(VmcsField::GuestRip), 0xfff3);
+        c.exit(12, 0, 1)
+    }));
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(s.cr0 & 0xffff_ffff_0000_0001, 1);
+    assert_eq!(s.cr4 & (1 << 13), 0);
+    t.hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt), "VM entry still works");
+}
+
+/// User space writes `request_interrupt_window` from another thread while RUN is in the
+/// kernel. The vCPU must never write back a stale copy of it (the tunnel used to be read and
+/// written as a whole struct at every entry and step end): the writer checks after each store
+/// that its value is still there, and counts the stores the kernel undid.
+#[test]
+fn tunnel_fields_written_during_run_are_never_lost() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let mut t = setup();
+    t.hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1));
+    let base = t.vcpu.tunnel_pages().0.virt().as_ptr() as usize;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // SAFETY: the tunnel page outlives the thread (joined below); offset 20 is
+            // `request_interrupt_window`, 4-aligned; only atomic accesses are used.
+            let field = unsafe { &*((base + 20) as *const AtomicU32) };
+            let (mut k, mut lost) = (0u32, 0u32);
+            while !stop.load(Ordering::Relaxed) {
+                k = k.wrapping_add(1);
+                field.store(k, Ordering::Release);
+                for _ in 0..16 {
+                    if field.load(Ordering::Acquire) != k {
+                        lost += 1;
+                        break;
+                    }
+                }
+            }
+            (k, lost)
+        })
+    };
+    for _ in 0..20_000 {
+        assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (stores, lost) = writer.join().unwrap();
+    assert!(
+        stores > 1000,
+        "the writer ran during the RUNs ({stores} stores)"
+    );
+    assert_eq!(
+        lost, 0,
+        "{lost} of {stores} user stores undone by the kernel"
+    );
+}
