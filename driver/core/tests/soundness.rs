@@ -268,3 +268,130 @@ fn tunnel_fields_written_during_run_are_never_lost() {
         "{lost} of {stores} user stores undone by the kernel"
     );
 }
+
+/// The exits that end the vCPU on purpose, each with why that is the right answer. Everything
+/// else a CPU can deliver must be handled (the guest goes on, or user space gets a status).
+const STOPS_ON_PURPOSE: [(u16, &str); 3] = [
+    (
+        2,
+        "triple fault: the architectural shutdown; HAXM reports STATECHANGE the same way",
+    ),
+    (
+        9,
+        "task switch: emulating hardware task switches is not implemented yet",
+    ),
+    (
+        49,
+        "EPT misconfiguration: a bug in rhax's own EPT, never caused by the guest",
+    ),
+];
+
+/// Plays one exit of basic reason `reason` with the fields its decoding reads.
+fn play_exit(c: &mut GuestCpu<'_>, reason: u16) {
+    let r = u32::from(reason);
+    match reason {
+        // NMI (type 2, vector 2).
+        0 => {
+            c.write(VmcsField::VmExitInterruptionInformation, 0x8000_0202);
+            c.exit(r, 0, 0);
+        }
+        4 => c.exit(r, 0x9f, 0),
+        // MOV from CR3 to RAX.
+        28 => c.exit(r, 3 | (1 << 4), 3),
+        // MOV to DR0 from RAX.
+        29 => c.exit(r, 0, 3),
+        // OUT DX, AL to 0x3f8.
+        30 => c.exit(r, 0x03f8_0000, 1),
+        // RDMSR/WRMSR of IA32_TSC.
+        31 | 32 => {
+            c.regs.gpr[reg::RCX] = 0x10;
+            c.exit(r, 0, 2);
+        }
+        // Entry failures carry bit 31.
+        33 | 34 | 41 => c.exit(r | (1 << 31), 0, 0),
+        // A read of RAM that is not mapped yet.
+        48 => {
+            c.write(VmcsField::GuestPhysicalAddress, 0x5000);
+            c.exit(r, 1, 0);
+        }
+        49 => {
+            c.write(VmcsField::GuestPhysicalAddress, 0x5000);
+            c.exit(r, 0, 0);
+        }
+        14 => c.exit(r, 0x1000, 3),
+        _ => c.exit(r, 0, 2),
+    }
+}
+
+/// Issue 8, defect 10: every exit reason the negotiated controls let the CPU deliver has a
+/// handler that does not stop the vCPU (WBINVD, exit 54, used to stop every SeaBIOS boot).
+#[test]
+fn every_exit_the_cpu_can_deliver_is_handled_on_every_model() {
+    use rhax_core::vmcs::deliverable::deliverable_exit_reasons;
+    let mut models = 0;
+    for model in [
+        "corei7_sandy_bridge_2600k",
+        "corei7_skylake_x",
+        "corei7_icelake_u",
+        "corei7_haswell_4770",
+        "tigerlake",
+        "bx_generic",
+    ] {
+        let Some(msrs) = msrs_from_tsv(TSV, model) else {
+            continue;
+        };
+        let Ok(controls) = negotiate(SoftVmx::new(msrs.clone()).caps()) else {
+            continue;
+        };
+        models += 1;
+        let reasons = deliverable_exit_reasons(&controls);
+        assert!(
+            reasons.contains(54),
+            "{model}: WBINVD exiting is negotiated"
+        );
+        for reason in reasons.iter() {
+            let platform = HeapPlatform::new();
+            let vmx = SoftVmx::new(msrs.clone());
+            let page = platform.alloc_pages(1).unwrap();
+            // SAFETY: software model, one thread.
+            let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }
+                .map_err(|e| e.0)
+                .unwrap();
+            let vcpu =
+                HaxVcpu::new(&platform, &controls, 0, 0, controls.eptp(0x4000_0000)).unwrap();
+            let mut t = T {
+                platform,
+                root,
+                vcpu,
+                mem: Ram(RefCell::new(vec![0; RAM]), Cell::new(0)),
+                cpuid: CpuidTable::new(host_cpuid),
+            };
+            t.hook(script(vec![
+                Box::new(move |c| play_exit(c, reason)),
+                Box::new(|c| c.exit(12, 0, 1)),
+            ]));
+            let r = t.run();
+            let why = STOPS_ON_PURPOSE.iter().find(|s| s.0 == reason);
+            match why {
+                Some(_) => assert!(
+                    t.vcpu.panic_reason().is_some(),
+                    "{model}: exit {reason} reports STATECHANGE"
+                ),
+                None => {
+                    assert_eq!(
+                        t.vcpu.panic_reason(),
+                        None,
+                        "{model}: exit {reason} stopped the vCPU ({r:?})"
+                    );
+                    if let Ok(status) = r {
+                        assert_ne!(status, ExitStatus::StateChange, "{model}: exit {reason}");
+                    }
+                }
+            }
+            if reason == 0 {
+                assert_eq!(t.root.vmx().counts.host_nmis, 1, "{model}: NMI re-raised");
+            }
+        }
+    }
+    assert!(models >= 4, "models tried: {models}");
+}

@@ -1,6 +1,7 @@
 //! The VMCS: the component table, its cache, exit decoding, statistics and setup.
 
 mod cache;
+pub mod deliverable;
 pub mod exit;
 mod fields;
 pub mod setup;

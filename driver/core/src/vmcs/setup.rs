@@ -132,6 +132,13 @@ pub fn write_controls<V: Vmx>(vmcs: &mut Vmcs<'_, V>, c: &VmxControls, config: &
     if c.proc2.contains(SecondaryProcControls::ENABLE_VPID) {
         vmcs.set_virtual_processor_id(config.vpid);
     }
+    // XSAVES/XRSTORS run natively: no component exits. The field is undefined after VMCLEAR
+    // (SDM §25.11.3), so it is written rather than assumed 0.
+    if c.proc2
+        .contains(SecondaryProcControls::ENABLE_XSAVES_XRSTORS)
+    {
+        vmcs.set_xss_exiting_bitmap(0);
+    }
     // CR0/CR4 ownership (SDM §25.6.6): bits the VMX fixed-bit MSRs force (NE, VMXE, ...) are
     // host-owned; the guest reads its own view from the read shadow. With unrestricted guest,
     // PE and PG are the guest's (SDM §27.3.1.1).

@@ -188,4 +188,9 @@ impl<V: Vmx> Vmx for Counted<'_, V> {
         // SAFETY: forwarded under the caller's contract.
         unsafe { self.inner.fxrstor(area) }
     }
+
+    unsafe fn raise_host_nmi(&mut self) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.raise_host_nmi() }
+    }
 }

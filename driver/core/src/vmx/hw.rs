@@ -443,6 +443,12 @@ impl Vmx for HwVmx {
         // SAFETY: CPL0, CR0.TS=0 by contract; `area` is a valid 16-aligned FXSAVE image.
         unsafe { asm!("fxrstor64 [{}]", in(reg) p, options(nostack, readonly)) };
     }
+
+    unsafe fn raise_host_nmi(&mut self) {
+        // SAFETY: CPL0 with the host IDT loaded (contract): INT 2 runs the host's NMI handler,
+        // which returns with IRET.
+        unsafe { asm!("int 2") };
+    }
 }
 
 fn table_pointer(buf: [u8; 10]) -> DescriptorTablePointer {

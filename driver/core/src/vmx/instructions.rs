@@ -277,4 +277,13 @@ pub trait Vmx {
     /// As [`Vmx::fxsave`]; `area` must hold a valid image (reserved MXCSR bits clear, else
     /// #GP): the caller checks `mxcsr` against the MXCSR mask.
     unsafe fn fxrstor(&mut self, area: &FxLayout);
+
+    /// Delivers an NMI that arrived while the guest ran (exit reason 0, NMI) to the host's
+    /// own handler: INT 2 through the host IDT, as KVM does after such an exit. With "NMI
+    /// exiting" the NMI caused the exit instead of reaching the host (SDM Vol. 3C §26.2); the
+    /// handler's IRET ends the NMI blocking the exit left.
+    ///
+    /// # Safety
+    /// CPL0, right after the exit, on the CPU that took it, host IDT loaded.
+    unsafe fn raise_host_nmi(&mut self);
 }

@@ -68,6 +68,8 @@ pub struct SoftCounts {
     pub fxsave: u64,
     /// FXRSTOR.
     pub fxrstor: u64,
+    /// NMIs handed to the host's handler after an NMI exit.
+    pub host_nmis: u64,
     /// VMREADs by encoding.
     pub reads_by_field: BTreeMap<u32, u64>,
     /// VMWRITEs by encoding.
@@ -571,6 +573,10 @@ impl Vmx for SoftVmx {
     unsafe fn fxrstor(&mut self, area: &FxLayout) {
         self.counts.fxrstor += 1;
         *self.fpu = *area;
+    }
+
+    unsafe fn raise_host_nmi(&mut self) {
+        self.counts.host_nmis += 1;
     }
 }
 

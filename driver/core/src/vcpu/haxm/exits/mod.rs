@@ -106,9 +106,14 @@ impl HaxVcpu {
             }
             VmExit::EptMisconfig { gpa } => self.panic(PanicReason::EptMisconfig { gpa }),
             VmExit::ExceptionOrNmi { interruption, .. } => match interruption.kind {
-                // An NMI for the host arrived in the guest; it is lost on the software model
-                // and is the shell's to re-raise on hardware (not yet done: see the report).
-                InterruptionType::Nmi => Next::Resume,
+                // An NMI for the host arrived while the guest ran ("NMI exiting"): the host's
+                // own handler gets it now, before anything else runs on this CPU.
+                InterruptionType::Nmi => {
+                    // SAFETY: CPL0 right after the exit on the CPU that took it, inside the
+                    // non-preemptible region with the host IDT loaded.
+                    unsafe { root.vmx().raise_host_nmi() };
+                    Next::Resume
+                }
                 _ => self.panic(PanicReason::FatalException {
                     vector: interruption.vector,
                 }),
@@ -119,9 +124,58 @@ impl HaxVcpu {
                     self.dr_access(root)?;
                     Next::Resume
                 }
-                // INVD, GETSEC, VMCALL, VMX instructions, XSETBV (XSAVE is hidden), RDPMC: #UD
+                // WBINVD (SeaBIOS runs it on every boot) and INVD: without device passthrough
+                // every guest access is coherent write-back memory, so flushing caches does
+                // nothing the guest can observe; the host is spared a multi-millisecond stall
+                // (KVM skips WBINVD the same way unless it has non-coherent DMA; INVD is
+                // treated as WBINVD, which is always a correct implementation of it).
+                13 | 54 => {
+                    self.skip(root)?;
+                    Next::Resume
+                }
+                // INVLPG (exits only where the CPU forces INVLPG exiting): the guest's
+                // translations for this VPID are flushed (SDM Vol. 3C §29.4.3.3).
+                14 => {
+                    let vpid = self.core.config().vpid;
+                    let q = self
+                        .core
+                        .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+                    // SAFETY: VMX root on this CPU (the VMCS is current here); INVVPID of
+                    // one address of this vCPU's own VPID only drops TLB entries.
+                    let kind = crate::vmx::instructions::InvvpidType::IndividualAddress;
+                    let r = unsafe { root.vmx().invvpid(kind, vpid, q) };
+                    if r.is_err() {
+                        // A non-canonical address fails INVVPID type 0 (SDM Vol. 3C INVVPID);
+                        // flushing the whole VPID is always allowed.
+                        let all = crate::vmx::instructions::InvvpidType::SingleContext;
+                        // SAFETY: as above.
+                        unsafe { root.vmx().invvpid(all, vpid, 0) }.map_err(HaxError::from)?;
+                    }
+                    self.skip(root)?;
+                    Next::Resume
+                }
+                // RDTSC / RDTSCP (exit only where the CPU forces RDTSC exiting): the guest TSC
+                // is the host's plus the offset (SDM Vol. 3C §27.6.5).
+                16 | 51 => {
+                    let aux = self
+                        .core
+                        .swapped_msr(root, crate::vmx::root::IA32_TSC_AUX)
+                        .unwrap_or(0);
+                    self.core
+                        .with_vmcs(root, |vmcs, regs| -> Result<(), VmFail> {
+                            let tsc = vmcs.vmx().rdtsc().wrapping_add(vmcs.tsc_offset()?);
+                            regs.gpr[reg::RAX] = tsc & 0xffff_ffff;
+                            regs.gpr[reg::RDX] = tsc >> 32;
+                            if reason == 51 {
+                                regs.gpr[reg::RCX] = aux & 0xffff_ffff;
+                            }
+                            skip_instruction(vmcs)
+                        })??;
+                    Next::Resume
+                }
+                // GETSEC, VMCALL, VMX instructions, XSETBV (XSAVE is hidden), RDPMC: #UD
                 // (HAXM PR #247) / #GP.
-                11 | 13 | 18..=27 | 50 | 53 | 55 => {
+                11 | 18..=27 | 50 | 53 | 55 => {
                     self.inject_exception(root, 6, None)?;
                     Next::Resume
                 }
@@ -145,6 +199,24 @@ impl HaxVcpu {
                 Next::Resume
             }
             VmExit::Init | VmExit::Sipi { .. } => Next::Resume,
+            // PAUSE (exits only where the CPU forces PAUSE exiting): a hint, done.
+            VmExit::Pause => {
+                self.skip(root)?;
+                Next::Resume
+            }
+            // NMI-window and monitor-trap exits: rhax turns neither control on; where one was
+            // on anyway, it is turned off and the guest goes on.
+            VmExit::NmiWindow | VmExit::MonitorTrap => {
+                let bits = PrimaryProcControls::NMI_WINDOW_EXITING.bits()
+                    | PrimaryProcControls::MONITOR_TRAP_FLAG.bits();
+                self.core
+                    .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
+                        let proc = vmcs.primary_processor_based_vm_execution_controls()?;
+                        vmcs.set_primary_processor_based_vm_execution_controls(proc & !bits);
+                        Ok(())
+                    })??;
+                Next::Resume
+            }
             other => self.panic(PanicReason::UnhandledExit {
                 reason: other.basic_reason(),
             }),
