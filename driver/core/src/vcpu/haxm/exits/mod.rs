@@ -140,9 +140,9 @@ impl HaxVcpu {
                     let q = self
                         .core
                         .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+                    let kind = crate::vmx::instructions::InvvpidType::IndividualAddress;
                     // SAFETY: VMX root on this CPU (the VMCS is current here); INVVPID of
                     // one address of this vCPU's own VPID only drops TLB entries.
-                    let kind = crate::vmx::instructions::InvvpidType::IndividualAddress;
                     let r = unsafe { root.vmx().invvpid(kind, vpid, q) };
                     if r.is_err() {
                         // A non-canonical address fails INVVPID type 0 (SDM Vol. 3C INVVPID);
