@@ -260,6 +260,9 @@ fn name(vector: u64) -> &'static str {
     NAMES.get(vector as usize).copied().unwrap_or("IRQ")
 }
 
+/// NMIs the host handled (see `exception_dispatch`).
+pub static HOST_NMIS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 #[no_mangle]
 extern "C" fn exception_dispatch(frame: &mut Frame) {
     if frame.vector == u64::from(WAKE_VECTOR) {
@@ -267,6 +270,12 @@ extern "C" fn exception_dispatch(frame: &mut Frame) {
         return;
     }
     if frame.vector == u64::from(SPURIOUS_VECTOR) {
+        return;
+    }
+    // An NMI is the host's (rhax-core re-raises one that arrived in a guest with INT 2): it
+    // is counted and the interrupted code goes on.
+    if frame.vector == 2 && EXPECT.load(Ordering::SeqCst) != 3 {
+        HOST_NMIS.fetch_add(1, Ordering::SeqCst);
         return;
     }
     if EXPECT.load(Ordering::SeqCst) == frame.vector + 1 {

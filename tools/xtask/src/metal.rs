@@ -38,6 +38,7 @@ pub const TEST_SCENARIOS: &[&str] = &[
     "haxm-smp",
     "haxm-bad-input",
     "haxm-events",
+    "haxm-kick",
 ];
 /// A model without unrestricted guest, where rhax must refuse cleanly (scenario `refuse`).
 pub const REFUSE_MODEL: &str = "corei5_lynnfield_750";

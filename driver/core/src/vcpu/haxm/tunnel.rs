@@ -73,8 +73,14 @@ impl HaxVcpu {
         a.store(u32::from(ready), Ordering::Release);
     }
 
-    /// `_exit_status` and `_exit_reason`.
+    /// `_exit_status` and `_exit_reason`. An INTERRUPT return also consumes a pending user
+    /// event: a kick sets `user_event_pending` and sends an IPI, and when the IPI's exit ends
+    /// the RUN first, the event is answered by this very return; leaving the bit set would
+    /// make the next RUN come back at once for a kick already served.
     pub(in crate::vcpu::haxm) fn set_status(&mut self, status: ExitStatus, reason: u32) {
+        if status == ExitStatus::Interrupt {
+            self.take_user_event();
+        }
         self.tunnel_u32(offset_of!(Tunnel, exit_status))
             .store(status as u32, Ordering::Release);
         self.tunnel_u32(offset_of!(Tunnel, exit_reason))
