@@ -395,3 +395,145 @@ fn every_exit_the_cpu_can_deliver_is_handled_on_every_model() {
     }
     assert!(models >= 4, "models tried: {models}");
 }
+
+/// A 32-bit paged guest at CPL 3 (defect 9): PD at 0x10000, PT at 0x11000; linear pages
+/// 0x20000 user RW, 0x21000 supervisor RW, 0x22000 user read-only, 0x23000 not present.
+fn paged_user_guest(t: &mut T, cpl3: bool) {
+    let mut ram = t.mem.0.borrow_mut();
+    let put =
+        |ram: &mut Vec<u8>, at: usize, v: u32| ram[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    put(&mut ram, 0x10000, 0x11007);
+    put(&mut ram, 0x11000 + 0x20 * 4, 0x20007);
+    put(&mut ram, 0x11000 + 0x21 * 4, 0x21003);
+    put(&mut ram, 0x11000 + 0x22 * 4, 0x22005);
+    ram[0x21000..0x21004].copy_from_slice(&[1, 2, 3, 4]);
+    drop(ram);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr0 = 0x8000_0011;
+    s.cr3 = 0x10000;
+    s.cr4 = 0;
+    let dpl = if cpl3 { 3 << 5 } else { 0 };
+    s.cs =
+        rhax_api::vcpu::SegmentDesc::new(if cpl3 { 0x1b } else { 8 }, 0, 0xffff_ffff, 0xc09b | dpl);
+    s.ss = rhax_api::vcpu::SegmentDesc::new(
+        if cpl3 { 0x23 } else { 0x10 },
+        0,
+        0xffff_ffff,
+        0xc093 | dpl,
+    );
+    s.ds = s.ss;
+    s.es = s.ss;
+    s.rip = 0x20100;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+}
+
+/// A string IO exit: port 0x3f8, one byte per element, 32-bit addresses.
+fn string_io(c: &mut GuestCpu<'_>, inward: bool, rep: bool, linear: u64) {
+    c.write(VmcsField::GuestLinearAddress, linear);
+    c.write(VmcsField::VmExitInstructionInformation, 1 << 7);
+    let q = 0x03f8_0000 | (u64::from(inward) << 3) | (1 << 4) | (u64::from(rep) << 5);
+    c.exit(30, q, if rep { 2 } else { 1 });
+}
+
+fn expect_pf(c: &GuestCpu<'_>, code: u64, cr2: u64, what: &str) {
+    assert_eq!(
+        c.read(VmcsField::VmEntryInterruptionInformation),
+        0x8000_0b0e,
+        "{what}: #PF injected"
+    );
+    assert_eq!(
+        c.read(VmcsField::VmEntryExceptionErrorCode),
+        code,
+        "{what}: error code"
+    );
+    assert_eq!(*c.cr2, cr2, "{what}: CR2");
+    assert_eq!(
+        c.read(VmcsField::GuestRip),
+        0x20100,
+        "{what}: RIP not moved"
+    );
+}
+
+#[test]
+fn string_io_the_guests_paging_refuses_gets_page_fault_not_a_stopped_vcpu() {
+    let mut t = setup();
+    paged_user_guest(&mut t, true);
+    t.hook(script(vec![
+        // CPL 3 `rep outsb` from a supervisor page.
+        Box::new(|c| {
+            c.regs.gpr[reg::RSI] = 0x21000;
+            c.regs.gpr[reg::RCX] = 4;
+            string_io(c, false, true, 0x21000);
+        }),
+        Box::new(|c| {
+            expect_pf(c, 5, 0x21000, "outsb from a supervisor page");
+            assert_eq!(
+                (c.regs.gpr[reg::RSI], c.regs.gpr[reg::RCX]),
+                (0x21000, 4),
+                "registers taken back"
+            );
+            // CPL 3 `insb` into a read-only page.
+            c.regs.gpr[reg::RDI] = 0x22010;
+            string_io(c, true, false, 0x22010);
+        }),
+        Box::new(|c| {
+            expect_pf(c, 7, 0x22010, "insb into a read-only page");
+            assert_eq!(c.regs.gpr[reg::RDI], 0x22010);
+            // CPL 3 `insb` into a page that is not present.
+            c.regs.gpr[reg::RDI] = 0x23000;
+            string_io(c, true, false, 0x23000);
+        }),
+        Box::new(|c| {
+            expect_pf(c, 6, 0x23000, "insb into a missing page");
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(
+        t.run(),
+        Ok(ExitStatus::Hlt),
+        "no IO exit reached user space"
+    );
+    assert_eq!(t.vcpu.panic_reason(), None);
+}
+
+#[test]
+fn supervisor_string_out_reads_a_supervisor_page() {
+    let mut t = setup();
+    paged_user_guest(&mut t, false);
+    t.hook(script(vec![Box::new(|c| {
+        c.regs.gpr[reg::RSI] = 0x21000;
+        c.regs.gpr[reg::RCX] = 4;
+        string_io(c, false, true, 0x21000);
+    })]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    assert_eq!(&t.vcpu.io_buffer_mut()[..4], &[1, 2, 3, 4]);
+}
+
+#[test]
+fn mmio_instruction_running_into_a_refused_page_faults_in_the_guest() {
+    let mut t = setup();
+    paged_user_guest(&mut t, true);
+    // `mov eax, [0x100000]` (8B 05 imm32): 2 bytes at the end of the user page, 4 on the
+    // supervisor page after it.
+    t.mem.0.borrow_mut()[0x20ffe..0x21004].copy_from_slice(&[0x8b, 0x05, 0, 0, 0x10, 0]);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.rip = 0x20ffe;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.write(VmcsField::GuestPhysicalAddress, 0x10_0000);
+            c.exit(48, 1, 0);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0b0e
+            );
+            assert_eq!(c.read(VmcsField::VmEntryExceptionErrorCode), 5);
+            assert_eq!(*c.cr2, 0x21000);
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(t.vcpu.panic_reason(), None);
+}

@@ -52,7 +52,10 @@ use crate::emulate::{self, CpuMode, Extend, Operation, Register};
 use crate::memory::{EptAccess, MemoryError, Resolution};
 use crate::platform::{PhysPages, Platform, PlatformError};
 use crate::vcpu::cpuid::{CpuidError, CpuidTable};
-use crate::vcpu::guest::{read_linear, write_linear, GuestMemoryAccess, PagingMode, WalkError};
+use crate::vcpu::guest::{
+    fetch_linear, probe_linear, read_linear, write_linear, Access, AccessKind, GuestMemoryAccess,
+    PagingMode, WalkError,
+};
 use crate::vcpu::{skip_instruction, CreateError, RunError, Vcpu};
 use crate::vmcs::exit::{CrAccessType, InterruptionType, IoDirection, VmExit};
 use crate::vmcs::stats::{ExitCounters, SETUP_BUCKET};
@@ -143,6 +146,21 @@ pub enum MemoryRequest {
         len: usize,
         /// Paging mode at the exit.
         mode: PagingMode,
+        /// The guest's privilege for the writes.
+        access: Access,
+    },
+    /// A string IN (INS) exit, before it goes to user space: the guest's paging must allow
+    /// writing the `len` bytes at `linear`, or the guest takes #PF instead of the exit
+    /// (hardware checks the destination before the port is read).
+    ProbeIns {
+        /// Lowest linear address.
+        linear: u64,
+        /// Bytes (at most 64).
+        len: usize,
+        /// Paging mode at the exit.
+        mode: PagingMode,
+        /// The guest's privilege for the writes.
+        access: Access,
     },
     /// An EPT violation: resolve it (lazy pin and map of RAM, or MMIO); when it is not RAM,
     /// fetch the instruction at `fetch` for the MMIO emulator.
@@ -165,6 +183,8 @@ pub enum MemoryRequest {
         len: usize,
         /// Paging mode at the exit.
         mode: PagingMode,
+        /// The guest's privilege for the reads.
+        access: Access,
     },
 }
 
@@ -177,6 +197,8 @@ pub struct Fetch {
     pub mode: PagingMode,
     /// Decoding mode.
     pub cpu_mode: CpuMode,
+    /// The guest's privilege for the fetch.
+    pub access: Access,
 }
 
 /// What [`HaxVcpu::complete_memory`] leaves to do.
@@ -194,9 +216,11 @@ struct Resolved {
     gpa: u64,
     qualification: u64,
     resolution: Resolution,
-    /// The instruction bytes (when not RAM) or why they could not be read.
+    /// The instruction bytes (when not RAM): `got` of them, then why the fetch stopped if
+    /// the guest's paging refused a page.
     fetched: [u8; emulate::MAX_LENGTH],
-    got: Result<usize, WalkError>,
+    got: usize,
+    fault: Option<WalkError>,
     cpu_mode: CpuMode,
 }
 
@@ -211,6 +235,26 @@ enum Step {
     InsDone,
     /// [`HaxVcpu::resume`] finishes this EPT violation.
     Violation(Resolved),
+    /// The guest's paging refused an access the host made for it: [`HaxVcpu::resume`]
+    /// undoes what the exit's first step did to the registers and injects #PF.
+    Fault {
+        /// CR2.
+        linear: u64,
+        /// The #PF error code.
+        code: u32,
+    },
+}
+
+/// What a string IO exit changed before its memory was touched, to be undone when the
+/// guest's paging refuses the access (the instruction then faults without any effect).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StringUndo {
+    /// RSI (OUTS) or RDI (INS), and its value before.
+    index: usize,
+    old_index: u64,
+    old_rcx: u64,
+    /// RIP before, when the exit moved it.
+    old_rip: Option<u64>,
 }
 
 impl From<RunError> for HaxError {
@@ -267,6 +311,7 @@ enum Pending {
         linear: u64,
         len: usize,
         mode: PagingMode,
+        access: Access,
     },
     /// MMIO load: `FastMmio.value` into a register, then RIP += `length`.
     MmioLoad {
@@ -295,6 +340,8 @@ const EXIT_REASON_EPT_VIOLATION: u16 = 48;
 
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_DF: u64 = 1 << 10;
+const RFLAGS_AC: u64 = 1 << 18;
+const RFLAGS_VM: u64 = 1 << 17;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 const CR0_PG: u64 = 1 << 31;
@@ -326,6 +373,8 @@ pub struct HaxVcpu {
     user_exits: u64,
     /// Where the RUN in progress stands between steps.
     step: Step,
+    /// How to take back the string IO exit whose memory step is pending.
+    undo: Option<StringUndo>,
     /// TSC at the start of the RUN's guest loop, and the budget in TSC ticks (it spans all
     /// the RUN's steps).
     run_start: u64,
@@ -390,6 +439,7 @@ impl HaxVcpu {
             runs: 0,
             user_exits: 0,
             step: Step::Idle,
+            undo: None,
             run_start: 0,
             run_budget: 0,
         };

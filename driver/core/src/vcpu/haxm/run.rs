@@ -38,7 +38,10 @@ impl HaxVcpu {
         cpuid: &CpuidTable,
         platform: &P,
     ) -> Result<RunStep, HaxError> {
-        if !matches!(self.step, Step::InsDone | Step::Violation(_)) {
+        if !matches!(
+            self.step,
+            Step::InsDone | Step::Violation(_) | Step::Fault { .. }
+        ) {
             return Err(HaxError::NothingToResume);
         }
         self.core.with_vmcs(root, |_, _| ())?;
@@ -51,6 +54,10 @@ impl HaxVcpu {
                         Err(e) => Err(e),
                     }
                 }
+                Err(e) => Err(e),
+            },
+            Step::Fault { linear, code } => match self.fault_string_io(root, linear, code) {
+                Ok(()) => self.guest_loop(root, cpuid, platform),
                 Err(e) => Err(e),
             },
             _ => self.begin_guest(root, cpuid, platform),
@@ -70,31 +77,81 @@ impl HaxVcpu {
         };
         self.step = Step::Idle;
         match request {
-            MemoryRequest::CompleteIns { linear, len, mode } => {
+            MemoryRequest::CompleteIns {
+                linear,
+                len,
+                mode,
+                access,
+            } => {
                 self.pending = Pending::None;
                 let len = len.min(64);
                 let mut data = [0u8; 64];
                 data[..len].copy_from_slice(&self.iobuf.bytes_mut()[..len]);
-                if let Err(e) = write_linear(mem, &mode, linear, &data[..len]) {
-                    self.panicked = Some(PanicReason::GuestMemory(e));
-                    return Err(HaxError::EmulationFailed);
-                }
-                self.step = Step::InsDone;
-                Ok(AfterMemory::Resume)
-            }
-            MemoryRequest::StringOut { linear, len, mode } => {
-                let len = len.min(64);
-                let mut buf = [0u8; 64];
-                match read_linear(mem, &mode, linear, &mut buf[..len]) {
-                    Ok(_) => self.iobuf.bytes_mut()[..len].copy_from_slice(&buf[..len]),
-                    // The registers already moved past the elements; the vCPU is dead
-                    // anyway (STATECHANGE on this and every later RUN).
+                match write_linear(mem, &mode, linear, &data[..len], access) {
+                    Ok(_) => self.step = Step::InsDone,
+                    // The exit was probed writable; the guest's tables changed since (another
+                    // vCPU): the fault is delivered now, after the registers moved.
+                    Err(WalkError::PageFault { linear, code }) => {
+                        self.undo = None;
+                        self.step = Step::Fault { linear, code };
+                    }
                     Err(e) => {
                         self.panicked = Some(PanicReason::GuestMemory(e));
-                        self.set_status(ExitStatus::StateChange, EXIT_REASON_IO);
+                        return Err(HaxError::EmulationFailed);
                     }
                 }
-                Ok(AfterMemory::Done)
+                Ok(AfterMemory::Resume)
+            }
+            MemoryRequest::ProbeIns {
+                linear,
+                len,
+                mode,
+                access,
+            } => match probe_linear(mem, &mode, linear, len.min(64), access) {
+                Ok(()) => {
+                    self.undo = None;
+                    Ok(AfterMemory::Done)
+                }
+                Err(WalkError::PageFault { linear, code }) => {
+                    self.pending = Pending::None;
+                    self.step = Step::Fault { linear, code };
+                    Ok(AfterMemory::Resume)
+                }
+                Err(e) => {
+                    self.undo = None;
+                    self.panicked = Some(PanicReason::GuestMemory(e));
+                    self.set_status(ExitStatus::StateChange, EXIT_REASON_IO);
+                    Ok(AfterMemory::Done)
+                }
+            },
+            MemoryRequest::StringOut {
+                linear,
+                len,
+                mode,
+                access,
+            } => {
+                let len = len.min(64);
+                let mut buf = [0u8; 64];
+                match read_linear(mem, &mode, linear, &mut buf[..len], access) {
+                    Ok(_) => {
+                        self.undo = None;
+                        self.iobuf.bytes_mut()[..len].copy_from_slice(&buf[..len]);
+                        Ok(AfterMemory::Done)
+                    }
+                    // The guest's paging refuses the source: #PF, and the OUTS never happened.
+                    Err(WalkError::PageFault { linear, code }) => {
+                        self.step = Step::Fault { linear, code };
+                        Ok(AfterMemory::Resume)
+                    }
+                    // Page tables outside RAM or a memory-layer failure: nothing the guest can
+                    // be told; the vCPU stops (STATECHANGE on this and every later RUN).
+                    Err(e) => {
+                        self.undo = None;
+                        self.panicked = Some(PanicReason::GuestMemory(e));
+                        self.set_status(ExitStatus::StateChange, EXIT_REASON_IO);
+                        Ok(AfterMemory::Done)
+                    }
+                }
             }
             MemoryRequest::EptViolation {
                 gpa,
@@ -104,11 +161,11 @@ impl HaxVcpu {
             } => {
                 let resolution = mem.resolve(gpa, access).map_err(HaxError::Memory)?;
                 let mut fetched = [0u8; emulate::MAX_LENGTH];
-                let got = match resolution {
+                let (got, fault) = match resolution {
                     Resolution::Mmio | Resolution::WriteToRom => {
-                        read_linear(mem, &fetch.mode, fetch.linear, &mut fetched)
+                        fetch_linear(mem, &fetch.mode, fetch.linear, &mut fetched, fetch.access)
                     }
-                    Resolution::Mapped | Resolution::Protected { .. } => Ok(0),
+                    Resolution::Mapped | Resolution::Protected { .. } => (0, None),
                 };
                 self.step = Step::Violation(Resolved {
                     gpa,
@@ -116,11 +173,31 @@ impl HaxVcpu {
                     resolution,
                     fetched,
                     got,
+                    fault,
                     cpu_mode: fetch.cpu_mode,
                 });
                 Ok(AfterMemory::Resume)
             }
         }
+    }
+
+    /// A string IO access the guest's paging refused: the registers and RIP go back to what
+    /// they were before the exit's first step, and the guest takes #PF.
+    fn fault_string_io<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        linear: u64,
+        code: u32,
+    ) -> Result<(), HaxError> {
+        if let Some(u) = self.undo.take() {
+            self.core.regs.gpr[u.index] = u.old_index;
+            self.core.regs.gpr[reg::RCX] = u.old_rcx;
+            if let Some(rip) = u.old_rip {
+                self.core
+                    .with_vmcs(root, |vmcs, _| vmcs.set_guest_rip(rip))?;
+            }
+        }
+        self.inject_page_fault(root, linear, code)
     }
 
     /// The end of every step: the guest's MSRs and FPU go back before the thread can leave
@@ -140,8 +217,19 @@ impl HaxVcpu {
             self.set_status(ExitStatus::StateChange, 0);
             return Ok(RunStep::Done);
         }
-        if let Pending::Ins { linear, len, mode } = self.pending {
-            let request = MemoryRequest::CompleteIns { linear, len, mode };
+        if let Pending::Ins {
+            linear,
+            len,
+            mode,
+            access,
+        } = self.pending
+        {
+            let request = MemoryRequest::CompleteIns {
+                linear,
+                len,
+                mode,
+                access,
+            };
             self.step = Step::Waiting(request);
             return Ok(RunStep::NeedMemory(request));
         }
@@ -228,7 +316,7 @@ impl HaxVcpu {
                 Ok(Some(RunStep::Done))
             }
             Next::Memory(request) => {
-                if let MemoryRequest::StringOut { .. } = request {
+                if let MemoryRequest::StringOut { .. } | MemoryRequest::ProbeIns { .. } = request {
                     // The exit is complete but for the data: the tunnel is filled now, while
                     // the VMCS is at hand.
                     self.set_status(ExitStatus::Io, u32::from(reason));

@@ -36,16 +36,29 @@ impl HaxVcpu {
         }
         // String IO (INS/OUTS), at most 64 bytes per exit (IOS_MAX_BUFFER).
         let size = u64::from(io.size);
-        let (la, rflags, cs_ar, mode, info) =
+        let (la, rflags, cs_ar, mode, info, user, rip) =
             self.core.with_vmcs(root, |vmcs, _| -> Result<_, VmFail> {
+                let mode = Self::paging(vmcs)?;
+                let rflags = vmcs.guest_rflags()?;
                 Ok((
                     vmcs.guest_linear_address()?,
-                    vmcs.guest_rflags()?,
+                    rflags,
                     vmcs.guest_cs_access_rights()?,
-                    Self::paging(vmcs)?,
+                    mode,
                     vmcs.vm_exit_instruction_information()?,
+                    Self::user_mode(vmcs, &mode, rflags)?,
+                    vmcs.guest_rip()?,
                 ))
             })??;
+        let access = Access {
+            kind: if inward {
+                AccessKind::Write
+            } else {
+                AccessKind::Read
+            },
+            user,
+            ac: rflags & RFLAGS_AC != 0,
+        };
         // Address size: instruction-information bits 9:7 (SDM Table 28-8) when the CPU reports
         // it (IA32_VMX_BASIC bit 54), else the code segment's default.
         let addr_bits = if root.caps().basic.ins_outs_info {
@@ -88,11 +101,20 @@ impl HaxVcpu {
                 linear: lowest,
                 len: bytes,
                 mode,
+                access,
             };
         }
         let index = if inward { reg::RDI } else { reg::RSI };
         let delta = n * size;
         let old = self.core.regs.gpr[index];
+        // Taken back if the guest's paging refuses the memory access (the instruction then
+        // faults with no effect, SDM Vol. 3A §7.5 "faults ... before any state changes").
+        self.undo = Some(StringUndo {
+            index,
+            old_index: old,
+            old_rcx: rcx,
+            old_rip: None,
+        });
         let moved = if df {
             old.wrapping_sub(delta)
         } else {
@@ -115,20 +137,29 @@ impl HaxVcpu {
         // again for the next chunk (§4 "String IO").
         if done {
             self.skip(root)?;
+            if let Some(u) = self.undo.as_mut() {
+                u.old_rip = Some(rip);
+            }
         }
         t.df = u8::from(df);
         t.count = n as u16;
         t.flags = rhax_api::tunnel::HAX_IO_FLAG_STRING;
         t.vaddr = lowest;
         self.set_payload(TunnelPayload::from_io(t));
-        Ok(if inward {
-            Next::User(ExitStatus::Io)
-        } else {
-            Next::Memory(MemoryRequest::StringOut {
+        Ok(Next::Memory(if inward {
+            MemoryRequest::ProbeIns {
                 linear: lowest,
                 len: bytes,
                 mode,
-            })
-        })
+                access,
+            }
+        } else {
+            MemoryRequest::StringOut {
+                linear: lowest,
+                len: bytes,
+                mode,
+                access,
+            }
+        }))
     }
 }

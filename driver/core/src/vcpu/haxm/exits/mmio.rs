@@ -9,14 +9,25 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<Fetch, HaxError> {
-        let (rip, cs_base, cs_ar, mode, rflags) =
+        let (rip, cs_base, cs_ar, mode, rflags, user) =
             self.core.with_vmcs(root, |vmcs, _| -> Result<_, VmFail> {
+                let cs_ar = vmcs.guest_cs_access_rights()?;
+                let mode = Self::paging(vmcs)?;
+                let rflags = vmcs.guest_rflags()?;
+                // CPL = CS.DPL for a non-conforming code segment (no extra VMREAD on the
+                // MMIO path); a conforming one needs SS.DPL (SDM Vol. 3A §6.5).
+                let user = if mode.cr0 & 1 == 0 || rflags & RFLAGS_VM != 0 || cs_ar & 0x1c == 0x1c {
+                    Self::user_mode(vmcs, &mode, rflags)?
+                } else {
+                    (cs_ar >> 5) & 3 == 3
+                };
                 Ok((
                     vmcs.guest_rip()?,
                     vmcs.guest_cs_base()?,
-                    vmcs.guest_cs_access_rights()?,
-                    Self::paging(vmcs)?,
-                    vmcs.guest_rflags()?,
+                    cs_ar,
+                    mode,
+                    rflags,
+                    user,
                 ))
             })??;
         let cpu_mode = if mode.lma && cs_ar & (1 << 13) != 0 {
@@ -35,6 +46,11 @@ impl HaxVcpu {
             linear,
             mode,
             cpu_mode,
+            access: Access {
+                kind: AccessKind::Fetch,
+                user,
+                ac: false,
+            },
         })
     }
 
@@ -46,10 +62,26 @@ impl HaxVcpu {
     ) -> Result<Next, HaxError> {
         Ok(match v.resolution {
             Resolution::Mapped => Next::Resume,
-            Resolution::Mmio | Resolution::WriteToRom => match v.got {
-                Ok(n) => self.mmio(root, v.gpa, v.fetched.get(..n).unwrap_or(&[]), v.cpu_mode)?,
-                Err(e) => self.panic(PanicReason::GuestMemory(e)),
-            },
+            Resolution::Mmio | Resolution::WriteToRom => {
+                let bytes = v.fetched.get(..v.got).unwrap_or(&[]);
+                // The fetch stopped at a page the guest's paging refuses: only an instruction
+                // that runs into that page faults (#PF on its first byte there, as the CPU's
+                // own fetch would); one that ends before it is emulated.
+                let truncated = |b: &[u8]| {
+                    matches!(
+                        emulate::decode(b, v.cpu_mode),
+                        Err(emulate::DecodeError::Truncated)
+                    )
+                };
+                match v.fault {
+                    Some(WalkError::PageFault { linear, code }) if truncated(bytes) => {
+                        self.inject_page_fault(root, linear, code)?;
+                        Next::Resume
+                    }
+                    Some(e) if truncated(bytes) => self.panic(PanicReason::GuestMemory(e)),
+                    _ => self.mmio(root, v.gpa, bytes, v.cpu_mode)?,
+                }
+            }
             Resolution::Protected { gpa: page } => {
                 let flags = (v.qualification & 0x3f) as u32;
                 self.set_payload(TunnelPayload::from_pagefault(TunnelPageFault {

@@ -245,7 +245,35 @@ impl HaxVcpu {
             cr3: vmcs.guest_cr3()?,
             cr4: vmcs.guest_cr4()?,
             lma: vmcs.vm_entry_controls()? & EntryControls::IA32E_MODE_GUEST.bits() != 0,
+            nxe: vmcs.guest_ia32_efer()? & (1 << 11) != 0,
         })
+    }
+
+    /// CPL 3: SS.DPL in protected mode (SDM Vol. 3A §6.5: CPL is CS.DPL = SS.DPL), always in
+    /// virtual-8086 mode, never in real mode.
+    pub(in crate::vcpu::haxm) fn user_mode<V: Vmx>(
+        vmcs: &mut Vmcs<'_, Counted<'_, V>>,
+        mode: &PagingMode,
+        rflags: u64,
+    ) -> Result<bool, VmFail> {
+        if mode.cr0 & 1 == 0 {
+            return Ok(false);
+        }
+        if rflags & RFLAGS_VM != 0 {
+            return Ok(true);
+        }
+        Ok((vmcs.guest_ss_access_rights()? >> 5) & 3 == 3)
+    }
+
+    /// Injects #PF with `code`, CR2 = `linear` (SDM Vol. 3A §7.15 "Interrupt 14").
+    pub(in crate::vcpu::haxm) fn inject_page_fault<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        linear: u64,
+        code: u32,
+    ) -> Result<(), HaxError> {
+        self.core.set_cr2(linear);
+        self.inject_exception(root, 14, Some(code))
     }
 
     pub(in crate::vcpu::haxm) fn gpr<V: Vmx>(
