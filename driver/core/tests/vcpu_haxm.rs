@@ -365,9 +365,10 @@ fn cpuid_from_the_table_and_msrs_in_kernel() {
             c.exit(31, 0, 2);
         }),
         Box::new(|c| {
+            // #GP without an error code: the guest is in real mode (SDM §27.2.1.3).
             assert_eq!(
                 c.read(VmcsField::VmEntryInterruptionInformation),
-                0x8000_0b0d
+                0x8000_030d
             );
             c.exit(12, 0, 1);
         }),

@@ -22,6 +22,7 @@ mod console;
 mod guests;
 mod haxm;
 mod haxm_events;
+mod haxm_hostile;
 mod haxm_kick;
 mod hv;
 mod interrupts;

@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
-use crate::{guests, haxm, haxm_events, haxm_kick, interrupts, mm, println, smp};
+use crate::{guests, haxm, haxm_events, haxm_hostile, haxm_kick, interrupts, mm, println, smp};
 
 /// What scenarios may know about the run.
 pub struct Ctx {
@@ -41,6 +41,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-bad-input", haxm::haxm_bad_input),
     ("haxm-events", haxm_events::haxm_events),
     ("haxm-kick", haxm_kick::haxm_kick),
+    ("haxm-hostile", haxm_hostile::haxm_hostile),
     ("bench-haxm", haxm::bench_haxm),
 ];
 

@@ -39,6 +39,7 @@ pub const TEST_SCENARIOS: &[&str] = &[
     "haxm-bad-input",
     "haxm-events",
     "haxm-kick",
+    "haxm-hostile",
 ];
 /// A model without unrestricted guest, where rhax must refuse cleanly (scenario `refuse`).
 pub const REFUSE_MODEL: &str = "corei5_lynnfield_750";

@@ -143,6 +143,7 @@ const CR4_PAE: u64 = 1 << 5;
 const CR4_PCIDE: u64 = 1 << 17;
 const CR4_VMXE: u64 = 1 << 13;
 const CR4_SMXE: u64 = 1 << 14;
+const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// A value for the guest's IA32_EFER that VM entry accepts with the matching "IA-32e mode
 /// guest" control (SDM §27.3.1.1: reserved bits 0, LMA = the control).
@@ -263,7 +264,9 @@ impl GuestCr0 {
 }
 
 /// A guest MOV to CR4 that hardware accepts: only bits the CPU supports (IA32_VMX_CR4_FIXED1)
-/// other than VMXE and SMXE (VMX is hidden from the guest), PAE not cleared in IA-32e mode,
+/// other than VMXE and SMXE (VMX is hidden from the guest) and OSXSAVE (XSAVE is hidden in
+/// CPUID until the host switches XSAVE state; with OSXSAVE the guest's AVX would run on the
+/// host thread's upper YMM state), PAE not cleared in IA-32e mode,
 /// PCIDE set only in IA-32e mode with CR3[11:0] = 0 (SDM Vol. 2B MOV CR "#GP(0)").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestCr4(u64);
@@ -277,7 +280,7 @@ impl GuestCr4 {
         efer: u64,
         cr3: u64,
     ) -> Result<GuestCr4, Refused> {
-        if value & !(may_be_one & !(CR4_VMXE | CR4_SMXE)) != 0 {
+        if value & !(may_be_one & !(CR4_VMXE | CR4_SMXE | CR4_OSXSAVE)) != 0 {
             return Err(Refused::ReservedBits);
         }
         let lma = efer & EFER_LMA != 0;
@@ -417,6 +420,7 @@ mod tests {
         let fixed1 = 0x3727ff;
         assert!(GuestCr4::check(CR4_VMXE, 0, fixed1, 0, 0).is_err());
         assert!(GuestCr4::check(1 << 25, 0, fixed1, 0, 0).is_err());
+        assert!(GuestCr4::check(CR4_OSXSAVE, 0, fixed1 | CR4_OSXSAVE, 0, 0).is_err());
         assert!(GuestCr4::check(0, CR4_PAE, fixed1, EFER_LMA, 0).is_err());
         assert!(GuestCr4::check(CR4_PAE | CR4_PCIDE, CR4_PAE, fixed1, 0, 0).is_err());
         assert!(GuestCr4::check(CR4_PAE | CR4_PCIDE, CR4_PAE, fixed1, EFER_LMA, 0).is_ok());

@@ -729,6 +729,17 @@ mod checks {
             if !ok || intr & 0x7fff_f000 != 0 {
                 return Err(BAD);
             }
+            // "Deliver error code" only for a hardware exception that has one, and never
+            // with unrestricted guest in real mode (guest CR0.PE = 0).
+            if intr & (1 << 11) != 0 {
+                let unrestricted =
+                    s.field(VmcsField::SecondaryProcessorBasedVmExecutionControls) & (1 << 7) != 0;
+                let real = s.field(VmcsField::GuestCr0) & 1 == 0;
+                let has_code = kind == 3 && matches!(vector, 8 | 10..=14 | 17 | 21);
+                if !has_code || (unrestricted && real) {
+                    return Err(BAD);
+                }
+            }
         }
         Ok(())
     }

@@ -142,14 +142,19 @@ impl HaxVcpu {
         vector: u8,
         code: Option<u32>,
     ) -> Result<(), HaxError> {
-        self.core.with_vmcs(root, |vmcs, _| {
-            let mut info = VALID | (3 << 8) | u32::from(vector);
-            if let Some(c) = code {
-                info |= 1 << 11;
-                vmcs.set_vm_entry_exception_error_code(c);
-            }
-            vmcs.set_vm_entry_interruption_information(info);
-        })?;
+        self.core
+            .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
+                let mut info = VALID | (3 << 8) | u32::from(vector);
+                // Real mode pushes no error code: with unrestricted guest and CR0.PE = 0, VM
+                // entry requires "deliver error code" to be 0 (SDM Vol. 3C §27.2.1.3).
+                let protected = vmcs.guest_cr0()? & 1 != 0;
+                if let (Some(c), true) = (code, protected) {
+                    info |= 1 << 11;
+                    vmcs.set_vm_entry_exception_error_code(c);
+                }
+                vmcs.set_vm_entry_interruption_information(info);
+                Ok(())
+            })??;
         Ok(())
     }
 
