@@ -134,31 +134,71 @@ impl HaxVcpu {
         Ok(())
     }
 
-    /// The counters in the extension ABI's format.
+    /// The counters in the extension ABI's format (a 3312-byte copy: for tests and callers
+    /// with stack to spare; the IOCTL path uses [`HaxVcpu::write_stats`]).
     pub fn stats(&self) -> ext::VcpuStats {
-        let snap = self.core_ref().stats().snapshot();
-        let conv = |c: &ExitCounters| ext::ExitReasonStats {
+        let mut out = ext::VcpuStats::new();
+        self.write_stats(out.as_bytes_mut());
+        out
+    }
+
+    /// Writes the counters in the extension ABI's `VcpuStats` layout into `out` (at least
+    /// `size_of::<VcpuStats>()` bytes, else nothing is written and 0 returned); returns the
+    /// bytes written. Record by record, so the IOCTL path never holds the 3312-byte struct
+    /// on its stack (Windows kernel stacks are 24 KiB; the budget per frame is 2 KiB).
+    pub fn write_stats(&self, out: &mut [u8]) -> usize {
+        use core::mem::{offset_of, size_of};
+        use ext::{ExitReasonStats, VcpuStats};
+        let size = size_of::<VcpuStats>();
+        let Some(out) = out.get_mut(..size) else {
+            return 0;
+        };
+        out.fill(0);
+        let conv = |c: &ExitCounters| ExitReasonStats {
             exits: c.exits,
             vmreads: c.vmreads,
             vmwrites: c.vmwrites,
             vmx_other: c.other_vmx,
             cycles: c.host_cycles,
         };
-        let mut out = ext::VcpuStats::new();
-        out.runs = self.runs;
-        out.user_exits = self.user_exits;
-        let mut total = ext::ExitReasonStats::default();
-        for (i, c) in snap.per_exit.iter().enumerate() {
-            let s = conv(c);
-            if i == SETUP_BUCKET {
-                out.outside_exits = ext::ExitReasonStats { exits: 0, ..s };
-            } else if let Some(slot) = out.per_reason.get_mut(i) {
-                *slot = s;
+        let mut put = |at: usize, bytes: &[u8]| {
+            if let Some(d) = out.get_mut(at..at + bytes.len()) {
+                d.copy_from_slice(bytes);
             }
+        };
+        put(
+            offset_of!(VcpuStats, version),
+            &ext::RHAX_VCPU_STATS_VERSION.to_le_bytes(),
+        );
+        put(offset_of!(VcpuStats, size), &(size as u32).to_le_bytes());
+        put(
+            offset_of!(VcpuStats, nr_reasons),
+            &(ext::RHAX_EXIT_REASONS as u32).to_le_bytes(),
+        );
+        put(offset_of!(VcpuStats, reserved), &0u32.to_le_bytes());
+        put(offset_of!(VcpuStats, runs), &self.runs.to_le_bytes());
+        put(
+            offset_of!(VcpuStats, user_exits),
+            &self.user_exits.to_le_bytes(),
+        );
+        let stats = self.core_ref().stats();
+        let record = size_of::<ExitReasonStats>();
+        let mut total = ExitReasonStats::default();
+        for bucket in 0..crate::vmcs::stats::BUCKETS {
+            let s = conv(&stats.exit(bucket));
             total = total.wrapping_add(s);
+            if bucket == SETUP_BUCKET {
+                let outside = ExitReasonStats { exits: 0, ..s };
+                put(offset_of!(VcpuStats, outside_exits), outside.as_bytes());
+            } else if bucket < ext::RHAX_EXIT_REASONS {
+                put(
+                    offset_of!(VcpuStats, per_reason) + bucket * record,
+                    s.as_bytes(),
+                );
+            }
         }
-        out.total = total;
-        out
+        put(offset_of!(VcpuStats, total), total.as_bytes());
+        size
     }
 
     /// Zeroes the counters.
