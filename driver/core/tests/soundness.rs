@@ -272,14 +272,10 @@ fn tunnel_fields_written_during_run_are_never_lost() {
 
 /// The exits that end the vCPU on purpose, each with why that is the right answer. Everything
 /// else a CPU can deliver must be handled (the guest goes on, or user space gets a status).
-const STOPS_ON_PURPOSE: [(u16, &str); 3] = [
+const STOPS_ON_PURPOSE: [(u16, &str); 2] = [
     (
         2,
         "triple fault: the architectural shutdown; HAXM reports STATECHANGE the same way",
-    ),
-    (
-        9,
-        "task switch: emulating hardware task switches is not implemented yet",
     ),
     (
         49,
@@ -537,4 +533,95 @@ fn mmio_instruction_running_into_a_refused_page_faults_in_the_guest() {
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::Hlt));
     assert_eq!(t.vcpu.panic_reason(), None);
+}
+
+/// A protected-mode guest with a GDT at 0x500 (code 0x08, data 0x10, busy TSS A 0x18 at
+/// 0x1000, available TSS B 0x20 at 0x1100) running task A at 0x2000.
+fn two_task_guest(t: &mut T) {
+    let mut ram = t.mem.0.borrow_mut();
+    let put = |ram: &mut Vec<u8>, at: usize, v: &[u8]| ram[at..at + v.len()].copy_from_slice(v);
+    let gdt: [u64; 5] = [
+        0,
+        0x00cf_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x0000_8b00_1000_0067,
+        0x0000_8900_1100_0067,
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        put(&mut ram, 0x500 + 8 * i, &d.to_le_bytes());
+    }
+    let b = 0x1100;
+    for (off, v) in [
+        (0x20, 0x3000u32),
+        (0x24, 0x2),
+        (0x28, 0x1111),
+        (0x2c, 0x2222),
+        (0x38, 0x8000),
+        (0x48, 0x10),
+        (0x4c, 0x08),
+        (0x50, 0x10),
+        (0x54, 0x10),
+    ] {
+        put(&mut ram, b + off, &v.to_le_bytes());
+    }
+    drop(ram);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr0 = 0x11;
+    s.cs = rhax_api::vcpu::SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
+    s.ss = rhax_api::vcpu::SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
+    s.ds = s.ss;
+    s.es = s.ss;
+    s.tr = rhax_api::vcpu::SegmentDesc::new(0x18, 0x1000, 0x67, 0x8b);
+    s.gdt = rhax_api::vcpu::SegmentDesc::new(0, 0x500, 0x27, 0);
+    s.rip = 0x2000;
+    s.regs[0] = 0xaaaa;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+}
+
+/// Exit reason 9 (defect 10's last unhandled exit): a JMP to a TSS switches tasks in the
+/// guest; a JMP to a selector outside the GDT gets #GP(selector).
+#[test]
+fn task_switch_is_done_for_the_guest() {
+    let mut t = setup();
+    two_task_guest(&mut t);
+    t.hook(script(vec![
+        Box::new(|c| c.exit(9, 0x20 | (2 << 30), 7)),
+        Box::new(|c| {
+            assert_eq!(c.read(VmcsField::GuestRip), 0x3000);
+            assert_eq!(c.read(VmcsField::GuestTrSelector), 0x20);
+            assert_eq!(c.read(VmcsField::GuestTrBase), 0x1100);
+            assert_eq!(
+                c.read(VmcsField::GuestTrAccessRights) & 0xf,
+                0xb,
+                "new TSS busy"
+            );
+            assert_eq!(c.read(VmcsField::GuestCsSelector), 8);
+            assert_eq!(c.read(VmcsField::GuestRsp), 0x8000);
+            assert_eq!(c.regs.gpr[reg::RAX], 0x1111);
+            assert_eq!(c.regs.gpr[reg::RCX], 0x2222);
+            assert_ne!(c.read(VmcsField::GuestCr0) & 8, 0, "CR0.TS set");
+            // Now a JMP to a selector past the GDT limit.
+            c.exit(9, 0x48 | (2 << 30), 7);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0b0d
+            );
+            assert_eq!(c.read(VmcsField::VmEntryExceptionErrorCode), 0x48);
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(t.vcpu.panic_reason(), None);
+    let ram = t.mem.0.borrow();
+    let u32_at = |a: usize| u32::from_le_bytes(ram[a..a + 4].try_into().unwrap());
+    assert_eq!(u32_at(0x1020), 0x2007, "old task's EIP: after the JMP");
+    assert_eq!(u32_at(0x1028), 0xaaaa, "old task's EAX");
+    assert_eq!(
+        ram[0x500 + 0x18 + 5],
+        0x89,
+        "JMP leaves the old task available"
+    );
+    assert_eq!(ram[0x500 + 0x20 + 5], 0x8b, "the new task is busy");
 }

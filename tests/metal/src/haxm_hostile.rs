@@ -11,7 +11,8 @@
 //!   DEBUGCTL and PAT values hardware refuses, a non-canonical FS_BASE, MOV to CR4 of VMXE;
 //!   each gets #GP in the guest and the vCPU keeps running;
 //! * a 32-bit paged guest whose `outsb` reads a page that is not present: #PF in the guest
-//!   with CR2, the registers as before the instruction, no IO exit.
+//!   with CR2, the registers as before the instruction, no IO exit;
+//! * a task switch (`jmp` to a TSS): done for the guest, which goes on in the new task.
 
 use alloc::format;
 use alloc::string::String;
@@ -201,6 +202,52 @@ pub fn haxm_hostile(_: &Ctx) -> R<String> {
     }
     expect("#PF handler: HLT", next(&mut v, 0)?, Ev::Hlt)?;
     out_then_hlt(&mut v, "after the #PF")?;
+    checked += 1;
+
+    // 4. A task switch (exit 9, unconditional): `jmp 0x20:0` to TSS B from task A.
+    const TSS_A: u64 = 0x5000;
+    const TSS_B: u64 = 0x5100;
+    const TASK_B_CODE: u64 = 0x3200;
+    let tss = |base: u64, ty: u64| 0x67 | ((base & 0xff_ffff) << 16) | (ty << 40);
+    ram.write(GDT + 0x18, &tss(TSS_A, 0x8b).to_le_bytes());
+    ram.write(GDT + 0x20, &tss(TSS_B, 0x89).to_le_bytes());
+    for (off, val) in [
+        (0x20u64, TASK_B_CODE as u32),
+        (0x24, 2),
+        (0x28, 0x4242),
+        (0x38, 0x7000),
+        (0x48, 0x10),
+        (0x4c, 0x08),
+        (0x50, 0x10),
+        (0x54, 0x10),
+    ] {
+        ram.write(TSS_B + off, &val.to_le_bytes());
+    }
+    ram.write(TASK_B_CODE, &[0xE6, 0x82, 0xF4]); // out 0x82, al (AL = 0x42 from EAX); hlt
+    ram.write(0x3300, &[0xEA, 0, 0, 0, 0, 0x20, 0x00]); // jmp 0x20:0
+    let mut s = real_mode_at(0x3300);
+    s.cr0 = 0x11;
+    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
+    for seg in [&mut s.ds, &mut s.es, &mut s.ss, &mut s.fs, &mut s.gs] {
+        *seg = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
+    }
+    s.gdt = SegmentDesc::new(0, GDT, 0x27, 0);
+    s.idt = SegmentDesc::new(0, IDT, 0xff, 0);
+    s.tr = SegmentDesc::new(0x18, TSS_A, 0x67, 0x8b);
+    v.set_regs(&s).map_err(e("SET_REGS task A"))?;
+    expect(
+        "task switch: task B's OUT",
+        next(&mut v, 0)?,
+        io_out(0x82, 1, &[0x42]),
+    )?;
+    let b = v.get_regs().map_err(e("GET_REGS task B"))?;
+    if b.tr.selector != 0x20 || b.tr.base != TSS_B || b.regs[4] != 0x7000 {
+        return Err(format!(
+            "task switch: TR {:#x} base {:#x}, ESP {:#x}",
+            b.tr.selector, b.tr.base, b.regs[4]
+        ));
+    }
+    expect("task B: HLT", next(&mut v, 0)?, Ev::Hlt)?;
     checked += 1;
     Ok(format!(
         "{checked} hostile inputs refused or faulted in the guest; the host and the vCPU went on"

@@ -71,6 +71,7 @@ use crate::vmx::{Counted, VmFail, Vmx};
 
 mod events;
 mod exits;
+pub use exits::{TaskSource, TaskSwitch};
 mod run;
 mod state;
 mod tunnel;
@@ -174,6 +175,9 @@ pub enum MemoryRequest {
         /// Where the faulting instruction is.
         fetch: Fetch,
     },
+    /// A task switch (exit reason 9): descriptor tables and TSSs are read and written at
+    /// passive level.
+    TaskSwitch(exits::TaskSwitch),
     /// A string OUT (OUTS): `len` bytes from guest linear address `linear` go to the IO
     /// buffer. The exit (HAX_EXIT_IO) is otherwise complete; nothing follows in the region.
     StringOut {
@@ -243,6 +247,15 @@ enum Step {
         /// The #PF error code.
         code: u32,
     },
+    /// [`HaxVcpu::resume`] injects this exception (a task switch the architecture refuses).
+    Exception {
+        /// Vector.
+        vector: u8,
+        /// Error code.
+        code: u32,
+    },
+    /// [`HaxVcpu::resume`] loads this task (a task switch done at passive level).
+    TaskSwitched(exits::NewTask),
 }
 
 /// What a string IO exit changed before its memory was touched, to be undone when the

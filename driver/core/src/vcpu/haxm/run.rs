@@ -40,7 +40,11 @@ impl HaxVcpu {
     ) -> Result<RunStep, HaxError> {
         if !matches!(
             self.step,
-            Step::InsDone | Step::Violation(_) | Step::Fault { .. }
+            Step::InsDone
+                | Step::Violation(_)
+                | Step::Fault { .. }
+                | Step::Exception { .. }
+                | Step::TaskSwitched(_)
         ) {
             return Err(HaxError::NothingToResume);
         }
@@ -57,6 +61,16 @@ impl HaxVcpu {
                 Err(e) => Err(e),
             },
             Step::Fault { linear, code } => match self.fault_string_io(root, linear, code) {
+                Ok(()) => self.guest_loop(root, cpuid, platform),
+                Err(e) => Err(e),
+            },
+            Step::Exception { vector, code } => {
+                match self.inject_exception(root, vector, Some(code)) {
+                    Ok(()) => self.guest_loop(root, cpuid, platform),
+                    Err(e) => Err(e),
+                }
+            }
+            Step::TaskSwitched(t) => match self.apply_task(root, &t) {
                 Ok(()) => self.guest_loop(root, cpuid, platform),
                 Err(e) => Err(e),
             },
@@ -152,6 +166,24 @@ impl HaxVcpu {
                         Ok(AfterMemory::Done)
                     }
                 }
+            }
+            MemoryRequest::TaskSwitch(ts) => {
+                match Self::task_switch_memory(mem, &ts) {
+                    Ok(t) => self.step = Step::TaskSwitched(t),
+                    Err(exits::Failed::Fault((vector, code))) => {
+                        self.step = Step::Exception { vector, code }
+                    }
+                    Err(exits::Failed::Walk(WalkError::PageFault { linear, code })) => {
+                        self.undo = None;
+                        self.step = Step::Fault { linear, code };
+                    }
+                    Err(exits::Failed::Walk(e)) => {
+                        self.panicked = Some(PanicReason::GuestMemory(e));
+                        self.set_status(ExitStatus::StateChange, 9);
+                        return Ok(AfterMemory::Done);
+                    }
+                }
+                Ok(AfterMemory::Resume)
             }
             MemoryRequest::EptViolation {
                 gpa,

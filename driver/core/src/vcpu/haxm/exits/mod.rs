@@ -5,6 +5,10 @@ use super::*;
 mod cr_dr;
 pub(in crate::vcpu::haxm) use cr_dr::guest_cr;
 pub(in crate::vcpu::haxm) use msr::{MsrWriter, SOFT_MSRS};
+mod task;
+pub use task::TaskSource;
+pub use task::TaskSwitch;
+pub(in crate::vcpu::haxm) use task::{Failed, NewTask};
 mod io;
 mod mmio;
 mod msr;
@@ -119,6 +123,8 @@ impl HaxVcpu {
                 }),
             },
             VmExit::Other { reason, .. } => match reason {
+                // Task switch: unconditional in VMX (SDM Vol. 3C §26.2).
+                9 => self.task_switch_exit(root)?,
                 // DR access: DR0-3/6 kept in software, DR7 in the VMCS.
                 29 => {
                     self.dr_access(root)?;
