@@ -42,8 +42,8 @@ fn rip(v: &V<'_>) -> R<u64> {
     Ok(s.cs.base + s.rip)
 }
 
-/// The OUT then HLT of the guest at [`OUT_HLT`].
-fn out_then_hlt(v: &mut V<'_>, what: &str) -> R<()> {
+/// The OUT then HLT of the guest at [`OUT_HLT`] (`mov al, 0x55; out 0x80, al; hlt`).
+pub(crate) fn out_then_hlt(v: &mut V<'_>, what: &str) -> R<()> {
     expect(
         &format!("{what}: OUT"),
         next(v, 0)?,

@@ -41,12 +41,7 @@ const PD: u64 = 0x4000;
 
 fn out_then_hlt(v: &mut V<'_>, what: &str) -> R<()> {
     v.set_regs(&real_mode_at(OUT_HLT)).map_err(e("SET_REGS"))?;
-    expect(
-        &format!("{what}: OUT"),
-        next(v, 0)?,
-        io_out(0x80, 1, &[0x55]),
-    )?;
-    expect(&format!("{what}: HLT"), next(v, 0)?, Ev::Hlt)
+    crate::haxm_events::out_then_hlt(v, what)
 }
 
 fn msr(entry: u64, value: u64) -> VmxMsr {

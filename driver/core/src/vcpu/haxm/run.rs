@@ -49,35 +49,34 @@ impl HaxVcpu {
             return Err(HaxError::NothingToResume);
         }
         self.core.with_vmcs(root, |_, _| ())?;
-        let r = match core::mem::replace(&mut self.step, Step::Idle) {
-            Step::Violation(v) => match self.finish_violation(root, &v) {
-                Ok(next) => {
-                    match self.after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform) {
-                        Ok(Some(step)) => Ok(step),
-                        Ok(None) => self.guest_loop(root, cpuid, platform),
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            },
-            Step::Fault { linear, code } => match self.fault_string_io(root, linear, code) {
-                Ok(()) => self.guest_loop(root, cpuid, platform),
-                Err(e) => Err(e),
-            },
-            Step::Exception { vector, code } => {
-                match self.inject_exception(root, vector, Some(code)) {
-                    Ok(()) => self.guest_loop(root, cpuid, platform),
-                    Err(e) => Err(e),
-                }
-            }
-            Step::TaskSwitched(t) => match self.apply_task(root, &t) {
-                Ok(()) => self.guest_loop(root, cpuid, platform),
-                Err(e) => Err(e),
-            },
-            _ => self.begin_guest(root, cpuid, platform),
-        };
+        let r = self.continue_step(root, cpuid, platform);
         self.leave(root);
         r
+    }
+
+    /// What [`HaxVcpu::resume`] does for the step that waits: finish it, then (unless it
+    /// ended the RUN) enter the guest again.
+    fn continue_step<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        platform: &P,
+    ) -> Result<RunStep, HaxError> {
+        match core::mem::replace(&mut self.step, Step::Idle) {
+            Step::Violation(v) => {
+                let next = self.finish_violation(root, &v)?;
+                if let Some(step) =
+                    self.after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform)?
+                {
+                    return Ok(step);
+                }
+            }
+            Step::Fault { linear, code } => self.fault_string_io(root, linear, code)?,
+            Step::Exception { vector, code } => self.inject_exception(root, vector, Some(code))?,
+            Step::TaskSwitched(t) => self.apply_task(root, &t)?,
+            _ => return self.begin_guest(root, cpuid, platform),
+        }
+        self.guest_loop(root, cpuid, platform)
     }
 
     /// The guest-memory work of the last step, at passive level (outside the non-preemptible
