@@ -10,6 +10,7 @@ pub mod instructions;
 pub mod negotiate;
 pub mod root;
 pub mod soft;
+pub mod soft_faults;
 
 pub use counted::Counted;
 pub use error::{VmFail, VmInstructionError};
