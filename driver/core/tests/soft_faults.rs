@@ -18,11 +18,8 @@ fn wrmsr(msr: u32, value: u64) {
     // SAFETY: software model.
     unsafe { v.wrmsr(msr, value) };
     // SAFETY: software model.
-    assert_eq!(
-        unsafe { v.rdmsr(msr) },
-        value,
-        "a write the CPU accepts is stored"
-    );
+    let stored = unsafe { v.rdmsr(msr) };
+    assert_eq!(stored, value, "a write the CPU accepts is stored");
 }
 
 #[test]
