@@ -6,6 +6,8 @@
 //!   convention, PE/COFF, soft-float: the Windows driver's situation) and the VM entry stub
 //!   preserves both conventions' callee-saved registers (`stub.rs`).
 //!
+//! * (with them) the test doubles of rhax-core's `soft` feature are not in either binary.
+//!
 //! Each runs over the metal kernel (release ELF: every generic instantiated, calls resolved)
 //! and over rhax-core's release rlib for UEFI (non-generic code only, calls unresolved).
 
@@ -83,10 +85,40 @@ pub fn abi() -> crate::Result {
     Ok(())
 }
 
-/// All three, building and disassembling once.
+/// Names of rhax-core's host-test doubles (feature `soft`, off in shipped builds).
+const TEST_DOUBLES: [&str; 5] = [
+    "rhax_core::vmx::soft",
+    "HeapPlatform",
+    "SoftCpuRoots",
+    "NoCpuRoots",
+    "SoftVmx",
+];
+
+/// Fails when a function of a test double is in a shipped binary.
+pub fn no_test_doubles(what: &str, functions: &[disasm::Function]) -> crate::Result<String> {
+    let found: Vec<&str> = functions
+        .iter()
+        .map(|f| f.name.as_str())
+        .filter(|n| TEST_DOUBLES.iter().any(|d| n.contains(d)))
+        .collect();
+    if found.is_empty() {
+        Ok(format!("{what}: no code of rhax-core's test doubles"))
+    } else {
+        Err(format!(
+            "{what}: test-double code in a shipped build (is rhax-core's `soft` feature on?): {}",
+            found.join(", ")
+        ))
+    }
+}
+
+/// All the checks, building and disassembling once.
 pub fn all() -> crate::Result {
     let mut errors = Vec::new();
     for (what, functions, linked) in binaries()? {
+        match no_test_doubles(&what, &functions) {
+            Ok(line) => println!("doubles: {line}"),
+            Err(e) => errors.push(e),
+        }
         match vector::check(&what, &functions) {
             Ok(line) => println!("no-sse: {line}"),
             Err(e) => errors.push(e),
@@ -103,5 +135,20 @@ pub fn all() -> crate::Result {
         Ok(())
     } else {
         Err(errors.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::no_test_doubles;
+    use crate::disasm::parse;
+
+    #[test]
+    fn test_doubles_are_found_by_name() {
+        let shipped = "0000000000001000 <rhax_core::vmx::hw::HwVmx::new>:\n";
+        assert!(no_test_doubles("t", &parse(shipped)).is_ok());
+        let leaked = "0000000000001000 <<rhax_core::vmx::soft::SoftVmx as \
+                      rhax_core::vmx::instructions::Vmx>::wrmsr>:\n";
+        assert!(no_test_doubles("t", &parse(leaked)).is_err());
     }
 }

@@ -23,9 +23,10 @@ fn main() -> ExitCode {
         Some("no-sse") => checks::no_sse(),
         Some("stack") => checks::stack(),
         Some("abi") => checks::abi(),
+        Some("checks") => checks::all(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|no-sse|stack|abi|metal [--model NAME] [--cpus N] \
+                "usage: cargo xtask <test|demo|checks|no-sse|stack|abi|metal [--model NAME] [--cpus N] \
                  [SCENARIO...]>"
             );
             Err("unknown or missing subcommand".into())
