@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod counters;
 pub mod dispatch;
 pub mod emulate;
 pub mod memory;

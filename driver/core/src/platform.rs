@@ -119,9 +119,10 @@ pub trait Platform {
     fn kick(&self, cpu: CpuIndex);
 }
 
-/// A [`Platform`] for host tests and examples: pages from the global allocator with made-up
+/// A [`Platform`] for host tests and examples (feature `soft`): pages from the global allocator with made-up
 /// physical addresses (distinct, 4-KByte aligned, below 4 GiB), one CPU, a counter as TSC.
 /// It maps nothing real: only the software VMX model may be given its addresses.
+#[cfg(any(test, feature = "soft"))]
 #[derive(Debug, Default)]
 pub struct HeapPlatform {
     next_phys: core::sync::atomic::AtomicU64,
@@ -130,6 +131,7 @@ pub struct HeapPlatform {
     pub live_pages: core::sync::atomic::AtomicUsize,
 }
 
+#[cfg(any(test, feature = "soft"))]
 impl HeapPlatform {
     /// A platform whose first page gets physical address 1 MiB.
     pub fn new() -> Self {
@@ -140,6 +142,7 @@ impl HeapPlatform {
     }
 }
 
+#[cfg(any(test, feature = "soft"))]
 impl Platform for HeapPlatform {
     fn alloc_pages(&self, count: usize) -> Result<PhysPages, PlatformError> {
         use core::sync::atomic::Ordering;

@@ -83,6 +83,9 @@ fn set_fpu_checks_mxcsr_against_the_host_mask_not_the_callers() {
         Err(HaxError::InvalidValue(Refused::ReservedBits))
     );
     assert_eq!(t.vcpu.get_fpu(), before, "nothing changed");
+    // The next RUN's FXRSTOR gets the old image (the model faults on a bad MXCSR).
+    t.hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
     f.mxcsr = 0x1f80 & host.bits();
     t.vcpu.set_fpu(host, &f).unwrap();
     assert_eq!(t.vcpu.get_fpu().fcw, 0x27f);

@@ -358,19 +358,20 @@ unsafe impl Transport for KernelTransport<'_> {
 
     fn ioctl(&self, handle: &Handle, mut req: IoctlRequest<'_>) -> Result<usize, OsError> {
         // Windows METHOD_BUFFERED: one system buffer holds the input and receives the output.
-        // The dispatcher gets them as two slices, so InOut is passed as a copy of the input.
-        let mut copy = [0u8; 4096];
-        let input_len = req.buf.input().len();
+        // The dispatcher gets them as two slices, so InOut is passed as a copy of the input,
+        // on the heap: this is the shell's IOCTL path, whose stack frames stay small (`cargo
+        // xtask stack`).
+        let mut copy = alloc::vec::Vec::new();
         let (input, output): (&[u8], &mut [u8]) = match &mut req.buf {
             rhax::IoctlBuf::None => (&[], &mut []),
             rhax::IoctlBuf::In(b) => (b, &mut []),
             rhax::IoctlBuf::Out(b) => (&[], b),
             rhax::IoctlBuf::InOut(b) => {
-                if input_len > copy.len() {
+                if b.len() > 4096 {
                     return Err(OsError::Unsupported);
                 }
-                copy[..input_len].copy_from_slice(b);
-                (&copy[..input_len], b)
+                copy.extend_from_slice(b);
+                (&copy[..], b)
             }
         };
         self.hv

@@ -22,6 +22,7 @@ mod console;
 mod guests;
 mod haxm;
 mod haxm_events;
+mod haxm_fpu;
 mod haxm_hostile;
 mod haxm_kick;
 mod hv;
@@ -163,21 +164,9 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     fail_run("panic")
 }
 
-/// libcore for this target was built with panic=unwind and names this symbol from its unwind
-/// tables; with panic=abort it is never called (bochs-vmx.md §10.1).
-#[no_mangle]
-extern "C" fn rust_eh_personality() {}
-
-/// The precompiled liballoc (built with panic=unwind) has landing pads that call this; with
-/// panic=abort no unwinding ever starts, so reaching it is a broken invariant.
-#[no_mangle]
-extern "C" fn _Unwind_Resume() -> ! {
-    fail_run("_Unwind_Resume called (unwinding is not supported)")
-}
-
-// compiler_builtins on this target does not export the mem* functions (bochs-vmx.md §10.1).
-// They are written as plain loops with `rep` string instructions, never through core::ptr
-// copy helpers (which would call back into them).
+// The mem* functions, as plain `rep` string instructions (compiler_builtins' weak versions
+// would do too; these are short and obviously free of vector registers). Never written
+// through core::ptr copy helpers, which would call back into them.
 
 /// # Safety
 /// C `memcpy` contract: valid, non-overlapping ranges of `n` bytes.

@@ -10,7 +10,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
-use crate::{guests, haxm, haxm_events, haxm_hostile, haxm_kick, interrupts, mm, println, smp};
+use crate::{
+    guests, haxm, haxm_events, haxm_fpu, haxm_hostile, haxm_kick, interrupts, mm, println, smp,
+};
 
 /// What scenarios may know about the run.
 pub struct Ctx {
@@ -42,6 +44,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-events", haxm_events::haxm_events),
     ("haxm-kick", haxm_kick::haxm_kick),
     ("haxm-hostile", haxm_hostile::haxm_hostile),
+    ("haxm-fpu", haxm_fpu::haxm_fpu),
     ("bench-haxm", haxm::bench_haxm),
 ];
 
@@ -76,7 +79,8 @@ pub fn run_list(ctx: &Ctx, list: &str) -> (usize, usize) {
 }
 
 /// Console, exception handlers (#BP, #UD, #GP caught at the right RIP with the right error
-/// code), long mode/SSE state, allocators, TSC.
+/// code), long mode/SSE state (enabled for FXSAVE and guests; the kernel itself is built
+/// soft-float and never uses it), allocators, TSC.
 fn boot(_: &Ctx) -> Result<String, String> {
     // #BP is a trap: the saved RIP is the instruction after INT3 (SDM Vol. 3A §7.5).
     interrupts::expect(3, 0);
@@ -135,7 +139,7 @@ fn boot(_: &Ctx) -> Result<String, String> {
     }
     let x = core::hint::black_box(1.5f64);
     if x * x + 0.75 != 3.0 {
-        return Err(String::from("SSE arithmetic gave a wrong result"));
+        return Err(String::from("soft-float arithmetic gave a wrong result"));
     }
     // Allocators: small and large blocks, and pages returned.
     let before = mm::free_page_count();

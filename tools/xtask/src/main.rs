@@ -1,12 +1,18 @@
 //! `cargo xtask`: build and test orchestration for rhax.
 //!
-//! `cargo xtask test` is the one command CI and developers run: formatting, lints, host tests
-//! and (as they land) the bare-metal scenarios in Bochs.
+//! `cargo xtask test` is the one command CI and developers run: formatting, lints, host tests,
+//! the checks over the built kernel code (no SSE, stack frames, entry-stub ABI: `checks.rs`)
+//! and the bare-metal scenarios in Bochs.
 
 use std::process::{Command, ExitCode};
 
+mod checks;
+mod disasm;
 mod metal;
 mod rom;
+mod stack;
+mod stub;
+mod vector;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -14,9 +20,14 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("metal") => metal::main(&args[1..]),
+        Some("no-sse") => checks::no_sse(),
+        Some("stack") => checks::stack(),
+        Some("abi") => checks::abi(),
+        Some("checks") => checks::all(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|metal [--model NAME] [--cpus N] [SCENARIO...]>"
+                "usage: cargo xtask <test|demo|checks|no-sse|stack|abi|metal [--model NAME] [--cpus N] \
+                 [SCENARIO...]>"
             );
             Err("unknown or missing subcommand".into())
         }
@@ -49,6 +60,39 @@ pub fn cargo(args: &[&str]) -> Result {
     }
 }
 
+/// Makes sure rustup has the standard library for `target` (`rustup target add` when it is
+/// missing: a fresh CI machine has only the host's).
+pub fn ensure_rust_target(target: &str) -> Result {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| format!("cannot run rustup (needed for the {target} target): {e}"))?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: rustup target add {target}");
+    let status = Command::new("rustup")
+        .args(["target", "add", target])
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`rustup target add {target}` failed ({status})"))
+    }
+}
+
+/// Cargo's target directory for the workspace.
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from)
+}
+
 /// The workspace root: two levels above this crate's manifest.
 pub fn workspace_root() -> std::path::PathBuf {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -67,6 +111,7 @@ fn test() -> Result {
         "warnings",
     ])?;
     cargo(&["test", "--workspace"])?;
+    checks::all()?;
     metal::test_stage()
 }
 

@@ -40,6 +40,7 @@ pub const TEST_SCENARIOS: &[&str] = &[
     "haxm-events",
     "haxm-kick",
     "haxm-hostile",
+    "haxm-fpu",
 ];
 /// A model without unrestricted guest, where rhax must refuse cleanly (scenario `refuse`).
 pub const REFUSE_MODEL: &str = "corei5_lynnfield_750";
@@ -258,13 +259,16 @@ fn summary(results: &[(RunConfig, RunReport)]) -> crate::Result {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from)
+    crate::target_dir()
 }
+
+/// The kernel's target (set in `tests/metal/.cargo/config.toml`): soft-float, no red zone.
+pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
 
 /// Builds the kernel with its own Cargo project (its `.cargo/config.toml` applies only when
 /// cargo runs inside `tests/metal`) and returns the ELF path.
 pub fn build_kernel() -> crate::Result<PathBuf> {
+    crate::ensure_rust_target(KERNEL_TARGET)?;
     let dir = crate::workspace_root().join("tests/metal");
     let target = target_dir().join("metal");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -281,7 +285,10 @@ pub fn build_kernel() -> crate::Result<PathBuf> {
     if !status.success() {
         return Err(format!("building tests/metal failed ({status})"));
     }
-    Ok(target.join("x86_64-unknown-linux-gnu/release/rhax-metal"))
+    Ok(target
+        .join(KERNEL_TARGET)
+        .join("release")
+        .join("rhax-metal"))
 }
 
 fn in_path(bin: &str) -> bool {

@@ -77,7 +77,9 @@ use rhax_api::{
 use spin::{Mutex, RwLock};
 
 pub use error::{errno, nt, DispatchError, ErrorKind};
-pub use roots::{CpuRoots, NoCpuRoots, RootUnavailable, SoftCpuRoots, UserMapping};
+pub use roots::{CpuRoots, RootUnavailable, UserMapping};
+#[cfg(any(test, feature = "soft"))]
+pub use roots::{NoCpuRoots, SoftCpuRoots};
 
 use crate::memory::{GuestMemory, InveptRequest, MemoryError, MemorySnapshot};
 use crate::platform::{CpuIndex, Platform};
@@ -1139,7 +1141,13 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 self.on_this_cpu(hax, ctx, |hax, root| hax.debug(root, &d))?;
                 Ok(0)
             }
-            RHAX_VCPU_IOCTL_GET_STATS => ctx.write(&hax.stats(), output),
+            RHAX_VCPU_IOCTL_GET_STATS => match hax.write_stats(output) {
+                0 => Err(ctx.err(ErrorKind::OutputSize {
+                    expected: VcpuStats::SIZE,
+                    got: output.len(),
+                })),
+                n => Ok(n),
+            },
             RHAX_VCPU_IOCTL_RESET_STATS => {
                 hax.reset_stats();
                 Ok(0)

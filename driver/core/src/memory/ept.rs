@@ -8,6 +8,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::platform::{PhysPages, Platform, PlatformError};
@@ -71,10 +72,24 @@ pub const fn leaf_entry(hpa: u64, read_only: bool, large: bool) -> u64 {
     (hpa & EPT_ADDRESS_MASK) | access | LEAF_MEMORY_TYPE | if large { EPT_LARGE } else { 0 }
 }
 
+/// Levels whose structures reference further structures (PML4, PDPT, PD): the most tables
+/// above any one table, hence the depth of every explicit walk stack below.
+const LEVELS_WITH_CHILDREN: usize = 3;
+
+/// A referenced structure. `ManuallyDrop`: a `Table` is never dropped by drop glue, which
+/// would recurse through the tree (one native stack frame per level, with the compiler's
+/// frames, not ours); [`Table::retire_into`] takes trees apart iteratively instead. A tree
+/// dropped without [`Ept::free`] leaks, as its `PhysPages` do anyway (only the platform can
+/// free them).
+type Child = ManuallyDrop<Box<Table>>;
+
+/// The structures a table's entries reference, by entry index.
+type Children = Box<[Option<Child>; ENTRIES]>;
+
 /// One paging structure and, for levels 4..2, the structures its entries reference.
 struct Table {
     page: PhysPages,
-    children: Option<Box<[Option<Box<Table>>; ENTRIES]>>,
+    children: Option<Children>,
 }
 
 /// The entries of a paging-structure page.
@@ -119,15 +134,62 @@ impl Table {
             .all(|e| e.load(Ordering::Acquire) & EPT_RWX == 0)
     }
 
-    /// Moves this table and everything below into `out`.
+    /// Moves this table and everything below into `out` (parents before children).
+    ///
+    /// Iterative, with an explicit stack of one child array per level that has children: no
+    /// recursion and no 512-entry array on the native stack, since this runs on IOCTL paths
+    /// (SET_RAM unmapping, VM teardown) with a kernel stack of a few KiB.
     fn retire_into(self, out: &mut Vec<PhysPages>) {
-        if let Some(children) = self.children {
-            for c in (*children).into_iter().flatten() {
-                c.retire_into(out);
+        let mut stack: [(Option<Children>, usize); LEVELS_WITH_CHILDREN] =
+            [const { (None, 0) }; LEVELS_WITH_CHILDREN];
+        let mut depth = 0;
+        let mut next = Some(self);
+        loop {
+            if let Some(Table { page, children }) = next.take() {
+                out.push(page);
+                if let Some(children) = children {
+                    match stack.get_mut(depth) {
+                        Some(slot) => {
+                            *slot = (Some(children), 0);
+                            depth += 1;
+                        }
+                        // Deeper than EPT's four levels: `map` never builds that. Leak the
+                        // rest rather than recurse.
+                        None => debug_assert!(false, "EPT tree deeper than 4 levels"),
+                    }
+                }
+            }
+            let Some(top) = depth.checked_sub(1) else {
+                return;
+            };
+            let (children, i) = &mut stack[top];
+            let found = children.as_mut().and_then(|c| {
+                while *i < ENTRIES {
+                    *i += 1;
+                    if let Some(child) = c[*i - 1].take() {
+                        return Some(child);
+                    }
+                }
+                None
+            });
+            match found {
+                Some(child) => next = Some(*ManuallyDrop::into_inner(child)),
+                None => {
+                    // Every child taken: the array is all `None` and its drop frees 4 KiB.
+                    stack[top] = (None, 0);
+                    depth = top;
+                }
             }
         }
-        out.push(self.page);
     }
+}
+
+/// The table reached from `t` through the entry indexes `path` (one per level, from `t`'s).
+fn walk_mut<'a>(mut t: &'a mut Table, path: &[usize]) -> Option<&'a mut Table> {
+    for &i in path {
+        t = &mut **t.children.as_mut()?.get_mut(i)?.as_mut()?;
+    }
+    Some(t)
 }
 
 /// A leaf found by [`Ept::leaf`].
@@ -191,7 +253,7 @@ impl Ept {
             if level == 1 || (level == 2 && e & EPT_LARGE != 0) {
                 return Some(Leaf { entry: e, level });
             }
-            t = t.children.as_ref()?[i].as_ref()?;
+            t = &**t.children.as_ref()?[i].as_ref()?;
             level -= 1;
         }
     }
@@ -202,7 +264,7 @@ impl Ept {
         for level in [4, 3] {
             let i = index(gpa, level);
             match t.children.as_ref().and_then(|c| c[i].as_ref()) {
-                Some(c) => t = c,
+                Some(c) => t = &**c,
                 None => return true,
             }
         }
@@ -236,14 +298,14 @@ impl Ept {
                 }
                 let child = Table::new(platform, l - 1)?;
                 let phys = child.page.phys();
-                *slot = Some(Box::new(child));
+                *slot = Some(ManuallyDrop::new(Box::new(child)));
                 self.tables += 1;
                 set(page, i, (phys & EPT_ADDRESS_MASK) | NON_LEAF);
             }
             let Some(next) = slot.as_mut() else {
                 return Err(PlatformError::Unsupported);
             };
-            t = next;
+            t = &mut **next;
             l -= 1;
         }
         set(&t.page, index(gpa, level), entry);
@@ -268,14 +330,14 @@ impl Ept {
             return false;
         }
         let mut removed = 0;
-        let z = zap_table(&mut self.root, 4, 0, start, end, retired, &mut removed);
+        let z = zap_tree(&mut self.root, start, end, retired, &mut removed);
         self.tables -= removed;
         z
     }
 
     /// Every leaf, as (guest-physical address, leaf), in address order.
     pub(crate) fn leaves(&self, out: &mut Vec<(u64, Leaf)>) {
-        collect(&self.root, 4, 0, out);
+        collect(&self.root, out);
     }
 
     /// Gives every structure back to the platform.
@@ -288,50 +350,113 @@ impl Ept {
     }
 }
 
-fn collect(t: &Table, level: u32, base: u64, out: &mut Vec<(u64, Leaf)>) {
-    for i in 0..ENTRIES {
-        let e = get(&t.page, i);
+/// Appends every leaf under the root `root` in address order. Iterative (see
+/// [`Table::retire_into`]): a stack of (table, level, base address, next entry).
+fn collect(root: &Table, out: &mut Vec<(u64, Leaf)>) {
+    let mut stack: [Option<(&Table, u32, u64, usize)>; LEVELS_WITH_CHILDREN + 1] =
+        [None; LEVELS_WITH_CHILDREN + 1];
+    stack[0] = Some((root, 4, 0, 0));
+    let mut depth: usize = 1;
+    while let Some(top) = depth.checked_sub(1) {
+        let Some((t, level, base, i)) = stack[top].as_mut() else {
+            depth = top;
+            continue;
+        };
+        if *i >= ENTRIES {
+            stack[top] = None;
+            depth = top;
+            continue;
+        }
+        let at = *i;
+        *i += 1;
+        let e = get(&t.page, at);
         if e & EPT_RWX == 0 {
             continue;
         }
-        let gpa = base + i as u64 * entry_span(level);
+        let (t, level) = (*t, *level);
+        let gpa = *base + at as u64 * entry_span(level);
         if level == 1 || (level == 2 && e & EPT_LARGE != 0) {
             out.push((gpa, Leaf { entry: e, level }));
-        } else if let Some(c) = t.children.as_ref().and_then(|c| c[i].as_ref()) {
-            collect(c, level - 1, gpa, out);
+        } else if let Some(c) = t.children.as_ref().and_then(|c| c[at].as_ref()) {
+            if let Some(slot) = stack.get_mut(depth) {
+                *slot = Some((&**c, level - 1, gpa, 0));
+                depth += 1;
+            }
         }
     }
 }
 
-fn zap_table(
-    t: &mut Table,
-    level: u32,
-    base: u64,
+/// Clears the translations of `[start, end)` under the root `root` (see [`Ept::zap`]); unlinked
+/// structures go to `retired` and are counted in `removed`.
+///
+/// Iterative (see [`Table::retire_into`]): the walk keeps, per depth, the entry index taken to
+/// descend (`path`), the next entry to look at and the base address, and reaches the current
+/// table again from the root through `path` (at most three steps) instead of holding a
+/// borrow per level.
+fn zap_tree(
+    root: &mut Table,
     start: u64,
     end: u64,
     retired: &mut Vec<PhysPages>,
     removed: &mut usize,
 ) -> bool {
-    let span = entry_span(level);
-    let first = if start > base {
-        ((start - base) / span) as usize
-    } else {
-        0
-    };
-    let mut zapped = false;
-    let Table { page, children } = t;
-    for i in first..ENTRIES {
-        let lo = base + i as u64 * span;
-        if lo >= end {
-            break;
+    // The first entry of a level-`level` table at `base` that can overlap `start`.
+    let first = |level: u32, base: u64| {
+        if start > base {
+            ((start - base) / entry_span(level)) as usize
+        } else {
+            0
         }
-        let hi = lo + span;
+    };
+    let mut path = [0usize; LEVELS_WITH_CHILDREN];
+    let mut next = [0usize; LEVELS_WITH_CHILDREN + 1];
+    let mut base = [0u64; LEVELS_WITH_CHILDREN + 1];
+    next[0] = first(4, 0);
+    let mut depth = 0;
+    let mut zapped = false;
+    let mut retire = |slot: &mut Option<Child>| {
+        if let Some(child) = slot.take() {
+            let before = retired.len();
+            ManuallyDrop::into_inner(child).retire_into(retired);
+            *removed += retired.len() - before;
+        }
+    };
+    loop {
+        let level = 4 - depth as u32;
+        let span = entry_span(level);
+        let i = next[depth];
+        let lo = base[depth] + i as u64 * span;
+        if i >= ENTRIES || lo >= end {
+            // This table is done: back in its parent, unlink it if it is now empty.
+            let Some(up) = depth.checked_sub(1) else {
+                return zapped;
+            };
+            depth = up;
+            let pi = path[up];
+            next[up] = pi + 1;
+            let Some(Table { page, children }) = walk_mut(root, &path[..up]) else {
+                return zapped;
+            };
+            let Some(slot) = children.as_mut().map(|c| &mut c[pi]) else {
+                continue;
+            };
+            if slot.as_ref().is_none_or(|c| c.is_empty()) {
+                // Unlink first, then retire: after the store no new walk reaches the child.
+                set(page, pi, 0);
+                zapped = true;
+                retire(slot);
+            }
+            continue;
+        }
+        next[depth] = i + 1;
+        let Some(Table { page, children }) = walk_mut(root, &path[..depth]) else {
+            return zapped;
+        };
         let e = get(page, i);
         if e & EPT_RWX == 0 {
             continue;
         }
-        let leaf = level == 1 || (level == 2 && e & EPT_LARGE != 0);
-        if leaf {
+        if level == 1 || (level == 2 && e & EPT_LARGE != 0) {
             set(page, i, 0);
             zapped = true;
             continue;
@@ -339,24 +464,89 @@ fn zap_table(
         let Some(slot) = children.as_mut().map(|c| &mut c[i]) else {
             continue;
         };
-        let whole = start <= lo && hi <= end;
-        let now_empty = match slot.as_mut() {
-            Some(child) if !whole => {
-                zapped |= zap_table(child, level - 1, lo, start, end, retired, removed);
-                child.is_empty()
-            }
-            _ => true,
-        };
-        if now_empty {
-            // Unlink first, then retire: after the store no new walk reaches the child.
-            set(page, i, 0);
-            zapped = true;
-            if let Some(child) = slot.take() {
-                let before = retired.len();
-                child.retire_into(retired);
-                *removed += retired.len() - before;
-            }
+        let whole = start <= lo && lo + span <= end;
+        if slot.is_some() && !whole && depth < LEVELS_WITH_CHILDREN {
+            // Partly inside: descend.
+            path[depth] = i;
+            depth += 1;
+            base[depth] = lo;
+            next[depth] = first(level - 1, lo);
+            continue;
         }
+        // Wholly inside (or a present entry without a structure): unlink, then retire.
+        set(page, i, 0);
+        zapped = true;
+        retire(slot);
     }
-    zapped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{leaf_entry, Ept};
+    use crate::platform::{HeapPlatform, Platform};
+    use alloc::vec::Vec;
+    use core::sync::atomic::Ordering;
+
+    /// Leaves in three PML4 entries and both leaf sizes: the iterative walks (`collect`,
+    /// `zap_tree`, `retire_into`) see every level, keep address order, unlink emptied
+    /// structures and give every page back.
+    #[test]
+    fn iterative_walks_cover_every_level() {
+        let p = HeapPlatform::new();
+        let mut ept = Ept::new(&p).unwrap();
+        let four_k = [
+            0x1000,
+            0x2000,
+            0x20_3000,
+            0x80_0000_0000,
+            0x100_0000_5000u64,
+        ];
+        for gpa in four_k {
+            ept.map(&p, gpa, 1, leaf_entry(gpa, false, false)).unwrap();
+        }
+        ept.map(&p, 0x4000_0000, 2, leaf_entry(0x4000_0000, true, true))
+            .unwrap();
+        // Root, 3 PDPTs, 3 PDs (0, 1 GiB, 512 GiB, 1 TiB: the 1-GiB one shares PDPT 0), 4 PTs.
+        let mut leaves = Vec::new();
+        ept.leaves(&mut leaves);
+        let gpas: Vec<u64> = leaves.iter().map(|l| l.0).collect();
+        assert_eq!(
+            gpas,
+            [
+                0x1000,
+                0x2000,
+                0x20_3000,
+                0x4000_0000,
+                0x80_0000_0000,
+                0x100_0000_5000
+            ]
+        );
+        assert_eq!(leaves[3].1.level, 2);
+        let tables = ept.table_count();
+        assert_eq!(tables, 1 + 3 + 4 + 4);
+        // One 4-KiB page out of a PT that keeps another: nothing unlinked.
+        let mut retired = Vec::new();
+        assert!(ept.zap(1, 2, &mut retired));
+        assert!(retired.is_empty());
+        assert_eq!(ept.table_count(), tables);
+        // The PT at 2 MiB empties: unlinked and retired, its PD stays (the PT at 0 remains).
+        assert!(ept.zap(0x200, 0x400, &mut retired));
+        assert_eq!(retired.len(), 1);
+        assert_eq!(ept.table_count(), tables - 1);
+        // Everything at and above 512 GiB: two whole PML4 subtrees (PDPT, PD, PT each).
+        assert!(ept.zap(0x80_0000_0000 >> 12, 0x200_0000_0000 >> 12, &mut retired));
+        assert_eq!(retired.len(), 1 + 6);
+        leaves.clear();
+        ept.leaves(&mut leaves);
+        assert_eq!(
+            leaves.iter().map(|l| l.0).collect::<Vec<_>>(),
+            [0x2000, 0x4000_0000]
+        );
+        assert!(!ept.zap(0x300, 0x400, &mut retired), "nothing left there");
+        for t in retired {
+            p.free_pages(t);
+        }
+        ept.free(&p);
+        assert_eq!(p.live_pages.load(Ordering::Relaxed), 0);
+    }
 }

@@ -3,7 +3,7 @@
 
 use rhax_api::fpu::FxLayout;
 
-use crate::vmcs::stats::VcpuStats;
+use crate::counters::VcpuStats;
 use crate::vmcs::VmcsField;
 use crate::vmx::instructions::{
     DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,

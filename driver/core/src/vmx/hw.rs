@@ -64,10 +64,22 @@ unsafe fn check(cf: u8, zf: u8) -> Result<(), VmFail> {
 }
 
 // The entry/exit stub. `rhax_vmx_enter(regs: *mut GuestRegisters, launched: u64,
-// host_rsp: *mut u64) -> u64` (System V ABI: rdi, rsi, rdx; result in rax):
-//   bits 7:0 = 0 after a VM exit, 1 = VMfailInvalid, 2 = VMfailValid; bit 8 = HOST_RSP written.
+// host_rsp: *mut u64) -> u64`, System V AMD64 calling convention on every target (arguments
+// in rdi, rsi, rdx; result in rax): the Rust declaration below says `extern "sysv64"`, so on
+// Windows x64 (and UEFI), whose own convention passes arguments in rcx, rdx, r8, rustc adapts
+// the call site. The result: bits 7:0 = 0 after a VM exit, 1 = VMfailInvalid, 2 =
+// VMfailValid; bit 8 = HOST_RSP written.
+//
+// Registers preserved: the callee-saved general registers of *both* conventions, System V's
+// rbx, rbp, r12-r15 (System V ABI AMD64 §3.2.1) and Microsoft x64's, which adds rdi and rsi,
+// so the stub stays correct whichever way a caller is compiled (`cargo xtask abi` checks the
+// assembled code). Not preserved: XMM6-15, callee-saved under Microsoft x64: they hold the
+// guest's values after a VM exit (the guest's FXSAVE image stays loaded, vcpu/mod.rs), which
+// the `sysv64` declaration makes legal (every XMM register is caller-saved there); the kernel
+// crates are built soft-float and never read them (`cargo xtask no-sse`).
+//
 // Frame while the guest runs (HOST_RSP points at it): [rsp] = regs pointer, [rsp+8] = report,
-// then the callee-saved registers. A VM exit loads RSP from HOST_RSP and RIP from HOST_RIP
+// then the 8 callee-saved registers. A VM exit loads RSP from HOST_RSP and RIP from HOST_RIP
 // (= rhax_vmx_exit) and clears RFLAGS except bit 1 (SDM §28.5.3), so DF=0 and IF=0 there.
 global_asm!(
     ".text",
@@ -80,6 +92,8 @@ global_asm!(
     "push r13",
     "push r14",
     "push r15",
+    "push rdi",
+    "push rsi",
     // HOST_RSP will be rsp after two more pushes. VMWRITE it only if it changed.
     "xor eax, eax",
     "lea rcx, [rsp - 16]",
@@ -131,6 +145,8 @@ global_asm!(
     "mov ecx, 1",
     "cmovc eax, ecx",
     "8:",
+    "pop rsi",
+    "pop rdi",
     "pop r15",
     "pop r14",
     "pop r13",
@@ -163,6 +179,8 @@ global_asm!(
     "add rsp, 8",
     "pop rax",
     "shl eax, 8",
+    "pop rsi",
+    "pop rdi",
     "pop r15",
     "pop r14",
     "pop r13",
@@ -172,7 +190,9 @@ global_asm!(
     "ret",
 );
 
-extern "C" {
+// `sysv64`, not `C`: the stub reads its arguments from rdi, rsi, rdx on every target (see
+// above); `extern "C"` would mean rcx, rdx, r8 on Windows x64 and UEFI.
+extern "sysv64" {
     fn rhax_vmx_enter(regs: *mut GuestRegisters, launched: u64, host_rsp: *mut u64) -> u64;
     fn rhax_vmx_exit();
 }
@@ -268,9 +288,9 @@ impl Vmx for HwVmx {
         launched: bool,
         host_rsp: &mut u64,
     ) -> Result<EntryReport, VmFail> {
-        // SAFETY: the stub follows the System V ABI (callee-saved registers preserved, the
-        // frame popped on every path); the pointers are live exclusive references; the VMCS
-        // preconditions are the caller's.
+        // SAFETY: the stub follows the System V ABI it is declared with (and preserves the
+        // callee-saved registers of Microsoft x64 too; the frame is popped on every path); the
+        // pointers are live exclusive references; the VMCS preconditions are the caller's.
         let r = unsafe { rhax_vmx_enter(regs, u64::from(launched), host_rsp) };
         let report = EntryReport {
             host_rsp_written: r & 0x100 != 0,
@@ -432,12 +452,18 @@ impl Vmx for HwVmx {
         unsafe { asm!("mov cr2, {}", in(reg) value, options(nostack, nomem)) };
     }
 
+    // Never inlined: the x87/SSE state-swap instructions stay in two named functions, the only
+    // places `cargo xtask no-sse` allows them (the guest's XMM registers are live between the
+    // two, so no other kernel instruction may touch vector state).
+    #[inline(never)]
     unsafe fn fxsave(&mut self, area: &mut FxLayout) {
         let p: *mut FxLayout = area;
         // SAFETY: CPL0, CR0.TS=0 by contract; `area` is 512 writable bytes aligned to 16.
         unsafe { asm!("fxsave64 [{}]", in(reg) p, options(nostack)) };
     }
 
+    // Never inlined: see `fxsave`.
+    #[inline(never)]
     unsafe fn fxrstor(&mut self, area: &FxLayout) {
         let p: *const FxLayout = area;
         // SAFETY: CPL0, CR0.TS=0 by contract; `area` is a valid 16-aligned FXSAVE image.

@@ -9,7 +9,11 @@ pub mod hw;
 pub mod instructions;
 pub mod negotiate;
 pub mod root;
+// Host-test doubles (feature `soft`, see Cargo.toml): not in any shipped build.
+#[cfg(any(test, feature = "soft"))]
 pub mod soft;
+#[cfg(any(test, feature = "soft"))]
+pub mod soft_faults;
 
 pub use counted::Counted;
 pub use error::{VmFail, VmInstructionError};

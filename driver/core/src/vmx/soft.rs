@@ -25,7 +25,7 @@ use crate::vmx::caps::{
 use crate::vmx::instructions::{
     DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
-use crate::vmx::{VmFail, VmInstructionError};
+use crate::vmx::{soft_faults, VmFail, VmInstructionError};
 
 /// The IA32_EFER MSR.
 pub const IA32_EFER: u32 = 0xc000_0080;
@@ -197,6 +197,9 @@ pub struct SoftVmx {
     pub fpu: Box<FxLayout>,
     /// CR2 of the model CPU.
     pub cr2: u64,
+    /// The MSRs this model CPU was built with (besides the architectural ones of
+    /// `soft_faults`): WRMSR of any other MSR is a modelled host #GP.
+    known_msrs: BTreeSet<u32>,
     caps: VmxCaps,
     vmxon_region: Option<u64>,
     regions: BTreeMap<u64, SoftVmcs>,
@@ -215,6 +218,7 @@ impl SoftVmx {
         msrs.entry(IA32_EFER).or_insert(0xd01);
         let caps = VmxCaps::read(|m| msrs.get(&m).copied().unwrap_or(0));
         SoftVmx {
+            known_msrs: msrs.keys().copied().collect(),
             msrs,
             host: SoftHostCpu::default(),
             unsupported: BTreeSet::new(),
@@ -517,6 +521,10 @@ impl Vmx for SoftVmx {
 
     unsafe fn wrmsr(&mut self, msr: u32, value: u64) {
         self.counts.wrmsr += 1;
+        let fc = self.msrs.get(&IA32_FEATURE_CONTROL).copied().unwrap_or(0);
+        if let Some(why) = soft_faults::wrmsr(msr, value, self.known_msrs.contains(&msr), fc) {
+            host_gp(&why);
+        }
         self.msrs.insert(msr, value);
     }
 
@@ -533,6 +541,17 @@ impl Vmx for SoftVmx {
     }
 
     unsafe fn write_cr4(&mut self, value: u64) {
+        let long_mode = self
+            .msrs
+            .get(&IA32_EFER)
+            .is_some_and(|e| e & (1 << 10) != 0);
+        let fixed = self.vmxon_region.map(|_| {
+            let m = |msr| self.msrs.get(&msr).copied().unwrap_or(0);
+            (m(0x488), m(0x489))
+        });
+        if let Some(why) = soft_faults::write_cr4(value, long_mode, fixed) {
+            host_gp(&why);
+        }
         self.host.cr4 = value;
     }
 
@@ -572,12 +591,23 @@ impl Vmx for SoftVmx {
 
     unsafe fn fxrstor(&mut self, area: &FxLayout) {
         self.counts.fxrstor += 1;
+        if let Some(why) = soft_faults::fxrstor(area) {
+            host_gp(&why);
+        }
         *self.fpu = *area;
     }
 
     unsafe fn raise_host_nmi(&mut self) {
         self.counts.host_nmis += 1;
     }
+}
+
+/// A host instruction the model CPU refuses with #GP: on hardware a bugcheck (the kernel
+/// executes it at CPL 0 with no handler), so in the model a panic that fails the host test
+/// (see `soft_faults`).
+#[track_caller]
+fn host_gp(why: &str) -> ! {
+    panic!("modelled host #GP: {why}")
 }
 
 /// The VM-entry checks the model implements (SDM §27.2, §27.3.1).

@@ -229,7 +229,7 @@ struct Resolved {
 }
 
 /// Where a RUN stands between its steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
     /// No step waits.
     Idle,
@@ -255,7 +255,7 @@ enum Step {
         code: u32,
     },
     /// [`HaxVcpu::resume`] loads this task (a task switch done at passive level).
-    TaskSwitched(exits::NewTask),
+    TaskSwitched(Box<[exits::NewTask]>),
 }
 
 /// What a string IO exit changed before its memory was touched, to be undone when the
@@ -379,7 +379,7 @@ pub struct HaxVcpu {
     /// DR0-3 and DR6 (not loaded into the CPU: hardware breakpoints are not supported yet).
     drs: [u64; 5],
     /// MSRs HAXM accepts and keeps without effect (MTRRs, MCE banks, PMU, MISC_ENABLE...).
-    soft_msrs: [u64; exits::SOFT_MSRS],
+    soft_msrs: alloc::vec::Vec<u64>,
     preemption_ticks: Option<u32>,
     window_on: bool,
     runs: u64,
@@ -417,6 +417,13 @@ impl HaxVcpu {
             let ticks = tsc_ticks(platform, TIME_SLICE_US) >> controls.preemption_timer_rate;
             preemption_ticks = Some(ticks.clamp(1, u64::from(u32::MAX)) as u32);
         }
+        // The software-kept MSRs live on the heap, allocated fallibly (no frame on the
+        // VCPU_CREATE path holds them).
+        let mut soft_msrs = alloc::vec::Vec::new();
+        soft_msrs
+            .try_reserve_exact(exits::SOFT_MSRS)
+            .map_err(|_| HaxError::Platform(PlatformError::OutOfMemory))?;
+        soft_msrs.resize(exits::SOFT_MSRS, 0);
         let vpid = (((vm_id & 0xff) << 8) | ((vcpu_id & 0xff) + 1)) as u16;
         let core = Vcpu::new(platform, &controls, vpid, eptp).map_err(HaxError::Create)?;
         let tunnel = match platform.alloc_pages(1) {
@@ -446,7 +453,7 @@ impl HaxVcpu {
                 | APIC_BASE_ENABLE
                 | if vcpu_id == 0 { APIC_BASE_BSP } else { 0 },
             drs: [0, 0, 0, 0, 0xffff_0ff0],
-            soft_msrs: [0; exits::SOFT_MSRS],
+            soft_msrs,
             preemption_ticks,
             window_on: false,
             runs: 0,
@@ -508,4 +515,13 @@ impl HaxVcpu {
     fn controls(&self) -> &VmxControls {
         self.core.controls()
     }
+}
+
+/// `value` on the heap, or `None` when the allocation fails (`Box::new` would abort: no
+/// allocation on an IOCTL path may).
+fn try_box<T>(value: T) -> Option<Box<[T]>> {
+    let mut v = alloc::vec::Vec::new();
+    v.try_reserve_exact(1).ok()?;
+    v.push(value);
+    Some(v.into_boxed_slice())
 }

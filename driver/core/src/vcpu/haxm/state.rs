@@ -134,8 +134,9 @@ impl HaxVcpu {
         Ok(())
     }
 
-    /// The counters in the extension ABI's format (a 3312-byte copy: for tests and callers
-    /// with stack to spare; the IOCTL path uses [`HaxVcpu::write_stats`]).
+    /// The counters in the extension ABI's format (a 3312-byte copy: for host tests; the
+    /// IOCTL path uses [`HaxVcpu::write_stats`]).
+    #[cfg(any(test, feature = "soft"))]
     pub fn stats(&self) -> ext::VcpuStats {
         let mut out = ext::VcpuStats::new();
         self.write_stats(out.as_bytes_mut());

@@ -13,7 +13,7 @@ impl HaxVcpu {
         if let Some(v) = self.core.swapped_msr(root, msr) {
             return Ok(Some(v));
         }
-        let soft = soft_msr_slot(msr).map(|i| self.soft_msrs[i]);
+        let soft = soft_msr_slot(msr).and_then(|i| self.soft_msrs.get(i).copied());
         let apic = self.apic_base;
         let v = self
             .core
@@ -75,7 +75,9 @@ impl HaxVcpu {
             }
             m => {
                 if let Some(slot) = soft_msr_slot(m) {
-                    self.soft_msrs[slot] = v;
+                    if let Some(m) = self.soft_msrs.get_mut(slot) {
+                        *m = v;
+                    }
                     return Ok(true);
                 }
             }

@@ -1,0 +1,331 @@
+//! Per-vCPU counters: VM exits, VMREADs, VMWRITEs, other VMX instructions and host TSC cycles
+//! spent between a VM exit and the next VM entry, per basic exit reason; VMREAD/VMWRITE counts
+//! per VMCS field for tuning. Filled by [`crate::vmx::Counted`], the wrapper every VMX
+//! operation of a vCPU goes through, so nothing escapes.
+//!
+//! Attribution: a *window* runs from the VMREAD of one exit's reason to the VMREAD of the next
+//! one, so it holds the decoding, the handling, the flush and the VMRESUME of that exit. The
+//! window before the first VM exit (setup and VMLAUNCH) goes to [`SETUP_BUCKET`].
+//!
+//! Layering: these types sit below both `vmx/` (whose [`crate::vmx::Counted`] fills them) and
+//! `vmcs/` (which reports them; `crate::vmcs::stats` re-exports this module), so no
+//! dependency runs from `vmx/` up into `vmcs/`. The one edge left is to the VMCS field
+//! *identities* ([`VmcsField`]: encoding and index from the component table), which the
+//! per-field counters are indexed by.
+
+use crate::vmcs::VmcsField;
+
+/// Number of basic exit reasons tracked one by one (0..=79, SDM Appendix C).
+pub const EXIT_REASONS: usize = 80;
+/// Bucket for work done before the first VM exit and for unknown reasons (>= 80).
+pub const SETUP_BUCKET: usize = EXIT_REASONS;
+/// Number of buckets.
+pub const BUCKETS: usize = EXIT_REASONS + 1;
+
+/// Counters of one exit reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitCounters {
+    /// VM exits with this reason.
+    pub exits: u64,
+    /// VMREADs in the windows of these exits.
+    pub vmreads: u64,
+    /// VMWRITEs (including the entry stub's HOST_RSP write).
+    pub vmwrites: u64,
+    /// Other VMX instructions (VMLAUNCH, VMRESUME, VMPTRLD, VMCLEAR, INVEPT, INVVPID, ...).
+    pub other_vmx: u64,
+    /// Host TSC cycles from the VM exit to the next VM entry.
+    pub host_cycles: u64,
+}
+
+impl ExitCounters {
+    fn add(&mut self, o: &ExitCounters) {
+        self.exits += o.exits;
+        self.vmreads += o.vmreads;
+        self.vmwrites += o.vmwrites;
+        self.other_vmx += o.other_vmx;
+        self.host_cycles += o.host_cycles;
+    }
+}
+
+/// VMREAD/VMWRITE counts of one field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldCounters {
+    /// VMREADs.
+    pub reads: u64,
+    /// VMWRITEs.
+    pub writes: u64,
+}
+
+/// The counters of one vCPU.
+#[derive(Clone, Debug)]
+pub struct VcpuStats {
+    per_exit: [ExitCounters; BUCKETS],
+    per_field: [FieldCounters; VmcsField::COUNT],
+    /// Operations since the start of the current window.
+    window: ExitCounters,
+    /// Bucket the current window belongs to.
+    bucket: usize,
+}
+
+impl Default for VcpuStats {
+    fn default() -> Self {
+        VcpuStats {
+            per_exit: [ExitCounters::default(); BUCKETS],
+            per_field: [FieldCounters::default(); VmcsField::COUNT],
+            window: ExitCounters::default(),
+            bucket: SETUP_BUCKET,
+        }
+    }
+}
+
+/// The bucket of a basic exit reason.
+pub const fn bucket_of(basic_reason: u16) -> usize {
+    if (basic_reason as usize) < EXIT_REASONS {
+        basic_reason as usize
+    } else {
+        SETUP_BUCKET
+    }
+}
+
+impl VcpuStats {
+    // Inlined into every VMREAD/VMWRITE of `Counted`: with a constant encoding the table
+    // lookup folds away, and even a variable one costs a few instructions, not a search.
+    #[inline(always)]
+    pub(crate) fn count_read(&mut self, encoding: u32) {
+        self.window.vmreads += 1;
+        if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
+            f.reads += 1;
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn count_write(&mut self, encoding: u32) {
+        self.window.vmwrites += 1;
+        if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
+            f.writes += 1;
+        }
+    }
+
+    pub(crate) fn count_other(&mut self) {
+        self.window.other_vmx += 1;
+    }
+
+    pub(crate) fn add_host_cycles(&mut self, cycles: u64) {
+        self.window.host_cycles += cycles;
+    }
+
+    /// Starts the window of a VM exit with this basic reason. Call it right after the VMREAD
+    /// of the exit reason, which belongs to this exit's window.
+    ///
+    /// The open window is folded into its bucket only when the bucket changes: a run of exits
+    /// with one reason (the hot case) just keeps accumulating, which costs nothing per exit, and
+    /// every reader folds the open window in.
+    #[inline]
+    pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
+        let bucket = bucket_of(basic_reason);
+        if bucket != self.bucket {
+            self.switch_bucket(bucket);
+        }
+        self.per_exit[bucket].exits += 1;
+    }
+
+    #[cold]
+    fn switch_bucket(&mut self, bucket: usize) {
+        let mut w = core::mem::take(&mut self.window);
+        // The exit-reason VMREAD just counted opens the new window.
+        let reason_read = w.vmreads.min(1);
+        w.vmreads -= reason_read;
+        self.per_exit[self.bucket].add(&w);
+        self.window.vmreads = reason_read;
+        self.bucket = bucket;
+    }
+
+    /// The counters of one bucket, including the still-open window.
+    pub fn exit(&self, bucket: usize) -> ExitCounters {
+        let mut c = self.per_exit.get(bucket).copied().unwrap_or_default();
+        if bucket == self.bucket {
+            c.add(&self.window);
+        }
+        c
+    }
+
+    /// The counters of one field.
+    pub fn field(&self, field: VmcsField) -> FieldCounters {
+        self.per_field[field.index()]
+    }
+
+    /// Sum over all buckets (open window included).
+    pub fn total(&self) -> ExitCounters {
+        let mut t = ExitCounters::default();
+        for c in &self.per_exit {
+            t.add(c);
+        }
+        t.add(&self.window);
+        t
+    }
+
+    /// A copy of every counter with the open window folded in, for export (e.g. to the stats
+    /// extension of the ABI): `per_exit[reason]`, `per_field[VmcsField::index()]`.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let mut per_exit = self.per_exit;
+        per_exit[self.bucket].add(&self.window);
+        StatsSnapshot {
+            per_exit,
+            per_field: self.per_field,
+        }
+    }
+
+    /// Zeroes every counter (the current window keeps its bucket).
+    pub fn reset(&mut self) {
+        let bucket = self.bucket;
+        *self = VcpuStats::default();
+        self.bucket = bucket;
+    }
+}
+
+/// A plain copy of a vCPU's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// By basic exit reason; index [`SETUP_BUCKET`] holds setup and unknown reasons.
+    pub per_exit: [ExitCounters; BUCKETS],
+    /// By field, indexed by [`VmcsField::index`].
+    pub per_field: [FieldCounters; VmcsField::COUNT],
+}
+
+/// Bits of an encoding the lookup table keys on: access type (0), index 5:0 (bits 6:1), type
+/// (11:10) and width (14:13) (SDM §25.11.2, Table 25-21). No field of the table uses the others
+/// (index bits 8:6 above 5, bit 12, bits 31:15), which the table build checks.
+const KEY_BITS: u32 = 0x6c7f;
+
+/// Slot of an encoding in [`FIELD_BY_KEY`]: width, type and index 5:0. Bit 0 is left out: the
+/// high half of a 64-bit field (encoding | 1) counts for that field.
+const fn key_of(encoding: u32) -> usize {
+    ((((encoding >> 13) & 3) << 8) | (((encoding >> 10) & 3) << 6) | ((encoding >> 1) & 0x3f))
+        as usize
+}
+
+/// `VmcsField::index()` of each key, [`NO_FIELD`] where no field has it. A `const`, not a
+/// `static`: the crate that inlines a typed accessor sees the contents and folds the lookup of
+/// a constant encoding (a `static` of another crate stays an opaque load).
+const FIELD_BY_KEY: [u8; 1024] = field_by_key();
+
+/// An index past every field (`per_field.get_mut` finds nothing there).
+const NO_FIELD: u8 = u8::MAX;
+
+const fn field_by_key() -> [u8; 1024] {
+    assert!(
+        VmcsField::COUNT < NO_FIELD as usize,
+        "field index must fit a u8"
+    );
+    let mut t = [NO_FIELD; 1024];
+    let mut i = 0;
+    while i < VmcsField::COUNT {
+        let e = VmcsField::ALL[i].encoding();
+        assert!(
+            e & !KEY_BITS == 0 && e & 1 == 0,
+            "a field encoding uses bits the lookup does not key on"
+        );
+        assert!(t[key_of(e)] == NO_FIELD, "two fields share a key");
+        t[key_of(e)] = i as u8;
+        i += 1;
+    }
+    t
+}
+
+/// The `VmcsField::index()` an encoding counts for (a 64-bit field's high half counts for the
+/// field), or an index past the table for encodings the table does not know.
+#[inline]
+fn field_index(encoding: u32) -> usize {
+    if encoding & !KEY_BITS != 0 {
+        return NO_FIELD as usize;
+    }
+    FIELD_BY_KEY[key_of(encoding)] as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition the table replaces: the field itself, else the field whose high half
+    /// this is.
+    fn by_search(encoding: u32) -> Option<VmcsField> {
+        VmcsField::from_encoding(encoding).or_else(|| VmcsField::from_encoding(encoding & !1))
+    }
+
+    #[test]
+    fn table_lookup_matches_the_search_for_every_16_bit_encoding_and_beyond() {
+        let extra = [0x1_0000, 0x1_6c00, 0x8000_6c00, u32::MAX, 0x7fff_ffff];
+        for e in (0..=0xffff).chain(extra) {
+            let want = by_search(e).map_or(NO_FIELD as usize, VmcsField::index);
+            assert_eq!(field_index(e), want, "encoding {e:#x}");
+        }
+    }
+
+    /// One exit as `Vcpu::run` counts it: work of the previous window, then the exit-reason
+    /// VMREAD, then `begin_exit`.
+    fn exit(s: &mut VcpuStats, reason: u16, reads: u64, writes: u64, cycles: u64) {
+        for _ in 0..reads {
+            s.count_read(VmcsField::GuestRip.encoding());
+        }
+        for _ in 0..writes {
+            s.count_write(VmcsField::GuestRip.encoding());
+        }
+        s.count_other();
+        s.add_host_cycles(cycles);
+        s.count_read(VmcsField::ExitReason.encoding());
+        s.begin_exit(reason);
+    }
+
+    #[test]
+    fn windows_go_to_the_reason_that_opened_them_across_reason_changes() {
+        let mut s = VcpuStats::default();
+        // Setup window (2 reads), then CPUID x3 (1 read, 1 write each), IO x2 (2 reads), HLT.
+        exit(&mut s, 10, 2, 0, 100);
+        exit(&mut s, 10, 1, 1, 10);
+        exit(&mut s, 10, 1, 1, 10);
+        exit(&mut s, 30, 1, 1, 10);
+        exit(&mut s, 30, 2, 0, 20);
+        exit(&mut s, 12, 2, 0, 20);
+        let setup = s.exit(SETUP_BUCKET);
+        assert_eq!(
+            (
+                setup.exits,
+                setup.vmreads,
+                setup.other_vmx,
+                setup.host_cycles
+            ),
+            (0, 2, 1, 100)
+        );
+        // Each exit's window: its reason read + the next window's work.
+        let cpuid = s.exit(10);
+        assert_eq!(
+            (cpuid.exits, cpuid.vmreads, cpuid.vmwrites, cpuid.other_vmx),
+            (3, 3 + 3, 3, 3)
+        );
+        assert_eq!(cpuid.host_cycles, 30);
+        let io = s.exit(30);
+        assert_eq!(
+            (io.exits, io.vmreads, io.vmwrites, io.host_cycles),
+            (2, 2 + 4, 0, 40)
+        );
+        // The open window: HLT's reason read only.
+        let hlt = s.exit(12);
+        assert_eq!((hlt.exits, hlt.vmreads, hlt.other_vmx), (1, 1, 0));
+        let t = s.total();
+        assert_eq!((t.exits, t.vmreads, t.vmwrites), (6, 15, 3));
+        assert_eq!(s.snapshot().per_exit[10], cpuid);
+        assert_eq!(s.snapshot().per_exit[12], hlt);
+    }
+
+    #[test]
+    fn counts_land_on_the_field_including_high_halves() {
+        let mut s = VcpuStats::default();
+        s.count_read(VmcsField::GuestRip.encoding());
+        s.count_write(VmcsField::EptPointer.encoding() | 1);
+        s.count_write(0x7fff_fffe);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 1);
+        assert_eq!(s.field(VmcsField::EptPointer).writes, 1);
+        let t = s.total();
+        assert_eq!((t.vmreads, t.vmwrites), (1, 2));
+    }
+}

@@ -1,0 +1,235 @@
+//! The host faults of the software VMX model: where a real CPU raises #GP on a host
+//! instruction rhax-core executes (WRMSR, FXRSTOR, MOV to CR4), the model must not quietly
+//! accept the value, or host tests pass code that bugchecks the real machine.
+//!
+//! Each function returns `Some(reason)` for an operation hardware refuses; [`SoftVmx`]
+//! (`soft.rs`) then panics with `modelled host #GP: <reason>`, which fails the host test that
+//! got there: every existing test checks these rules without asking.
+//!
+//! Rules from the Intel SDM (325462-083US): Vol. 4 (MSR tables) and Vol. 2 WRMSR ("#GP(0) if
+//! the value written has reserved bits set, or a non-canonical address for an MSR holding
+//! one"); Vol. 3A §13.11.2 (PAT memory-type encodings); Vol. 3A §19.4.1 (IA32_DEBUGCTL);
+//! Vol. 1 §10.5.1 and Vol. 2 FXRSTOR (MXCSR bits outside MXCSR_MASK: #GP); Vol. 3A §2.5 and
+//! Vol. 2 MOV CR (reserved CR4 bits; clearing CR4.PAE in IA-32e mode) and Vol. 3C §24.8 and
+//! Appendix A.8 (CR4 in VMX operation: VMXE stays set, bits fixed by IA32_VMX_CR4_FIXED0/1).
+//!
+//! [`SoftVmx`]: crate::vmx::soft::SoftVmx
+
+use alloc::string::String;
+
+use rhax_api::fpu::FxLayout;
+
+/// IA32_TIME_STAMP_COUNTER.
+pub const IA32_TSC: u32 = 0x10;
+/// IA32_APIC_BASE.
+pub const IA32_APIC_BASE: u32 = 0x1b;
+/// IA32_FEATURE_CONTROL (bit 0: lock).
+pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
+/// IA32_SYSENTER_CS / ESP / EIP.
+pub const IA32_SYSENTER_CS: u32 = 0x174;
+/// IA32_SYSENTER_ESP.
+pub const IA32_SYSENTER_ESP: u32 = 0x175;
+/// IA32_SYSENTER_EIP.
+pub const IA32_SYSENTER_EIP: u32 = 0x176;
+/// IA32_DEBUGCTL.
+pub const IA32_DEBUGCTL: u32 = 0x1d9;
+/// IA32_PAT.
+pub const IA32_PAT: u32 = 0x277;
+/// IA32_EFER.
+pub const IA32_EFER: u32 = 0xc000_0080;
+/// IA32_STAR.
+pub const IA32_STAR: u32 = 0xc000_0081;
+/// IA32_LSTAR.
+pub const IA32_LSTAR: u32 = 0xc000_0082;
+/// IA32_CSTAR.
+pub const IA32_CSTAR: u32 = 0xc000_0083;
+/// IA32_FMASK.
+pub const IA32_FMASK: u32 = 0xc000_0084;
+/// IA32_FS_BASE.
+pub const IA32_FS_BASE: u32 = 0xc000_0100;
+/// IA32_GS_BASE.
+pub const IA32_GS_BASE: u32 = 0xc000_0101;
+/// IA32_KERNEL_GS_BASE.
+pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// IA32_TSC_AUX.
+pub const IA32_TSC_AUX: u32 = 0xc000_0103;
+
+/// Writable MSRs every model CPU has (besides those it was built with, except the read-only
+/// VMX capability MSRs).
+pub const ARCHITECTURAL_MSRS: [u32; 17] = [
+    IA32_TSC,
+    IA32_APIC_BASE,
+    IA32_FEATURE_CONTROL,
+    IA32_SYSENTER_CS,
+    IA32_SYSENTER_ESP,
+    IA32_SYSENTER_EIP,
+    IA32_DEBUGCTL,
+    IA32_PAT,
+    IA32_EFER,
+    IA32_STAR,
+    IA32_LSTAR,
+    IA32_CSTAR,
+    IA32_FMASK,
+    IA32_FS_BASE,
+    IA32_GS_BASE,
+    IA32_KERNEL_GS_BASE,
+    IA32_TSC_AUX,
+];
+
+/// The model's MXCSR_MASK (what FXSAVE stores at byte 28): every MXCSR bit 15:0 writable, DAZ
+/// included, as on every CPU since the Pentium 4 (SDM Vol. 1 §10.5.1.1).
+pub const MXCSR_MASK: u32 = 0xffff;
+
+/// Bits defined in CR4 (SDM Vol. 3A §2.5, Figure 2-7): 14:0 and 25:16 (bit 15 and 63:26
+/// reserved).
+pub const CR4_DEFINED: u64 = 0x03ff_7fff;
+/// CR4.PAE.
+pub const CR4_PAE: u64 = 1 << 5;
+/// CR4.VMXE.
+pub const CR4_VMXE: u64 = 1 << 13;
+
+/// Canonical for 48-bit linear addresses: bits 63:47 all equal.
+pub fn canonical(a: u64) -> bool {
+    let top = a >> 47;
+    top == 0 || top == 0x1_ffff
+}
+
+/// Why WRMSR(`msr`, `value`) raises #GP on the model, if it does. `exists`: the model CPU
+/// implements `msr`; `feature_control`: the current IA32_FEATURE_CONTROL value.
+pub fn wrmsr(msr: u32, value: u64, exists: bool, feature_control: u64) -> Option<String> {
+    use alloc::format;
+    if (0x480..=0x492).contains(&msr) {
+        return Some(format!("WRMSR {msr:#x}: VMX capability MSRs are read-only"));
+    }
+    if !exists && !ARCHITECTURAL_MSRS.contains(&msr) {
+        return Some(format!("WRMSR {msr:#x}: no such MSR on this CPU"));
+    }
+    let reserved = |mask: u64, what: &str| {
+        (value & mask != 0).then(|| {
+            format!(
+                "WRMSR {msr:#x} ({what}) {value:#x}: reserved bits {:#x}",
+                value & mask
+            )
+        })
+    };
+    match msr {
+        IA32_FS_BASE | IA32_GS_BASE | IA32_KERNEL_GS_BASE | IA32_LSTAR | IA32_CSTAR
+        | IA32_SYSENTER_ESP | IA32_SYSENTER_EIP
+            if !canonical(value) =>
+        {
+            Some(format!("WRMSR {msr:#x} {value:#x}: non-canonical address"))
+        }
+        // Intel defines SCE (0), LME (8), LMA (10, ignored on write) and NXE (11).
+        IA32_EFER => reserved(!(1 | 1 << 8 | 1 << 10 | 1 << 11), "EFER"),
+        IA32_TSC_AUX => reserved(0xffff_ffff_0000_0000, "TSC_AUX"),
+        IA32_FMASK => reserved(0xffff_ffff_0000_0000, "FMASK"),
+        // Bits 1:0, 15:6 defined; 5:2 and 63:16 reserved.
+        IA32_DEBUGCTL => reserved(!0xffc3, "DEBUGCTL"),
+        IA32_PAT => (0..8)
+            .map(|i| (value >> (8 * i)) as u8)
+            .find(|&t| !matches!(t, 0 | 1 | 4 | 5 | 6 | 7))
+            .map(|t| format!("WRMSR PAT {value:#x}: invalid memory type {t:#x}")),
+        IA32_FEATURE_CONTROL if feature_control & 1 != 0 => Some(format!(
+            "WRMSR FEATURE_CONTROL {value:#x}: the MSR is locked"
+        )),
+        _ => None,
+    }
+}
+
+/// Why FXRSTOR of `area` raises #GP on the model, if it does: MXCSR bits outside
+/// [`MXCSR_MASK`] (the 16-byte alignment is the type's).
+pub fn fxrstor(area: &FxLayout) -> Option<String> {
+    let bad = area.mxcsr & !MXCSR_MASK;
+    (bad != 0).then(|| {
+        alloc::format!(
+            "FXRSTOR: MXCSR {:#x} sets bits {bad:#x} outside MXCSR_MASK {MXCSR_MASK:#x}",
+            area.mxcsr
+        )
+    })
+}
+
+/// Why MOV to CR4 of `value` raises #GP on the model, if it does. `long_mode`: EFER.LMA;
+/// `vmx_fixed`: IA32_VMX_CR4_FIXED0/1 while in VMX operation.
+pub fn write_cr4(value: u64, long_mode: bool, vmx_fixed: Option<(u64, u64)>) -> Option<String> {
+    use alloc::format;
+    if value & !CR4_DEFINED != 0 {
+        return Some(format!(
+            "MOV CR4 {value:#x}: reserved bits {:#x}",
+            value & !CR4_DEFINED
+        ));
+    }
+    if long_mode && value & CR4_PAE == 0 {
+        return Some(format!("MOV CR4 {value:#x}: clears PAE in IA-32e mode"));
+    }
+    if let Some((fixed0, fixed1)) = vmx_fixed {
+        if value & fixed0 != fixed0 || value & !fixed1 != 0 {
+            return Some(format!(
+                "MOV CR4 {value:#x} in VMX operation: outside IA32_VMX_CR4_FIXED0 {fixed0:#x} \
+                 / FIXED1 {fixed1:#x} (VMXE must stay set)"
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrmsr_rules() {
+        let ok = |m, v| wrmsr(m, v, false, 0).is_none();
+        assert!(ok(IA32_LSTAR, 0xffff_8000_0000_1000));
+        assert!(!ok(IA32_LSTAR, 0x0000_8000_0000_0000));
+        for m in [
+            IA32_FS_BASE,
+            IA32_GS_BASE,
+            IA32_KERNEL_GS_BASE,
+            IA32_CSTAR,
+            IA32_SYSENTER_ESP,
+            IA32_SYSENTER_EIP,
+        ] {
+            assert!(!ok(m, 0x1234_5678_9abc_def0), "{m:#x}");
+            assert!(ok(m, 0x7fff_ffff_f000), "{m:#x}");
+        }
+        assert!(ok(IA32_EFER, 0xd01));
+        assert!(!ok(IA32_EFER, 0x1d01), "SVME is AMD's");
+        assert!(ok(IA32_TSC_AUX, 0xffff_ffff));
+        assert!(!ok(IA32_TSC_AUX, 1 << 32));
+        assert!(!ok(IA32_FMASK, 1 << 40));
+        assert!(ok(IA32_PAT, 0x0007_0406_0007_0406));
+        assert!(!ok(IA32_PAT, 0x0007_0406_0007_0402), "type 2 is reserved");
+        assert!(!ok(IA32_PAT, 0x0007_0406_0007_0416), "bits 7:3 of an entry");
+        assert!(ok(IA32_DEBUGCTL, 0x1));
+        assert!(!ok(IA32_DEBUGCTL, 0x4));
+        assert!(!ok(0x4000_1234, 0));
+        assert!(wrmsr(0x4000_1234, 0, true, 0).is_none(), "a model MSR");
+        assert!(wrmsr(0x480, 0, true, 0).is_some(), "VMX_BASIC is read-only");
+        assert!(wrmsr(IA32_FEATURE_CONTROL, 5, true, 5).is_some(), "locked");
+        assert!(wrmsr(IA32_FEATURE_CONTROL, 5, true, 0).is_none());
+    }
+
+    #[test]
+    fn fxrstor_and_cr4_rules() {
+        let mut fx = FxLayout {
+            mxcsr: 0x1f80,
+            ..FxLayout::default()
+        };
+        assert!(fxrstor(&fx).is_none());
+        fx.mxcsr = 0x1_1f80;
+        assert!(fxrstor(&fx).unwrap().contains("MXCSR"));
+        assert!(write_cr4(0x6a0, true, None).is_none());
+        assert!(write_cr4(0x6a0 | 1 << 15, true, None).is_some());
+        assert!(write_cr4(0x6a0 | 1 << 40, true, None).is_some());
+        assert!(
+            write_cr4(0x680, true, None).is_some(),
+            "PAE cleared in long mode"
+        );
+        let fixed = Some((0x2000, 0x3ff_7fff));
+        assert!(write_cr4(0x26a0, true, fixed).is_none());
+        assert!(
+            write_cr4(0x6a0, true, fixed).is_some(),
+            "VMXE cleared in VMX operation"
+        );
+    }
+}
