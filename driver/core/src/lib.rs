@@ -15,6 +15,7 @@ extern crate alloc;
 pub mod counters;
 pub mod dispatch;
 pub mod emulate;
+pub mod heap;
 pub mod memory;
 pub mod platform;
 pub mod vcpu;

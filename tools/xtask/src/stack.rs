@@ -80,16 +80,6 @@ pub const ALLOWED: &[(&str, &str, bool)] = &[
         "closure state of the RUN/stats paths by value",
         true,
     ),
-    (
-        "rhax_core::vcpu::Vcpu::new",
-        "Vcpu (FXSAVE images, VMCS cache) built on the stack before it is boxed",
-        true,
-    ),
-    (
-        "rhax_core::vcpu::cpuid::CpuidTable::set",
-        "a CPUID table copied by value",
-        true,
-    ),
 ];
 
 /// A function's frame and what it calls directly.

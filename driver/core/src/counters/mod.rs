@@ -67,6 +67,20 @@ pub struct VcpuStats {
     bucket: usize,
 }
 
+// SAFETY: integer counters and a bucket index: all zero is valid (bucket 0; `VcpuStats::
+// boxed` sets the setup bucket).
+unsafe impl crate::heap::Zeroable for VcpuStats {}
+
+impl VcpuStats {
+    /// `VcpuStats::default()` on the heap, built in place (6 KiB: never on the kernel stack);
+    /// `None` when memory is short.
+    pub fn boxed() -> Option<alloc::boxed::Box<VcpuStats>> {
+        let mut s = crate::heap::try_zeroed::<VcpuStats>()?;
+        s.bucket = SETUP_BUCKET;
+        Some(s)
+    }
+}
+
 impl Default for VcpuStats {
     fn default() -> Self {
         VcpuStats {

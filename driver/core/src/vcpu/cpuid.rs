@@ -169,48 +169,72 @@ impl CpuidTable {
                 total: entries.len(),
             });
         }
-        let mut next = self.clone();
+        // In place, without a 2.6 KiB copy of the table on the kernel stack: first count
+        // the leaves the merge adds (a leaf named twice in `entries` counts once) and refuse
+        // before anything changes, then merge.
+        let key = |e: &CpuidEntry| {
+            let index = if indexed(e.function) { e.index } else { 0 };
+            (e.function, index)
+        };
+        let mut added = 0;
+        for (i, e) in entries.iter().enumerate() {
+            let k = key(e);
+            let present = self.entries[..self.len].iter().any(|x| key(x) == k);
+            let earlier = entries[..i].iter().any(|x| key(x) == k);
+            if !present && !earlier {
+                added += 1;
+            }
+        }
+        if self.len + added > HAX_MAX_CPUID_ENTRIES {
+            return Err(CpuidError::TooMany {
+                total: self.len + added,
+            });
+        }
         for e in entries {
-            let mut e = *e;
-            e.flags = 0;
-            e.pad = [0; 3];
-            if !indexed(e.function) {
-                e.index = 0;
-            }
-            match e.function {
-                1 => {
-                    e.ecx = (e.ecx & self.host_leaf1[2] & !LEAF1_ECX_HIDDEN) | HYPERVISOR;
-                    e.edx &= self.host_leaf1[3] & !LEAF1_EDX_HIDDEN;
-                }
-                7 if e.index == 0 => {
-                    e.ebx &= self.host_leaf7[1] & LEAF7_EBX_PASSED;
-                    e.ecx = 0;
-                    e.edx = 0;
-                }
-                0x8000_0001 => {
-                    e.ecx &= self.host_ext1[2];
-                    e.edx &= self.host_ext1[3];
-                }
-                _ => {}
-            }
-            match next.entries[..next.len]
+            let e = self.filtered(e);
+            match self.entries[..self.len]
                 .iter_mut()
                 .find(|x| x.function == e.function && x.index == e.index)
             {
                 Some(x) => *x = e,
                 None => {
-                    if next.len == HAX_MAX_CPUID_ENTRIES {
-                        return Err(CpuidError::TooMany {
-                            total: next.len + 1,
-                        });
+                    // Room was checked above.
+                    if let Some(slot) = self.entries.get_mut(self.len) {
+                        *slot = e;
+                        self.len += 1;
                     }
-                    next.entries[next.len] = e;
-                    next.len += 1;
                 }
             }
         }
-        *self = next;
         Ok(())
+    }
+
+    /// `e` as the guest may see it: reserved fields cleared, the index of a leaf that has
+    /// none cleared, features the host lacks or rhax hides masked.
+    fn filtered(&self, e: &CpuidEntry) -> CpuidEntry {
+        let mut e = *e;
+        e.flags = 0;
+        e.pad = [0; 3];
+        if !indexed(e.function) {
+            e.index = 0;
+        }
+        match e.function {
+            1 => {
+                e.ecx = (e.ecx & self.host_leaf1[2] & !LEAF1_ECX_HIDDEN) | HYPERVISOR;
+                e.edx &= self.host_leaf1[3] & !LEAF1_EDX_HIDDEN;
+            }
+            7 if e.index == 0 => {
+                e.ebx &= self.host_leaf7[1] & LEAF7_EBX_PASSED;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            0x8000_0001 => {
+                e.ecx &= self.host_ext1[2];
+                e.edx &= self.host_ext1[3];
+            }
+            _ => {}
+        }
+        e
     }
 
     /// `HAX_VCPU_IOCTL_GET_CPUID`: the number of leaves held, and, when `out` has room for all

@@ -150,11 +150,27 @@ impl Vcpu {
             io_bitmap_a: io_bitmaps.phys(),
             io_bitmap_b: io_bitmaps.phys() + PhysPages::PAGE_SIZE as u64,
         };
+        // The large parts (VMCS cache, counters, two FXSAVE images: ~8.7 KiB) are allocated
+        // zeroed in place, fallibly.
+        let boxes = (|| {
+            let cache = crate::heap::try_zeroed::<VmcsCache>()?;
+            let stats = VcpuStats::boxed()?;
+            let mut fpu = crate::heap::try_zeroed::<FxLayout>()?;
+            set_power_on_fpu(&mut fpu);
+            let host_fpu = crate::heap::try_zeroed::<FxLayout>()?;
+            Some((cache, stats, fpu, host_fpu))
+        })();
+        let Some((cache, stats, fpu, host_fpu)) = boxes else {
+            platform.free_pages(vmcs_page);
+            platform.free_pages(msr_bitmap);
+            platform.free_pages(io_bitmaps);
+            return Err(CreateError::Platform(PlatformError::OutOfMemory));
+        };
         Ok(Vcpu {
             vmcs_page,
             msr_bitmap,
             io_bitmaps,
-            cache: Box::default(),
+            cache,
             regs: GuestRegisters::default(),
             host_rsp: 0,
             launched: false,
@@ -163,12 +179,12 @@ impl Vcpu {
             resident: None,
             controls: *controls,
             config,
-            stats: Box::default(),
+            stats,
             exit_tsc: None,
             guest_msrs: [0; 6],
             host_msrs: None,
-            fpu: Box::new(power_on_fpu()),
-            host_fpu: Box::default(),
+            fpu,
+            host_fpu,
             cr2: 0,
         })
     }
@@ -477,13 +493,10 @@ impl Vcpu {
 
 /// The x87/SSE state after power-up/reset (SDM Vol. 3A Table 10-1: FCW 0x37F, MXCSR 0x1F80,
 /// tags empty).
-fn power_on_fpu() -> FxLayout {
-    FxLayout {
-        fcw: 0x37f,
-        mxcsr: 0x1f80,
-        mxcsr_mask: 0xffbf,
-        ..FxLayout::default()
-    }
+fn set_power_on_fpu(f: &mut FxLayout) {
+    f.fcw = 0x37f;
+    f.mxcsr = 0x1f80;
+    f.mxcsr_mask = 0xffbf;
 }
 
 /// Advances the guest RIP past the instruction that caused the exit (VM-exit instruction

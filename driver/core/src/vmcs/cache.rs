@@ -46,6 +46,10 @@ pub struct VmcsCache {
     flushed: bool,
 }
 
+// SAFETY: integer arrays and a bool: all zero is `VmcsCache::new()` (nothing cached, nothing
+// dirty, not flushed).
+unsafe impl crate::heap::Zeroable for VmcsCache {}
+
 impl Default for VmcsCache {
     fn default() -> Self {
         Self::new()
