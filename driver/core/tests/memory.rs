@@ -186,7 +186,18 @@ impl Platform for Fake {
         let mut s = self.s.lock().unwrap();
         assert!(s.pins.remove(&pinned.handle).is_some(), "double unpin");
         s.unpin_calls += 1;
-        if s.poison {
+        // Pages stay locked while any pin holds them (an OS counts the locks per page); only
+        // the last unpin hands them back. The core pins outside its lock, so a pin that lost a
+        // race is released while another pin of the same pages lives.
+        let (start, end) = (
+            pinned.user_address,
+            pinned.user_address + pinned.len as u64,
+        );
+        let still_pinned = s
+            .pins
+            .values()
+            .any(|&(a, l)| a < end && start < a + l as u64);
+        if s.poison && !still_pinned {
             // SAFETY: with `poison` set, pins are of live test buffers (the test's contract).
             unsafe {
                 std::ptr::write_bytes(pinned.user_address as *mut u8, POISON, pinned.len);

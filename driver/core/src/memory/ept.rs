@@ -10,6 +10,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::limits::{try_box, try_box_nones};
 use crate::platform::{PhysPages, Platform, PlatformError};
 
 /// Entries per EPT paging structure (SDM §29.3.2: each is 4 KiB of 512 8-byte entries).
@@ -106,7 +107,13 @@ impl Table {
             return Err(PlatformError::Unsupported);
         }
         let children = if level > 1 {
-            Some(Box::new([const { None }; ENTRIES]))
+            match try_box_nones::<Table, ENTRIES>() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    platform.free_pages(page);
+                    return Err(e);
+                }
+            }
         } else {
             None
         };
@@ -236,7 +243,15 @@ impl Ept {
                 }
                 let child = Table::new(platform, l - 1)?;
                 let phys = child.page.phys();
-                *slot = Some(Box::new(child));
+                let child = match try_box(child) {
+                    Ok(c) => c,
+                    Err(child) => {
+                        // Nothing was linked yet: the page goes straight back.
+                        platform.free_pages(child.page);
+                        return Err(PlatformError::OutOfMemory);
+                    }
+                };
+                *slot = Some(child);
                 self.tables += 1;
                 set(page, i, (phys & EPT_ADDRESS_MASK) | NON_LEAF);
             }
@@ -271,6 +286,23 @@ impl Ept {
         let z = zap_table(&mut self.root, 4, 0, start, end, retired, &mut removed);
         self.tables -= removed;
         z
+    }
+
+    /// An upper bound on the paging structures [`Ept::zap`] of `[start_gfn, end_gfn)` can
+    /// unlink: the structures whose span meets the range, per level below the root (a PT spans
+    /// 2 MiB, a PD 1 GiB, a PDPT 512 GiB), and never more than the tree holds. The caller
+    /// reserves that much room before zapping, so the zap itself never allocates.
+    pub(crate) fn zap_bound(&self, start_gfn: u64, end_gfn: u64) -> usize {
+        if start_gfn >= end_gfn {
+            return 0;
+        }
+        let (start, last) = (start_gfn << 12, (end_gfn << 12) - 1);
+        let mut bound: u64 = 0;
+        for level in 1..4 {
+            let span = entry_span(level + 1);
+            bound = bound.saturating_add(last / span - start / span + 1);
+        }
+        usize::try_from(bound).map_or(self.tables, |b| b.min(self.tables))
     }
 
     /// Every leaf, as (guest-physical address, leaf), in address order.
