@@ -189,10 +189,7 @@ impl Platform for Fake {
         // Pages stay locked while any pin holds them (an OS counts the locks per page); only
         // the last unpin hands them back. The core pins outside its lock, so a pin that lost a
         // race is released while another pin of the same pages lives.
-        let (start, end) = (
-            pinned.user_address,
-            pinned.user_address + pinned.len as u64,
-        );
+        let (start, end) = (pinned.user_address, pinned.user_address + pinned.len as u64);
         let still_pinned = s
             .pins
             .values()

@@ -148,24 +148,37 @@ impl MemSlots {
                 add(&mut pieces, self.slots[lo]);
             }
         }
-        if let Some(f) = self.slots.get(first).filter(|s| s.start_gfn < start && first < hi) {
-            add(&mut pieces, Slot {
-                end_gfn: start,
-                ..*f
-            });
+        if let Some(f) = self
+            .slots
+            .get(first)
+            .filter(|s| s.start_gfn < start && first < hi)
+        {
+            add(
+                &mut pieces,
+                Slot {
+                    end_gfn: start,
+                    ..*f
+                },
+            );
         }
         if let Some(s) = new {
             add(&mut pieces, s);
         }
         let mut hi_ext = hi;
-        if let Some(last) = hi.checked_sub(1).map(|i| self.slots[i]).filter(|s| s.end_gfn > end)
+        if let Some(last) = hi
+            .checked_sub(1)
+            .map(|i| self.slots[i])
+            .filter(|s| s.end_gfn > end)
         {
             if last.start_gfn < end {
-                add(&mut pieces, Slot {
-                    start_gfn: end,
-                    hva: last.hva_of(end),
-                    ..last
-                });
+                add(
+                    &mut pieces,
+                    Slot {
+                        start_gfn: end,
+                        hva: last.hva_of(end),
+                        ..last
+                    },
+                );
             }
         }
         if new.is_some() {
@@ -280,10 +293,7 @@ impl Protections {
                 return Some(start);
             }
         }
-        self.ranges
-            .get(n)
-            .map(|r| r.0)
-            .filter(|&s| s < end)
+        self.ranges.get(n).map(|r| r.0).filter(|&s| s < end)
     }
 
     /// All ranges, in order.

@@ -549,7 +549,11 @@ impl GuestMemory {
     /// Pins the chunk `need` names with no lock held, then installs the pin if its block is
     /// still registered (the same block, by id) and the chunk still unpinned; otherwise the
     /// pin is released again (it was never reachable through a mapping).
-    fn pin_outside_lock<P: Platform>(&self, platform: &P, need: &NeedPin) -> Result<(), MemoryError> {
+    fn pin_outside_lock<P: Platform>(
+        &self,
+        platform: &P,
+        need: &NeedPin,
+    ) -> Result<(), MemoryError> {
         let len = usize::try_from(need.len).map_err(|_| MemoryError::RangeOverflow)?;
         let pinned = platform.pin(need.hva, len)?;
         let outcome = {
@@ -731,7 +735,10 @@ impl MemoryMap {
     /// The slot mapping `gfn`, its block and the pinned chunk holding `gfn`'s page; or the
     /// chunk to pin first.
     #[allow(clippy::type_complexity)]
-    fn lookup(&self, gfn: u64) -> Result<Option<Result<(Slot, &RamBlock, u64), NeedPin>>, MemoryError> {
+    fn lookup(
+        &self,
+        gfn: u64,
+    ) -> Result<Option<Result<(Slot, &RamBlock, u64), NeedPin>>, MemoryError> {
         let Some(slot) = self.slots.find(gfn).copied() else {
             return Ok(None);
         };

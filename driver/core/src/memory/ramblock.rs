@@ -168,7 +168,9 @@ impl RamBlocks {
     /// Removes a block, moving its pinned chunks into `pins` (which the caller reserved room
     /// in); returns its size.
     pub(crate) fn remove_into(&mut self, start: u64, pins: &mut Vec<PinnedMemory>) -> u64 {
-        let Some(i) = self.last_at_or_below(start).filter(|&i| self.blocks[i].start == start)
+        let Some(i) = self
+            .last_at_or_below(start)
+            .filter(|&i| self.blocks[i].start == start)
         else {
             return 0;
         };

@@ -1,0 +1,77 @@
+//! VM-device IOCTLs (`hax_vmNN`): VCPU_CREATE, the guest-memory IOCTLs, NOTIFY_QEMU_VERSION,
+//! VCPU_DESTROY (`haxm-abi.md` §2).
+
+use alloc::sync::Arc;
+
+use rhax_api::{AllocRamInfo, ProtectRamInfo, QemuVersion, RamblockInfo, SetRamInfo, SetRamInfo2};
+
+use super::lockorder::LockTracker;
+use super::objects::VmObject;
+use super::table::{Call, Ctx};
+use super::{CpuRoots, ErrorKind, Hypervisor, Res, UserMapping};
+use crate::memory::{GuestMemory, InveptRequest, MemoryError};
+use crate::platform::Platform;
+
+impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
+    pub(super) fn vcpu_create(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+        let id: u32 = c.ctx.read(c.input)?;
+        self.create_vcpu(vm, id, c.ctx)?;
+        Ok(0)
+    }
+
+    pub(super) fn alloc_ram(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+        let info: AllocRamInfo = c.ctx.read(c.input)?;
+        self.memory_change(vm, c.ctx, |m| m.alloc_ram(&info).map(|()| None))
+    }
+
+    pub(super) fn add_ramblock(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+        let info: RamblockInfo = c.ctx.read(c.input)?;
+        self.memory_change(vm, c.ctx, |m| m.add_ramblock(&info).map(|()| None))
+    }
+
+    pub(super) fn set_ram(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+        let info: SetRamInfo = c.ctx.read(c.input)?;
+        self.memory_change(vm, c.ctx, |m| m.set_ram(&info))
+    }
+
+    pub(super) fn set_ram2(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+        let info: SetRamInfo2 = c.ctx.read(c.input)?;
+        self.memory_change(vm, c.ctx, |m| m.set_ram2(&info))
+    }
+
+    pub(super) fn protect_ram(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+        let info: ProtectRamInfo = c.ctx.read(c.input)?;
+        self.memory_change(vm, c.ctx, |m| m.protect_ram(&info))
+    }
+
+    pub(super) fn notify_qemu_version(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+        // HAXM records "fast MMIO basic/extra" from it and never reads them again
+        // (`haxm-abi.md` §2); kept for diagnostics. Never fails.
+        let v: QemuVersion = c.ctx.read(c.input)?;
+        let t = LockTracker::new();
+        vm.state.lock(&t).qemu_version = Some(v);
+        Ok(0)
+    }
+
+    pub(super) fn vcpu_destroy_ioctl(&self, _vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+        self.unimplemented_by_haxm(c.ctx)
+    }
+
+    /// Runs a memory-map change and, if it removed translations, the INVEPT everywhere that
+    /// lets the memory module free what it unlinked. Holds a reference to the memory, no
+    /// dispatcher lock (the change takes the memory module's own lock, briefly).
+    fn memory_change(
+        &self,
+        vm: &VmObject,
+        ctx: Ctx,
+        f: impl FnOnce(&GuestMemory) -> Result<Option<InveptRequest>, MemoryError>,
+    ) -> Res<usize> {
+        let memory = self.memory_of(vm, ctx)?;
+        if let Some(req) = f(&memory).map_err(|e| ctx.err(ErrorKind::Memory(e)))? {
+            self.roots
+                .invept_each_cpu(req.eptp, self.single_context_invept());
+            memory.invept_done(&self.platform, req);
+        }
+        Ok(0)
+    }
+}
