@@ -12,7 +12,7 @@ use rhax_api::{Device, QemuVersion, Scope, HAX_MAX_VCPUS};
 
 use super::lockorder::{Level, LockTracker, Ordered, OrderedGuard};
 use super::{CpuRoots, Ctx, ErrorKind, Hypervisor, Res, UserMapping};
-use crate::memory::limits::{try_box, try_push};
+use crate::memory::limits::try_push;
 use crate::memory::GuestMemory;
 use crate::platform::Platform;
 use crate::vcpu::cpuid::CpuidTable;
@@ -494,65 +494,6 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 Err(ctx.err(kind))
             }
         }
-    }
-
-    /// Creates vCPU `id` of `vm` (VCPU_CREATE).
-    pub(super) fn create_vcpu(&self, vm: &Arc<VmObject>, id: u32, ctx: Ctx) -> Res<()> {
-        if id >= HAX_MAX_VCPUS {
-            return Err(ctx.err(ErrorKind::VcpuIdOutOfRange { vcpu: id }));
-        }
-        let t = LockTracker::new();
-        let in_use = |st: &VmState| st.vcpus[id as usize].is_some();
-        if in_use(&vm.state.lock(&t)) {
-            return Err(ctx.err(ErrorKind::VcpuIdInUse { vcpu: id }));
-        }
-        let controls = self
-            .host
-            .as_ref()
-            .map_err(|_| ctx.err(ErrorKind::NotWorking))?;
-        // Build outside the locks (allocation), then insert if the id is still free.
-        let backend = HaxVcpu::new(&self.platform, controls, vm.id, id, vm.eptp)
-            .map_err(|e| ctx.err(ErrorKind::Vcpu(e)))?;
-        let backend = try_box(backend).map_err(|b| {
-            let _ = b.destroy(&self.platform);
-            ctx.err(ErrorKind::Platform(
-                crate::platform::PlatformError::OutOfMemory,
-            ))
-        })?;
-        let (tunnel, io) = backend.tunnel_pages();
-        let user_tunnel = match self.platform.map_user(tunnel) {
-            Ok(va) => va,
-            Err(e) => {
-                let _ = (*backend).destroy(&self.platform);
-                return Err(ctx.err(ErrorKind::Platform(e)));
-            }
-        };
-        let user_io_buffer = match self.platform.map_user(io) {
-            Ok(va) => va,
-            Err(e) => {
-                self.platform.unmap_user(user_tunnel, tunnel);
-                let _ = (*backend).destroy(&self.platform);
-                return Err(ctx.err(ErrorKind::Platform(e)));
-            }
-        };
-        // A small fixed-size header, at most 16 per VM: `Arc::new` (no fallible `Arc` on
-        // stable Rust).
-        let obj = Arc::new(VcpuObject {
-            id,
-            running_on: AtomicU32::new(NOT_RUNNING),
-            user_tunnel,
-            user_io_buffer,
-            slot: Ordered::new(Level::VcpuSlot, VcpuSlot::Idle(backend)),
-        });
-        let mut st = vm.state.lock(&t);
-        if in_use(&st) || st.closed {
-            drop(st);
-            let kind = ErrorKind::VcpuIdInUse { vcpu: id };
-            self.destroy_vcpu(&obj);
-            return Err(ctx.err(kind));
-        }
-        st.vcpus[id as usize] = Some(VcpuEntry { obj, handle: None });
-        Ok(())
     }
 
     /// Resolves a handle to its object; a closed or stale handle never reaches one.
