@@ -1194,6 +1194,11 @@ fn concurrent_map_changes_while_vcpus_fault() {
             }
         }));
     }
+    // The vCPU threads are running before the changes start (on a loaded machine they may be
+    // scheduled late; no timing assumption).
+    while faults.load(Ordering::Relaxed) == 0 {
+        std::thread::yield_now();
+    }
     let mut requests = 0;
     for i in 0..300 {
         let req = if i % 2 == 0 {
