@@ -123,9 +123,12 @@ fn through_every_allocation(
         match r {
             Ok(_) => return n,
             Err(e) => {
-                assert_eq!(
-                    e.kind,
-                    ErrorKind::Memory(MemoryError::Platform(PlatformError::OutOfMemory)),
+                assert!(
+                    matches!(
+                        e.kind,
+                        ErrorKind::Memory(MemoryError::Platform(PlatformError::OutOfMemory))
+                            | ErrorKind::Platform(PlatformError::OutOfMemory)
+                    ),
                     "{what} with {n} allocations: {e}"
                 );
                 assert_eq!(
@@ -301,4 +304,103 @@ fn an_ept_violation_fails_cleanly_at_every_allocation() {
     assert!(mem.ept_leaf(gpa).is_some(), "mapped in the end");
     mem.destroy(&p);
     assert_eq!(p.0.live_pages.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// CREATE_VM (the VM's memory, EPT root, CPUID table and object) and SET_CPUID (a new copy of
+/// the VM's table) fail cleanly at every allocation: `-ENOMEM`, nothing changed.
+#[test]
+fn create_vm_and_set_cpuid_fail_cleanly_at_every_allocation() {
+    let h = hv(Codes::Linux);
+    let sys = h.open_system();
+    let mut failures = 0;
+    let mut id = [0u8; 4];
+    for n in 0..10_000 {
+        let before = h.snapshot();
+        BUDGET.with(|b| b.set(Some(n)));
+        let r = h.dispatch(
+            sys,
+            ioctl::HAX_IOCTL_CREATE_VM.code(Codes::Linux).unwrap(),
+            &[],
+            &mut id,
+        );
+        BUDGET.with(|b| b.set(None));
+        match r {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.errno(), errno::ENOMEM, "{e}");
+                assert_eq!(h.snapshot(), before);
+                failures += 1;
+            }
+        }
+    }
+    assert!(failures > 0);
+    let vm = h.open_vm(u32::from_le_bytes(id)).unwrap();
+    call(
+        &h,
+        vm,
+        &ioctl::HAX_VM_IOCTL_VCPU_CREATE,
+        &0u32.to_le_bytes(),
+    )
+    .unwrap();
+    let vc = h.open_vcpu(u32::from_le_bytes(id), 0).unwrap();
+    // One leaf: header (total 1) + one 40-byte entry for leaf 0.
+    let mut input = vec![0u8; 8 + 40];
+    input[..4].copy_from_slice(&1u32.to_le_bytes());
+    let n = through_every_allocation(&h, "SET_CPUID", || {
+        call(&h, vc, &ioctl::HAX_VCPU_IOCTL_SET_CPUID, &input)
+    });
+    assert!(n >= 1, "SET_CPUID copies the table");
+}
+
+/// VCPU_CREATE (the VMCS and its pages, the tunnel, the vCPU and its object) fails cleanly at
+/// every allocation: HAXM's VCPU_CREATE answers every failure with `-EINVAL`; nothing changed.
+///
+/// Ignored until `Vcpu::new` (driver/core/src/vcpu/mod.rs, not this change's file) allocates
+/// its `VmcsCache` with `crate::memory::limits::try_box` instead of `Box::default()`: today
+/// that `Box` aborts this binary (it would bugcheck a kernel). Run with `--ignored`.
+#[test]
+#[ignore = "needs a fallible VmcsCache box in vcpu::Vcpu::new"]
+fn vcpu_create_fails_cleanly_at_every_allocation() {
+    let h = hv(Codes::Linux);
+    let sys = h.open_system();
+    let mut id = [0u8; 4];
+    h.dispatch(
+        sys,
+        ioctl::HAX_IOCTL_CREATE_VM.code(Codes::Linux).unwrap(),
+        &[],
+        &mut id,
+    )
+    .unwrap();
+    let vm = h.open_vm(u32::from_le_bytes(id)).unwrap();
+    let mut failures = 0;
+    for n in 0..10_000 {
+        let before = h.snapshot();
+        let pages = h
+            .platform()
+            .live_pages
+            .load(std::sync::atomic::Ordering::Relaxed);
+        BUDGET.with(|b| b.set(Some(n)));
+        let r = call(
+            &h,
+            vm,
+            &ioctl::HAX_VM_IOCTL_VCPU_CREATE,
+            &0u32.to_le_bytes(),
+        );
+        BUDGET.with(|b| b.set(None));
+        match r {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.errno(), errno::EINVAL, "{e}");
+                assert_eq!(h.snapshot(), before);
+                let now = h
+                    .platform()
+                    .live_pages
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                assert_eq!(now, pages, "pages leaked by a failed VCPU_CREATE");
+                failures += 1;
+            }
+        }
+    }
+    assert!(failures > 0);
+    assert_eq!(h.snapshot().vms[0].vcpus.len(), 1);
 }

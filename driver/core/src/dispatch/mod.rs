@@ -49,7 +49,7 @@
 //! ([`crate::memory::GuestMemory::invept_done`]). KICKOFF takes no lock at all: it reads the
 //! CPU a vCPU runs on from an atomic.
 //!
-//! Objects are reference counted (`Arc`): a request clones the object it resolved and drops
+//! Objects are reference counted (`TryArc`, an `Arc` with a fallible constructor): a request clones the object it resolved and drops
 //! the table locks; closing removes the object from the table first (so no new request can
 //! find it); a vCPU lent to a request when it is closed is destroyed by that request when it
 //! returns, and a VM's memory by whoever drops the last reference to it.
@@ -64,10 +64,9 @@
 //! # Kernel memory
 //!
 //! Every allocation a request makes is fallible (out of memory is `-ENOMEM` /
-//! `STATUS_UNSUCCESSFUL`, nothing changed) and bounded ([`crate::memory::limits`]), except the
-//! small fixed-size object headers of CREATE_VM and VCPU_CREATE and a SET_CPUID table copy:
-//! stable Rust has no fallible `Arc` constructor, and their number is bounded by HAXM's own id
-//! limits (64 VMs, 16 vCPUs each).
+//! `STATUS_UNSUCCESSFUL`, except VCPU_CREATE's `-EINVAL`; nothing changed) and bounded
+//! ([`crate::memory::limits`]); shared objects use `TryArc`, whose constructor reports a
+//! failed allocation (stable Rust's `Arc` has none).
 
 mod error;
 pub mod lockorder;

@@ -2,8 +2,8 @@
 //! and resolving a handle to its object (module documentation of [`super`] for lifetimes,
 //! [`super::lockorder`] for the locks).
 
+use crate::memory::try_arc::TryArc;
 use alloc::boxed::Box;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::ops::Deref;
 use core::sync::atomic::AtomicU32;
@@ -13,7 +13,7 @@ use rhax_api::{Device, QemuVersion, Scope, HAX_MAX_VCPUS};
 use super::lockorder::{Level, LockTracker, Ordered, OrderedGuard};
 use super::{CpuRoots, Ctx, ErrorKind, Hypervisor, Res, UserMapping};
 use crate::memory::limits::try_push;
-use crate::memory::GuestMemory;
+use crate::memory::{GuestMemory, MemoryError};
 use crate::platform::Platform;
 use crate::vcpu::cpuid::CpuidTable;
 use crate::vcpu::haxm::HaxVcpu;
@@ -49,7 +49,7 @@ impl Handle {
 
 /// A vCPU slot of a VM.
 pub(super) struct VcpuEntry {
-    pub(super) obj: Arc<VcpuObject>,
+    pub(super) obj: TryArc<VcpuObject>,
     /// Serial of the open handle.
     pub(super) handle: Option<u64>,
 }
@@ -76,10 +76,10 @@ pub(super) struct VmObject {
     pub(super) eptp: u64,
     /// Taken (`None`) when the VM is destroyed; requests hold clones, and the holder of the
     /// last one frees it ([`MemoryRef`]).
-    pub(super) memory: Ordered<Option<Arc<GuestMemory>>>,
+    pub(super) memory: Ordered<Option<TryArc<GuestMemory>>>,
     /// The VM's CPUID table, shared by its vCPUs; replaced whole by SET_CPUID (copy on
     /// write), so RUN holds a reference without a lock.
-    pub(super) cpuid: Ordered<Arc<CpuidTable>>,
+    pub(super) cpuid: Ordered<TryArc<CpuidTable>>,
     pub(super) state: Ordered<VmState>,
 }
 
@@ -103,7 +103,7 @@ pub(super) struct VcpuObject {
 }
 
 pub(super) struct Table {
-    pub(super) vms: Vec<Option<Arc<VmObject>>>,
+    pub(super) vms: Vec<Option<TryArc<VmObject>>>,
     pub(super) systems: Vec<u64>,
     /// Bytes; `None` after `SET_MEMLIMIT{enable = 0}`.
     pub(super) mem_limit: Option<u64>,
@@ -134,15 +134,15 @@ impl Table {
 /// What a handle resolved to.
 pub(super) enum Target {
     System(u64),
-    Vm(Arc<VmObject>),
-    Vcpu(Arc<VmObject>, Arc<VcpuObject>),
+    Vm(TryArc<VmObject>),
+    Vcpu(TryArc<VmObject>, TryArc<VcpuObject>),
 }
 
 /// A reference to a VM's memory held by a request (no lock). Dropping the last reference of
 /// a destroyed VM's memory flushes every CPU and frees it.
 pub(super) struct MemoryRef<'h, P: Platform + UserMapping, R: CpuRoots> {
     hv: &'h Hypervisor<P, R>,
-    mem: Option<Arc<GuestMemory>>,
+    mem: Option<TryArc<GuestMemory>>,
 }
 
 impl<P: Platform + UserMapping, R: CpuRoots> Deref for MemoryRef<'_, P, R> {
@@ -231,22 +231,32 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let memory = GuestMemory::with_quota(&self.platform, large, self.quota.clone())
             .map_err(|e| ctx.err(ErrorKind::Memory(e)))?;
         let eptp = memory.eptp();
+        let oom = |e| ctx.err(ErrorKind::Memory(MemoryError::Platform(e)));
+        let memory = TryArc::try_new(memory).map_err(|(e, m)| {
+            // Never reachable by a vCPU: no INVEPT needed.
+            m.destroy(&self.platform);
+            oom(e)
+        })?;
+        let cpuid = match TryArc::try_new(self.cpuid_template.clone()) {
+            Ok(c) => c,
+            Err((e, _)) => {
+                self.release_memory(memory);
+                return Err(oom(e));
+            }
+        };
         let t = LockTracker::new();
         let mut table = self.table.lock(&t);
         let Some(id) = table.vms.iter().position(Option::is_none) else {
             drop(table);
-            // Never reachable by a vCPU: no INVEPT needed.
-            memory.destroy(&self.platform);
+            self.release_memory(memory);
             return Err(ctx.err(ErrorKind::NoFreeVmId));
         };
-        // The VM header is a small fixed-size object, at most 64 of them (HAX_MAX_VMS):
-        // allocated with `Arc::new` because stable Rust has no fallible `Arc` constructor.
-        table.vms[id] = Some(Arc::new(VmObject {
+        let obj = TryArc::try_new(VmObject {
             id: id as u32,
             creator,
             eptp,
-            memory: Ordered::new(Level::VmMemory, Some(Arc::new(memory))),
-            cpuid: Ordered::new(Level::VmCpuid, Arc::new(self.cpuid_template.clone())),
+            memory: Ordered::new(Level::VmMemory, Some(memory)),
+            cpuid: Ordered::new(Level::VmCpuid, cpuid),
             state: Ordered::new(
                 Level::VmState,
                 VmState {
@@ -256,8 +266,18 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                     qemu_version: None,
                 },
             ),
-        }));
-        Ok(id as u32)
+        });
+        match obj {
+            Ok(obj) => {
+                table.vms[id] = Some(obj);
+                Ok(id as u32)
+            }
+            Err((e, obj)) => {
+                drop(table);
+                self.destroy_vm(&obj);
+                Err(oom(e))
+            }
+        }
     }
 
     /// Opens VM `vm`'s device. Exclusive: fails with [`ErrorKind::Busy`] while open.
@@ -305,8 +325,9 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let ctx = self.ctx(None, Some(handle.scope()));
         // At most every vCPU of every VM dies: HAX_MAX_VCPUS per VM, and VMs only die one at a
         // time except for a system handle's never-opened ones, handled one by one below.
-        let mut dead_vcpus: [Option<Arc<VcpuObject>>; HAX_MAX_VCPUS as usize] = Default::default();
-        let mut dead_vm: Option<Arc<VmObject>> = None;
+        let mut dead_vcpus: [Option<TryArc<VcpuObject>>; HAX_MAX_VCPUS as usize] =
+            Default::default();
+        let mut dead_vm: Option<TryArc<VmObject>> = None;
         let t = LockTracker::new();
         match handle.device {
             Device::System => {
@@ -394,7 +415,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     }
 
     /// Takes out of the table one VM created by system handle `serial` and never opened.
-    fn take_never_opened(&self, serial: u64, t: &LockTracker) -> Option<Arc<VmObject>> {
+    fn take_never_opened(&self, serial: u64, t: &LockTracker) -> Option<TryArc<VmObject>> {
         let mut table = self.table.lock(t);
         let slot = table.vms.iter_mut().find(|slot| {
             slot.as_ref().is_some_and(|vm| {
@@ -448,10 +469,10 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         }
     }
 
-    /// Drops one reference to a VM's memory; exactly one of the holders (`Arc::into_inner`)
+    /// Drops one reference to a VM's memory; exactly one of the holders (`TryArc::into_inner`)
     /// gets it back when the last goes, and frees it.
-    pub(super) fn release_memory(&self, memory: Arc<GuestMemory>) {
-        if let Some(memory) = Arc::into_inner(memory) {
+    pub(super) fn release_memory(&self, memory: TryArc<GuestMemory>) {
+        if let Some(memory) = TryArc::into_inner(memory) {
             // Every CPU that ran one of its vCPUs may still cache translations tagged with its
             // EPTP (SDM Vol. 3C §29.4.3.1): flush them before the tables and pins go back.
             self.roots

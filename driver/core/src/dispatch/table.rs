@@ -4,7 +4,7 @@
 //! `rhax-api`'s definitions for the handle's device, finds the entry, checks the sizes and
 //! calls the handler: no other list of IOCTLs exists in the dispatcher.
 
-use alloc::sync::Arc;
+use crate::memory::try_arc::TryArc;
 
 use rhax_api::ext::{
     RhaxExtInfo, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_VCPU_IOCTL_GET_STATS,
@@ -121,10 +121,10 @@ impl Need {
 /// A system-device handler: the system handle's serial.
 pub(super) type SystemFn<P, R> = fn(&Hypervisor<P, R>, u64, Call<'_>) -> Res<usize>;
 /// A VM-device handler.
-pub(super) type VmFn<P, R> = fn(&Hypervisor<P, R>, &Arc<VmObject>, Call<'_>) -> Res<usize>;
+pub(super) type VmFn<P, R> = fn(&Hypervisor<P, R>, &TryArc<VmObject>, Call<'_>) -> Res<usize>;
 /// A vCPU-device handler.
 pub(super) type VcpuFn<P, R> =
-    fn(&Hypervisor<P, R>, &Arc<VmObject>, &Arc<VcpuObject>, Call<'_>) -> Res<usize>;
+    fn(&Hypervisor<P, R>, &TryArc<VmObject>, &TryArc<VcpuObject>, Call<'_>) -> Res<usize>;
 
 /// The handler, by device: its kind is the device scope the IOCTL is served on.
 pub(super) enum Handler<P: Platform + UserMapping, R: CpuRoots> {

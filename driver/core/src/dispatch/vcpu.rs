@@ -5,7 +5,7 @@
 //! no dispatcher lock while it works (the lock hierarchy, [`super::lockorder`]). KICKOFF,
 //! SETUP_TUNNEL and the CPUID table (the VM's) need no vCPU state and never wait for a RUN.
 
-use alloc::sync::Arc;
+use crate::memory::try_arc::TryArc;
 use core::sync::atomic::Ordering;
 
 use rhax_api::{
@@ -31,8 +31,8 @@ enum OnCpu {
     Hax(HaxError),
 }
 
-type VmArc = Arc<VmObject>;
-type VcpuArc = Arc<VcpuObject>;
+type VmArc = TryArc<VmObject>;
+type VcpuArc = TryArc<VcpuObject>;
 
 impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     pub(super) fn kickoff(&self, _vm: &VmArc, vcpu: &VcpuArc, _c: Call<'_>) -> Res<usize> {
@@ -78,11 +78,9 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         }
         let t = LockTracker::new();
         let mut slot = vm.cpuid.lock(&t);
-        // A copy of a bounded table (at most 64 leaves) and its small `Arc` header: stable
-        // Rust has no fallible `Arc`.
         let mut table = CpuidTable::clone(&slot);
         HaxVcpu::set_cpuid(&mut table, &entries[..n]).map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
-        *slot = Arc::new(table);
+        *slot = TryArc::try_new(table).map_err(|(e, _)| c.ctx.err(ErrorKind::Platform(e)))?;
         Ok(0)
     }
 

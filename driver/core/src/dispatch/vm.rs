@@ -1,7 +1,7 @@
 //! VM-device IOCTLs (`hax_vmNN`): VCPU_CREATE, the guest-memory IOCTLs, NOTIFY_QEMU_VERSION,
 //! VCPU_DESTROY (`haxm-abi.md` §2).
 
-use alloc::sync::Arc;
+use crate::memory::try_arc::TryArc;
 use core::sync::atomic::AtomicU32;
 
 use rhax_api::{AllocRamInfo, ProtectRamInfo, QemuVersion, RamblockInfo, SetRamInfo, SetRamInfo2};
@@ -18,38 +18,38 @@ use crate::platform::{Platform, PlatformError};
 use crate::vcpu::haxm::HaxVcpu;
 
 impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
-    pub(super) fn vcpu_create(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+    pub(super) fn vcpu_create(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
         let id: u32 = c.ctx.read(c.input)?;
         self.create_vcpu(vm, id, c.ctx)?;
         Ok(0)
     }
 
-    pub(super) fn alloc_ram(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+    pub(super) fn alloc_ram(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
         let info: AllocRamInfo = c.ctx.read(c.input)?;
         self.memory_change(vm, c.ctx, |m| m.alloc_ram(&info).map(|()| None))
     }
 
-    pub(super) fn add_ramblock(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+    pub(super) fn add_ramblock(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
         let info: RamblockInfo = c.ctx.read(c.input)?;
         self.memory_change(vm, c.ctx, |m| m.add_ramblock(&info).map(|()| None))
     }
 
-    pub(super) fn set_ram(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+    pub(super) fn set_ram(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
         let info: SetRamInfo = c.ctx.read(c.input)?;
         self.memory_change(vm, c.ctx, |m| m.set_ram(&info))
     }
 
-    pub(super) fn set_ram2(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+    pub(super) fn set_ram2(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
         let info: SetRamInfo2 = c.ctx.read(c.input)?;
         self.memory_change(vm, c.ctx, |m| m.set_ram2(&info))
     }
 
-    pub(super) fn protect_ram(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+    pub(super) fn protect_ram(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
         let info: ProtectRamInfo = c.ctx.read(c.input)?;
         self.memory_change(vm, c.ctx, |m| m.protect_ram(&info))
     }
 
-    pub(super) fn notify_qemu_version(&self, vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+    pub(super) fn notify_qemu_version(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
         // HAXM records "fast MMIO basic/extra" from it and never reads them again
         // (`haxm-abi.md` §2); kept for diagnostics. Never fails.
         let v: QemuVersion = c.ctx.read(c.input)?;
@@ -58,7 +58,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         Ok(0)
     }
 
-    pub(super) fn vcpu_destroy_ioctl(&self, _vm: &Arc<VmObject>, c: Call<'_>) -> Res<usize> {
+    pub(super) fn vcpu_destroy_ioctl(&self, _vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
         self.unimplemented_by_haxm(c.ctx)
     }
 
@@ -81,7 +81,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     }
 
     /// Creates vCPU `id` of `vm` (VCPU_CREATE).
-    pub(super) fn create_vcpu(&self, vm: &Arc<VmObject>, id: u32, ctx: Ctx) -> Res<()> {
+    pub(super) fn create_vcpu(&self, vm: &TryArc<VmObject>, id: u32, ctx: Ctx) -> Res<()> {
         if id >= HAX_MAX_VCPUS {
             return Err(ctx.err(ErrorKind::VcpuIdOutOfRange { vcpu: id }));
         }
@@ -117,15 +117,20 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 return Err(ctx.err(ErrorKind::Platform(e)));
             }
         };
-        // A small fixed-size header, at most 16 per VM: `Arc::new` (no fallible `Arc` on
-        // stable Rust).
-        let obj = Arc::new(VcpuObject {
+        let obj = TryArc::try_new(VcpuObject {
             id,
             running_on: AtomicU32::new(NOT_RUNNING),
             user_tunnel,
             user_io_buffer,
             slot: Ordered::new(Level::VcpuSlot, VcpuSlot::Idle(backend)),
         });
+        let obj = match obj {
+            Ok(o) => o,
+            Err((e, o)) => {
+                self.destroy_vcpu(&o);
+                return Err(ctx.err(ErrorKind::Platform(e)));
+            }
+        };
         let mut st = vm.state.lock(&t);
         if in_use(&st) || st.closed {
             drop(st);

@@ -310,14 +310,22 @@ impl Ept {
         collect(&self.root, 4, 0, out);
     }
 
-    /// Gives every structure back to the platform.
+    /// Gives every structure back to the platform. Allocates nothing (it also runs on the
+    /// failure path of an allocation), and recurses at most four levels with small frames.
     pub(crate) fn free<P: Platform>(self, platform: &P) {
-        let mut pages = Vec::new();
-        self.root.retire_into(&mut pages);
-        for p in pages {
-            platform.free_pages(p);
+        free_table(self.root, platform);
+    }
+}
+
+fn free_table<P: Platform>(mut t: Table, platform: &P) {
+    if let Some(children) = t.children.as_mut() {
+        for slot in children.iter_mut() {
+            if let Some(child) = slot.take() {
+                free_table(*child, platform);
+            }
         }
     }
+    platform.free_pages(t.page);
 }
 
 fn collect(t: &Table, level: u32, base: u64, out: &mut Vec<(u64, Leaf)>) {

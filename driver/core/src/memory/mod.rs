@@ -72,6 +72,7 @@ mod fault;
 pub mod limits;
 mod memslot;
 mod ramblock;
+pub(crate) mod try_arc;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
