@@ -6,9 +6,9 @@
 //! |---|---|---|---|
 //! | 0 [`Level::Table`] | `Hypervisor::table` | VM table, system handles, memory limit | lookups and inserts only |
 //! | 1 [`Level::VmState`] | `VmObject::state` | open flags, the vCPU table, QEMU's version | lookups and inserts only |
-//! | 2 [`Level::VmCpuid`] | `VmObject::cpuid` | the VM's CPUID table (an `Arc`, replaced whole) | a clone or a swap |
+//! | 2 [`Level::VmCpuid`] | `VmObject::cpuid` | the VM's CPUID table (a `TryArc`, replaced whole) | a clone or a swap |
 //! | 3 [`Level::VcpuSlot`] | `VcpuObject::slot` | whether the vCPU is idle, lent to a request, or gone | taking it out or putting it back |
-//! | 4 [`Level::VmMemory`] | `VmObject::memory` | the `Arc` of the VM's [`crate::memory::GuestMemory`] | a clone or a take |
+//! | 4 [`Level::VmMemory`] | `VmObject::memory` | the `TryArc` of the VM's [`crate::memory::GuestMemory`] | a clone or a take |
 //! | 5 (leaf) | `GuestMemory`'s own lock | RAM blocks, memslots, protections, EPT | one lookup or change, one copy of at most a page |
 //!
 //! A lock may be taken only while every lock held is of a lower level (outer). Every lock is
@@ -23,9 +23,10 @@
 //!   and puts it back. A second request for the same vCPU meanwhile is refused
 //!   ([`super::ErrorKind::VcpuInUse`]) instead of spinning for the length of a RUN; closing
 //!   the vCPU meanwhile marks it, and the request in flight destroys it when it returns;
-//! * the VM's memory is reached through an `Arc` cloned under level 4: the memory IOCTLs and
-//!   RUN hold a reference, not a lock, and whoever drops the last reference of a destroyed
-//!   VM's memory flushes and frees it (`Arc::into_inner`);
+//! * the VM's memory is reached through a `TryArc` (a fallibly allocated `Arc`) cloned under
+//!   level 4: the memory IOCTLs and RUN hold a reference, not a lock, and whoever drops the
+//!   last reference of a destroyed VM's memory flushes and frees it (`TryArc::into_inner`:
+//!   exactly one holder gets it);
 //! * the INVEPT broadcast after a mapping change runs with no dispatcher lock held.
 //!
 //! The non-preemptible region of [`super::CpuRoots::with_current`] is entered with no lock

@@ -238,7 +238,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
 
     /// Serves one IOCTL (see the module documentation): the handle first (a request on a
     /// closed or stale handle never reaches an object), then the code among the handle's
-    /// device's definitions, then the row of the table ([`table`]), its sizes, its handler.
+    /// device's definitions, then the row of the table (`table.rs`), its sizes, its handler.
     pub fn dispatch(
         &self,
         handle: Handle,

@@ -19,7 +19,7 @@
 //!   `if (hax->mem_limit && size > hax->mem_quota) return -EINVAL`, shared by every VM;
 //!   haxm-abi.md §2 notes that 6.2.0 and later only store it).
 //! * **Fallible allocation** everywhere on an IOCTL path: `try_reserve` before a push or a
-//!   splice, [`try_box`] instead of `Box::new`, so running out of kernel memory is an error
+//!   splice, `try_box` instead of `Box::new`, so running out of kernel memory is an error
 //!   the caller sees (`-ENOMEM`) and the VM is unchanged.
 //!
 //! Why these numbers:

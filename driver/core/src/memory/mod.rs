@@ -33,7 +33,7 @@
 //! the leaf of the dispatcher's lock hierarchy (`dispatch::lockorder`): nothing else is locked
 //! while it is held, and it is never held across work that blocks or faults. In particular
 //! **pinning runs with the lock released**: a lookup that finds its chunk unpinned returns what
-//! to pin ([`NeedPin`]), the caller pins it (probe-and-lock: may fault, page in, block), retakes
+//! to pin (`NeedPin`), the caller pins it (probe-and-lock: may fault, page in, block), retakes
 //! the lock and installs the pin only into the very block it was made for (blocks carry an
 //! id, so a block unmapped and registered again at the same address meanwhile is not
 //! mistaken for it), then looks up again. A pin that lost the race is released, never having
