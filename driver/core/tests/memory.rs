@@ -1450,6 +1450,21 @@ fn alternating_rom_storm_stays_bounded() {
     block(&mem, BLOCK_A, pages * PAGE_SIZE);
     let mut rng = Rng(0x5eed);
     let mut refusals = 0;
+    // A figure, not an assertion: the cost of one SET_RAM with thousands of slots.
+    let t0 = std::time::Instant::now();
+    for g in 0..MAX_MEMSLOTS as u64 {
+        set2(
+            &mem,
+            g * PAGE_SIZE,
+            PAGE_SIZE,
+            BLOCK_A + g * PAGE_SIZE,
+            (g % 2) as u32,
+        )
+        .unwrap();
+    }
+    let per = t0.elapsed() / MAX_MEMSLOTS as u32;
+    eprintln!("memslots: {MAX_MEMSLOTS} alternating SET_RAM2s from 0 to {MAX_MEMSLOTS} slots: {per:?} each (debug build)");
+    unmap(&mem, 0, pages * PAGE_SIZE);
     for i in 0..4 * MAX_MEMSLOTS as u64 {
         let g = rng.below(pages);
         let before = mem.slots();

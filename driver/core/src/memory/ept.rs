@@ -137,7 +137,7 @@ impl Table {
     }
 }
 
-/// A leaf found by [`Ept::leaf`].
+/// A leaf found by `Ept::leaf`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leaf {
     /// The raw entry.
