@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rhax_api::{AllocRamInfo, ProtectRamInfo, RamblockInfo, SetRamInfo, SetRamInfo2};
+use rhax_core::memory::limits::{
+    Limit, RamQuota, MAX_MEMSLOTS, MAX_PROTECTED_RANGES, MAX_RAM_BLOCKS,
+};
 use rhax_core::memory::{
     EptAccess, GuestMemory, InveptRequest, MemoryError, Resolution, Slot, LARGE_PAGE_SIZE,
     PAGE_SIZE,
@@ -186,7 +189,15 @@ impl Platform for Fake {
         let mut s = self.s.lock().unwrap();
         assert!(s.pins.remove(&pinned.handle).is_some(), "double unpin");
         s.unpin_calls += 1;
-        if s.poison {
+        // Pages stay locked while any pin holds them (an OS counts the locks per page); only
+        // the last unpin hands them back. The core pins outside its lock, so a pin that lost a
+        // race is released while another pin of the same pages lives.
+        let (start, end) = (pinned.user_address, pinned.user_address + pinned.len as u64);
+        let still_pinned = s
+            .pins
+            .values()
+            .any(|&(a, l)| a < end && start < a + l as u64);
+        if s.poison && !still_pinned {
             // SAFETY: with `poison` set, pins are of live test buffers (the test's contract).
             unsafe {
                 std::ptr::write_bytes(pinned.user_address as *mut u8, POISON, pinned.len);
@@ -1183,6 +1194,11 @@ fn concurrent_map_changes_while_vcpus_fault() {
             }
         }));
     }
+    // The vCPU threads are running before the changes start (on a loaded machine they may be
+    // scheduled late; no timing assumption).
+    while faults.load(Ordering::Relaxed) == 0 {
+        std::thread::yield_now();
+    }
     let mut requests = 0;
     for i in 0..300 {
         let req = if i % 2 == 0 {
@@ -1306,4 +1322,251 @@ fn copies_never_reach_memory_unpinned_by_a_concurrent_unmap() {
         // SAFETY: allocated above with this layout; every user is gone.
         unsafe { std::alloc::dealloc(b as *mut u8, layout) };
     }
+}
+
+// ---------------------------------------------------------------- per-VM bounds, quota (defect 7)
+
+fn set2(mem: &GuestMemory, gpa: u64, size: u64, va: u64, flags: u32) -> Result<(), MemoryError> {
+    mem.set_ram2(&SetRamInfo2 {
+        pa_start: gpa,
+        size,
+        va,
+        flags,
+        reserved1: 0,
+        reserved2: 0,
+    })
+    .map(|_| ())
+}
+
+fn protect(mem: &GuestMemory, gfn: u64, pages: u64, on: bool) -> Result<(), MemoryError> {
+    mem.protect_ram(&ProtectRamInfo {
+        pa_start: gfn * PAGE_SIZE,
+        size: pages * PAGE_SIZE,
+        flags: if on { 0 } else { 7 },
+        reserved: 0,
+    })
+    .map(|_| ())
+}
+
+/// MAX_RAM_BLOCKS blocks register; one more, by ADD_RAMBLOCK, ALLOC_RAM or an implicit
+/// STANDALONE block, is refused with LimitReached and changes nothing.
+#[test]
+fn ram_block_bound_exactly_at_the_limit_and_one_past() {
+    let (fake, mem) = setup(HpaMode::Contiguous, false);
+    for i in 0..MAX_RAM_BLOCKS as u64 {
+        block(&mem, BLOCK_A + i * 2 * PAGE_SIZE, PAGE_SIZE);
+    }
+    assert_eq!(mem.snapshot().blocks.len(), MAX_RAM_BLOCKS);
+    let limit = MemoryError::LimitReached(Limit::RamBlocks);
+    refused(&mem, limit, || {
+        mem.add_ramblock(&RamblockInfo {
+            start_va: BLOCK_B,
+            size: PAGE_SIZE,
+            reserved: 0,
+        })
+    });
+    refused(&mem, limit, || {
+        mem.alloc_ram(&AllocRamInfo {
+            size: PAGE_SIZE as u32,
+            pad: 0,
+            va: BLOCK_B,
+        })
+    });
+    refused(&mem, limit, || set2(&mem, 0, PAGE_SIZE, BLOCK_B, 0x40));
+    // A STANDALONE mapping inside an existing block makes no new block: allowed.
+    set2(&mem, 0, PAGE_SIZE, BLOCK_A, 0x40).unwrap();
+    teardown(&fake, mem);
+}
+
+/// Alternating ROM flags keep neighbouring slots from merging: MAX_MEMSLOTS of them are
+/// accepted, the next page is refused with nothing changed, and changes that do not grow the
+/// set (re-flagging a page so that three slots merge, unmapping) still work at the limit.
+#[test]
+fn memslot_bound_exactly_at_the_limit_and_one_past() {
+    let (fake, mem) = setup(HpaMode::Contiguous, false);
+    let pages = MAX_MEMSLOTS as u64 + 8;
+    block(&mem, BLOCK_A, pages * PAGE_SIZE);
+    for g in 0..MAX_MEMSLOTS as u64 {
+        set2(
+            &mem,
+            g * PAGE_SIZE,
+            PAGE_SIZE,
+            BLOCK_A + g * PAGE_SIZE,
+            (g % 2) as u32,
+        )
+        .unwrap();
+    }
+    assert_eq!(mem.slots().len(), MAX_MEMSLOTS);
+    let g = MAX_MEMSLOTS as u64; // differs from its left neighbour's flag: a new slot
+    refused(&mem, MemoryError::LimitReached(Limit::Memslots), || {
+        set2(
+            &mem,
+            g * PAGE_SIZE,
+            PAGE_SIZE,
+            BLOCK_A + g * PAGE_SIZE,
+            (g % 2) as u32,
+        )
+    });
+    // Merging shrinks: page 1 re-flagged as RAM joins pages 0 and 2 into one slot.
+    set2(&mem, PAGE_SIZE, PAGE_SIZE, BLOCK_A + PAGE_SIZE, 0).unwrap();
+    assert_eq!(mem.slots().len(), MAX_MEMSLOTS - 2);
+    assert_eq!(mem.slots()[0], slot(0, 3, BLOCK_A, BLOCK_A, false));
+    // Now two more fit, and then the bound holds again.
+    for g in [g, g + 1] {
+        set2(
+            &mem,
+            g * PAGE_SIZE,
+            PAGE_SIZE,
+            BLOCK_A + g * PAGE_SIZE,
+            (g % 2) as u32,
+        )
+        .unwrap();
+    }
+    refused(&mem, MemoryError::LimitReached(Limit::Memslots), || {
+        set2(
+            &mem,
+            (g + 2) * PAGE_SIZE,
+            PAGE_SIZE,
+            BLOCK_A + (g + 2) * PAGE_SIZE,
+            (g % 2) as u32,
+        )
+    });
+    // Splitting a 3-page slot in its middle grows by two: refused at the limit.
+    refused(&mem, MemoryError::LimitReached(Limit::Memslots), || {
+        set2(&mem, PAGE_SIZE, PAGE_SIZE, BLOCK_A + PAGE_SIZE, 1)
+    });
+    unmap(&mem, 0, pages * PAGE_SIZE);
+    assert!(mem.slots().is_empty());
+    teardown(&fake, mem);
+}
+
+/// A storm of SET_RAMs with alternating ROM flags over random pages never grows the slots past
+/// the bound; every refusal is LimitReached and changes nothing, the rest keep the set
+/// canonical (no two neighbouring slots that could be one).
+#[test]
+fn alternating_rom_storm_stays_bounded() {
+    let (fake, mem) = setup(HpaMode::Contiguous, false);
+    let pages = 3 * MAX_MEMSLOTS as u64;
+    block(&mem, BLOCK_A, pages * PAGE_SIZE);
+    let mut rng = Rng(0x5eed);
+    let mut refusals = 0;
+    // A figure, not an assertion: the cost of one SET_RAM with thousands of slots.
+    let t0 = std::time::Instant::now();
+    for g in 0..MAX_MEMSLOTS as u64 {
+        set2(
+            &mem,
+            g * PAGE_SIZE,
+            PAGE_SIZE,
+            BLOCK_A + g * PAGE_SIZE,
+            (g % 2) as u32,
+        )
+        .unwrap();
+    }
+    let per = t0.elapsed() / MAX_MEMSLOTS as u32;
+    eprintln!("memslots: {MAX_MEMSLOTS} alternating SET_RAM2s from 0 to {MAX_MEMSLOTS} slots: {per:?} each (debug build)");
+    unmap(&mem, 0, pages * PAGE_SIZE);
+    for i in 0..4 * MAX_MEMSLOTS as u64 {
+        let g = rng.below(pages);
+        let before = mem.slots();
+        match set2(
+            &mem,
+            g * PAGE_SIZE,
+            PAGE_SIZE,
+            BLOCK_A + g * PAGE_SIZE,
+            (i % 2) as u32,
+        ) {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e, MemoryError::LimitReached(Limit::Memslots));
+                assert_eq!(mem.slots(), before, "a refused SET_RAM changed the slots");
+                refusals += 1;
+            }
+        }
+        let slots = mem.slots();
+        assert!(slots.len() <= MAX_MEMSLOTS);
+        for w in slots.windows(2) {
+            assert!(w[0].end_gfn <= w[1].start_gfn, "overlap {w:?}");
+            let mergeable = w[0].end_gfn == w[1].start_gfn
+                && w[0].rom == w[1].rom
+                && w[0].hva_of(w[0].end_gfn) == w[1].hva;
+            assert!(!mergeable, "not canonical: {w:?}");
+        }
+    }
+    assert!(refusals > 0, "the storm reached the bound");
+    teardown(&fake, mem);
+}
+
+/// MAX_PROTECTED_RANGES disjoint protected ranges are accepted; one more is refused, and so
+/// is unprotecting the middle of a range (a split) at the limit; merging still works.
+#[test]
+fn protected_range_bound_exactly_at_the_limit_and_one_past() {
+    let (fake, mem) = setup(HpaMode::Contiguous, false);
+    let n = MAX_PROTECTED_RANGES as u64;
+    let pages = 2 * n + 4;
+    block(&mem, BLOCK_A, pages * PAGE_SIZE);
+    map(&mem, 0, pages * PAGE_SIZE, BLOCK_A, 0);
+    // Pages 0, 2, 4, ...: none adjacent, so none merge. The first is 3 pages (0..3) so that
+    // its middle can be unprotected below; ranges then start at 4.
+    protect(&mem, 0, 3, true).unwrap();
+    for i in 1..n {
+        protect(&mem, 2 * i + 2, 1, true).unwrap();
+    }
+    assert_eq!(mem.snapshot().protected.len(), MAX_PROTECTED_RANGES);
+    let limit = MemoryError::LimitReached(Limit::ProtectedRanges);
+    refused(&mem, limit, || protect(&mem, 2 * n + 3, 1, true));
+    refused(&mem, limit, || protect(&mem, 1, 1, false));
+    // Filling the gap between two ranges merges them (one fewer), then one more fits.
+    protect(&mem, 5, 1, true).unwrap();
+    protect(&mem, 2 * n + 3, 1, true).unwrap();
+    assert_eq!(mem.snapshot().protected.len(), MAX_PROTECTED_RANGES);
+    protect(&mem, 0, pages, false).unwrap();
+    assert!(mem.snapshot().protected.is_empty());
+    teardown(&fake, mem);
+}
+
+/// The quota (SET_MEMLIMIT's) counts the bytes of RAM blocks of every memory sharing it:
+/// exactly at the limit is accepted, one page more refused with QuotaExceeded (HAXM's
+/// -EINVAL) whether by ADD_RAMBLOCK, ALLOC_RAM or a STANDALONE mapping; unmapping a STANDALONE
+/// block and destroying a memory give their bytes back.
+#[test]
+fn ram_quota_is_enforced_and_shared() {
+    let fake = Fake::new(HpaMode::Contiguous);
+    let quota = std::sync::Arc::new(RamQuota::new(4 * MB2));
+    let a = GuestMemory::with_quota(&fake, false, quota.clone()).unwrap();
+    let b = GuestMemory::with_quota(&fake, false, quota.clone()).unwrap();
+    block(&a, BLOCK_A, 3 * MB2);
+    block(&b, BLOCK_A, MB2 - PAGE_SIZE);
+    set2(&b, 0, PAGE_SIZE, BLOCK_B, 0x40).unwrap(); // STANDALONE: exactly at the limit
+    assert_eq!(quota.used(), 4 * MB2);
+    let over = MemoryError::QuotaExceeded { bytes: PAGE_SIZE };
+    assert!(
+        over.is_invalid_argument(),
+        "HAXM's quota refusal is -EINVAL"
+    );
+    refused(&a, over, || {
+        a.add_ramblock(&RamblockInfo {
+            start_va: BLOCK_B + MB2,
+            size: PAGE_SIZE,
+            reserved: 0,
+        })
+    });
+    refused(&b, over, || {
+        b.alloc_ram(&AllocRamInfo {
+            size: PAGE_SIZE as u32,
+            pad: 0,
+            va: BLOCK_B + MB2,
+        })
+    });
+    refused(&a, over, || set2(&a, MB2, PAGE_SIZE, BLOCK_B + MB2, 0x40));
+    assert_eq!(quota.used(), 4 * MB2);
+    // The STANDALONE block goes with its last mapping, and its page with it.
+    assert_eq!(unmap(&b, 0, PAGE_SIZE), None);
+    assert_eq!(quota.used(), 4 * MB2 - PAGE_SIZE);
+    set2(&a, MB2, PAGE_SIZE, BLOCK_B + MB2, 0x40).unwrap();
+    a.destroy(&fake);
+    assert_eq!(quota.used(), MB2 - PAGE_SIZE);
+    b.destroy(&fake);
+    assert_eq!(quota.used(), 0);
+    quota.set_limit(None);
+    assert_eq!(quota.limit(), None);
 }

@@ -16,12 +16,15 @@
 //! | DESTROY_VM / VCPU_DESTROY (never implemented by HAXM) | as unknown | Linux: success (0), BSD: `ENOSYS` |
 //! | buffer too small (Windows) / not the encoded size (POSIX) | `STATUS_INVALID_PARAMETER` (CREATE_VM: `STATUS_BUFFER_TOO_SMALL`) | `EINVAL` |
 //! | second open of a VM or vCPU (exclusive devices) | `STATUS_ACCESS_DENIED` | `EBUSY` |
+//! | a vCPU IOCTL while another request works on that vCPU (rhax only: HAXM races) | `STATUS_DEVICE_BUSY` | `EBUSY` |
 //! | open of a VM or vCPU id that does not exist | `STATUS_OBJECT_NAME_NOT_FOUND` | `ENOENT` |
 //! | SET_MEMLIMIT while a VM exists, or a limit overflowing 64 bits | `STATUS_UNSUCCESSFUL` | `EINVAL` |
 //! | CREATE_VM: VT-x not working, no free id, no memory | `STATUS_UNSUCCESSFUL` | `ENOMEM` |
 //! | VCPU_CREATE: id ≥ 16, id in use, allocation | `STATUS_UNSUCCESSFUL` | `EINVAL` |
-//! | ALLOC_RAM / ADD_RAMBLOCK refused (`reserved` ≠ 0: `STATUS_INVALID_PARAMETER`) | `STATUS_UNSUCCESSFUL` | `EINVAL` (no memory: `ENOMEM`) |
-//! | SET_RAM / SET_RAM2 / PROTECT_RAM refused | `STATUS_INVALID_PARAMETER` | `EINVAL` (no memory: `ENOMEM`, Win `STATUS_UNSUCCESSFUL`) |
+//! | ALLOC_RAM / ADD_RAMBLOCK refused (`reserved` ≠ 0: `STATUS_INVALID_PARAMETER`), past the SET_MEMLIMIT quota | `STATUS_UNSUCCESSFUL` | `EINVAL` (no memory, per-VM bound: `ENOMEM`) |
+//! | SET_RAM / SET_RAM2 / PROTECT_RAM refused (a STANDALONE block past the quota too) | `STATUS_INVALID_PARAMETER` | `EINVAL` |
+//! | SET_RAM / SET_RAM2 / PROTECT_RAM: no kernel memory, or a per-VM bound (`memory::limits`) | `STATUS_UNSUCCESSFUL` | `ENOMEM` |
+//! | an object header could not be allocated (open, CREATE_VM, VCPU_CREATE) | `STATUS_UNSUCCESSFUL` | `ENOMEM` (VCPU_CREATE: `EINVAL`) |
 //! | SET/GET_MSRS with `nr_msr` ≥ 32 | `STATUS_INVALID_PARAMETER` | `EFAULT` |
 //! | SET_CPUID `total` 0 / > 64 | `STATUS_UNSUCCESSFUL` | `EINVAL` / `E2BIG` |
 //! | no VMX root on this CPU, VMX instruction failure | `STATUS_UNSUCCESSFUL` | `ENXIO` / `EFAULT` |
@@ -68,6 +71,9 @@ pub mod nt {
     pub const STATUS_ACCESS_DENIED: u32 = 0xC000_0022;
     /// `STATUS_BUFFER_TOO_SMALL` (Win32 122).
     pub const STATUS_BUFFER_TOO_SMALL: u32 = 0xC000_0023;
+    /// `STATUS_DEVICE_BUSY` (Win32 170, `ERROR_BUSY`): a warning-severity status, so
+    /// `NT_SUCCESS` is false and the request fails.
+    pub const STATUS_DEVICE_BUSY: u32 = 0x8000_0011;
     /// `STATUS_OBJECT_NAME_NOT_FOUND` (Win32 2): no device with that name.
     pub const STATUS_OBJECT_NAME_NOT_FOUND: u32 = 0xC000_0034;
 }
@@ -187,6 +193,10 @@ pub enum ErrorKind {
     },
     /// The HAXM vCPU refused or failed the request.
     Vcpu(HaxError),
+    /// Another request is working on this vCPU (HAXM requires every vCPU IOCTL to come from
+    /// the vCPU's own thread; rhax refuses the second instead of spinning until the first,
+    /// a RUN maybe, returns).
+    VcpuInUse,
     /// GET_CPUID with `total` below the table's size: only the header (with the size) was
     /// written (POSIX `ENOMEM`; Windows reports success instead).
     CpuidTooSmall {
@@ -252,6 +262,7 @@ impl DispatchError {
             }
             ErrorKind::InputSize { .. } | ErrorKind::OutputSize { .. } => STATUS_INVALID_PARAMETER,
             ErrorKind::Busy => STATUS_ACCESS_DENIED,
+            ErrorKind::VcpuInUse => STATUS_DEVICE_BUSY,
             ErrorKind::NoSuchVm { .. } | ErrorKind::NoSuchVcpu { .. } => {
                 STATUS_OBJECT_NAME_NOT_FOUND
             }
@@ -307,7 +318,7 @@ impl DispatchError {
                 }
             }
             ErrorKind::InputSize { .. } | ErrorKind::OutputSize { .. } => EINVAL,
-            ErrorKind::Busy => EBUSY,
+            ErrorKind::Busy | ErrorKind::VcpuInUse => EBUSY,
             ErrorKind::NoSuchVm { .. } | ErrorKind::NoSuchVcpu { .. } => ENOENT,
             ErrorKind::VmsExist | ErrorKind::MemLimitOverflow { .. } => EINVAL,
             ErrorKind::NotWorking | ErrorKind::NoFreeVmId => ENOMEM,
@@ -315,7 +326,7 @@ impl DispatchError {
             // HAXM's VCPU_CREATE turns every failure into -EINVAL.
             ErrorKind::Platform(_) if self.is(&ioctl::HAX_VM_IOCTL_VCPU_CREATE) => EINVAL,
             ErrorKind::Platform(_) => ENOMEM,
-            ErrorKind::Memory(MemoryError::Platform(_)) => ENOMEM,
+            ErrorKind::Memory(e) if !e.is_invalid_argument() => ENOMEM,
             ErrorKind::Memory(_) => EINVAL,
             ErrorKind::TooManyMsrs { .. } => EFAULT,
             ErrorKind::CpuidTotal { total } if total > 64 => E2BIG,
@@ -393,6 +404,7 @@ impl fmt::Display for DispatchError {
             ErrorKind::Vmx => f.write_str("VMX instruction failed"),
             ErrorKind::NotImplemented { what } => write!(f, "not implemented yet: {what}"),
             ErrorKind::Vcpu(e) => write!(f, "vCPU: {e:?}"),
+            ErrorKind::VcpuInUse => f.write_str("another request is working on this vCPU"),
             ErrorKind::CpuidTooSmall { total } => {
                 write!(f, "room for fewer than the {total} CPUID leaves held")
             }

@@ -11,6 +11,8 @@ use alloc::vec::Vec;
 use core::mem::ManuallyDrop;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use super::limits::try_box;
+use crate::heap::try_zeroed;
 use crate::platform::{PhysPages, Platform, PlatformError};
 
 /// Entries per EPT paging structure (SDM §29.3.2: each is 4 KiB of 512 8-byte entries).
@@ -121,7 +123,14 @@ impl Table {
             return Err(PlatformError::Unsupported);
         }
         let children = if level > 1 {
-            Some(Box::new([const { None }; ENTRIES]))
+            // 4 KiB of `None`s, zeroed in place and fallibly (no array on the stack).
+            match try_zeroed::<[Option<Child>; ENTRIES]>() {
+                Some(c) => Some(c),
+                None => {
+                    platform.free_pages(page);
+                    return Err(PlatformError::OutOfMemory);
+                }
+            }
         } else {
             None
         };
@@ -140,13 +149,20 @@ impl Table {
     /// recursion and no 512-entry array on the native stack, since this runs on IOCTL paths
     /// (SET_RAM unmapping, VM teardown) with a kernel stack of a few KiB.
     fn retire_into(self, out: &mut Vec<PhysPages>) {
+        // The callers reserve room first (`Ept::zap_bound`): this push does not allocate.
+        self.retire(&mut |p| out.push(p));
+    }
+
+    /// Hands this table and everything below to `sink` (parents before children),
+    /// iteratively (see [`Table::retire_into`]).
+    fn retire(self, sink: &mut dyn FnMut(PhysPages)) {
         let mut stack: [(Option<Children>, usize); LEVELS_WITH_CHILDREN] =
             [const { (None, 0) }; LEVELS_WITH_CHILDREN];
         let mut depth = 0;
         let mut next = Some(self);
         loop {
             if let Some(Table { page, children }) = next.take() {
-                out.push(page);
+                sink(page);
                 if let Some(children) = children {
                     match stack.get_mut(depth) {
                         Some(slot) => {
@@ -298,7 +314,15 @@ impl Ept {
                 }
                 let child = Table::new(platform, l - 1)?;
                 let phys = child.page.phys();
-                *slot = Some(ManuallyDrop::new(Box::new(child)));
+                let child = match try_box(child) {
+                    Ok(c) => c,
+                    Err(child) => {
+                        // Nothing was linked yet: the structure goes straight back.
+                        child.retire(&mut |p| platform.free_pages(p));
+                        return Err(PlatformError::OutOfMemory);
+                    }
+                };
+                *slot = Some(ManuallyDrop::new(child));
                 self.tables += 1;
                 set(page, i, (phys & EPT_ADDRESS_MASK) | NON_LEAF);
             }
@@ -335,18 +359,32 @@ impl Ept {
         z
     }
 
+    /// An upper bound on the paging structures [`Ept::zap`] of `[start_gfn, end_gfn)` can
+    /// unlink: the structures whose span meets the range, per level below the root (a PT spans
+    /// 2 MiB, a PD 1 GiB, a PDPT 512 GiB), and never more than the tree holds. The caller
+    /// reserves that much room before zapping, so the zap itself never allocates.
+    pub(crate) fn zap_bound(&self, start_gfn: u64, end_gfn: u64) -> usize {
+        if start_gfn >= end_gfn {
+            return 0;
+        }
+        let (start, last) = (start_gfn << 12, (end_gfn << 12) - 1);
+        let mut bound: u64 = 0;
+        for level in 1..4 {
+            let span = entry_span(level + 1);
+            bound = bound.saturating_add(last / span - start / span + 1);
+        }
+        usize::try_from(bound).map_or(self.tables, |b| b.min(self.tables))
+    }
+
     /// Every leaf, as (guest-physical address, leaf), in address order.
     pub(crate) fn leaves(&self, out: &mut Vec<(u64, Leaf)>) {
         collect(&self.root, out);
     }
 
-    /// Gives every structure back to the platform.
+    /// Gives every structure back to the platform. Allocates nothing (it also runs on the
+    /// failure path of an allocation) and walks the tree iteratively.
     pub(crate) fn free<P: Platform>(self, platform: &P) {
-        let mut pages = Vec::new();
-        self.root.retire_into(&mut pages);
-        for p in pages {
-            platform.free_pages(p);
-        }
+        self.root.retire(&mut |p| platform.free_pages(p));
     }
 }
 

@@ -2,13 +2,15 @@
 
 use core::fmt;
 
+use super::limits::Limit;
 use crate::platform::PlatformError;
 
 /// Why a guest-memory request was refused or could not be carried out.
 ///
-/// Every variant except [`MemoryError::Platform`] is a refused argument; HAXM answers those
-/// with `-EINVAL` (Windows `STATUS_INVALID_PARAMETER`), see [`MemoryError::is_invalid_argument`].
-/// A refused request changes nothing.
+/// Every variant except [`MemoryError::Platform`], [`MemoryError::LimitReached`] and
+/// [`MemoryError::MapChanging`] is a refused argument; HAXM answers those with `-EINVAL`
+/// (Windows `STATUS_INVALID_PARAMETER`), see [`MemoryError::is_invalid_argument`]. The others
+/// are failures of the host (`-ENOMEM`). A refused or failed request changes nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryError {
     /// `size` is 0.
@@ -39,15 +41,31 @@ pub enum MemoryError {
         /// The guest-physical address of the protected page.
         gpa: u64,
     },
-    /// A platform service failed (allocation, pinning).
+    /// A platform service failed (allocation, pinning); kernel heap exhaustion is
+    /// `Platform(PlatformError::OutOfMemory)`.
     Platform(PlatformError),
+    /// The request would pass a per-VM bound ([`super::limits`]); answered as HAXM answers
+    /// a failed kernel allocation (`-ENOMEM`).
+    LimitReached(Limit),
+    /// Registering the RAM block would pass the SET_MEMLIMIT quota (HAXM before 6.2.0:
+    /// `-EINVAL`).
+    QuotaExceeded {
+        /// Bytes asked for.
+        bytes: u64,
+    },
+    /// The memory map changed under a pin made outside the lock, again and again: the
+    /// translation could not be completed (a concurrent caller keeps remapping the page).
+    MapChanging,
 }
 
 impl MemoryError {
     /// Whether HAXM reports this as an invalid argument (`-EINVAL`) rather than as a failure of
     /// the host (`-ENOMEM`, `STATUS_UNSUCCESSFUL`).
     pub fn is_invalid_argument(&self) -> bool {
-        !matches!(self, MemoryError::Platform(_))
+        !matches!(
+            self,
+            MemoryError::Platform(_) | MemoryError::LimitReached(_) | MemoryError::MapChanging
+        )
     }
 }
 
@@ -73,6 +91,11 @@ impl fmt::Display for MemoryError {
             MemoryError::BeyondMappedRam => f.write_str("range beyond the highest mapped page"),
             MemoryError::Protected { gpa } => write!(f, "page {gpa:#x} is protected"),
             MemoryError::Platform(e) => write!(f, "platform failure: {e:?}"),
+            MemoryError::LimitReached(l) => write!(f, "per-VM limit reached: {l:?}"),
+            MemoryError::QuotaExceeded { bytes } => {
+                write!(f, "{bytes} more bytes of RAM would pass the memory limit")
+            }
+            MemoryError::MapChanging => f.write_str("the mapping kept changing while pinning"),
         }
     }
 }

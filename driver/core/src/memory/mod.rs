@@ -29,9 +29,19 @@
 //! Memory-map changes arrive on the VM handle from any thread (QEMU's main thread, or a vCPU
 //! thread reprogramming a PCI BAR) while other vCPUs run the guest (haxm-clients.md §2.2).
 //! All state lives behind one [`spin::Mutex`]; vCPUs take it only to resolve an EPT violation
-//! or to translate and copy for the emulator and string IO, never on the VM-entry path. The lock is only taken where
-//! the thread may block and fault (pinning probes user memory): never with interrupts off or
-//! at raised IRQL, never inside the non-preemptible entry region.
+//! or to translate and copy for the emulator and string IO, never on the VM-entry path. It is
+//! the leaf of the dispatcher's lock hierarchy (`dispatch::lockorder`): nothing else is locked
+//! while it is held, and it is never held across work that blocks or faults. In particular
+//! **pinning runs with the lock released**: a lookup that finds its chunk unpinned returns what
+//! to pin (`NeedPin`), the caller pins it (probe-and-lock: may fault, page in, block), retakes
+//! the lock and installs the pin only into the very block it was made for (blocks carry an
+//! id, so a block unmapped and registered again at the same address meanwhile is not
+//! mistaken for it), then looks up again. A pin that lost the race is released, never having
+//! been reachable. What stays under the lock is bounded and non-blocking: the lookups, the
+//! splices of a change, and EPT fills (which may allocate a paging-structure page from the
+//! platform's non-paged allocator, allowed at raised IRQL on Windows).
+//!
+//! Sizes are bounded and every allocation on an IOCTL path is fallible ([`limits`]).
 //!
 //! Safety argument against the CPU's page walker, which reads the tables without the lock:
 //! * entries change only by one aligned 8-byte atomic store each, so a walk sees the old or
@@ -58,9 +68,13 @@
 
 mod ept;
 mod error;
+mod fault;
+pub mod limits;
 mod memslot;
 mod ramblock;
+pub(crate) mod try_arc;
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -79,8 +93,9 @@ pub use memslot::Slot;
 
 use crate::platform::{PhysPages, PinnedMemory, Platform};
 use ept::Ept;
+use limits::{try_reserve, RamQuota};
 use memslot::{MemSlots, Protections};
-use ramblock::{RamBlock, RamBlocks};
+use ramblock::RamBlocks;
 
 /// Guest page size.
 pub const PAGE_SIZE: u64 = 4096;
@@ -199,8 +214,10 @@ struct MemoryMap {
     /// Frame after the highest ever mapped (PROTECT_RAM must stay below it).
     mapped_limit_gfn: u64,
     epoch: u64,
+    /// In epoch order (each change pushes with a new, higher epoch).
     retired_tables: Vec<(u64, PhysPages)>,
     retired_pins: Vec<(u64, PinnedMemory)>,
+    quota: Arc<RamQuota>,
 }
 
 /// A VM's guest memory. Shared between the VM handle and its vCPUs (`&self` everywhere).
@@ -217,6 +234,20 @@ struct MapRequest {
     va: u64,
     flags: RamFlags,
 }
+
+/// A chunk that must be pinned before the request can go on: pinned outside the lock
+/// ([`GuestMemory::pin_outside_lock`]), then installed if the block is still the same.
+pub(crate) struct NeedPin {
+    block: u64,
+    id: u64,
+    chunk: u64,
+    hva: u64,
+    len: u64,
+}
+
+/// How many times a lookup pins a chunk outside the lock and finds the map changed before it
+/// gives up (each retry needs a concurrent unmap of that very block).
+const PIN_ATTEMPTS: usize = 4;
 
 fn check_map_request(
     pa: u64,
@@ -260,9 +291,20 @@ fn check_map_request(
 }
 
 impl GuestMemory {
-    /// An empty guest-physical space (everything MMIO) with its PML4. `large_pages`: the CPU
-    /// supports 2-MiB EPT leaves (IA32_VMX_EPT_VPID_CAP bit 16).
+    /// An empty guest-physical space (everything MMIO) with its PML4, with no RAM quota of
+    /// its own. `large_pages`: the CPU supports 2-MiB EPT leaves (IA32_VMX_EPT_VPID_CAP bit
+    /// 16).
     pub fn new<P: Platform>(platform: &P, large_pages: bool) -> Result<GuestMemory, MemoryError> {
+        GuestMemory::with_quota(platform, large_pages, Arc::new(RamQuota::unlimited()))
+    }
+
+    /// As [`GuestMemory::new`], charging its RAM blocks to `quota` (SET_MEMLIMIT's, shared
+    /// by every VM).
+    pub fn with_quota<P: Platform>(
+        platform: &P,
+        large_pages: bool,
+        quota: Arc<RamQuota>,
+    ) -> Result<GuestMemory, MemoryError> {
         let ept = Ept::new(platform)?;
         let eptp = ept.eptp();
         Ok(GuestMemory {
@@ -276,6 +318,7 @@ impl GuestMemory {
                 epoch: 0,
                 retired_tables: Vec::new(),
                 retired_pins: Vec::new(),
+                quota,
             }),
             epoch: AtomicU64::new(0),
             eptp,
@@ -296,10 +339,7 @@ impl GuestMemory {
     /// `HAX_VM_IOCTL_ALLOC_RAM`: registers `[va, va + size)` (32-bit size) as a RAM block.
     /// `pad` is not checked, as in HAXM.
     pub fn alloc_ram(&self, info: &AllocRamInfo) -> Result<(), MemoryError> {
-        self.map
-            .lock()
-            .blocks
-            .add(info.va, u64::from(info.size), false)
+        self.add_block(info.va, u64::from(info.size))
     }
 
     /// `HAX_VM_IOCTL_ADD_RAMBLOCK`: registers `[start_va, start_va + size)` as a RAM block.
@@ -307,7 +347,17 @@ impl GuestMemory {
         if info.reserved != 0 {
             return Err(MemoryError::ReservedNotZero);
         }
-        self.map.lock().blocks.add(info.start_va, info.size, false)
+        self.add_block(info.start_va, info.size)
+    }
+
+    fn add_block(&self, start: u64, size: u64) -> Result<(), MemoryError> {
+        let mut m = self.map.lock();
+        m.blocks.prepare(start, size)?;
+        if !m.quota.try_charge(size) {
+            return Err(MemoryError::QuotaExceeded { bytes: size });
+        }
+        m.blocks.insert(start, size, false);
+        Ok(())
     }
 
     /// `HAX_VM_IOCTL_SET_RAM`. `pad` is not checked: QEMU leaves stack garbage in it
@@ -327,13 +377,15 @@ impl GuestMemory {
         self.apply_map(&req)
     }
 
+    /// Plans the change, checks every bound and reserves every byte it needs, and only then
+    /// changes anything (so a refusal or an allocation failure leaves the map as it was). Cost:
+    /// O(log n) searches plus the slots, tables and pins the change itself touches.
     fn apply_map(&self, req: &MapRequest) -> Result<Option<InveptRequest>, MemoryError> {
         let mut guard = self.map.lock();
         let m = &mut *guard;
         let unmap = req.flags.contains(RamFlags::INVALID);
         let size = (req.end_gfn - req.start_gfn) * PAGE_SIZE;
         let va_end = req.va.wrapping_add(size); // checked in check_map_request
-                                                // Validate everything before changing anything.
         let mut new_block = false;
         let block = if unmap {
             0
@@ -355,39 +407,73 @@ impl GuestMemory {
                 None => return Err(MemoryError::NoRamBlock),
             }
         };
-        // Apply.
+        let new_slot = (!unmap).then(|| Slot {
+            start_gfn: req.start_gfn,
+            end_gfn: req.end_gfn,
+            block,
+            hva: req.va,
+            rom: req.flags.contains(RamFlags::ROM),
+        });
+        let plan = m.slots.plan(req.start_gfn, req.end_gfn, new_slot);
+        // Every bound and reservation before the first change.
         if new_block {
-            m.blocks.add(req.va, size, true)?;
+            m.blocks.prepare(req.va, size)?;
         }
-        let touched = m.slots.remove_range(req.start_gfn, req.end_gfn);
-        if !unmap {
-            m.slots.insert(Slot {
-                start_gfn: req.start_gfn,
-                end_gfn: req.end_gfn,
-                block,
-                hva: req.va,
-                rom: req.flags.contains(RamFlags::ROM),
-            });
-            m.mapped_limit_gfn = m.mapped_limit_gfn.max(req.end_gfn);
-        }
-        let mut retired = Vec::new();
-        let mut flush = m.ept.zap(req.start_gfn, req.end_gfn, &mut retired);
+        m.slots.prepare(&plan)?;
+        let pin_bound: usize = m
+            .slots
+            .removed(&plan)
+            .iter()
+            .filter_map(|s| m.blocks.get(s.block))
+            .filter(|b| b.standalone)
+            .map(|b| b.chunks.len())
+            .sum();
+        let table_bound = m.ept.zap_bound(req.start_gfn, req.end_gfn);
         let mut pins = Vec::new();
-        for b in touched {
-            let orphan = m
-                .blocks
-                .blocks
-                .get(&b)
-                .is_some_and(|blk| blk.standalone && !m.slots.references(b));
-            if orphan {
-                pins.extend(m.blocks.remove(b));
+        try_reserve(&mut pins, pin_bound)?;
+        let mut retired = Vec::new();
+        try_reserve(&mut retired, table_bound)?;
+        try_reserve(&mut m.retired_pins, pin_bound)?;
+        try_reserve(&mut m.retired_tables, table_bound)?;
+        if new_block && !m.quota.try_charge(size) {
+            return Err(MemoryError::QuotaExceeded { bytes: size });
+        }
+        // Apply: nothing below can fail or allocate.
+        if new_block {
+            m.blocks.insert(req.va, size, true);
+        }
+        for s in m.slots.removed(&plan) {
+            if let Some(b) = m.blocks.get_mut(s.block) {
+                b.refs = b.refs.saturating_sub(1);
             }
         }
+        for s in plan.added() {
+            if let Some(b) = m.blocks.get_mut(s.block) {
+                b.refs += 1;
+            }
+        }
+        // A STANDALONE block lives as long as a slot refers to it.
+        for s in m.slots.removed(&plan) {
+            let orphan = m
+                .blocks
+                .get(s.block)
+                .is_some_and(|b| b.standalone && b.refs == 0);
+            if orphan {
+                let bytes = m.blocks.remove_into(s.block, &mut pins);
+                m.quota.release(bytes);
+            }
+        }
+        m.slots.apply(&plan);
+        if !unmap {
+            m.mapped_limit_gfn = m.mapped_limit_gfn.max(req.end_gfn);
+        }
+        let mut flush = m.ept.zap(req.start_gfn, req.end_gfn, &mut retired);
         flush |= !pins.is_empty();
         Ok(self.retire(m, flush, retired, pins))
     }
 
-    /// Bumps the epoch and parks what must wait for an INVEPT, when anything changed.
+    /// Bumps the epoch and parks what must wait for an INVEPT, when anything changed. The
+    /// caller reserved room in the retired lists for `tables` and `pins`.
     fn retire(
         &self,
         m: &mut MemoryMap,
@@ -434,47 +520,68 @@ impl GuestMemory {
             return Err(MemoryError::BeyondMappedRam);
         }
         let protect = perm == RamPermission::None;
-        m.protections.set(start_gfn, end_gfn, protect);
+        let plan = m.protections.plan(start_gfn, end_gfn, protect);
+        m.protections.prepare(&plan)?;
         if !protect {
             // Unprotected pages are mapped by the next violation; nothing cached to flush.
+            m.protections.apply(&plan);
             return Ok(None);
         }
+        let table_bound = m.ept.zap_bound(start_gfn, end_gfn);
         let mut retired = Vec::new();
+        try_reserve(&mut retired, table_bound)?;
+        try_reserve(&mut m.retired_tables, table_bound)?;
+        m.protections.apply(&plan);
         let flush = m.ept.zap(start_gfn, end_gfn, &mut retired);
         Ok(self.retire(m, flush, retired, Vec::new()))
     }
 
     /// Resolves an EPT violation at `gpa` (the guest-physical-address field of the exit) for
-    /// `access` (exit-qualification bits 2:0). Pins and maps RAM lazily.
+    /// `access` (exit-qualification bits 2:0). Pins and maps RAM lazily; the pinning (which
+    /// probes user memory and may block or fault) runs with the memory lock released.
     pub fn handle_violation<P: Platform>(
         &self,
         platform: &P,
         gpa: u64,
         access: EptAccess,
     ) -> Result<Resolution, MemoryError> {
-        let mut guard = self.map.lock();
-        let m = &mut *guard;
-        let gfn = gpa / PAGE_SIZE;
-        let Some(slot) = m.slots.find(gfn).copied() else {
-            return Ok(Resolution::Mmio);
-        };
-        if slot.rom && access.contains(EptAccess::WRITE) {
-            return Ok(Resolution::WriteToRom);
+        for _ in 0..PIN_ATTEMPTS {
+            let need = match self.map.lock().resolve_violation(platform, gpa, access)? {
+                Ok(r) => return Ok(r),
+                Err(need) => need,
+            };
+            self.pin_outside_lock(platform, &need)?;
         }
-        if m.ept.leaf(gpa).is_some() {
-            // Another vCPU mapped it between this exit and the lock (no flush needed: the
-            // violation itself dropped the stale "not present" for this address).
-            return Ok(Resolution::Mapped);
-        }
-        let block_start = gfn & !(FRAMES_PER_LARGE - 1);
-        if let Some(p) = m
-            .protections
-            .first_in(block_start, block_start + FRAMES_PER_LARGE)
-        {
-            return Ok(Resolution::Protected { gpa: p * PAGE_SIZE });
-        }
-        m.fill(platform, &slot, gfn)?;
+        // The block kept being replaced between the pin and the install. Re-entering is
+        // always safe: if the page is still unmapped the guest exits again, as when another
+        // vCPU raced this one.
         Ok(Resolution::Mapped)
+    }
+
+    /// Pins the chunk `need` names with no lock held, then installs the pin if its block is
+    /// still registered (the same block, by id) and the chunk still unpinned; otherwise the
+    /// pin is released again (it was never reachable through a mapping).
+    fn pin_outside_lock<P: Platform>(
+        &self,
+        platform: &P,
+        need: &NeedPin,
+    ) -> Result<(), MemoryError> {
+        let len = usize::try_from(need.len).map_err(|_| MemoryError::RangeOverflow)?;
+        let pinned = platform.pin(need.hva, len)?;
+        let outcome = {
+            let mut m = self.map.lock();
+            match m.blocks.get_mut(need.block).filter(|b| b.id == need.id) {
+                Some(b) => b.install_chunk(need.chunk, pinned),
+                None => Err((None, pinned)),
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err((err, pinned)) => {
+                platform.unpin(pinned);
+                err.map_or(Ok(()), Err)
+            }
+        }
     }
 
     /// The host page behind `gpa`: `None` for MMIO. Pins the chunk if needed. A protected
@@ -486,7 +593,7 @@ impl GuestMemory {
         platform: &P,
         gpa: u64,
     ) -> Result<Option<Translation>, MemoryError> {
-        self.map.lock().translate(platform, gpa)
+        self.with_translation(platform, gpa, |t| t)
     }
 
     /// Runs `f` with the translation of `gpa` (as [`GuestMemory::translate`]) while holding
@@ -502,6 +609,9 @@ impl GuestMemory {
     /// retired before `f` is done, or the change comes first, and the lookup finds no memslot
     /// (`f` gets `None`: MMIO). No copy can reach a page after its unpin.
     ///
+    /// A chunk not pinned yet is pinned with the lock released, then the lookup starts over
+    /// under the lock (so `f` still sees a lookup made in its own critical section).
+    ///
     /// Holding the lock for the copy is cheap: the copies are at most 64 bytes (string IO),
     /// 15 (instruction fetch) or 8 (page-table entries), and the lock is never taken inside
     /// the non-preemptible region.
@@ -511,25 +621,33 @@ impl GuestMemory {
         gpa: u64,
         f: impl FnOnce(Option<Translation>) -> R,
     ) -> Result<R, MemoryError> {
-        let mut guard = self.map.lock();
-        let t = guard.translate(platform, gpa)?;
-        Ok(f(t))
+        for _ in 0..PIN_ATTEMPTS {
+            let need = {
+                let guard = self.map.lock();
+                match guard.translate(platform, gpa)? {
+                    Ok(t) => return Ok(f(t)),
+                    Err(need) => need,
+                }
+            };
+            self.pin_outside_lock(platform, &need)?;
+        }
+        Err(MemoryError::MapChanging)
     }
 
     /// The INVEPT of `request` completed on every CPU: frees what changes up to its epoch
     /// retired. Collected under the lock, so never while a [`GuestMemory::with_translation`]
-    /// copy runs (see there).
+    /// copy runs (see there); handed back to the platform after the lock is released.
     pub fn invept_done<P: Platform>(&self, platform: &P, request: InveptRequest) {
         let (tables, pins) = {
             let mut m = self.map.lock();
-            let tables = drain_upto(&mut m.retired_tables, request.epoch);
-            let pins = drain_upto(&mut m.retired_pins, request.epoch);
+            let tables = take_upto(&mut m.retired_tables, request.epoch);
+            let pins = take_upto(&mut m.retired_pins, request.epoch);
             (tables, pins)
         };
-        for t in tables {
+        for (_, t) in tables {
             platform.free_pages(t);
         }
-        for p in pins {
+        for (_, p) in pins {
             platform.unpin(p);
         }
     }
@@ -544,7 +662,7 @@ impl GuestMemory {
         self.map.lock().ept.leaf(gpa)
     }
 
-    /// Everything observable, for tests and diagnostics.
+    /// Everything observable, for tests and diagnostics (allocates: not for IOCTL paths).
     pub fn snapshot(&self) -> MemorySnapshot {
         let m = self.map.lock();
         let mut leaves = Vec::new();
@@ -553,12 +671,12 @@ impl GuestMemory {
             blocks: m
                 .blocks
                 .blocks
-                .values()
+                .iter()
                 .map(|b| RamBlockInfo {
                     start: b.start,
                     size: b.size,
                     standalone: b.standalone,
-                    pinned_chunks: b.chunks.keys().copied().collect(),
+                    pinned_chunks: b.chunks.iter().map(|(i, _)| *i).collect(),
                 })
                 .collect(),
             slots: m.slots.iter().copied().collect(),
@@ -571,9 +689,10 @@ impl GuestMemory {
         }
     }
 
-    /// Gives every page and pin back. Call only when no vCPU of the VM runs any more and every
-    /// CPU that ran one executed an INVEPT for [`GuestMemory::eptp`] (single- or all-context)
-    /// afterwards: otherwise a cached translation could reach freed memory.
+    /// Gives every page and pin back, and the blocks' bytes to the quota. Call only when no
+    /// vCPU of the VM runs any more and every CPU that ran one executed an INVEPT for
+    /// [`GuestMemory::eptp`] (single- or all-context) afterwards: otherwise a cached
+    /// translation could reach freed memory.
     pub fn destroy<P: Platform>(self, platform: &P) {
         let m = self.map.into_inner();
         m.ept.free(platform);
@@ -583,7 +702,8 @@ impl GuestMemory {
         for (_, p) in m.retired_pins {
             platform.unpin(p);
         }
-        for (_, b) in m.blocks.blocks {
+        for b in m.blocks.blocks {
+            m.quota.release(b.size);
             for (_, p) in b.chunks {
                 platform.unpin(p);
             }
@@ -591,132 +711,21 @@ impl GuestMemory {
     }
 }
 
-fn drain_upto<T>(v: &mut Vec<(u64, T)>, epoch: u64) -> Vec<T> {
-    let mut out = Vec::new();
-    let mut keep = Vec::new();
-    for (e, t) in v.drain(..) {
-        if e <= epoch {
-            out.push(t);
-        } else {
-            keep.push((e, t));
-        }
+/// Takes the entries of `v` up to `epoch` (a prefix: `v` is in epoch order) without an
+/// infallible allocation. When the rest cannot be moved for lack of memory, everything stays
+/// retired, to be freed by a later call or by [`GuestMemory::destroy`].
+fn take_upto<T>(v: &mut Vec<(u64, T)>, epoch: u64) -> Vec<(u64, T)> {
+    let n = v.partition_point(|(e, _)| *e <= epoch);
+    if n == v.len() {
+        return core::mem::take(v);
     }
-    *v = keep;
-    out
-}
-
-fn block_of(blocks: &mut RamBlocks, start: u64) -> Result<&mut RamBlock, MemoryError> {
-    // A slot always names a registered block; a miss would be a broken invariant, reported
-    // as an error rather than a panic.
-    blocks.blocks.get_mut(&start).ok_or(MemoryError::NoRamBlock)
-}
-
-/// The chunk index and the page index inside it of host address `hva` in `block`.
-fn chunk_page(block: &RamBlock, hva: u64) -> (u64, usize) {
-    let off = hva - block.start;
-    (
-        off / HAX_CHUNK_SIZE,
-        ((off % HAX_CHUNK_SIZE) / PAGE_SIZE) as usize,
-    )
-}
-
-impl MemoryMap {
-    /// [`GuestMemory::translate`] under the lock.
-    fn translate<P: Platform>(
-        &mut self,
-        platform: &P,
-        gpa: u64,
-    ) -> Result<Option<Translation>, MemoryError> {
-        let gfn = gpa / PAGE_SIZE;
-        let Some(slot) = self.slots.find(gfn).copied() else {
-            return Ok(None);
-        };
-        if let Some(p) = self.protections.first_in(gfn, gfn + 1) {
-            return Err(MemoryError::Protected { gpa: p * PAGE_SIZE });
-        }
-        let hva = slot.hva_of(gfn);
-        let block = block_of(&mut self.blocks, slot.block)?;
-        let (chunk, page) = chunk_page(block, hva);
-        let pinned = block.pin_chunk(platform, chunk)?;
-        let hpa = platform
-            .pinned_page(pinned, page)
-            .ok_or(MemoryError::Platform(
-                crate::platform::PlatformError::BadUserAddress,
-            ))?;
-        Ok(Some(Translation {
-            hpa: hpa + gpa % PAGE_SIZE,
-            hva: hva + gpa % PAGE_SIZE,
-            writable: !slot.rom,
-        }))
+    if n == 0 {
+        return Vec::new();
     }
-
-    /// Maps every page of `slot` whose host page lies in the chunk holding `gfn`'s, except
-    /// protected pages (HAXM maps up to 512 PTEs per violation the same way).
-    fn fill<P: Platform>(
-        &mut self,
-        platform: &P,
-        slot: &Slot,
-        gfn: u64,
-    ) -> Result<(), MemoryError> {
-        let hva = slot.hva_of(gfn);
-        let block = block_of(&mut self.blocks, slot.block)?;
-        let (chunk, _) = chunk_page(block, hva);
-        let (chunk_start, chunk_len) = block.chunk_range(chunk);
-        let pinned = block.pin_chunk(platform, chunk)?;
-        let slot_hva_end = slot.hva_of(slot.end_gfn);
-        let lo_h = chunk_start.max(slot.hva);
-        let hi_h = (chunk_start + chunk_len).min(slot_hva_end);
-        let lo = slot.start_gfn + (lo_h - slot.hva) / PAGE_SIZE;
-        let hi = slot.start_gfn + (hi_h - slot.hva) / PAGE_SIZE;
-        let page_of = |g: u64| ((slot.hva_of(g) - chunk_start) / PAGE_SIZE) as usize;
-        let mut g = lo;
-        while g < hi {
-            let region = g & !(FRAMES_PER_LARGE - 1);
-            let region_end = region + FRAMES_PER_LARGE;
-            if self.large_pages
-                && g == region
-                && region_end <= hi
-                && self.protections.first_in(region, region_end).is_none()
-                && self.ept.pde_free(region * PAGE_SIZE)
-            {
-                if let Some(hpa) = contiguous_2m(platform, pinned, page_of(region)) {
-                    let entry = leaf_entry(hpa, slot.rom, true);
-                    self.ept.map(platform, region * PAGE_SIZE, 2, entry)?;
-                    g = region_end;
-                    continue;
-                }
-            }
-            let stop = region_end.min(hi);
-            while g < stop {
-                let gpa = g * PAGE_SIZE;
-                if self.protections.first_in(g, g + 1).is_none() && self.ept.leaf(gpa).is_none() {
-                    let hpa =
-                        platform
-                            .pinned_page(pinned, page_of(g))
-                            .ok_or(MemoryError::Platform(
-                                crate::platform::PlatformError::BadUserAddress,
-                            ))?;
-                    self.ept
-                        .map(platform, gpa, 1, leaf_entry(hpa, slot.rom, false))?;
-                }
-                g += 1;
-            }
-        }
-        Ok(())
+    let mut rest = Vec::new();
+    if try_reserve(&mut rest, v.len() - n).is_err() {
+        return Vec::new();
     }
-}
-
-/// The host-physical address of 512 pinned pages from `first`, when they are contiguous and
-/// start 2-MiB aligned (a 2-MiB EPT leaf needs both: Table 29-4, bits 20:12 reserved).
-fn contiguous_2m<P: Platform>(platform: &P, pinned: &PinnedMemory, first: usize) -> Option<u64> {
-    let base = platform.pinned_page(pinned, first)?;
-    if base % LARGE_PAGE_SIZE != 0 {
-        return None;
-    }
-    for i in 1..FRAMES_PER_LARGE as usize {
-        if platform.pinned_page(pinned, first + i)? != base + i as u64 * PAGE_SIZE {
-            return None;
-        }
-    }
-    Some(base)
+    rest.extend(v.drain(n..));
+    core::mem::replace(v, rest)
 }

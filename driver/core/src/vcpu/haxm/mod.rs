@@ -255,7 +255,7 @@ enum Step {
         code: u32,
     },
     /// [`HaxVcpu::resume`] loads this task (a task switch done at passive level).
-    TaskSwitched(Box<[exits::NewTask]>),
+    TaskSwitched(Box<exits::NewTask>),
 }
 
 /// What a string IO exit changed before its memory was touched, to be undone when the
@@ -515,13 +515,4 @@ impl HaxVcpu {
     fn controls(&self) -> &VmxControls {
         self.core.controls()
     }
-}
-
-/// `value` on the heap, or `None` when the allocation fails (`Box::new` would abort: no
-/// allocation on an IOCTL path may).
-fn try_box<T>(value: T) -> Option<Box<[T]>> {
-    let mut v = alloc::vec::Vec::new();
-    v.try_reserve_exact(1).ok()?;
-    v.push(value);
-    Some(v.into_boxed_slice())
 }

@@ -73,11 +73,7 @@ impl HaxVcpu {
             }
             Step::Fault { linear, code } => self.fault_string_io(root, linear, code)?,
             Step::Exception { vector, code } => self.inject_exception(root, vector, Some(code))?,
-            Step::TaskSwitched(t) => {
-                if let Some(t) = t.first() {
-                    self.apply_task(root, t)?;
-                }
-            }
+            Step::TaskSwitched(t) => self.apply_task(root, &t)?,
             _ => return self.begin_guest(root, cpuid, platform),
         }
         self.guest_loop(root, cpuid, platform)
@@ -172,9 +168,9 @@ impl HaxVcpu {
             }
             MemoryRequest::TaskSwitch(ts) => {
                 match Self::task_switch_memory(mem, &ts) {
-                    Ok(t) => match try_box(t) {
-                        Some(b) => self.step = Step::TaskSwitched(b),
-                        None => return Err(HaxError::Platform(PlatformError::OutOfMemory)),
+                    Ok(t) => match crate::heap::try_box(t) {
+                        Ok(b) => self.step = Step::TaskSwitched(b),
+                        Err(_) => return Err(HaxError::Platform(PlatformError::OutOfMemory)),
                     },
                     Err(exits::Failed::Fault((vector, code))) => {
                         self.step = Step::Exception { vector, code }

@@ -1,0 +1,114 @@
+//! System-device IOCTLs (`\\.\HAX`, `/dev/HAX`): VERSION, CAPABILITY, SET_MEMLIMIT, CREATE_VM,
+//! DESTROY_VM, and rhax's EXT_INFO (`haxm-abi.md` §2, §5).
+
+use rhax_api::ext::{ExtFeatures, RhaxExtInfo, RHAX_EXT_MAGIC, RHAX_EXT_VERSION};
+use rhax_api::{
+    CapabilityFailure, CapabilityInfo, CapabilityStatus, ModuleVersion, Pod, SetMemlimit,
+    HAX_COMPAT_VERSION, HAX_CUR_VERSION,
+};
+
+use super::lockorder::LockTracker;
+use super::table::{Call, Ctx};
+use super::{Codes, CpuRoots, ErrorKind, Hypervisor, Res, UserMapping};
+use crate::platform::Platform;
+
+impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
+    pub(super) fn version(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        let v = ModuleVersion {
+            compat_version: HAX_COMPAT_VERSION,
+            cur_version: HAX_CUR_VERSION,
+        };
+        c.ctx.write(&v, c.output)
+    }
+
+    pub(super) fn capability(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        let t = LockTracker::new();
+        let table = self.table.lock(&t);
+        let (mut wstatus, winfo) = match (&self.host, self.capability_features()) {
+            (Ok(_), Some(f)) => (CapabilityStatus::WORKING, f.bits()),
+            (Err(fail), _) => (CapabilityStatus::empty(), fail.bits()),
+            (Ok(_), None) => (CapabilityStatus::empty(), CapabilityFailure::VT.bits()),
+        };
+        if table.mem_limit.is_some() {
+            wstatus |= CapabilityStatus::MEMQUOTA;
+        }
+        // win_refcount: Windows reports the control device's reference count, Linux a zeroed
+        // field (`haxm-abi.md` §2).
+        let refcount = if c.ctx.windows() {
+            table.systems.len() as u32
+        } else {
+            0
+        };
+        // mem_quota is not written when MEMQUOTA is clear (HAXM); Linux copies a zeroed local
+        // struct, so its callers see 0. It reports the limit, as HAXM 7.8.0 (which no longer
+        // counts what is used); the limit is enforced (`memory::limits::RamQuota`).
+        let previous = CapabilityInfo::read_from_prefix(c.output).unwrap_or_default();
+        let quota = match table.mem_limit {
+            Some(q) => q,
+            None if matches!(self.codes, Codes::Linux | Codes::LinuxI386) => 0,
+            None => previous.mem_quota,
+        };
+        drop(table);
+        let cap = CapabilityInfo {
+            wstatus: wstatus.bits(),
+            winfo,
+            win_refcount: refcount,
+            mem_quota: quota,
+        };
+        c.ctx.write(&cap, c.output)
+    }
+
+    /// SET_MEMLIMIT: the input is in MB, the quota in bytes (`haxm-abi.md` §8 quirk 11);
+    /// refused while a VM exists. From then on the bytes of all VMs' RAM blocks together stay
+    /// within it ([`crate::memory::limits`]).
+    pub(super) fn set_memlimit(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        let m: SetMemlimit = c.ctx.read(c.input)?;
+        let t = LockTracker::new();
+        let mut table = self.table.lock(&t);
+        if table.vms.iter().any(Option::is_some) {
+            return Err(c.ctx.err(ErrorKind::VmsExist));
+        }
+        let limit = if m.enable_memlimit == 0 {
+            None
+        } else {
+            Some(m.memory_limit.checked_mul(1 << 20).ok_or_else(|| {
+                c.ctx.err(ErrorKind::MemLimitOverflow {
+                    megabytes: m.memory_limit,
+                })
+            })?)
+        };
+        table.mem_limit = limit;
+        // No VM exists (checked under the same lock, which CREATE_VM takes to insert), so
+        // nothing is charged to the quota now.
+        self.quota.set_limit(limit);
+        Ok(0)
+    }
+
+    pub(super) fn create_vm_ioctl(&self, serial: u64, c: Call<'_>) -> Res<usize> {
+        let id = self.create_vm_for(Some(serial), c.ctx)?;
+        c.ctx.write(&id, c.output)
+    }
+
+    pub(super) fn destroy_vm_ioctl(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        self.unimplemented_by_haxm(c.ctx)
+    }
+
+    pub(super) fn ext_info(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        let info = RhaxExtInfo {
+            magic: RHAX_EXT_MAGIC,
+            version: RHAX_EXT_VERSION,
+            features: ExtFeatures::VCPU_STATS.bits(),
+        };
+        c.ctx.write(&info, c.output)
+    }
+
+    /// DESTROY_VM and VCPU_DESTROY: HAXM's Linux driver returns 0 (its unknown-IOCTL default),
+    /// the others their "unknown IOCTL" error.
+    pub(super) fn unimplemented_by_haxm(&self, ctx: Ctx) -> Res<usize> {
+        if matches!(self.codes, Codes::Linux | Codes::LinuxI386) {
+            Ok(0)
+        } else {
+            Err(ctx.err(ErrorKind::UnimplementedByHaxm))
+        }
+    }
+}
