@@ -63,23 +63,6 @@ pub const ALLOWED: &[(&str, &str, bool)] = &[
         "test kernel's DriverUnload (drops the Hypervisor, VMXOFF on every CPU)",
         false,
     ),
-    // TODO(lead: vcpu/haxm, dispatch): IOCTL-path frames over the budget, tolerated (reported)
-    // until the split of vcpu/haxm.rs and dispatch/mod.rs fixes them; remove each entry then.
-    (
-        "rhax_core::dispatch::Hypervisor<P,R>::dispatch",
-        "inlines every IOCTL handler's locals (VcpuStats, VcpuState, FxLayout, MsrData...)",
-        true,
-    ),
-    (
-        "rhax_core::dispatch::Hypervisor<P,R>::create_vm_for",
-        "VM state built on the stack before it is boxed",
-        true,
-    ),
-    (
-        "rhax_core::dispatch::Hypervisor<P,R>::on_this_cpu",
-        "closure state of the RUN/stats paths by value",
-        true,
-    ),
 ];
 
 /// A function's frame and what it calls directly.

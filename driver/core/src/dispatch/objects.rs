@@ -237,12 +237,14 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             m.destroy(&self.platform);
             oom(e)
         })?;
-        let cpuid = match TryArc::try_new(self.cpuid_template.clone()) {
-            Ok(c) => c,
-            Err((e, _)) => {
-                self.release_memory(memory);
-                return Err(oom(e));
-            }
+        // Built in its allocation (no 2.6 KiB table on the kernel stack).
+        let cpuid = TryArc::try_new_zeroed_with((), |t: &mut CpuidTable| {
+            t.copy_from(&self.cpuid_template);
+            Ok(())
+        });
+        let Ok(cpuid) = cpuid else {
+            self.release_memory(memory);
+            return Err(oom(crate::platform::PlatformError::OutOfMemory));
         };
         let t = LockTracker::new();
         let mut table = self.table.lock(&t);

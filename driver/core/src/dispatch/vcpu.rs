@@ -9,7 +9,7 @@ use crate::memory::try_arc::TryArc;
 use core::sync::atomic::Ordering;
 
 use rhax_api::{
-    cpuid_size, CpuidEntry, CpuidHeader, FxLayout, MsrData, Pod, TunnelInfo, VcpuDebug, VcpuState,
+    cpuid_size, CpuidHeader, FxLayout, MsrData, Pod, TunnelInfo, VcpuDebug, VcpuState,
     HAX_MAX_CPUID_ENTRIES, HAX_MAX_MSR_ARRAY, HAX_TUNNEL_PAGE_SIZE,
 };
 
@@ -63,24 +63,24 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let header = cpuid_header(c.input, c.ctx)?;
         let need = cpuid_bytes(header.total, c.ctx)?;
         c.ctx.sizes(c.input, need, c.output, 0)?;
-        // At most 64 entries (checked): a fixed array, no allocation.
-        let mut entries = [CpuidEntry::default(); HAX_MAX_CPUID_ENTRIES];
-        let mut n = 0;
         let body = c
             .input
             .get(core::mem::size_of::<CpuidHeader>()..need)
             .unwrap_or(&[]);
-        for (slot, raw) in entries.iter_mut().zip(body.chunks_exact(CpuidEntry::SIZE)) {
-            if let Some(e) = CpuidEntry::from_bytes(raw) {
-                *slot = e;
-                n += 1;
-            }
-        }
         let t = LockTracker::new();
         let mut slot = vm.cpuid.lock(&t);
-        let mut table = CpuidTable::clone(&slot);
-        HaxVcpu::set_cpuid(&mut table, &entries[..n]).map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
-        *slot = TryArc::try_new(table).map_err(|(e, _)| c.ctx.err(ErrorKind::Platform(e)))?;
+        // Copy-on-write (a RUN may hold the current table), built in its new allocation: no
+        // 2.6 KiB table and no 64-entry array on the kernel stack.
+        let oom = c.ctx.err(ErrorKind::Platform(
+            crate::platform::PlatformError::OutOfMemory,
+        ));
+        let new = TryArc::try_new_zeroed_with(oom, |table: &mut CpuidTable| {
+            table.copy_from(&slot);
+            table
+                .set_from_bytes(body)
+                .map_err(|e| c.ctx.err(ErrorKind::Vcpu(HaxError::Cpuid(e))))
+        })?;
+        *slot = new;
         Ok(0)
     }
 
@@ -90,9 +90,10 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let need = cpuid_size(room).unwrap_or(usize::MAX);
         c.ctx.sizes(c.input, 0, c.output, need)?;
         let t = LockTracker::new();
-        let table = vm.cpuid.lock(&t).clone();
-        let mut entries = [CpuidEntry::default(); HAX_MAX_CPUID_ENTRIES];
-        let (total, copied) = table.get(&mut entries[..room]);
+        // A reference to the VM's table (no copy of it, or of its entries, on the stack).
+        let table = TryArc::clone(&vm.cpuid.lock(&t));
+        let total = table.entries().len() as u32;
+        let copied = table.entries().len() <= room;
         let out_header = CpuidHeader {
             total,
             pad: 0,
@@ -107,7 +108,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             }
             return Err(c.ctx.err(ErrorKind::CpuidTooSmall { total }));
         }
-        for e in entries.iter().take(total as usize) {
+        for e in table.entries() {
             n += c.ctx.write(e, c.output.get_mut(n..).unwrap_or(&mut []))?;
         }
         Ok(n)
@@ -210,9 +211,19 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
 
     pub(super) fn get_regs(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         let mut lease = self.lease(vcpu, c.ctx)?;
-        let s = self.on_this_cpu(lease.get()?, c.ctx, |hax, root| hax.get_regs(root))?;
+        // The 1 KiB state goes straight into the output: no copies through the closure's
+        // result on the kernel stack.
+        let out = &mut *c.output;
+        let written = self.on_this_cpu(lease.get()?, c.ctx, |hax, root| {
+            Ok(hax.get_regs(root)?.write_to_prefix(out))
+        })?;
         drop(lease);
-        c.ctx.write(&s, c.output)
+        written.ok_or_else(|| {
+            c.ctx.err(ErrorKind::OutputSize {
+                expected: VcpuState::SIZE,
+                got: c.output.len(),
+            })
+        })
     }
 
     pub(super) fn interrupt(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {

@@ -3,7 +3,7 @@
 //! `try_new`, `clone`, `Deref`, and [`TryArc::into_inner`] with the standard library's
 //! guarantee that exactly one of the owners calling it gets the value.
 
-use alloc::alloc::{alloc, dealloc, Layout};
+use alloc::alloc::{alloc, alloc_zeroed, dealloc, Layout};
 use core::marker::PhantomData;
 use core::ops::Deref;
 use core::ptr::NonNull;
@@ -45,6 +45,42 @@ impl<T> TryArc<T> {
                 value,
             })
         };
+        Ok(TryArc {
+            ptr,
+            _owns: PhantomData,
+        })
+    }
+
+    /// A zeroed `T` in a new allocation, completed in place by `init` (a large `T` never sits
+    /// on the kernel stack). `oom` is the error when the heap is exhausted; an `init` error
+    /// frees the allocation and is returned.
+    pub fn try_new_zeroed_with<E>(
+        oom: E,
+        init: impl FnOnce(&mut T) -> Result<(), E>,
+    ) -> Result<TryArc<T>, E>
+    where
+        T: crate::heap::Zeroable,
+    {
+        let layout = Layout::new::<Inner<T>>();
+        // SAFETY: the layout has a non-zero size (the count is in it).
+        let raw = unsafe { alloc_zeroed(layout) }.cast::<Inner<T>>();
+        let Some(ptr) = NonNull::new(raw) else {
+            return Err(oom);
+        };
+        // SAFETY: a fresh, zeroed allocation of `Inner<T>`: a zero `AtomicUsize` and a zero
+        // `T` (`T: Zeroable`) are valid, so the whole `Inner<T>` is initialised; nothing else
+        // refers to it yet, so the exclusive borrow is sound.
+        let inner = unsafe { &mut *ptr.as_ptr() };
+        *inner.count.get_mut() = 1;
+        if let Err(e) = init(&mut inner.value) {
+            let value: *mut T = &mut inner.value;
+            // SAFETY: `value` is initialised and dropped once; then the allocation, made with
+            // this layout and referenced by nothing, is freed.
+            unsafe { core::ptr::drop_in_place(value) };
+            // SAFETY: as above.
+            unsafe { dealloc(ptr.as_ptr().cast::<u8>(), layout) };
+            return Err(e);
+        }
         Ok(TryArc {
             ptr,
             _owns: PhantomData,

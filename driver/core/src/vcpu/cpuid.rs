@@ -110,6 +110,9 @@ fn entry(function: u32, index: u32, r: CpuidRegs) -> CpuidEntry {
     }
 }
 
+// SAFETY: plain integers and arrays of `Pod` records: all zero is an empty table.
+unsafe impl crate::heap::Zeroable for CpuidTable {}
+
 impl CpuidTable {
     /// The default table built from the host's CPUID (`host(leaf, subleaf)`): the hypervisor
     /// bit set, VMX and features rhax does not virtualize hidden, leaf 0 and 0x80000000 capped
@@ -161,13 +164,37 @@ impl CpuidTable {
     /// feature the host lacks or rhax hides. Refused without change if `entries` is empty or
     /// holds more than 64, or if the merge would exceed 64 leaves.
     pub fn set(&mut self, entries: &[CpuidEntry]) -> Result<(), CpuidError> {
-        if entries.is_empty() {
+        self.set_from(entries.iter().copied())
+    }
+
+    /// As [`CpuidTable::set`], with the entries decoded from SET_CPUID's raw body (whole
+    /// `CpuidEntry` records), without copying them into an array first.
+    pub fn set_from_bytes(&mut self, body: &[u8]) -> Result<(), CpuidError> {
+        self.set_from(
+            body.chunks_exact(<CpuidEntry as rhax_api::pod::Pod>::SIZE)
+                .filter_map(<CpuidEntry as rhax_api::pod::Pod>::from_bytes),
+        )
+    }
+
+    /// Copies `other` into this table in place.
+    pub fn copy_from(&mut self, other: &CpuidTable) {
+        self.entries.copy_from_slice(&other.entries);
+        self.len = other.len;
+        self.host_leaf1 = other.host_leaf1;
+        self.host_leaf7 = other.host_leaf7;
+        self.host_ext1 = other.host_ext1;
+    }
+
+    fn set_from<I: Iterator<Item = CpuidEntry> + Clone>(
+        &mut self,
+        entries: I,
+    ) -> Result<(), CpuidError> {
+        let count = entries.clone().count();
+        if count == 0 {
             return Err(CpuidError::Empty);
         }
-        if entries.len() > HAX_MAX_CPUID_ENTRIES {
-            return Err(CpuidError::TooMany {
-                total: entries.len(),
-            });
+        if count > HAX_MAX_CPUID_ENTRIES {
+            return Err(CpuidError::TooMany { total: count });
         }
         // In place, without a 2.6 KiB copy of the table on the kernel stack: first count
         // the leaves the merge adds (a leaf named twice in `entries` counts once) and refuse
@@ -177,10 +204,10 @@ impl CpuidTable {
             (e.function, index)
         };
         let mut added = 0;
-        for (i, e) in entries.iter().enumerate() {
-            let k = key(e);
+        for (i, e) in entries.clone().enumerate() {
+            let k = key(&e);
             let present = self.entries[..self.len].iter().any(|x| key(x) == k);
-            let earlier = entries[..i].iter().any(|x| key(x) == k);
+            let earlier = entries.clone().take(i).any(|x| key(&x) == k);
             if !present && !earlier {
                 added += 1;
             }
@@ -191,7 +218,7 @@ impl CpuidTable {
             });
         }
         for e in entries {
-            let e = self.filtered(e);
+            let e = self.filtered(&e);
             match self.entries[..self.len]
                 .iter_mut()
                 .find(|x| x.function == e.function && x.index == e.index)

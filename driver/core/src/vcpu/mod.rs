@@ -112,6 +112,8 @@ pub struct Vcpu {
 impl Vcpu {
     /// Allocates the VMCS region, the MSR bitmap and the two I/O bitmaps, and prepares the
     /// power-on state (written into the VMCS on the first run).
+    // Its own frame (see `HaxVcpu::new`).
+    #[inline(never)]
     pub fn new<P: Platform>(
         platform: &P,
         controls: &VmxControls,

@@ -367,7 +367,8 @@ const VALID: u32 = 1 << 31;
 
 /// The HAXM vCPU.
 pub struct HaxVcpu {
-    core: Vcpu,
+    /// Boxed: keeps `HaxVcpu` small enough to move on a 2 KiB frame budget.
+    core: Box<Vcpu>,
     tunnel: PhysPages,
     iobuf: PhysPages,
     vcpu_id: u32,
@@ -402,6 +403,8 @@ impl HaxVcpu {
     /// Creates a vCPU in HAXM's power-on state with its tunnel page and IO buffer. VPID is
     /// `(vm_id << 8) | (vcpu_id + 1)` as HAXM; `eptp` comes from the VM's memory. The
     /// VMX-preemption timer is used when `controls` offers it.
+    // Its own frame: the vCPU it builds is moved once into a box by the caller.
+    #[inline(never)]
     pub fn new<P: Platform>(
         platform: &P,
         controls: &VmxControls,
@@ -426,6 +429,10 @@ impl HaxVcpu {
         soft_msrs.resize(exits::SOFT_MSRS, 0);
         let vpid = (((vm_id & 0xff) << 8) | ((vcpu_id & 0xff) + 1)) as u16;
         let core = Vcpu::new(platform, &controls, vpid, eptp).map_err(HaxError::Create)?;
+        let core = crate::heap::try_box(core).map_err(|core| {
+            let _ = core.destroy(platform);
+            HaxError::Platform(PlatformError::OutOfMemory)
+        })?;
         let tunnel = match platform.alloc_pages(1) {
             Ok(p) => p,
             Err(e) => {
@@ -479,7 +486,7 @@ impl HaxVcpu {
             iobuf,
             ..
         } = self;
-        if core.destroy(platform).is_err() {
+        if (*core).destroy(platform).is_err() {
             return Ok(());
         }
         platform.free_pages(tunnel);
