@@ -257,6 +257,13 @@ pub fn kick(cpu: usize) {
     }
 }
 
+/// Sends an NMI to CPU `cpu` (ICR delivery mode 100b, SDM Vol. 3A §12.6.1).
+pub fn send_nmi(cpu: usize) {
+    if cpu < cpu_count() {
+        send_ipi(PERCPU[cpu].apic_id.load(Ordering::SeqCst), 0x400 | 0x4000);
+    }
+}
+
 /// Runs `f` on every online CPU.
 pub fn run_on_all(f: &(dyn Fn(usize) + Sync)) {
     run_on_cpus(u64::MAX, f);
