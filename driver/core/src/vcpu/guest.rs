@@ -189,6 +189,7 @@ const CR0_PG: u64 = 1 << 31;
 const CR0_WP: u64 = 1 << 16;
 const CR4_PSE: u64 = 1 << 4;
 const CR4_PAE: u64 = 1 << 5;
+const CR4_LA57: u64 = 1 << 12;
 const CR4_SMEP: u64 = 1 << 20;
 const CR4_SMAP: u64 = 1 << 21;
 const PRESENT: u64 = 1;
@@ -289,16 +290,18 @@ pub fn guest_walk<M: GuestMemoryAccess + ?Sized>(
     };
     let mut rights = Rights::new();
     let (gpa, wide) = if mode.lma {
-        // 4-level paging (SDM §5.5): PML4 → PDPT (1 GiB pages) → PD (2 MiB) → PT.
+        // 4-level paging (SDM §5.5): PML4 → PDPT (1 GiB pages) → PD (2 MiB) → PT; with
+        // CR4.LA57, 5-level paging puts a PML5 above (one more 9-bit index, bits 56:48).
+        let top = if mode.cr4 & CR4_LA57 != 0 { 5 } else { 4 };
         let mut table = mode.cr3 & ADDR;
         let mut out = None;
-        for level in (1..=4u32).rev() {
+        for level in (1..=top).rev() {
             let index = (linear >> (12 + 9 * (level - 1))) & 0x1ff;
             let e = read_entry(mem, table + index * 8, true)?;
             if e & PRESENT == 0 {
                 return Err(not_present);
             }
-            if (!mode.nxe && e & XD != 0) || (level == 4 && e & PS != 0) {
+            if (!mode.nxe && e & XD != 0) || (level >= 4 && e & PS != 0) {
                 return Err(reserved);
             }
             rights.add(e, true);
@@ -683,6 +686,25 @@ mod tests {
                 linear: 0x2000,
                 code: 0x15
             })
+        );
+    }
+
+    /// CR4.LA57: five levels, the PML5 index from bits 56:48 (found by the `pagewalk` fuzzer:
+    /// the walk used to take four).
+    #[test]
+    fn five_level_paging() {
+        let m = Flat(RefCell::new(vec![0u8; 0x40_0000]));
+        // PML5 0x1000 (entry 1: bit 48) → PML4 0x2000 → PDPT 0x3000 → PD 0x4000 → PT 0x5000.
+        put(&m, 0x1008, 0x2003, true);
+        put(&m, 0x2000, 0x3003, true);
+        put(&m, 0x3000, 0x4003, true);
+        put(&m, 0x4000, 0x5003, true);
+        put(&m, 0x5000 + 7 * 8, 0x9003, true);
+        let la57 = mode(CR0_PG | 1, 0x1000, CR4_PAE | CR4_LA57, true, false);
+        assert_eq!(guest_walk(&m, &la57, (1 << 48) | 0x7123, R0), Ok(0x9123));
+        assert!(
+            guest_walk(&m, &la57, 0x7123, R0).is_err(),
+            "PML5 entry 0 is empty"
         );
     }
 }
