@@ -5,6 +5,7 @@
 
 use std::process::{Command, ExitCode};
 
+mod fuzz;
 mod metal;
 mod rom;
 
@@ -14,9 +15,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("metal") => metal::main(&args[1..]),
+        Some("fuzz") => fuzz::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|metal [--model NAME] [--cpus N] [SCENARIO...]>"
+                "usage: cargo xtask <test|demo|metal [--model NAME] [--cpus N] [SCENARIO...]|\
+                 fuzz [TARGET...] [--time S] [--ci]>"
             );
             Err("unknown or missing subcommand".into())
         }
