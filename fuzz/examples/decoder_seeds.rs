@@ -15,7 +15,9 @@ fn main() {
         .collect();
     files.sort();
     for p in files {
-        let Ok(data) = std::fs::read(&p) else { continue };
+        let Ok(data) = std::fs::read(&p) else {
+            continue;
+        };
         if data.len() < 18 {
             continue;
         }

@@ -31,7 +31,9 @@ fn main() {
         .collect();
     paths.sort();
     for p in paths {
-        let Ok(data) = std::fs::read(&p) else { continue };
+        let Ok(data) = std::fs::read(&p) else {
+            continue;
+        };
         let Ok(input) = rhax_fuzz::dispatch::Input::arbitrary_take_rest(Unstructured::new(&data))
         else {
             continue;
@@ -59,8 +61,11 @@ fn main() {
         }
         let (p, keys, _) = &inputs[i];
         covered.extend(keys.iter().cloned());
-        std::fs::copy(p, std::path::Path::new(&to).join(p.file_name().expect("file")))
-            .expect("copy");
+        std::fs::copy(
+            p,
+            std::path::Path::new(&to).join(p.file_name().expect("file")),
+        )
+        .expect("copy");
         picked += 1;
     }
     println!("{picked} seeds cover {} outcome classes", covered.len());

@@ -41,6 +41,54 @@ pub use guest::{ExitKind, GuestExit, Insn};
 pub use platform::FuzzPlatform;
 use platform::{fixture, pool, vmxon_page, GPAS, MODELS, OFFSETS, POOL_RESET, POOL_SIZE, SIZES};
 
+/// What a successful RUN left for user space must make sense to QEMU (haxm-abi.md §4): a
+/// known exit status, an IO exit that fits the IO buffer (and the 64-byte string chunk), a
+/// FAST_MMIO access of 1, 2, 4 or 8 bytes, a page-aligned PAGEFAULT address.
+fn check_exit(tunnel: u64, io: u64) {
+    // SAFETY: the tunnel page of an open vCPU (56 bytes of `hax_tunnel`), read after RUN
+    // returned (nothing else writes it).
+    let t = rhax_api::Tunnel::read_from_prefix(unsafe {
+        std::slice::from_raw_parts(tunnel as *const u8, rhax_api::Tunnel::SIZE)
+    })
+    .expect("tunnel size");
+    let status = t.status();
+    assert!(
+        status.is_ok(),
+        "RUN left an unknown exit status {}",
+        t.exit_status
+    );
+    match status {
+        Ok(rhax_api::ExitStatus::Io) => {
+            let x = *t.io();
+            assert!(x.direction <= 1, "IO direction {}", x.direction);
+            // 1, 2 or 4 from a real CPU; the scripted one may also report the sizes the SDM
+            // leaves unused (qualification bits 2:0 = 2, 4-7), which rhax passes on.
+            assert!((1..=8).contains(&x.size), "IO size {}", x.size);
+            assert!(x.count >= 1, "IO count 0");
+            let bytes = usize::from(x.count) * usize::from(x.size);
+            if x.flags & rhax_api::tunnel::HAX_IO_FLAG_STRING != 0 {
+                assert!(bytes <= 64, "string IO of {bytes} bytes in one exit");
+            } else {
+                assert_eq!(x.count, 1, "plain IO with count {}", x.count);
+            }
+        }
+        Ok(rhax_api::ExitStatus::FastMmio) => {
+            // SAFETY: the IO buffer page of the same vCPU (4 KiB).
+            let m = rhax_api::FastMmio::read_from_prefix(unsafe {
+                std::slice::from_raw_parts(io as *const u8, rhax_api::FastMmio::SIZE)
+            })
+            .expect("buffer size");
+            assert!(matches!(m.size, 1 | 2 | 4 | 8), "FAST_MMIO size {}", m.size);
+            assert!(m.direction <= 1, "FAST_MMIO direction {}", m.direction);
+        }
+        Ok(rhax_api::ExitStatus::PageFault) => {
+            let gpa = t.pagefault().gpa;
+            assert_eq!(gpa % 4096, 0, "PAGEFAULT gpa {gpa:#x} not a page");
+        }
+        _ => {}
+    }
+}
+
 /// The hypervisor under test.
 pub type Hv = Hypervisor<FuzzPlatform, SoftCpuRoots>;
 
@@ -362,8 +410,13 @@ impl World {
             s.extend(script.iter().take(24).cloned());
         }
         self.extra.set(0);
-        let _ = self.call(h, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []);
+        let r = self.call(h, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []);
         self.script.borrow_mut().clear();
+        if r.is_ok() {
+            if let Some((tunnel, io)) = pick(&self.vcpus, i).and_then(|v| v.tunnel) {
+                check_exit(tunnel, io);
+            }
+        }
     }
 
     /// QEMU's opening: system handle, VM 0 opened, a RAM block over the pool, the first
