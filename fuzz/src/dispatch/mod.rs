@@ -12,8 +12,12 @@
 //! 1. nothing panics (rhax-core is built with debug assertions and overflow checks);
 //! 2. a refused request changes nothing: `Hypervisor::snapshot()` before and after every
 //!    failed request other than RUN is equal, and a refused SET_REGS leaves GET_REGS equal;
-//! 3. after every handle is closed, every page the hypervisor allocated is back
-//!    (`HeapPlatform::live_pages` at its value after `Hypervisor::new`), every pin is released
+//! 3. a successful RUN leaves QEMU something it can use ([`check_exit`]); RUN never enters
+//!    the guest again after an external interrupt; every translation the kernel copies through
+//!    lies in pinned memory; SETUP_TUNNEL answers the same pages; MSR batches report
+//!    `done <= nr_msr`;
+//! 4. after every handle is closed, every page the hypervisor allocated is back
+//!    (`HeapPlatform::live_pages` at its value when the input started), every pin is released
 //!    and no VM is left in the snapshot.
 
 mod guest;
