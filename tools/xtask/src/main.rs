@@ -8,6 +8,7 @@ use std::process::{Command, ExitCode};
 
 mod checks;
 mod disasm;
+mod fuzz;
 mod metal;
 mod rom;
 mod stack;
@@ -24,10 +25,11 @@ fn main() -> ExitCode {
         Some("stack") => checks::stack(),
         Some("abi") => checks::abi(),
         Some("checks") => checks::all(),
+        Some("fuzz") => fuzz::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|checks|no-sse|stack|abi|metal [--model NAME] [--cpus N] \
-                 [SCENARIO...]>"
+                "usage: cargo xtask <test|demo|checks|no-sse|stack|abi|metal [--model NAME] \
+                 [--cpus N] [SCENARIO...]|fuzz [TARGET...] [--time S] [--ci]>"
             );
             Err("unknown or missing subcommand".into())
         }
