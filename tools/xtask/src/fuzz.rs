@@ -18,8 +18,8 @@
 //! For each target it prints executions, executions per second, libFuzzer's coverage figures
 //! (`cov`: covered edges, `ft`: features) and the corpus size, and for a crash the artifact
 //! and how to decode and reproduce it. Fails if any target crashed. Needs the nightly
-//! toolchain and cargo-fuzz (`rustup toolchain install nightly`, `cargo install --locked
-//! cargo-fuzz`; `.ci/run` installs both when missing).
+//! toolchain and cargo-fuzz (installed when missing: `rustup toolchain install nightly`,
+//! `cargo install --locked cargo-fuzz`). `cargo xtask test` ends with `fuzz --ci`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -125,22 +125,39 @@ fn fuzz_dir() -> PathBuf {
     workspace_root().join("fuzz")
 }
 
-fn check_tools() -> Result {
-    let ok = Command::new("cargo")
-        .args(["+nightly", "fuzz", "--version"])
+fn quiet(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        Ok(())
-    } else {
-        Err(
-            "cargo-fuzz on the nightly toolchain is missing: `rustup toolchain install nightly \
-             --profile minimal` and `cargo install --locked cargo-fuzz`"
-                .into(),
-        )
+        .is_ok_and(|s| s.success())
+}
+
+/// The nightly toolchain and cargo-fuzz, installed when missing (rustup and crates.io are
+/// what a fresh machine reaches), as `cargo xtask metal` installs Bochs.
+fn check_tools() -> Result {
+    if !quiet("rustup", &["run", "nightly", "rustc", "--version"]) {
+        eprintln!("xtask: installing the nightly toolchain (cargo-fuzz needs it)");
+        let ok = Command::new("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("`rustup toolchain install nightly` failed".into());
+        }
     }
+    if !quiet("cargo", &["+nightly", "fuzz", "--version"]) {
+        eprintln!("xtask: installing cargo-fuzz");
+        let ok = Command::new("cargo")
+            .args(["install", "--locked", "cargo-fuzz"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("`cargo install --locked cargo-fuzz` failed".into());
+        }
+    }
+    Ok(())
 }
 
 fn sanitizer(o: &Options) -> &'static str {

@@ -114,7 +114,9 @@ fn test() -> Result {
     ])?;
     cargo(&["test", "--workspace"])?;
     checks::all()?;
-    metal::test_stage()
+    metal::test_stage()?;
+    // Bounded coverage-guided fuzzing from the checked-in corpus (~60 s per target).
+    fuzz::main(&["--ci".to_string()])
 }
 
 /// The main job: what rhax does today, end to end.
