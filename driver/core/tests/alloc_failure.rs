@@ -216,56 +216,8 @@ fn memory_ioctls_fail_cleanly_at_every_allocation() {
     }
 }
 
-/// [`HeapPlatform`] whose pins succeed ("physical" = user address).
-#[derive(Default)]
-struct Pinning(HeapPlatform);
-
-impl Platform for Pinning {
-    fn alloc_pages(&self, count: usize) -> Result<rhax_core::platform::PhysPages, PlatformError> {
-        self.0.alloc_pages(count)
-    }
-    fn free_pages(&self, pages: rhax_core::platform::PhysPages) {
-        self.0.free_pages(pages)
-    }
-    fn pin(
-        &self,
-        user_address: u64,
-        len: usize,
-    ) -> Result<rhax_core::platform::PinnedMemory, PlatformError> {
-        Ok(rhax_core::platform::PinnedMemory {
-            handle: 1,
-            user_address,
-            len,
-        })
-    }
-    fn pinned_page(
-        &self,
-        pinned: &rhax_core::platform::PinnedMemory,
-        page_index: usize,
-    ) -> Option<u64> {
-        (page_index < pinned.len / 4096).then(|| pinned.user_address + page_index as u64 * 4096)
-    }
-    fn unpin(&self, _pinned: rhax_core::platform::PinnedMemory) {}
-    fn run_on_each_cpu(&self, f: &(dyn Fn(rhax_core::platform::CpuIndex) + Sync)) {
-        self.0.run_on_each_cpu(f)
-    }
-    fn run_on_cpu(&self, cpu: rhax_core::platform::CpuIndex, f: &(dyn Fn() + Sync)) {
-        self.0.run_on_cpu(cpu, f)
-    }
-    fn current_cpu(&self) -> rhax_core::platform::CpuIndex {
-        0
-    }
-    fn cpu_count(&self) -> u32 {
-        1
-    }
-    fn tsc(&self) -> u64 {
-        self.0.tsc()
-    }
-    fn tsc_frequency(&self) -> u64 {
-        self.0.tsc_frequency()
-    }
-    fn kick(&self, _cpu: rhax_core::platform::CpuIndex) {}
-}
+/// Pins that succeed ("physical" = user address).
+type Pinning = rhax_core::dispatch::PinningPlatform;
 
 /// An EPT violation allocates paging structures (pages from the platform, their child arrays
 /// from the heap) and records the pinned chunk: with the heap failing at any of those it
@@ -303,7 +255,10 @@ fn an_ept_violation_fails_cleanly_at_every_allocation() {
     assert!(failures > 0, "the violation allocates");
     assert!(mem.ept_leaf(gpa).is_some(), "mapped in the end");
     mem.destroy(&p);
-    assert_eq!(p.0.live_pages.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        p.heap.live_pages.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 /// CREATE_VM (the VM's memory, EPT root, CPUID table and object) and SET_CPUID (a new copy of

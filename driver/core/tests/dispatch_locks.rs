@@ -7,18 +7,15 @@
 //! the second request spun on it forever (this test hung).
 
 use std::cell::RefCell;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use rhax_api::ioctl::{self, IoctlDef};
 use rhax_api::{Platform as Codes, Pod, RamblockInfo, SetRamInfo};
 use rhax_core::dispatch::{
-    errno, nt, DispatchError, ErrorKind, Handle, Hypervisor, SoftCpuRoots, UserMapping,
+    errno, nt, DispatchError, ErrorKind, Handle, Hypervisor, PinHooks, PinningPlatform,
+    SoftCpuRoots,
 };
-use rhax_core::memory::Translation;
-use rhax_core::platform::{
-    CpuIndex, HeapPlatform, PhysPages, PinnedMemory, Platform, PlatformError,
-};
+use rhax_core::platform::Platform;
 use rhax_core::vmcs::VmcsField;
 use rhax_core::vmx::negotiate::negotiate;
 use rhax_core::vmx::root::VmxRoot;
@@ -31,67 +28,18 @@ thread_local! {
     static DURING_PIN: RefCell<Option<Box<dyn FnOnce()>>> = const { RefCell::new(None) };
 }
 
-/// [`HeapPlatform`] that pins for real ("physical" = user address) and runs [`DURING_PIN`].
-#[derive(Default)]
-struct Pinning {
-    heap: HeapPlatform,
-    pins: AtomicUsize,
-}
+/// Runs [`DURING_PIN`] inside the next pin.
+struct DuringPin;
 
-impl Platform for Pinning {
-    fn alloc_pages(&self, count: usize) -> Result<PhysPages, PlatformError> {
-        self.heap.alloc_pages(count)
-    }
-    fn free_pages(&self, pages: PhysPages) {
-        self.heap.free_pages(pages)
-    }
-    fn pin(&self, user_address: u64, len: usize) -> Result<PinnedMemory, PlatformError> {
+impl PinHooks for DuringPin {
+    fn on_pin() {
         if let Some(f) = DURING_PIN.with(|h| h.borrow_mut().take()) {
             f();
         }
-        let handle = self.pins.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(PinnedMemory {
-            handle,
-            user_address,
-            len,
-        })
     }
-    fn pinned_page(&self, pinned: &PinnedMemory, page_index: usize) -> Option<u64> {
-        (page_index < pinned.len / 4096).then(|| pinned.user_address + page_index as u64 * 4096)
-    }
-    fn unpin(&self, _pinned: PinnedMemory) {}
-    fn run_on_each_cpu(&self, f: &(dyn Fn(CpuIndex) + Sync)) {
-        self.heap.run_on_each_cpu(f)
-    }
-    fn run_on_cpu(&self, cpu: CpuIndex, f: &(dyn Fn() + Sync)) {
-        self.heap.run_on_cpu(cpu, f)
-    }
-    fn current_cpu(&self) -> CpuIndex {
-        0
-    }
-    fn cpu_count(&self) -> u32 {
-        1
-    }
-    fn tsc(&self) -> u64 {
-        self.heap.tsc()
-    }
-    fn tsc_frequency(&self) -> u64 {
-        self.heap.tsc_frequency()
-    }
-    fn kick(&self, _cpu: CpuIndex) {}
 }
 
-// SAFETY: the "user" is this process: a user address is a kernel address, and the guest RAM
-// of this test is a leaked buffer that outlives the hypervisor.
-unsafe impl UserMapping for Pinning {
-    fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError> {
-        Ok(pages.virt().as_ptr() as u64)
-    }
-    fn unmap_user(&self, _user_address: u64, _pages: &PhysPages) {}
-    fn guest_page(t: &Translation) -> Option<NonNull<u8>> {
-        NonNull::new(t.hva as *mut u8)
-    }
-}
+type Pinning = PinningPlatform<DuringPin>;
 
 type Hv = Hypervisor<Pinning, SoftCpuRoots>;
 

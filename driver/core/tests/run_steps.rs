@@ -4,7 +4,6 @@
 //! pin and every page mapping for a copy, that the calling thread is not inside a lend.
 
 use std::cell::Cell;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rhax_api::ioctl::{self, IoctlDef};
@@ -12,12 +11,10 @@ use rhax_api::{
     ExitStatus, FastMmio, Platform as Codes, Pod, RamblockInfo, SetRamInfo, TunnelInfo, VcpuState,
 };
 use rhax_core::dispatch::{
-    CpuRoots, DispatchError, Handle, Hypervisor, RootUnavailable, SoftCpuRoots, UserMapping,
+    CpuRoots, DispatchError, Handle, Hypervisor, PinHooks, PinningPlatform, RootUnavailable,
+    SoftCpuRoots,
 };
-use rhax_core::memory::Translation;
-use rhax_core::platform::{
-    CpuIndex, HeapPlatform, PhysPages, PinnedMemory, Platform, PlatformError,
-};
+use rhax_core::platform::{CpuIndex, Platform};
 use rhax_core::vmcs::VmcsField;
 use rhax_core::vmx::instructions::reg;
 use rhax_core::vmx::negotiate::negotiate;
@@ -40,68 +37,21 @@ fn assert_outside(what: &str) {
 
 static COPIES: AtomicUsize = AtomicUsize::new(0);
 
-/// [`HeapPlatform`] that pins for real: "physical" = user address (the software VMX never
-/// dereferences guest-physical memory).
-#[derive(Default)]
-struct Pinning {
-    heap: HeapPlatform,
-    pins: AtomicUsize,
-}
+/// Checks that every pin and every guest-page mapping for a copy happens outside the
+/// region, and counts the copies.
+struct Outside;
 
-impl Platform for Pinning {
-    fn alloc_pages(&self, count: usize) -> Result<PhysPages, PlatformError> {
-        self.heap.alloc_pages(count)
-    }
-    fn free_pages(&self, pages: PhysPages) {
-        self.heap.free_pages(pages)
-    }
-    fn pin(&self, user_address: u64, len: usize) -> Result<PinnedMemory, PlatformError> {
+impl PinHooks for Outside {
+    fn on_pin() {
         assert_outside("pin (probe-and-lock)");
-        let handle = self.pins.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(PinnedMemory {
-            handle,
-            user_address,
-            len,
-        })
     }
-    fn pinned_page(&self, pinned: &PinnedMemory, page_index: usize) -> Option<u64> {
-        (page_index < pinned.len / 4096).then(|| pinned.user_address + page_index as u64 * 4096)
-    }
-    fn unpin(&self, _pinned: PinnedMemory) {}
-    fn run_on_each_cpu(&self, f: &(dyn Fn(CpuIndex) + Sync)) {
-        self.heap.run_on_each_cpu(f)
-    }
-    fn run_on_cpu(&self, cpu: CpuIndex, f: &(dyn Fn() + Sync)) {
-        self.heap.run_on_cpu(cpu, f)
-    }
-    fn current_cpu(&self) -> CpuIndex {
-        0
-    }
-    fn cpu_count(&self) -> u32 {
-        1
-    }
-    fn tsc(&self) -> u64 {
-        self.heap.tsc()
-    }
-    fn tsc_frequency(&self) -> u64 {
-        self.heap.tsc_frequency()
-    }
-    fn kick(&self, _cpu: CpuIndex) {}
-}
-
-// SAFETY: the "user" is this process: a user address is a kernel address, and the guest RAM
-// of these tests is a buffer that outlives the hypervisor.
-unsafe impl UserMapping for Pinning {
-    fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError> {
-        Ok(pages.virt().as_ptr() as u64)
-    }
-    fn unmap_user(&self, _user_address: u64, _pages: &PhysPages) {}
-    fn guest_page(t: &Translation) -> Option<NonNull<u8>> {
+    fn on_guest_page() {
         assert_outside("a guest-memory copy");
         COPIES.fetch_add(1, Ordering::Relaxed);
-        NonNull::new(t.hva as *mut u8)
     }
 }
+
+type Pinning = PinningPlatform<Outside>;
 
 /// [`SoftCpuRoots`] that marks the thread as inside the region for the closures, and counts
 /// the lends.

@@ -88,7 +88,7 @@ pub use error::{errno, nt, DispatchError, ErrorKind};
 pub use objects::Handle;
 pub use roots::{CpuRoots, RootUnavailable, UserMapping};
 #[cfg(any(test, feature = "soft"))]
-pub use roots::{NoCpuRoots, SoftCpuRoots};
+pub use roots::{NoCpuRoots, NoHooks, PinHooks, PinningPlatform, SoftCpuRoots};
 
 use crate::memory::limits::RamQuota;
 use crate::memory::MemorySnapshot;

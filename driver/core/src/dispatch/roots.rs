@@ -80,4 +80,4 @@ pub unsafe trait UserMapping {
 #[cfg(any(test, feature = "soft"))]
 mod soft;
 #[cfg(any(test, feature = "soft"))]
-pub use soft::{NoCpuRoots, SoftCpuRoots};
+pub use soft::{NoCpuRoots, NoHooks, PinHooks, PinningPlatform, SoftCpuRoots};

@@ -128,3 +128,106 @@ impl CpuRoots for NoCpuRoots {
             .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// What a [`PinningPlatform`] lets a test observe: called on every pin (probe-and-lock) and
+/// on every page mapping for a host-side copy of guest memory.
+pub trait PinHooks: Send + Sync + 'static {
+    /// A pin is made.
+    fn on_pin() {}
+    /// A guest page is mapped for a copy.
+    fn on_guest_page() {}
+}
+
+/// No hooks.
+pub struct NoHooks;
+
+impl PinHooks for NoHooks {}
+
+/// [`HeapPlatform`] that pins for real (feature `soft`): the "user" is the test process, so
+/// a user address is the kernel address and the "physical" address of a pinned page is its
+/// user address (the software VMX never dereferences guest-physical memory). Guest RAM given
+/// to it must outlive the hypervisor.
+pub struct PinningPlatform<H: PinHooks = NoHooks> {
+    /// The platform below (pages, CPUs, time).
+    pub heap: HeapPlatform,
+    /// Pins made so far.
+    pub pins: core::sync::atomic::AtomicUsize,
+    hooks: core::marker::PhantomData<H>,
+}
+
+impl<H: PinHooks> Default for PinningPlatform<H> {
+    fn default() -> Self {
+        PinningPlatform {
+            heap: HeapPlatform::new(),
+            pins: core::sync::atomic::AtomicUsize::new(0),
+            hooks: core::marker::PhantomData,
+        }
+    }
+}
+
+impl<H: PinHooks> crate::platform::Platform for PinningPlatform<H> {
+    fn alloc_pages(&self, count: usize) -> Result<PhysPages, PlatformError> {
+        self.heap.alloc_pages(count)
+    }
+    fn free_pages(&self, pages: PhysPages) {
+        self.heap.free_pages(pages)
+    }
+    fn pin(
+        &self,
+        user_address: u64,
+        len: usize,
+    ) -> Result<crate::platform::PinnedMemory, PlatformError> {
+        H::on_pin();
+        let handle = self
+            .pins
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+            + 1;
+        Ok(crate::platform::PinnedMemory {
+            handle,
+            user_address,
+            len,
+        })
+    }
+    fn pinned_page(
+        &self,
+        pinned: &crate::platform::PinnedMemory,
+        page_index: usize,
+    ) -> Option<u64> {
+        (page_index < pinned.len / PhysPages::PAGE_SIZE)
+            .then(|| pinned.user_address + (page_index * PhysPages::PAGE_SIZE) as u64)
+    }
+    fn unpin(&self, _pinned: crate::platform::PinnedMemory) {}
+    fn run_on_each_cpu(&self, f: &(dyn Fn(CpuIndex) + Sync)) {
+        self.heap.run_on_each_cpu(f)
+    }
+    fn run_on_cpu(&self, cpu: CpuIndex, f: &(dyn Fn() + Sync)) {
+        self.heap.run_on_cpu(cpu, f)
+    }
+    fn current_cpu(&self) -> CpuIndex {
+        0
+    }
+    fn cpu_count(&self) -> u32 {
+        1
+    }
+    fn tsc(&self) -> u64 {
+        self.heap.tsc()
+    }
+    fn tsc_frequency(&self) -> u64 {
+        self.heap.tsc_frequency()
+    }
+    fn kick(&self, _cpu: CpuIndex) {}
+}
+
+// SAFETY: the "user" is this process: a user address is a kernel address, and the guest RAM a
+// test pins outlives the hypervisor (the type's contract), so `guest_page`'s pointer (the
+// translation's host-virtual address) is valid while the page stays pinned.
+unsafe impl<H: PinHooks> UserMapping for PinningPlatform<H> {
+    fn map_user(&self, pages: &PhysPages) -> Result<u64, PlatformError> {
+        Ok(pages.virt().as_ptr() as u64)
+    }
+    fn unmap_user(&self, _user_address: u64, _pages: &PhysPages) {}
+    fn guest_page(t: &Translation) -> Option<NonNull<u8>> {
+        H::on_guest_page();
+        NonNull::new(t.hva as *mut u8)
+    }
+}
