@@ -11,6 +11,10 @@
 //! §10.5.1 (FXSAVE/FXRSTOR, MXCSR_MASK), Vol. 3A §2.5 (CR0/CR4), Vol. 3C §27.3.1 (guest-state
 //! checks on VM entry).
 
+use crate::vcpu::bits::{
+    CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_SMXE, CR4_VMXE, EFER_LMA,
+    EFER_LME,
+};
 use rhax_api::fpu::FxLayout;
 
 /// Why a value was refused.
@@ -133,17 +137,6 @@ impl FxImage {
 
 /// IA32_EFER bits a guest may hold: SCE (0), LME (8), LMA (10), NXE (11).
 pub const EFER_VALID: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const CR0_PE: u64 = 1;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_PCIDE: u64 = 1 << 17;
-const CR4_VMXE: u64 = 1 << 13;
-const CR4_SMXE: u64 = 1 << 14;
-const CR4_OSXSAVE: u64 = 1 << 18;
 
 /// A value for the guest's IA32_EFER that VM entry accepts with the matching "IA-32e mode
 /// guest" control (SDM §27.3.1.1: reserved bits 0, LMA = the control).

@@ -3,6 +3,7 @@
 //! guest-physical one (Intel SDM Vol. 3A chapter 5 "Paging", 2023+ numbering: §5.3 32-bit,
 //! §5.4 PAE, §5.5 4-level paging).
 
+use crate::vcpu::bits::{CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PSE, CR4_SMAP, CR4_SMEP};
 use core::ptr::NonNull;
 
 use crate::memory::{EptAccess, GuestMemory, MemoryError, Resolution, Translation, PAGE_SIZE};
@@ -185,13 +186,6 @@ impl Access {
     };
 }
 
-const CR0_PG: u64 = 1 << 31;
-const CR0_WP: u64 = 1 << 16;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const CR4_SMEP: u64 = 1 << 20;
-const CR4_SMAP: u64 = 1 << 21;
 const PRESENT: u64 = 1;
 const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;

@@ -6,6 +6,7 @@
 //! VMRESUME a launched one (never VMCLEAR per run), then read the exit reason and only what that
 //! reason needs. Every VMX instruction goes through [`Counted`] into the vCPU's [`VcpuStats`].
 
+pub mod bits;
 pub mod checked;
 pub mod cpuid;
 pub mod guest;

@@ -34,6 +34,7 @@
 //! the VMCS current ([`RunError::ActiveElsewhere`] before any side effect when it is still
 //! active on another CPU, for the caller to VMCLEAR there and retry).
 
+use crate::vcpu::bits::{CR0_PG, EFER_LMA, EFER_LME, RFLAGS_AC, RFLAGS_DF, RFLAGS_IF, RFLAGS_VM};
 use alloc::boxed::Box;
 
 use rhax_api::cpuid::CpuidEntry;
@@ -351,13 +352,6 @@ const EXIT_REASON_IO: u32 = 30;
 /// Basic exit reason of EPT violations.
 const EXIT_REASON_EPT_VIOLATION: u16 = 48;
 
-const RFLAGS_IF: u64 = 1 << 9;
-const RFLAGS_DF: u64 = 1 << 10;
-const RFLAGS_AC: u64 = 1 << 18;
-const RFLAGS_VM: u64 = 1 << 17;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const CR0_PG: u64 = 1 << 31;
 const IA32_TSC: u32 = 0x10;
 const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_BASE_BSP: u64 = 1 << 8;

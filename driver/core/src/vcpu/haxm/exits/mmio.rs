@@ -32,7 +32,7 @@ impl HaxVcpu {
             })??;
         let cpu_mode = if mode.lma && cs_ar & (1 << 13) != 0 {
             CpuMode::Bits64
-        } else if mode.cr0 & 1 != 0 && rflags & (1 << 17) == 0 && cs_ar & (1 << 14) != 0 {
+        } else if mode.cr0 & 1 != 0 && rflags & RFLAGS_VM == 0 && cs_ar & (1 << 14) != 0 {
             CpuMode::Bits32
         } else {
             CpuMode::Bits16

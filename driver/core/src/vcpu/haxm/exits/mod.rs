@@ -251,7 +251,7 @@ impl HaxVcpu {
             cr3: vmcs.guest_cr3()?,
             cr4: vmcs.guest_cr4()?,
             lma: vmcs.vm_entry_controls()? & EntryControls::IA32E_MODE_GUEST.bits() != 0,
-            nxe: vmcs.guest_ia32_efer()? & (1 << 11) != 0,
+            nxe: vmcs.guest_ia32_efer()? & crate::vcpu::bits::EFER_NXE != 0,
         })
     }
 

@@ -14,6 +14,7 @@
 //! before the exit; debug traps (T bit of the TSS).
 
 use super::*;
+use crate::vcpu::bits::{CR0_TS, RFLAGS_NT, RFLAGS_VM};
 use crate::vcpu::guest::Backing;
 use crate::vcpu::haxm::state::SEGMENTS;
 
@@ -80,8 +81,6 @@ const TSS_ORDER: [usize; 6] = [3, 0, 1, 2, 4, 5];
 const TS: u8 = 10;
 const NP: u8 = 11;
 const GP: u8 = 13;
-const EFLAGS_NT: u64 = 1 << 14;
-const EFLAGS_VM: u64 = 1 << 17;
 
 /// Offsets in a 32-bit and a 16-bit TSS (SDM Vol. 3A Figures 9-2, 9-11): link, CR3 (none in a
 /// 16-bit TSS), EIP, EFLAGS, first GPR, GPR width, first selector (ES; CS, SS, DS, FS, GS
@@ -340,7 +339,7 @@ impl HaxVcpu {
         let ow = old_layout.width;
         let mut saved_flags = ts.rflags;
         if ts.source == TaskSource::Iret {
-            saved_flags &= !EFLAGS_NT;
+            saved_flags &= !RFLAGS_NT;
         }
         m.write(old.base + old_layout.eip, ts.eip_after, ow)?;
         m.write(old.base + old_layout.eflags, saved_flags, ow)?;
@@ -374,7 +373,7 @@ impl HaxVcpu {
         // Nesting: CALL and gates link back and set NT.
         if matches!(ts.source, TaskSource::Call | TaskSource::Gate) {
             m.write(base, u64::from(old.selector), 2)?;
-            eflags |= EFLAGS_NT;
+            eflags |= RFLAGS_NT;
         }
         // The LDT, then the segments (from the GDT or the new LDT).
         let ldtr = if ldt_sel & 0xfffc == 0 {
@@ -404,7 +403,7 @@ impl HaxVcpu {
             }
         };
         let mut segments = [LoadedSegment::default(); 6];
-        let vm86 = eflags & EFLAGS_VM != 0;
+        let vm86 = eflags & RFLAGS_VM != 0;
         for (i, &s) in selectors.iter().enumerate() {
             segments[i] = if vm86 {
                 LoadedSegment {
@@ -558,9 +557,9 @@ impl HaxVcpu {
                 }
                 // CR0.TS is set by every task switch (SDM §9.3 step 12).
                 let shadow = vmcs.cr0_read_shadow()?;
-                vmcs.set_cr0_read_shadow(shadow | 8);
+                vmcs.set_cr0_read_shadow(shadow | CR0_TS);
                 let cr0 = vmcs.guest_cr0()?;
-                vmcs.set_guest_cr0(cr0 | 8);
+                vmcs.set_guest_cr0(cr0 | CR0_TS);
                 // The local breakpoint enables L0-L3 are cleared (SDM §18.2.4).
                 let dr7 = vmcs.guest_dr7()?;
                 vmcs.set_guest_dr7(dr7 & !0x55);
