@@ -14,9 +14,8 @@ use rhax_core::dispatch::{
     errno, nt, DispatchError, ErrorKind, Handle, Hypervisor, HypervisorSnapshot, NoCpuRoots,
     SoftCpuRoots,
 };
-use rhax_core::platform::{HeapPlatform, Platform};
+use rhax_core::platform::HeapPlatform;
 use rhax_core::vmx::negotiate::negotiate;
-use rhax_core::vmx::root::VmxRoot;
 use rhax_core::vmx::soft::{msrs_from_tsv, GuestCpu, SoftVmx};
 
 const TSV: &str = include_str!("data/bochs-vmx-msrs.tsv");
@@ -24,16 +23,8 @@ const TSV: &str = include_str!("data/bochs-vmx-msrs.tsv");
 type Hv = Hypervisor<HeapPlatform, SoftCpuRoots>;
 
 fn hv(codes: Codes) -> Hv {
-    let platform = HeapPlatform::new();
-    let vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").expect("model"));
-    let controls = negotiate(vmx.caps()).expect("negotiation");
-    let page = platform.alloc_pages(1).expect("page");
-    // SAFETY: software model, one thread.
-    let root = match unsafe { VmxRoot::enable(vmx, 0, page, 1) } {
-        Ok(r) => r,
-        Err(e) => panic!("enable: {:?}", e.0),
-    };
-    Hypervisor::new(platform, SoftCpuRoots::new(root), codes, Ok(controls))
+    let msrs = msrs_from_tsv(TSV, "corei7_skylake_x").expect("model");
+    rhax_core::dispatch::soft_hypervisor(HeapPlatform::new(), msrs, codes).expect("negotiation")
 }
 
 fn code(def: &IoctlDef, codes: Codes) -> u32 {

@@ -7,10 +7,8 @@ use rhax_api::{AllocRamInfo, Platform as Codes, Pod, RamblockInfo, SetMemlimit, 
 use rhax_core::dispatch::{errno, nt, DispatchError, ErrorKind, Handle, Hypervisor, SoftCpuRoots};
 use rhax_core::memory::limits::{Limit, MAX_RAM_BLOCKS};
 use rhax_core::memory::MemoryError;
-use rhax_core::platform::{HeapPlatform, Platform};
-use rhax_core::vmx::negotiate::negotiate;
-use rhax_core::vmx::root::VmxRoot;
-use rhax_core::vmx::soft::{msrs_from_tsv, SoftVmx};
+use rhax_core::platform::HeapPlatform;
+use rhax_core::vmx::soft::msrs_from_tsv;
 
 const TSV: &str = include_str!("data/bochs-vmx-msrs.tsv");
 const MB: u64 = 1 << 20;
@@ -18,16 +16,8 @@ const MB: u64 = 1 << 20;
 type Hv = Hypervisor<HeapPlatform, SoftCpuRoots>;
 
 fn hv(codes: Codes) -> Hv {
-    let platform = HeapPlatform::new();
-    let vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").expect("model"));
-    let controls = negotiate(vmx.caps()).expect("negotiation");
-    let page = platform.alloc_pages(1).expect("page");
-    // SAFETY: software model, one thread.
-    let root = match unsafe { VmxRoot::enable(vmx, 0, page, 1) } {
-        Ok(r) => r,
-        Err(e) => panic!("enable: {:?}", e.0),
-    };
-    Hypervisor::new(platform, SoftCpuRoots::new(root), codes, Ok(controls))
+    let msrs = msrs_from_tsv(TSV, "corei7_skylake_x").expect("model");
+    rhax_core::dispatch::soft_hypervisor(HeapPlatform::new(), msrs, codes).expect("negotiation")
 }
 
 fn call(h: &Hv, handle: Handle, def: &IoctlDef, input: &[u8]) -> Result<usize, DispatchError> {

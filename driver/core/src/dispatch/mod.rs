@@ -86,9 +86,9 @@ use rhax_api::{CapabilityFailure, CapabilityFeatures, Scope, HAX_MAX_VMS, HAX_MA
 
 pub use error::{errno, nt, DispatchError, ErrorKind};
 pub use objects::Handle;
-pub use roots::{CpuRoots, RootUnavailable, UserMapping};
 #[cfg(any(test, feature = "soft"))]
-pub use roots::{NoCpuRoots, NoHooks, PinHooks, PinningPlatform, SoftCpuRoots};
+pub use roots::{soft_hypervisor, NoCpuRoots, NoHooks, PinHooks, PinningPlatform, SoftCpuRoots};
+pub use roots::{CpuRoots, RootUnavailable, UserMapping};
 
 use crate::memory::limits::RamQuota;
 use crate::memory::MemorySnapshot;

@@ -80,4 +80,4 @@ pub unsafe trait UserMapping {
 #[cfg(any(test, feature = "soft"))]
 mod soft;
 #[cfg(any(test, feature = "soft"))]
-pub use soft::{NoCpuRoots, NoHooks, PinHooks, PinningPlatform, SoftCpuRoots};
+pub use soft::{soft_hypervisor, NoCpuRoots, NoHooks, PinHooks, PinningPlatform, SoftCpuRoots};

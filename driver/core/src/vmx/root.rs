@@ -4,10 +4,17 @@
 //! CPU, not per run (HAXM did VMXON/VMXOFF around every RUN).
 
 use crate::platform::{CpuIndex, PhysPages};
-use crate::vmx::caps::{FeatureControl, VmxCaps, IA32_FEATURE_CONTROL};
+pub use crate::vmx::caps::IA32_FEATURE_CONTROL;
+use crate::vmx::caps::{FeatureControl, VmxCaps};
 use crate::vmx::instructions::{Selectors, Vmx};
 use crate::vmx::VmFail;
 
+/// IA32_APIC_BASE.
+pub const IA32_APIC_BASE: u32 = 0x1b;
+/// IA32_DEBUGCTL.
+pub const IA32_DEBUGCTL: u32 = 0x1d9;
+/// IA32_TIME_STAMP_COUNTER.
+pub const IA32_TSC: u32 = 0x10;
 /// IA32_SYSENTER_CS.
 pub const IA32_SYSENTER_CS: u32 = 0x174;
 /// IA32_SYSENTER_ESP.

@@ -19,40 +19,11 @@ use alloc::string::String;
 
 use rhax_api::fpu::FxLayout;
 
-/// IA32_TIME_STAMP_COUNTER.
-pub const IA32_TSC: u32 = 0x10;
-/// IA32_APIC_BASE.
-pub const IA32_APIC_BASE: u32 = 0x1b;
-/// IA32_FEATURE_CONTROL (bit 0: lock).
-pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
-/// IA32_SYSENTER_CS / ESP / EIP.
-pub const IA32_SYSENTER_CS: u32 = 0x174;
-/// IA32_SYSENTER_ESP.
-pub const IA32_SYSENTER_ESP: u32 = 0x175;
-/// IA32_SYSENTER_EIP.
-pub const IA32_SYSENTER_EIP: u32 = 0x176;
-/// IA32_DEBUGCTL.
-pub const IA32_DEBUGCTL: u32 = 0x1d9;
-/// IA32_PAT.
-pub const IA32_PAT: u32 = 0x277;
-/// IA32_EFER.
-pub const IA32_EFER: u32 = 0xc000_0080;
-/// IA32_STAR.
-pub const IA32_STAR: u32 = 0xc000_0081;
-/// IA32_LSTAR.
-pub const IA32_LSTAR: u32 = 0xc000_0082;
-/// IA32_CSTAR.
-pub const IA32_CSTAR: u32 = 0xc000_0083;
-/// IA32_FMASK.
-pub const IA32_FMASK: u32 = 0xc000_0084;
-/// IA32_FS_BASE.
-pub const IA32_FS_BASE: u32 = 0xc000_0100;
-/// IA32_GS_BASE.
-pub const IA32_GS_BASE: u32 = 0xc000_0101;
-/// IA32_KERNEL_GS_BASE.
-pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
-/// IA32_TSC_AUX.
-pub const IA32_TSC_AUX: u32 = 0xc000_0103;
+pub use crate::vmx::root::{
+    IA32_APIC_BASE, IA32_CSTAR, IA32_DEBUGCTL, IA32_EFER, IA32_FEATURE_CONTROL, IA32_FMASK,
+    IA32_FS_BASE, IA32_GS_BASE, IA32_KERNEL_GS_BASE, IA32_LSTAR, IA32_PAT, IA32_STAR,
+    IA32_SYSENTER_CS, IA32_SYSENTER_EIP, IA32_SYSENTER_ESP, IA32_TSC, IA32_TSC_AUX,
+};
 
 /// Writable MSRs every model CPU has (besides those it was built with, except the read-only
 /// VMX capability MSRs).

@@ -231,3 +231,25 @@ unsafe impl<H: PinHooks> UserMapping for PinningPlatform<H> {
         NonNull::new(t.hva as *mut u8)
     }
 }
+
+/// A dispatcher for host tests over the software VMX: `msrs` are the model CPU's VMX
+/// capability MSRs (negotiated as a real CPU's would be), one CPU, `platform`, `codes`. `None`
+/// when the model does not negotiate or the VMXON page cannot be had.
+pub fn soft_hypervisor<P: crate::platform::Platform + UserMapping>(
+    platform: P,
+    msrs: alloc::vec::Vec<(u32, u64)>,
+    codes: super::super::Codes,
+) -> Option<super::super::Hypervisor<P, SoftCpuRoots>> {
+    let vmx = SoftVmx::new(msrs);
+    let controls = crate::vmx::negotiate::negotiate(vmx.caps()).ok()?;
+    let page = platform.alloc_pages(1).ok()?;
+    // SAFETY: the software model has no CPU state to protect; the root lives in the returned
+    // dispatcher's `SoftCpuRoots`, used from one thread.
+    let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }.ok()?;
+    Some(super::super::Hypervisor::new(
+        platform,
+        SoftCpuRoots::new(root),
+        codes,
+        Ok(controls),
+    ))
+}

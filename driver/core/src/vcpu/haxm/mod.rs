@@ -65,8 +65,8 @@ use crate::vmx::caps::{EntryControls, PrimaryProcControls};
 use crate::vmx::instructions::reg;
 use crate::vmx::negotiate::{OptionalFeatures, VmxControls};
 use crate::vmx::root::{
-    VmxRoot, IA32_EFER, IA32_FS_BASE, IA32_GS_BASE, IA32_PAT, IA32_SYSENTER_CS, IA32_SYSENTER_EIP,
-    IA32_SYSENTER_ESP,
+    VmxRoot, IA32_APIC_BASE, IA32_DEBUGCTL, IA32_EFER, IA32_FS_BASE, IA32_GS_BASE, IA32_PAT,
+    IA32_SYSENTER_CS, IA32_SYSENTER_EIP, IA32_SYSENTER_ESP, IA32_TSC,
 };
 use crate::vmx::{Counted, VmFail, Vmx};
 
@@ -352,8 +352,6 @@ const EXIT_REASON_IO: u32 = 30;
 /// Basic exit reason of EPT violations.
 const EXIT_REASON_EPT_VIOLATION: u16 = 48;
 
-const IA32_TSC: u32 = 0x10;
-const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_BASE_BSP: u64 = 1 << 8;
 const APIC_BASE_ENABLE: u64 = 1 << 11;
 const APIC_DEFAULT: u64 = 0xfee0_0000;

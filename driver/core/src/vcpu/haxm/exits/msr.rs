@@ -217,9 +217,6 @@ pub(in crate::vcpu::haxm) enum MsrWriter {
     User,
 }
 
-/// IA32_DEBUGCTL.
-const IA32_DEBUGCTL: u32 = 0x1d9;
-
 /// Ranges of the MSRs HAXM keeps in software per vCPU (haxm-abi.md §6): written values are
 /// remembered and read back, nothing reaches the hardware. PLATFORM_ID (0x17), BIOS_SIGN_ID
 /// (0x8b), PMC0-3 (0xc1-0xc4), MTRRcap (0xfe), MCG_CAP/MCG_STATUS (0x179/0x17a),
