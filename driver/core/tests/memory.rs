@@ -1378,6 +1378,21 @@ fn ram_block_bound_exactly_at_the_limit_and_one_past() {
     teardown(&fake, mem);
 }
 
+/// Maps guest pages `0..n` one by one from BLOCK_A with alternating ROM flags, so no two
+/// neighbours merge: `n` memslots.
+fn fill_alternating(mem: &GuestMemory, n: u64) {
+    for g in 0..n {
+        set2(
+            mem,
+            g * PAGE_SIZE,
+            PAGE_SIZE,
+            BLOCK_A + g * PAGE_SIZE,
+            (g % 2) as u32,
+        )
+        .unwrap();
+    }
+}
+
 /// Alternating ROM flags keep neighbouring slots from merging: MAX_MEMSLOTS of them are
 /// accepted, the next page is refused with nothing changed, and changes that do not grow the
 /// set (re-flagging a page so that three slots merge, unmapping) still work at the limit.
@@ -1386,16 +1401,7 @@ fn memslot_bound_exactly_at_the_limit_and_one_past() {
     let (fake, mem) = setup(HpaMode::Contiguous, false);
     let pages = MAX_MEMSLOTS as u64 + 8;
     block(&mem, BLOCK_A, pages * PAGE_SIZE);
-    for g in 0..MAX_MEMSLOTS as u64 {
-        set2(
-            &mem,
-            g * PAGE_SIZE,
-            PAGE_SIZE,
-            BLOCK_A + g * PAGE_SIZE,
-            (g % 2) as u32,
-        )
-        .unwrap();
-    }
+    fill_alternating(&mem, MAX_MEMSLOTS as u64);
     assert_eq!(mem.slots().len(), MAX_MEMSLOTS);
     let g = MAX_MEMSLOTS as u64; // differs from its left neighbour's flag: a new slot
     refused(&mem, MemoryError::LimitReached(Limit::Memslots), || {
@@ -1452,16 +1458,7 @@ fn alternating_rom_storm_stays_bounded() {
     let mut refusals = 0;
     // A figure, not an assertion: the cost of one SET_RAM with thousands of slots.
     let t0 = std::time::Instant::now();
-    for g in 0..MAX_MEMSLOTS as u64 {
-        set2(
-            &mem,
-            g * PAGE_SIZE,
-            PAGE_SIZE,
-            BLOCK_A + g * PAGE_SIZE,
-            (g % 2) as u32,
-        )
-        .unwrap();
-    }
+    fill_alternating(&mem, MAX_MEMSLOTS as u64);
     let per = t0.elapsed() / MAX_MEMSLOTS as u32;
     eprintln!("memslots: {MAX_MEMSLOTS} alternating SET_RAM2s from 0 to {MAX_MEMSLOTS} slots: {per:?} each (debug build)");
     unmap(&mem, 0, pages * PAGE_SIZE);
