@@ -246,12 +246,19 @@ impl HaxVcpu {
     pub(in crate::vcpu::haxm) fn paging<V: Vmx>(
         vmcs: &mut Vmcs<'_, Counted<'_, V>>,
     ) -> Result<PagingMode, VmFail> {
+        let cr0 = vmcs.guest_cr0()?;
+        let cr4 = vmcs.guest_cr4()?;
+        let lma = vmcs.vm_entry_controls()? & EntryControls::IA32E_MODE_GUEST.bits() != 0;
+        // EFER.NXE only means something to a walk with XD bits (PAE or IA-32e paging): the
+        // VMREAD is paid only then, not on every MMIO exit of a real-mode or 32-bit guest.
+        let xd_paging = cr0 & CR0_PG != 0 && (lma || cr4 & crate::vcpu::bits::CR4_PAE != 0);
+        let nxe = xd_paging && vmcs.guest_ia32_efer()? & crate::vcpu::bits::EFER_NXE != 0;
         Ok(PagingMode {
-            cr0: vmcs.guest_cr0()?,
+            cr0,
             cr3: vmcs.guest_cr3()?,
-            cr4: vmcs.guest_cr4()?,
-            lma: vmcs.vm_entry_controls()? & EntryControls::IA32E_MODE_GUEST.bits() != 0,
-            nxe: vmcs.guest_ia32_efer()? & crate::vcpu::bits::EFER_NXE != 0,
+            cr4,
+            lma,
+            nxe,
         })
     }
 
