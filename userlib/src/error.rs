@@ -50,7 +50,10 @@ impl fmt::Display for OsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Errno(e) => write!(f, "errno {e}"),
-            Self::Win32(e) => write!(f, "Win32 error {e}"),
+            Self::Win32(e) => match win32_name(*e) {
+                Some(name) => write!(f, "Win32 error {e} ({name})"),
+                None => write!(f, "Win32 error {e}"),
+            },
             Self::Positive(v) => write!(f, "ioctl returned {v}"),
             Self::Unsupported => f.write_str("not supported by this transport"),
         }
@@ -58,6 +61,27 @@ impl fmt::Display for OsError {
 }
 
 impl core::error::Error for OsError {}
+
+/// The `ERROR_*` name of the Win32 errors a HAXM driver's statuses become
+/// (`RtlNtStatusToDosError`; `haxm-abi.md` §2) and of the usual open failures.
+pub const fn win32_name(e: u32) -> Option<&'static str> {
+    Some(match e {
+        1 => "ERROR_INVALID_FUNCTION",
+        2 => "ERROR_FILE_NOT_FOUND",
+        3 => "ERROR_PATH_NOT_FOUND",
+        5 => "ERROR_ACCESS_DENIED",
+        6 => "ERROR_INVALID_HANDLE",
+        8 => "ERROR_NOT_ENOUGH_MEMORY",
+        31 => "ERROR_GEN_FAILURE",
+        32 => "ERROR_SHARING_VIOLATION",
+        87 => "ERROR_INVALID_PARAMETER",
+        122 => "ERROR_INSUFFICIENT_BUFFER",
+        170 => "ERROR_BUSY",
+        995 => "ERROR_OPERATION_ABORTED",
+        1167 => "ERROR_DEVICE_NOT_CONNECTED",
+        _ => return None,
+    })
+}
 
 /// Everything that can go wrong in this library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +261,10 @@ impl fmt::Display for Error {
         let failed =
             |f: &mut fmt::Formatter<'_>, what: &str, os: &OsError| write!(f, "{what} failed: {os}");
         match self {
+            // The name the caller's OS uses: `\\.\HAX` on Windows, `/dev/HAX` elsewhere.
+            #[cfg(windows)]
+            Self::Open { device, os } => write!(f, "cannot open {}: {os}", device.windows()),
+            #[cfg(not(windows))]
             Self::Open { device, os } => write!(f, "cannot open {device}: {os}"),
             Self::Version(os) => failed(f, "HAX_IOCTL_VERSION", os),
             Self::Capability(os) => failed(f, "HAX_IOCTL_CAPABILITY", os),

@@ -88,11 +88,11 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use error::{Error, OsError, Result, EAGAIN_BSD, EAGAIN_LINUX, EINTR};
+pub use error::{win32_name, Error, OsError, Result, EAGAIN_BSD, EAGAIN_LINUX, EINTR};
 #[cfg(all(feature = "std", unix))]
 pub use os::posix::PosixTransport;
 #[cfg(all(feature = "std", windows))]
-pub use os::windows::WindowsTransport;
+pub use os::windows::{WinHandle, WindowsTransport};
 pub use system::{System, CLIENT_API_VERSION};
 pub use transport::{DevicePath, IoctlBuf, IoctlRequest, Transport};
 pub use tunnel::SharedTunnel;

@@ -1304,7 +1304,13 @@ fn errors_display_and_source() {
         device: DevicePath::Vcpu { vm: 1, vcpu: 2 },
         os: OsError::Errno(16),
     };
-    assert_eq!(e.to_string(), "cannot open /dev/hax_vm01/vcpu02: errno 16");
+    // The device's name as the running OS spells it.
+    let name = if cfg!(windows) {
+        "\\\\.\\hax_vm01_vcpu02"
+    } else {
+        "/dev/hax_vm01/vcpu02"
+    };
+    assert_eq!(e.to_string(), format!("cannot open {name}: errno 16"));
     assert!(e.source().is_some());
     let e = Error::ShortReply {
         ioctl: "HAX_IOCTL_VERSION",
@@ -1318,7 +1324,7 @@ fn errors_display_and_source() {
     assert!(e.source().is_none());
     assert_eq!(
         Error::CreateVm(OsError::Win32(31)).to_string(),
-        "HAX_IOCTL_CREATE_VM failed: Win32 error 31"
+        "HAX_IOCTL_CREATE_VM failed: Win32 error 31 (ERROR_GEN_FAILURE)"
     );
     assert!(Error::TooManyMsrs { count: 40 }.to_string().contains("31"));
 }
@@ -1390,4 +1396,16 @@ fn os_objects_are_send_and_sync_where_they_must_be() {
     send::<Vm<crate::PosixTransport>>();
     sync::<Vm<crate::PosixTransport>>();
     sync::<System<crate::PosixTransport>>();
+}
+
+#[test]
+fn win32_errors_are_named_in_messages() {
+    // The statuses HAXM's Windows driver answers with, as DeviceIoControl reports them.
+    assert_eq!(
+        OsError::Win32(87).to_string(),
+        "Win32 error 87 (ERROR_INVALID_PARAMETER)"
+    );
+    assert_eq!(crate::win32_name(31), Some("ERROR_GEN_FAILURE"));
+    assert_eq!(crate::win32_name(122), Some("ERROR_INSUFFICIENT_BUFFER"));
+    assert_eq!(OsError::Win32(4242).to_string(), "Win32 error 4242");
 }

@@ -117,6 +117,16 @@ pub trait Platform {
     /// Forces a vCPU running on `cpu` out of the guest (an IPI; on Windows the RUN call then
     /// returns to user mode where the APC is delivered).
     fn kick(&self, cpu: CpuIndex);
+
+    /// The thread calling RUN must go back to user space before the guest is entered again:
+    /// RUN then ends with `HAX_EXIT_INTERRUPT` (Linux: a signal is pending, which is how QEMU
+    /// kicks a vCPU thread, or the scheduler wants the CPU; HAXM's Linux port checks the same
+    /// before each entry). Asked before every VM entry, inside the non-preemptible region with
+    /// interrupts off: it must be a cheap read of a flag, nothing that blocks. Default: never
+    /// (Windows delivers its kick, an APC, when RUN returns after the next host interrupt).
+    fn user_return_pending(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Platform`] for host tests and examples (feature `soft`): pages from the global allocator with made-up
@@ -129,6 +139,8 @@ pub struct HeapPlatform {
     tsc: core::sync::atomic::AtomicU64,
     /// Pages currently allocated (to check that everything is freed).
     pub live_pages: core::sync::atomic::AtomicUsize,
+    /// What [`Platform::user_return_pending`] answers (a test's stand-in for a pending signal).
+    pub user_return: core::sync::atomic::AtomicBool,
 }
 
 #[cfg(any(test, feature = "soft"))]
@@ -206,4 +218,8 @@ impl Platform for HeapPlatform {
     }
 
     fn kick(&self, _cpu: CpuIndex) {}
+
+    fn user_return_pending(&self) -> bool {
+        self.user_return.load(core::sync::atomic::Ordering::Relaxed)
+    }
 }

@@ -1457,3 +1457,40 @@ fn check_invariants(h: &Hv, max_vms: u32) {
         assert!(vm.memory.is_some());
     }
 }
+
+/// VMX operation exists only while a VM does (the Windows shell enters it on every CPU for
+/// the first VM and leaves it with the last, `CpuRoots::vm_created`/`vm_destroyed`): the
+/// dispatcher announces each VM exactly once, ends it after the last vCPU is gone, and a
+/// refused VMXON refuses CREATE_VM with nothing changed.
+#[test]
+fn vmx_operation_spans_exactly_the_life_of_the_vms() {
+    let h = hv(Codes::Windows);
+    let live = |h: &Hv| h.roots().live_vms.get();
+    assert_eq!(live(&h), 0);
+    let sys = h.open_system();
+    h.roots().refuse_vms.set(true);
+    let before = h.snapshot();
+    let pages = live_pages(&h);
+    let mut id = [0u8; 4];
+    let e = call(&h, sys, &ioctl::HAX_IOCTL_CREATE_VM, &[], &mut id).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NoVmxRoot);
+    assert_eq!(h.snapshot(), before);
+    assert_eq!((live(&h), live_pages(&h)), (0, pages));
+    h.roots().refuse_vms.set(false);
+
+    let (_, vm_a, a) = vm(&h);
+    let (_, vm_b, _) = vm(&h);
+    assert_eq!(live(&h), 2);
+    create_vcpu(&h, vm_a, 0).unwrap();
+    let v0 = h.open_vcpu(a, 0).unwrap();
+    let mut t = [0u8; 24];
+    call(&h, v0, &ioctl::HAX_VCPU_IOCTL_SETUP_TUNNEL, &[], &mut t).unwrap();
+    h.close(vm_b).unwrap();
+    assert_eq!(live(&h), 1);
+    // The VM handle goes first; its vCPU still needs VMX (its VMCS is VMCLEARed on close).
+    h.close(vm_a).unwrap();
+    assert_eq!(live(&h), 1);
+    h.close(v0).unwrap();
+    assert_eq!(live(&h), 0);
+    assert_eq!(live_pages(&h), pages);
+}

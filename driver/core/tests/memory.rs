@@ -508,6 +508,12 @@ fn rom_is_read_only() {
     assert!(!t.writable);
     assert_eq!(t.hpa, fake.hpa_of(BLOCK_A + 0x10));
     assert_eq!(t.hva, BLOCK_A + 0x10);
+    // The kernel reaches the byte through its pinned chunk (Windows: the chunk's MDL).
+    assert_eq!(
+        t.pin_offset, 0x10,
+        "the block's first chunk starts at BLOCK_A"
+    );
+    assert_ne!(t.pin_handle, 0);
     // Flipping to RAM (PAM) at the same host address zaps the read-only entries.
     let req = map(&mem, 0xf0000, 0x10000, BLOCK_A, 0);
     assert!(req.is_some());
@@ -1150,6 +1156,8 @@ fn random_set_ram_sequences_match_model() {
                         assert_eq!(w.write, !rom);
                         let t = mem.translate(&fake, gpa).unwrap().unwrap();
                         assert_eq!((t.hpa, t.writable), (w.hpa, w.write));
+                        assert!(t.pin_offset < rhax_api::HAX_CHUNK_SIZE as usize);
+                        assert_eq!(t.pin_offset as u64 % PAGE_SIZE, gpa % PAGE_SIZE);
                     }
                 }
             }

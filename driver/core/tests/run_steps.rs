@@ -86,6 +86,12 @@ impl CpuRoots for Marking {
     fn invept_each_cpu(&self, eptp: u64, single_context: bool) {
         self.inner.invept_each_cpu(eptp, single_context)
     }
+    fn vm_created(&self) -> Result<(), RootUnavailable> {
+        self.inner.vm_created()
+    }
+    fn vm_destroyed(&self) {
+        self.inner.vm_destroyed()
+    }
 }
 
 type Hv = Hypervisor<Pinning, Marking>;

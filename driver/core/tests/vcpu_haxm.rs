@@ -503,6 +503,38 @@ fn regs_and_fpu_round_trip_and_cpuid_bad_totals() {
     assert_eq!(t.cpuid.entries(), &before[..]);
 }
 
+/// QEMU's GET_REGS/SET_REGS round trip (`get_seg`/`set_seg` in target/i386/hax/hax-all.c)
+/// drops the unusable bit and keeps P. A segment the guest nulled, whose access rights the
+/// CPU stored as unusable with stale bits (here P=1, G=1 and limit 0), must still enter as
+/// unusable: reported not present, and not present means unusable on the way back.
+#[test]
+fn an_unusable_segment_survives_qemus_round_trip() {
+    let mut t = setup();
+    t.hook(script(vec![
+        Box::new(|c| {
+            // The guest loads a null FS: unusable, stale type/S/P/D/G, limit 0.
+            c.write(VmcsField::GuestFsSelector, 0);
+            c.write(VmcsField::GuestFsLimit, 0);
+            c.write(VmcsField::GuestFsAccessRights, 0x1_c093);
+            c.exit(12, 0, 1); // HLT
+        }),
+        Box::new(|c| c.exit(12, 0, 1)),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(s.fs.ar & (1 << 16), 1 << 16, "reported unusable");
+    assert_eq!(s.fs.ar & (1 << 7), 0, "and not present");
+    // What QEMU sends back: no unusable bit, DPL from the selector, the rest kept.
+    for d in [
+        &mut s.cs, &mut s.ss, &mut s.ds, &mut s.es, &mut s.fs, &mut s.gs,
+    ] {
+        d.ar = (d.ar & !(1 << 16) & !(3 << 5)) | ((u32::from(d.selector) & 3) << 5);
+    }
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt), "VM entry accepts the state");
+    assert_eq!(t.vcpu.get_regs(&mut t.root).unwrap().fs.ar, 0x1_0000);
+}
+
 /// Per-exit VMREAD/VMWRITE of the HAXM run loop, steady state (model count).
 #[test]
 fn per_exit_costs_of_the_haxm_loop() {
@@ -845,4 +877,20 @@ fn sti_hlt_then_interrupt_injects_at_the_next_run() {
         (0x8000_0020, 0, 0),
         "injected at once, no window, no stale STI blocking at entry"
     );
+}
+
+/// A shell's "go back to user space" (Linux: a pending signal, QEMU's kick) ends RUN with
+/// INTERRUPT before the guest is entered, and the next RUN enters it again.
+#[test]
+fn a_pending_user_return_ends_run_before_entry() {
+    use std::sync::atomic::Ordering;
+    let mut t = setup();
+    t.hook(script(vec![Box::new(|c| c.exit(12, 0, 1))]));
+    t.platform.user_return.store(true, Ordering::Relaxed);
+    let before = t.entries();
+    assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    assert_eq!(t.entries(), before, "the guest was not entered");
+    t.platform.user_return.store(false, Ordering::Relaxed);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(t.entries(), before + 1);
 }

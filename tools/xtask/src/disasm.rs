@@ -95,6 +95,70 @@ pub fn parse(listing: &str) -> Vec<Function> {
     out
 }
 
+/// Parses objdump's listing of an image without a symbol table (a PE: `rhax.sys`), naming
+/// its functions from `symbols` (`(address, demangled name)`, e.g. from the linker's map):
+/// each instruction belongs to the last symbol at or below it, and a direct `call`/`jmp`/`jcc`
+/// target (`call 0x140001234`) is rewritten to the form [`parse`] gives a linked ELF
+/// (`call 140001234 <name>` or `<name+0x10>`), so the call graph of `stack.rs` resolves.
+/// Instructions below the first symbol are dropped.
+pub fn parse_with_symbols(listing: &str, symbols: &[(u64, String)]) -> Vec<Function> {
+    let mut sorted: Vec<&(u64, String)> = symbols.iter().collect();
+    sorted.sort_by_key(|s| s.0);
+    sorted.dedup_by_key(|s| s.0);
+    let owner = |addr: u64| {
+        let i = sorted.partition_point(|s| s.0 <= addr);
+        i.checked_sub(1).map(|i| sorted[i])
+    };
+    let mut out: Vec<Function> = Vec::new();
+    for line in listing.lines() {
+        let Some((addr, text)) = line.split_once(":\t") else {
+            continue;
+        };
+        let Ok(addr) = u64::from_str_radix(addr.trim(), 16) else {
+            continue;
+        };
+        let Some((start, name)) = owner(addr) else {
+            continue;
+        };
+        if out.last().is_none_or(|f| f.addr != *start) {
+            out.push(Function {
+                name: name.clone(),
+                addr: *start,
+                insns: Vec::new(),
+            });
+        }
+        let mut words = text.split_whitespace().peekable();
+        while words.peek().is_some_and(|w| PREFIXES.contains(w)) {
+            words.next();
+        }
+        let Some(mnemonic) = words.next() else {
+            continue;
+        };
+        let mut operands = words.collect::<Vec<_>>().join(" ");
+        let branch = mnemonic == "call" || mnemonic.starts_with('j');
+        let target = operands
+            .strip_prefix("0x")
+            .and_then(|t| u64::from_str_radix(t, 16).ok());
+        if let (true, Some(t)) = (branch, target) {
+            if let Some((s, n)) = owner(t) {
+                operands = if *s == t {
+                    format!("{t:x} <{n}>")
+                } else {
+                    format!("{t:x} <{n}+{:#x}>", t - s)
+                };
+            }
+        }
+        if let Some(f) = out.last_mut() {
+            f.insns.push(Insn {
+                addr,
+                mnemonic: mnemonic.to_string(),
+                operands,
+            });
+        }
+    }
+    out
+}
+
 /// Disassembles `file` (an executable, an object or an archive of objects).
 pub fn objdump(file: &Path) -> crate::Result<Vec<Function>> {
     let out = Command::new("objdump")
@@ -119,7 +183,40 @@ pub fn objdump(file: &Path) -> crate::Result<Vec<Function>> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, parse_with_symbols};
+
+    #[test]
+    fn names_a_symbolless_listing_from_a_map() {
+        let listing = "\
+0000000140001000 <.text>:
+   140001000:\tpush   rbp
+   140001001:\tcall   0x140001010
+   140001006:\tjne    0x140001003
+   14000100b:\tcall   QWORD PTR [rip+0xf97]        # 0x1400020b8
+   140001010:\tsub    rsp,0x28
+   140001014:\trep stos QWORD PTR es:[rdi],rax
+";
+        let symbols = [
+            (0x1_4000_1010, "b::callee".to_string()),
+            (0x1_4000_1000, "a::caller".to_string()),
+        ];
+        let f = parse_with_symbols(listing, &symbols);
+        assert_eq!(f.len(), 2);
+        assert_eq!(
+            (f[0].name.as_str(), f[0].addr),
+            ("a::caller", 0x1_4000_1000)
+        );
+        assert_eq!(f[0].insns.len(), 4);
+        assert_eq!(f[0].insns[1].target_symbol(), Some("b::callee"));
+        assert_eq!(f[0].insns[1].target_addr(), Some(0x1_4000_1010));
+        // A jump inside a function is not a call of it.
+        assert_eq!(f[0].insns[2].operands, "140001003 <a::caller+0x3>");
+        assert_eq!(f[0].insns[2].target_symbol(), None);
+        assert_eq!(f[0].insns[3].target_symbol(), None);
+        assert_eq!(f[1].insns[1].mnemonic, "stos");
+        // Nothing is named without symbols.
+        assert!(parse_with_symbols(listing, &[]).is_empty());
+    }
 
     #[test]
     fn splits_functions_and_prefixes() {

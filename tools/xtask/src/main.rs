@@ -6,14 +6,25 @@
 
 use std::process::{Command, ExitCode};
 
+mod apt;
 mod checks;
 mod disasm;
 mod fuzz;
+mod inf;
+mod linux;
+mod lkm;
 mod metal;
+mod pe;
+mod qemu;
 mod rom;
+mod sign;
 mod stack;
 mod stub;
+mod symbols;
+mod sys;
+mod syscheck;
 mod vector;
+mod wine;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,10 +37,19 @@ fn main() -> ExitCode {
         Some("abi") => checks::abi(),
         Some("checks") => checks::all(),
         Some("fuzz") => fuzz::main(&args[1..]),
+        Some("sys") => sys::main(&args[1..]),
+        Some("sign") => sign::main(&args[1..]),
+        Some("inf") => inf::main(),
+        Some("wine") => wine::main(&args[1..]),
+        Some("qemu") => qemu::main(&args[1..]),
+        Some("lkm") if args.get(1).is_some_and(|a| a == "--stage") => lkm::stage(),
+        Some("lkm") => lkm::main(&args[1..]),
+        Some("linux") if args.get(1).is_some_and(|a| a == "--stage") => linux::test_stage(),
+        Some("linux") => linux::main(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <test|demo|checks|no-sse|stack|abi|metal [--model NAME] \
-                 [--cpus N] [SCENARIO...]|fuzz [TARGET...] [--time S] [--ci]>"
+                 [--cpus N] [SCENARIO...]|fuzz [TARGET...] [--time S] [--ci]|sys|sign|inf|wine|lkm [--stage]|qemu|linux [--stage]>"
             );
             Err("unknown or missing subcommand".into())
         }
@@ -59,6 +79,48 @@ pub fn cargo(args: &[&str]) -> Result {
         Ok(())
     } else {
         Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
+/// Runs `cmd` (named `what` in messages) to completion; returns its stdout and stderr
+/// together, or fails with them when it fails.
+pub fn run_captured(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{what} failed ({}):\n{}", out.status, text.trim()))
+    }
+}
+
+/// Runs `cargo` in `dir`, a crate outside the workspace with its own `.cargo/config.toml`
+/// (the drivers: `driver/windows`, `driver/linux/rust`). Their config's rustflags apply only
+/// when RUSTFLAGS is unset (an empty RUSTFLAGS would drop every link argument:
+/// windows-cross-build.md P4).
+pub fn cargo_in(dir: &str, args: &[&str]) -> Result {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: ({dir}) cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root().join(dir))
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`cargo {}` in {dir} failed ({status})",
+            args.join(" ")
+        ))
     }
 }
 
@@ -114,7 +176,12 @@ fn test() -> Result {
     ])?;
     cargo(&["test", "--workspace"])?;
     checks::all()?;
+    sys::test_stage()?;
+    wine::stage()?; // rhax.sys loaded under Wine, driven by the Windows clients (wine.rs)
+    lkm::stage()?; // rhax.ko built against Debian 12's kernel headers and checked (lkm.rs)
     metal::test_stage()?;
+    // The real QEMU 7.2 `-accel hax` on rhax.ko in Debian's Linux in Bochs (linux.rs, qemu.rs).
+    linux::test_stage()?;
     // Bounded coverage-guided fuzzing from the checked-in corpus (~60 s per target).
     fuzz::main(&["--ci".to_string()])
 }

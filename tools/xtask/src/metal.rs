@@ -291,48 +291,54 @@ pub fn build_kernel() -> crate::Result<PathBuf> {
         .join("rhax-metal"))
 }
 
-fn in_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+/// Bochs's `term` display, its stdout not a tty, opens a pty of its own and writes the screen
+/// to the master ("Bochs connected to screen "/dev/pts/N"" on stderr, given here as `text`).
+/// Nothing reads the slave, so once the slave's input buffer is full Bochs blocks in
+/// `n_tty_write` for good and the emulated machine stops: Linux-stage runs longer than 6-7
+/// minutes froze and hit their timeout (metal runs are shorter but use the same display).
+/// Once the name is in `text`, this puts the slave in raw mode without echo and a thread reads
+/// and discards what Bochs writes, until Bochs closes the master. Returns whether the name was
+/// found (the caller stops asking).
+pub(crate) fn drain_screen(text: &str) -> bool {
+    let Some(pts) = text
+        .split("connected to screen \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .filter(|p| p.starts_with("/dev/pts/"))
+        .map(str::to_string)
+    else {
+        return false;
+    };
+    // Raw: reads return what is there, not only whole lines; -echo: what Bochs writes is
+    // not echoed back to it as keyboard input.
+    let raw = Command::new("stty")
+        .args(["-F", &pts, "raw", "-echo"])
+        .stderr(Stdio::null())
+        .status();
+    if !raw.is_ok_and(|s| s.success()) {
+        eprintln!("xtask: stty -F {pts} failed: Bochs may block on its screen");
+    }
+    std::thread::spawn(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NOCTTY (0o400 on Linux): the slave must not become xtask's controlling tty.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(0o400)
+            .open(&pts)
+        {
+            let mut buf = [0u8; 4096];
+            while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    true
 }
 
 /// Makes sure `bochs-bin` exists: installs Debian's packages when root, else says what to do.
-fn ensure_bochs() -> crate::Result {
-    if in_path("bochs-bin") {
-        return Ok(());
-    }
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .ok();
-    const PKGS: [&str; 4] = ["bochs", "bochs-term", "bochsbios", "vgabios"];
-    if uid.as_deref() != Some("0") {
-        return Err(format!(
-            "bochs-bin not found; install it with: sudo apt-get install {}",
-            PKGS.join(" ")
-        ));
-    }
-    eprintln!("xtask: bochs-bin not found, installing {}", PKGS.join(" "));
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y"])
-            .args(PKGS)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get").arg("update").status();
-        if !install() {
-            return Err(format!("apt-get install {} failed", PKGS.join(" ")));
-        }
-    }
-    if in_path("bochs-bin") {
-        Ok(())
-    } else {
-        Err("bochs-bin still missing after apt-get install".into())
-    }
+pub(crate) fn ensure_bochs() -> crate::Result {
+    crate::apt::ensure(
+        &["bochs-bin"],
+        &["bochs", "bochs-term", "bochsbios", "vgabios"],
+    )
 }
 
 /// The kernel command line for a run.
@@ -410,7 +416,17 @@ pub fn run(kernel: &Path, cfg: &RunConfig) -> crate::Result<RunReport> {
     let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
     let err_thread = std::thread::spawn(move || {
         let mut s = Vec::new();
-        let _ = stderr.read_to_end(&mut s);
+        let mut buf = [0u8; 4096];
+        let mut draining = false;
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            s.extend_from_slice(&buf[..n]);
+            if !draining {
+                draining = drain_screen(&String::from_utf8_lossy(&s));
+            }
+        }
         s
     });
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;

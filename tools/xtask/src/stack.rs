@@ -59,6 +59,19 @@ pub const ALLOWED: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "DriverEntry",
+        "rhax.sys's load path: runs once, at PASSIVE_LEVEL on the I/O manager's system thread \
+         (x64 kernel stacks are 24 KiB), and builds the Hypervisor; no IOCTL reaches it (its \
+         whole depth is bounded: syscheck::LOAD_PATH_LIMIT)",
+        false,
+    ),
+    (
+        "rhax_sys::entry::",
+        "rhax.sys's load and unload paths (DriverEntry, DriverUnload and their helpers, e.g. \
+         building the Hypervisor by value once): no IOCTL reaches them",
+        false,
+    ),
+    (
         "core::ptr::drop_in_place<rhax_metal::hv::Shell>",
         "test kernel's DriverUnload (drops the Hypervisor, VMXOFF on every CPU)",
         false,
@@ -141,6 +154,12 @@ pub fn frame_bytes(f: &Function) -> (u64, Vec<u64>) {
     (bytes, targets)
 }
 
+/// True for the stack-probe routines (`__rust_probestack` of compiler_builtins, `__chkstk`),
+/// called by prologues of frames over a page.
+pub fn is_probe_routine(name: &str) -> bool {
+    name.ends_with("__rust_probestack") || name.ends_with("__chkstk")
+}
+
 /// Frames of every function, in `functions`' order; `linked`: resolve call targets (an
 /// executable; an object's addresses are section-relative and its calls unresolved).
 pub fn frames(functions: &[Function], linked: bool) -> Vec<Frame> {
@@ -152,7 +171,13 @@ pub fn frames(functions: &[Function], linked: bool) -> Vec<Frame> {
     functions
         .iter()
         .map(|f| {
-            let (bytes, targets) = frame_bytes(f);
+            let (mut bytes, targets) = frame_bytes(f);
+            if is_probe_routine(&f.name) {
+                // The probe routine walks down its caller's frame a page at a time and gives
+                // it back (`add rsp, rax`) before returning: that frame is the caller's, which
+                // counts it from `mov eax, N; call; sub rsp, rax`. Its own is its pushes.
+                bytes = 8 * f.insns.iter().take_while(|i| i.mnemonic == "push").count() as u64;
+            }
             let callees = if linked {
                 targets
                     .iter()
@@ -240,11 +265,18 @@ pub fn cycles(frames: &[Frame]) -> Vec<Vec<usize>> {
     out
 }
 
-/// Every function reachable by direct calls from those whose name starts with a root.
+/// True when `name` is an entry point named by `root`: it starts with `root`, or, for a root
+/// naming a module (ending in `::`, e.g. `rhax_sys::irp::`), it contains it (a method of a
+/// type of the module, `<rhax_sys::irp::X as T>::f`, is an entry too).
+pub fn is_root(name: &str, root: &str) -> bool {
+    name.starts_with(root) || (root.ends_with("::") && name.contains(root))
+}
+
+/// Every function reachable by direct calls from those named by a root ([`is_root`]).
 pub fn reachable(frames: &[Frame], roots: &[&str]) -> BTreeSet<usize> {
     let mut seen = BTreeSet::new();
     let mut work: Vec<usize> = (0..frames.len())
-        .filter(|&i| roots.iter().any(|r| frames[i].name.starts_with(r)))
+        .filter(|&i| roots.iter().any(|r| is_root(&frames[i].name, r)))
         .collect();
     while let Some(f) = work.pop() {
         if seen.insert(f) {
@@ -310,6 +342,17 @@ pub const RECURSION_ALLOWED: &[(&str, &str)] = &[];
 /// Checks one binary's frames against the budget; prints the 10 largest frames and (for a
 /// linked binary) the deepest IOCTL paths. `linked`: call targets are resolved (not an rlib).
 pub fn check(what: &str, functions: &[Function], linked: bool) -> crate::Result {
+    check_from(what, functions, linked, IOCTL_ENTRIES)
+}
+
+/// [`check`] with the IOCTL entry points `entries` (roots, see [`is_root`]): the Windows
+/// driver's are its IRP handlers as well as the dispatcher's.
+pub fn check_from(
+    what: &str,
+    functions: &[Function],
+    linked: bool,
+    entries: &[&str],
+) -> crate::Result {
     let frames = frames(functions, linked);
     let mut by_size: Vec<usize> = (0..frames.len()).collect();
     by_size.sort_by(|&a, &b| {
@@ -322,7 +365,7 @@ pub fn check(what: &str, functions: &[Function], linked: bool) -> crate::Result 
     for &i in by_size.iter().take(10) {
         println!("stack:   {:>6} B  {}", frames[i].bytes, frames[i].name);
     }
-    let ioctl = reachable(&frames, if linked { IOCTL_ENTRIES } else { &[] });
+    let ioctl = reachable(&frames, if linked { entries } else { &[] });
     let mut errors = Vec::new();
     let mut todo = Vec::new();
     for &i in &by_size {
@@ -356,8 +399,8 @@ pub fn check(what: &str, functions: &[Function], linked: bool) -> crate::Result 
             errors.push(format!("recursion: {}", names.join(" -> ")));
         }
     }
-    for entry in IOCTL_ENTRIES.iter().filter(|_| linked) {
-        for root in (0..frames.len()).filter(|&i| frames[i].name.starts_with(entry)) {
+    for entry in entries.iter().filter(|_| linked) {
+        for root in (0..frames.len()).filter(|&i| is_root(&frames[i].name, entry)) {
             let (total, path) = deepest(&frames, root);
             println!(
                 "stack: {what}: deepest direct-call stack from {}: {total} B",
@@ -432,6 +475,16 @@ mod tests {
     6000:\tcall   5000 <same>
 0000000000007000 <same>:
     7000:\tret
+0000000000008000 <__rustc::__rust_probestack>:
+    8000:\tpush   rbp
+    8001:\tmov    rbp,rsp
+    8004:\tmov    r11,rax
+    8007:\tsub    rsp,0x1000
+    800e:\tsub    r11,0x1000
+    8015:\tsub    rsp,r11
+    8018:\tadd    rsp,rax
+    801b:\tleave
+    801c:\tret
 ";
 
     #[test]
@@ -453,11 +506,16 @@ mod tests {
         c.sort();
         assert_eq!(c, vec![vec![2], vec![3, 4]]);
         let r = reachable(&fr, &["loop_probe"]);
+        // A module root also names the methods of its types.
+        assert!(super::is_root("<m::irp::X as T>::f", "m::irp::"));
+        assert!(!super::is_root("<m::irp::X as T>::f", "m::irp::X::f"));
         assert!(r.contains(&3) && r.contains(&2) && !r.contains(&0) && !r.contains(&5));
         let (total, path) = deepest(&fr, 0);
         // big → loop_probe → chkstk_user → same → same (the cycle edge back is cut).
         assert_eq!(total, (0x17d8 + 8) + (0x5018 + 8) + (0x2030 + 8) + 8 + 8);
         assert_eq!(path, [0, 1, 2, 3, 4]);
+        // The probe routine's page walk is its caller's frame, not its own.
+        assert_eq!(fr[6].bytes, 8);
         // Unlinked: no callees at all.
         assert!(frames(&parse(LISTING), false)
             .iter()

@@ -123,9 +123,10 @@ pub fn check(what: &str, functions: &[Function]) -> crate::Result<String> {
         .collect();
     Ok(format!(
         "{what}: {insns} instructions in {} functions, none touches x87/SSE/AVX state except \
-         {} allowed site(s): {}",
+         {} allowed site(s){}{}",
         functions.len(),
         sites.len(),
+        if sites.is_empty() { "" } else { ": " },
         sites.join(", ")
     ))
 }

@@ -29,6 +29,13 @@ pub struct WindowsTransport;
 #[derive(Debug)]
 pub struct WinHandle(HANDLE);
 
+impl WinHandle {
+    /// The Win32 handle, for calls this library does not make (it stays owned by `self`).
+    pub fn raw(&self) -> HANDLE {
+        self.0
+    }
+}
+
 // SAFETY: a kernel file handle is a process-wide value usable from any thread.
 unsafe impl Send for WinHandle {}
 // SAFETY: `DeviceIoControl` on one handle from several threads is allowed; the driver

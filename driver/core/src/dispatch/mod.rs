@@ -69,6 +69,7 @@
 //! failed allocation (stable Rust's `Arc` has none).
 
 mod error;
+mod live;
 pub mod lockorder;
 mod objects;
 mod roots;
@@ -85,6 +86,7 @@ use rhax_api::ioctl::IoctlDef;
 use rhax_api::{CapabilityFailure, CapabilityFeatures, Scope, HAX_MAX_VMS, HAX_MAX_VMS_NETBSD};
 
 pub use error::{errno, nt, DispatchError, ErrorKind};
+pub use live::LiveObjects;
 pub use objects::Handle;
 #[cfg(any(test, feature = "soft"))]
 pub use roots::{soft_hypervisor, NoCpuRoots, NoHooks, PinHooks, PinningPlatform, SoftCpuRoots};
@@ -252,9 +254,8 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let ctx = self.ctx(None, Some(scope));
         let target = self.resolve(handle, ctx)?;
         let unknown = || ctx.err(ErrorKind::UnknownIoctl { code });
-        let def = IoctlDef::lookup(self.codes, scope, code).ok_or_else(unknown)?;
-        let ctx = self.ctx(Some(def), Some(scope));
-        let entry = Self::entry(def, scope).ok_or_else(unknown)?;
+        let entry = Self::row(self.codes, scope, code).ok_or_else(unknown)?;
+        let ctx = self.ctx(Some(entry.def), Some(scope));
         entry.check_sizes(&ctx, input, output)?;
         let call = Call { ctx, input, output };
         match (entry.handler, &target) {

@@ -11,7 +11,7 @@ use core::sync::atomic::AtomicU32;
 use rhax_api::{Device, QemuVersion, Scope, HAX_MAX_VCPUS};
 
 use super::lockorder::{Level, LockTracker, Ordered, OrderedGuard};
-use super::{CpuRoots, Ctx, ErrorKind, Hypervisor, Res, UserMapping};
+use super::{CpuRoots, Ctx, ErrorKind, Hypervisor, Res, RootUnavailable, UserMapping};
 use crate::memory::limits::try_push;
 use crate::memory::{GuestMemory, MemoryError};
 use crate::platform::Platform;
@@ -225,16 +225,25 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             .host
             .as_ref()
             .map_err(|_| ctx.err(ErrorKind::NotWorking))?;
+        // VMX operation on every CPU while a VM exists (a shell may enter it only now); from
+        // here on, the memory's last release ends it (`release_memory`).
+        self.roots
+            .vm_created()
+            .map_err(|RootUnavailable| ctx.err(ErrorKind::NoVmxRoot))?;
         // Allocate before taking the table lock: allocation may be slow, and a failure then
         // leaves the table untouched.
         let large = controls.available.contains(OptionalFeatures::EPT_2M_PAGES);
-        let memory = GuestMemory::with_quota(&self.platform, large, self.quota.clone())
-            .map_err(|e| ctx.err(ErrorKind::Memory(e)))?;
+        let memory =
+            GuestMemory::with_quota(&self.platform, large, self.quota.clone()).map_err(|e| {
+                self.roots.vm_destroyed();
+                ctx.err(ErrorKind::Memory(e))
+            })?;
         let eptp = memory.eptp();
         let oom = |e| ctx.err(ErrorKind::Memory(MemoryError::Platform(e)));
         let memory = TryArc::try_new(memory).map_err(|(e, m)| {
             // Never reachable by a vCPU: no INVEPT needed.
             m.destroy(&self.platform);
+            self.roots.vm_destroyed();
             oom(e)
         })?;
         // Built in its allocation (no 2.6 KiB table on the kernel stack).
@@ -455,11 +464,9 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             let core = b.core();
             let _ = self.roots.with_cpu(cpu, |root| core.unload(root));
         }
-        if let Err(still_active) = (*b).destroy(&self.platform) {
-            // Its VMCS could not be cleared: a CPU may still use the pages, so they are
-            // leaked rather than handed back.
-            core::mem::forget(still_active);
-        }
+        // A VMCS that could not be cleared leaves its vCPU leaked (`StillResident`): a CPU
+        // may still use the pages.
+        let _ = (*b).destroy(&self.platform);
     }
 
     /// Drops the VM's reference to its memory; the last reference frees it.
@@ -480,6 +487,8 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             self.roots
                 .invept_each_cpu(memory.eptp(), self.single_context_invept());
             memory.destroy(&self.platform);
+            // Every VM memory comes from `create_vm_for` after a successful `vm_created`.
+            self.roots.vm_destroyed();
         }
     }
 

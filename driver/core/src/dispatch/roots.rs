@@ -51,6 +51,21 @@ pub trait CpuRoots {
     /// An implementation must execute the instruction without borrowing a root that the
     /// interrupted thread may hold (INVEPT needs only VMX root, no VMCS).
     fn invept_each_cpu(&self, eptp: u64, single_context: bool);
+
+    /// A VM is about to be created. A shell that enters VMX operation only while VMs exist
+    /// (Windows: VMXON on every CPU when the first VM is created, so that other VT-x users can
+    /// run while rhax is idle, as HAXM does) enters it here. Every `Ok` is matched by exactly
+    /// one [`CpuRoots::vm_destroyed`]; on `Err` the VM is not created (nothing changed).
+    /// Called with no dispatcher lock held, at passive level.
+    fn vm_created(&self) -> Result<(), RootUnavailable> {
+        Ok(())
+    }
+
+    /// A VM created after a successful [`CpuRoots::vm_created`] is gone: its memory is freed
+    /// and every CPU flushed its translations. The last one may leave VMX operation (every
+    /// vCPU of the VM was torn down before: each holds the VM's memory). Called with no
+    /// dispatcher lock held.
+    fn vm_destroyed(&self) {}
 }
 
 /// How the shell makes memory reachable: kernel pages (the tunnel, the IO buffer) mapped into

@@ -230,6 +230,46 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         e(&RHAX_VCPU_IOCTL_RESET_STATS, Unused, Unused, Handler::Vcpu(Self::reset_stats)),
     ];
 
+    /// Each row's code in `platform`'s encoding (`u32::MAX` where it has none: no IOCTL code
+    /// is all ones), computed at compile time.
+    const fn row_codes(platform: Codes) -> [u32; IOCTL_COUNT] {
+        let mut out = [u32::MAX; IOCTL_COUNT];
+        let mut i = 0;
+        while i < IOCTL_COUNT {
+            if let Some(c) = Self::IOCTLS[i].def.code(platform) {
+                out[i] = c;
+            }
+            i += 1;
+        }
+        out
+    }
+
+    const LINUX_CODES: [u32; IOCTL_COUNT] = Self::row_codes(Codes::Linux);
+    const WINDOWS_CODES: [u32; IOCTL_COUNT] = Self::row_codes(Codes::Windows);
+
+    /// The row serving `code` on a device of `scope`, by the precomputed codes of the
+    /// hypervisor's encoding (a scan of 30 integers instead of working out every row's
+    /// encoding and comparing definitions); the other encodings take [`IoctlDef::lookup`].
+    #[inline(never)]
+    pub(super) fn row(codes: Codes, scope: Scope, code: u32) -> Option<Entry<P, R>> {
+        let table = match codes {
+            Codes::Linux => &Self::LINUX_CODES,
+            Codes::Windows => &Self::WINDOWS_CODES,
+            _ => return Self::entry(IoctlDef::lookup(codes, scope, code)?, scope),
+        };
+        let mut i = 0;
+        while i < IOCTL_COUNT {
+            if table[i] == code {
+                let e = Self::IOCTLS[i];
+                if e.scope() == scope {
+                    return Some(e);
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
     /// The row serving `def` on a device of `scope`. Out of line: the table is a generic
     /// constant, materialised only in this frame, not in the caller's (RUN's) stack frame.
     #[inline(never)]

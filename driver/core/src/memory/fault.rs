@@ -78,10 +78,15 @@ impl MemoryMap {
         let (_, page) = chunk_page(block, hva);
         let pinned = block.chunk(chunk).ok_or(NO_PAGE)?;
         let hpa = platform.pinned_page(pinned, page).ok_or(NO_PAGE)?;
+        let hva = hva + gpa % PAGE_SIZE;
         Ok(Ok(Some(Translation {
             hpa: hpa + gpa % PAGE_SIZE,
-            hva: hva + gpa % PAGE_SIZE,
+            hva,
             writable: !slot.rom,
+            pin_handle: pinned.handle,
+            // The chunk covers `hva` (it was found for it), so this neither wraps nor
+            // exceeds the chunk's length.
+            pin_offset: hva.wrapping_sub(pinned.user_address) as usize,
         })))
     }
 

@@ -158,6 +158,11 @@ pub struct Translation {
     pub hva: u64,
     /// Writes allowed (not ROM).
     pub writable: bool,
+    /// The platform's handle of the pinned chunk holding the byte ([`PinnedMemory::handle`]:
+    /// an MDL on Windows, whose system-space mapping reaches it from the kernel).
+    pub pin_handle: usize,
+    /// The byte's offset from the start of that pinned chunk.
+    pub pin_offset: usize,
 }
 
 /// A request to execute a single-context INVEPT for `eptp` on every CPU where this VM's vCPUs

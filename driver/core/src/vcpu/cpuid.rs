@@ -277,21 +277,33 @@ impl CpuidTable {
     }
 
     /// The answer to CPUID with `leaf` in EAX and `subleaf` in ECX on vCPU `apic_id`. A leaf
-    /// the table lacks answers as the highest basic leaf does (SDM Vol. 2A CPUID: "If a value
-    /// entered for CPUID.EAX is higher than the maximum input value ... the data for the
-    /// highest basic information leaf is returned"); within a known leaf a missing subleaf
-    /// answers zeros.
+    /// above the maximum of its range (basic: leaf 0's EAX; hypervisor 0x4000_0000 and
+    /// extended 0x8000_0000: that range's first leaf's EAX) answers as the highest basic leaf
+    /// does (SDM Vol. 2A CPUID: "If a value entered for CPUID.EAX is higher than the maximum
+    /// input value for basic or extended function for that processor then the data for the
+    /// highest basic information leaf is returned"). A leaf within its range that the table
+    /// lacks (e.g. leaf 5 when leaf 0 says 0xd), and a missing subleaf of a known leaf, answer
+    /// zeros, as KVM does for entries it does not list.
     pub fn lookup(&self, leaf: u32, subleaf: u32, apic_id: u8) -> CpuidRegs {
         let find = |f: u32, i: u32| {
             self.entries()
                 .iter()
                 .find(|e| e.function == f && (e.index == i || !indexed(f)))
         };
+        let range_max = |base: u32| find(base, 0).map(|e| e.eax);
+        let base = match leaf {
+            0..=0x3fff_ffff => 0,
+            0x4000_0000..=0x7fff_ffff => 0x4000_0000,
+            _ => 0x8000_0000,
+        };
+        // The range's maximum is looked up only for a leaf the table lacks: a listed leaf (the
+        // CPUID exit's common case) costs one scan.
         let e = match find(leaf, subleaf) {
             Some(e) => Some(*e),
             None if self.entries().iter().any(|e| e.function == leaf) => None,
+            None if range_max(base).is_some_and(|max| leaf <= max) => None,
             None => {
-                let max = find(0, 0).map_or(0, |e| e.eax);
+                let max = range_max(0).unwrap_or(0);
                 find(max, 0).copied()
             }
         };
@@ -333,6 +345,30 @@ mod tests {
         assert_eq!(t.lookup(7, 0, 0)[1] & (1 << 5), 0, "no AVX2");
         // Above the highest basic leaf: the highest basic leaf's answer.
         assert_eq!(t.lookup(0x15, 0, 0), t.lookup(7, 0, 0));
+    }
+
+    #[test]
+    fn a_missing_leaf_within_its_range_answers_zeros_above_it_the_highest_basic_leaf() {
+        let t = CpuidTable::new(host);
+        let max = t.lookup(0, 0, 0)[0];
+        let listed = |leaf: u32| t.entries().iter().any(|e| e.function == leaf);
+        // Basic leaves up to the maximum that the table lacks: zeros, not leaf 7's data (a
+        // guest probing leaf 5 or 6 read leaf 7's feature bits before).
+        assert!(
+            (1..max).any(|l| !listed(l)),
+            "the default table lists every basic leaf"
+        );
+        for leaf in (1..max).filter(|&l| !listed(l)) {
+            assert_eq!(t.lookup(leaf, 0, 0), [0; 4], "leaf {leaf:#x}");
+        }
+        // Extended: within 0x8000_0000's maximum zeros, above it the highest basic leaf.
+        let ext_max = t.lookup(0x8000_0000, 0, 0)[0];
+        assert!(ext_max >= 0x8000_0000);
+        if let Some(l) = (0x8000_0001..=ext_max).find(|&l| !listed(l)) {
+            assert_eq!(t.lookup(l, 0, 0), [0; 4], "leaf {l:#x}");
+        }
+        assert_eq!(t.lookup(ext_max + 1, 0, 0), t.lookup(max, 0, 0));
+        assert_eq!(t.lookup(0xffff_ffff, 0, 0), t.lookup(max, 0, 0));
     }
 
     #[test]

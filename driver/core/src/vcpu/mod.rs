@@ -110,6 +110,11 @@ pub struct Vcpu {
     cr2: u64,
 }
 
+/// [`Vcpu::destroy`] found the VMCS still active on a CPU (its VMCLEAR failed): the vCPU's
+/// memory was leaked rather than freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StillResident;
+
 impl Vcpu {
     /// Allocates the VMCS region, the MSR bitmap and the two I/O bitmaps, and prepares the
     /// power-on state (written into the VMCS on the first run).
@@ -193,10 +198,14 @@ impl Vcpu {
     }
 
     /// Frees the pages. The VMCS must not be active on any CPU ([`Vcpu::unload`] first);
-    /// otherwise the vCPU is handed back.
-    pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), Box<Vcpu>> {
+    /// otherwise everything is leaked instead ([`StillResident`]).
+    pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), StillResident> {
         if self.resident.is_some() {
-            return Err(Box::new(self));
+            // A CPU may still write this VMCS (SDM Vol. 3C §25.11.1: only VMCLEAR makes it
+            // safe to reuse the region): its pages must not go back. Leaked, with no
+            // allocation on this path (a close reaches it).
+            core::mem::forget(self);
+            return Err(StillResident);
         }
         platform.free_pages(self.vmcs_page);
         platform.free_pages(self.msr_bitmap);

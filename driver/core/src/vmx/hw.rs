@@ -63,6 +63,22 @@ unsafe fn check(cf: u8, zf: u8) -> Result<(), VmFail> {
     }
 }
 
+/// The stub's unwind directives: on PE/COFF targets (Windows, UEFI: the driver image) the
+/// lines joined; elsewhere (ELF: the metal kernel, host tests) nothing, so that code is
+/// unchanged.
+#[cfg(any(windows, target_os = "uefi"))]
+macro_rules! seh {
+    ($($directive:literal),+ $(,)?) => {
+        concat!($($directive, "\n"),+)
+    };
+}
+#[cfg(not(any(windows, target_os = "uefi")))]
+macro_rules! seh {
+    ($($directive:literal),+ $(,)?) => {
+        ""
+    };
+}
+
 // The entry/exit stub. `rhax_vmx_enter(regs: *mut GuestRegisters, launched: u64,
 // host_rsp: *mut u64) -> u64`, System V AMD64 calling convention on every target (arguments
 // in rdi, rsi, rdx; result in rax): the Rust declaration below says `extern "sysv64"`, so on
@@ -81,19 +97,41 @@ unsafe fn check(cf: u8, zf: u8) -> Result<(), VmFail> {
 // Frame while the guest runs (HOST_RSP points at it): [rsp] = regs pointer, [rsp+8] = report,
 // then the 8 callee-saved registers. A VM exit loads RSP from HOST_RSP and RIP from HOST_RIP
 // (= rhax_vmx_exit) and clears RFLAGS except bit 1 (SDM §28.5.3), so DF=0 and IF=0 there.
+//
+// Unwind data (PE/COFF targets only: the Windows driver; `seh!` is empty on ELF): Windows
+// walks kernel stacks with the `.pdata`/`.xdata` tables (bugchecks, debuggers, RtlVirtualUnwind;
+// "x64 exception handling", UNWIND_INFO/UNWIND_CODE), and a function without an entry there
+// is taken for a leaf, so a walk through the stub would lose the caller. The directives record
+// no instruction: `rhax_vmx_enter` describes its 8 pushes as its prologue; `rhax_vmx_exit`,
+// entered by the CPU on the frame `rhax_vmx_enter` built, describes that whole frame at its
+// offset 0 (8 pushes, then 16 bytes: report and regs pointer) and its own `push rax`, so a walk
+// from inside either finds the caller of `rhax_vmx_enter`. Known gaps (IF=0 in both places,
+// so only an NMI or a machine check can walk there): between `push rax`/`push rdi` and `add
+// rsp, 16` in the entry, and between `pop rcx` and `pop rax` in the exit, the frame is 16
+// (resp. 8) bytes off. `cargo xtask sys` checks the `.pdata` entries and their codes.
 global_asm!(
     ".text",
     ".p2align 4",
     ".globl rhax_vmx_enter",
     "rhax_vmx_enter:",
+    seh!(".seh_proc rhax_vmx_enter"),
     "push rbp",
+    seh!(".seh_pushreg rbp"),
     "push rbx",
+    seh!(".seh_pushreg rbx"),
     "push r12",
+    seh!(".seh_pushreg r12"),
     "push r13",
+    seh!(".seh_pushreg r13"),
     "push r14",
+    seh!(".seh_pushreg r14"),
     "push r15",
+    seh!(".seh_pushreg r15"),
     "push rdi",
+    seh!(".seh_pushreg rdi"),
     "push rsi",
+    seh!(".seh_pushreg rsi"),
+    seh!(".seh_endprologue"),
     // HOST_RSP will be rsp after two more pushes. VMWRITE it only if it changed.
     "xor eax, eax",
     "lea rcx, [rsp - 16]",
@@ -154,11 +192,25 @@ global_asm!(
     "pop rbx",
     "pop rbp",
     "ret",
+    seh!(".seh_endproc"),
     "",
     ".p2align 4",
     ".globl rhax_vmx_exit",
     "rhax_vmx_exit:",
+    seh!(
+        ".seh_proc rhax_vmx_exit",
+        ".seh_pushreg rbp",
+        ".seh_pushreg rbx",
+        ".seh_pushreg r12",
+        ".seh_pushreg r13",
+        ".seh_pushreg r14",
+        ".seh_pushreg r15",
+        ".seh_pushreg rdi",
+        ".seh_pushreg rsi",
+        ".seh_stackalloc 16"
+    ),
     "push rax",
+    seh!(".seh_stackalloc 8", ".seh_endprologue"),
     "mov rax, [rsp + 8]",
     "mov [rax + 8], rcx",
     "mov [rax + 16], rdx",
@@ -188,6 +240,7 @@ global_asm!(
     "pop rbx",
     "pop rbp",
     "ret",
+    seh!(".seh_endproc"),
 );
 
 // `sysv64`, not `C`: the stub reads its arguments from rdi, rsi, rdx on every target (see

@@ -981,30 +981,8 @@ mod tests {
     use super::*;
     use crate::vmx::caps::VmxCapMsrs;
 
-    /// Haswell values from Bochs 2.7, with TRUE controls.
     fn haswell() -> VmxCapMsrs {
-        VmxCapMsrs {
-            feature_control: 0x5,
-            basic: 0x00d8_1000_0000_002b,
-            pinbased: 0x0000_007f_0000_0016,
-            procbased: 0xf7f9_fffe_0401_e172,
-            exit: 0x007f_ffff_0003_6dff,
-            entry: 0x0000_ffff_0000_11ff,
-            misc: 0x2004_01e0,
-            cr0_fixed0: 0x8000_0021,
-            cr0_fixed1: 0xffff_ffff,
-            cr4_fixed0: 0x2000,
-            cr4_fixed1: 0x0017_27ff,
-            vmcs_enum: 0x34,
-            true_pinbased: Some(0x0000_007f_0000_0016),
-            true_procbased: Some(0xf7f9_fffe_0400_6172),
-            true_exit: Some(0x007f_ffff_0003_6dfb),
-            true_entry: Some(0x0000_ffff_0000_11fb),
-            procbased2: Some(0x0004_7fff_0000_0000),
-            ept_vpid_cap: Some(0x0000_0f01_0633_4141),
-            vmfunc: Some(1),
-            procbased3: None,
-        }
+        VmxCapMsrs::bochs_haswell()
     }
 
     #[test]

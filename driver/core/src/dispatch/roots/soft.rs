@@ -33,6 +33,12 @@ pub struct SoftCpuRoots {
     root: core::cell::RefCell<Option<VmxRoot<SoftVmx>>>,
     /// INVEPTs executed by [`CpuRoots::invept_each_cpu`] (a CPU-count check for tests).
     pub invepts: core::cell::Cell<u64>,
+    /// VMs between [`CpuRoots::vm_created`] and [`CpuRoots::vm_destroyed`]. Lends work only
+    /// while it is above zero, as on Windows where VMX operation exists only while a VM does:
+    /// a lend outside a VM's life (a vCPU torn down after its VM's memory) fails here too.
+    pub live_vms: core::cell::Cell<u32>,
+    /// Makes [`CpuRoots::vm_created`] fail (VMXON refused on some CPU).
+    pub refuse_vms: core::cell::Cell<bool>,
 }
 
 impl SoftCpuRoots {
@@ -41,6 +47,8 @@ impl SoftCpuRoots {
         SoftCpuRoots {
             root: core::cell::RefCell::new(Some(root)),
             invepts: core::cell::Cell::new(0),
+            live_vms: core::cell::Cell::new(0),
+            refuse_vms: core::cell::Cell::new(false),
         }
     }
 
@@ -49,6 +57,8 @@ impl SoftCpuRoots {
         SoftCpuRoots {
             root: core::cell::RefCell::new(None),
             invepts: core::cell::Cell::new(0),
+            live_vms: core::cell::Cell::new(0),
+            refuse_vms: core::cell::Cell::new(false),
         }
     }
 
@@ -66,6 +76,9 @@ impl CpuRoots for SoftCpuRoots {
         &self,
         f: impl FnOnce(&mut VmxRoot<SoftVmx>) -> T,
     ) -> Result<T, RootUnavailable> {
+        if self.live_vms.get() == 0 {
+            return Err(RootUnavailable);
+        }
         self.with_soft(f).ok_or(RootUnavailable)
     }
 
@@ -94,6 +107,21 @@ impl CpuRoots for SoftCpuRoots {
         if matches!(done, Some(Ok(()))) {
             self.invepts.set(self.invepts.get() + 1);
         }
+    }
+
+    fn vm_created(&self) -> Result<(), RootUnavailable> {
+        if self.refuse_vms.get() {
+            return Err(RootUnavailable);
+        }
+        self.live_vms.set(self.live_vms.get() + 1);
+        Ok(())
+    }
+
+    fn vm_destroyed(&self) {
+        // An unmatched call is a dispatcher bug the tests must see.
+        let live = self.live_vms.get().checked_sub(1);
+        self.live_vms
+            .set(live.unwrap_or_else(|| panic!("vm_destroyed without vm_created")));
     }
 }
 

@@ -57,7 +57,7 @@ use crate::vcpu::guest::{
     fetch_linear, probe_linear, read_linear, write_linear, Access, AccessKind, GuestMemoryAccess,
     PagingMode, WalkError,
 };
-use crate::vcpu::{skip_instruction, CreateError, RunError, Vcpu};
+use crate::vcpu::{skip_instruction, CreateError, RunError, StillResident, Vcpu};
 use crate::vmcs::exit::{CrAccessType, InterruptionType, IoDirection, VmExit};
 use crate::vmcs::stats::{ExitCounters, SETUP_BUCKET};
 use crate::vmcs::{Vmcs, VmcsField};
@@ -391,6 +391,23 @@ fn tsc_ticks(platform: &impl Platform, us: u64) -> u64 {
     platform.tsc_frequency() / 1_000_000 * us
 }
 
+/// The core vCPU, boxed. Its own frame: the by-value `Vcpu` and its `Result` (~1.2 KiB) stay
+/// out of [`HaxVcpu::new`]'s, which otherwise exceeds the 2 KiB budget of an IOCTL path in
+/// the Windows image (`cargo xtask sys`).
+#[inline(never)]
+fn boxed_core<P: Platform>(
+    platform: &P,
+    controls: &VmxControls,
+    vpid: u16,
+    eptp: u64,
+) -> Result<Box<Vcpu>, HaxError> {
+    let core = Vcpu::new(platform, controls, vpid, eptp).map_err(HaxError::Create)?;
+    crate::heap::try_box(core).map_err(|core| {
+        let _ = core.destroy(platform);
+        HaxError::Platform(PlatformError::OutOfMemory)
+    })
+}
+
 impl HaxVcpu {
     /// Creates a vCPU in HAXM's power-on state with its tunnel page and IO buffer. VPID is
     /// `(vm_id << 8) | (vcpu_id + 1)` as HAXM; `eptp` comes from the VM's memory. The
@@ -420,11 +437,7 @@ impl HaxVcpu {
             .map_err(|_| HaxError::Platform(PlatformError::OutOfMemory))?;
         soft_msrs.resize(exits::SOFT_MSRS, 0);
         let vpid = (((vm_id & 0xff) << 8) | ((vcpu_id & 0xff) + 1)) as u16;
-        let core = Vcpu::new(platform, &controls, vpid, eptp).map_err(HaxError::Create)?;
-        let core = crate::heap::try_box(core).map_err(|core| {
-            let _ = core.destroy(platform);
-            HaxError::Platform(PlatformError::OutOfMemory)
-        })?;
+        let core = boxed_core(platform, &controls, vpid, eptp)?;
         let tunnel = match platform.alloc_pages(1) {
             Ok(p) => p,
             Err(e) => {
@@ -467,10 +480,13 @@ impl HaxVcpu {
     }
 
     /// Frees everything. The VMCS must not be active on a CPU (`Vcpu::unload` there first);
-    /// otherwise the vCPU is handed back.
-    pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), Box<HaxVcpu>> {
+    /// otherwise everything is leaked instead ([`StillResident`]; no allocation on the close
+    /// path).
+    pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), StillResident> {
         if self.core.resident_cpu().is_some() {
-            return Err(Box::new(self));
+            // See `Vcpu::destroy`: a CPU may still write the VMCS.
+            core::mem::forget(self);
+            return Err(StillResident);
         }
         let HaxVcpu {
             core,
@@ -478,9 +494,7 @@ impl HaxVcpu {
             iobuf,
             ..
         } = self;
-        if (*core).destroy(platform).is_err() {
-            return Ok(());
-        }
+        (*core).destroy(platform)?;
         platform.free_pages(tunnel);
         platform.free_pages(iobuf);
         Ok(())

@@ -296,7 +296,9 @@ impl HaxVcpu {
         platform: &P,
     ) -> Result<RunStep, HaxError> {
         loop {
-            if self.take_user_event() {
+            // The user-space kicks: the tunnel's `user_event_pending` and the shell's
+            // (a pending signal on Linux), checked before every entry.
+            if self.take_user_event() || platform.user_return_pending() {
                 self.set_status(ExitStatus::Interrupt, 0);
                 self.finish_user_exit(root)?;
                 return Ok(RunStep::Done);

@@ -39,7 +39,7 @@ impl HaxVcpu {
                         vmcs.read(seg[0])? as u16,
                         vmcs.read(seg[1])?,
                         vmcs.read(seg[2])? as u32,
-                        vmcs.read(seg[3])? as u32,
+                        reported_ar(vmcs.read(seg[3])? as u32),
                     );
                     *segment_mut(&mut s, i) = d;
                 }
@@ -288,9 +288,27 @@ pub(in crate::vcpu::haxm) fn segment_mut(s: &mut VcpuState, i: usize) -> &mut Se
     }
 }
 
-/// The access rights VM entry accepts for what QEMU sends (HAXM `core/cpu.c` fix-ups).
+/// Access rights as GET_REGS reports them: an unusable segment (bit 16) also reads as not
+/// present (bit 7 clear). The CPU may leave stale type/S/P/G bits in an unusable segment's
+/// access rights (SDM Vol. 3C §28.3.2: only the unusable bit is defined then), and QEMU's
+/// `get_seg`/`set_seg` keep P but drop the unusable bit: without this a segment the guest
+/// nulled came back from QEMU's GET/SET round trip as a usable one with garbage limit and
+/// granularity, and VM entry failed. Seen with `-smp 2`, where QEMU syncs an AP's state on the
+/// second SIPI while it runs 64-bit kernel code. KVM does the same (`vmx_get_segment`: "Some
+/// userspaces do not preserve unusable property"); [`fix_ar`] completes it.
+pub(in crate::vcpu::haxm) fn reported_ar(ar: u32) -> u32 {
+    if ar & (1 << 16) != 0 {
+        ar & !(1 << 7)
+    } else {
+        ar
+    }
+}
+
+/// The access rights VM entry accepts for what QEMU sends (HAXM `core/cpu.c` fix-ups). A
+/// segment that is not present is unusable (a usable one must be present, SDM Vol. 3C
+/// §27.3.1.2; QEMU does not carry the unusable bit, see [`reported_ar`]).
 pub(in crate::vcpu::haxm) fn fix_ar(index: usize, ar: u32) -> u32 {
-    if ar == 0 {
+    if ar == 0 || ar & (1 << 7) == 0 {
         return 1 << 16;
     }
     if ar & (1 << 16) != 0 {
