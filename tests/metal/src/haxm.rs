@@ -53,7 +53,7 @@ impl Ram {
         Ok(Ram { addr, pages })
     }
 
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.pages * mm::PAGE
     }
 
@@ -70,7 +70,7 @@ impl Ram {
         }
     }
 
-    fn read(&self, off: u64, len: usize) -> Vec<u8> {
+    pub(crate) fn read(&self, off: u64, len: usize) -> Vec<u8> {
         assert!(off + len as u64 <= self.len());
         let mut v = vec![0u8; len];
         // SAFETY: inside this block (asserted).
@@ -270,7 +270,7 @@ const RSI: usize = 6;
 
 /// The state QEMU's `x86_cpu_reset` + `hax_set_registers` send (`haxm-clients.md` §3.5):
 /// zeros, then the reset values; DRs, EFER, SYSENTER, activity and interruptibility left 0.
-fn qemu_reset_state() -> VcpuState {
+pub(crate) fn qemu_reset_state() -> VcpuState {
     let mut s = VcpuState::default();
     s.regs[RDX] = 0x600; // EDX = CPUID version at reset
     s.rip = 0xfff0;
@@ -649,7 +649,7 @@ pub(crate) fn simple_vm<'a>(
 }
 
 /// Flat 4-GiB segments: CS with access rights `code_ar`, data 0xC093 (selector 0x10).
-fn flat(s: &mut VcpuState, code_ar: u32) {
+pub(crate) fn flat(s: &mut VcpuState, code_ar: u32) {
     s.cs = SegmentDesc::new(0x08, 0, 0xffff_ffff, code_ar);
     for seg in [&mut s.ds, &mut s.es, &mut s.ss, &mut s.fs, &mut s.gs] {
         *seg = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xC093);
@@ -661,7 +661,7 @@ fn flat(s: &mut VcpuState, code_ar: u32) {
 }
 
 /// GDT at 0x500: null, flat code (0x08), flat data (0x10).
-fn write_gdt(ram: &Ram, code: u64) {
+pub(crate) fn write_gdt(ram: &Ram, code: u64) {
     ram.write(0x500, &0u64.to_le_bytes());
     ram.write(0x508, &code.to_le_bytes());
     ram.write(0x510, &0x00CF_9300_0000_FFFFu64.to_le_bytes());
