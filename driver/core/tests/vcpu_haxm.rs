@@ -318,25 +318,6 @@ fn mmio_store_and_load_with_completion() {
 }
 
 #[test]
-fn unknown_mmio_instruction_panics_the_vcpu() {
-    let mut t = setup();
-    t.mem.0.borrow_mut()[0x1000..0x1002].copy_from_slice(&[0x01, 0x07]); // add [bx], ax
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cs.base = 0;
-    s.rip = 0x1000;
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
-    t.hook(|c: &mut GuestCpu<'_>| {
-        c.write(VmcsField::GuestPhysicalAddress, 0xfee0_0000);
-        c.exit(48, 2, 0);
-    });
-    assert_eq!(t.run(), Ok(ExitStatus::StateChange));
-    assert!(matches!(
-        t.vcpu.panic_reason(),
-        Some(PanicReason::Emulation(_))
-    ));
-}
-
-#[test]
 fn cpuid_from_the_table_and_msrs_in_kernel() {
     let mut t = setup();
     t.hook(script(vec![

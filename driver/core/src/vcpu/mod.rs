@@ -486,6 +486,20 @@ impl Vcpu {
         &self.fpu
     }
 
+    /// Sets XMM register `n` (0-15) in the guest's saved image (after [`Vcpu::put`]): the
+    /// result of an emulated SSE load. Register bits carry no privileged meaning (unlike
+    /// MXCSR), so the next FXRSTOR cannot fault on them.
+    pub fn set_xmm(&mut self, n: u8, value: u128) {
+        let (bank, i) = if n < 8 {
+            (&mut self.fpu.mmx_1, n)
+        } else {
+            (&mut self.fpu.mmx_2, n - 8)
+        };
+        if let Some(r) = bank.get_mut(usize::from(i)) {
+            *r = value.to_le_bytes();
+        }
+    }
+
     /// Replaces the guest's x87/SSE image (after [`Vcpu::put`]) with one checked against the
     /// host's MXCSR_MASK, so the FXRSTOR of the next run cannot fault.
     pub fn set_fpu(&mut self, image: &checked::FxImage) {

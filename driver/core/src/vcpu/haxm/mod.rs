@@ -72,7 +72,7 @@ use crate::vmx::{Counted, VmFail, Vmx};
 
 mod events;
 mod exits;
-pub use exits::{TaskSource, TaskSwitch};
+pub use exits::{TaskSource, TaskSwitch, Unemulated};
 mod run;
 mod state;
 mod tunnel;
@@ -179,6 +179,9 @@ pub enum MemoryRequest {
     /// A task switch (exit reason 9): descriptor tables and TSSs are read and written at
     /// passive level.
     TaskSwitch(exits::TaskSwitch),
+    /// The MMIO instruction in flight needs guest memory or the saved FPU state (the passive
+    /// route of the emulator: MOVS, CMPS, PUSH/POP m, SSE moves, page-crossing accesses).
+    Emulate,
     /// A string OUT (OUTS): `len` bytes from guest linear address `linear` go to the IO
     /// buffer. The exit (HAX_EXIT_IO) is otherwise complete; nothing follows in the region.
     StringOut {
@@ -227,6 +230,9 @@ struct Resolved {
     got: usize,
     fault: Option<WalkError>,
     cpu_mode: CpuMode,
+    /// Paging mode and privilege at the exit (the general MMIO path's accesses).
+    mode: PagingMode,
+    user: bool,
 }
 
 /// Where a RUN stands between its steps.
@@ -257,6 +263,8 @@ enum Step {
     },
     /// [`HaxVcpu::resume`] loads this task (a task switch done at passive level).
     TaskSwitched(Box<exits::NewTask>),
+    /// [`HaxVcpu::resume`] applies the passive route's outcome of the MMIO instruction.
+    Emulated(exits::Outcome),
 }
 
 /// What a string IO exit changed before its memory was touched, to be undone when the
@@ -301,8 +309,8 @@ pub enum PanicReason {
         /// Vector.
         vector: u8,
     },
-    /// An MMIO instruction the decoder does not know.
-    Emulation(emulate::DecodeError),
+    /// An MMIO instruction the emulator does not carry out (its bytes and address).
+    Unemulated(exits::Unemulated),
     /// Guest memory needed by string IO or MMIO could not be walked or read.
     GuestMemory(WalkError),
     /// EPT misconfiguration.
@@ -381,6 +389,13 @@ pub struct HaxVcpu {
     step: Step,
     /// How to take back the string IO exit whose memory step is pending.
     undo: Option<StringUndo>,
+    /// The MMIO instruction in flight on the general path (boxed, allocated at creation).
+    emu: Box<exits::Emulation>,
+    /// Plain MOVs to MMIO skip the general emulator (on by default; off to measure it).
+    mmio_fast_path: bool,
+    /// The passive step in progress re-executes the last RUN's MMIO instruction (the RUN then
+    /// goes on as a fresh one).
+    emu_from_start: bool,
     /// TSC at the start of the RUN's guest loop, and the budget in TSC ticks (it spans all
     /// the RUN's steps).
     run_start: u64,
@@ -436,6 +451,8 @@ impl HaxVcpu {
             .try_reserve_exact(exits::SOFT_MSRS)
             .map_err(|_| HaxError::Platform(PlatformError::OutOfMemory))?;
         soft_msrs.resize(exits::SOFT_MSRS, 0);
+        let emu = crate::heap::try_box(exits::Emulation::default())
+            .map_err(|_| HaxError::Platform(PlatformError::OutOfMemory))?;
         let vpid = (((vm_id & 0xff) << 8) | ((vcpu_id & 0xff) + 1)) as u16;
         let core = boxed_core(platform, &controls, vpid, eptp)?;
         let tunnel = match platform.alloc_pages(1) {
@@ -472,6 +489,9 @@ impl HaxVcpu {
             user_exits: 0,
             step: Step::Idle,
             undo: None,
+            emu,
+            mmio_fast_path: true,
+            emu_from_start: false,
             run_start: 0,
             run_budget: 0,
         };

@@ -45,6 +45,7 @@ impl HaxVcpu {
                 | Step::Fault { .. }
                 | Step::Exception { .. }
                 | Step::TaskSwitched(_)
+                | Step::Emulated(_)
         ) {
             return Err(HaxError::NothingToResume);
         }
@@ -74,6 +75,25 @@ impl HaxVcpu {
             Step::Fault { linear, code } => self.fault_string_io(root, linear, code)?,
             Step::Exception { vector, code } => self.inject_exception(root, vector, Some(code))?,
             Step::TaskSwitched(t) => self.apply_task(root, &t)?,
+            Step::Emulated(o) => {
+                let from_start = core::mem::replace(&mut self.emu_from_start, false);
+                let next = self.emu_finish(root, o)?;
+                if from_start {
+                    // The instruction of the last RUN's MMIO exit, completed at the start of
+                    // this RUN: the RUN goes on as a fresh one (pause handshake, budget).
+                    return match next {
+                        Next::Resume => self.begin_guest(root, cpuid, platform),
+                        next => Ok(self
+                            .after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform)?
+                            .unwrap_or(RunStep::Done)),
+                    };
+                }
+                if let Some(step) =
+                    self.after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform)?
+                {
+                    return Ok(step);
+                }
+            }
             _ => return self.begin_guest(root, cpuid, platform),
         }
         self.guest_loop(root, cpuid, platform)
@@ -166,6 +186,11 @@ impl HaxVcpu {
                     }
                 }
             }
+            MemoryRequest::Emulate => {
+                let outcome = self.emulate_passive(mem);
+                self.step = Step::Emulated(outcome);
+                Ok(AfterMemory::Resume)
+            }
             MemoryRequest::TaskSwitch(ts) => {
                 match Self::task_switch_memory(mem, &ts) {
                     Ok(t) => match crate::heap::try_box(t) {
@@ -209,6 +234,8 @@ impl HaxVcpu {
                     got,
                     fault,
                     cpu_mode: fetch.cpu_mode,
+                    mode: fetch.mode,
+                    user: fetch.access.user,
                 });
                 Ok(AfterMemory::Resume)
             }
@@ -268,6 +295,21 @@ impl HaxVcpu {
             return Ok(RunStep::NeedMemory(request));
         }
         self.complete_pending(root)?;
+        // The general MMIO path's instruction in flight: its read arrived, or its next write
+        // leaves.
+        if let Some(next) = self.emu_continue(root)? {
+            return match next {
+                Next::Resume => self.begin_guest(root, cpuid, platform),
+                Next::Memory(request) => {
+                    self.emu_from_start = true;
+                    self.step = Step::Waiting(request);
+                    Ok(RunStep::NeedMemory(request))
+                }
+                next => Ok(self
+                    .after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform)?
+                    .unwrap_or(RunStep::Done)),
+            };
+        }
         self.begin_guest(root, cpuid, platform)
     }
 

@@ -69,8 +69,8 @@ impl HaxVcpu {
                 // own fetch would); one that ends before it is emulated.
                 let truncated = |b: &[u8]| {
                     matches!(
-                        emulate::decode(b, v.cpu_mode),
-                        Err(emulate::DecodeError::Truncated)
+                        emulate::decode_full(b, v.cpu_mode),
+                        Err(emulate::DecodeFailure::Truncated)
                     )
                 };
                 match v.fault {
@@ -79,7 +79,7 @@ impl HaxVcpu {
                         Next::Resume
                     }
                     Some(e) if truncated(bytes) => self.panic(PanicReason::GuestMemory(e)),
-                    _ => self.mmio(root, v.gpa, bytes, v.cpu_mode)?,
+                    _ => self.mmio(root, v, bytes)?,
                 }
             }
             Resolution::Protected { gpa: page } => {
@@ -94,17 +94,19 @@ impl HaxVcpu {
         })
     }
 
-    /// FAST_MMIO for the instruction `bytes` (fetched at passive level) at `gpa`.
+    /// FAST_MMIO for the instruction `bytes` (fetched at passive level) of violation `v`:
+    /// the plain MOV loads and stores take the fast path here (no executor, the load
+    /// completed at the next RUN); everything else the general path (`emulation.rs`).
     pub(in crate::vcpu::haxm) fn mmio<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
-        gpa: u64,
+        v: &Resolved,
         bytes: &[u8],
-        cpu_mode: CpuMode,
     ) -> Result<Next, HaxError> {
+        let (gpa, cpu_mode) = (v.gpa, v.cpu_mode);
         let insn = match emulate::decode(bytes, cpu_mode) {
-            Ok(i) => i,
-            Err(e) => return Ok(self.panic(PanicReason::Emulation(e))),
+            Ok(i) if self.mmio_fast_path => i,
+            _ => return self.emulate_mmio(root, gpa, bytes, cpu_mode, v.mode, v.user),
         };
         let mut m = FastMmio {
             gpa,
@@ -143,19 +145,7 @@ impl HaxVcpu {
                 );
             }
         }
-        // Only gpa, value, size and direction are HAXM's to write (§4); the rest keeps what
-        // the buffer held.
-        {
-            let buf = &mut self.iobuf.bytes_mut()[..core::mem::size_of::<FastMmio>()];
-            let mut old = FastMmio::read_from_prefix(buf).unwrap_or_default();
-            old.gpa = m.gpa;
-            if m.direction == 1 {
-                old.value = m.value;
-            }
-            old.size = m.size;
-            old.direction = m.direction;
-            buf.copy_from_slice(old.as_bytes());
-        }
+        self.fill_fast_mmio(m.gpa, m.size, m.direction, m.value);
         if m.direction == 1 {
             self.core
                 .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
@@ -165,6 +155,27 @@ impl HaxVcpu {
                 })??;
         }
         Ok(Next::User(ExitStatus::FastMmio))
+    }
+
+    /// Writes a FAST_MMIO record into the IO buffer. Only gpa, value, size and direction are
+    /// HAXM's to write (§4); the rest keeps what the buffer held, and a read (direction 0)
+    /// leaves `value` for user space to fill. For a move (2), `value` is `gpa2`.
+    pub(in crate::vcpu::haxm) fn fill_fast_mmio(
+        &mut self,
+        gpa: u64,
+        size: u8,
+        direction: u8,
+        value: u64,
+    ) {
+        let buf = &mut self.iobuf.bytes_mut()[..core::mem::size_of::<FastMmio>()];
+        let mut old = FastMmio::read_from_prefix(buf).unwrap_or_default();
+        old.gpa = gpa;
+        if direction != 0 {
+            old.value = value;
+        }
+        old.size = size;
+        old.direction = direction;
+        buf.copy_from_slice(old.as_bytes());
     }
 
     /// Completes the IN or MMIO read of the previous exit from the IO buffer (quirk 6).

@@ -9,8 +9,11 @@ mod task;
 pub use task::TaskSource;
 pub use task::TaskSwitch;
 pub(in crate::vcpu::haxm) use task::{Failed, NewTask};
+mod emulation;
 mod io;
 mod mmio;
+pub use emulation::Unemulated;
+pub(in crate::vcpu::haxm) use emulation::{Emulation, Outcome};
 mod msr;
 
 impl HaxVcpu {

@@ -1,0 +1,1143 @@
+//! The general MMIO path (issue 11): an instruction the plain-MOV fast path does not take is
+//! decoded by [`emulate::decode_full`] and carried out by [`emulate::execute`].
+//!
+//! KVM's model: the executor is transactional and only reads; an MMIO read whose data user
+//! space has not given yet stops it with nothing changed, the vCPU exits with a FAST_MMIO
+//! read, and the next RUN executes the instruction again with the value in a small cache
+//! ([`Emulation::reads`]). A completed instruction's MMIO writes leave one per exit
+//! (FAST_MMIO carries at most 8 bytes): the first with the exit that completes the
+//! instruction, the rest at the start of the following RUNs, before the guest runs again.
+//! A MOVS between two MMIO addresses leaves as one MMIO-to-MMIO move (direction 2, `gpa2`).
+//!
+//! Two routes, chosen per instruction:
+//! * In the non-preemptible region ([`RegionEnv`]): instructions whose only memory access is
+//!   the one that caused the EPT violation (MOV, ALU, TEST, BT*, SETcc, CMOVcc, XCHG, CMPXCHG,
+//!   XADD, STOS, LODS, SCAS...). The access is at the exit's guest-physical address; paging
+//!   and segmentation already let it through (an EPT violation comes after both, SDM Vol. 3C
+//!   §29.3.3.2), so nothing is walked; the registers come from the VMCS cache.
+//! * At passive level ([`PassiveEnv`]): instructions with a second memory access (MOVS, CMPS,
+//!   PUSH/POP m), the SSE/AVX moves (the guest's vector registers are in the saved FPU image
+//!   only outside the region), and accesses that do not match the exit (crossing a page).
+//!   The region captures the registers and segments first ([`Context`]); every access is then
+//!   checked against the segment (SDM Vol. 3A §6.3 limit and type checks, canonical addresses
+//!   in 64-bit mode) and walked through the guest's page tables, RAM read and written
+//!   directly, MMIO through the cache.
+
+use super::*;
+use crate::emulate::{
+    self as emu, Decoded, Effects, Env, ExecError, Fault, MemWrite, Op, Rep, Seg,
+};
+use crate::vcpu::guest::{guest_walk, Backing};
+use crate::vmcs::VmcsField;
+
+/// MMIO reads one instruction may need (a 32-byte VEX load is four 8-byte pieces; CMPS two).
+const MAX_READS: usize = 8;
+/// MMIO write pieces of one instruction (a 32-byte store).
+const MAX_WRITES: usize = 8;
+
+/// One MMIO access of at most 8 bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) struct Piece {
+    gpa: u64,
+    size: u8,
+    value: u64,
+}
+
+/// One segment register as the passive route checks it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) struct SegState {
+    selector: u16,
+    base: u64,
+    limit: u32,
+    ar: u32,
+}
+
+/// What the passive route needs from the VMCS, captured in the region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) struct Context {
+    rip: u64,
+    rflags: u64,
+    rsp: u64,
+    segs: [SegState; 6],
+}
+
+/// The MMIO instruction in flight, kept across steps and RUNs until it completes.
+#[derive(Clone, Debug, Default)]
+pub(in crate::vcpu::haxm) struct Emulation {
+    insn: Option<Decoded>,
+    /// The guest-physical address of the exit.
+    gpa: u64,
+    mode: Option<PagingMode>,
+    user: bool,
+    /// Set once the instruction takes the passive route.
+    ctx: Option<Context>,
+    reads: [Piece; MAX_READS],
+    nreads: usize,
+    /// A read exit is out: its value comes back in the IO buffer.
+    read_out: Option<Piece>,
+    writes: [Piece; MAX_WRITES],
+    nwrites: usize,
+    next_write: usize,
+}
+
+impl Emulation {
+    fn cached(&self, gpa: u64, size: u8) -> Option<u64> {
+        self.reads
+            .get(..self.nreads)?
+            .iter()
+            .find(|p| p.gpa == gpa && p.size == size)
+            .map(|p| p.value)
+    }
+
+    /// Whether an instruction (or its remaining MMIO writes) is still in flight.
+    pub(in crate::vcpu::haxm) fn active(&self) -> bool {
+        self.insn.is_some() || self.next_write < self.nwrites
+    }
+
+    fn clear(&mut self) {
+        *self = Emulation::default();
+    }
+}
+
+/// Why an environment stopped the executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) enum Stop {
+    /// User space must read `size` bytes at `gpa`.
+    Read { gpa: u64, size: u8 },
+    /// The instruction needs the passive-level route.
+    Passive,
+    /// Guest memory could not be walked or read (tables outside RAM, a memory-layer failure).
+    Memory(WalkError),
+    /// More MMIO reads than [`MAX_READS`] or writes than [`MAX_WRITES`].
+    TooManyPieces,
+}
+
+/// The MMIO exit an emulation step ends with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) enum EmuExit {
+    /// None: enter the guest again.
+    None,
+    /// FAST_MMIO read.
+    Read(Piece),
+    /// FAST_MMIO write.
+    Write(Piece),
+    /// FAST_MMIO move from `from` to `to`.
+    Move { from: u64, to: u64, size: u8 },
+    /// The guest takes this exception instead.
+    Exception(emu::Exception),
+    /// The vCPU panics (STATECHANGE).
+    Panic(PanicReason),
+}
+
+/// Register changes the region applies (RIP, RFLAGS and RSP are VMCS fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) struct Commit {
+    rip: u64,
+    rflags: u64,
+    rsp: Option<u64>,
+    segment: Option<(Seg, u16)>,
+}
+
+/// What the passive route hands to the region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) struct Outcome {
+    commit: Option<Commit>,
+    exit: EmuExit,
+}
+
+const SEG_SELECTOR: [VmcsField; 6] = [
+    VmcsField::GuestEsSelector,
+    VmcsField::GuestCsSelector,
+    VmcsField::GuestSsSelector,
+    VmcsField::GuestDsSelector,
+    VmcsField::GuestFsSelector,
+    VmcsField::GuestGsSelector,
+];
+const SEG_BASE: [VmcsField; 6] = [
+    VmcsField::GuestEsBase,
+    VmcsField::GuestCsBase,
+    VmcsField::GuestSsBase,
+    VmcsField::GuestDsBase,
+    VmcsField::GuestFsBase,
+    VmcsField::GuestGsBase,
+];
+const SEG_LIMIT: [VmcsField; 6] = [
+    VmcsField::GuestEsLimit,
+    VmcsField::GuestCsLimit,
+    VmcsField::GuestSsLimit,
+    VmcsField::GuestDsLimit,
+    VmcsField::GuestFsLimit,
+    VmcsField::GuestGsLimit,
+];
+const SEG_AR: [VmcsField; 6] = [
+    VmcsField::GuestEsAccessRights,
+    VmcsField::GuestCsAccessRights,
+    VmcsField::GuestSsAccessRights,
+    VmcsField::GuestDsAccessRights,
+    VmcsField::GuestFsAccessRights,
+    VmcsField::GuestGsAccessRights,
+];
+
+/// Splits `len` bytes at `gpa` into naturally sized pieces of at most 8 bytes (the sizes
+/// FAST_MMIO carries), calling `f(gpa, size, offset)` for each.
+fn pieces<E>(
+    gpa: u64,
+    len: usize,
+    mut f: impl FnMut(u64, u8, usize) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut done = 0;
+    while done < len {
+        let left = len - done;
+        let size = [8usize, 4, 2, 1]
+            .into_iter()
+            .find(|&s| s <= left)
+            .unwrap_or(1);
+        f(gpa.wrapping_add(done as u64), size as u8, done)?;
+        done += size;
+    }
+    Ok(())
+}
+
+/// Whether the instruction's only memory access is its one operand (the region route).
+fn single_access(insn: &Decoded) -> bool {
+    !matches!(
+        insn.op,
+        Op::Movs | Op::Cmps | Op::PushMem | Op::PopMem | Op::VecLoad(_) | Op::VecStore(_)
+    )
+}
+
+/// Whether the instruction reads or writes RSP (the region fetches it only then).
+fn uses_rsp(insn: &Decoded) -> bool {
+    let reg = insn
+        .reg
+        .is_some_and(|r| r.number == reg::RSP as u8 && !r.high_byte);
+    let mem = insn
+        .mem
+        .is_some_and(|m| m.base == Some(reg::RSP as u8) || m.index == Some(reg::RSP as u8));
+    reg || mem
+}
+
+/// The region route's view: registers from the VMCS cache, the one access at the exit's
+/// guest-physical address.
+struct RegionEnv<'a> {
+    gprs: &'a [u64; 16],
+    rsp: u64,
+    rip: u64,
+    rflags: u64,
+    bases: [u64; 6],
+    selectors: [u16; 6],
+    cr0: u64,
+    long: bool,
+    gpa: u64,
+    emu: &'a Emulation,
+    first: Option<u64>,
+}
+
+impl RegionEnv<'_> {
+    /// The linear address must be the exit's (same page offset, not crossing the page), and
+    /// every access of the instruction the same.
+    fn check(&mut self, seg: Seg, offset: u64, len: usize) -> Result<(), Fault<Stop>> {
+        let mut linear = self.bases[seg as usize].wrapping_add(offset);
+        if !self.long {
+            linear &= 0xffff_ffff;
+        }
+        let in_page = (self.gpa & 0xfff) as usize;
+        if linear & 0xfff != self.gpa & 0xfff || in_page + len > 0x1000 {
+            return Err(Fault::Env(Stop::Passive));
+        }
+        match self.first {
+            Some(l) if l != linear => Err(Fault::Env(Stop::Passive)),
+            _ => {
+                self.first = Some(linear);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Env for RegionEnv<'_> {
+    type Stop = Stop;
+
+    fn gpr(&self, n: u8) -> u64 {
+        if usize::from(n) == reg::RSP {
+            self.rsp
+        } else {
+            self.gprs[usize::from(n & 15)]
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        self.rip
+    }
+
+    fn rflags(&self) -> u64 {
+        self.rflags
+    }
+
+    // The region route never takes a vector instruction (`single_access`).
+    fn xmm(&self, _n: u8) -> u128 {
+        0
+    }
+
+    fn ymm_high(&self, _n: u8) -> Option<u128> {
+        None
+    }
+
+    fn selector(&self, s: Seg) -> u16 {
+        self.selectors[s as usize]
+    }
+
+    fn segment_base(&self, s: Seg) -> u64 {
+        self.bases[s as usize]
+    }
+
+    fn stack_is_32bit(&self) -> bool {
+        true
+    }
+
+    fn protected_mode(&self) -> bool {
+        self.cr0 & 1 != 0
+    }
+
+    fn read(&mut self, seg: Seg, offset: u64, buf: &mut [u8]) -> Result<(), Fault<Stop>> {
+        self.check(seg, offset, buf.len())?;
+        let emu = self.emu;
+        pieces(self.gpa, buf.len(), |gpa, size, at| {
+            let v = emu
+                .cached(gpa, size)
+                .ok_or(Fault::Env(Stop::Read { gpa, size }))?;
+            let n = usize::from(size);
+            if let Some(dst) = buf.get_mut(at..at + n) {
+                dst.copy_from_slice(&v.to_le_bytes()[..n]);
+            }
+            Ok(())
+        })
+    }
+
+    fn check_write(&mut self, seg: Seg, offset: u64, len: usize) -> Result<(), Fault<Stop>> {
+        self.check(seg, offset, len)
+    }
+}
+
+/// The passive route's view: the captured [`Context`], guest memory through the guest's
+/// paging, the saved FPU image.
+struct PassiveEnv<'a, M: GuestMemoryAccess + ?Sized> {
+    mem: &'a M,
+    gprs: &'a [u64; 16],
+    fpu: &'a FxLayout,
+    ctx: &'a Context,
+    mode: &'a PagingMode,
+    user: bool,
+    long: bool,
+    emu: &'a Emulation,
+    /// MOVS between two MMIO addresses: the source reads as zeros (user space copies).
+    copy: bool,
+}
+
+/// #GP(0), or #SS(0) for the stack segment (SDM Vol. 3A §6.3 "Limit Checking").
+fn seg_fault(seg: Seg) -> Fault<Stop> {
+    Fault::Exception(emu::Exception {
+        vector: if seg == Seg::Ss { 12 } else { 13 },
+        error_code: Some(0),
+        cr2: None,
+    })
+}
+
+impl<M: GuestMemoryAccess + ?Sized> PassiveEnv<'_, M> {
+    /// The linear address of `len` bytes at seg:offset, after the segment's checks.
+    fn linear(&self, seg: Seg, offset: u64, len: usize, write: bool) -> Result<u64, Fault<Stop>> {
+        let s = &self.ctx.segs[seg as usize];
+        let last = offset.wrapping_add(len.saturating_sub(1) as u64);
+        if self.long {
+            // 64-bit mode: no limits; FS/GS bases apply; the address must be canonical
+            // (SDM Vol. 3A §3.3.7.1).
+            let base = if matches!(seg, Seg::Fs | Seg::Gs) {
+                s.base
+            } else {
+                0
+            };
+            let linear = base.wrapping_add(offset);
+            let end = base.wrapping_add(last);
+            let canonical = |a: u64| ((a as i64) << 16 >> 16) as u64 == a;
+            if !canonical(linear) || !canonical(end) {
+                return Err(seg_fault(seg));
+            }
+            return Ok(linear);
+        }
+        let protected = self.mode.cr0 & 1 != 0 && self.ctx.rflags & RFLAGS_VM == 0;
+        if protected {
+            // Unusable (null) segment, then the type: execute-only code cannot be read,
+            // code and read-only data cannot be written (SDM Vol. 3A §6.4).
+            let ty = s.ar & 0xf;
+            let code = ty & 8 != 0;
+            let unusable = s.ar & (1 << 16) != 0;
+            let readable = !code || ty & 2 != 0;
+            let writable = !code && ty & 2 != 0;
+            if unusable || (write && !writable) || (!write && !readable) {
+                return Err(seg_fault(seg));
+            }
+        }
+        let big = s.ar & (1 << 14) != 0;
+        let expand_down = s.ar & 0xc == 0x4;
+        let limit = u64::from(s.limit);
+        let upper = if big { 0xffff_ffff } else { 0xffff };
+        let ok = if expand_down {
+            offset > limit && last <= upper && last >= offset
+        } else {
+            last <= limit && last >= offset
+        };
+        if !ok {
+            return Err(seg_fault(seg));
+        }
+        Ok(s.base.wrapping_add(offset) & 0xffff_ffff)
+    }
+
+    fn access(&self, write: bool) -> Access {
+        Access {
+            kind: if write {
+                AccessKind::Write
+            } else {
+                AccessKind::Read
+            },
+            user: self.user,
+            ac: self.ctx.rflags & RFLAGS_AC != 0,
+        }
+    }
+
+    /// Guest-physical address of linear `la`, or the fault.
+    fn walk(&self, la: u64, write: bool) -> Result<u64, Fault<Stop>> {
+        guest_walk(self.mem, self.mode, la, self.access(write)).map_err(walk_fault)
+    }
+}
+
+fn walk_fault(e: WalkError) -> Fault<Stop> {
+    match e {
+        WalkError::PageFault { linear, code } => Fault::Exception(emu::Exception {
+            vector: 14,
+            error_code: Some(code),
+            cr2: Some(linear),
+        }),
+        other => Fault::Env(Stop::Memory(other)),
+    }
+}
+
+/// Calls `f(linear, gpa_start_in_page, len, offset_in_buffer)` for each page of `len` bytes at
+/// linear `la`.
+fn by_page<E>(
+    la: u64,
+    len: usize,
+    mut f: impl FnMut(u64, usize, usize) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut done = 0;
+    while done < len {
+        let at = la.wrapping_add(done as u64);
+        let n = ((0x1000 - (at & 0xfff)) as usize).min(len - done);
+        f(at, n, done)?;
+        done += n;
+    }
+    Ok(())
+}
+
+impl<M: GuestMemoryAccess + ?Sized> Env for PassiveEnv<'_, M> {
+    type Stop = Stop;
+
+    fn gpr(&self, n: u8) -> u64 {
+        if usize::from(n) == reg::RSP {
+            self.ctx.rsp
+        } else {
+            self.gprs[usize::from(n & 15)]
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        self.ctx.rip
+    }
+
+    fn rflags(&self) -> u64 {
+        self.ctx.rflags
+    }
+
+    fn xmm(&self, n: u8) -> u128 {
+        let (bank, i) = if n < 8 {
+            (&self.fpu.mmx_1, n)
+        } else {
+            (&self.fpu.mmx_2, n - 8)
+        };
+        bank.get(usize::from(i))
+            .map_or(0, |b| u128::from_le_bytes(*b))
+    }
+
+    // AVX state is not switched yet: the guest cannot enable it (CPUID hides AVX), and
+    // VEX forms are #UD, as on a CPU without AVX.
+    fn ymm_high(&self, _n: u8) -> Option<u128> {
+        None
+    }
+
+    fn selector(&self, s: Seg) -> u16 {
+        self.ctx.segs[s as usize].selector
+    }
+
+    fn segment_base(&self, s: Seg) -> u64 {
+        self.ctx.segs[s as usize].base
+    }
+
+    fn stack_is_32bit(&self) -> bool {
+        self.ctx.segs[Seg::Ss as usize].ar & (1 << 14) != 0
+    }
+
+    fn protected_mode(&self) -> bool {
+        self.mode.cr0 & 1 != 0
+    }
+
+    fn read(&mut self, seg: Seg, offset: u64, buf: &mut [u8]) -> Result<(), Fault<Stop>> {
+        let la = self.linear(seg, offset, buf.len(), false)?;
+        by_page(la, buf.len(), |at, n, done| {
+            let gpa = self.walk(at, false)?;
+            let dst = buf
+                .get_mut(done..done + n)
+                .ok_or(Fault::Env(Stop::TooManyPieces))?;
+            match self.mem.read(gpa, dst) {
+                Ok(Backing::Ram) => Ok(()),
+                Ok(Backing::NotRam) if self.copy => {
+                    dst.fill(0);
+                    Ok(())
+                }
+                Ok(Backing::NotRam) => pieces(gpa, n, |g, size, at| {
+                    let v = self
+                        .emu
+                        .cached(g, size)
+                        .ok_or(Fault::Env(Stop::Read { gpa: g, size }))?;
+                    let k = usize::from(size);
+                    if let Some(d) = dst.get_mut(at..at + k) {
+                        d.copy_from_slice(&v.to_le_bytes()[..k]);
+                    }
+                    Ok(())
+                }),
+                Err(e) => Err(Fault::Env(Stop::Memory(e.into()))),
+            }
+        })
+    }
+
+    fn check_write(&mut self, seg: Seg, offset: u64, len: usize) -> Result<(), Fault<Stop>> {
+        let la = self.linear(seg, offset, len, true)?;
+        by_page(la, len, |at, _, _| self.walk(at, true).map(|_| ()))
+    }
+}
+
+impl HaxVcpu {
+    /// The general path for the instruction `bytes` that faulted on MMIO at `gpa`.
+    pub(in crate::vcpu::haxm) fn emulate_mmio<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        gpa: u64,
+        bytes: &[u8],
+        cpu_mode: CpuMode,
+        mode: PagingMode,
+        user: bool,
+    ) -> Result<Next, HaxError> {
+        let insn = match emu::decode_full(bytes, cpu_mode) {
+            Ok(i) => i,
+            // Bytes the CPU ran but that decode as invalid now: the guest changed them since
+            // the exit (another vCPU); executing them now raises #UD, as the CPU would.
+            Err(emu::DecodeFailure::Invalid | emu::DecodeFailure::InvalidLock) => {
+                self.inject_exception(root, 6, None)?;
+                return Ok(Next::Resume);
+            }
+            Err(_) => return Ok(self.panic(PanicReason::Unemulated(unemulated(gpa, bytes)))),
+        };
+        self.emu.clear();
+        self.emu.insn = Some(insn);
+        self.emu.gpa = gpa;
+        self.emu.mode = Some(mode);
+        self.emu.user = user;
+        self.emu_region(root, bytes)
+    }
+
+    /// Executes the instruction in flight in the region, or sends it to the passive route.
+    fn emu_region<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        bytes: &[u8],
+    ) -> Result<Next, HaxError> {
+        let Some(insn) = self.emu.insn else {
+            return Ok(Next::Resume);
+        };
+        if self.emu.ctx.is_some() || !single_access(&insn) {
+            return self.emu_to_passive(root);
+        }
+        let long = insn.mode == CpuMode::Bits64;
+        let want_rsp = uses_rsp(&insn);
+        let mut segs = [insn.seg, insn.seg];
+        if matches!(insn.op, Op::Stos | Op::Scas) {
+            segs[1] = Seg::Es;
+        }
+        let sreg = match insn.op {
+            Op::MovFromSreg => insn.reg.and_then(|r| Seg::from_number(r.number)),
+            _ => None,
+        };
+        let (rip, rflags, rsp, bases, selectors, cr0) =
+            self.core.with_vmcs(root, |vmcs, _| -> Result<_, VmFail> {
+                let mut bases = [0u64; 6];
+                for s in segs {
+                    // 64-bit mode ignores the bases of ES, CS, SS and DS (SDM Vol. 3A §3.4.4).
+                    if !long || matches!(s, Seg::Fs | Seg::Gs) {
+                        bases[s as usize] = vmcs.read(SEG_BASE[s as usize])?;
+                    }
+                }
+                let mut selectors = [0u16; 6];
+                if let Some(s) = sreg {
+                    selectors[s as usize] = vmcs.read(SEG_SELECTOR[s as usize])? as u16;
+                }
+                let rsp = if want_rsp { vmcs.guest_rsp()? } else { 0 };
+                Ok((
+                    vmcs.guest_rip()?,
+                    vmcs.guest_rflags()?,
+                    rsp,
+                    bases,
+                    selectors,
+                    vmcs.guest_cr0()?,
+                ))
+            })??;
+        let mut env = RegionEnv {
+            gprs: &self.core.regs.gpr,
+            rsp,
+            rip,
+            rflags,
+            bases,
+            selectors,
+            cr0,
+            long,
+            gpa: self.emu.gpa,
+            emu: &self.emu,
+            first: None,
+        };
+        match emu::execute(&insn, &mut env) {
+            Ok(fx) => {
+                let commit = Commit {
+                    rip: fx.rip,
+                    rflags: fx.rflags,
+                    rsp: fx.gpr[reg::RSP],
+                    segment: fx.segment,
+                };
+                for (n, v) in fx.gpr.iter().enumerate() {
+                    if let (Some(v), false) = (v, n == reg::RSP) {
+                        self.core.regs.gpr[n] = *v;
+                    }
+                }
+                let gpa = self.emu.gpa;
+                let exit = match self.queue_region_writes(&fx, gpa) {
+                    Ok(()) => self.next_write_exit(),
+                    Err(stop) => return self.emu_stopped(root, stop, bytes),
+                };
+                // Done, or one REP iteration done (the guest re-executes the rest): only the
+                // MMIO writes not yet delivered stay.
+                self.emu.clear_keep_writes();
+                self.emu_apply(
+                    root,
+                    Outcome {
+                        commit: Some(commit),
+                        exit,
+                    },
+                    (rip, rflags),
+                )
+            }
+            Err(ExecError::Env(stop)) => self.emu_stopped(root, stop, bytes),
+            Err(ExecError::Exception(x)) => {
+                self.emu.clear();
+                self.emu_apply(
+                    root,
+                    Outcome {
+                        commit: None,
+                        exit: EmuExit::Exception(x),
+                    },
+                    (rip, rflags),
+                )
+            }
+            Err(ExecError::Unsupported(_)) => {
+                let gpa = self.emu.gpa;
+                self.emu.clear();
+                Ok(self.panic(PanicReason::Unemulated(unemulated(gpa, bytes))))
+            }
+        }
+    }
+
+    /// The region route stopped: a read for user space, or the passive route.
+    fn emu_stopped<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        stop: Stop,
+        bytes: &[u8],
+    ) -> Result<Next, HaxError> {
+        match stop {
+            Stop::Read { gpa, size } => {
+                let p = Piece {
+                    gpa,
+                    size,
+                    value: 0,
+                };
+                self.emu.read_out = Some(p);
+                self.fill_fast_mmio(gpa, size, 0, 0);
+                Ok(Next::User(ExitStatus::FastMmio))
+            }
+            Stop::Passive => self.emu_to_passive(root),
+            Stop::Memory(e) => {
+                self.emu.clear();
+                Ok(self.panic(PanicReason::GuestMemory(e)))
+            }
+            Stop::TooManyPieces => {
+                let gpa = self.emu.gpa;
+                self.emu.clear();
+                Ok(self.panic(PanicReason::Unemulated(unemulated(gpa, bytes))))
+            }
+        }
+    }
+
+    /// Captures the registers and segments, then asks for a passive-level step.
+    fn emu_to_passive<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<Next, HaxError> {
+        if self.emu.ctx.is_none() {
+            let ctx = self
+                .core
+                .with_vmcs(root, |vmcs, _| -> Result<Context, VmFail> {
+                    let mut segs = [SegState::default(); 6];
+                    for (i, s) in segs.iter_mut().enumerate() {
+                        *s = SegState {
+                            selector: vmcs.read(SEG_SELECTOR[i])? as u16,
+                            base: vmcs.read(SEG_BASE[i])?,
+                            limit: vmcs.read(SEG_LIMIT[i])? as u32,
+                            ar: vmcs.read(SEG_AR[i])? as u32,
+                        };
+                    }
+                    Ok(Context {
+                        rip: vmcs.guest_rip()?,
+                        rflags: vmcs.guest_rflags()?,
+                        rsp: vmcs.guest_rsp()?,
+                        segs,
+                    })
+                })??;
+            self.emu.ctx = Some(ctx);
+        }
+        Ok(Next::Memory(MemoryRequest::Emulate))
+    }
+
+    /// The passive route (in [`HaxVcpu::complete_memory`]).
+    pub(in crate::vcpu::haxm) fn emulate_passive<M: GuestMemoryAccess + ?Sized>(
+        &mut self,
+        mem: &M,
+    ) -> Outcome {
+        let (Some(insn), Some(ctx), Some(mode)) = (self.emu.insn, self.emu.ctx, self.emu.mode)
+        else {
+            return Outcome {
+                commit: None,
+                exit: EmuExit::None,
+            };
+        };
+        let long = insn.mode == CpuMode::Bits64;
+        let mut env = PassiveEnv {
+            mem,
+            gprs: &self.core.regs.gpr,
+            fpu: self.core.fpu(),
+            ctx: &ctx,
+            mode: &mode,
+            user: self.emu.user,
+            long,
+            emu: &self.emu,
+            copy: false,
+        };
+        let copy = if insn.op == Op::Movs && self.emu.nreads == 0 {
+            movs_between_mmio(&env, &insn)
+        } else {
+            None
+        };
+        env.copy = copy.is_some();
+        let result = emu::execute(&insn, &mut env);
+        let fx = match result {
+            Ok(fx) => fx,
+            Err(ExecError::Env(Stop::Read { gpa, size })) => {
+                let p = Piece {
+                    gpa,
+                    size,
+                    value: 0,
+                };
+                self.emu.read_out = Some(p);
+                return Outcome {
+                    commit: None,
+                    exit: EmuExit::Read(p),
+                };
+            }
+            Err(ExecError::Env(Stop::Memory(e))) => {
+                self.emu.clear();
+                return Outcome {
+                    commit: None,
+                    exit: EmuExit::Panic(PanicReason::GuestMemory(e)),
+                };
+            }
+            Err(ExecError::Env(Stop::Passive | Stop::TooManyPieces))
+            | Err(ExecError::Unsupported(_)) => {
+                let gpa = self.emu.gpa;
+                self.emu.clear();
+                return Outcome {
+                    commit: None,
+                    exit: EmuExit::Panic(PanicReason::Unemulated(Unemulated {
+                        gpa,
+                        ..Unemulated::default()
+                    })),
+                };
+            }
+            Err(ExecError::Exception(x)) => {
+                self.emu.clear();
+                return Outcome {
+                    commit: None,
+                    exit: EmuExit::Exception(x),
+                };
+            }
+        };
+        // Memory first: a write the guest's paging refuses now (its tables changed since
+        // the checks) faults with nothing changed.
+        let mut exit = EmuExit::None;
+        for w in fx.writes.iter().flatten() {
+            match self.passive_write(mem, &ctx, &mode, long, w, copy) {
+                Ok(Some(m)) => exit = m,
+                Ok(None) => {}
+                Err(f) => {
+                    self.emu.clear();
+                    return Outcome {
+                        commit: None,
+                        exit: match f {
+                            Fault::Exception(x) => EmuExit::Exception(x),
+                            Fault::Env(Stop::Memory(e)) => {
+                                EmuExit::Panic(PanicReason::GuestMemory(e))
+                            }
+                            Fault::Env(_) => {
+                                EmuExit::Panic(PanicReason::Unemulated(Unemulated::default()))
+                            }
+                        },
+                    };
+                }
+            }
+        }
+        if exit == EmuExit::None {
+            exit = self.next_write_exit();
+        }
+        for (n, v) in fx.gpr.iter().enumerate() {
+            if let (Some(v), false) = (v, n == reg::RSP) {
+                self.core.regs.gpr[n] = *v;
+            }
+        }
+        if let Some(x) = fx.xmm {
+            self.core.set_xmm(x.n, x.value);
+        }
+        // Done, or one REP iteration done (the guest re-executes the rest: RIP did not move):
+        // only the MMIO writes not yet delivered stay.
+        self.emu.clear_keep_writes();
+        Outcome {
+            commit: Some(Commit {
+                rip: fx.rip,
+                rflags: fx.rflags,
+                rsp: fx.gpr[reg::RSP],
+                segment: fx.segment,
+            }),
+            exit,
+        }
+    }
+
+    /// Performs one write of a completed instruction at passive level: RAM directly, MMIO
+    /// queued (or, for a MOVS between two MMIO addresses, the move exit).
+    fn passive_write<M: GuestMemoryAccess + ?Sized>(
+        &mut self,
+        mem: &M,
+        ctx: &Context,
+        mode: &PagingMode,
+        long: bool,
+        w: &MemWrite,
+        copy: Option<(u64, u64)>,
+    ) -> Result<Option<EmuExit>, Fault<Stop>> {
+        let env = PassiveEnv {
+            mem,
+            gprs: &self.core.regs.gpr,
+            fpu: self.core.fpu(),
+            ctx,
+            mode,
+            user: self.emu.user,
+            long,
+            emu: &self.emu,
+            copy: false,
+        };
+        let data = w.bytes();
+        let la = env.linear(w.seg, w.offset, data.len(), true)?;
+        let mut queue: [Piece; MAX_WRITES] = [Piece::default(); MAX_WRITES];
+        let mut n = 0;
+        let mut moved = None;
+        by_page(la, data.len(), |at, len, done| {
+            let gpa = env.walk(at, true)?;
+            let chunk = data.get(done..done + len).unwrap_or(&[]);
+            match mem.write(gpa, chunk) {
+                Ok(Backing::Ram) => Ok(()),
+                Ok(Backing::NotRam) => {
+                    if let Some((from, to)) = copy {
+                        if to == gpa {
+                            moved = Some(EmuExit::Move {
+                                from,
+                                to,
+                                size: len as u8,
+                            });
+                            return Ok(());
+                        }
+                    }
+                    pieces(gpa, len, |g, size, at| {
+                        let mut b = [0u8; 8];
+                        let k = usize::from(size);
+                        b[..k].copy_from_slice(chunk.get(at..at + k).unwrap_or(&[0; 8][..k]));
+                        let slot = queue.get_mut(n).ok_or(Fault::Env(Stop::TooManyPieces))?;
+                        *slot = Piece {
+                            gpa: g,
+                            size,
+                            value: u64::from_le_bytes(b),
+                        };
+                        n += 1;
+                        Ok(())
+                    })
+                }
+                Err(e) => Err(Fault::Env(Stop::Memory(e.into()))),
+            }
+        })?;
+        for p in queue.iter().take(n) {
+            self.emu.push_write(*p).map_err(Fault::Env)?;
+        }
+        Ok(moved)
+    }
+
+    /// Queues the MMIO writes of an instruction completed in the region (all at the exit's
+    /// address).
+    fn queue_region_writes(&mut self, fx: &Effects, gpa: u64) -> Result<(), Stop> {
+        for w in fx.writes.iter().flatten() {
+            let data = w.bytes();
+            pieces(gpa, data.len(), |g, size, at| {
+                let mut b = [0u8; 8];
+                let k = usize::from(size);
+                if let Some(src) = data.get(at..at + k) {
+                    b[..k].copy_from_slice(src);
+                }
+                self.emu.push_write(Piece {
+                    gpa: g,
+                    size,
+                    value: u64::from_le_bytes(b),
+                })
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The next queued MMIO write as an exit (or none).
+    fn next_write_exit(&mut self) -> EmuExit {
+        match self.emu.writes.get(self.emu.next_write) {
+            Some(p) if self.emu.next_write < self.emu.nwrites => {
+                self.emu.next_write += 1;
+                EmuExit::Write(*p)
+            }
+            _ => EmuExit::None,
+        }
+    }
+
+    /// Applies an emulation step's outcome in the region: registers, then the exit.
+    /// `seen` is (RIP, RFLAGS) as the VMCS holds them, to write only what changed.
+    fn emu_apply<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        o: Outcome,
+        seen: (u64, u64),
+    ) -> Result<Next, HaxError> {
+        if let Some(c) = o.commit {
+            self.core
+                .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
+                    if c.rip != seen.0 {
+                        vmcs.set_guest_rip(c.rip);
+                    }
+                    if c.rflags != seen.1 {
+                        vmcs.set_guest_rflags(c.rflags);
+                    }
+                    if let Some(rsp) = c.rsp {
+                        vmcs.set_guest_rsp(rsp);
+                    }
+                    if let Some((s, sel)) = c.segment {
+                        // Only real/virtual-8086 mode loads are emulated: base = selector * 16.
+                        vmcs.write(SEG_SELECTOR[s as usize], u64::from(sel));
+                        vmcs.write(SEG_BASE[s as usize], u64::from(sel) << 4);
+                    }
+                    Ok(())
+                })??;
+        }
+        Ok(match o.exit {
+            EmuExit::None => Next::Resume,
+            EmuExit::Read(p) => {
+                self.fill_fast_mmio(p.gpa, p.size, 0, 0);
+                Next::User(ExitStatus::FastMmio)
+            }
+            EmuExit::Write(p) => {
+                self.fill_fast_mmio(p.gpa, p.size, 1, p.value);
+                Next::User(ExitStatus::FastMmio)
+            }
+            EmuExit::Move { from, to, size } => {
+                self.fill_fast_mmio(from, size, 2, to);
+                Next::User(ExitStatus::FastMmio)
+            }
+            EmuExit::Exception(x) => {
+                match (x.vector, x.cr2, x.error_code) {
+                    (14, Some(cr2), Some(code)) => self.inject_page_fault(root, cr2, code)?,
+                    (v, _, code) => self.inject_exception(root, v, code)?,
+                }
+                Next::Resume
+            }
+            EmuExit::Panic(why) => self.panic(why),
+        })
+    }
+
+    /// The passive route's outcome, back in the region (from [`HaxVcpu::resume`]).
+    pub(in crate::vcpu::haxm) fn emu_finish<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        o: Outcome,
+    ) -> Result<Next, HaxError> {
+        let seen = self
+            .core
+            .with_vmcs(root, |vmcs, _| -> Result<(u64, u64), VmFail> {
+                Ok((vmcs.guest_rip()?, vmcs.guest_rflags()?))
+            })??;
+        self.emu_apply(root, o, seen)
+    }
+
+    /// At the start of a RUN: the instruction in flight goes on. `Some(next)` when it did
+    /// something (an exit, or the guest may run); `None` when nothing was in flight.
+    pub(in crate::vcpu::haxm) fn emu_continue<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<Option<Next>, HaxError> {
+        if !self.emu.active() {
+            return Ok(None);
+        }
+        if let Some(mut p) = self.emu.read_out.take() {
+            p.value = FastMmio::read_from_prefix(self.iobuf.bytes_mut())
+                .map(|m| m.value)
+                .unwrap_or(0)
+                & size_mask(p.size);
+            if self.emu.push_read(p).is_err() {
+                let gpa = self.emu.gpa;
+                self.emu.clear();
+                return Ok(Some(self.panic(PanicReason::Unemulated(Unemulated {
+                    gpa,
+                    ..Unemulated::default()
+                }))));
+            }
+        } else if self.emu.insn.is_none() || self.emu.next_write < self.emu.nwrites {
+            // The rest of a completed instruction's MMIO writes, one per RUN.
+            let exit = self.next_write_exit();
+            if !self.emu.active() {
+                self.emu.clear();
+            }
+            return Ok(Some(self.emu_apply(
+                root,
+                Outcome { commit: None, exit },
+                (0, 0),
+            )?));
+        }
+        let next = self.emu_region(root, &[])?;
+        Ok(Some(next))
+    }
+}
+
+fn size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
+/// A MOVS whose source and destination are both MMIO: (source, destination) guest-physical
+/// addresses, for one move exit.
+fn movs_between_mmio<M: GuestMemoryAccess + ?Sized>(
+    env: &PassiveEnv<'_, M>,
+    insn: &Decoded,
+) -> Option<(u64, u64)> {
+    let mask = match insn.address_size {
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    };
+    let count = env.gpr(reg::RCX as u8) & mask;
+    if insn.rep != Rep::None && count == 0 {
+        return None;
+    }
+    let size = usize::from(insn.size);
+    let src = env
+        .linear(insn.seg, env.gpr(reg::RSI as u8) & mask, size, false)
+        .ok()?;
+    let dst = env
+        .linear(Seg::Es, env.gpr(reg::RDI as u8) & mask, size, true)
+        .ok()?;
+    // Both must stay inside one page (a split element is copied the general way).
+    if (src & 0xfff) as usize + size > 0x1000 || (dst & 0xfff) as usize + size > 0x1000 {
+        return None;
+    }
+    let from = env.walk(src, false).ok()?;
+    let to = env.walk(dst, true).ok()?;
+    let mut probe = [0u8; 1];
+    let not_ram =
+        |g: u64, probe: &mut [u8; 1]| matches!(env.mem.read(g, probe), Ok(Backing::NotRam));
+    if not_ram(from, &mut probe) && not_ram(to, &mut probe) {
+        Some((from, to))
+    } else {
+        None
+    }
+}
+
+/// The instruction the emulator could not carry out: reported with the vCPU's panic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unemulated {
+    /// The guest-physical address of the MMIO access.
+    pub gpa: u64,
+    /// The instruction's bytes (`len` of them).
+    pub bytes: [u8; emulate::MAX_LENGTH],
+    /// How many bytes were fetched.
+    pub len: u8,
+}
+
+fn unemulated(gpa: u64, bytes: &[u8]) -> Unemulated {
+    let mut u = Unemulated {
+        gpa,
+        ..Unemulated::default()
+    };
+    let n = bytes.len().min(emulate::MAX_LENGTH);
+    u.bytes[..n].copy_from_slice(&bytes[..n]);
+    u.len = n as u8;
+    u
+}
+
+impl Emulation {
+    fn push_read(&mut self, p: Piece) -> Result<(), Stop> {
+        let slot = self.reads.get_mut(self.nreads).ok_or(Stop::TooManyPieces)?;
+        *slot = p;
+        self.nreads += 1;
+        Ok(())
+    }
+
+    fn push_write(&mut self, p: Piece) -> Result<(), Stop> {
+        let slot = self
+            .writes
+            .get_mut(self.nwrites)
+            .ok_or(Stop::TooManyPieces)?;
+        *slot = p;
+        self.nwrites += 1;
+        Ok(())
+    }
+
+    /// After a REP iteration: the instruction is done with (the guest re-executes it), only
+    /// the MMIO writes not yet delivered stay.
+    fn clear_keep_writes(&mut self) {
+        let (writes, nwrites, next_write) = (self.writes, self.nwrites, self.next_write);
+        self.clear();
+        self.writes = writes;
+        self.nwrites = nwrites;
+        self.next_write = next_write;
+    }
+}

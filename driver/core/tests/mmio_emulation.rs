@@ -1,0 +1,249 @@
+//! The general MMIO path of the HAXM vCPU (issue 11) against the software VMX: read-modify-
+//! write instructions (a read exit, then the write exit), REP string forms split per element
+//! with RCX/RSI/RDI/RIP at every exit, MOVS between MMIO and RAM at passive level, a MOVS
+//! between two MMIO addresses as one move exit, SSE loads into the saved FPU image, faults
+//! the guest gets, and the defined panic of an instruction the emulator does not carry out.
+
+mod common;
+use common::*;
+use rhax_api::vcpu::{SegmentDesc, VcpuState};
+
+/// Real mode at CS:IP 0:0x1000 with `code` there; `f` adjusts the registers.
+fn real_mode(t: &mut T, code: &[u8], f: impl FnOnce(&mut VcpuState)) {
+    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(code);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cs = SegmentDesc::new(0, 0, 0xffff, 0x9b);
+    for seg in [&mut s.ds, &mut s.es, &mut s.ss] {
+        *seg = SegmentDesc::new(0, 0, 0xffff, 0x93);
+    }
+    s.rip = 0x1000;
+    f(&mut s);
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+}
+
+/// 32-bit flat protected mode (paging off) at 0x1000 with `code` there.
+fn flat32(t: &mut T, code: &[u8], f: impl FnOnce(&mut VcpuState)) {
+    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(code);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr0 = 0x11;
+    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
+    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
+    s.ds = s.ss;
+    s.es = s.ss;
+    s.rip = 0x1000;
+    f(&mut s);
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+}
+
+/// An EPT violation at `gpa` (the hook plays the CPU's access to MMIO).
+fn violation(gpa: u64) -> Step {
+    Box::new(move |c| {
+        c.write(VmcsField::GuestPhysicalAddress, gpa);
+        c.exit(48, 2, 0);
+    })
+}
+
+fn hlt() -> Step {
+    Box::new(|c| c.exit(12, 0, 1))
+}
+
+fn mmio(t: &mut T) -> (u64, u8, u8, u64) {
+    let m = FastMmio::read_from_prefix(t.vcpu.io_buffer_mut()).unwrap();
+    (m.gpa, m.size, m.direction, m.value)
+}
+
+fn mmio3(t: &mut T) -> [u64; 3] {
+    let (g, s, d, _) = mmio(t);
+    [g, u64::from(s), u64::from(d)]
+}
+
+fn answer(t: &mut T, value: u64) {
+    let mut m = FastMmio::read_from_prefix(t.vcpu.io_buffer_mut()).unwrap();
+    m.value = value;
+    t.vcpu.io_buffer_mut()[..56].copy_from_slice(m.as_bytes());
+}
+
+#[test]
+fn add_to_mmio_is_a_read_exit_then_a_write_exit_with_the_flags_of_the_sum() {
+    let mut t = setup();
+    real_mode(&mut t, &[0x01, 0x07], |s| {
+        // add [bx], ax
+        s.regs[reg::RBX] = 0x40;
+        s.regs[reg::RAX] = 1;
+    });
+    t.hook(script(vec![violation(0xfee0_0040), hlt()]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(mmio3(&mut t), [0xfee0_0040, 2, 0], "a 2-byte read");
+    assert_eq!(t.rip(), 0x1000, "nothing changed before the data is there");
+    answer(&mut t, 0xfffe);
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(mmio(&mut t), (0xfee0_0040, 2, 1, 0xffff));
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(s.rip, 0x1002);
+    // 0xfffe + 1 = 0xffff: SF, PF (0xff has eight bits set), no CF/ZF/OF/AF.
+    assert_eq!(s.rflags & 0x8d5, 0x84);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt), "the guest goes on");
+}
+
+#[test]
+fn cmp_with_mmio_reads_once_and_writes_nothing() {
+    let mut t = setup();
+    real_mode(&mut t, &[0x66, 0x39, 0x07], |s| {
+        // cmp [bx], eax
+        s.regs[reg::RAX] = 5;
+    });
+    t.hook(script(vec![violation(0xfee0_0000), hlt()]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(mmio(&mut t).1, 4);
+    answer(&mut t, 5);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(
+        (s.rip, s.rflags & 0x40),
+        (0x1004, 0x40),
+        "ZF: equal (RIP past the HLT)"
+    );
+}
+
+#[test]
+fn rep_stosw_to_mmio_exits_per_element_with_the_registers_of_each_step() {
+    let mut t = setup();
+    real_mode(&mut t, &[0xf3, 0xab], |s| {
+        // rep stosw
+        s.regs[reg::RAX] = 0x0720;
+        s.regs[reg::RCX] = 3;
+        s.regs[reg::RDI] = 0x10;
+    });
+    t.hook(script(vec![
+        violation(0xfee0_0010),
+        violation(0xfee0_0012),
+        violation(0xfee0_0014),
+        hlt(),
+    ]));
+    for (i, di) in [(0u64, 0x10u64), (1, 0x12), (2, 0x14)] {
+        assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+        assert_eq!(mmio(&mut t), (0xfee0_0000 + di, 2, 1, 0x0720));
+        let s = t.vcpu.get_regs(&mut t.root).unwrap();
+        assert_eq!(s.regs[reg::RCX], 2 - i);
+        assert_eq!(s.regs[reg::RDI], di + 2);
+        let rip = if i == 2 { 0x1002 } else { 0x1000 };
+        assert_eq!(s.rip, rip, "RIP moves after the last element only");
+    }
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
+#[test]
+fn movsd_from_mmio_to_ram_goes_through_guest_memory() {
+    let mut t = setup();
+    flat32(&mut t, &[0xa5], |s| {
+        // movsd
+        s.regs[reg::RSI] = 0x20_0000;
+        s.regs[reg::RDI] = 0x500;
+    });
+    t.hook(script(vec![violation(0x20_0000), hlt()]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(mmio3(&mut t), [0x20_0000, 4, 0]);
+    answer(&mut t, 0xdead_beef);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    assert_eq!(
+        &t.mem.0.borrow()[0x500..0x504],
+        &0xdead_beefu32.to_le_bytes()
+    );
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(
+        (s.regs[reg::RSI], s.regs[reg::RDI], s.rip),
+        (0x20_0004, 0x504, 0x1002) // RIP past the MOVSD and the HLT
+    );
+}
+
+#[test]
+fn movsw_from_ram_to_mmio_is_one_write_exit() {
+    let mut t = setup();
+    t.mem.0.borrow_mut()[0x600..0x602].copy_from_slice(&[0x34, 0x12]);
+    flat32(&mut t, &[0x66, 0xa5], |s| {
+        s.regs[reg::RSI] = 0x600;
+        s.regs[reg::RDI] = 0x30_0010;
+        s.rflags = 2 | (1 << 10); // DF: the registers go down
+    });
+    t.hook(script(vec![violation(0x30_0010), hlt()]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(mmio(&mut t), (0x30_0010, 2, 1, 0x1234));
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!((s.regs[reg::RSI], s.regs[reg::RDI]), (0x5fe, 0x30_000e));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
+#[test]
+fn movsb_between_two_mmio_addresses_is_one_move_exit() {
+    let mut t = setup();
+    flat32(&mut t, &[0xa4], |s| {
+        s.regs[reg::RSI] = 0x20_0001;
+        s.regs[reg::RDI] = 0x30_0002;
+    });
+    t.hook(script(vec![violation(0x20_0001), hlt()]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(
+        mmio(&mut t),
+        (0x20_0001, 1, 2, 0x30_0002),
+        "direction 2, gpa2 in value"
+    );
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert_eq!(
+        (s.regs[reg::RSI], s.regs[reg::RDI], s.rip),
+        (0x20_0002, 0x30_0003, 0x1002) // RIP past the MOVSB and the HLT
+    );
+}
+
+#[test]
+fn movdqu_load_from_mmio_is_two_8_byte_reads_into_the_saved_xmm() {
+    let mut t = setup();
+    flat32(&mut t, &[0xf3, 0x0f, 0x6f, 0x0b], |s| {
+        // movdqu xmm1, [ebx]
+        s.regs[reg::RBX] = 0x20_0100;
+    });
+    t.hook(script(vec![violation(0x20_0100), hlt()]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(mmio3(&mut t), [0x20_0100, 8, 0]);
+    answer(&mut t, 0x0706_0504_0302_0100);
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(mmio(&mut t).0, 0x20_0108, "the second half");
+    answer(&mut t, 0x0f0e_0d0c_0b0a_0908);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    let fpu = t.vcpu.get_fpu();
+    let want: Vec<u8> = (0..16).collect();
+    assert_eq!(&fpu.mmx_1[1][..], &want[..]);
+    assert_eq!(t.rip(), 0x1005, "past the instruction and the HLT");
+}
+
+#[test]
+fn an_instruction_the_emulator_does_not_know_panics_the_vcpu_with_its_bytes() {
+    let mut t = setup();
+    real_mode(&mut t, &[0xd9, 0x07], |_| {}); // fld dword [bx]
+    t.hook(script(vec![violation(0xfee0_0000)]));
+    assert_eq!(t.run(), Ok(ExitStatus::StateChange));
+    match t.vcpu.panic_reason() {
+        Some(PanicReason::Unemulated(u)) => {
+            assert_eq!(u.gpa, 0xfee0_0000);
+            assert_eq!(&u.bytes[..2], &[0xd9, 0x07]);
+        }
+        other => panic!("panic reason {other:?}"),
+    }
+    assert_eq!(t.run(), Ok(ExitStatus::StateChange), "sticky");
+}
+
+#[test]
+fn lock_on_a_register_form_is_ud_in_the_guest() {
+    let mut t = setup();
+    // lock mov [bx], ax: LOCK is #UD on MOV (SDM Vol. 2A §2.1.1).
+    real_mode(&mut t, &[0xf0, 0x89, 0x07], |_| {});
+    t.hook(script(vec![
+        violation(0xfee0_0000),
+        Box::new(|c| {
+            let info = c.read(VmcsField::VmEntryInterruptionInformation);
+            assert_eq!(info & 0x8000_07ff, 0x8000_0306, "#UD injected");
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
