@@ -327,6 +327,7 @@ rhax_mmio32_start:
 
     /* compare the two saves; EDX collects what differed */
 84:
+    cld
     xor edx, edx
     xor ecx, ecx
 88:
@@ -573,6 +574,7 @@ rhax_mmio64_start:
     ret
 
 84:
+    cld
     xor edx, edx
     xor ecx, ecx
 88:
