@@ -420,6 +420,13 @@ fn sse_and_avx_moves() {
     env.bases[Seg::Ds as usize] = 8;
     assert!(run(&mut env, B64, &[0x66, 0x0f, 0x6f, 0x43, 0x08]).is_ok());
     env.bases[Seg::Ds as usize] = 0;
+    // VEX in real mode: #UD.
+    env.protected = false;
+    assert_eq!(
+        run(&mut env, B64, &[0xc5, 0xf8, 0x10, 0x0b]),
+        Err(ExecError::Exception(Exception::UD))
+    );
+    env.protected = true;
     // No AVX state: VEX.256 is #UD, before any access.
     env.ymm_high = None;
     env.reads.clear();

@@ -4,6 +4,7 @@
 //!
 //! - `decode.rs`: prefixes, REX, VEX, the one- and two-byte opcode maps, ModRM/SIB/disp and
 //!   immediates (Intel SDM Vol. 2A chapter 2 "Instruction Format", 2023+ numbering).
+//! - `decode_0f.rs`: the 0F map, MOVBE and the VEX moves.
 //! - `exec.rs`: the semantics of each family (Vol. 2A/2B instruction pages).
 //! - `alu.rs`: the arithmetic and its exact flags (Vol. 1 §3.4.3.1, Appendix A "EFLAGS Cross
 //!   Reference").
@@ -16,6 +17,7 @@
 
 mod alu;
 mod decode;
+mod decode_0f;
 mod exec;
 pub mod legacy;
 
