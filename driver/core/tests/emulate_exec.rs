@@ -476,3 +476,60 @@ fn a_stop_or_fault_leaves_nothing_done() {
     // CMP only reads: no fault.
     assert!(run(&mut env, B64, &[0x39, 0x0b]).is_ok());
 }
+
+/// Random bytes through `decode_full` and `execute` with random registers (small half the
+/// time, so that accesses land in the test memory): never a panic (debug builds trap every
+/// overflow), and the effects keep their invariants.
+#[test]
+fn random_instructions_keep_the_invariants() {
+    let mut s = 0x0123_4567_89ab_cdefu64;
+    let mut next = move || {
+        s ^= s >> 12;
+        s ^= s << 25;
+        s ^= s >> 27;
+        s.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let (mut executed, mut faulted) = (0u32, 0u32);
+    for k in 0..200_000u32 {
+        let mut bytes = [0u8; 16];
+        for chunk in bytes.chunks_mut(8) {
+            chunk.copy_from_slice(&next().to_le_bytes());
+        }
+        let mode = [B16, B32, B64][(k % 3) as usize];
+        let Ok(d) = decode_full(&bytes, mode) else {
+            continue;
+        };
+        assert!((1..=15).contains(&d.length) && (1..=32).contains(&d.size));
+        let mut env = TestEnv::new();
+        let small = next() & 1 == 0;
+        for r in env.gpr.iter_mut() {
+            *r = if small { next() & 0x7fff } else { next() };
+        }
+        env.rflags = 0x2 | (next() & (Flags::STATUS | Flags::DF));
+        env.rip = next() & 0xffff;
+        env.stack32 = next() & 1 == 0;
+        env.protected = next() & 1 == 0;
+        for x in env.xmm.iter_mut() {
+            *x = u128::from(next());
+        }
+        match execute(&d, &mut env) {
+            Ok(fx) => {
+                executed += 1;
+                for w in fx.writes.iter().flatten() {
+                    assert!((1..=32).contains(&w.len));
+                    assert!(w.offset <= u64::MAX >> (64 - 8 * u32::from(d.address_size)));
+                }
+                // Only the status flags change.
+                assert_eq!((fx.rflags ^ env.rflags) & !Flags::STATUS, 0, "{bytes:02x?}");
+                if fx.done {
+                    assert_ne!(fx.rip, env.rip, "{bytes:02x?}");
+                } else {
+                    assert!(d.rep != Rep::None && fx.rip == env.rip, "{bytes:02x?}");
+                }
+            }
+            Err(_) => faulted += 1,
+        }
+    }
+    println!("emulate_exec: {executed} executed, {faulted} refused or faulted");
+    assert!(executed > 1000);
+}
