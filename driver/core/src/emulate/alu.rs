@@ -3,7 +3,8 @@
 //!
 //! Values are carried in `u64` and cut to `size` bytes (1, 2, 4, 8). Flags an instruction
 //! leaves "undefined" take the value the host CPU produced when measured
-//! (`tests/emulate_alu.rs` runs the real instructions): AND/OR/XOR/TEST clear AF.
+//! (`tests/emulate_alu.rs` runs the real instructions; measured on AMD EPYC): AND/OR/XOR/TEST
+//! clear AF, BT/BTS/BTR/BTC leave OF/SF/AF/PF as they were.
 
 /// The RFLAGS bits this module computes.
 pub struct Flags;

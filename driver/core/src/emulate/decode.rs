@@ -3,18 +3,17 @@
 //! chapter 2, Appendix A opcode maps, 2023+ numbering).
 
 use super::{
-    AluOp, BitOp, CpuMode, DecodeFailure, Decoded, MemOperand, Op, Register, Rep, Seg, VecMove,
-    Vex, MAX_LENGTH,
+    AluOp, BitOp, CpuMode, DecodeFailure, Decoded, MemOperand, Op, Register, Rep, Seg, MAX_LENGTH,
 };
 
 /// Bytes consumed so far; refuses to go past 15 (SDM Vol. 2A §2.3.11).
-struct Cursor<'a> {
+pub(super) struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl Cursor<'_> {
-    fn next(&mut self) -> Result<u8, DecodeFailure> {
+    pub(super) fn next(&mut self) -> Result<u8, DecodeFailure> {
         if self.pos >= MAX_LENGTH {
             return Err(DecodeFailure::Truncated);
         }
@@ -28,7 +27,7 @@ impl Cursor<'_> {
     }
 
     /// A little-endian value of `n` bytes (n <= 8).
-    fn le(&mut self, n: u8) -> Result<u64, DecodeFailure> {
+    pub(super) fn le(&mut self, n: u8) -> Result<u64, DecodeFailure> {
         let mut v = 0u64;
         for i in 0..n {
             v |= u64::from(self.next()?) << (8 * u32::from(i));
@@ -39,26 +38,26 @@ impl Cursor<'_> {
 
 /// The legacy prefixes seen (SDM Vol. 2A §2.1.1): the last of each group wins.
 #[derive(Default)]
-struct Prefixes {
-    opsize: bool,
-    addrsize: bool,
-    lock: bool,
+pub(super) struct Prefixes {
+    pub(super) opsize: bool,
+    pub(super) addrsize: bool,
+    pub(super) lock: bool,
     /// The last of F2/F3 (0 if none).
-    rep: u8,
-    seg: Option<Seg>,
+    pub(super) rep: u8,
+    pub(super) seg: Option<Seg>,
     /// REX byte (0 if none); only the one right before the opcode counts.
-    rex: u8,
+    pub(super) rex: u8,
 }
 
 /// The ModRM byte's fields, REX-extended.
-struct ModRm {
+pub(super) struct ModRm {
     /// ModRM.reg | REX.R << 3.
-    reg: u8,
+    pub(super) reg: u8,
     /// ModRM.reg alone (the opcode extension of group opcodes).
-    digit: u8,
-    mem: MemOperand,
+    pub(super) digit: u8,
+    pub(super) mem: MemOperand,
     /// The default segment from the base register (SS for rSP/rBP bases).
-    stack_base: bool,
+    pub(super) stack_base: bool,
 }
 
 /// 16-bit addressing's base/index pairs (SDM Vol. 2A Table 2-1): BX = 3, BP = 5, SI = 6,
@@ -75,7 +74,7 @@ const MODES16: [(Option<u8>, Option<u8>); 8] = [
 ];
 
 /// Reads ModRM, SIB and displacement. Refuses a register operand (mod = 11).
-fn modrm(
+pub(super) fn modrm(
     c: &mut Cursor<'_>,
     mode: CpuMode,
     address_size: u8,
@@ -160,17 +159,17 @@ fn modrm(
 }
 
 /// The decoder's state after the prefixes.
-struct Ctx {
-    mode: CpuMode,
-    p: Prefixes,
-    operand_size: u8,
-    address_size: u8,
+pub(super) struct Ctx {
+    pub(super) mode: CpuMode,
+    pub(super) p: Prefixes,
+    pub(super) operand_size: u8,
+    pub(super) address_size: u8,
 }
 
 impl Ctx {
     /// A general register from a ModRM.reg-style number: byte registers 4-7 without REX are
     /// AH, CH, DH, BH (SDM Vol. 2A §3.7.2.1 / Table 3-1).
-    fn gpr(&self, n: u8, byte: bool) -> Register {
+    pub(super) fn gpr(&self, n: u8, byte: bool) -> Register {
         let high_byte = byte && self.p.rex == 0 && (4..8).contains(&n);
         Register {
             number: if high_byte { n - 4 } else { n },
@@ -179,7 +178,7 @@ impl Ctx {
     }
 
     /// Operand size of a byte/full pair (`op & 1 == 0`: byte).
-    fn size_of(&self, op: u8) -> u8 {
+    pub(super) fn size_of(&self, op: u8) -> u8 {
         if op & 1 == 0 {
             1
         } else {
@@ -188,7 +187,7 @@ impl Ctx {
     }
 }
 
-fn unsupported(map: u32, op: u8) -> DecodeFailure {
+pub(super) fn unsupported(map: u32, op: u8) -> DecodeFailure {
     DecodeFailure::Unsupported {
         opcode: map << 8 | u32::from(op),
     }
@@ -277,7 +276,7 @@ pub fn decode_full(bytes: &[u8], mode: CpuMode) -> Result<Decoded, DecodeFailure
     if (op == 0xc4 || op == 0xc5)
         && (mode == CpuMode::Bits64 || c.peek().is_some_and(|b| b >> 6 == 3))
     {
-        vex(&mut c, &ctx, op, &mut d, &mut stack_base)?;
+        super::decode_0f::vex(&mut c, &ctx, op, &mut d, &mut stack_base)?;
     } else {
         legacy(&mut c, &ctx, op, &mut d, &mut stack_base)?;
     }
@@ -292,8 +291,9 @@ pub fn decode_full(bytes: &[u8], mode: CpuMode) -> Result<Decoded, DecodeFailure
 }
 
 /// The segment of a memory operand: an override, else SS for rSP/rBP bases and DS for the
-/// rest; 64-bit mode honours only FS and GS overrides (SDM Vol. 1 §3.4.2.1, Vol. 2A
-/// §2.2.1.7... "segment override prefixes are ignored" for CS/DS/ES/SS).
+/// rest (SDM Vol. 1 §3.7.4 "Specifying a Segment Selector", Table 3-5); 64-bit mode honours
+/// only FS and GS overrides (Vol. 2A §2.1.1, group 2: "in 64-bit mode the CS, DS, ES, and SS
+/// segment overrides are ignored").
 fn segment(mode: CpuMode, over: Option<Seg>, stack_base: bool) -> Seg {
     let default = if stack_base { Seg::Ss } else { Seg::Ds };
     match over {
@@ -480,7 +480,7 @@ fn legacy(
         }
         0x0f => {
             let op2 = c.next()?;
-            return map0f(c, ctx, op2, d, stack_base);
+            return super::decode_0f::map0f(c, ctx, op2, d, stack_base);
         }
         _ => return Err(unsupported(0, op)),
     }
@@ -495,8 +495,8 @@ fn imm_z(c: &mut Cursor<'_>, size: u8) -> Result<u64, DecodeFailure> {
 }
 
 /// PUSH/POP r/m: 64-bit mode defaults to 8 bytes and only 66 (without REX.W) makes it 2
-/// (SDM Vol. 2A §2.2.1.7 Table 2-6... "PUSH/POP default 64-bit").
-fn stack_operand_size(ctx: &Ctx) -> u8 {
+/// (SDM Vol. 2A §2.2.1.7 "Default 64-Bit Operand Size" and PUSH/POP's operand-size notes).
+pub(super) fn stack_operand_size(ctx: &Ctx) -> u8 {
     if ctx.mode == CpuMode::Bits64 {
         if ctx.p.opsize && ctx.p.rex & 8 == 0 {
             2
@@ -508,206 +508,72 @@ fn stack_operand_size(ctx: &Ctx) -> u8 {
     }
 }
 
-/// The 0F map (SDM Vol. 2A Table A-3) and 0F 38 F0/F1.
-fn map0f(
-    c: &mut Cursor<'_>,
-    ctx: &Ctx,
-    op: u8,
-    d: &mut Decoded,
-    stack_base: &mut bool,
-) -> Result<(), DecodeFailure> {
-    let (mode, rex, asz) = (ctx.mode, ctx.p.rex, ctx.address_size);
-    // SSE mandatory prefix: F2/F3 (the last one) win over 66 (SDM Vol. 2A §2.1.2... the
-    // "mandatory prefix" notes of Table A-3).
-    let pp = match ctx.p.rep {
-        0xf3 => 2,
-        0xf2 => 3,
-        _ if ctx.p.opsize => 1,
-        _ => 0,
-    };
-    let mut m = |c: &mut Cursor<'_>, d: &mut Decoded| -> Result<ModRm, DecodeFailure> {
-        let m = modrm(c, mode, asz, rex)?;
-        d.mem = Some(m.mem);
-        *stack_base = m.stack_base;
-        Ok(m)
-    };
-    match op {
-        0x40..=0x4f => {
-            let r = m(c, d)?;
-            d.reg = Some(ctx.gpr(r.reg, false));
-            d.op = Op::Cmovcc(op & 0xf);
-        }
-        0x90..=0x9f => {
-            m(c, d)?;
-            d.size = 1;
-            d.op = Op::Setcc(op & 0xf);
-        }
-        0xa3 | 0xab | 0xb3 | 0xbb => {
-            let r = m(c, d)?;
-            d.reg = Some(ctx.gpr(r.reg, false));
-            d.op = Op::BitReg(bit_op((op >> 3) & 3));
-        }
-        0xba => {
-            let r = m(c, d)?;
-            if r.digit < 4 {
-                return Err(DecodeFailure::Invalid);
-            }
-            d.imm = c.le(1)?;
-            d.op = Op::BitImm(bit_op(r.digit & 3));
-        }
-        0xb0 | 0xb1 | 0xc0 | 0xc1 => {
-            let r = m(c, d)?;
-            d.size = ctx.size_of(op);
-            d.reg = Some(ctx.gpr(r.reg, d.size == 1));
-            d.op = if op < 0xc0 { Op::Cmpxchg } else { Op::Xadd };
-        }
-        0xb6 | 0xb7 | 0xbe | 0xbf => {
-            let r = m(c, d)?;
-            d.size = if op & 1 == 0 { 1 } else { 2 };
-            d.reg = Some(ctx.gpr(r.reg, false));
-            d.op = if op < 0xb8 { Op::Movzx } else { Op::Movsx };
-        }
-        0xc3 if pp == 0 => {
-            let r = m(c, d)?;
-            d.size = if rex & 8 != 0 { 8 } else { 4 };
-            d.reg = Some(ctx.gpr(r.reg, false));
-            d.op = Op::MovStore;
-        }
-        0x38 => {
-            let op3 = c.next()?;
-            if !matches!(op3, 0xf0 | 0xf1) || ctx.p.rep != 0 {
-                return Err(unsupported(0x0f38, op3));
-            }
-            let r = m(c, d)?;
-            d.reg = Some(ctx.gpr(r.reg, false));
-            d.op = if op3 == 0xf0 {
-                Op::MovbeLoad
-            } else {
-                Op::MovbeStore
-            };
-        }
-        0x10 | 0x11 | 0x28 | 0x29 | 0x6f | 0x7f | 0x6e | 0x7e | 0xd6 => {
-            let (load, kind, size) = match (op, pp) {
-                (0x10, 0 | 1) => (true, VecMove::Unaligned, 16),
-                (0x11, 0 | 1) => (false, VecMove::Unaligned, 16),
-                (0x28, 0 | 1) => (true, VecMove::Aligned, 16),
-                (0x29, 0 | 1) => (false, VecMove::Aligned, 16),
-                (0x6f, 1) => (true, VecMove::Aligned, 16),
-                (0x6f, 2) => (true, VecMove::Unaligned, 16),
-                (0x7f, 1) => (false, VecMove::Aligned, 16),
-                (0x7f, 2) => (false, VecMove::Unaligned, 16),
-                (0x6e, 1) => (true, VecMove::Scalar, if rex & 8 != 0 { 8 } else { 4 }),
-                (0x7e, 1) => (false, VecMove::Scalar, if rex & 8 != 0 { 8 } else { 4 }),
-                (0x7e, 2) => (true, VecMove::Scalar, 8),
-                (0xd6, 1) => (false, VecMove::Scalar, 8),
-                _ => return Err(unsupported(0x0f, op)),
-            };
-            let r = m(c, d)?;
-            d.size = size;
-            d.reg = Some(Register {
-                number: r.reg,
-                high_byte: false,
-            });
-            d.op = if load {
-                Op::VecLoad(kind)
-            } else {
-                Op::VecStore(kind)
-            };
-        }
-        _ => return Err(unsupported(0x0f, op)),
-    }
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn bit_op(n: u8) -> BitOp {
-    match n & 3 {
-        0 => BitOp::Bt,
-        1 => BitOp::Bts,
-        2 => BitOp::Btr,
-        _ => BitOp::Btc,
+    fn mem(bytes: &[u8], mode: CpuMode) -> (MemOperand, Seg, u8) {
+        let d = decode_full(bytes, mode).unwrap();
+        (d.mem.unwrap(), d.seg, d.length)
     }
-}
 
-/// A VEX-encoded move (SDM Vol. 2A §2.3.5, §2.3.6): VMOVUPS/UPD/APS/APD (0F 10/11/28/29),
-/// VMOVDQA/VMOVDQU (66/F3 0F 6F/7F), 128- or 256-bit.
-fn vex(
-    c: &mut Cursor<'_>,
-    ctx: &Ctx,
-    op: u8,
-    d: &mut Decoded,
-    stack_base: &mut bool,
-) -> Result<(), DecodeFailure> {
-    // 66, F2, F3, LOCK or REX before VEX: #UD (SDM Vol. 2A §2.3.2).
-    if ctx.p.opsize || ctx.p.rep != 0 || ctx.p.lock || ctx.p.rex != 0 {
-        return Err(DecodeFailure::Invalid);
+    #[test]
+    fn sixteen_bit_modes() {
+        // mov ax, [bp+0] (8b 46 00): BP base, SS default.
+        let (m, seg, len) = mem(&[0x8b, 0x46, 0x00], CpuMode::Bits16);
+        assert_eq!((m.base, m.index, seg, len), (Some(5), None, Seg::Ss, 3));
+        // mov ax, [0x1234] (8b 06 34 12): mod 00 r/m 110 is a bare disp16, DS.
+        let (m, seg, len) = mem(&[0x8b, 0x06, 0x34, 0x12], CpuMode::Bits16);
+        assert_eq!((m.base, m.disp, seg, len), (None, 0x1234, Seg::Ds, 4));
+        // mov ax, [bx+si-1] (8b 40 ff): disp8 sign-extended.
+        let (m, _, _) = mem(&[0x8b, 0x40, 0xff], CpuMode::Bits16);
+        assert_eq!((m.base, m.index, m.disp), (Some(3), Some(6), u64::MAX));
     }
-    let b1 = c.next()?;
-    let (r_, x_, b_, map, w, vvvv, l, pp) = if op == 0xc5 {
-        (b1 >> 7, 1, 1, 1, 0, (b1 >> 3) & 0xf, (b1 >> 2) & 1, b1 & 3)
-    } else {
-        let b2 = c.next()?;
-        (
-            b1 >> 7,
-            (b1 >> 6) & 1,
-            (b1 >> 5) & 1,
-            b1 & 0x1f,
-            b2 >> 7,
-            (b2 >> 3) & 0xf,
-            (b2 >> 2) & 1,
-            b2 & 3,
-        )
-    };
-    if map != 1 {
-        return Err(if map == 0 || map > 3 {
-            DecodeFailure::Invalid
-        } else {
-            DecodeFailure::Unsupported {
-                opcode: 0xc400 | u32::from(map),
-            }
-        });
+
+    #[test]
+    fn rex_sib_and_prefix_order() {
+        // mov eax, [r13+r12*4] (43 8b 44 a5 00): REX.X makes index 12 valid, REX.B base 13
+        // (with mod 01: r13 needs a disp8).
+        let (m, _, len) = mem(&[0x43, 0x8b, 0x44, 0xa5, 0x00], CpuMode::Bits64);
+        assert_eq!((m.base, m.index, m.scale, len), (Some(13), Some(12), 4, 5));
+        // SIB index 100 without REX.X: no index ([rsp], SS).
+        let (m, seg, _) = mem(&[0x8b, 0x04, 0x24], CpuMode::Bits64);
+        assert_eq!((m.base, m.index, seg), (Some(4), None, Seg::Ss));
+        // A REX before a legacy prefix is dropped: 48 66 89 03 is a 16-bit store.
+        let d = decode_full(&[0x48, 0x66, 0x89, 0x03], CpuMode::Bits64).unwrap();
+        assert_eq!(d.size, 2);
+        // 82 is #UD in 64-bit mode, ADD's alias elsewhere.
+        assert!(decode_full(&[0x82, 0x03, 0x01], CpuMode::Bits64).is_err());
+        assert_eq!(
+            decode_full(&[0x82, 0x03, 0x01], CpuMode::Bits32)
+                .unwrap()
+                .op,
+            Op::AluImm(AluOp::Add)
+        );
+        // Fourteen prefixes and a 2-byte MOV pass 15 bytes.
+        let mut long = [0x66u8; 16];
+        long[14] = 0x89;
+        long[15] = 0x03;
+        assert_eq!(
+            decode_full(&long, CpuMode::Bits32),
+            Err(DecodeFailure::Truncated)
+        );
     }
-    let opc = c.next()?;
-    let (load, kind) = match (opc, pp) {
-        (0x10, 0 | 1) => (true, VecMove::Unaligned),
-        (0x11, 0 | 1) => (false, VecMove::Unaligned),
-        (0x28, 0 | 1) => (true, VecMove::Aligned),
-        (0x29, 0 | 1) => (false, VecMove::Aligned),
-        (0x6f, 1) => (true, VecMove::Aligned),
-        (0x6f, 2) => (true, VecMove::Unaligned),
-        (0x7f, 1) => (false, VecMove::Aligned),
-        (0x7f, 2) => (false, VecMove::Unaligned),
-        _ => {
-            return Err(DecodeFailure::Unsupported {
-                opcode: 0xc40f00 | u32::from(opc),
-            })
-        }
-    };
-    // VEX.vvvv is unused by these moves and must be 1111b (SDM Vol. 2A §2.3.6.2).
-    if vvvv != 0xf {
-        return Err(DecodeFailure::Invalid);
+
+    #[test]
+    fn vex_or_les() {
+        // In 32-bit mode C4 with a memory ModRM next is LES: not emulated.
+        assert_eq!(
+            decode_full(&[0xc4, 0x03], CpuMode::Bits32),
+            Err(DecodeFailure::Unsupported { opcode: 0xc4 })
+        );
+        // c4 e1 7e 6f 03 (vmovdqu ymm0, [ebx]) is VEX there (top bits 11).
+        let d = decode_full(&[0xc4, 0xe1, 0x7e, 0x6f, 0x03], CpuMode::Bits32).unwrap();
+        assert_eq!((d.size, d.length), (32, 5));
+        // 66 before VEX: #UD.
+        assert_eq!(
+            decode_full(&[0x66, 0xc5, 0xf9, 0x6f, 0x03], CpuMode::Bits64),
+            Err(DecodeFailure::Invalid)
+        );
     }
-    // R, X, B are stored inverted; outside 64-bit mode they do not extend anything.
-    let rex = if ctx.mode == CpuMode::Bits64 {
-        ((r_ ^ 1) << 2) | ((x_ ^ 1) << 1) | (b_ ^ 1)
-    } else {
-        0
-    };
-    let m = modrm(c, ctx.mode, ctx.address_size, rex)?;
-    d.mem = Some(m.mem);
-    *stack_base = m.stack_base;
-    d.size = if l == 1 { 32 } else { 16 };
-    d.reg = Some(Register {
-        number: m.reg,
-        high_byte: false,
-    });
-    d.vex = Some(Vex {
-        l256: l == 1,
-        w: w == 1,
-    });
-    d.op = if load {
-        Op::VecLoad(kind)
-    } else {
-        Op::VecStore(kind)
-    };
-    Ok(())
 }

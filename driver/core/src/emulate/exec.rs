@@ -398,8 +398,9 @@ fn stack_width<E: Env>(x: &Exec<'_, E>) -> u8 {
 
 /// BT/BTS/BTR/BTC on memory. With a register offset the offset is a signed operand-size
 /// value and may address any bit from the operand's address: the operand-size unit that
-/// holds it is at ea + (offset >> log2(bits)) * size (SDM Vol. 2A BT, "bit base" and Table
-/// 3-2... "Range of Bit Positions"). An immediate offset is taken modulo the operand size.
+/// holds it is at ea + (offset >> log2(bits)) * size (SDM Vol. 2A §3.1.1.9 "Operation
+/// Section" bit base notes, and BT's Table 3-2 "Range of Bit Positions Specified by Bit
+/// Offset Operands"). An immediate offset is taken modulo the operand size.
 fn bit<E: Env>(x: &mut Exec<'_, E>, b: BitOp) -> Res<(), E::Stop> {
     let insn = x.insn;
     let size = insn.size;
@@ -509,15 +510,21 @@ fn vector<E: Env>(x: &mut Exec<'_, E>, kind: VecMove) -> Res<(), E::Stop> {
     let r = reg_op(x)?;
     let n = r.number & 15;
     let size = insn.size;
-    if insn.vex.is_some() && x.env.ymm_high(n).is_none() {
-        // VEX needs XCR0.SSE and XCR0.AVX (SDM Vol. 2A §2.3.10.2... Table 2-?, #UD).
-        return Err(ExecError::Exception(Exception::UD));
+    if insn.vex.is_some() {
+        // VEX is #UD in real and virtual-8086 mode, and unless XCR0 enables SSE and AVX
+        // state (SDM Vol. 2A §2.5, the exception class tables: "#UD ... if XCR0[2:1] !=
+        // 11b", "#UD in real-address/virtual-8086 mode").
+        let v86 = x.env.rflags() & RFLAGS_VM != 0;
+        if x.env.ymm_high(n).is_none() || !x.env.protected_mode() || v86 {
+            return Err(ExecError::Exception(Exception::UD));
+        }
     }
     let ea = x.ea();
     if kind == VecMove::Aligned {
         let linear = x.env.segment_base(insn.seg).wrapping_add(ea);
         if linear % u64::from(size) != 0 {
-            // MOVDQA/MOVAPS/VMOVDQA...: #GP(0) on a misaligned operand, 16 or 32 bytes.
+            // MOVDQA/MOVAPS/MOVAPD and their VEX forms: #GP(0) on a misaligned operand of
+            // 16 or 32 bytes (SDM Vol. 2B MOVDQA "Exceptions", Vol. 2A §2.5 class 1).
             return Err(ExecError::Exception(Exception::GP0));
         }
     }
@@ -537,7 +544,8 @@ fn vector<E: Env>(x: &mut Exec<'_, E>, kind: VecMove) -> Res<(), E::Stop> {
                     0
                 })
             } else {
-                // Legacy SSE keeps the upper YMM bits (SDM Vol. 1 §14.1.2... "legacy SSE").
+                // Legacy SSE keeps the upper YMM bits (SDM Vol. 2A §2.3.10.1 "Vector Length
+                // Transition and Programming Considerations").
                 None
             };
             // buf holds only `size` bytes, the rest is zero: MOVD/MOVQ zero-extend.

@@ -4,6 +4,7 @@
 //!
 //! - `decode.rs`: prefixes, REX, VEX, the one- and two-byte opcode maps, ModRM/SIB/disp and
 //!   immediates (Intel SDM Vol. 2A chapter 2 "Instruction Format", 2023+ numbering).
+//! - `decode_0f.rs`: the 0F map, MOVBE and the VEX moves.
 //! - `exec.rs`: the semantics of each family (Vol. 2A/2B instruction pages).
 //! - `alu.rs`: the arithmetic and its exact flags (Vol. 1 §3.4.3.1, Appendix A "EFLAGS Cross
 //!   Reference").
@@ -13,9 +14,26 @@
 //! The executor is transactional (KVM's model): it only reads through the [`Env`], and every
 //! change is returned in [`Effects`]; a stop at any read leaves nothing changed, and the caller
 //! re-executes the instruction once the data is available.
+//!
+//! How a vCPU drives it (one MMIO exit):
+//! 1. fetch the instruction bytes (up to 15) and [`decode_full`] them in the guest's mode;
+//!    a [`DecodeFailure`] other than `Unsupported` is a #UD (or #GP for > 15 bytes) to inject;
+//! 2. [`execute`] over an [`Env`] whose `read` serves RAM directly and, for MMIO, returns
+//!    `Fault::Env(stop)` the first time (the vCPU exits to user space for the value) and the
+//!    value user space supplied on the re-execution after it;
+//! 3. on `Ok(effects)`: commit registers, RIP, RFLAGS, XMM and segment, and do the writes in
+//!    order (RAM directly; an MMIO write is handed to user space, after which the instruction
+//!    is complete). `check_write` was already called for each, so no write can fault then;
+//! 4. `effects.done == false` (a REP string form with iterations left): commit and execute
+//!    again (or re-enter the guest, which re-executes the instruction: the SDM's REP model
+//!    lets interrupts in between iterations, Vol. 2B REP "Operation").
+//!
+//! No instruction here produces more than one write; [`Effects::writes`] holds two so that
+//! the shape does not change when one that does (e.g. a split access) is added.
 
 mod alu;
 mod decode;
+mod decode_0f;
 mod exec;
 pub mod legacy;
 
