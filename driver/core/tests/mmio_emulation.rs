@@ -201,6 +201,7 @@ fn movdqu_load_from_mmio_is_two_8_byte_reads_into_the_saved_xmm() {
     flat32(&mut t, &[0xf3, 0x0f, 0x6f, 0x0b], |s| {
         // movdqu xmm1, [ebx]
         s.regs[reg::RBX] = 0x20_0100;
+        s.cr4 = 0x600; // OSFXSR | OSXMMEXCPT
     });
     t.hook(script(vec![violation(0x20_0100), hlt()]));
     assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
@@ -246,4 +247,29 @@ fn lock_on_a_register_form_is_ud_in_the_guest() {
         }),
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
+#[test]
+fn an_sse_move_without_cr4_osfxsr_is_ud_and_with_cr0_ts_nm() {
+    for (cr0, cr4, vector) in [(0x11u64, 0u64, 6u32), (0x19, 0x600, 7)] {
+        let mut t = setup();
+        flat32(&mut t, &[0xf3, 0x0f, 0x6f, 0x0b], |s| {
+            s.regs[reg::RBX] = 0x20_0100;
+            s.cr0 = cr0;
+            s.cr4 = cr4;
+        });
+        t.hook(script(vec![
+            violation(0x20_0100),
+            Box::new(move |c| {
+                let info = c.read(VmcsField::VmEntryInterruptionInformation);
+                assert_eq!(info & 0x8000_07ff, 0x8000_0300 | u64::from(vector));
+                c.exit(12, 0, 1);
+            }),
+        ]));
+        assert_eq!(
+            t.run(),
+            Ok(ExitStatus::Hlt),
+            "no MMIO exit: the guest faults"
+        );
+    }
 }

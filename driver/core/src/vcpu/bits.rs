@@ -6,6 +6,8 @@
 pub const CR0_PE: u64 = 1;
 /// CR0.TS: task switched.
 pub const CR0_TS: u64 = 1 << 3;
+/// CR0.EM: x87 emulation (SSE instructions #UD, SDM Vol. 3A §2.5).
+pub const CR0_EM: u64 = 1 << 2;
 /// CR0.WP: write protect (supervisor writes honour read-only pages).
 pub const CR0_WP: u64 = 1 << 16;
 /// CR0.NW: not write-through.
@@ -20,6 +22,8 @@ pub const CR4_PSE: u64 = 1 << 4;
 pub const CR4_PAE: u64 = 1 << 5;
 /// CR4.LA57: 5-level paging.
 pub const CR4_LA57: u64 = 1 << 12;
+/// CR4.OSFXSR: the OS supports FXSAVE/FXRSTOR and SSE (without it SSE instructions #UD).
+pub const CR4_OSFXSR: u64 = 1 << 9;
 /// CR4.VMXE: VMX enable.
 pub const CR4_VMXE: u64 = 1 << 13;
 /// CR4.SMXE: SMX enable.
