@@ -363,7 +363,7 @@ fn every_exit_the_cpu_can_deliver_is_handled_on_every_model() {
                 platform,
                 root,
                 vcpu,
-                mem: Ram(RefCell::new(vec![0; RAM]), Cell::new(0)),
+                mem: Ram::new(),
                 cpuid: CpuidTable::new(host_cpuid),
             };
             t.hook(script(vec![

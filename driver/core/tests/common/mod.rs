@@ -28,12 +28,39 @@ pub use rhax_core::vmx::soft::{msrs_from_tsv, GuestCpu, SoftVmx};
 pub const TSV: &str = include_str!("../data/bochs-vmx-msrs.tsv");
 pub const RAM: usize = 0x10_0000;
 
-/// Guest RAM, and how many calls reached it.
-pub struct Ram(pub RefCell<Vec<u8>>, pub Cell<u32>);
+/// Guest RAM, how many calls reached it, and the pages PROTECT_RAM protects (`[start, end)`
+/// ranges: the guest's accesses resolve to PAGEFAULT, the host's copies fail as the memory
+/// layer's do).
+pub struct Ram(
+    pub RefCell<Vec<u8>>,
+    pub Cell<u32>,
+    pub RefCell<Vec<(u64, u64)>>,
+);
+
+impl Ram {
+    pub fn new() -> Ram {
+        Ram(
+            RefCell::new(vec![0; RAM]),
+            Cell::new(0),
+            RefCell::new(Vec::new()),
+        )
+    }
+
+    fn protected(&self, gpa: u64, len: usize) -> Result<(), MemoryError> {
+        let end = gpa + len as u64;
+        match self.2.borrow().iter().find(|&&(s, e)| gpa < e && end > s) {
+            Some(_) => Err(MemoryError::Protected { gpa: gpa & !0xfff }),
+            None => Ok(()),
+        }
+    }
+}
 
 impl GuestMemoryAccess for Ram {
     fn resolve(&self, gpa: u64, _: EptAccess) -> Result<Resolution, MemoryError> {
         self.1.set(self.1.get() + 1);
+        if self.protected(gpa, 1).is_err() {
+            return Ok(Resolution::Protected { gpa: gpa & !0xfff });
+        }
         Ok(if (gpa as usize) < RAM {
             Resolution::Mapped
         } else {
@@ -42,6 +69,7 @@ impl GuestMemoryAccess for Ram {
     }
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<Backing, MemoryError> {
         self.1.set(self.1.get() + 1);
+        self.protected(gpa, buf.len())?;
         let m = self.0.borrow();
         match m.get(gpa as usize..gpa as usize + buf.len()) {
             Some(s) => {
@@ -53,6 +81,7 @@ impl GuestMemoryAccess for Ram {
     }
     fn write(&self, gpa: u64, data: &[u8]) -> Result<Backing, MemoryError> {
         self.1.set(self.1.get() + 1);
+        self.protected(gpa, data.len())?;
         let mut m = self.0.borrow_mut();
         match m.get_mut(gpa as usize..gpa as usize + data.len()) {
             Some(d) => {
@@ -94,7 +123,7 @@ pub fn setup() -> T {
         platform,
         root,
         vcpu,
-        mem: Ram(RefCell::new(vec![0; RAM]), Cell::new(0)),
+        mem: Ram::new(),
         cpuid: CpuidTable::new(host_cpuid),
     }
 }

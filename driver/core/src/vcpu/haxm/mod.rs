@@ -265,7 +265,18 @@ enum Step {
     TaskSwitched(Box<exits::NewTask>),
     /// [`HaxVcpu::resume`] applies the passive route's outcome of the MMIO instruction.
     Emulated(exits::Outcome),
+    /// A host-side copy for the guest (string IO, the MMIO instruction's memory, a task
+    /// switch) touched a page PROTECT_RAM protects: [`HaxVcpu::resume`] takes the string IO
+    /// exit back when `undo`, and the RUN ends with PAGEFAULT (`flags`: EPT-violation
+    /// qualification bits 0-2, read/write/fetch).
+    Protected { gpa: u64, flags: u32, undo: bool },
 }
+
+/// `pagefault.flags` of a host-side read, write and fetch (the EPT-violation qualification's
+/// access bits, as for the guest's own accesses).
+const PF_FLAG_READ: u32 = 1;
+const PF_FLAG_WRITE: u32 = 2;
+const PF_FLAG_FETCH: u32 = 4;
 
 /// What a string IO exit changed before its memory was touched, to be undone when the
 /// guest's paging refuses the access (the instruction then faults without any effect).

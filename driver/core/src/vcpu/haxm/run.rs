@@ -46,6 +46,7 @@ impl HaxVcpu {
                 | Step::Exception { .. }
                 | Step::TaskSwitched(_)
                 | Step::Emulated(_)
+                | Step::Protected { .. }
         ) {
             return Err(HaxError::NothingToResume);
         }
@@ -73,6 +74,15 @@ impl HaxVcpu {
                 }
             }
             Step::Fault { linear, code } => self.fault_string_io(root, linear, code)?,
+            Step::Protected { gpa, flags, undo } => {
+                if undo {
+                    self.undo_string_io(root)?;
+                }
+                let next = self.protected_exit(gpa, flags);
+                return Ok(self
+                    .after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform)?
+                    .unwrap_or(RunStep::Done));
+            }
             Step::Exception { vector, code } => self.inject_exception(root, vector, Some(code))?,
             Step::TaskSwitched(t) => self.apply_task(root, &t)?,
             Step::Emulated(o) => {
@@ -128,6 +138,21 @@ impl HaxVcpu {
                         self.undo = None;
                         self.step = Step::Fault { linear, code };
                     }
+                    // A page PROTECT_RAM protects: PAGEFAULT, and the data stays in the IO
+                    // buffer for the completion to be retried at the next RUN.
+                    Err(WalkError::Memory(MemoryError::Protected { gpa })) => {
+                        self.pending = Pending::Ins {
+                            linear,
+                            len,
+                            mode,
+                            access,
+                        };
+                        self.step = Step::Protected {
+                            gpa,
+                            flags: PF_FLAG_WRITE,
+                            undo: false,
+                        };
+                    }
                     Err(e) => {
                         self.panicked = Some(PanicReason::GuestMemory(e));
                         return Err(HaxError::EmulationFailed);
@@ -148,6 +173,17 @@ impl HaxVcpu {
                 Err(WalkError::PageFault { linear, code }) => {
                     self.pending = Pending::None;
                     self.step = Step::Fault { linear, code };
+                    Ok(AfterMemory::Resume)
+                }
+                // PROTECT_RAM: PAGEFAULT instead of the IO exit, the INS taken back (it runs
+                // again once user space unprotects).
+                Err(WalkError::Memory(MemoryError::Protected { gpa })) => {
+                    self.pending = Pending::None;
+                    self.step = Step::Protected {
+                        gpa,
+                        flags: PF_FLAG_WRITE,
+                        undo: true,
+                    };
                     Ok(AfterMemory::Resume)
                 }
                 Err(e) => {
@@ -174,6 +210,15 @@ impl HaxVcpu {
                     // The guest's paging refuses the source: #PF, and the OUTS never happened.
                     Err(WalkError::PageFault { linear, code }) => {
                         self.step = Step::Fault { linear, code };
+                        Ok(AfterMemory::Resume)
+                    }
+                    // PROTECT_RAM: PAGEFAULT instead of the IO exit, the OUTS taken back.
+                    Err(WalkError::Memory(MemoryError::Protected { gpa })) => {
+                        self.step = Step::Protected {
+                            gpa,
+                            flags: PF_FLAG_READ,
+                            undo: true,
+                        };
                         Ok(AfterMemory::Resume)
                     }
                     // Page tables outside RAM or a memory-layer failure: nothing the guest can
@@ -203,6 +248,14 @@ impl HaxVcpu {
                     Err(exits::Failed::Walk(WalkError::PageFault { linear, code })) => {
                         self.undo = None;
                         self.step = Step::Fault { linear, code };
+                    }
+                    // PROTECT_RAM: the task switch runs again once user space unprotects.
+                    Err(exits::Failed::Walk(WalkError::Memory(MemoryError::Protected { gpa }))) => {
+                        self.step = Step::Protected {
+                            gpa,
+                            flags: PF_FLAG_READ,
+                            undo: false,
+                        };
                     }
                     Err(exits::Failed::Walk(e)) => {
                         self.panicked = Some(PanicReason::GuestMemory(e));
@@ -250,6 +303,12 @@ impl HaxVcpu {
         linear: u64,
         code: u32,
     ) -> Result<(), HaxError> {
+        self.undo_string_io(root)?;
+        self.inject_page_fault(root, linear, code)
+    }
+
+    /// Takes back what a string IO exit's first step did to the registers and RIP.
+    fn undo_string_io<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {
         if let Some(u) = self.undo.take() {
             self.core.regs.gpr[u.index] = u.old_index;
             self.core.regs.gpr[reg::RCX] = u.old_rcx;
@@ -258,7 +317,7 @@ impl HaxVcpu {
                     .with_vmcs(root, |vmcs, _| vmcs.set_guest_rip(rip))?;
             }
         }
-        self.inject_page_fault(root, linear, code)
+        Ok(())
     }
 
     /// The end of every step: the guest's MSRs and FPU go back before the thread can leave

@@ -78,20 +78,29 @@ impl HaxVcpu {
                         self.inject_page_fault(root, linear, code)?;
                         Next::Resume
                     }
+                    // The instruction's bytes run into a page PROTECT_RAM protects.
+                    Some(WalkError::Memory(MemoryError::Protected { gpa })) if truncated(bytes) => {
+                        self.protected_exit(gpa, PF_FLAG_FETCH)
+                    }
                     Some(e) if truncated(bytes) => self.panic(PanicReason::GuestMemory(e)),
                     _ => self.mmio(root, v, bytes)?,
                 }
             }
             Resolution::Protected { gpa: page } => {
-                let flags = (v.qualification & 0x3f) as u32;
-                self.set_payload(TunnelPayload::from_pagefault(TunnelPageFault {
-                    gpa: page,
-                    flags,
-                    ..TunnelPageFault::default()
-                }));
-                Next::User(ExitStatus::PageFault)
+                self.protected_exit(page, (v.qualification & 0x3f) as u32)
             }
         })
+    }
+
+    /// HAX_EXIT_PAGEFAULT for a page PROTECT_RAM protects (haxm-abi.md §4): `gpa`, the
+    /// access `flags`; the instruction runs again at the next RUN.
+    pub(in crate::vcpu::haxm) fn protected_exit(&mut self, gpa: u64, flags: u32) -> Next {
+        self.set_payload(TunnelPayload::from_pagefault(TunnelPageFault {
+            gpa,
+            flags,
+            ..TunnelPageFault::default()
+        }));
+        Next::User(ExitStatus::PageFault)
     }
 
     /// FAST_MMIO for the instruction `bytes` (fetched at passive level) of violation `v`:

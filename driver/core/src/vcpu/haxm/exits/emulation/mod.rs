@@ -130,6 +130,19 @@ pub(in crate::vcpu::haxm) enum EmuExit {
     Exception(emu::Exception),
     /// The vCPU panics (STATECHANGE).
     Panic(PanicReason),
+    /// A page PROTECT_RAM protects: PAGEFAULT, nothing changed (the instruction runs again).
+    Protected { gpa: u64, flags: u32 },
+}
+
+/// The exit of a failed guest-memory access: PAGEFAULT for a protected page, else the panic.
+fn memory_exit(e: WalkError, write: bool) -> EmuExit {
+    match e {
+        WalkError::Memory(MemoryError::Protected { gpa }) => EmuExit::Protected {
+            gpa,
+            flags: if write { PF_FLAG_WRITE } else { PF_FLAG_READ },
+        },
+        other => EmuExit::Panic(PanicReason::GuestMemory(other)),
+    }
 }
 
 /// Register changes the region applies (RIP, RFLAGS and RSP are VMCS fields).
@@ -432,7 +445,7 @@ impl HaxVcpu {
                 self.emu.clear();
                 return Outcome {
                     commit: None,
-                    exit: EmuExit::Panic(PanicReason::GuestMemory(e)),
+                    exit: memory_exit(e, false),
                 };
             }
             Err(ExecError::Env(Stop::Passive | Stop::TooManyPieces))
@@ -468,9 +481,7 @@ impl HaxVcpu {
                         commit: None,
                         exit: match f {
                             Fault::Exception(x) => EmuExit::Exception(x),
-                            Fault::Env(Stop::Memory(e)) => {
-                                EmuExit::Panic(PanicReason::GuestMemory(e))
-                            }
+                            Fault::Env(Stop::Memory(e)) => memory_exit(e, true),
                             Fault::Env(_) => {
                                 EmuExit::Panic(PanicReason::Unemulated(Unemulated::default()))
                             }
@@ -652,6 +663,7 @@ impl HaxVcpu {
                 Next::Resume
             }
             EmuExit::Panic(why) => self.panic(why),
+            EmuExit::Protected { gpa, flags } => self.protected_exit(gpa, flags),
         })
     }
 
