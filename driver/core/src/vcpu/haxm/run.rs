@@ -111,6 +111,9 @@ impl HaxVcpu {
 
     /// The guest-memory work of the last step, at passive level (outside the non-preemptible
     /// region): the pins, the memory lock and the copies happen here.
+    // Its own frame: each request's buffers and step stay off the dispatcher's RUN loop
+    // (the 2 KiB budget, `cargo xtask stack`).
+    #[inline(never)]
     pub fn complete_memory<M: GuestMemoryAccess + ?Sized>(
         &mut self,
         mem: &M,

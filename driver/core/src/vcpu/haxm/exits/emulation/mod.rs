@@ -97,8 +97,18 @@ impl Emulation {
         self.insn.is_some() || self.next_write < self.nwrites
     }
 
+    /// Forgets the instruction in flight (field by field: no 400-byte temporary on the
+    /// stack of a RUN path).
     fn clear(&mut self) {
-        *self = Emulation::default();
+        self.insn = None;
+        self.gpa = 0;
+        self.mode = None;
+        self.user = false;
+        self.ctx = None;
+        self.nreads = 0;
+        self.read_out = None;
+        self.nwrites = 0;
+        self.next_write = 0;
     }
 }
 
@@ -196,6 +206,7 @@ const SEG_AR: [VmcsField; 6] = [
 
 impl HaxVcpu {
     /// The general path for the instruction `bytes` that faulted on MMIO at `gpa`.
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn emulate_mmio<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -224,6 +235,9 @@ impl HaxVcpu {
     }
 
     /// Executes the instruction in flight in the region, or sends it to the passive route.
+    // Its own frame: the executor's effects and environment stay off the caller's (the
+    // 2 KiB budget of a RUN path, `cargo xtask stack`).
+    #[inline(never)]
     fn emu_region<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -332,6 +346,7 @@ impl HaxVcpu {
     }
 
     /// The region route stopped: a read for user space, or the passive route.
+    #[inline(never)]
     fn emu_stopped<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -363,6 +378,7 @@ impl HaxVcpu {
     }
 
     /// Captures the registers and segments, then asks for a passive-level step.
+    #[inline(never)]
     fn emu_to_passive<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<Next, HaxError> {
         if self.emu.ctx.is_none() {
             let ctx = self
@@ -390,6 +406,9 @@ impl HaxVcpu {
     }
 
     /// The passive route (in [`HaxVcpu::complete_memory`]).
+    // Its own frame: the executor's effects and environment stay off the caller's (the
+    // 2 KiB budget of a RUN path, `cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn emulate_passive<M: GuestMemoryAccess + ?Sized>(
         &mut self,
         mem: &M,
@@ -517,6 +536,9 @@ impl HaxVcpu {
 
     /// Performs one write of a completed instruction at passive level: RAM directly, MMIO
     /// queued (or, for a MOVS between two MMIO addresses, the move exit).
+    // Its own frame: the executor's effects and environment stay off the caller's (the
+    // 2 KiB budget of a RUN path, `cargo xtask stack`).
+    #[inline(never)]
     fn passive_write<M: GuestMemoryAccess + ?Sized>(
         &mut self,
         mem: &M,
@@ -615,6 +637,7 @@ impl HaxVcpu {
 
     /// Applies an emulation step's outcome in the region: registers, then the exit.
     /// `seen` is (RIP, RFLAGS) as the VMCS holds them, to write only what changed.
+    #[inline(never)]
     fn emu_apply<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -668,6 +691,7 @@ impl HaxVcpu {
     }
 
     /// The passive route's outcome, back in the region (from [`HaxVcpu::resume`]).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn emu_finish<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -683,6 +707,7 @@ impl HaxVcpu {
 
     /// At the start of a RUN: the instruction in flight goes on. `Some(next)` when it did
     /// something (an exit, or the guest may run); `None` when nothing was in flight.
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn emu_continue<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -793,9 +818,8 @@ impl Emulation {
     /// After a REP iteration: the instruction is done with (the guest re-executes it), only
     /// the MMIO writes not yet delivered stay.
     fn clear_keep_writes(&mut self) {
-        let (writes, nwrites, next_write) = (self.writes, self.nwrites, self.next_write);
+        let (nwrites, next_write) = (self.nwrites, self.next_write);
         self.clear();
-        self.writes = writes;
         self.nwrites = nwrites;
         self.next_write = next_write;
     }
