@@ -26,6 +26,7 @@ mod haxm_fpu;
 mod haxm_hostile;
 mod haxm_kick;
 mod haxm_mmio;
+mod haxm_mmio_hostile;
 mod hv;
 mod interrupts;
 mod mm;

@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
 use crate::{
-    guests, haxm, haxm_events, haxm_fpu, haxm_hostile, haxm_kick, haxm_mmio, interrupts, mm,
+    guests, haxm, haxm_events, haxm_fpu, haxm_hostile, haxm_kick, haxm_mmio, haxm_mmio_hostile, interrupts, mm,
     println, smp,
 };
 
@@ -48,6 +48,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-fpu", haxm_fpu::haxm_fpu),
     ("haxm-mmio", haxm_mmio::haxm_mmio),
     ("haxm-vga", haxm_mmio::haxm_vga),
+    ("haxm-mmio-hostile", haxm_mmio_hostile::haxm_mmio_hostile),
     ("bench-haxm", haxm::bench_haxm),
 ];
 
