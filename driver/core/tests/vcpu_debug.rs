@@ -382,11 +382,16 @@ fn monitor_trap_flag_steps_on_icelake() {
         mtf
     );
     assert_eq!(peek(&mut t, VmcsField::ExceptionBitmap) & 0xa, 0x2);
-    t.hook(|c| {
+    t.hook(move |c| {
         assert_eq!(
             c.read(VmcsField::GuestRflags) & TF,
             0,
             "no TF on this route"
+        );
+        assert_eq!(
+            c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls) & mtf,
+            mtf,
+            "the entry has the monitor trap flag"
         );
         let rip = c.read(VmcsField::GuestRip);
         c.write(VmcsField::GuestRip, rip + 1);
@@ -401,4 +406,31 @@ fn monitor_trap_flag_steps_on_icelake() {
         peek(&mut t, VmcsField::PrimaryProcessorBasedVmExecutionControls) & mtf,
         0
     );
+}
+
+#[test]
+fn guest_own_breakpoints_use_its_own_addresses() {
+    let mut t = setup();
+    t.root.vmx().drs = [0x11, 0x22, 0x33, 0x44];
+    // Enables off: nothing is loaded (no MOV to DR on the way in).
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.dr0 = 0x5000;
+    s.dr1 = 1 << 47; // non-canonical: never reaches MOV to DR
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(|c| {
+        assert_eq!(c.drs, [0x11, 0x22, 0x33, 0x44]);
+        c.exit(1, 0, 0);
+    });
+    assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    assert_eq!(t.root.vmx().counts.dr_writes, 0);
+    // L0 and L1 on: the guest's own addresses while it runs, the host's after.
+    s.dr7 = 0x405;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(|c| {
+        assert_eq!(c.drs, [0x5000, 0, 0, 0]);
+        c.exit(1, 0, 0);
+    });
+    assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    assert_eq!(t.root.vmx().drs, [0x11, 0x22, 0x33, 0x44]);
+    assert_eq!(t.root.vmx().counts.dr_writes, 2, "load and restore");
 }

@@ -7,6 +7,10 @@
 //!   leaves the non-preemptible region. The guest's own DR0-3/DR6 live in software as always
 //!   (MOV-DR exiting is always on), and its own DR7 is kept aside while the debugger's is
 //!   loaded: the guest reads and writes its own values and gets them back when debugging stops.
+//! - **The guest's own breakpoints**: without a debugger's, the guest's DR7 is in the VMCS, so
+//!   the CPU compares against whatever DR0-3 hold while it runs. When the guest's DR7 enables
+//!   a breakpoint, its own DR0-3 are loaded the same way (before this, the host's addresses
+//!   were armed by the guest's enables).
 //! - **Single step** (`STEP`): the monitor trap flag where the CPU has it (a VM exit after each
 //!   instruction or event delivery, SDM Vol. 3C §26.5.2), else RFLAGS.TF set for each entry and
 //!   taken off again at the exit, with #DB intercepted. An instruction the host completes for
@@ -142,6 +146,7 @@ impl HaxVcpu {
                 Ok(guest_dr7)
             })??;
         self.debugger = new.map(|n| Debugger { guest_dr7, ..n });
+        self.guest_breakpoints_on = guest_dr7 & 0xff != 0;
         Ok(())
     }
 
@@ -184,6 +189,7 @@ impl HaxVcpu {
         v: u64,
     ) -> Result<(), HaxError> {
         let v = (v & 0xffff_ffff) | DR7_FIXED1;
+        self.guest_breakpoints_on = v & 0xff != 0;
         match self.debugger.as_mut() {
             Some(d) if d.breakpoints.is_some() => d.guest_dr7 = v,
             _ => self.core.with_vmcs(root, |vmcs, _| vmcs.set_guest_dr7(v))?,
@@ -191,23 +197,42 @@ impl HaxVcpu {
         Ok(())
     }
 
-    /// Before an entry: the debugger's DR0-3 into the CPU (once per step; [`HaxVcpu::leave`]
-    /// puts the host's back) and, on the trap-flag route, TF for one instruction.
+    /// Before an entry: the debugger's DR0-3, or the guest's own when its DR7 enables one,
+    /// into the CPU ([`HaxVcpu::leave`] puts the host's back) and, on the trap-flag route, TF
+    /// for one instruction.
     pub(in crate::vcpu::haxm) fn arm_debugger<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<(), HaxError> {
+        let want = match self.debugger.and_then(|d| d.breakpoints) {
+            Some(b) => Some(*b.addresses()),
+            // A non-canonical value (only SET_REGS can store one) would fault MOV to DR in the
+            // host (SDM Vol. 2B MOV DR); it is not loaded, as if that breakpoint never matched.
+            None if self.guest_breakpoints_on => Some(self.drs_0_3().map(|a| {
+                if crate::vcpu::checked::is_canonical(a) {
+                    a
+                } else {
+                    0
+                }
+            })),
+            None => None,
+        };
+        if let Some(addresses) = want {
+            if self.host_breakpoints.is_none() {
+                // SAFETY: CPL0 in the non-preemptible region (interrupts off), where RUN
+                // steps run.
+                self.host_breakpoints = Some(unsafe { root.vmx().read_breakpoint_addresses() });
+            }
+            if self.loaded_breakpoints != Some(addresses) {
+                // SAFETY: as above; every address is canonical (`HostBreakpoints`, or checked
+                // just above), and the host's are restored by `leave` before the region ends.
+                unsafe { root.vmx().write_breakpoint_addresses(&addresses) };
+                self.loaded_breakpoints = Some(addresses);
+            }
+        }
         let Some(mut d) = self.debugger else {
             return Ok(());
         };
-        if let (Some(b), None) = (d.breakpoints, self.host_breakpoints) {
-            // SAFETY: CPL0 in the non-preemptible region (interrupts off), where RUN steps run.
-            let host = unsafe { root.vmx().read_breakpoint_addresses() };
-            // SAFETY: as above; the addresses are canonical (`HostBreakpoints`), and the host's
-            // are restored by `leave` before the region ends.
-            unsafe { root.vmx().write_breakpoint_addresses(b.addresses()) };
-            self.host_breakpoints = Some(host);
-        }
         if d.stepping() && d.route == StepRoute::TrapFlag {
             let (tf, btf) =
                 self.core
@@ -292,6 +317,7 @@ impl HaxVcpu {
             // `arm_debugger` in the same step.
             unsafe { root.vmx().write_breakpoint_addresses(&host) };
         }
+        self.loaded_breakpoints = None;
     }
 
     /// #DB or #BP intercepted (exit reason 0): the debugger's event ends RUN with
@@ -423,6 +449,10 @@ impl HaxVcpu {
         self.set_status(ExitStatus::Debug, 0);
         self.finish_user_exit(root)?;
         Ok(true)
+    }
+
+    fn drs_0_3(&self) -> [u64; 4] {
+        [self.drs[0], self.drs[1], self.drs[2], self.drs[3]]
     }
 
     fn report_step<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {

@@ -377,8 +377,13 @@ pub struct HaxVcpu {
     drs: [u64; 5],
     /// The VCPU_DEBUG session, if any.
     debugger: Option<debug::Debugger>,
-    /// The host's DR0-3 while the debugger's are loaded in the CPU (within one RUN step).
+    /// The host's DR0-3 while the debugger's or the guest's are loaded in the CPU (within
+    /// one RUN step), and what is loaded.
     host_breakpoints: Option<[u64; 4]>,
+    loaded_breakpoints: Option<[u64; 4]>,
+    /// The guest's own DR7 enables one of its breakpoints (L0-3/G0-3): its DR0-3 must be in
+    /// the CPU while it runs.
+    guest_breakpoints_on: bool,
     /// MSRs HAXM accepts and keeps without effect (MTRRs, MCE banks, PMU, MISC_ENABLE...).
     soft_msrs: alloc::vec::Vec<u64>,
     preemption_ticks: Option<u32>,
@@ -475,6 +480,8 @@ impl HaxVcpu {
             drs: [0, 0, 0, 0, 0xffff_0ff0],
             debugger: None,
             host_breakpoints: None,
+            loaded_breakpoints: None,
+            guest_breakpoints_on: false,
             soft_msrs,
             preemption_ticks,
             window_on: false,
