@@ -434,3 +434,16 @@ fn guest_own_breakpoints_use_its_own_addresses() {
     assert_eq!(t.root.vmx().drs, [0x11, 0x22, 0x33, 0x44]);
     assert_eq!(t.root.vmx().counts.dr_writes, 2, "load and restore");
 }
+
+#[test]
+fn soft_vmx_refuses_a_pending_rtm_debug_exception_without_rtm() {
+    // SDM Vol. 3C §27.3.1.5: bit 16 of the pending debug exceptions needs RTM.
+    let mut t = setup();
+    settle(&mut t);
+    poke(&mut t, &[(VmcsField::GuestPendingDebugExceptions, 1 << 16)]);
+    t.hook(|_| panic!("the entry must fail"));
+    assert!(matches!(
+        t.run(),
+        Err(HaxError::InvalidGuestState { reason: 33, .. })
+    ));
+}

@@ -79,7 +79,10 @@ fn debug(v: &V<'_>, control: DebugControl) -> R<()> {
 fn regs(v: &V<'_>, what: &str) -> R<(u64, u8)> {
     let s = v.get_regs().map_err(e("GET_REGS"))?;
     if s.rflags & TF != 0 {
-        return Err(format!("{what}: GET_REGS shows TF (rflags {:#x})", s.rflags));
+        return Err(format!(
+            "{what}: GET_REGS shows TF (rflags {:#x})",
+            s.rflags
+        ));
     }
     if s.dr7 != GUEST_DR7 {
         return Err(format!(
@@ -163,7 +166,11 @@ pub fn haxm_debug(_: &Ctx) -> R<String> {
 
     // 4. The debugger puts the original byte back and continues to the end.
     ram.write(SW_BP, &[0x90]);
-    want("after the INT3", run(&mut v)?, Stop::Out { port: 0x80, al: 4 })?;
+    want(
+        "after the INT3",
+        run(&mut v)?,
+        Stop::Out { port: 0x80, al: 4 },
+    )?;
     want("the end", run(&mut v)?, Stop::Hlt)?;
     let after = v.stats().map_err(e("GET_STATS"))?;
 

@@ -1178,9 +1178,10 @@ mod checks {
         if intr_state & 1 != 0 && rflags & (1 << 9) == 0 {
             return Err(0);
         }
-        // Pending debug exceptions: only bits 3:0, 12, 14, 16 defined.
+        // Pending debug exceptions: only bits 3:0, 12, 14, 16 defined; bit 16 (RTM) must be 0
+        // on a processor without RTM, which no model CPU here has (§27.3.1.5).
         let pending_db = s.field(F::GuestPendingDebugExceptions);
-        if pending_db & !0x1_500f != 0 {
+        if pending_db & !0x500f != 0 {
             return Err(0);
         }
         // With blocking by STI or MOV SS, or in the HLT state, BS (bit 14) must be 1 when
