@@ -70,6 +70,20 @@ pub(in crate::vcpu::haxm) struct Debugger {
     step_owed: bool,
 }
 
+/// The debug state of one vCPU (boxed in [`HaxVcpu`]).
+#[derive(Debug, Default)]
+pub(in crate::vcpu::haxm) struct DebugRegs {
+    /// The VCPU_DEBUG session, if any.
+    debugger: Option<Debugger>,
+    /// The host's DR0-3 while the debugger's or the guest's are loaded in the CPU (within one
+    /// RUN step), and what is loaded.
+    host_breakpoints: Option<[u64; 4]>,
+    loaded_breakpoints: Option<[u64; 4]>,
+    /// The guest's own DR7 enables one of its breakpoints (L0-3/G0-3): its DR0-3 must be in
+    /// the CPU while it runs.
+    guest_breakpoints_on: bool,
+}
+
 impl Debugger {
     fn stepping(&self) -> bool {
         self.control.contains(DebugControl::STEP)
@@ -102,7 +116,7 @@ impl HaxVcpu {
         } else {
             StepRoute::TrapFlag
         };
-        let old = self.debugger;
+        let old = self.dbg.debugger;
         let new = control.contains(DebugControl::ENABLE).then_some(Debugger {
             control,
             breakpoints: request.breakpoints(),
@@ -145,8 +159,8 @@ impl HaxVcpu {
                 });
                 Ok(guest_dr7)
             })??;
-        self.debugger = new.map(|n| Debugger { guest_dr7, ..n });
-        self.guest_breakpoints_on = guest_dr7 & 0xff != 0;
+        self.dbg.debugger = new.map(|n| Debugger { guest_dr7, ..n });
+        self.dbg.guest_breakpoints_on = guest_dr7 & 0xff != 0;
         Ok(())
     }
 
@@ -166,7 +180,8 @@ impl HaxVcpu {
     /// True while the trap-flag route steps: queued interrupts are held back then (their
     /// frames would carry the debugger's TF into the guest's stack).
     pub(in crate::vcpu::haxm) fn tf_stepping(&self) -> bool {
-        self.debugger
+        self.dbg
+            .debugger
             .is_some_and(|d| d.stepping() && d.route == StepRoute::TrapFlag)
     }
 
@@ -175,7 +190,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<u64, HaxError> {
-        match self.debugger {
+        match self.dbg.debugger {
             Some(d) if d.breakpoints.is_some() => Ok(d.guest_dr7),
             _ => Ok(self.core.with_vmcs(root, |vmcs, _| vmcs.guest_dr7())??),
         }
@@ -189,8 +204,8 @@ impl HaxVcpu {
         v: u64,
     ) -> Result<(), HaxError> {
         let v = (v & 0xffff_ffff) | DR7_FIXED1;
-        self.guest_breakpoints_on = v & 0xff != 0;
-        match self.debugger.as_mut() {
+        self.dbg.guest_breakpoints_on = v & 0xff != 0;
+        match self.dbg.debugger.as_mut() {
             Some(d) if d.breakpoints.is_some() => d.guest_dr7 = v,
             _ => self.core.with_vmcs(root, |vmcs, _| vmcs.set_guest_dr7(v))?,
         }
@@ -204,11 +219,11 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<(), HaxError> {
-        let want = match self.debugger.and_then(|d| d.breakpoints) {
+        let want = match self.dbg.debugger.and_then(|d| d.breakpoints) {
             Some(b) => Some(*b.addresses()),
             // A non-canonical value (only SET_REGS can store one) would fault MOV to DR in the
             // host (SDM Vol. 2B MOV DR); it is not loaded, as if that breakpoint never matched.
-            None if self.guest_breakpoints_on => Some(self.drs_0_3().map(|a| {
+            None if self.dbg.guest_breakpoints_on => Some(self.drs_0_3().map(|a| {
                 if crate::vcpu::checked::is_canonical(a) {
                     a
                 } else {
@@ -218,19 +233,19 @@ impl HaxVcpu {
             None => None,
         };
         if let Some(addresses) = want {
-            if self.host_breakpoints.is_none() {
+            if self.dbg.host_breakpoints.is_none() {
                 // SAFETY: CPL0 in the non-preemptible region (interrupts off), where RUN
                 // steps run.
-                self.host_breakpoints = Some(unsafe { root.vmx().read_breakpoint_addresses() });
+                self.dbg.host_breakpoints = Some(unsafe { root.vmx().read_breakpoint_addresses() });
             }
-            if self.loaded_breakpoints != Some(addresses) {
+            if self.dbg.loaded_breakpoints != Some(addresses) {
                 // SAFETY: as above; every address is canonical (`HostBreakpoints`, or checked
                 // just above), and the host's are restored by `leave` before the region ends.
                 unsafe { root.vmx().write_breakpoint_addresses(&addresses) };
-                self.loaded_breakpoints = Some(addresses);
+                self.dbg.loaded_breakpoints = Some(addresses);
             }
         }
-        let Some(mut d) = self.debugger else {
+        let Some(mut d) = self.dbg.debugger else {
             return Ok(());
         };
         if d.stepping() && d.route == StepRoute::TrapFlag {
@@ -267,7 +282,7 @@ impl HaxVcpu {
             d.tf_added = tf;
             d.btf_cleared = btf;
         }
-        self.debugger = Some(d);
+        self.dbg.debugger = Some(d);
         Ok(())
     }
 
@@ -276,7 +291,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<(), HaxError> {
-        let Some(mut d) = self.debugger else {
+        let Some(mut d) = self.dbg.debugger else {
             return Ok(());
         };
         d.tf_was_added = d.tf_added;
@@ -303,7 +318,7 @@ impl HaxVcpu {
         }
         d.tf_added = false;
         d.btf_cleared = false;
-        self.debugger = Some(d);
+        self.dbg.debugger = Some(d);
         Ok(())
     }
 
@@ -312,12 +327,12 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) {
-        if let Some(host) = self.host_breakpoints.take() {
+        if let Some(host) = self.dbg.host_breakpoints.take() {
             // SAFETY: CPL0 inside the region; the values were read from this CPU's DR0-3 by
             // `arm_debugger` in the same step.
             unsafe { root.vmx().write_breakpoint_addresses(&host) };
         }
-        self.loaded_breakpoints = None;
+        self.dbg.loaded_breakpoints = None;
     }
 
     /// #DB or #BP intercepted (exit reason 0): the debugger's event ends RUN with
@@ -328,7 +343,7 @@ impl HaxVcpu {
         interruption: crate::vmcs::exit::Interruption,
         qualification: u64,
     ) -> Result<Next, HaxError> {
-        let d = self.debugger;
+        let d = self.dbg.debugger;
         let kind = interruption.kind;
         let software = matches!(
             kind,
@@ -392,7 +407,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<bool, HaxError> {
-        match self.debugger {
+        match self.dbg.debugger {
             Some(d) if d.stepping() && d.route == StepRoute::MonitorTrap => {
                 self.report_step(root)?;
                 Ok(true)
@@ -407,7 +422,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<bool, HaxError> {
-        if !self.debugger.is_some_and(|d| d.stepping()) {
+        if !self.dbg.debugger.is_some_and(|d| d.stepping()) {
             return Ok(false);
         }
         let moved = self
@@ -422,7 +437,7 @@ impl HaxVcpu {
     /// A user exit while stepping: IO, MMIO and HLT complete their instruction (now or at the
     /// next RUN), so the step's DEBUG exit is owed to the next RUN.
     pub(in crate::vcpu::haxm) fn note_user_exit(&mut self, status: ExitStatus) {
-        if let Some(d) = self.debugger.as_mut() {
+        if let Some(d) = self.dbg.debugger.as_mut() {
             if d.stepping()
                 && matches!(
                     status,
@@ -439,7 +454,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<bool, HaxError> {
-        let Some(d) = self.debugger.as_mut() else {
+        let Some(d) = self.dbg.debugger.as_mut() else {
             return Ok(false);
         };
         if !core::mem::take(&mut d.step_owed) || !d.stepping() {

@@ -375,15 +375,9 @@ pub struct HaxVcpu {
     /// The guest's own DR0-3 and DR6 (MOV-DR exiting keeps them in software; the CPU holds
     /// the host's, or the debugger's while it runs the guest).
     drs: [u64; 5],
-    /// The VCPU_DEBUG session, if any.
-    debugger: Option<debug::Debugger>,
-    /// The host's DR0-3 while the debugger's or the guest's are loaded in the CPU (within
-    /// one RUN step), and what is loaded.
-    host_breakpoints: Option<[u64; 4]>,
-    loaded_breakpoints: Option<[u64; 4]>,
-    /// The guest's own DR7 enables one of its breakpoints (L0-3/G0-3): its DR0-3 must be in
-    /// the CPU while it runs.
-    guest_breakpoints_on: bool,
+    /// The VCPU_DEBUG session and the breakpoint registers in the CPU. Boxed: VCPU_CREATE
+    /// builds `HaxVcpu` in a frame that must stay under 2 KiB (`cargo xtask stack`).
+    dbg: Box<debug::DebugRegs>,
     /// MSRs HAXM accepts and keeps without effect (MTRRs, MCE banks, PMU, MISC_ENABLE...).
     soft_msrs: alloc::vec::Vec<u64>,
     preemption_ticks: Option<u32>,
@@ -449,6 +443,8 @@ impl HaxVcpu {
             .try_reserve_exact(exits::SOFT_MSRS)
             .map_err(|_| HaxError::Platform(PlatformError::OutOfMemory))?;
         soft_msrs.resize(exits::SOFT_MSRS, 0);
+        let dbg = crate::heap::try_box(debug::DebugRegs::default())
+            .map_err(|_| HaxError::Platform(PlatformError::OutOfMemory))?;
         let vpid = (((vm_id & 0xff) << 8) | ((vcpu_id & 0xff) + 1)) as u16;
         let core = boxed_core(platform, &controls, vpid, eptp)?;
         let tunnel = match platform.alloc_pages(1) {
@@ -478,10 +474,7 @@ impl HaxVcpu {
                 | APIC_BASE_ENABLE
                 | if vcpu_id == 0 { APIC_BASE_BSP } else { 0 },
             drs: [0, 0, 0, 0, 0xffff_0ff0],
-            debugger: None,
-            host_breakpoints: None,
-            loaded_breakpoints: None,
-            guest_breakpoints_on: false,
+            dbg,
             soft_msrs,
             preemption_ticks,
             window_on: false,
