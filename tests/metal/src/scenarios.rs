@@ -47,6 +47,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-hostile", haxm_hostile::haxm_hostile),
     ("haxm-fpu", haxm_fpu::haxm_fpu),
     ("haxm-debug", haxm_debug::haxm_debug),
+    ("mtf-probe", guests::mtf_probe),
     ("bench-haxm", haxm::bench_haxm),
 ];
 
