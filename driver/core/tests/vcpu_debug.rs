@@ -447,3 +447,36 @@ fn soft_vmx_refuses_a_pending_rtm_debug_exception_without_rtm() {
         Err(HaxError::InvalidGuestState { reason: 33, .. })
     ));
 }
+
+#[test]
+fn guest_own_tf_and_debugger_step_both_get_the_trap() {
+    let mut t = setup();
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.rflags |= TF; // the guest single-steps itself
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.vcpu
+        .debug(&mut t.root, &request(ENABLE | STEP, 0, 0))
+        .unwrap();
+    t.hook(script(vec![
+        Box::new(|c| {
+            let rip = c.read(VmcsField::GuestRip);
+            c.write(VmcsField::GuestRip, rip + 1);
+            exception_exit(c, DB_EXIT, BS, 0);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0301,
+                "the guest's own #DB is delivered at the next RUN"
+            );
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    let rip = t.rip();
+    assert_eq!(t.run(), Ok(ExitStatus::Debug), "the debugger's step");
+    assert_eq!(t.vcpu.tunnel().debug().rip, rip + 1);
+    let s = t.vcpu.get_regs(&mut t.root).unwrap();
+    assert!(s.rflags & TF != 0, "the guest's TF stays");
+    assert_eq!(s.dr6 & BS, BS, "and its DR6 says single step");
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}

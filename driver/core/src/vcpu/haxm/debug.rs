@@ -21,6 +21,13 @@
 //!   §28.2.5 / §27.6.1.3).
 //! - A #DB that is not the debugger's (the guest's own TF, ICEBP) is delivered to the guest
 //!   with its DR6 updated, as the CPU would have done without the intercept (SDM Vol. 3B §18.2.3).
+//!   When the guest's own TF traps an instruction the debugger steps, both get the trap.
+//!
+//! Known limits of the trap-flag route (the monitor-trap route has none of them): queued
+//! interrupts wait while it steps (their frames would carry TF); an entry that injects an event
+//! runs without TF, so a step that delivers an exception runs on to the next exit; a PUSHF or an
+//! exception the stepped instruction raises inside the guest still sees TF (the stack is not
+//! rewritten). KVM's TF stepping has the same ones.
 
 use super::*;
 use crate::vcpu::checked::{DebugRequest, HostBreakpoints, DR7_FIXED1};
@@ -376,6 +383,15 @@ impl HaxVcpu {
                     (dr6 & !DR6_B0_3) | (qualification & (DR6_B0_3 | DR6_BD | DR6_BS)) | DR6_FIXED1;
             }
             self.reflect(root, interruption, software)?;
+            // The guest's own TF trapped the instruction the debugger steps on the TF route
+            // (TF was the guest's, so none was added): the instruction is the debugger's step
+            // too. Both get it: the guest's #DB waits in the VM-entry injection for the next
+            // RUN, the debugger gets its DEBUG exit now.
+            let debugger_step = d.is_some_and(|d| d.stepping() && d.route == StepRoute::TrapFlag);
+            if step && debugger_step && kind == InterruptionType::HardwareException {
+                self.report_step(root)?;
+                return Ok(Next::User(ExitStatus::Debug));
+            }
             return Ok(Next::Resume);
         }
         let (rip, dr7) = self
