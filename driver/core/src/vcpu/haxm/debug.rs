@@ -107,22 +107,17 @@ impl HaxVcpu {
     pub fn debug<V: Vmx>(&mut self, root: &mut VmxRoot<V>, d: &VcpuDebug) -> Result<(), HaxError> {
         let request = DebugRequest::check(d).map_err(HaxError::InvalidValue)?;
         let control = request.control();
-        let controls = *self.controls();
         if request.breakpoints().is_some()
-            && !controls.entry.contains(EntryControls::LOAD_DEBUG_CONTROLS)
+            && !self
+                .controls()
+                .entry
+                .contains(EntryControls::LOAD_DEBUG_CONTROLS)
         {
             return Err(HaxError::Unsupported(
                 "VCPU_DEBUG: hardware breakpoints need the load-debug-controls entry control",
             ));
         }
-        let route = if controls
-            .available
-            .contains(OptionalFeatures::MONITOR_TRAP_FLAG)
-        {
-            StepRoute::MonitorTrap
-        } else {
-            StepRoute::TrapFlag
-        };
+        let route = self.step_route();
         let old = self.dbg.debugger;
         let new = control.contains(DebugControl::ENABLE).then_some(Debugger {
             control,

@@ -1,4 +1,5 @@
-//! Register state IOCTLs: GET/SET_REGS, GET/SET_FPU, VCPU_DEBUG, statistics, SET_CPUID.
+//! Register state IOCTLs: GET/SET_REGS, GET/SET_FPU, statistics, SET_CPUID (VCPU_DEBUG: see
+//! `debug.rs`).
 
 use super::exits::guest_cr;
 use super::*;
