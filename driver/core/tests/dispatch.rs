@@ -104,7 +104,7 @@ fn version_and_capability_as_haxm() {
         );
         let c = CapabilityInfo::from_bytes(&out).unwrap();
         assert_eq!(c.wstatus, 0x3, "{codes:?}: WORKING | MEMQUOTA");
-        assert_eq!(c.winfo, 0x3ff & !0x80, "all of HAXM 7.8.0's bits but DEBUG");
+        assert_eq!(c.winfo, 0x3ff, "all of HAXM 7.8.0's bits, DEBUG included");
         assert_eq!(c.mem_quota, 1 << 48);
         let refcount = if codes == Codes::Windows { 1 } else { 0 };
         assert_eq!(c.win_refcount, refcount);
@@ -1033,20 +1033,37 @@ fn regs_fpu_msrs_interrupt_through_the_dispatcher() {
         ),
         Ok(0)
     );
-    // VCPU_DEBUG with ENABLE is not implemented: a clear error.
-    let dbg = rhax_api::VcpuDebug {
-        control: 1,
+    // VCPU_DEBUG: ENABLE with a hardware breakpoint works; an unknown control bit or a
+    // non-canonical breakpoint address is refused as invalid input.
+    let mut dbg = rhax_api::VcpuDebug {
+        control: 1 | 8,
         ..Default::default()
     };
-    let e = call(
-        &h,
-        vc,
-        &ioctl::HAX_IOCTL_VCPU_DEBUG,
-        dbg.as_bytes(),
-        &mut [],
-    )
-    .unwrap_err();
-    assert_eq!(e.nt_status(), nt::STATUS_NOT_IMPLEMENTED, "{e}");
+    dbg.dr[0] = 0x1000;
+    dbg.dr[7] = 1;
+    assert_eq!(
+        call(
+            &h,
+            vc,
+            &ioctl::HAX_IOCTL_VCPU_DEBUG,
+            dbg.as_bytes(),
+            &mut []
+        ),
+        Ok(0)
+    );
+    for (control, dr0) in [(1 | 0x10, 0x1000), (1 | 8, 1u64 << 47)] {
+        dbg.control = control;
+        dbg.dr[0] = dr0;
+        let e = call(
+            &h,
+            vc,
+            &ioctl::HAX_IOCTL_VCPU_DEBUG,
+            dbg.as_bytes(),
+            &mut [],
+        )
+        .unwrap_err();
+        assert_eq!(e.nt_status(), nt::STATUS_INVALID_PARAMETER, "{e}");
+    }
     assert_eq!(
         call(&h, vc, &ioctl::HAX_VCPU_IOCTL_KICKOFF, &[], &mut []),
         Ok(0)

@@ -27,6 +27,9 @@ use crate::scenarios::Ctx;
 use crate::sync::SpinLock;
 use crate::{mm, println, smp, vmx};
 
+mod mtf;
+pub use mtf::mtf_probe;
+
 const RAX: usize = 0;
 const RBX: usize = 3;
 

@@ -32,7 +32,8 @@
 //! | RUN: VM entry failed (guest state, controls) | `STATUS_UNSUCCESSFUL` | `EINVAL` |
 //! | RUN: MMIO completion failed in the emulator | `STATUS_UNSUCCESSFUL` | handler returns **+1** ([`DispatchError::posix_return`]) |
 //! | SET/GET_REGS, MSRS, DEBUG: VMCS not loadable | `STATUS_UNSUCCESSFUL` | `EFAULT` |
-//! | not implemented in rhax yet (VCPU_DEBUG with ENABLE) | `STATUS_NOT_IMPLEMENTED` | `ENOSYS` |
+//! | VCPU_DEBUG: unknown control bits, a non-canonical DR0-3 or an unusable DR7 (rhax only: HAXM takes anything) | `STATUS_INVALID_PARAMETER` | `EINVAL` |
+//! | not available on this CPU (VCPU_DEBUG hardware breakpoints without "load debug controls") | `STATUS_NOT_IMPLEMENTED` | `ENOSYS` |
 //!
 //! **Linux quirk not reproduced:** HAXM's Linux VM and system handlers return 0 for an unknown
 //! code (`haxm-abi.md` §8, quirk 12). rhax answers `ENOSYS` there, like HAXM on macOS: no known

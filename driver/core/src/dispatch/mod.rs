@@ -222,8 +222,8 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     }
 
     /// The capability bits rhax really implements today (`haxm-abi.md` §5): all of HAXM
-    /// 7.8.0's but DEBUG (VCPU_DEBUG with ENABLE, single-step and breakpoints, is refused by
-    /// the HAXM vCPU).
+    /// 7.8.0's, DEBUG included (VCPU_DEBUG: hardware and software breakpoints, single step;
+    /// `vcpu/haxm/debug.rs`).
     pub fn capability_features(&self) -> Option<CapabilityFeatures> {
         self.host.as_ref().ok().map(|_| {
             // EPT and unrestricted guest are required by negotiation (vmx::negotiate), so a
@@ -237,6 +237,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 | CapabilityFeatures::RAM_PROTECTION
                 | CapabilityFeatures::IMPLICIT_RAMBLOCK
                 | CapabilityFeatures::CPUID
+                | CapabilityFeatures::DEBUG
         })
     }
 

@@ -15,6 +15,7 @@ use crate::vcpu::bits::{
     CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_SMXE, CR4_VMXE, EFER_LMA,
     EFER_LME,
 };
+use rhax_api::debug::{DebugControl, VcpuDebug};
 use rhax_api::fpu::FxLayout;
 
 /// Why a value was refused.
@@ -194,6 +195,100 @@ impl CanonicalAddress {
     /// The address.
     pub fn get(self) -> u64 {
         self.0
+    }
+}
+
+/// A `HAX_IOCTL_VCPU_DEBUG` request the vCPU can carry out: no unknown control bit, and with
+/// `USE_HW_BP` breakpoint addresses MOV to DR0-3 accepts and a DR7 VM entry accepts with
+/// only the breakpoint kinds whose meaning does not depend on the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugRequest {
+    control: DebugControl,
+    breakpoints: Option<HostBreakpoints>,
+}
+
+/// The debugger's DR0-DR3 and DR7, checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostBreakpoints {
+    addresses: [u64; 4],
+    dr7: u64,
+}
+
+/// DR7 bits a debugger may set: L0-3/G0-3 (7:0), LE/GE (9:8), R/W and LEN of each breakpoint
+/// (31:16). Bit 10 reads as 1; bits 12, 14, 15 and 63:32 are reserved (SDM Vol. 3B §18.2.4,
+/// and VM entry refuses bits 63:32, Vol. 3C §27.3.1.1); bit 11 (RTM) is reserved without RTM,
+/// which the guest does not see; bit 13 (GD) would turn the guest's own MOV DR into #DB
+/// faults, which take priority over the MOV-DR exit (SDM Vol. 3C §26.1.1), so the guest would
+/// see the debugger.
+const DEBUGGER_DR7: u64 = 0xffff_03ff;
+
+impl DebugRequest {
+    /// Checks `d`. With `USE_HW_BP` (and `ENABLE`): DR0-3 canonical (MOV to DR0-3 of a
+    /// non-canonical address is #GP in 64-bit mode, SDM Vol. 2B MOV DR), DR7 within
+    /// [`DEBUGGER_DR7`], no I/O breakpoint (R/W = 10b means an I/O breakpoint only with the
+    /// guest's CR4.DE and is undefined without it) and instruction breakpoints (R/W = 00b) of
+    /// length 1 (LEN = 00b; other lengths are undefined, SDM Vol. 3B §18.2.5).
+    pub fn check(d: &VcpuDebug) -> Result<DebugRequest, Refused> {
+        let control = DebugControl::from_bits(d.control).ok_or(Refused::ReservedBits)?;
+        let hw = control.contains(DebugControl::ENABLE | DebugControl::USE_HW_BP);
+        let breakpoints = if hw {
+            let addresses = [d.dr[0], d.dr[1], d.dr[2], d.dr[3]];
+            if !addresses.iter().all(|&a| is_canonical(a)) {
+                return Err(Refused::NonCanonical);
+            }
+            let dr7 = d.dr[7];
+            if dr7 & !(DEBUGGER_DR7 | DR7_FIXED1) != 0 {
+                return Err(Refused::ReservedBits);
+            }
+            for n in 0..4 {
+                let rw = (dr7 >> (16 + 4 * n)) & 3;
+                let len = (dr7 >> (18 + 4 * n)) & 3;
+                if rw == 2 || (rw == 0 && len != 0) {
+                    return Err(Refused::ReservedBits);
+                }
+            }
+            Some(HostBreakpoints {
+                addresses,
+                dr7: dr7 | DR7_FIXED1,
+            })
+        } else {
+            None
+        };
+        Ok(DebugRequest {
+            control,
+            breakpoints,
+        })
+    }
+
+    /// The control bits.
+    pub fn control(&self) -> DebugControl {
+        self.control
+    }
+
+    /// The debugger's breakpoints (`ENABLE | USE_HW_BP`).
+    pub fn breakpoints(&self) -> Option<HostBreakpoints> {
+        self.breakpoints
+    }
+}
+
+/// DR7 bit 10, which always reads as 1 (SDM Vol. 3B §18.2.4).
+pub const DR7_FIXED1: u64 = 0x400;
+
+impl HostBreakpoints {
+    /// DR0-DR3, canonical.
+    pub fn addresses(&self) -> &[u64; 4] {
+        &self.addresses
+    }
+
+    /// DR7 (bits 63:32 clear, bit 10 set).
+    pub fn dr7(&self) -> u64 {
+        self.dr7
+    }
+
+    /// Whether breakpoint `n` (0-3) is an instruction breakpoint (R/W = 00b): a fault, so the
+    /// guest resumes at it with RFLAGS.RF set (SDM Vol. 3B §18.3.1.1).
+    pub fn is_instruction(&self, n: usize) -> bool {
+        (self.dr7 >> (16 + 4 * n)) & 3 == 0
     }
 }
 
@@ -423,6 +518,49 @@ mod tests {
             0x1000
         );
         assert!(GuestCr3::check(1 << 63, 46, false).is_err());
+    }
+
+    #[test]
+    fn debug_requests() {
+        let req = |control: u32, dr: [u64; 8]| {
+            DebugRequest::check(&VcpuDebug {
+                control,
+                reserved: 0,
+                dr,
+            })
+        };
+        let on = 1 | 8;
+        let mut dr = [0u64; 8];
+        dr[0] = 0x1000;
+        dr[7] = 0x1;
+        let ok = req(on, dr).unwrap();
+        let b = ok.breakpoints().unwrap();
+        assert_eq!((b.addresses()[0], b.dr7()), (0x1000, 0x401));
+        assert!(b.is_instruction(0));
+        // Unknown control bits.
+        assert_eq!(req(0x10, dr), Err(Refused::ReservedBits));
+        assert_eq!(req(1 << 31, [0; 8]), Err(Refused::ReservedBits));
+        // Non-canonical DR0-3, with USE_HW_BP only.
+        dr[2] = 1 << 47;
+        assert_eq!(req(on, dr), Err(Refused::NonCanonical));
+        assert!(req(1 | 2 | 4, dr).unwrap().breakpoints().is_none());
+        dr[2] = 0xffff_8000_0000_0000;
+        assert!(req(on, dr).is_ok());
+        // DR7: bits 63:32, 11-15 (GD included), I/O breakpoints, instruction lengths.
+        for bad in [1u64 << 32, 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15] {
+            dr[7] = 1 | bad;
+            assert_eq!(req(on, dr), Err(Refused::ReservedBits), "{bad:#x}");
+        }
+        dr[7] = 0x2 | (2 << 20); // DR1 as an I/O breakpoint
+        assert_eq!(req(on, dr), Err(Refused::ReservedBits));
+        dr[7] = 0x2 | (1 << 22); // DR1 execute with LEN 2
+        assert_eq!(req(on, dr), Err(Refused::ReservedBits));
+        dr[7] = 0x2 | (3 << 20) | (2 << 22); // DR1: read/write, 8 bytes
+        assert!(!req(on, dr)
+            .unwrap()
+            .breakpoints()
+            .unwrap()
+            .is_instruction(1));
     }
 
     #[test]

@@ -179,6 +179,16 @@ impl<V: Vmx> Vmx for Counted<'_, V> {
         unsafe { self.inner.write_cr2(value) }
     }
 
+    unsafe fn read_breakpoint_addresses(&mut self) -> [u64; 4] {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.read_breakpoint_addresses() }
+    }
+
+    unsafe fn write_breakpoint_addresses(&mut self, values: &[u64; 4]) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.write_breakpoint_addresses(values) }
+    }
+
     unsafe fn fxsave(&mut self, area: &mut FxLayout) {
         // SAFETY: forwarded under the caller's contract.
         unsafe { self.inner.fxsave(area) }

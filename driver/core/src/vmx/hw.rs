@@ -505,6 +505,43 @@ impl Vmx for HwVmx {
         unsafe { asm!("mov cr2, {}", in(reg) value, options(nostack, nomem)) };
     }
 
+    unsafe fn read_breakpoint_addresses(&mut self) -> [u64; 4] {
+        let (a, b, c, d): (u64, u64, u64, u64);
+        // SAFETY: CPL0 by contract; reading DR0-3 has no side effect.
+        unsafe {
+            asm!(
+                "mov {}, dr0",
+                "mov {}, dr1",
+                "mov {}, dr2",
+                "mov {}, dr3",
+                out(reg) a,
+                out(reg) b,
+                out(reg) c,
+                out(reg) d,
+                options(nostack, nomem, preserves_flags)
+            )
+        };
+        [a, b, c, d]
+    }
+
+    unsafe fn write_breakpoint_addresses(&mut self, values: &[u64; 4]) {
+        // SAFETY: CPL0 by contract, values canonical (checked by the caller's type), and
+        // interrupts off: the addresses only matter where DR7 enables them.
+        unsafe {
+            asm!(
+                "mov dr0, {}",
+                "mov dr1, {}",
+                "mov dr2, {}",
+                "mov dr3, {}",
+                in(reg) values[0],
+                in(reg) values[1],
+                in(reg) values[2],
+                in(reg) values[3],
+                options(nostack, nomem, preserves_flags)
+            )
+        };
+    }
+
     // Never inlined: the x87/SSE state-swap instructions stay in two named functions, the only
     // places `cargo xtask no-sse` allows them (the guest's XMM registers are live between the
     // two, so no other kernel instruction may touch vector state).

@@ -263,6 +263,22 @@ pub trait Vmx {
     /// CPL0; interrupts off (a host page fault in between would overwrite it).
     unsafe fn write_cr2(&mut self, value: u64);
 
+    /// MOV from DR0-DR3, the four breakpoint-address registers. VMX switches only DR7 (and
+    /// IA32_DEBUGCTL) at entry and exit (SDM Vol. 3C §27.3.2.1, §28.5.1), so a debugger's
+    /// hardware breakpoints are loaded by software around the guest.
+    ///
+    /// # Safety
+    /// CPL0 (MOV DR is privileged, SDM Vol. 2B MOV DR).
+    unsafe fn read_breakpoint_addresses(&mut self) -> [u64; 4];
+
+    /// MOV to DR0-DR3.
+    ///
+    /// # Safety
+    /// CPL0; every value canonical (in 64-bit mode MOV to DR0-3 of a non-canonical address
+    /// is #GP, SDM Vol. 2B MOV DR); interrupts off until the host's values are back, so no
+    /// host code runs with another context's breakpoints armed by the host's DR7.
+    unsafe fn write_breakpoint_addresses(&mut self, values: &[u64; 4]);
+
     /// FXSAVE64 of the x87/SSE state into `area` (SDM Vol. 2A FXSAVE; 512 bytes, 16-aligned:
     /// [`FxLayout`] is `align(16)`).
     ///

@@ -70,6 +70,8 @@ pub struct SoftCounts {
     pub fxrstor: u64,
     /// NMIs handed to the host's handler after an NMI exit.
     pub host_nmis: u64,
+    /// Loads of DR0-DR3 (MOV to DR).
+    pub dr_writes: u64,
     /// VMREADs by encoding.
     pub reads_by_field: BTreeMap<u32, u64>,
     /// VMWRITEs by encoding.
@@ -136,6 +138,8 @@ pub struct GuestCpu<'a> {
     pub fpu: &'a mut FxLayout,
     /// CR2 (the guest's while it runs).
     pub cr2: &'a mut u64,
+    /// DR0-DR3 while the guest runs (VMX does not switch them).
+    pub drs: [u64; 4],
 }
 
 impl GuestCpu<'_> {
@@ -197,6 +201,8 @@ pub struct SoftVmx {
     pub fpu: Box<FxLayout>,
     /// CR2 of the model CPU.
     pub cr2: u64,
+    /// DR0-DR3 of the model CPU (what a guest's hardware breakpoints compare against).
+    pub drs: [u64; 4],
     /// The MSRs this model CPU was built with (besides the architectural ones of
     /// `soft_faults`): WRMSR of any other MSR is a modelled host #GP.
     known_msrs: BTreeSet<u32>,
@@ -226,6 +232,7 @@ impl SoftVmx {
             stack_pointer: 0xffff_8000_1000_0f00,
             fpu: Box::default(),
             cr2: 0,
+            drs: [0; 4],
             caps,
             vmxon_region: None,
             regions: BTreeMap::new(),
@@ -485,6 +492,7 @@ impl Vmx for SoftVmx {
                         resumed: launched,
                         fpu: &mut self.fpu,
                         cr2: &mut self.cr2,
+                        drs: self.drs,
                     };
                     hook.run_guest(&mut cpu);
                 }
@@ -582,6 +590,18 @@ impl Vmx for SoftVmx {
 
     unsafe fn write_cr2(&mut self, value: u64) {
         self.cr2 = value;
+    }
+
+    unsafe fn read_breakpoint_addresses(&mut self) -> [u64; 4] {
+        self.drs
+    }
+
+    unsafe fn write_breakpoint_addresses(&mut self, values: &[u64; 4]) {
+        self.counts.dr_writes += 1;
+        if let Some(why) = soft_faults::write_breakpoint_addresses(values) {
+            host_gp(&why);
+        }
+        self.drs = *values;
     }
 
     unsafe fn fxsave(&mut self, area: &mut FxLayout) {
@@ -1158,9 +1178,21 @@ mod checks {
         if intr_state & 1 != 0 && rflags & (1 << 9) == 0 {
             return Err(0);
         }
-        // Pending debug exceptions: only bits 3:0, 12, 14, 16 defined.
-        if s.field(F::GuestPendingDebugExceptions) & !0x1_500f != 0 {
+        // Pending debug exceptions: only bits 3:0, 12, 14, 16 defined; bit 16 (RTM) must be 0
+        // on a processor without RTM, which no model CPU here has (§27.3.1.5).
+        let pending_db = s.field(F::GuestPendingDebugExceptions);
+        if pending_db & !0x500f != 0 {
             return Err(0);
+        }
+        // With blocking by STI or MOV SS, or in the HLT state, BS (bit 14) must be 1 when
+        // RFLAGS.TF = 1 and IA32_DEBUGCTL.BTF = 0, and 0 when TF = 0 or BTF = 1: a single-step
+        // trap the blocking held back has to be recorded as pending (§27.3.1.5).
+        if intr_state & 3 != 0 || activity == 1 {
+            let tf = rflags & (1 << 8) != 0;
+            let btf = s.field(F::GuestIa32Debugctl) & (1 << 1) != 0;
+            if (pending_db & (1 << 14) != 0) != (tf && !btf) {
+                return Err(0);
+            }
         }
         // VMCS link pointer: the model has no memory, so anything but ~0 (the value software
         // uses without VMCS shadowing) fails as an invalid pointer would (§27.3.1.5).

@@ -107,6 +107,13 @@ pub fn wrmsr(msr: u32, value: u64, exists: bool, feature_control: u64) -> Option
     }
 }
 
+/// Why MOV to DR0-DR3 of `values` raises #GP on the model, if it does: in 64-bit mode a
+/// non-canonical breakpoint address is #GP(0) (SDM Vol. 2B MOV DR, "64-Bit Mode Exceptions").
+pub fn write_breakpoint_addresses(values: &[u64; 4]) -> Option<String> {
+    let (i, v) = values.iter().enumerate().find(|(_, v)| !canonical(**v))?;
+    Some(alloc::format!("MOV DR{i}, {v:#x}: non-canonical address"))
+}
+
 /// Why FXRSTOR of `area` raises #GP on the model, if it does: MXCSR bits outside
 /// [`MXCSR_MASK`] (the 16-byte alignment is the type's).
 pub fn fxrstor(area: &FxLayout) -> Option<String> {

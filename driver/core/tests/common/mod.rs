@@ -110,8 +110,13 @@ pub fn host_cpuid(leaf: u32, _: u32) -> [u32; 4] {
 }
 
 pub fn setup() -> T {
+    setup_model("corei7_skylake_x")
+}
+
+/// [`setup`] on another Bochs CPU model of the table.
+pub fn setup_model(model: &str) -> T {
     let platform = HeapPlatform::new();
-    let vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").unwrap());
+    let vmx = SoftVmx::new(msrs_from_tsv(TSV, model).unwrap());
     let controls = negotiate(vmx.caps()).unwrap();
     let page = platform.alloc_pages(1).unwrap();
     // SAFETY: software model, one thread.

@@ -30,7 +30,13 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
     ) -> Result<bool, HaxError> {
         let want_window_user = self.wants_interrupt_window();
-        let queued: u32 = self.vectors.iter().map(|w| w.count_ones()).sum();
+        // While a debugger steps with TF, queued interrupts wait: their frames would carry
+        // the debugger's TF into the guest's stack (`debug.rs`).
+        let queued: u32 = if self.tf_stepping() {
+            0
+        } else {
+            self.vectors.iter().map(|w| w.count_ones()).sum()
+        };
         let highest = self.highest_vector();
         let preemption = self.preemption_ticks;
         let window_on = self.window_on;

@@ -70,6 +70,8 @@ use crate::vmx::root::{
 };
 use crate::vmx::{Counted, VmFail, Vmx};
 
+mod debug;
+pub use debug::StepRoute;
 mod events;
 mod exits;
 pub use exits::{TaskSource, TaskSwitch, Unemulated};
@@ -115,7 +117,8 @@ pub enum HaxError {
     EmulationFailed,
     /// The memory layer failed.
     Memory(MemoryError),
-    /// Not implemented (VCPU_DEBUG single-step and breakpoints).
+    /// Not available on this CPU (VCPU_DEBUG hardware breakpoints without the
+    /// load-debug-controls entry control).
     Unsupported(&'static str),
     /// [`HaxVcpu::resume`] or [`HaxVcpu::complete_memory`] called with no step waiting for
     /// it (a caller bug; nothing changed).
@@ -388,8 +391,12 @@ pub struct HaxVcpu {
     vectors: [u64; 4],
     panicked: Option<PanicReason>,
     apic_base: u64,
-    /// DR0-3 and DR6 (not loaded into the CPU: hardware breakpoints are not supported yet).
+    /// The guest's own DR0-3 and DR6 (MOV-DR exiting keeps them in software; the CPU holds
+    /// the host's, or the debugger's while it runs the guest).
     drs: [u64; 5],
+    /// The VCPU_DEBUG session and the breakpoint registers in the CPU. Boxed: VCPU_CREATE
+    /// builds `HaxVcpu` in a frame that must stay under 2 KiB (`cargo xtask stack`).
+    dbg: Box<debug::DebugRegs>,
     /// MSRs HAXM accepts and keeps without effect (MTRRs, MCE banks, PMU, MISC_ENABLE...).
     soft_msrs: alloc::vec::Vec<u64>,
     preemption_ticks: Option<u32>,
@@ -464,6 +471,8 @@ impl HaxVcpu {
         soft_msrs.resize(exits::SOFT_MSRS, 0);
         let emu = crate::heap::try_box(exits::Emulation::default())
             .map_err(|_| HaxError::Platform(PlatformError::OutOfMemory))?;
+        let dbg = crate::heap::try_box(debug::DebugRegs::default())
+            .map_err(|_| HaxError::Platform(PlatformError::OutOfMemory))?;
         let vpid = (((vm_id & 0xff) << 8) | ((vcpu_id & 0xff) + 1)) as u16;
         let core = boxed_core(platform, &controls, vpid, eptp)?;
         let tunnel = match platform.alloc_pages(1) {
@@ -493,6 +502,7 @@ impl HaxVcpu {
                 | APIC_BASE_ENABLE
                 | if vcpu_id == 0 { APIC_BASE_BSP } else { 0 },
             drs: [0, 0, 0, 0, 0xffff_0ff0],
+            dbg,
             soft_msrs,
             preemption_ticks,
             window_on: false,

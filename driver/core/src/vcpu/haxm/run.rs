@@ -326,6 +326,7 @@ impl HaxVcpu {
     /// The end of every step: the guest's MSRs and FPU go back before the thread can leave
     /// the non-preemptible region the caller holds.
     pub(in crate::vcpu::haxm) fn leave<V: Vmx>(&mut self, root: &mut VmxRoot<V>) {
+        self.restore_host_breakpoints(root);
         self.core.put(root);
         self.publish_apic_base();
     }
@@ -382,6 +383,11 @@ impl HaxVcpu {
         cpuid: &CpuidTable,
         platform: &P,
     ) -> Result<RunStep, HaxError> {
+        // A debugger's step that ended in user space (IO, MMIO, HLT) is over now that its
+        // instruction is complete: the DEBUG exit comes before the guest runs again.
+        if self.take_owed_step(root)? {
+            return Ok(RunStep::Done);
+        }
         // Quirk 7: `_exit_reason == 8` written by user space asks for an immediate exit. It is
         // consumed (cleared) so the next RUN runs the guest.
         if self.take_pause_request() {
@@ -408,7 +414,10 @@ impl HaxVcpu {
                 return Ok(RunStep::Done);
             }
             let injected = self.prepare_entry(root)?;
-            let exit = match self.core.run(root) {
+            self.arm_debugger(root)?;
+            let ran = self.core.run(root);
+            self.disarm_step(root)?;
+            let exit = match ran {
                 Ok(e) => e,
                 Err(e @ RunError::Entry(_)) => {
                     self.set_status(ExitStatus::Unknown, 0);
@@ -445,6 +454,7 @@ impl HaxVcpu {
     ) -> Result<Option<RunStep>, HaxError> {
         match next {
             Next::User(status) => {
+                self.note_user_exit(status);
                 self.set_status(status, u32::from(reason));
                 if status == ExitStatus::StateChange {
                     return Ok(Some(RunStep::Done));
@@ -457,6 +467,7 @@ impl HaxVcpu {
             }
             Next::Memory(request) => {
                 if let MemoryRequest::StringOut { .. } | MemoryRequest::ProbeIns { .. } = request {
+                    self.note_user_exit(ExitStatus::Io);
                     // The exit is complete but for the data: the tunnel is filled now, while
                     // the VMCS is at hand.
                     self.set_status(ExitStatus::Io, u32::from(reason));
@@ -466,6 +477,12 @@ impl HaxVcpu {
                 Ok(Some(RunStep::NeedMemory(request)))
             }
             Next::Resume => {
+                // A debugger's step over an instruction the host completed (RIP moved).
+                if self.step_completed_in_kernel(root)? {
+                    self.set_status(ExitStatus::Debug, u32::from(reason));
+                    self.finish_user_exit(root)?;
+                    return Ok(Some(RunStep::Done));
+                }
                 // Rule (b) of status 4: the user asked for a window and the guest can take
                 // an interrupt now, with nothing of ours queued or being injected.
                 let wants = self.wants_interrupt_window();

@@ -1,4 +1,5 @@
-//! Register state IOCTLs: GET/SET_REGS, GET/SET_FPU, VCPU_DEBUG, statistics, SET_CPUID.
+//! Register state IOCTLs: GET/SET_REGS, GET/SET_FPU, statistics, SET_CPUID (VCPU_DEBUG: see
+//! `debug.rs`).
 
 use super::exits::guest_cr;
 use super::*;
@@ -48,7 +49,6 @@ impl HaxVcpu {
                 s.cr0 = guest_cr(vmcs, 0)?;
                 s.cr3 = vmcs.guest_cr3()?;
                 s.cr4 = guest_cr(vmcs, 4)?;
-                s.dr7 = vmcs.guest_dr7()?;
                 let lma = vmcs.vm_entry_controls()? & EntryControls::IA32E_MODE_GUEST.bits() != 0;
                 s.efer =
                     ((vmcs.guest_ia32_efer()? & !EFER_LMA) | if lma { EFER_LMA } else { 0 }) as u32;
@@ -60,6 +60,8 @@ impl HaxVcpu {
                 Ok(s)
             })??;
         s.cr2 = cr2;
+        // The guest's own DR7, also while a debugger's is loaded.
+        s.dr7 = self.guest_dr7(root)?;
         s.dr0 = drs[0];
         s.dr1 = drs[1];
         s.dr2 = drs[2];
@@ -98,9 +100,10 @@ impl HaxVcpu {
             vmcs.set_guest_idtr_base(s.idt.base);
             vmcs.set_guest_idtr_limit(s.idt.limit & 0xffff);
             vmcs.set_guest_cr3(s.cr3);
-            // DR7: bit 10 is fixed to 1, bits 63:32 must be 0 (SDM §27.3.1.1).
-            vmcs.set_guest_dr7((s.dr7 & 0xffff_ffff) | 0x400);
         })?;
+        // DR7: bit 10 is fixed to 1, bits 63:32 must be 0 (SDM §27.3.1.1). While a debugger's
+        // DR7 is loaded this is the guest's own, given back when debugging stops.
+        self.set_guest_dr7(root, s.dr7)?;
         let c = *self.controls();
         self.core.with_vmcs(root, |vmcs, _| {
             vmcs.set_cr0_read_shadow(s.cr0);
@@ -116,21 +119,6 @@ impl HaxVcpu {
             s.dr3,
             (s.dr6 & 0xffff_ffff) | 0xffff_0ff0,
         ];
-        Ok(())
-    }
-
-    /// `HAX_IOCTL_VCPU_DEBUG`. Only "debugging off" is implemented (DR0-3 = 0, DR7 = 0x400,
-    /// as HAXM without ENABLE); ENABLE with STEP or breakpoints is refused as
-    /// [`HaxError::Unsupported`].
-    pub fn debug<V: Vmx>(&mut self, root: &mut VmxRoot<V>, d: &VcpuDebug) -> Result<(), HaxError> {
-        if d.control().contains(DebugControl::ENABLE) {
-            return Err(HaxError::Unsupported(
-                "VCPU_DEBUG: single-step and breakpoints",
-            ));
-        }
-        self.drs[..4].fill(0);
-        self.core
-            .with_vmcs(root, |vmcs, _| vmcs.set_guest_dr7(0x400))?;
         Ok(())
     }
 

@@ -102,15 +102,13 @@ impl HaxVcpu {
         if q & (1 << 4) == 0 {
             let v = self.gpr(root, gpr)?;
             match dr {
-                7 => self
-                    .core
-                    .with_vmcs(root, |vmcs, _| vmcs.set_guest_dr7(v & 0xffff_ffff))?,
+                7 => self.set_guest_dr7(root, v)?,
                 6 => self.drs[4] = v,
                 d => self.drs[d] = v,
             }
         } else {
             let v = match dr {
-                7 => self.core.with_vmcs(root, |vmcs, _| vmcs.guest_dr7())??,
+                7 => self.guest_dr7(root)?,
                 6 => self.drs[4],
                 d => self.drs[d],
             };

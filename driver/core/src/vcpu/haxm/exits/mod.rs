@@ -112,7 +112,11 @@ impl HaxVcpu {
                 })
             }
             VmExit::EptMisconfig { gpa } => self.panic(PanicReason::EptMisconfig { gpa }),
-            VmExit::ExceptionOrNmi { interruption, .. } => match interruption.kind {
+            VmExit::ExceptionOrNmi {
+                interruption,
+                qualification,
+                ..
+            } => match interruption.kind {
                 // An NMI for the host arrived while the guest ran ("NMI exiting"): the host's
                 // own handler gets it now, before anything else runs on this CPU.
                 InterruptionType::Nmi => {
@@ -120,6 +124,10 @@ impl HaxVcpu {
                     // non-preemptible region with the host IDT loaded.
                     unsafe { root.vmx().raise_host_nmi() };
                     Next::Resume
+                }
+                // #DB and #BP are intercepted only for VCPU_DEBUG (`debug.rs`).
+                _ if interruption.vector == 1 || interruption.vector == 3 => {
+                    self.debug_exception(root, interruption, qualification)?
                 }
                 _ => self.panic(PanicReason::FatalException {
                     vector: interruption.vector,
@@ -213,8 +221,10 @@ impl HaxVcpu {
                 self.skip(root)?;
                 Next::Resume
             }
-            // NMI-window and monitor-trap exits: rhax turns neither control on; where one was
-            // on anyway, it is turned off and the guest goes on.
+            // A debugger's single step on the monitor-trap route (`debug.rs`).
+            VmExit::MonitorTrap if self.monitor_trap_step(root)? => Next::User(ExitStatus::Debug),
+            // NMI-window and monitor-trap exits otherwise: rhax turns neither control on;
+            // where one was on anyway, it is turned off and the guest goes on.
             VmExit::NmiWindow | VmExit::MonitorTrap => {
                 let bits = PrimaryProcControls::NMI_WINDOW_EXITING.bits()
                     | PrimaryProcControls::MONITOR_TRAP_FLAG.bits();

@@ -560,14 +560,15 @@ impl HaxVcpu {
                 vmcs.set_cr0_read_shadow(shadow | CR0_TS);
                 let cr0 = vmcs.guest_cr0()?;
                 vmcs.set_guest_cr0(cr0 | CR0_TS);
-                // The local breakpoint enables L0-L3 are cleared (SDM §18.2.4).
-                let dr7 = vmcs.guest_dr7()?;
-                vmcs.set_guest_dr7(dr7 & !0x55);
                 // The old task's interrupt shadow does not survive the switch.
                 let s = vmcs.guest_interruptibility_state()?;
                 vmcs.set_guest_interruptibility_state(s & !3);
                 Ok(())
             })??;
+        // The local breakpoint enables L0-L3 of the guest's DR7 are cleared (SDM §18.2.4);
+        // a debugger's DR7 is not the guest's and stays.
+        let dr7 = self.guest_dr7(root)?;
+        self.set_guest_dr7(root, dr7 & !0x55)?;
         Ok(())
     }
 }
