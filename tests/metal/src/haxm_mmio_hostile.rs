@@ -3,7 +3,8 @@
 //!
 //! 1. an MMIO read at every kind of unbacked hole (past the end of RAM, the VGA window, the
 //!    IOAPIC and local APIC pages, just below 4 GiB, above 4 GiB, near 512 GiB);
-//! 2. a storm of [`STORM_EXITS`] MMIO exits of mixed kinds (loads, stores, read-modify-write,
+//! 2. a storm of MMIO exits of mixed kinds (4,000 in `haxm-mmio-hostile`, 100,000 in
+//!    `haxm-mmio-storm`) (loads, stores, read-modify-write,
 //!    `rep stosd`, MMIO-to-MMIO `movsd`, `test`), every one served and counted;
 //! 3. a `rep movsd` of 16 elements from MMIO to MMIO (16 move exits);
 //! 4. an instruction the emulator does not carry out (`fld dword [mmio]`): STATECHANGE with
@@ -39,10 +40,10 @@ const STORM_N: u64 = 0x8f08;
 const PML4: u64 = 0x1_0000;
 /// The MMIO window of the storm (a memory-like device).
 const WIN: u64 = 0xD000_0000;
-/// Storm iterations: 8 exits each.
+/// Storm iterations of `haxm-mmio-hostile` (8 exits each: 4,000 exits) and of
+/// `haxm-mmio-storm` (100,000 exits).
+const HOSTILE_ITERATIONS: u32 = 500;
 const STORM_ITERATIONS: u32 = 12_500;
-/// The storm's exits.
-pub const STORM_EXITS: u64 = 8 * STORM_ITERATIONS as u64;
 const PORT_PHASE: u16 = 0xE5;
 
 global_asm!(
@@ -183,7 +184,7 @@ impl Client {
     /// RUNs until an OUT to the phase port (its value) or another exit (an error, except
     /// STATECHANGE: `None`).
     fn run_phase(&mut self, v: &mut V<'_>) -> R<Option<u32>> {
-        for _ in 0..(4 * STORM_EXITS) {
+        for _ in 0..(4 * 8 * u64::from(STORM_ITERATIONS)) {
             match v.run().map_err(e("RUN"))? {
                 Exit::FastMmio(mut m) => match m.direction {
                     MmioDirection::Read => {
@@ -272,7 +273,18 @@ fn long_mode(ram: &Ram) -> (rhax::api::VcpuState, Vec<rhax::api::VmxMsr>) {
     (s, msrs)
 }
 
+/// `haxm-mmio-hostile`: every phase, a storm of 4,000 exits.
 pub fn haxm_mmio_hostile(_: &Ctx) -> R<String> {
+    hostile(HOSTILE_ITERATIONS)
+}
+
+/// `haxm-mmio-storm`: every phase, a storm of 100,000 exits.
+pub fn haxm_mmio_storm(_: &Ctx) -> R<String> {
+    hostile(STORM_ITERATIONS)
+}
+
+fn hostile(iterations: u32) -> R<String> {
+    let storm_exits = 8 * u64::from(iterations);
     let shell = Shell::new()?;
     // The witness VM.
     let wram = Ram::new(0x1_0000)?;
@@ -289,7 +301,7 @@ pub fn haxm_mmio_hostile(_: &Ctx) -> R<String> {
         ram.write(HOLES + 16 * i as u64, &h.to_le_bytes());
     }
     ram.write(HOLES_N, &(HOLE_LIST.len() as u32).to_le_bytes());
-    ram.write(STORM_N, &STORM_ITERATIONS.to_le_bytes());
+    ram.write(STORM_N, &iterations.to_le_bytes());
     let (s, msrs) = long_mode(&ram);
     let (_sys, _vm, mut v) = simple_vm(&shell, &ram)?;
     qemu_set(&v, &s, &msrs)?;
@@ -321,7 +333,7 @@ pub fn haxm_mmio_hostile(_: &Ctx) -> R<String> {
     if c.run_phase(&mut v)? != Some(2) {
         return Err(String::from("phase 2 (storm) did not end with its OUT"));
     }
-    let n = u64::from(STORM_ITERATIONS);
+    let n = u64::from(iterations);
     let storm = Counts {
         reads: c.counts.reads - before.reads,
         writes: c.counts.writes - before.writes,
@@ -394,7 +406,7 @@ pub fn haxm_mmio_hostile(_: &Ctx) -> R<String> {
         "{} holes, {} storm exits, 16 MMIO-to-MMIO moves, fld on MMIO and code running into \
          MMIO stopped their vCPUs (RIP {:#x}); the witness VM ran after each",
         HOLE_LIST.len(),
-        STORM_EXITS,
+        storm_exits,
         st.rip
     ))
 }

@@ -50,6 +50,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-mmio", haxm_mmio::haxm_mmio),
     ("haxm-vga", haxm_mmio::haxm_vga),
     ("haxm-mmio-hostile", haxm_mmio_hostile::haxm_mmio_hostile),
+    ("haxm-mmio-storm", haxm_mmio_hostile::haxm_mmio_storm),
     ("haxm-debug", haxm_debug::haxm_debug),
     ("mtf-probe", guests::mtf_probe),
     ("bench-haxm", haxm::bench_haxm),
