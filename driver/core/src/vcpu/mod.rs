@@ -11,10 +11,11 @@ pub mod checked;
 pub mod cpuid;
 pub mod guest;
 pub mod haxm;
+mod xsave;
 
 use alloc::boxed::Box;
 
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 use crate::platform::{CpuIndex, PhysPages, Platform, PlatformError};
 use crate::vmcs::exit::{decode_reason, VmExit};
@@ -100,11 +101,18 @@ pub struct Vcpu {
     guest_msrs: [u64; 6],
     /// Host values saved while the guest's are loaded.
     host_msrs: Option<[u64; 6]>,
-    /// The guest's x87/SSE image while not loaded on the CPU (loaded with the MSRs, saved by
-    /// [`Vcpu::put`]).
-    fpu: Box<FxLayout>,
-    /// The host's x87/SSE state while the guest's is loaded.
-    host_fpu: Box<FxLayout>,
+    /// The guest's x87/SSE and extended state while not loaded on the CPU (loaded with the
+    /// MSRs, saved by [`Vcpu::put`]): a standard-format XSAVE image whose legacy region is
+    /// the FXSAVE image of GET/SET_FPU.
+    xsave: Box<XsaveArea>,
+    /// The host's state while the guest's is loaded.
+    host_xsave: Box<XsaveArea>,
+    /// The guest's XCR0, loaded into the CPU only around VM entry (see [`Vcpu::run`]).
+    xcr0: checked::GuestXcr0,
+    /// While the guest's state is loaded with XSAVE/XRSTOR (host CR4.OSXSAVE=1): the host's
+    /// XCR0, restored right after every exit. `None` when FXSAVE/FXRSTOR switched the state
+    /// (a host without OSXSAVE) or nothing is loaded.
+    host_xcr0: Option<u64>,
     /// The guest's CR2 (VMX does not switch CR2; it is loaded before each entry when the CPU's
     /// value differs and read back after each exit).
     cr2: u64,
@@ -158,17 +166,17 @@ impl Vcpu {
             io_bitmap_a: io_bitmaps.phys(),
             io_bitmap_b: io_bitmaps.phys() + PhysPages::PAGE_SIZE as u64,
         };
-        // The large parts (VMCS cache, counters, two FXSAVE images: ~8.7 KiB) are allocated
+        // The large parts (VMCS cache, counters, two XSAVE areas: ~16 KiB) are allocated
         // zeroed in place, fallibly.
         let boxes = (|| {
             let cache = crate::heap::try_zeroed::<VmcsCache>()?;
             let stats = VcpuStats::boxed()?;
-            let mut fpu = crate::heap::try_zeroed::<FxLayout>()?;
-            set_power_on_fpu(&mut fpu);
-            let host_fpu = crate::heap::try_zeroed::<FxLayout>()?;
-            Some((cache, stats, fpu, host_fpu))
+            let mut xsave = crate::heap::try_zeroed::<XsaveArea>()?;
+            set_power_on_fpu(&mut xsave);
+            let host_xsave = crate::heap::try_zeroed::<XsaveArea>()?;
+            Some((cache, stats, xsave, host_xsave))
         })();
-        let Some((cache, stats, fpu, host_fpu)) = boxes else {
+        let Some((cache, stats, xsave, host_xsave)) = boxes else {
             platform.free_pages(vmcs_page);
             platform.free_pages(msr_bitmap);
             platform.free_pages(io_bitmaps);
@@ -191,8 +199,10 @@ impl Vcpu {
             exit_tsc: None,
             guest_msrs: [0; 6],
             host_msrs: None,
-            fpu,
-            host_fpu,
+            xsave,
+            host_xsave,
+            xcr0: checked::GuestXcr0::POWER_ON,
+            host_xcr0: None,
             cr2: 0,
         })
     }
@@ -341,6 +351,8 @@ impl Vcpu {
             stats,
             exit_tsc,
             cr2,
+            xcr0,
+            host_xcr0,
             ..
         } = self;
         let mut vmx = Counted::new(&mut root.vmx, stats);
@@ -360,9 +372,22 @@ impl Vcpu {
             // entry.
             unsafe { vmcs.vmx().write_cr2(*cr2) };
         }
+        // The guest's XCR0 is in the CPU only from here to the exit (KVM does the same): host
+        // code, an NMI handler included, never runs with it. Nothing to do when they match.
+        let swap_xcr0 = host_xcr0.filter(|&h| h != xcr0.get());
+        if swap_xcr0.is_some() {
+            // SAFETY: CPL0, CR4.OSXSAVE=1 (host_xcr0 is Some only then), interrupts off; the
+            // value passed the XSETBV checks against this host (GuestXcr0) and is undone
+            // right after the exit.
+            unsafe { vmcs.vmx().xsetbv0(xcr0.get()) };
+        }
         // SAFETY: VMX root, this VMCS current, interrupts off (contract of VmxRoot::enable);
         // host state written for this CPU; `host_rsp` belongs to this VMCS.
         let entered = unsafe { vmcs.vmx().vmenter(regs, *launched, host_rsp) };
+        if let Some(h) = swap_xcr0 {
+            // SAFETY: restores the host's own XCR0 (read with XGETBV), CPL0, OSXSAVE=1.
+            unsafe { vmcs.vmx().xsetbv0(h) };
+        }
         // SAFETY: CPL0; the guest's CR2 is still in the register (interrupts off since exit).
         *cr2 = unsafe { vmcs.vmx().read_cr2() };
         *exit_tsc = Some(vmcs.vmx().rdtsc());
@@ -421,14 +446,7 @@ impl Vcpu {
             // leave the non-preemptible region.
             unsafe { root.vmx.wrmsr(msr, self.guest_msrs[i]) };
         }
-        // The guest's x87/SSE state travels with the MSRs: loaded once per stay in the
-        // non-preemptible region, not per entry (HAXM swapped it on every entry, §6 "FPU").
-        // SAFETY: CPL0, pinned (contract of VmxRoot::enable); the guest image is either the
-        // power-on image, one checked against this host's MXCSR_MASK (`FxImage`), or one
-        // FXSAVE stored from a guest the CPU ran (valid by construction).
-        unsafe { root.vmx.fxsave(&mut self.host_fpu) };
-        // SAFETY: as above.
-        unsafe { root.vmx.fxrstor(&self.fpu) };
+        self.load_guest_fpu(root);
         self.host_msrs = Some(host);
     }
 
@@ -438,10 +456,7 @@ impl Vcpu {
         let Some(host) = self.host_msrs.take() else {
             return;
         };
-        // SAFETY: CPL0, pinned; the guest state is loaded (host_msrs was Some).
-        unsafe { root.vmx.fxsave(&mut self.fpu) };
-        // SAFETY: restores the image saved in load_guest_msrs.
-        unsafe { root.vmx.fxrstor(&self.host_fpu) };
+        self.put_guest_fpu(root);
         for (i, &msr) in SWAPPED_MSRS.iter().enumerate() {
             // SAFETY: CPL0; see load_guest_msrs.
             self.guest_msrs[i] = unsafe { root.vmx.rdmsr(msr) };
@@ -480,16 +495,20 @@ impl Vcpu {
         }
     }
 
-    /// The guest's x87/SSE image. Current only while the guest's state is not loaded (after
-    /// [`Vcpu::put`], which every RUN of the HAXM vCPU ends with).
+    /// The guest's x87/SSE image (the legacy region of its XSAVE image). Current only while
+    /// the guest's state is not loaded (after [`Vcpu::put`], which every RUN of the HAXM vCPU
+    /// ends with).
     pub fn fpu(&self) -> &FxLayout {
-        &self.fpu
+        &self.xsave.legacy
     }
 
     /// Replaces the guest's x87/SSE image (after [`Vcpu::put`]) with one checked against the
-    /// host's MXCSR_MASK, so the FXRSTOR of the next run cannot fault.
+    /// host's MXCSR_MASK, so the FXRSTOR/XRSTOR of the next run cannot fault. The x87 and SSE
+    /// components are marked present (XSTATE_BV bits 0 and 1) so XRSTOR loads them rather
+    /// than their initial configuration.
     pub fn set_fpu(&mut self, image: &checked::FxImage) {
-        *self.fpu = *image.get();
+        self.xsave.legacy = *image.get();
+        self.xsave.header.xstate_bv |= checked::xcr0::X87 | checked::xcr0::SSE;
     }
 
     /// The guest's CR2.
@@ -504,11 +523,13 @@ impl Vcpu {
 }
 
 /// The x87/SSE state after power-up/reset (SDM Vol. 3A Table 10-1: FCW 0x37F, MXCSR 0x1F80,
-/// tags empty).
-fn set_power_on_fpu(f: &mut FxLayout) {
-    f.fcw = 0x37f;
-    f.mxcsr = 0x1f80;
-    f.mxcsr_mask = 0xffbf;
+/// tags empty), x87 and SSE marked present so XRSTOR loads them; AVX and beyond in their
+/// initial configuration (XSTATE_BV clear).
+fn set_power_on_fpu(a: &mut XsaveArea) {
+    a.legacy.fcw = 0x37f;
+    a.legacy.mxcsr = 0x1f80;
+    a.legacy.mxcsr_mask = 0xffbf;
+    a.header.xstate_bv = checked::xcr0::X87 | checked::xcr0::SSE;
 }
 
 /// Advances the guest RIP past the instruction that caused the exit (VM-exit instruction

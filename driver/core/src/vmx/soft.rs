@@ -15,7 +15,7 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 use crate::vmcs::{Access, VmcsField, Width};
 use crate::vmx::caps::{
@@ -68,6 +68,12 @@ pub struct SoftCounts {
     pub fxsave: u64,
     /// FXRSTOR.
     pub fxrstor: u64,
+    /// XSETBV.
+    pub xsetbv: u64,
+    /// XSAVE.
+    pub xsave: u64,
+    /// XRSTOR.
+    pub xrstor: u64,
     /// NMIs handed to the host's handler after an NMI exit.
     pub host_nmis: u64,
     /// VMREADs by encoding.
@@ -136,6 +142,11 @@ pub struct GuestCpu<'a> {
     pub fpu: &'a mut FxLayout,
     /// CR2 (the guest's while it runs).
     pub cr2: &'a mut u64,
+    /// The extended state registers beyond x87/SSE (YMM upper halves, AVX-512), in the
+    /// standard-format layout of `extended` (the guest's while it runs).
+    pub xstate: &'a mut XsaveArea,
+    /// XCR0 as the guest runs with it.
+    pub xcr0: u64,
 }
 
 impl GuestCpu<'_> {
@@ -197,6 +208,12 @@ pub struct SoftVmx {
     pub fpu: Box<FxLayout>,
     /// CR2 of the model CPU.
     pub cr2: u64,
+    /// XCR0 of the model CPU (x87|SSE|AVX at power-on of the model, as an AVX host OS sets it).
+    pub xcr0: u64,
+    /// The XCR0 bits the model CPU supports (CPUID.(EAX=0xD,ECX=0) EDX:EAX).
+    pub xcr0_supported: u64,
+    /// The model's extended state registers (only `extended` is used; x87/SSE are `fpu`).
+    pub xstate: Box<XsaveArea>,
     /// The MSRs this model CPU was built with (besides the architectural ones of
     /// `soft_faults`): WRMSR of any other MSR is a modelled host #GP.
     known_msrs: BTreeSet<u32>,
@@ -226,6 +243,9 @@ impl SoftVmx {
             stack_pointer: 0xffff_8000_1000_0f00,
             fpu: Box::default(),
             cr2: 0,
+            xcr0: 0x7,
+            xcr0_supported: 0xe7,
+            xstate: Box::default(),
             caps,
             vmxon_region: None,
             regions: BTreeMap::new(),
@@ -485,6 +505,8 @@ impl Vmx for SoftVmx {
                         resumed: launched,
                         fpu: &mut self.fpu,
                         cr2: &mut self.cr2,
+                        xstate: &mut self.xstate,
+                        xcr0: self.xcr0,
                     };
                     hook.run_guest(&mut cpu);
                 }
@@ -595,6 +617,99 @@ impl Vmx for SoftVmx {
             host_gp(&why);
         }
         *self.fpu = *area;
+    }
+
+    unsafe fn xgetbv0(&mut self) -> u64 {
+        if self.host.cr4 & (1 << 18) == 0 {
+            host_gp("XGETBV with CR4.OSXSAVE=0 (#UD)");
+        }
+        self.xcr0
+    }
+
+    unsafe fn xsetbv0(&mut self, xcr0: u64) {
+        self.counts.xsetbv += 1;
+        if self.host.cr4 & (1 << 18) == 0 {
+            host_gp("XSETBV with CR4.OSXSAVE=0 (#UD)");
+        }
+        if let Some(why) = soft_faults::xsetbv(xcr0, self.xcr0_supported) {
+            host_gp(&why);
+        }
+        self.xcr0 = xcr0;
+    }
+
+    unsafe fn xsave(&mut self, area: &mut XsaveArea, mask: u64) {
+        self.counts.xsave += 1;
+        if self.host.cr4 & (1 << 18) == 0 {
+            host_gp("XSAVE with CR4.OSXSAVE=0 (#UD)");
+        }
+        if let Some(why) = soft_faults::xsave_alignment(area) {
+            host_gp(&why);
+        }
+        let rfbm = mask & self.xcr0;
+        // SDM Vol. 1 §13.7: x87 (bit 0) and SSE (bit 1) parts of the legacy region, MXCSR
+        // with either SSE or AVX; the model stores the legacy region whole when either is
+        // requested, and reports every requested component in use (XINUSE may be 1).
+        if rfbm & 3 != 0 {
+            area.legacy = *self.fpu;
+        }
+        for (bit, offset, len) in rhax_api::fpu::xcr0::COMPONENTS {
+            if rfbm & (1 << bit) != 0 {
+                let r = (offset as usize - 576)..(offset as usize - 576 + len as usize);
+                area.extended[r.clone()].copy_from_slice(&self.xstate.extended[r]);
+            }
+        }
+        area.header.xstate_bv = (area.header.xstate_bv & !rfbm) | rfbm;
+    }
+
+    unsafe fn xrstor(&mut self, area: &XsaveArea, mask: u64) {
+        self.counts.xrstor += 1;
+        if self.host.cr4 & (1 << 18) == 0 {
+            host_gp("XRSTOR with CR4.OSXSAVE=0 (#UD)");
+        }
+        let rfbm = mask & self.xcr0;
+        if let Some(why) = soft_faults::xrstor(area, self.xcr0, rfbm) {
+            host_gp(&why);
+        }
+        let bv = area.header.xstate_bv;
+        // SDM Vol. 1 §13.8.1: a requested component with XSTATE_BV clear gets its initial
+        // configuration (the model: zeros; x87 FCW 0x37F); MXCSR is loaded whenever SSE or
+        // AVX is requested.
+        if rfbm & 1 != 0 {
+            let mut legacy = if bv & 1 != 0 {
+                area.legacy
+            } else {
+                FxLayout {
+                    fcw: 0x37f,
+                    ..FxLayout::default()
+                }
+            };
+            legacy.mxcsr = self.fpu.mxcsr;
+            legacy.mmx_1 = self.fpu.mmx_1;
+            legacy.mmx_2 = self.fpu.mmx_2;
+            *self.fpu = legacy;
+        }
+        if rfbm & 2 != 0 {
+            if bv & 2 != 0 {
+                self.fpu.mmx_1 = area.legacy.mmx_1;
+                self.fpu.mmx_2 = area.legacy.mmx_2;
+            } else {
+                self.fpu.mmx_1 = Default::default();
+                self.fpu.mmx_2 = Default::default();
+            }
+        }
+        if rfbm & 6 != 0 {
+            self.fpu.mxcsr = area.legacy.mxcsr;
+        }
+        for (bit, offset, len) in rhax_api::fpu::xcr0::COMPONENTS {
+            if rfbm & (1 << bit) != 0 {
+                let r = (offset as usize - 576)..(offset as usize - 576 + len as usize);
+                if bv & (1 << bit) != 0 {
+                    self.xstate.extended[r.clone()].copy_from_slice(&area.extended[r]);
+                } else {
+                    self.xstate.extended[r].fill(0);
+                }
+            }
+        }
     }
 
     unsafe fn raise_host_nmi(&mut self) {

@@ -13,6 +13,7 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         cr: crate::vmcs::exit::CrAccess,
         maxphyaddr: u8,
+        xsave: bool,
     ) -> Result<(), HaxError> {
         let value = match cr.access {
             CrAccessType::MovTo { gpr } => Some(self.gpr(root, gpr)?),
@@ -53,7 +54,8 @@ impl HaxVcpu {
                     (4, CrAccessType::MovTo { .. }) => {
                         let cur = guest_cr(vmcs, 4)?;
                         let cr3 = vmcs.guest_cr3()?;
-                        match GuestCr4::check(value.unwrap_or(0), cur, cr4_fixed1, efer, cr3) {
+                        match GuestCr4::check(value.unwrap_or(0), cur, cr4_fixed1, efer, cr3, xsave)
+                        {
                             Ok(v) => write_cr4(vmcs, v)?,
                             Err(e) => return Ok(Err(e)),
                         }
