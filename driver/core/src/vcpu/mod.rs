@@ -360,6 +360,15 @@ impl Vcpu {
         let mut vmcs = unsafe { Vmcs::new(cache, &mut vmx) };
         setup::write_host_thread_state(&mut vmcs, cr3, fs_base);
         clear_stale_interrupt_shadow(&mut vmcs)?;
+        // The guest's XCR0 is in the CPU only from the entry to the exit (KVM does the same):
+        // host code, an NMI handler included, never runs with it. Nothing to do when it is the
+        // host's, or while the guest's CR4.OSXSAVE is 0 (XGETBV, XSAVE and VEX instructions
+        // #UD then, SDM Vol. 1 §13.3: XCR0 is invisible to it): one cached VMREAD of the
+        // guest CR4 in the other cases.
+        let swap_xcr0 = match *host_xcr0 {
+            Some(h) if h != xcr0.get() && vmcs.guest_cr4()? & bits::CR4_OSXSAVE != 0 => Some(h),
+            _ => None,
+        };
         vmcs.flush().map_err(RunError::Flush)?;
         let now = vmcs.vmx().rdtsc();
         if let Some(t) = exit_tsc.take() {
@@ -372,9 +381,6 @@ impl Vcpu {
             // entry.
             unsafe { vmcs.vmx().write_cr2(*cr2) };
         }
-        // The guest's XCR0 is in the CPU only from here to the exit (KVM does the same): host
-        // code, an NMI handler included, never runs with it. Nothing to do when they match.
-        let swap_xcr0 = host_xcr0.filter(|&h| h != xcr0.get());
         if swap_xcr0.is_some() {
             // SAFETY: CPL0, CR4.OSXSAVE=1 (host_xcr0 is Some only then), interrupts off; the
             // value passed the XSETBV checks against this host (GuestXcr0) and is undone
