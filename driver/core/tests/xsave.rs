@@ -525,3 +525,49 @@ fn without_host_osxsave_the_guest_sees_no_xsave_and_xsetbv_is_ud() {
     assert_eq!(t.root.vmx().counts.xsave, 0, "FXSAVE path");
     assert_ne!(t.root.vmx().counts.fxsave, 0);
 }
+
+#[test]
+fn cpuid_shows_what_the_host_has_enabled_and_rhax_switches() {
+    // Host XCR0 without AVX-512 (an OS that left it off): no AVX-512 features, no leaf 0xD
+    // sub-leaves 5-7, XCR0 bits 7 only.
+    let t = CpuidTable::with_xcr0(avx512_host, 0x7);
+    assert_eq!(t.lookup(0xd, 0, 0), [7, 576, 832, 0]);
+    assert_eq!(t.lookup(0xd, 2, 0), [256, 576, 0, 0]);
+    assert_eq!(t.lookup(0xd, 5, 0), [0; 4]);
+    assert_eq!(t.lookup(7, 0, 0)[1] & (1 << 16), 0, "no AVX512F");
+    assert_ne!(t.lookup(7, 0, 0)[1] & (1 << 5), 0, "AVX2");
+    assert_eq!(t.lookup(0, 0, 0)[0], 0xd);
+    // The full host: AVX-512 shown; MPX (3, 4) and PKRU (9) never.
+    let t = CpuidTable::with_xcr0(avx512_host, HOST_XCR0 | 0x18);
+    assert_eq!(t.lookup(0xd, 0, 0)[0], 0xe7);
+    assert_eq!(t.lookup(0xd, 3, 0), [0; 4]);
+    assert_eq!(t.lookup(0xd, 9, 0), [0; 4]);
+    assert_eq!(t.lookup(0xd, 7, 0), [1024, 1664, 0, 0]);
+    assert_ne!(t.lookup(7, 0, 0)[1] & (1 << 16), 0, "AVX512F");
+    // OSXSAVE is never in the table: the CPUID exit sets it from the guest's CR4.
+    assert_eq!(t.lookup(1, 0, 0)[2] & (1 << 27), 0);
+    // A host enumerating a component at another offset: that component (and AVX-512 with it)
+    // is hidden rather than switched at the wrong place.
+    let odd = |l: u32, s: u32| match (l, s) {
+        (0xd, 6) => [512, 1280, 0, 0],
+        _ => avx512_host(l, s),
+    };
+    let t = CpuidTable::with_xcr0(odd, HOST_XCR0);
+    assert_eq!(t.lookup(0xd, 0, 0)[0], 7);
+    // SET_CPUID cannot add what is hidden: AVX on a host table without XSAVE.
+    let mut t = CpuidTable::new(host_cpuid);
+    HaxVcpu::set_cpuid(
+        &mut t,
+        &[CpuidEntry {
+            function: 1,
+            ecx: u32::MAX,
+            ..CpuidEntry::default()
+        }],
+    )
+    .unwrap();
+    assert_eq!(
+        t.lookup(1, 0, 0)[2] & (0xf << 26),
+        0,
+        "XSAVE/OSXSAVE/AVX/F16C"
+    );
+}

@@ -21,6 +21,7 @@ mod bootinfo;
 mod console;
 mod guests;
 mod haxm;
+mod haxm_avx;
 mod haxm_events;
 mod haxm_fpu;
 mod haxm_hostile;
