@@ -25,7 +25,7 @@ use crate::vmx::caps::{
 use crate::vmx::instructions::{
     DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
-use crate::vmx::{soft_faults, VmFail, VmInstructionError};
+use crate::vmx::{soft_faults, soft_xstate, VmFail, VmInstructionError};
 
 /// The IA32_EFER MSR.
 pub const IA32_EFER: u32 = 0xc000_0080;
@@ -645,20 +645,7 @@ impl Vmx for SoftVmx {
         if let Some(why) = soft_faults::xsave_alignment(area) {
             host_gp(&why);
         }
-        let rfbm = mask & self.xcr0;
-        // SDM Vol. 1 §13.7: x87 (bit 0) and SSE (bit 1) parts of the legacy region, MXCSR
-        // with either SSE or AVX; the model stores the legacy region whole when either is
-        // requested, and reports every requested component in use (XINUSE may be 1).
-        if rfbm & 3 != 0 {
-            area.legacy = *self.fpu;
-        }
-        for (bit, offset, len) in rhax_api::fpu::xcr0::COMPONENTS {
-            if rfbm & (1 << bit) != 0 {
-                let r = (offset as usize - 576)..(offset as usize - 576 + len as usize);
-                area.extended[r.clone()].copy_from_slice(&self.xstate.extended[r]);
-            }
-        }
-        area.header.xstate_bv = (area.header.xstate_bv & !rfbm) | rfbm;
+        soft_xstate::xsave(&self.fpu, &self.xstate, area, mask & self.xcr0);
     }
 
     unsafe fn xrstor(&mut self, area: &XsaveArea, mask: u64) {
@@ -670,46 +657,7 @@ impl Vmx for SoftVmx {
         if let Some(why) = soft_faults::xrstor(area, self.xcr0, rfbm) {
             host_gp(&why);
         }
-        let bv = area.header.xstate_bv;
-        // SDM Vol. 1 §13.8.1: a requested component with XSTATE_BV clear gets its initial
-        // configuration (the model: zeros; x87 FCW 0x37F); MXCSR is loaded whenever SSE or
-        // AVX is requested.
-        if rfbm & 1 != 0 {
-            let mut legacy = if bv & 1 != 0 {
-                area.legacy
-            } else {
-                FxLayout {
-                    fcw: 0x37f,
-                    ..FxLayout::default()
-                }
-            };
-            legacy.mxcsr = self.fpu.mxcsr;
-            legacy.mmx_1 = self.fpu.mmx_1;
-            legacy.mmx_2 = self.fpu.mmx_2;
-            *self.fpu = legacy;
-        }
-        if rfbm & 2 != 0 {
-            if bv & 2 != 0 {
-                self.fpu.mmx_1 = area.legacy.mmx_1;
-                self.fpu.mmx_2 = area.legacy.mmx_2;
-            } else {
-                self.fpu.mmx_1 = Default::default();
-                self.fpu.mmx_2 = Default::default();
-            }
-        }
-        if rfbm & 6 != 0 {
-            self.fpu.mxcsr = area.legacy.mxcsr;
-        }
-        for (bit, offset, len) in rhax_api::fpu::xcr0::COMPONENTS {
-            if rfbm & (1 << bit) != 0 {
-                let r = (offset as usize - 576)..(offset as usize - 576 + len as usize);
-                if bv & (1 << bit) != 0 {
-                    self.xstate.extended[r.clone()].copy_from_slice(&area.extended[r]);
-                } else {
-                    self.xstate.extended[r].fill(0);
-                }
-            }
-        }
+        soft_xstate::xrstor(&mut self.fpu, &mut self.xstate, area, rfbm);
     }
 
     unsafe fn raise_host_nmi(&mut self) {
