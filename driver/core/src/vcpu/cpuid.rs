@@ -190,6 +190,16 @@ const DEFAULT_LEAVES: [(u32, u32); HAXM_CPUID_LEAVES] = [
     (0x8000_0008, 0),
 ];
 
+/// Leaf 1 ECX bits that pass from the host (OSXSAVE never: the CPUID exit sets it).
+fn leaf1_ecx_passed(x: &XsaveSupport) -> u32 {
+    !(LEAF1_ECX_HIDDEN | OSXSAVE) | x.leaf1_ecx()
+}
+
+/// Leaf 7.0 EBX bits that pass from the host.
+fn leaf7_ebx_passed(x: &XsaveSupport) -> u32 {
+    LEAF7_EBX_PASSED | x.leaf7_ebx()
+}
+
 /// Leaves whose answer depends on ECX (the subleaf).
 fn indexed(function: u32) -> bool {
     matches!(
@@ -242,8 +252,13 @@ impl CpuidTable {
     /// XSAVEC and the AVX-512 features are shown as far as the host has them, its OS enabled
     /// them in XCR0 and rhax switches their state (HAXM 7.8 showed XSAVE, AVX, F16C, XSAVEOPT
     /// and XSAVEC); leaf 0xD sub-leaves 0, 1 and one per component are added.
+    // Inlined into its caller (the driver's load path builds the table once, in place in the
+    // Hypervisor): a frame of its own would hold a 2.6 KiB temporary (`cargo xtask stack`).
+    #[inline(always)]
     pub fn with_xcr0(host: impl Fn(u32, u32) -> CpuidRegs, host_xcr0: u64) -> CpuidTable {
         let xsave = XsaveSupport::from_host(&host, host_xcr0);
+        let leaf1_ecx_passed = leaf1_ecx_passed(&xsave);
+        let leaf7_ebx_passed = leaf7_ebx_passed(&xsave);
         let mut t = CpuidTable {
             entries: [entry(0, 0, [0; 4]); HAX_MAX_CPUID_ENTRIES],
             len: 0,
@@ -259,10 +274,10 @@ impl CpuidTable {
                 1 => {
                     // EBX[31:24] (initial APIC ID) is patched per vCPU at answer time, and
                     // OSXSAVE from the vCPU's CR4.
-                    r[2] = (r[2] & t.leaf1_ecx_passed()) | HYPERVISOR;
+                    r[2] = (r[2] & leaf1_ecx_passed) | HYPERVISOR;
                     r[3] &= !LEAF1_EDX_HIDDEN;
                 }
-                7 => r = [0, r[1] & t.leaf7_ebx_passed(), r[2] & xsave.leaf7_ecx(), 0],
+                7 => r = [0, r[1] & leaf7_ebx_passed, r[2] & xsave.leaf7_ecx(), 0],
                 0x4000_0000 => r = [0x4000_0000, 0x7861_6872, 0x7861_6872, 0x7861_6872], // "rhaxrhaxrhax"
                 0x8000_0000 => r[0] = r[0].min(0x8000_0008),
                 _ => {}
@@ -270,29 +285,34 @@ impl CpuidTable {
             t.entries[i] = entry(f, idx, r);
         }
         t.len = DEFAULT_LEAVES.len();
-        if xsave.xcr0 != 0 {
-            for index in [0, 1, 2, 5, 6, 7] {
-                let r = xsave.leaf_d(index);
-                if index > 1 && r == [0; 4] {
-                    continue;
-                }
-                if let Some(slot) = t.entries.get_mut(t.len) {
-                    *slot = entry(0xd, index, r);
-                    t.len += 1;
-                }
-            }
-        }
+        t.add_leaf_d();
         t
     }
 
-    /// Leaf 1 ECX bits that pass from the host (OSXSAVE never: the CPUID exit sets it).
-    fn leaf1_ecx_passed(&self) -> u32 {
-        !(LEAF1_ECX_HIDDEN | OSXSAVE) | self.xsave.leaf1_ecx()
+    /// Appends leaf 0xD's sub-leaves (0, 1, and one per shown component) when XSAVE is shown.
+    #[inline(never)]
+    fn add_leaf_d(&mut self) {
+        if self.xsave.xcr0 == 0 {
+            return;
+        }
+        for index in [0, 1, 2, 5, 6, 7] {
+            let r = self.xsave.leaf_d(index);
+            if index > 1 && r == [0; 4] {
+                continue;
+            }
+            if let Some(slot) = self.entries.get_mut(self.len) {
+                *slot = entry(0xd, index, r);
+                self.len += 1;
+            }
+        }
     }
 
-    /// Leaf 7.0 EBX bits that pass from the host.
+    fn leaf1_ecx_passed(&self) -> u32 {
+        leaf1_ecx_passed(&self.xsave)
+    }
+
     fn leaf7_ebx_passed(&self) -> u32 {
-        LEAF7_EBX_PASSED | self.xsave.leaf7_ebx()
+        leaf7_ebx_passed(&self.xsave)
     }
 
     /// What the guest sees of XSAVE.
@@ -302,6 +322,7 @@ impl CpuidTable {
 
     /// The default table from the CPU this runs on (its CPUID and, with CR4.OSXSAVE, XCR0).
     #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     pub fn from_host() -> CpuidTable {
         let host = |leaf, sub| {
             let r = core::arch::x86_64::__cpuid_count(leaf, sub);
