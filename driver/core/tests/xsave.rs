@@ -61,9 +61,12 @@ fn xsetup() -> T {
     }
 }
 
-fn set_osxsave(c: &mut GuestCpu<'_>) {
-    let cr4 = c.read(VmcsField::GuestCr4);
-    c.write(VmcsField::GuestCr4, cr4 | (1 << 18));
+/// CR4.OSXSAVE on through SET_REGS (the guest's own MOV to CR4 exits: see
+/// `mov_to_cr4_osxsave_exits_and_follows_cpuid`).
+fn enable_osxsave(t: &mut T) {
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr4 |= 1 << 18;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
 }
 
 fn xsetbv(c: &mut GuestCpu<'_>, ecx: u64, value: u64) {
@@ -95,9 +98,8 @@ fn xsetbv_sets_the_guest_xcr0_which_the_cpu_holds_only_while_the_guest_runs() {
     let mut t = xsetup();
     t.hook(script(vec![
         Box::new(|c| {
-            // CR4.OSXSAVE=0: XCR0 is invisible to the guest, the host's stays in the CPU.
-            assert_eq!(c.xcr0, HOST_XCR0);
-            set_osxsave(c);
+            // XCR0 = 1 (power-on) goes in with CR4.OSXSAVE set.
+            assert_eq!(c.xcr0, 1);
             xsetbv(c, 0, 7);
         }),
         Box::new(|c| {
@@ -128,12 +130,13 @@ fn xsetbv_sets_the_guest_xcr0_which_the_cpu_holds_only_while_the_guest_runs() {
             c.exit(12, 0, 1);
         }),
     ]));
+    enable_osxsave(&mut t);
     let rip = t.rip();
     assert_eq!(t.run(), Ok(ExitStatus::Hlt));
     assert_eq!(t.rip(), rip + 3 + 2 + 2 + 2 + 1);
     assert_eq!(t.root.vmx().xcr0, HOST_XCR0, "the host's XCR0 is back");
-    // The guest's XCR0 went in before each of the 4 entries after XSETBV and came out after.
-    assert_eq!(t.root.vmx().counts.xsetbv, 8);
+    // The guest's XCR0 went in before each of the 5 entries and came out after each.
+    assert_eq!(t.root.vmx().counts.xsetbv, 10);
     let x = get_xsave(&mut t);
     assert_eq!(u64::from_le_bytes(x[8..16].try_into().unwrap()), 7);
     assert_eq!(u32::from_le_bytes(x[4..8].try_into().unwrap()), 832);
@@ -144,15 +147,22 @@ fn no_xsetbv_when_the_guest_xcr0_is_the_hosts() {
     let mut t = xsetup();
     t.root.vmx().xcr0 = 0xe7;
     t.hook(script(vec![
+        // CR4.OSXSAVE clear: XCR0 (1) is invisible to the guest, not loaded.
         Box::new(|c| {
-            set_osxsave(c);
+            assert_eq!(c.xcr0, 0xe7);
+            c.regs.gpr[reg::RAX] = c.read(VmcsField::Cr4ReadShadow) | (1 << 18);
+            c.exit(28, 4, 3); // mov cr4, rax
+        }),
+        Box::new(|c| {
+            assert_eq!(c.xcr0, 1, "OSXSAVE on: the guest's XCR0 goes in");
             xsetbv(c, 0, 0xe7);
         }),
         Box::new(|c| cpuid(c, 0, 0)),
         Box::new(|c| c.exit(12, 0, 1)),
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::Hlt));
-    assert_eq!(t.root.vmx().counts.xsetbv, 0);
+    // Only around the one entry with XCR0 = 1 and OSXSAVE set.
+    assert_eq!(t.root.vmx().counts.xsetbv, 2);
 }
 
 #[test]
@@ -173,12 +183,7 @@ fn xsetbv_faults_as_the_sdm_says_and_changes_nothing() {
     for (ecx, value, osxsave, event) in cases {
         let mut t = xsetup();
         t.hook(script(vec![
-            Box::new(move |c| {
-                if osxsave {
-                    set_osxsave(c);
-                }
-                xsetbv(c, ecx, value);
-            }),
+            Box::new(move |c| xsetbv(c, ecx, value)),
             Box::new(move |c| {
                 assert_eq!(
                     c.read(VmcsField::VmEntryInterruptionInformation),
@@ -190,6 +195,9 @@ fn xsetbv_faults_as_the_sdm_says_and_changes_nothing() {
                 c.exit(12, 0, 1);
             }),
         ]));
+        if osxsave {
+            enable_osxsave(&mut t);
+        }
         let rip = t.rip();
         assert_eq!(t.run(), Ok(ExitStatus::Hlt));
         assert_eq!(t.rip(), rip + 1, "the faulting XSETBV is not skipped");
@@ -216,11 +224,9 @@ fn xsetbv_refuses_what_the_vms_cpuid_narrowed() {
         [512, 1152, 0, 0],
         "other sub-leaves kept"
     );
+    enable_osxsave(&mut t);
     t.hook(script(vec![
-        Box::new(|c| {
-            set_osxsave(c);
-            xsetbv(c, 0, 0xe7);
-        }),
+        Box::new(|c| xsetbv(c, 0, 0xe7)),
         Box::new(|c| {
             assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation), GP);
             xsetbv(c, 0, 7);
@@ -249,10 +255,7 @@ fn ymm_state_survives_10000_exits_bit_for_bit_and_the_host_keeps_its_own() {
         let n = e.get();
         e.set(n + 1);
         match n {
-            0 => {
-                set_osxsave(c);
-                xsetbv(c, 0, 7);
-            }
+            0 => xsetbv(c, 0, 7),
             1 => {
                 // The guest's first AVX code: vmovdqu ymm0..15 loaded, xmm0 too. Nothing of
                 // the host's is visible: AVX-512 state (not enabled) is in its initial
@@ -280,6 +283,7 @@ fn ymm_state_survives_10000_exits_bit_for_bit_and_the_host_keeps_its_own() {
             }
         }
     });
+    enable_osxsave(&mut t);
     for _ in 0..10 {
         assert_eq!(t.run(), Ok(ExitStatus::Hlt));
         let vmx = t.root.vmx();
@@ -380,9 +384,7 @@ fn set_xsave_round_trips_and_every_refusal_changes_nothing() {
     t.vcpu.set_xsave(&mut t.root, mask, &ok).unwrap();
     let back = get_xsave(&mut t);
     assert_eq!(back, ok, "GET gives back what SET put");
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cr4 |= 1 << 18;
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    enable_osxsave(&mut t);
     // The next run loads it: XCR0 7 and the YMM bytes are the guest's.
     t.hook(script(vec![Box::new(|c| {
         assert_eq!(c.xcr0, 7);
@@ -511,11 +513,9 @@ fn without_host_osxsave_the_guest_sees_no_xsave_and_xsetbv_is_ud() {
     let mut t = setup();
     assert_eq!(t.cpuid.lookup(1, 0, 0)[2] & (1 << 26), 0);
     assert_eq!(t.cpuid.lookup(0xd, 0, 0), [0; 4]);
+    enable_osxsave(&mut t);
     t.hook(script(vec![
-        Box::new(|c| {
-            set_osxsave(c);
-            xsetbv(c, 0, 3);
-        }),
+        Box::new(|c| xsetbv(c, 0, 3)),
         Box::new(|c| {
             assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation), UD);
             c.exit(12, 0, 1);
@@ -570,4 +570,51 @@ fn cpuid_shows_what_the_host_has_enabled_and_rhax_switches() {
         0,
         "XSAVE/OSXSAVE/AVX/F16C"
     );
+}
+
+#[test]
+fn mov_to_cr4_osxsave_exits_and_follows_cpuid() {
+    // CPUID hides XSAVE (host without OSXSAVE): setting CR4.OSXSAVE is #GP, as hardware.
+    let mut t = setup();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.regs.gpr[reg::RAX] = c.read(VmcsField::Cr4ReadShadow) | (1 << 18);
+            c.exit(28, 4, 3); // mov cr4, rax
+        }),
+        Box::new(|c| {
+            assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation), GP);
+            assert_eq!(c.read(VmcsField::Cr4ReadShadow) & (1 << 18), 0);
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    // XSAVE shown: accepted, CPUID.1:ECX.OSXSAVE follows, and clearing it again stops the
+    // XCR0 switch.
+    let mut t = xsetup();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.regs.gpr[reg::RAX] = c.read(VmcsField::Cr4ReadShadow) | (1 << 18);
+            c.exit(28, 4, 3);
+        }),
+        Box::new(|c| {
+            assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation) >> 31, 0);
+            assert_ne!(c.read(VmcsField::Cr4ReadShadow) & (1 << 18), 0);
+            assert_eq!(c.xcr0, 1);
+            cpuid(c, 1, 0);
+        }),
+        Box::new(|c| {
+            assert_ne!(c.regs.gpr[reg::RCX] & (1 << 27), 0, "OSXSAVE");
+            c.regs.gpr[reg::RAX] = c.read(VmcsField::Cr4ReadShadow) & !(1 << 18);
+            c.exit(28, 4, 3);
+        }),
+        Box::new(|c| {
+            assert_eq!(c.xcr0, HOST_XCR0, "OSXSAVE off: XCR0 not switched");
+            cpuid(c, 1, 0);
+        }),
+        Box::new(|c| {
+            assert_eq!(c.regs.gpr[reg::RCX] & (1 << 27), 0, "OSXSAVE clear");
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
 }

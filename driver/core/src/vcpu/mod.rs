@@ -113,6 +113,9 @@ pub struct Vcpu {
     /// XCR0, restored right after every exit. `None` when FXSAVE/FXRSTOR switched the state
     /// (a host without OSXSAVE) or nothing is loaded.
     host_xcr0: Option<u64>,
+    /// The guest's CR4.OSXSAVE (host-owned in the CR4 guest/host mask, so every change is
+    /// seen: a MOV to CR4 exit or SET_REGS).
+    guest_osxsave: bool,
     /// The guest's CR2 (VMX does not switch CR2; it is loaded before each entry when the CPU's
     /// value differs and read back after each exit).
     cr2: u64,
@@ -203,6 +206,7 @@ impl Vcpu {
             host_xsave,
             xcr0: checked::GuestXcr0::POWER_ON,
             host_xcr0: None,
+            guest_osxsave: false,
             cr2: 0,
         })
     }
@@ -353,6 +357,7 @@ impl Vcpu {
             cr2,
             xcr0,
             host_xcr0,
+            guest_osxsave,
             ..
         } = self;
         let mut vmx = Counted::new(&mut root.vmx, stats);
@@ -363,12 +368,9 @@ impl Vcpu {
         // The guest's XCR0 is in the CPU only from the entry to the exit (KVM does the same):
         // host code, an NMI handler included, never runs with it. Nothing to do when it is the
         // host's, or while the guest's CR4.OSXSAVE is 0 (XGETBV, XSAVE and VEX instructions
-        // #UD then, SDM Vol. 1 §13.3: XCR0 is invisible to it): one cached VMREAD of the
-        // guest CR4 in the other cases.
-        let swap_xcr0 = match *host_xcr0 {
-            Some(h) if h != xcr0.get() && vmcs.guest_cr4()? & bits::CR4_OSXSAVE != 0 => Some(h),
-            _ => None,
-        };
+        // #UD then, SDM Vol. 1 §13.3: XCR0 is invisible to it). No VMREAD: OSXSAVE is
+        // host-owned in the CR4 guest/host mask, tracked in `guest_osxsave`.
+        let swap_xcr0 = host_xcr0.filter(|&h| *guest_osxsave && h != xcr0.get());
         vmcs.flush().map_err(RunError::Flush)?;
         let now = vmcs.vmx().rdtsc();
         if let Some(t) = exit_tsc.take() {

@@ -88,6 +88,11 @@ impl Vcpu {
         host & xcr0::SWITCHED
     }
 
+    /// Records the guest's CR4.OSXSAVE after a MOV to CR4 or SET_REGS changed CR4.
+    pub fn set_guest_osxsave(&mut self, on: bool) {
+        self.guest_osxsave = on;
+    }
+
     /// The guest's XCR0.
     pub fn xcr0(&self) -> GuestXcr0 {
         self.xcr0

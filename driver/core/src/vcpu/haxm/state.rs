@@ -164,6 +164,8 @@ impl HaxVcpu {
             vmcs.set_cr4_read_shadow(s.cr4);
             vmcs.set_guest_cr4(c.guest_cr4_fixed.adjust(s.cr4));
         })?;
+        self.core
+            .set_guest_osxsave(s.cr4 & crate::vcpu::bits::CR4_OSXSAVE != 0);
         self.core.set_cr2(s.cr2);
         self.drs = [
             s.dr0,

@@ -2,6 +2,7 @@
 //! Tables 28-3, 28-4).
 
 use super::*;
+use crate::vcpu::bits::CR4_OSXSAVE;
 use crate::vcpu::checked::{GuestCr0, GuestCr3, GuestCr4, Refused};
 
 impl HaxVcpu {
@@ -79,7 +80,11 @@ impl HaxVcpu {
         )??;
         match read {
             Ok(Some((gpr, v))) => self.set_gpr(root, gpr, v)?,
-            Ok(None) => {}
+            Ok(None) => {
+                if let (4, Some(v)) = (cr.cr, value) {
+                    self.core.set_guest_osxsave(v & CR4_OSXSAVE != 0);
+                }
+            }
             Err(_) => self.inject_gp(root)?,
         }
         Ok(())
