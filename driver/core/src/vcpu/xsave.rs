@@ -93,6 +93,11 @@ impl Vcpu {
         self.guest_osxsave = on;
     }
 
+    /// The guest's CR4.OSXSAVE as last seen.
+    pub fn guest_osxsave(&self) -> bool {
+        self.guest_osxsave
+    }
+
     /// The guest's XCR0.
     pub fn xcr0(&self) -> GuestXcr0 {
         self.xcr0

@@ -49,12 +49,13 @@ impl HaxVcpu {
             VmExit::Cpuid => {
                 let apic_id = self.vcpu_id as u8;
                 let x = self.core.xcr0().get();
+                let osxsave = self.core.guest_osxsave();
                 self.core
                     .with_vmcs(root, |vmcs, regs| -> Result<(), VmFail> {
                         let (leaf, subleaf) =
                             (regs.gpr[reg::RAX] as u32, regs.gpr[reg::RCX] as u32);
                         let mut r = cpuid.lookup(leaf, subleaf, apic_id);
-                        xsave::cpuid_fixup(vmcs, x, leaf, subleaf, &mut r)?;
+                        xsave::cpuid_fixup(x, osxsave, leaf, subleaf, &mut r);
                         regs.gpr[reg::RAX] = u64::from(r[0]);
                         regs.gpr[reg::RBX] = u64::from(r[1]);
                         regs.gpr[reg::RCX] = u64::from(r[2]);

@@ -52,27 +52,19 @@ impl HaxVcpu {
     }
 }
 
-/// Patches a CPUID answer with the vCPU's own XSAVE state (`x`: its XCR0): OSXSAVE mirrors
-/// the guest's CR4.OSXSAVE when XSAVE is shown (one VMREAD, leaf 1 only), leaf 0xD sub-leaf 0
-/// EBX is the standard-format size for the current XCR0 and sub-leaf 1 EBX the compacted size
-/// (XSAVEC; IA32_XSS is 0).
-pub(super) fn cpuid_fixup<V: Vmx>(
-    vmcs: &mut Vmcs<'_, Counted<'_, V>>,
-    x: u64,
-    leaf: u32,
-    subleaf: u32,
-    r: &mut [u32; 4],
-) -> Result<(), VmFail> {
+/// Patches a CPUID answer with the vCPU's own XSAVE state (`x`: its XCR0, `osxsave`: its
+/// CR4.OSXSAVE, tracked without a VMREAD): OSXSAVE mirrors CR4 when XSAVE is shown, leaf 0xD
+/// sub-leaf 0 EBX is the standard-format size for the current XCR0 and sub-leaf 1 EBX the
+/// compacted size (XSAVEC; IA32_XSS is 0).
+pub(super) fn cpuid_fixup(x: u64, osxsave: bool, leaf: u32, subleaf: u32, r: &mut [u32; 4]) {
     match (leaf, subleaf) {
         (1, _) if r[2] & XSAVE != 0 => {
-            let on = guest_cr(vmcs, 4)? & CR4_OSXSAVE != 0;
-            r[2] = (r[2] & !OSXSAVE) | if on { OSXSAVE } else { 0 };
+            r[2] = (r[2] & !OSXSAVE) | if osxsave { OSXSAVE } else { 0 };
         }
         (0xd, 0) if r[0] != 0 => r[1] = xcr0::area_size(x),
         (0xd, 1) if r[0] != 0 => r[1] = compacted_size(x),
         _ => {}
     }
-    Ok(())
 }
 
 /// The XSAVEC (compacted) area size for `x`: 576 plus each enabled component's size (none of
