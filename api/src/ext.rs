@@ -46,6 +46,8 @@ bitflags::bitflags! {
     pub struct ExtFeatures: u64 {
         /// [`RHAX_VCPU_IOCTL_GET_STATS`] and [`RHAX_VCPU_IOCTL_RESET_STATS`].
         const VCPU_STATS = 1 << 0;
+        /// [`RHAX_VCPU_IOCTL_GET_XSAVE`] and [`RHAX_VCPU_IOCTL_SET_XSAVE`].
+        const XSAVE = 1 << 1;
     }
 }
 
@@ -173,6 +175,35 @@ impl VcpuStats {
     }
 }
 
+/// [`RhaxXsave::version`] of the layout defined here.
+pub const RHAX_XSAVE_VERSION: u32 = 1;
+
+/// The argument of [`RHAX_VCPU_IOCTL_GET_XSAVE`] / [`RHAX_VCPU_IOCTL_SET_XSAVE`]: the guest's
+/// whole extended state, for snapshots. `area` is a standard-format XSAVE image (SDM Vol. 1
+/// §13.4; the legacy region is what GET/SET_FPU exchange).
+///
+/// SET checks everything before it changes anything: `version`, `size` (the XSAVE size of
+/// `xcr0`, as GET reports it), `xcr0` (the XSETBV rules and the components this vCPU may
+/// enable), XSTATE_BV within `xcr0`, XCOMP_BV and the reserved header bytes 0, MXCSR within
+/// the host's MXCSR_MASK. A refused SET returns `-EINVAL` with the vCPU unchanged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RhaxXsave {
+    /// [`RHAX_XSAVE_VERSION`].
+    pub version: u32,
+    /// The bytes of `area` that are meaningful for `xcr0` (CPUID.(EAX=0xD,ECX=0).EBX for
+    /// that XCR0): 512 + 64 + the extended components.
+    pub size: u32,
+    /// The guest's XCR0.
+    pub xcr0: u64,
+    /// The XSAVE image; bytes past `size` are 0 on GET and ignored on SET.
+    pub area: [u8; crate::fpu::XSAVE_AREA_SIZE],
+}
+
+impl_pod!(RhaxXsave);
+assert_layout!(RhaxXsave, size = 16 + crate::fpu::XSAVE_AREA_SIZE;
+    version = 0, size = 4, xcr0 = 8, area = 16);
+
 crate::ioctl::ioctl_table! {
     /// Every rhax extension IOCTL, in number order.
     EXT_IOCTLS;
@@ -184,6 +215,12 @@ crate::ioctl::ioctl_table! {
     /// `RHAX_VCPU_IOCTL_RESET_STATS` (vCPU device): no argument; zeroes the counters of
     /// [`VcpuStats`]. Feature [`ExtFeatures::VCPU_STATS`].
     RHAX_VCPU_IOCTL_RESET_STATS: Vcpu, Some(0xa02), px(Direction::None, 0xe2, 0);
+    /// `RHAX_VCPU_IOCTL_GET_XSAVE` (vCPU device): out [`RhaxXsave`]. Feature
+    /// [`ExtFeatures::XSAVE`].
+    RHAX_VCPU_IOCTL_GET_XSAVE: Vcpu, Some(0xa03), px(Direction::Read, 0xe3, size_of::<RhaxXsave>());
+    /// `RHAX_VCPU_IOCTL_SET_XSAVE` (vCPU device): in [`RhaxXsave`]. Feature
+    /// [`ExtFeatures::XSAVE`].
+    RHAX_VCPU_IOCTL_SET_XSAVE: Vcpu, Some(0xa04), px(Direction::Write, 0xe4, size_of::<RhaxXsave>());
 }
 
 #[cfg(test)]
@@ -212,6 +249,11 @@ mod tests {
             RHAX_VCPU_IOCTL_RESET_STATS.code(Platform::NetBsd),
             Some(0x2000_00e2)
         );
+        // 4112 = 0x1010 bytes: _IOR/_IOW carry it in the 14-bit size field.
+        assert_eq!(RHAX_VCPU_IOCTL_GET_XSAVE.windows(), Some(0x4000_280c));
+        assert_eq!(RHAX_VCPU_IOCTL_GET_XSAVE.linux(), Some(0x9010_00e3));
+        assert_eq!(RHAX_VCPU_IOCTL_SET_XSAVE.windows(), Some(0x4000_2810));
+        assert_eq!(RHAX_VCPU_IOCTL_SET_XSAVE.linux(), Some(0x5010_00e4));
         assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
     }
 

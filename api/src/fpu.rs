@@ -82,6 +82,87 @@ impl FxLayout {
     }
 }
 
+/// The bytes an [`XsaveArea`] holds: the legacy region (512), the XSAVE header (64) and the
+/// extended region up to 4 KiB. The standard-format offsets of the components rhax switches
+/// end at 2688 (Hi16_ZMM, SDM Vol. 1 §13.4.3 and CPUID leaf 0xD); 4 KiB leaves room.
+pub const XSAVE_AREA_SIZE: usize = 4096;
+
+/// The XSAVE header (SDM Vol. 1 §13.4.2): bytes 512-575 of an XSAVE area.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XsaveHeader {
+    /// XSTATE_BV: which components the area holds (a clear bit: that component is in its
+    /// initial configuration).
+    pub xstate_bv: u64,
+    /// XCOMP_BV: bit 63 set for the compacted format; rhax uses the standard format (0).
+    pub xcomp_bv: u64,
+    /// Bytes 16-63: reserved, 0.
+    pub reserved: [u64; 6],
+}
+
+impl_pod!(XsaveHeader);
+assert_layout!(XsaveHeader, size = 64; xstate_bv = 0, xcomp_bv = 8, reserved = 16);
+
+/// A standard-format XSAVE area (SDM Vol. 1 §13.4): the FXSAVE image, the header, the
+/// extended components at the offsets CPUID leaf 0xD gives. Aligned to 64 bytes (XSAVE and
+/// XRSTOR raise #GP on a misaligned area, SDM Vol. 1 §13.4).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XsaveArea {
+    /// Bytes 0-511: the legacy region, the FXSAVE image.
+    pub legacy: FxLayout,
+    /// Bytes 512-575.
+    pub header: XsaveHeader,
+    /// Bytes 576 up: the extended region.
+    pub extended: [u8; XSAVE_AREA_SIZE - 576],
+}
+
+impl_pod!(XsaveArea);
+assert_layout!(XsaveArea, size = XSAVE_AREA_SIZE, align = 64;
+    legacy = 0, header = 512, extended = 576);
+
+/// XCR0 state-component bits (SDM Vol. 1 §13.1, Figure 13-1): x87 (0), SSE (1), AVX (2),
+/// and the three AVX-512 components opmask (5), ZMM_Hi256 (6), Hi16_ZMM (7).
+pub mod xcr0 {
+    /// x87 state.
+    pub const X87: u64 = 1 << 0;
+    /// SSE state (XMM registers, MXCSR).
+    pub const SSE: u64 = 1 << 1;
+    /// AVX state (upper halves of YMM0-15).
+    pub const AVX: u64 = 1 << 2;
+    /// opmask, ZMM_Hi256, Hi16_ZMM.
+    pub const AVX512: u64 = 0xe0;
+    /// The components rhax switches between guest and host (XSAVE/XRSTOR around runs): no
+    /// MPX (3, 4; deprecated), no PKRU (9; PKU is hidden in CPUID), no AMX (17, 18).
+    pub const SWITCHED: u64 = X87 | SSE | AVX | AVX512;
+
+    /// (bit, offset, size) of the extended components of [`SWITCHED`] in the standard-format
+    /// XSAVE area: CPUID.(EAX=0xD,ECX=i).EBX/EAX, which every Intel CPU with these
+    /// components reports with these values (SDM Vol. 1 §13.4.3; rhax hides a component
+    /// whose host enumeration differs, see rhax-core's `vcpu::cpuid`).
+    pub const COMPONENTS: [(u32, u32, u32); 4] = [
+        (2, 576, 256),
+        (5, 1088, 64),
+        (6, 1152, 512),
+        (7, 1664, 1024),
+    ];
+
+    /// The size of the standard-format XSAVE area for `xcr0` (what CPUID.(EAX=0xD,ECX=0).EBX
+    /// reports for it): 576 (legacy region and header) or the end of the last component.
+    pub const fn area_size(xcr0: u64) -> u32 {
+        let mut size = 576;
+        let mut i = 0;
+        while i < COMPONENTS.len() {
+            let (bit, offset, len) = COMPONENTS[i];
+            if xcr0 & (1 << bit) != 0 && offset + len > size {
+                size = offset + len;
+            }
+            i += 1;
+        }
+        size
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::FxLayout;

@@ -154,6 +154,10 @@ pub enum Error {
     GetStats(OsError),
     /// `RHAX_VCPU_IOCTL_RESET_STATS` failed.
     ResetStats(OsError),
+    /// `RHAX_VCPU_IOCTL_GET_XSAVE` failed.
+    GetXsave(OsError),
+    /// `RHAX_VCPU_IOCTL_SET_XSAVE` failed.
+    SetXsave(OsError),
     /// The IOCTL does not exist on this transport's platform (`HAX_VCPU_IOCTL_KICKOFF` off
     /// Windows, `HAX_VCPU_IOCTL_GET_CPUID` on NetBSD), so nothing was sent.
     Unsupported {
@@ -250,7 +254,9 @@ impl Error {
             | Self::GetCpuid(os)
             | Self::ExtInfo(os)
             | Self::GetStats(os)
-            | Self::ResetStats(os) => Some(os),
+            | Self::ResetStats(os)
+            | Self::GetXsave(os)
+            | Self::SetXsave(os) => Some(os),
             _ => None,
         }
     }
@@ -295,6 +301,8 @@ impl fmt::Display for Error {
             Self::ExtInfo(os) => failed(f, "RHAX_IOCTL_EXT_INFO", os),
             Self::GetStats(os) => failed(f, "RHAX_VCPU_IOCTL_GET_STATS", os),
             Self::ResetStats(os) => failed(f, "RHAX_VCPU_IOCTL_RESET_STATS", os),
+            Self::GetXsave(os) => failed(f, "RHAX_VCPU_IOCTL_GET_XSAVE", os),
+            Self::SetXsave(os) => failed(f, "RHAX_VCPU_IOCTL_SET_XSAVE", os),
             Self::Unsupported { ioctl } => {
                 write!(f, "{ioctl} does not exist on this platform")
             }

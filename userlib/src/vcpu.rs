@@ -2,8 +2,9 @@
 //! the typed [`Exit`] it returns.
 
 use rhax_api::ext::{
-    VcpuStats, RHAX_EXIT_REASONS, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_RESET_STATS,
-    RHAX_VCPU_STATS_VERSION,
+    RhaxXsave, VcpuStats, RHAX_EXIT_REASONS, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_GET_XSAVE,
+    RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_XSAVE, RHAX_VCPU_STATS_VERSION,
+    RHAX_XSAVE_VERSION,
 };
 use rhax_api::ioctl::{
     HAX_IOCTL_VCPU_DEBUG, HAX_VCPU_GET_REGS, HAX_VCPU_IOCTL_GET_CPUID, HAX_VCPU_IOCTL_GET_FPU,
@@ -454,6 +455,29 @@ impl<T: Transport> Vcpu<T> {
             return Err(malformed(name, "nr_reasons", s.nr_reasons.into()));
         }
         Ok(s)
+    }
+
+    /// `RHAX_VCPU_IOCTL_GET_XSAVE` (rhax only, [`ExtFeatures::XSAVE`]): the guest's XCR0 and
+    /// whole XSAVE image, for snapshots. A record of another version is refused as
+    /// [`Error::Malformed`].
+    ///
+    /// [`ExtFeatures::XSAVE`]: rhax_api::ext::ExtFeatures::XSAVE
+    pub fn get_xsave(&self) -> Result<RhaxXsave> {
+        let x: RhaxXsave = self
+            .dev
+            .fetch(&RHAX_VCPU_IOCTL_GET_XSAVE, Error::GetXsave)?;
+        if x.version != RHAX_XSAVE_VERSION {
+            let name = RHAX_VCPU_IOCTL_GET_XSAVE.name;
+            return Err(malformed(name, "version", x.version.into()));
+        }
+        Ok(x)
+    }
+
+    /// `RHAX_VCPU_IOCTL_SET_XSAVE` (rhax only): restores XCR0 and the XSAVE image; the driver
+    /// refuses (EINVAL, nothing changed) what XSETBV or XRSTOR would refuse.
+    pub fn set_xsave(&self, x: &RhaxXsave) -> Result<()> {
+        self.dev
+            .send(&RHAX_VCPU_IOCTL_SET_XSAVE, x.as_bytes(), Error::SetXsave)
     }
 
     /// `RHAX_VCPU_IOCTL_RESET_STATS` (rhax only): zeroes this vCPU's counters.

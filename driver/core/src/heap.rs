@@ -77,3 +77,5 @@ unsafe impl<T> Zeroable for Option<Box<T>> {}
 
 // SAFETY: the FXSAVE image is plain integers and byte arrays.
 unsafe impl Zeroable for rhax_api::fpu::FxLayout {}
+// SAFETY: integers and byte arrays (`Pod`): all zero is a valid (empty) XSAVE area.
+unsafe impl Zeroable for rhax_api::fpu::XsaveArea {}

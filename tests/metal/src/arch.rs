@@ -130,3 +130,29 @@ pub fn halt_forever() -> ! {
 pub fn pause() {
     core::hint::spin_loop();
 }
+
+/// XGETBV with ECX = 0 (XCR0).
+///
+/// # Safety
+/// CR4.OSXSAVE must be 1 (else #UD).
+pub unsafe fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: OSXSAVE set (caller); XGETBV only reads XCR0.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+            options(nostack, nomem, preserves_flags))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// XSETBV with ECX = 0 (XCR0).
+///
+/// # Safety
+/// CPL0, CR4.OSXSAVE = 1, and a value XSETBV accepts on this CPU (SDM Vol. 2C XSETBV).
+pub unsafe fn xsetbv0(v: u64) {
+    // SAFETY: the caller vouches for the value.
+    unsafe {
+        asm!("xsetbv", in("ecx") 0u32, in("eax") v as u32, in("edx") (v >> 32) as u32,
+            options(nostack, nomem, preserves_flags))
+    };
+}

@@ -22,6 +22,7 @@ mod console;
 mod guests;
 mod haxm;
 mod haxm_debug;
+mod haxm_avx;
 mod haxm_events;
 mod haxm_fpu;
 mod haxm_hostile;

@@ -11,8 +11,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
 use crate::{
-    guests, haxm, haxm_debug, haxm_events, haxm_fpu, haxm_hostile, haxm_kick, haxm_mmio,
-    haxm_mmio_hostile, interrupts, mm,
+    guests, haxm, haxm_avx, haxm_debug, haxm_events, haxm_fpu, haxm_hostile, haxm_kick,
+    haxm_mmio, haxm_mmio_hostile, interrupts, mm,
     println, smp,
 };
 
@@ -53,6 +53,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-mmio-storm", haxm_mmio_hostile::haxm_mmio_storm),
     ("haxm-debug", haxm_debug::haxm_debug),
     ("mtf-probe", guests::mtf_probe),
+    ("haxm-avx", haxm_avx::haxm_avx),
     ("bench-haxm", haxm::bench_haxm),
 ];
 

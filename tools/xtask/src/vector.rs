@@ -1,5 +1,5 @@
 //! `cargo xtask no-sse`: kernel code never touches x87/MMX/SSE/AVX state except at the FXSAVE/
-//! FXRSTOR sites that swap it.
+//! FXRSTOR and XSAVE/XRSTOR sites that swap it.
 //!
 //! Why: rhax-core loads the guest's x87/SSE image (FXRSTOR) before VM entry and keeps it loaded
 //! across VM exits until the vCPU is put (`Vcpu::load_guest_msrs`/`Vcpu::put`), so any host
@@ -22,6 +22,16 @@ pub const ALLOWED: &[(&str, &[&str], &str)] = &[
         "HwVmx as rhax_core::vmx::instructions::Vmx>::fxrstor",
         &["fxrstor64"],
         "loads the guest's or the host's x87/SSE image (never inlined: hw.rs)",
+    ),
+    (
+        "HwVmx as rhax_core::vmx::instructions::Vmx>::xsave",
+        &["xsave64"],
+        "saves the host's or the guest's x87/SSE/AVX/AVX-512 state (never inlined: hw.rs)",
+    ),
+    (
+        "HwVmx as rhax_core::vmx::instructions::Vmx>::xrstor",
+        &["xrstor64"],
+        "loads the guest's or the host's x87/SSE/AVX/AVX-512 state (never inlined: hw.rs)",
     ),
     (
         "isr_common",

@@ -252,6 +252,26 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         Ok(n)
     }
 
+    pub(super) fn get_xsave(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
+        // Written straight into the output from a heap copy (4 KiB never on the stack).
+        self.lease(vcpu, c.ctx)?
+            .get()?
+            .write_xsave(c.output)
+            .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))
+    }
+
+    pub(super) fn set_xsave(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
+        let host = self
+            .roots
+            .with_current(|root| root.host_state().mxcsr_mask)
+            .map_err(|_| c.ctx.err(ErrorKind::NoVmxRoot))?;
+        let mut lease = self.lease(vcpu, c.ctx)?;
+        self.on_this_cpu(lease.get()?, c.ctx, |hax, root| {
+            hax.set_xsave(root, host, c.input)
+        })?;
+        Ok(0)
+    }
+
     pub(super) fn reset_stats(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         self.lease(vcpu, c.ctx)?.get()?.reset_stats();
         Ok(0)

@@ -15,8 +15,9 @@ use crate::vcpu::bits::{
     CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_SMXE, CR4_VMXE, EFER_LMA,
     EFER_LME,
 };
+use alloc::boxed::Box;
 use rhax_api::debug::{DebugControl, VcpuDebug};
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 /// Why a value was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +134,90 @@ impl FxImage {
     /// The image.
     pub fn get(&self) -> &FxLayout {
         &self.0
+    }
+}
+
+pub use rhax_api::fpu::xcr0;
+
+/// A value XSETBV accepts for XCR0 in the guest (SDM Vol. 2C XSETBV "#GP(0)", Vol. 1
+/// §13.3): ECX = 0, CPL 0, bit 0 set, AVX only with SSE, the AVX-512 bits all set or all
+/// clear and only with AVX, no bit outside the set this vCPU may enable. The host loads it
+/// with XSETBV before entering the guest, so a value hardware refuses never gets there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestXcr0(u64);
+
+impl GuestXcr0 {
+    /// XCR0 after reset: x87 only (SDM Vol. 3A Table 10-1).
+    pub const POWER_ON: GuestXcr0 = GuestXcr0(xcr0::X87);
+
+    /// Checks an XSETBV: `ecx` selects the XCR (only XCR0 exists), `cpl` is the guest's
+    /// privilege level, `allowed` the components the guest may enable (its CPUID leaf 0xD
+    /// intersected with [`xcr0::SWITCHED`] and the host's XCR0).
+    pub fn from_xsetbv(ecx: u32, value: u64, cpl: u8, allowed: u64) -> Result<GuestXcr0, Refused> {
+        if ecx != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        if cpl != 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        Self::check(value, allowed)
+    }
+
+    /// The XCR0 rules alone (also for a value restored by an IOCTL).
+    pub fn check(value: u64, allowed: u64) -> Result<GuestXcr0, Refused> {
+        if value & !(allowed & xcr0::SWITCHED) != 0 {
+            return Err(Refused::ReservedBits);
+        }
+        if value & xcr0::X87 == 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        if value & xcr0::AVX != 0 && value & xcr0::SSE == 0 {
+            return Err(Refused::InvalidTransition);
+        }
+        let avx512 = value & xcr0::AVX512;
+        if avx512 != 0 && (avx512 != xcr0::AVX512 || value & xcr0::AVX == 0) {
+            return Err(Refused::InvalidTransition);
+        }
+        Ok(GuestXcr0(value))
+    }
+
+    /// The value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A whole guest XSAVE image (standard format) that XRSTOR accepts on this host with the
+/// guest's XCR0 (SDM Vol. 1 §13.8.1 "#GP"): XSTATE_BV only bits of XCR0, XCOMP_BV 0 (rhax
+/// uses the standard format), the rest of the header 0 (hardware checks bytes 8-23; the
+/// IOCTL refuses any reserved byte), MXCSR within the host's MXCSR_MASK. Bytes past the
+/// XCR0's area size are cleared. Boxed: 4 KiB never travels on a kernel stack.
+pub struct XsaveImage(Box<XsaveArea>);
+
+impl XsaveImage {
+    /// Checks `area` for `xcr0`; gives the box back on refusal.
+    pub fn check(
+        mut area: Box<XsaveArea>,
+        xcr0: GuestXcr0,
+        host: MxcsrMask,
+    ) -> Result<XsaveImage, (Box<XsaveArea>, Refused)> {
+        let h = &area.header;
+        if h.xstate_bv & !xcr0.get() != 0 || h.xcomp_bv != 0 || h.reserved.iter().any(|&r| r != 0) {
+            return Err((area, Refused::ReservedBits));
+        }
+        if area.legacy.mxcsr & !host.bits() != 0 {
+            return Err((area, Refused::ReservedBits));
+        }
+        let size = xcr0::area_size(xcr0.get()) as usize;
+        if let Some(tail) = area.extended.get_mut(size.saturating_sub(576)..) {
+            tail.fill(0);
+        }
+        Ok(XsaveImage(area))
+    }
+
+    /// The checked area.
+    pub fn into_inner(self) -> Box<XsaveArea> {
+        self.0
     }
 }
 
@@ -352,9 +437,9 @@ impl GuestCr0 {
 }
 
 /// A guest MOV to CR4 that hardware accepts: only bits the CPU supports (IA32_VMX_CR4_FIXED1)
-/// other than VMXE and SMXE (VMX is hidden from the guest) and OSXSAVE (XSAVE is hidden in
-/// CPUID until the host switches XSAVE state; with OSXSAVE the guest's AVX would run on the
-/// host thread's upper YMM state), PAE not cleared in IA-32e mode,
+/// other than VMXE and SMXE (VMX is hidden from the guest), OSXSAVE only when `xsave` (the
+/// host switches XSAVE state and the guest's CPUID shows XSAVE), PAE not cleared in IA-32e
+/// mode,
 /// PCIDE set only in IA-32e mode with CR3[11:0] = 0 (SDM Vol. 2B MOV CR "#GP(0)").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestCr4(u64);
@@ -367,8 +452,10 @@ impl GuestCr4 {
         may_be_one: u64,
         efer: u64,
         cr3: u64,
+        xsave: bool,
     ) -> Result<GuestCr4, Refused> {
-        if value & !(may_be_one & !(CR4_VMXE | CR4_SMXE | CR4_OSXSAVE)) != 0 {
+        let hidden = CR4_VMXE | CR4_SMXE | if xsave { 0 } else { CR4_OSXSAVE };
+        if value & !(may_be_one & !hidden) != 0 {
             return Err(Refused::ReservedBits);
         }
         let lma = efer & EFER_LMA != 0;
@@ -506,12 +593,15 @@ mod tests {
             0x11
         );
         let fixed1 = 0x3727ff;
-        assert!(GuestCr4::check(CR4_VMXE, 0, fixed1, 0, 0).is_err());
-        assert!(GuestCr4::check(1 << 25, 0, fixed1, 0, 0).is_err());
-        assert!(GuestCr4::check(CR4_OSXSAVE, 0, fixed1 | CR4_OSXSAVE, 0, 0).is_err());
-        assert!(GuestCr4::check(0, CR4_PAE, fixed1, EFER_LMA, 0).is_err());
-        assert!(GuestCr4::check(CR4_PAE | CR4_PCIDE, CR4_PAE, fixed1, 0, 0).is_err());
-        assert!(GuestCr4::check(CR4_PAE | CR4_PCIDE, CR4_PAE, fixed1, EFER_LMA, 0).is_ok());
+        assert!(GuestCr4::check(CR4_VMXE, 0, fixed1, 0, 0, false).is_err());
+        assert!(GuestCr4::check(1 << 25, 0, fixed1, 0, 0, false).is_err());
+        assert!(GuestCr4::check(CR4_OSXSAVE, 0, fixed1 | CR4_OSXSAVE, 0, 0, false).is_err());
+        assert!(GuestCr4::check(CR4_OSXSAVE, 0, fixed1 | CR4_OSXSAVE, 0, 0, true).is_ok());
+        // Not where the CPU lacks it, whatever CPUID says.
+        assert!(GuestCr4::check(CR4_OSXSAVE, 0, fixed1 & !CR4_OSXSAVE, 0, 0, true).is_err());
+        assert!(GuestCr4::check(0, CR4_PAE, fixed1, EFER_LMA, 0, false).is_err());
+        assert!(GuestCr4::check(CR4_PAE | CR4_PCIDE, CR4_PAE, fixed1, 0, 0, false).is_err());
+        assert!(GuestCr4::check(CR4_PAE | CR4_PCIDE, CR4_PAE, fixed1, EFER_LMA, 0, false).is_ok());
         assert!(GuestCr3::check(1 << 46, 46, false).is_err());
         assert_eq!(
             GuestCr3::check((1 << 63) | 0x1000, 46, true).unwrap().get(),

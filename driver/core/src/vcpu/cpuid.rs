@@ -21,8 +21,9 @@ pub enum CpuidError {
 
 /// Leaf 1 ECX bits hidden from the guest: MONITOR (3, MWAIT exits), VMX (5), SMX (6),
 /// EIST (7), TM2 (8), SDBG (11), PDCM (15), x2APIC (21; no in-kernel APIC), TSC-deadline (24),
-/// XSAVE (26) / OSXSAVE (27) / AVX (28) / F16C (29) / FMA (12): only the FXSAVE image is
-/// switched (haxm-abi.md §6 "FPU"), so state beyond SSE would leak between guest and host.
+/// and, unless the host's XSAVE state is switched ([`XsaveSupport`]), XSAVE (26) / OSXSAVE
+/// (27) / AVX (28) / F16C (29) / FMA (12): without it state beyond SSE would leak between
+/// guest and host.
 const LEAF1_ECX_HIDDEN: u32 = (1 << 3)
     | (1 << 5)
     | (1 << 6)
@@ -37,6 +38,117 @@ const LEAF1_ECX_HIDDEN: u32 = (1 << 3)
     | (1 << 27)
     | (1 << 28)
     | (1 << 29);
+/// Leaf 1 ECX: FMA (12), XSAVE (26), OSXSAVE (27), AVX (28), F16C (29).
+const FMA: u32 = 1 << 12;
+const XSAVE: u32 = 1 << 26;
+const OSXSAVE: u32 = 1 << 27;
+const AVX: u32 = 1 << 28;
+const F16C: u32 = 1 << 29;
+/// Leaf 7.0 EBX: AVX2 (5); AVX-512 F (16), DQ (17), IFMA (21), CD (28), BW (30), VL (31).
+const LEAF7_EBX_AVX2: u32 = 1 << 5;
+const LEAF7_EBX_AVX512: u32 = (1 << 16) | (1 << 17) | (1 << 21) | (1 << 28) | (1 << 30) | (1 << 31);
+/// Leaf 7.0 ECX: GFNI (8), VAES (9), VPCLMULQDQ (10) with AVX; AVX-512 VBMI (1), VBMI2 (6),
+/// VNNI (11), BITALG (12), VPOPCNTDQ (14) with AVX-512.
+const LEAF7_ECX_AVX: u32 = (1 << 8) | (1 << 9) | (1 << 10);
+const LEAF7_ECX_AVX512: u32 = (1 << 1) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14);
+/// Leaf 0xD.1 EAX passed: XSAVEOPT (0), XSAVEC (1), XGETBV with ECX=1 (2). Not XSAVES (3):
+/// IA32_XSS is not virtualized.
+const LEAF_D1_EAX_PASSED: u32 = 0x7;
+
+/// What of XSAVE the guest sees: the XCR0 components it may enable (`xcr0`, within
+/// [`xcr0::SWITCHED`], the host's CPUID and the host's XCR0, each extended component only
+/// where the host enumerates it at the standard offset rhax assumes), and the host's leaf
+/// 0xD.1 EAX. `xcr0 == 0`: XSAVE hidden.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XsaveSupport {
+    /// The XCR0 bits the guest may set (0: no XSAVE).
+    pub xcr0: u64,
+    /// Host CPUID.(EAX=0xD,ECX=1).EAX.
+    pub leaf_d1_eax: u32,
+}
+
+impl XsaveSupport {
+    /// From the host's CPUID and XCR0.
+    pub fn from_host(host: &impl Fn(u32, u32) -> CpuidRegs, host_xcr0: u64) -> XsaveSupport {
+        let leaf1 = host(1, 0);
+        if leaf1[2] & (XSAVE | OSXSAVE) != (XSAVE | OSXSAVE) || host(0, 0)[0] < 0xd {
+            return XsaveSupport::default();
+        }
+        let d0 = host(0xd, 0);
+        let mut x = (u64::from(d0[0]) | (u64::from(d0[3]) << 32)) & host_xcr0 & xcr0::SWITCHED;
+        if x & (xcr0::X87 | xcr0::SSE) != xcr0::X87 | xcr0::SSE {
+            return XsaveSupport::default();
+        }
+        for (bit, offset, size) in xcr0::COMPONENTS {
+            let r = host(0xd, bit);
+            if r[0] != size || r[1] != offset {
+                x &= !(1 << bit);
+            }
+        }
+        // AVX needs AVX in leaf 1; AVX-512 all three components and AVX (the XSETBV rules).
+        if x & xcr0::AVX == 0 || leaf1[2] & AVX == 0 {
+            x &= !(xcr0::AVX | xcr0::AVX512);
+        }
+        if x & xcr0::AVX512 != xcr0::AVX512 {
+            x &= !xcr0::AVX512;
+        }
+        XsaveSupport {
+            xcr0: x,
+            leaf_d1_eax: host(0xd, 1)[0] & LEAF_D1_EAX_PASSED,
+        }
+    }
+
+    fn avx(&self) -> bool {
+        self.xcr0 & xcr0::AVX != 0
+    }
+
+    fn avx512(&self) -> bool {
+        self.xcr0 & xcr0::AVX512 != 0
+    }
+
+    /// Leaf 1 ECX bits shown beyond the default: XSAVE, and with AVX: AVX, FMA, F16C.
+    fn leaf1_ecx(&self) -> u32 {
+        match (self.xcr0 != 0, self.avx()) {
+            (false, _) => 0,
+            (true, false) => XSAVE,
+            (true, true) => XSAVE | AVX | FMA | F16C,
+        }
+    }
+
+    fn leaf7_ebx(&self) -> u32 {
+        (if self.avx() { LEAF7_EBX_AVX2 } else { 0 })
+            | if self.avx512() { LEAF7_EBX_AVX512 } else { 0 }
+    }
+
+    fn leaf7_ecx(&self) -> u32 {
+        (if self.avx() { LEAF7_ECX_AVX } else { 0 })
+            | if self.avx512() { LEAF7_ECX_AVX512 } else { 0 }
+    }
+
+    /// The answer for leaf 0xD sub-leaf `index` (EBX of sub-leaves 0 and 1 follows the
+    /// vCPU's XCR0 and is patched at the CPUID exit; here: the power-on XCR0's).
+    fn leaf_d(&self, index: u32) -> CpuidRegs {
+        if self.xcr0 == 0 {
+            return [0; 4];
+        }
+        match index {
+            0 => [
+                self.xcr0 as u32,
+                xcr0::area_size(xcr0::X87),
+                xcr0::area_size(self.xcr0),
+                (self.xcr0 >> 32) as u32,
+            ],
+            1 => [self.leaf_d1_eax, 0, 0, 0],
+            i => xcr0::COMPONENTS
+                .iter()
+                .find(|c| c.0 == i && self.xcr0 & (1 << i) != 0)
+                .map_or([0; 4], |c| [c.2, c.1, 0, 0]),
+        }
+    }
+}
+
+use rhax_api::fpu::xcr0;
+
 /// Leaf 1 ECX bit 31: "hypervisor present" (reserved for this use by every hypervisor).
 const HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX bits hidden: ACPI thermal (22), TM (29), PBE (31).
@@ -78,6 +190,16 @@ const DEFAULT_LEAVES: [(u32, u32); HAXM_CPUID_LEAVES] = [
     (0x8000_0008, 0),
 ];
 
+/// Leaf 1 ECX bits that pass from the host (OSXSAVE never: the CPUID exit sets it).
+fn leaf1_ecx_passed(x: &XsaveSupport) -> u32 {
+    !(LEAF1_ECX_HIDDEN | OSXSAVE) | x.leaf1_ecx()
+}
+
+/// Leaf 7.0 EBX bits that pass from the host.
+fn leaf7_ebx_passed(x: &XsaveSupport) -> u32 {
+    LEAF7_EBX_PASSED | x.leaf7_ebx()
+}
+
 /// Leaves whose answer depends on ECX (the subleaf).
 fn indexed(function: u32) -> bool {
     matches!(
@@ -95,6 +217,7 @@ pub struct CpuidTable {
     host_leaf1: CpuidRegs,
     host_leaf7: CpuidRegs,
     host_ext1: CpuidRegs,
+    xsave: XsaveSupport,
 }
 
 fn entry(function: u32, index: u32, r: CpuidRegs) -> CpuidEntry {
@@ -117,24 +240,44 @@ impl CpuidTable {
     /// The default table built from the host's CPUID (`host(leaf, subleaf)`): the hypervisor
     /// bit set, VMX and features rhax does not virtualize hidden, leaf 0 and 0x80000000 capped
     /// to the leaves the table holds.
+    /// The host's XCR0 is taken to enable everything its CPUID leaf 0xD lists (see
+    /// [`CpuidTable::with_xcr0`]).
     pub fn new(host: impl Fn(u32, u32) -> CpuidRegs) -> CpuidTable {
+        let d0 = host(0xd, 0);
+        let xcr0 = u64::from(d0[0]) | (u64::from(d0[3]) << 32);
+        CpuidTable::with_xcr0(host, xcr0)
+    }
+
+    /// As [`CpuidTable::new`] with the host's XCR0: XSAVE, AVX, F16C, FMA, AVX2, XSAVEOPT,
+    /// XSAVEC and the AVX-512 features are shown as far as the host has them, its OS enabled
+    /// them in XCR0 and rhax switches their state (HAXM 7.8 showed XSAVE, AVX, F16C, XSAVEOPT
+    /// and XSAVEC); leaf 0xD sub-leaves 0, 1 and one per component are added.
+    // Inlined into its caller (the driver's load path builds the table once, in place in the
+    // Hypervisor): a frame of its own would hold a 2.6 KiB temporary (`cargo xtask stack`).
+    #[inline(always)]
+    pub fn with_xcr0(host: impl Fn(u32, u32) -> CpuidRegs, host_xcr0: u64) -> CpuidTable {
+        let xsave = XsaveSupport::from_host(&host, host_xcr0);
+        let leaf1_ecx_passed = leaf1_ecx_passed(&xsave);
+        let leaf7_ebx_passed = leaf7_ebx_passed(&xsave);
         let mut t = CpuidTable {
             entries: [entry(0, 0, [0; 4]); HAX_MAX_CPUID_ENTRIES],
             len: 0,
             host_leaf1: host(1, 0),
             host_leaf7: host(7, 0),
             host_ext1: host(0x8000_0001, 0),
+            xsave,
         };
         for (i, &(f, idx)) in DEFAULT_LEAVES.iter().enumerate() {
             let mut r = host(f, idx);
             match f {
-                0 => r[0] = r[0].min(7),
+                0 => r[0] = r[0].min(if xsave.xcr0 != 0 { 0xd } else { 7 }),
                 1 => {
-                    // EBX[31:24] (initial APIC ID) is patched per vCPU at answer time.
-                    r[2] = (r[2] & !LEAF1_ECX_HIDDEN) | HYPERVISOR;
+                    // EBX[31:24] (initial APIC ID) is patched per vCPU at answer time, and
+                    // OSXSAVE from the vCPU's CR4.
+                    r[2] = (r[2] & leaf1_ecx_passed) | HYPERVISOR;
                     r[3] &= !LEAF1_EDX_HIDDEN;
                 }
-                7 => r = [0, r[1] & LEAF7_EBX_PASSED, 0, 0],
+                7 => r = [0, r[1] & leaf7_ebx_passed, r[2] & xsave.leaf7_ecx(), 0],
                 0x4000_0000 => r = [0x4000_0000, 0x7861_6872, 0x7861_6872, 0x7861_6872], // "rhaxrhaxrhax"
                 0x8000_0000 => r[0] = r[0].min(0x8000_0008),
                 _ => {}
@@ -142,16 +285,62 @@ impl CpuidTable {
             t.entries[i] = entry(f, idx, r);
         }
         t.len = DEFAULT_LEAVES.len();
+        t.add_leaf_d();
         t
     }
 
-    /// The default table from the CPU this runs on.
+    /// Appends leaf 0xD's sub-leaves (0, 1, and one per shown component) when XSAVE is shown.
+    #[inline(never)]
+    fn add_leaf_d(&mut self) {
+        if self.xsave.xcr0 == 0 {
+            return;
+        }
+        for index in [0, 1, 2, 5, 6, 7] {
+            let r = self.xsave.leaf_d(index);
+            if index > 1 && r == [0; 4] {
+                continue;
+            }
+            if let Some(slot) = self.entries.get_mut(self.len) {
+                *slot = entry(0xd, index, r);
+                self.len += 1;
+            }
+        }
+    }
+
+    fn leaf1_ecx_passed(&self) -> u32 {
+        leaf1_ecx_passed(&self.xsave)
+    }
+
+    fn leaf7_ebx_passed(&self) -> u32 {
+        leaf7_ebx_passed(&self.xsave)
+    }
+
+    /// What the guest sees of XSAVE.
+    pub fn xsave(&self) -> XsaveSupport {
+        self.xsave
+    }
+
+    /// The default table from the CPU this runs on (its CPUID and, with CR4.OSXSAVE, XCR0).
     #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     pub fn from_host() -> CpuidTable {
-        CpuidTable::new(|leaf, sub| {
+        let host = |leaf, sub| {
             let r = core::arch::x86_64::__cpuid_count(leaf, sub);
             [r.eax, r.ebx, r.ecx, r.edx]
-        })
+        };
+        let xcr0 = if host(1, 0)[2] & OSXSAVE != 0 {
+            let (lo, hi): (u32, u32);
+            // SAFETY: CPUID.1:ECX.OSXSAVE says CR4.OSXSAVE=1, so XGETBV with ECX=0 does not
+            // fault; it only reads XCR0.
+            unsafe {
+                core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+                    options(nostack, nomem, preserves_flags))
+            };
+            (u64::from(hi) << 32) | u64::from(lo)
+        } else {
+            0
+        };
+        CpuidTable::with_xcr0(host, xcr0)
     }
 
     /// The entries held.
@@ -183,6 +372,7 @@ impl CpuidTable {
         self.host_leaf1 = other.host_leaf1;
         self.host_leaf7 = other.host_leaf7;
         self.host_ext1 = other.host_ext1;
+        self.xsave = other.xsave;
     }
 
     fn set_from<I: Iterator<Item = CpuidEntry> + Clone>(
@@ -247,13 +437,35 @@ impl CpuidTable {
         }
         match e.function {
             1 => {
-                e.ecx = (e.ecx & self.host_leaf1[2] & !LEAF1_ECX_HIDDEN) | HYPERVISOR;
+                e.ecx = (e.ecx & self.host_leaf1[2] & self.leaf1_ecx_passed()) | HYPERVISOR;
                 e.edx &= self.host_leaf1[3] & !LEAF1_EDX_HIDDEN;
             }
             7 if e.index == 0 => {
-                e.ebx &= self.host_leaf7[1] & LEAF7_EBX_PASSED;
-                e.ecx = 0;
+                e.ebx &= self.host_leaf7[1] & self.leaf7_ebx_passed();
+                e.ecx &= self.host_leaf7[2] & self.xsave.leaf7_ecx();
                 e.edx = 0;
+            }
+            // Leaf 0xD describes the state rhax switches: a client may narrow the XCR0 bits
+            // (sub-leaf 0 EAX/EDX) and XSAVEOPT/XSAVEC (sub-leaf 1 EAX); sizes and offsets are
+            // the host's; a component the client or rhax drops answers zeros.
+            0xd => {
+                let narrowed = XsaveSupport {
+                    xcr0: match e.index {
+                        0 => (u64::from(e.eax) | (u64::from(e.edx) << 32)) & self.xsave.xcr0,
+                        _ => self.xsave.xcr0,
+                    },
+                    leaf_d1_eax: e.eax & self.xsave.leaf_d1_eax,
+                };
+                let keep = match e.index {
+                    0 | 1 => true,
+                    i => e.eax != 0 && narrowed.xcr0 & (1u64 << (i & 63)) != 0,
+                };
+                let r = if keep && (narrowed.xcr0 & 3 == 3) {
+                    narrowed.leaf_d(e.index)
+                } else {
+                    [0; 4]
+                };
+                (e.eax, e.ebx, e.ecx, e.edx) = (r[0], r[1], r[2], r[3]);
             }
             0x8000_0001 => {
                 e.ecx &= self.host_ext1[2];

@@ -11,10 +11,11 @@ pub mod checked;
 pub mod cpuid;
 pub mod guest;
 pub mod haxm;
+mod xsave;
 
 use alloc::boxed::Box;
 
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 use crate::platform::{CpuIndex, PhysPages, Platform, PlatformError};
 use crate::vmcs::exit::{decode_reason, VmExit};
@@ -100,11 +101,21 @@ pub struct Vcpu {
     guest_msrs: [u64; 6],
     /// Host values saved while the guest's are loaded.
     host_msrs: Option<[u64; 6]>,
-    /// The guest's x87/SSE image while not loaded on the CPU (loaded with the MSRs, saved by
-    /// [`Vcpu::put`]).
-    fpu: Box<FxLayout>,
-    /// The host's x87/SSE state while the guest's is loaded.
-    host_fpu: Box<FxLayout>,
+    /// The guest's x87/SSE and extended state while not loaded on the CPU (loaded with the
+    /// MSRs, saved by [`Vcpu::put`]): a standard-format XSAVE image whose legacy region is
+    /// the FXSAVE image of GET/SET_FPU.
+    xsave: Box<XsaveArea>,
+    /// The host's state while the guest's is loaded.
+    host_xsave: Box<XsaveArea>,
+    /// The guest's XCR0, loaded into the CPU only around VM entry (see [`Vcpu::run`]).
+    xcr0: checked::GuestXcr0,
+    /// While the guest's state is loaded with XSAVE/XRSTOR (host CR4.OSXSAVE=1): the host's
+    /// XCR0, restored right after every exit. `None` when FXSAVE/FXRSTOR switched the state
+    /// (a host without OSXSAVE) or nothing is loaded.
+    host_xcr0: Option<u64>,
+    /// The guest's CR4.OSXSAVE (host-owned in the CR4 guest/host mask, so every change is
+    /// seen: a MOV to CR4 exit or SET_REGS).
+    guest_osxsave: bool,
     /// The guest's CR2 (VMX does not switch CR2; it is loaded before each entry when the CPU's
     /// value differs and read back after each exit).
     cr2: u64,
@@ -158,17 +169,17 @@ impl Vcpu {
             io_bitmap_a: io_bitmaps.phys(),
             io_bitmap_b: io_bitmaps.phys() + PhysPages::PAGE_SIZE as u64,
         };
-        // The large parts (VMCS cache, counters, two FXSAVE images: ~8.7 KiB) are allocated
+        // The large parts (VMCS cache, counters, two XSAVE areas: ~16 KiB) are allocated
         // zeroed in place, fallibly.
         let boxes = (|| {
             let cache = crate::heap::try_zeroed::<VmcsCache>()?;
             let stats = VcpuStats::boxed()?;
-            let mut fpu = crate::heap::try_zeroed::<FxLayout>()?;
-            set_power_on_fpu(&mut fpu);
-            let host_fpu = crate::heap::try_zeroed::<FxLayout>()?;
-            Some((cache, stats, fpu, host_fpu))
+            let mut xsave = crate::heap::try_zeroed::<XsaveArea>()?;
+            set_power_on_fpu(&mut xsave);
+            let host_xsave = crate::heap::try_zeroed::<XsaveArea>()?;
+            Some((cache, stats, xsave, host_xsave))
         })();
-        let Some((cache, stats, fpu, host_fpu)) = boxes else {
+        let Some((cache, stats, xsave, host_xsave)) = boxes else {
             platform.free_pages(vmcs_page);
             platform.free_pages(msr_bitmap);
             platform.free_pages(io_bitmaps);
@@ -191,8 +202,11 @@ impl Vcpu {
             exit_tsc: None,
             guest_msrs: [0; 6],
             host_msrs: None,
-            fpu,
-            host_fpu,
+            xsave,
+            host_xsave,
+            xcr0: checked::GuestXcr0::POWER_ON,
+            host_xcr0: None,
+            guest_osxsave: false,
             cr2: 0,
         })
     }
@@ -341,6 +355,9 @@ impl Vcpu {
             stats,
             exit_tsc,
             cr2,
+            xcr0,
+            host_xcr0,
+            guest_osxsave,
             ..
         } = self;
         let mut vmx = Counted::new(&mut root.vmx, stats);
@@ -348,6 +365,12 @@ impl Vcpu {
         let mut vmcs = unsafe { Vmcs::new(cache, &mut vmx) };
         setup::write_host_thread_state(&mut vmcs, cr3, fs_base);
         clear_stale_interrupt_shadow(&mut vmcs)?;
+        // The guest's XCR0 is in the CPU only from the entry to the exit (KVM does the same):
+        // host code, an NMI handler included, never runs with it. Nothing to do when it is the
+        // host's, or while the guest's CR4.OSXSAVE is 0 (XGETBV, XSAVE and VEX instructions
+        // #UD then, SDM Vol. 1 §13.3: XCR0 is invisible to it). No VMREAD: OSXSAVE is
+        // host-owned in the CR4 guest/host mask, tracked in `guest_osxsave`.
+        let swap_xcr0 = host_xcr0.filter(|&h| *guest_osxsave && h != xcr0.get());
         vmcs.flush().map_err(RunError::Flush)?;
         let now = vmcs.vmx().rdtsc();
         if let Some(t) = exit_tsc.take() {
@@ -360,9 +383,19 @@ impl Vcpu {
             // entry.
             unsafe { vmcs.vmx().write_cr2(*cr2) };
         }
+        if swap_xcr0.is_some() {
+            // SAFETY: CPL0, CR4.OSXSAVE=1 (host_xcr0 is Some only then), interrupts off; the
+            // value passed the XSETBV checks against this host (GuestXcr0) and is undone
+            // right after the exit.
+            unsafe { vmcs.vmx().xsetbv0(xcr0.get()) };
+        }
         // SAFETY: VMX root, this VMCS current, interrupts off (contract of VmxRoot::enable);
         // host state written for this CPU; `host_rsp` belongs to this VMCS.
         let entered = unsafe { vmcs.vmx().vmenter(regs, *launched, host_rsp) };
+        if let Some(h) = swap_xcr0 {
+            // SAFETY: restores the host's own XCR0 (read with XGETBV), CPL0, OSXSAVE=1.
+            unsafe { vmcs.vmx().xsetbv0(h) };
+        }
         // SAFETY: CPL0; the guest's CR2 is still in the register (interrupts off since exit).
         *cr2 = unsafe { vmcs.vmx().read_cr2() };
         *exit_tsc = Some(vmcs.vmx().rdtsc());
@@ -421,14 +454,7 @@ impl Vcpu {
             // leave the non-preemptible region.
             unsafe { root.vmx.wrmsr(msr, self.guest_msrs[i]) };
         }
-        // The guest's x87/SSE state travels with the MSRs: loaded once per stay in the
-        // non-preemptible region, not per entry (HAXM swapped it on every entry, §6 "FPU").
-        // SAFETY: CPL0, pinned (contract of VmxRoot::enable); the guest image is either the
-        // power-on image, one checked against this host's MXCSR_MASK (`FxImage`), or one
-        // FXSAVE stored from a guest the CPU ran (valid by construction).
-        unsafe { root.vmx.fxsave(&mut self.host_fpu) };
-        // SAFETY: as above.
-        unsafe { root.vmx.fxrstor(&self.fpu) };
+        self.load_guest_fpu(root);
         self.host_msrs = Some(host);
     }
 
@@ -438,10 +464,7 @@ impl Vcpu {
         let Some(host) = self.host_msrs.take() else {
             return;
         };
-        // SAFETY: CPL0, pinned; the guest state is loaded (host_msrs was Some).
-        unsafe { root.vmx.fxsave(&mut self.fpu) };
-        // SAFETY: restores the image saved in load_guest_msrs.
-        unsafe { root.vmx.fxrstor(&self.host_fpu) };
+        self.put_guest_fpu(root);
         for (i, &msr) in SWAPPED_MSRS.iter().enumerate() {
             // SAFETY: CPL0; see load_guest_msrs.
             self.guest_msrs[i] = unsafe { root.vmx.rdmsr(msr) };
@@ -480,30 +503,60 @@ impl Vcpu {
         }
     }
 
-    /// The guest's x87/SSE image. Current only while the guest's state is not loaded (after
-    /// [`Vcpu::put`], which every RUN of the HAXM vCPU ends with).
+    /// The guest's x87/SSE image (the legacy region of its XSAVE image). Current only while
+    /// the guest's state is not loaded (after [`Vcpu::put`], which every RUN of the HAXM vCPU
+    /// ends with).
     pub fn fpu(&self) -> &FxLayout {
-        &self.fpu
+        &self.xsave.legacy
     }
 
     /// Sets XMM register `n` (0-15) in the guest's saved image (after [`Vcpu::put`]): the
-    /// result of an emulated SSE load. Register bits carry no privileged meaning (unlike
-    /// MXCSR), so the next FXRSTOR cannot fault on them.
-    pub fn set_xmm(&mut self, n: u8, value: u128) {
+    /// result of an emulated SSE/AVX load; `high` the upper half of YMM `n` (VEX forms). Register
+    /// bits carry no privileged meaning (unlike MXCSR), so the next XRSTOR cannot fault on them.
+    pub fn set_xmm(&mut self, n: u8, value: u128, high: Option<u128>) {
         let (bank, i) = if n < 8 {
-            (&mut self.fpu.mmx_1, n)
+            (&mut self.xsave.legacy.mmx_1, n)
         } else {
-            (&mut self.fpu.mmx_2, n - 8)
+            (&mut self.xsave.legacy.mmx_2, n - 8)
         };
         if let Some(r) = bank.get_mut(usize::from(i)) {
             *r = value.to_le_bytes();
+            // XRSTOR loads a component only when XSTATE_BV says it is not in its initial
+            // state (SDM Vol. 1 §13.8.1).
+            self.xsave.header.xstate_bv |= checked::xcr0::SSE;
+        }
+        if let (Some(h), Some(_)) = (high, self.ymm_high(n)) {
+            let at = YMM_HI128 + 16 * usize::from(n & 15);
+            if let Some(r) = self.xsave.extended.get_mut(at..at + 16) {
+                r.copy_from_slice(&h.to_le_bytes());
+                self.xsave.header.xstate_bv |= checked::xcr0::AVX;
+            }
         }
     }
 
+    /// Bits 255:128 of YMM `n` in the saved image, or `None` when the guest's XCR0 has no AVX
+    /// state (VEX instructions are then #UD, SDM Vol. 2A §2.3.10.2).
+    pub fn ymm_high(&self, n: u8) -> Option<u128> {
+        if self.xcr0.get() & checked::xcr0::AVX == 0 {
+            return None;
+        }
+        if self.xsave.header.xstate_bv & checked::xcr0::AVX == 0 {
+            return Some(0); // the initial state
+        }
+        let at = YMM_HI128 + 16 * usize::from(n & 15);
+        let b = self.xsave.extended.get(at..at + 16)?;
+        let mut v = [0u8; 16];
+        v.copy_from_slice(b);
+        Some(u128::from_le_bytes(v))
+    }
+
     /// Replaces the guest's x87/SSE image (after [`Vcpu::put`]) with one checked against the
-    /// host's MXCSR_MASK, so the FXRSTOR of the next run cannot fault.
+    /// host's MXCSR_MASK, so the FXRSTOR/XRSTOR of the next run cannot fault. The x87 and SSE
+    /// components are marked present (XSTATE_BV bits 0 and 1) so XRSTOR loads them rather
+    /// than their initial configuration.
     pub fn set_fpu(&mut self, image: &checked::FxImage) {
-        *self.fpu = *image.get();
+        self.xsave.legacy = *image.get();
+        self.xsave.header.xstate_bv |= checked::xcr0::X87 | checked::xcr0::SSE;
     }
 
     /// The guest's CR2.
@@ -518,11 +571,17 @@ impl Vcpu {
 }
 
 /// The x87/SSE state after power-up/reset (SDM Vol. 3A Table 10-1: FCW 0x37F, MXCSR 0x1F80,
-/// tags empty).
-fn set_power_on_fpu(f: &mut FxLayout) {
-    f.fcw = 0x37f;
-    f.mxcsr = 0x1f80;
-    f.mxcsr_mask = 0xffbf;
+/// tags empty), x87 and SSE marked present so XRSTOR loads them; AVX and beyond in their
+/// initial configuration (XSTATE_BV clear).
+/// Offset of the AVX component (YMM_Hi128) in `XsaveArea::extended`: the standard format puts
+/// it at byte 576 of the area, the start of `extended` (SDM Vol. 1 §13.4.3, CPUID.(0xD,2).EBX).
+const YMM_HI128: usize = 0;
+
+fn set_power_on_fpu(a: &mut XsaveArea) {
+    a.legacy.fcw = 0x37f;
+    a.legacy.mxcsr = 0x1f80;
+    a.legacy.mxcsr_mask = 0xffbf;
+    a.header.xstate_bv = checked::xcr0::X87 | checked::xcr0::SSE;
 }
 
 /// Advances the guest RIP past the instruction that caused the exit (VM-exit instruction

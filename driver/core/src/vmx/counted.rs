@@ -1,7 +1,7 @@
 //! [`Counted`]: a [`Vmx`] that forwards to another and counts every operation into a vCPU's
 //! [`VcpuStats`]. The vCPU reaches the CPU only through it, so nothing escapes the counters.
 
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 use crate::counters::VcpuStats;
 use crate::vmcs::VmcsField;
@@ -197,6 +197,26 @@ impl<V: Vmx> Vmx for Counted<'_, V> {
     unsafe fn fxrstor(&mut self, area: &FxLayout) {
         // SAFETY: forwarded under the caller's contract.
         unsafe { self.inner.fxrstor(area) }
+    }
+
+    unsafe fn xgetbv0(&mut self) -> u64 {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.xgetbv0() }
+    }
+
+    unsafe fn xsetbv0(&mut self, xcr0: u64) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.xsetbv0(xcr0) }
+    }
+
+    unsafe fn xsave(&mut self, area: &mut XsaveArea, mask: u64) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.xsave(area, mask) }
+    }
+
+    unsafe fn xrstor(&mut self, area: &XsaveArea, mask: u64) {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.xrstor(area, mask) }
     }
 
     unsafe fn raise_host_nmi(&mut self) {

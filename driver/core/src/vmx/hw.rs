@@ -6,7 +6,7 @@
 
 use core::arch::{asm, global_asm};
 
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 use crate::vmx::instructions::{
     DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
@@ -558,6 +558,47 @@ impl Vmx for HwVmx {
         let p: *const FxLayout = area;
         // SAFETY: CPL0, CR0.TS=0 by contract; `area` is a valid 16-aligned FXSAVE image.
         unsafe { asm!("fxrstor64 [{}]", in(reg) p, options(nostack, readonly)) };
+    }
+
+    unsafe fn xgetbv0(&mut self) -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: CR4.OSXSAVE=1 by contract; XGETBV reads XCR0 only.
+        unsafe {
+            asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+                options(nostack, nomem, preserves_flags))
+        };
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    unsafe fn xsetbv0(&mut self, xcr0: u64) {
+        // SAFETY: CPL0, CR4.OSXSAVE=1 and an XCR0 value this CPU accepts (contract).
+        unsafe {
+            asm!("xsetbv", in("ecx") 0u32, in("eax") xcr0 as u32, in("edx") (xcr0 >> 32) as u32,
+                options(nostack, nomem, preserves_flags))
+        };
+    }
+
+    // Never inlined, as `fxsave`: the only places besides it that touch vector state.
+    #[inline(never)]
+    unsafe fn xsave(&mut self, area: &mut XsaveArea, mask: u64) {
+        let p: *mut XsaveArea = area;
+        // SAFETY: CPL0, CR4.OSXSAVE=1, CR0.TS=0 (contract); `area` is 4 KiB writable, 64-byte
+        // aligned, large enough for the components `mask` names (contract).
+        unsafe {
+            asm!("xsave64 [{}]", in(reg) p, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+                options(nostack, preserves_flags))
+        };
+    }
+
+    // Never inlined: see `xsave`.
+    #[inline(never)]
+    unsafe fn xrstor(&mut self, area: &XsaveArea, mask: u64) {
+        let p: *const XsaveArea = area;
+        // SAFETY: as `xsave`; `area` is valid for XRSTOR (contract).
+        unsafe {
+            asm!("xrstor64 [{}]", in(reg) p, in("eax") mask as u32, in("edx") (mask >> 32) as u32,
+                options(nostack, readonly, preserves_flags))
+        };
     }
 
     unsafe fn raise_host_nmi(&mut self) {

@@ -4,7 +4,7 @@
 //! [`crate::vmx::soft::SoftVmx`] (a software model for host tests). [`crate::vmx::Counted`]
 //! wraps either and counts every operation.
 
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 use crate::vmx::VmFail;
 
@@ -293,6 +293,37 @@ pub trait Vmx {
     /// As [`Vmx::fxsave`]; `area` must hold a valid image (reserved MXCSR bits clear, else
     /// #GP): the caller checks `mxcsr` against the MXCSR mask.
     unsafe fn fxrstor(&mut self, area: &FxLayout);
+
+    /// XGETBV with ECX = 0: the current XCR0 (SDM Vol. 2C XGETBV).
+    ///
+    /// # Safety
+    /// CR4.OSXSAVE=1 (else #UD): the caller read CR4 first.
+    unsafe fn xgetbv0(&mut self) -> u64;
+
+    /// XSETBV with ECX = 0 (SDM Vol. 2C XSETBV; Vol. 1 §13.3).
+    ///
+    /// # Safety
+    /// CPL0, CR4.OSXSAVE=1, pinned; `xcr0` is a value XSETBV accepts on this CPU (bit 0 set,
+    /// AVX only with SSE, the AVX-512 bits all or none, only supported bits: else #GP), e.g.
+    /// one the CPU held before or one `vcpu::checked::GuestXcr0` built; the caller restores
+    /// the host's value before host code that depends on it runs.
+    unsafe fn xsetbv0(&mut self, xcr0: u64);
+
+    /// XSAVE of the components in `mask & XCR0` into `area` (standard format).
+    ///
+    /// # Safety
+    /// CPL0, CR4.OSXSAVE=1, CR0.TS=0, pinned as [`Vmx::fxsave`]; the components `mask`
+    /// names fit in [`XsaveArea`] (the area is 64-byte aligned by its type).
+    unsafe fn xsave(&mut self, area: &mut XsaveArea, mask: u64);
+
+    /// XRSTOR of the components in `mask & XCR0` from `area` (standard format): components
+    /// whose XSTATE_BV bit is clear are put in their initial configuration.
+    ///
+    /// # Safety
+    /// As [`Vmx::xsave`]; `area` must be valid for XRSTOR (SDM Vol. 1 §13.8: XSTATE_BV only
+    /// bits of XCR0, XCOMP_BV 0, header bytes 16-63 0, MXCSR within MXCSR_MASK; else #GP):
+    /// an image this CPU saved, or one `vcpu::checked::XsaveImage` built.
+    unsafe fn xrstor(&mut self, area: &XsaveArea, mask: u64);
 
     /// Delivers an NMI that arrived while the guest ran (exit reason 0, NMI) to the host's
     /// own handler: INT 2 through the host IDT, as KVM does after such an exit. With "NMI

@@ -14,6 +14,8 @@ pub mod root;
 pub mod soft;
 #[cfg(any(test, feature = "soft"))]
 pub mod soft_faults;
+#[cfg(any(test, feature = "soft"))]
+mod soft_xstate;
 
 pub use counted::Counted;
 pub use error::{VmFail, VmInstructionError};

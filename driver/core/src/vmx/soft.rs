@@ -15,7 +15,7 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 use crate::vmcs::{Access, VmcsField, Width};
 use crate::vmx::caps::{
@@ -25,7 +25,7 @@ use crate::vmx::caps::{
 use crate::vmx::instructions::{
     DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
-use crate::vmx::{soft_faults, VmFail, VmInstructionError};
+use crate::vmx::{soft_faults, soft_xstate, VmFail, VmInstructionError};
 
 /// The IA32_EFER MSR.
 pub const IA32_EFER: u32 = 0xc000_0080;
@@ -68,6 +68,12 @@ pub struct SoftCounts {
     pub fxsave: u64,
     /// FXRSTOR.
     pub fxrstor: u64,
+    /// XSETBV.
+    pub xsetbv: u64,
+    /// XSAVE.
+    pub xsave: u64,
+    /// XRSTOR.
+    pub xrstor: u64,
     /// NMIs handed to the host's handler after an NMI exit.
     pub host_nmis: u64,
     /// Loads of DR0-DR3 (MOV to DR).
@@ -140,6 +146,11 @@ pub struct GuestCpu<'a> {
     pub cr2: &'a mut u64,
     /// DR0-DR3 while the guest runs (VMX does not switch them).
     pub drs: [u64; 4],
+    /// The extended state registers beyond x87/SSE (YMM upper halves, AVX-512), in the
+    /// standard-format layout of `extended` (the guest's while it runs).
+    pub xstate: &'a mut XsaveArea,
+    /// XCR0 as the guest runs with it.
+    pub xcr0: u64,
 }
 
 impl GuestCpu<'_> {
@@ -203,6 +214,12 @@ pub struct SoftVmx {
     pub cr2: u64,
     /// DR0-DR3 of the model CPU (what a guest's hardware breakpoints compare against).
     pub drs: [u64; 4],
+    /// XCR0 of the model CPU (x87|SSE|AVX at power-on of the model, as an AVX host OS sets it).
+    pub xcr0: u64,
+    /// The XCR0 bits the model CPU supports (CPUID.(EAX=0xD,ECX=0) EDX:EAX).
+    pub xcr0_supported: u64,
+    /// The model's extended state registers (only `extended` is used; x87/SSE are `fpu`).
+    pub xstate: Box<XsaveArea>,
     /// The MSRs this model CPU was built with (besides the architectural ones of
     /// `soft_faults`): WRMSR of any other MSR is a modelled host #GP.
     known_msrs: BTreeSet<u32>,
@@ -233,6 +250,9 @@ impl SoftVmx {
             fpu: Box::default(),
             cr2: 0,
             drs: [0; 4],
+            xcr0: 0x7,
+            xcr0_supported: 0xe7,
+            xstate: Box::default(),
             caps,
             vmxon_region: None,
             regions: BTreeMap::new(),
@@ -493,6 +513,8 @@ impl Vmx for SoftVmx {
                         fpu: &mut self.fpu,
                         cr2: &mut self.cr2,
                         drs: self.drs,
+                        xstate: &mut self.xstate,
+                        xcr0: self.xcr0,
                     };
                     hook.run_guest(&mut cpu);
                 }
@@ -615,6 +637,47 @@ impl Vmx for SoftVmx {
             host_gp(&why);
         }
         *self.fpu = *area;
+    }
+
+    unsafe fn xgetbv0(&mut self) -> u64 {
+        if self.host.cr4 & (1 << 18) == 0 {
+            host_gp("XGETBV with CR4.OSXSAVE=0 (#UD)");
+        }
+        self.xcr0
+    }
+
+    unsafe fn xsetbv0(&mut self, xcr0: u64) {
+        self.counts.xsetbv += 1;
+        if self.host.cr4 & (1 << 18) == 0 {
+            host_gp("XSETBV with CR4.OSXSAVE=0 (#UD)");
+        }
+        if let Some(why) = soft_faults::xsetbv(xcr0, self.xcr0_supported) {
+            host_gp(&why);
+        }
+        self.xcr0 = xcr0;
+    }
+
+    unsafe fn xsave(&mut self, area: &mut XsaveArea, mask: u64) {
+        self.counts.xsave += 1;
+        if self.host.cr4 & (1 << 18) == 0 {
+            host_gp("XSAVE with CR4.OSXSAVE=0 (#UD)");
+        }
+        if let Some(why) = soft_faults::xsave_alignment(area) {
+            host_gp(&why);
+        }
+        soft_xstate::xsave(&self.fpu, &self.xstate, area, mask & self.xcr0);
+    }
+
+    unsafe fn xrstor(&mut self, area: &XsaveArea, mask: u64) {
+        self.counts.xrstor += 1;
+        if self.host.cr4 & (1 << 18) == 0 {
+            host_gp("XRSTOR with CR4.OSXSAVE=0 (#UD)");
+        }
+        let rfbm = mask & self.xcr0;
+        if let Some(why) = soft_faults::xrstor(area, self.xcr0, rfbm) {
+            host_gp(&why);
+        }
+        soft_xstate::xrstor(&mut self.fpu, &mut self.xstate, area, rfbm);
     }
 
     unsafe fn raise_host_nmi(&mut self) {

@@ -17,7 +17,7 @@
 
 use alloc::string::String;
 
-use rhax_api::fpu::FxLayout;
+use rhax_api::fpu::{FxLayout, XsaveArea};
 
 pub use crate::vmx::root::{
     IA32_APIC_BASE, IA32_CSTAR, IA32_DEBUGCTL, IA32_EFER, IA32_FEATURE_CONTROL, IA32_FMASK,
@@ -146,6 +146,73 @@ pub fn write_cr4(value: u64, long_mode: bool, vmx_fixed: Option<(u64, u64)>) -> 
                  / FIXED1 {fixed1:#x} (VMXE must stay set)"
             ));
         }
+    }
+    None
+}
+
+/// Why XSETBV(ECX=0, `value`) raises #GP on the model, if it does (SDM Vol. 2C XSETBV;
+/// Vol. 1 §13.3): a bit the CPU does not support (`supported`: CPUID.(EAX=0xD,ECX=0)
+/// EDX:EAX), bit 0 clear, AVX (2) without SSE (1), the AVX-512 bits 7:5 not all equal or set
+/// without AVX.
+pub fn xsetbv(value: u64, supported: u64) -> Option<String> {
+    use alloc::format;
+    if value & !supported != 0 {
+        return Some(format!(
+            "XSETBV {value:#x}: bits {:#x} unsupported",
+            value & !supported
+        ));
+    }
+    if value & 1 == 0 {
+        return Some(format!("XSETBV {value:#x}: x87 (bit 0) clear"));
+    }
+    if value & 4 != 0 && value & 2 == 0 {
+        return Some(format!("XSETBV {value:#x}: AVX without SSE"));
+    }
+    let avx512 = value & 0xe0;
+    if avx512 != 0 && (avx512 != 0xe0 || value & 4 == 0) {
+        return Some(format!(
+            "XSETBV {value:#x}: AVX-512 bits 7:5 partial or without AVX"
+        ));
+    }
+    None
+}
+
+/// Why XSAVE/XRSTOR of `area` raises #GP on the model, if it does: an area not aligned to 64
+/// bytes (SDM Vol. 1 §13.4: "#GP if the memory operand is not aligned on a 64-byte
+/// boundary"). The type is aligned; the model checks the address anyway, as hardware does.
+pub fn xsave_alignment(area: *const XsaveArea) -> Option<String> {
+    let a = area as usize;
+    (a % 64 != 0).then(|| alloc::format!("XSAVE/XRSTOR: area {a:#x} not 64-byte aligned"))
+}
+
+/// Why a standard-form XRSTOR of `area` with `rfbm` (= EDX:EAX & XCR0) under `xcr0` raises
+/// #GP on the model, if it does (SDM Vol. 1 §13.8.1): XSTATE_BV has a bit outside XCR0,
+/// XCOMP_BV is not 0 (the compacted form needs bit 63 and XSAVEC, which rhax never uses),
+/// header bytes 16-23 not 0, or MXCSR has bits outside [`MXCSR_MASK`] when RFBM[1] or RFBM[2]
+/// is set (XRSTOR loads MXCSR then).
+pub fn xrstor(area: &XsaveArea, xcr0: u64, rfbm: u64) -> Option<String> {
+    use alloc::format;
+    if let Some(why) = xsave_alignment(area) {
+        return Some(why);
+    }
+    let h = &area.header;
+    if h.xstate_bv & !xcr0 != 0 {
+        return Some(format!(
+            "XRSTOR: XSTATE_BV {:#x} sets bits outside XCR0 {xcr0:#x}",
+            h.xstate_bv
+        ));
+    }
+    if h.xcomp_bv != 0 || h.reserved[0] != 0 {
+        return Some(format!(
+            "XRSTOR: header bytes 8-23 not 0 (XCOMP_BV {:#x})",
+            h.xcomp_bv
+        ));
+    }
+    if rfbm & 6 != 0 && area.legacy.mxcsr & !MXCSR_MASK != 0 {
+        return Some(format!(
+            "XRSTOR: MXCSR {:#x} outside MXCSR_MASK",
+            area.legacy.mxcsr
+        ));
     }
     None
 }

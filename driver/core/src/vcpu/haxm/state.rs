@@ -3,7 +3,9 @@
 
 use super::exits::guest_cr;
 use super::*;
-use crate::vcpu::checked::{FxImage, MxcsrMask};
+use crate::vcpu::checked::{xcr0, FxImage, GuestXcr0, MxcsrMask, Refused, XsaveImage};
+use rhax_api::ext::{RhaxXsave, RHAX_XSAVE_VERSION};
+use rhax_api::fpu::XsaveArea;
 
 impl HaxVcpu {
     /// `HAX_VCPU_IOCTL_GET_FPU`: the guest's FXSAVE image.
@@ -17,6 +19,60 @@ impl HaxVcpu {
     pub fn set_fpu(&mut self, host: MxcsrMask, f: &FxLayout) -> Result<(), HaxError> {
         let image = FxImage::check(f, host).map_err(HaxError::InvalidValue)?;
         self.core.set_fpu(&image);
+        Ok(())
+    }
+
+    /// `RHAX_VCPU_IOCTL_GET_XSAVE` into `out` (a [`RhaxXsave`]): the guest's XCR0, the size of
+    /// its XSAVE area and the image (XSTATE_BV within XCR0, bytes past the size 0). Returns
+    /// the bytes written.
+    pub fn write_xsave(&self, out: &mut [u8]) -> Result<usize, HaxError> {
+        let Some(out) = out.get_mut(..RhaxXsave::SIZE) else {
+            return Err(HaxError::InvalidValue(Refused::ReservedBits));
+        };
+        let mut area = crate::heap::try_zeroed::<XsaveArea>()
+            .ok_or(HaxError::Platform(PlatformError::OutOfMemory))?;
+        let size = self.core_ref().xsave_for_user(&mut area);
+        let (head, body) = out.split_at_mut(16);
+        head[0..4].copy_from_slice(&RHAX_XSAVE_VERSION.to_le_bytes());
+        head[4..8].copy_from_slice(&size.to_le_bytes());
+        head[8..16].copy_from_slice(&self.core_ref().xcr0().get().to_le_bytes());
+        body.copy_from_slice(area.as_bytes());
+        Ok(RhaxXsave::SIZE)
+    }
+
+    /// `RHAX_VCPU_IOCTL_SET_XSAVE` from `input` (a [`RhaxXsave`]): checked whole before
+    /// anything changes: the version, XCR0 (the XSETBV rules within what this host lets a
+    /// guest enable), `size` equal to that XCR0's area size, the image (`XsaveImage`: header,
+    /// MXCSR against the host's MXCSR_MASK). A refusal is `InvalidValue`, the vCPU unchanged.
+    pub fn set_xsave<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        host: MxcsrMask,
+        input: &[u8],
+    ) -> Result<(), HaxError> {
+        let refused = HaxError::InvalidValue;
+        let field = |r: core::ops::Range<usize>| input.get(r).ok_or(refused(Refused::ReservedBits));
+        let (Some(version), Some(size), Some(value)) = (
+            field(0..4)?.try_into().ok().map(u32::from_le_bytes),
+            field(4..8)?.try_into().ok().map(u32::from_le_bytes),
+            field(8..16)?.try_into().ok().map(u64::from_le_bytes),
+        ) else {
+            return Err(refused(Refused::ReservedBits));
+        };
+        let body = field(16..RhaxXsave::SIZE)?;
+        if version != RHAX_XSAVE_VERSION {
+            return Err(refused(Refused::ReservedBits));
+        }
+        let allowed = self.core.xcr0_allowed(root);
+        let x = GuestXcr0::check(value, allowed).map_err(refused)?;
+        if size != xcr0::area_size(x.get()) {
+            return Err(refused(Refused::ReservedBits));
+        }
+        let mut area = crate::heap::try_zeroed::<XsaveArea>()
+            .ok_or(HaxError::Platform(PlatformError::OutOfMemory))?;
+        area.as_bytes_mut().copy_from_slice(body);
+        let image = XsaveImage::check(area, x, host).map_err(|(_, e)| refused(e))?;
+        drop(self.core.set_xsave(image, x));
         Ok(())
     }
 
@@ -111,6 +167,8 @@ impl HaxVcpu {
             vmcs.set_cr4_read_shadow(s.cr4);
             vmcs.set_guest_cr4(c.guest_cr4_fixed.adjust(s.cr4));
         })?;
+        self.core
+            .set_guest_osxsave(s.cr4 & crate::vcpu::bits::CR4_OSXSAVE != 0);
         self.core.set_cr2(s.cr2);
         self.drs = [
             s.dr0,

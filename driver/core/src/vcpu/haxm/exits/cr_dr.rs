@@ -2,6 +2,7 @@
 //! Tables 28-3, 28-4).
 
 use super::*;
+use crate::vcpu::bits::CR4_OSXSAVE;
 use crate::vcpu::checked::{GuestCr0, GuestCr3, GuestCr4, Refused};
 
 impl HaxVcpu {
@@ -13,6 +14,7 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         cr: crate::vmcs::exit::CrAccess,
         maxphyaddr: u8,
+        xsave: bool,
     ) -> Result<(), HaxError> {
         let value = match cr.access {
             CrAccessType::MovTo { gpr } => Some(self.gpr(root, gpr)?),
@@ -53,7 +55,8 @@ impl HaxVcpu {
                     (4, CrAccessType::MovTo { .. }) => {
                         let cur = guest_cr(vmcs, 4)?;
                         let cr3 = vmcs.guest_cr3()?;
-                        match GuestCr4::check(value.unwrap_or(0), cur, cr4_fixed1, efer, cr3) {
+                        match GuestCr4::check(value.unwrap_or(0), cur, cr4_fixed1, efer, cr3, xsave)
+                        {
                             Ok(v) => write_cr4(vmcs, v)?,
                             Err(e) => return Ok(Err(e)),
                         }
@@ -77,7 +80,11 @@ impl HaxVcpu {
         )??;
         match read {
             Ok(Some((gpr, v))) => self.set_gpr(root, gpr, v)?,
-            Ok(None) => {}
+            Ok(None) => {
+                if let (4, Some(v)) = (cr.cr, value) {
+                    self.core.set_guest_osxsave(v & CR4_OSXSAVE != 0);
+                }
+            }
             Err(_) => self.inject_gp(root)?,
         }
         Ok(())

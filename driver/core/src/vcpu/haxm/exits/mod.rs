@@ -15,6 +15,7 @@ mod mmio;
 pub use emulation::Unemulated;
 pub(in crate::vcpu::haxm) use emulation::{Emulation, Outcome};
 mod msr;
+mod xsave;
 
 impl HaxVcpu {
     pub(in crate::vcpu::haxm) fn handle<V: Vmx>(
@@ -50,13 +51,14 @@ impl HaxVcpu {
             }
             VmExit::Cpuid => {
                 let apic_id = self.vcpu_id as u8;
+                let x = self.core.xcr0().get();
+                let osxsave = self.core.guest_osxsave();
                 self.core
                     .with_vmcs(root, |vmcs, regs| -> Result<(), VmFail> {
-                        let r = cpuid.lookup(
-                            regs.gpr[reg::RAX] as u32,
-                            regs.gpr[reg::RCX] as u32,
-                            apic_id,
-                        );
+                        let (leaf, subleaf) =
+                            (regs.gpr[reg::RAX] as u32, regs.gpr[reg::RCX] as u32);
+                        let mut r = cpuid.lookup(leaf, subleaf, apic_id);
+                        xsave::cpuid_fixup(x, osxsave, leaf, subleaf, &mut r);
                         regs.gpr[reg::RAX] = u64::from(r[0]);
                         regs.gpr[reg::RBX] = u64::from(r[1]);
                         regs.gpr[reg::RCX] = u64::from(r[2]);
@@ -92,7 +94,9 @@ impl HaxVcpu {
                 // MAXPHYADDR as the guest sees it (CPUID 0x80000008 EAX[7:0]).
                 let apic_id = self.vcpu_id as u8;
                 let maxphyaddr = cpuid.lookup(0x8000_0008, 0, apic_id)[0] as u8;
-                self.cr_access(root, cr, maxphyaddr)?;
+                // CR4.OSXSAVE: #GP unless CPUID shows XSAVE (SDM Vol. 3A §2.5).
+                let xsave = cpuid.lookup(1, 0, apic_id)[2] & (1 << 26) != 0;
+                self.cr_access(root, cr, maxphyaddr, xsave)?;
                 Next::Resume
             }
             VmExit::Io(io) => self.io(root, io)?,
@@ -190,8 +194,8 @@ impl HaxVcpu {
                         })??;
                     Next::Resume
                 }
-                // GETSEC, VMCALL, VMX instructions, XSETBV (XSAVE is hidden), RDPMC: #UD
-                // (HAXM PR #247) / #GP.
+                // GETSEC, VMCALL, VMX instructions, RDPMC: #UD (HAXM PR #247) / #GP. XSETBV
+                // (55) decodes as `VmExit::Xsetbv`.
                 11 | 18..=27 | 50 | 53 | 55 => {
                     self.inject_exception(root, 6, None)?;
                     Next::Resume
@@ -211,10 +215,7 @@ impl HaxVcpu {
                 self.inject_exception(root, 6, None)?;
                 Next::Resume
             }
-            VmExit::Xsetbv => {
-                self.inject_exception(root, 6, None)?;
-                Next::Resume
-            }
+            VmExit::Xsetbv => self.xsetbv(root, cpuid)?,
             VmExit::Init | VmExit::Sipi { .. } => Next::Resume,
             // PAUSE (exits only where the CPU forces PAUSE exiting): a hint, done.
             VmExit::Pause => {

@@ -13,6 +13,9 @@ impl HaxVcpu {
         if let Some(v) = self.core.swapped_msr(root, msr) {
             return Ok(Some(v));
         }
+        if let Some(fixed) = haxm_fixed_msr(msr) {
+            return Ok(fixed.read);
+        }
         let soft = soft_msr_slot(msr).and_then(|i| self.soft_msrs.get(i).copied());
         let apic = self.apic_base;
         let v = self
@@ -74,6 +77,10 @@ impl HaxVcpu {
                 return Ok(true);
             }
             m => {
+                if let Some(fixed) = haxm_fixed_msr(m) {
+                    // Nothing reaches the hardware: the write is dropped or faults.
+                    return Ok(fixed.write_ignored);
+                }
                 if let Some(slot) = soft_msr_slot(m) {
                     if let Some(m) = self.soft_msrs.get_mut(slot) {
                         *m = v;
@@ -222,8 +229,9 @@ pub(in crate::vcpu::haxm) enum MsrWriter {
 /// (0x8b), PMC0-3 (0xc1-0xc4), MTRRcap (0xfe), MCG_CAP/MCG_STATUS (0x179/0x17a),
 /// PERFEVTSEL0-3 (0x186-0x189), MISC_ENABLE (0x1a0), variable MTRRs (0x200-0x20f), fixed
 /// MTRRs (0x250, 0x258, 0x259, 0x268-0x26f), MTRR def type (0x2ff) and the MC0-MC4 banks
-/// (0x400-0x413). A fixed array holds them: no allocation on the WRMSR path.
-const SOFT_MSR_RANGES: [(u32, u32); 13] = [
+/// (0x400-0x413), and CPUID_FEATURE_MASK (0x478, HAXM's read-back register). A fixed array
+/// holds them: no allocation on the WRMSR path.
+const SOFT_MSR_RANGES: [(u32, u32); 14] = [
     (0x17, 0x17),
     (0x8b, 0x8b),
     (0xc1, 0xc4),
@@ -237,6 +245,7 @@ const SOFT_MSR_RANGES: [(u32, u32); 13] = [
     (0x268, 0x26f),
     (0x2ff, 0x2ff),
     (0x400, 0x413),
+    (0x478, 0x478),
 ];
 
 /// How many MSRs [`SOFT_MSR_RANGES`] names.
@@ -263,4 +272,58 @@ pub(in crate::vcpu::haxm) const fn soft_msr_slot(msr: u32) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// How HAXM 7.8 answered an MSR it neither passed through nor kept: a fixed read value (or
+/// #GP) and a write that is dropped (or #GP). Nothing of these reaches the hardware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) struct FixedMsr {
+    /// What RDMSR returns; `None`: #GP.
+    pub read: Option<u64>,
+    /// WRMSR is accepted and dropped; false: #GP.
+    pub write_ignored: bool,
+}
+
+/// The MSRs HAXM 7.8 answered with constants (`core/vcpu.c` `handle_msr_read`,
+/// `handle_msr_write`, `misc_msr_read/write`; indexes from `core/include/ia32_defs.h`). A
+/// guest that reads one of them on real hardware gets a model-specific value; these are the
+/// values HAXM's guests (Android, Windows, Linux images) were tested with, so rhax gives the
+/// same ones rather than #GP.
+pub(in crate::vcpu::haxm) const fn haxm_fixed_msr(msr: u32) -> Option<FixedMsr> {
+    const fn f(read: Option<u64>, write_ignored: bool) -> Option<FixedMsr> {
+        Some(FixedMsr {
+            read,
+            write_ignored,
+        })
+    }
+    match msr {
+        // P5_MC_ADDR, P5_MC_TYPE: read 0 (the P6 family maps them to MC0); writes #GP.
+        0x0 | 0x1 => f(Some(0), false),
+        // EBL_CR_POWERON (0x2a), EBC_SOFT_POWERON (0x2b), EBC_FREQUENCY_ID (0x2c): 0, writes
+        // dropped. Old Windows kernels read 0x2a/0x2c for the bus ratio.
+        0x2a..=0x2c => f(Some(0), true),
+        // THERM_DIODE_OFFSET.
+        0x3f => f(Some(0), false),
+        // BIOS_UPDT_TRIG: a microcode update request is dropped (SDM Vol. 3A §10.11.6: the
+        // write triggers the load; no guest may load microcode into the host). Not readable.
+        0x79 => f(None, true),
+        // FSB_FREQ: 4 (HAXM's "166 MHz" encoding); TEMP_TARGET (HAXM's 0xee).
+        0xcd => f(Some(4), false),
+        0xee => f(Some(0x8679_1b00), false),
+        // BBL_CR_CTL3: L2 present and enabled (HAXM's constant; Windows reads it for the
+        // L2 cache description).
+        0x11e => f(Some(0xbe70_2111), false),
+        // MCG_CTL: HAXM reads 3; MCG_CAP (soft) says no MCG_CTL_P, so guests do not write it.
+        0x17b => f(Some(3), false),
+        // MSR_TEMPERATURE_TARGET (Linux `msr-index.h`, coretemp/intel_tcc): TjMax in bits
+        // 23:16. HAXM named this constant at 0xee; the same value is answered here so a guest
+        // that reads the modern index sees what HAXM's guests saw at the old one.
+        0x1a2 => f(Some(0x8679_1b00), false),
+        // MC0_CTL2..MC8_CTL2 (CMCI thresholds) and 0x300-0x3ff (the performance-monitoring
+        // block: BPU counters, fixed counters, PERF_CAPABILITIES 0x345, PERF_GLOBAL_*, PEBS):
+        // read 0, writes dropped. PDCM is hidden in CPUID, but old Linux kernels read
+        // PERF_CAPABILITIES without checking it (HAXM's comment).
+        0x280..=0x288 | 0x300..=0x3ff => f(Some(0), true),
+        _ => None,
+    }
 }

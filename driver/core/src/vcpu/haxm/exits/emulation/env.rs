@@ -151,6 +151,8 @@ pub(super) struct PassiveEnv<'a, M: GuestMemoryAccess + ?Sized> {
     pub(super) mem: &'a M,
     pub(super) gprs: &'a [u64; 16],
     pub(super) fpu: &'a FxLayout,
+    /// The vCPU, for the upper halves of YMM0-15 in its saved XSAVE image.
+    pub(super) vcpu: &'a crate::vcpu::Vcpu,
     pub(super) ctx: &'a Context,
     pub(super) mode: &'a PagingMode,
     pub(super) user: bool,
@@ -299,10 +301,8 @@ impl<M: GuestMemoryAccess + ?Sized> Env for PassiveEnv<'_, M> {
             .map_or(0, |b| u128::from_le_bytes(*b))
     }
 
-    // AVX state is not switched yet: the guest cannot enable it (CPUID hides AVX), and
-    // VEX forms are #UD, as on a CPU without AVX.
-    fn ymm_high(&self, _n: u8) -> Option<u128> {
-        None
+    fn ymm_high(&self, n: u8) -> Option<u128> {
+        self.vcpu.ymm_high(n)
     }
 
     fn selector(&self, s: Seg) -> u16 {

@@ -432,6 +432,7 @@ impl HaxVcpu {
             mem,
             gprs: &self.core.regs.gpr,
             fpu: self.core.fpu(),
+            vcpu: &self.core,
             ctx: &ctx,
             mode: &mode,
             user: self.emu.user,
@@ -518,7 +519,7 @@ impl HaxVcpu {
             }
         }
         if let Some(x) = fx.xmm {
-            self.core.set_xmm(x.n, x.value);
+            self.core.set_xmm(x.n, x.value, x.high);
         }
         // Done, or one REP iteration done (the guest re-executes the rest: RIP did not move):
         // only the MMIO writes not yet delivered stay.
@@ -552,6 +553,7 @@ impl HaxVcpu {
             mem,
             gprs: &self.core.regs.gpr,
             fpu: self.core.fpu(),
+            vcpu: &self.core,
             ctx,
             mode,
             user: self.emu.user,
