@@ -875,6 +875,33 @@ fn stats_calls() {
 }
 
 #[test]
+fn stats_handle_opens_the_vcpu_without_a_tunnel() {
+    let fake = Fake::new(Platform::Linux);
+    let mut s = VcpuStats::new();
+    s.per_reason[10].exits = 4;
+    fake.script([Reply::pod(&s), Reply::ok()]);
+    let h = crate::StatsHandle::open(fake.clone(), 3, 1).unwrap();
+    assert_eq!((h.vm_id(), h.id()), (3, 1));
+    assert_eq!(h.stats().unwrap().reason(10).map(|r| r.exits), Some(4));
+    h.reset_stats().unwrap();
+    assert_eq!(fake.opens(), [DevicePath::Vcpu { vm: 3, vcpu: 1 }]);
+    let calls = fake.take_calls();
+    // GET_STATS then RESET_STATS, and no SETUP_TUNNEL before them.
+    assert_eq!(
+        calls.iter().map(|c| c.code).collect::<Vec<_>>(),
+        [0x8cf0_00e1, 0x0000_00e2]
+    );
+    fake.script([Reply::pod(&VcpuStats { version: 9, ..s })]);
+    assert!(matches!(
+        h.stats(),
+        Err(Error::Malformed {
+            field: "version",
+            ..
+        })
+    ));
+}
+
+#[test]
 fn exit_decoding() {
     let fake = Fake::new(Platform::Linux);
     let (_vm, mut vcpu) = vcpu_on(&fake);

@@ -1,10 +1,7 @@
 //! [`Vcpu`]: a vCPU device (`\\.\hax_vmNN_vcpuMM`, `/dev/hax_vmNN/vcpuMM`), its run loop and
 //! the typed [`Exit`] it returns.
 
-use rhax_api::ext::{
-    VcpuStats, RHAX_EXIT_REASONS, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_RESET_STATS,
-    RHAX_VCPU_STATS_VERSION,
-};
+use rhax_api::ext::VcpuStats;
 use rhax_api::ioctl::{
     HAX_IOCTL_VCPU_DEBUG, HAX_VCPU_GET_REGS, HAX_VCPU_IOCTL_GET_CPUID, HAX_VCPU_IOCTL_GET_FPU,
     HAX_VCPU_IOCTL_GET_MSRS, HAX_VCPU_IOCTL_INTERRUPT, HAX_VCPU_IOCTL_KICKOFF, HAX_VCPU_IOCTL_RUN,
@@ -440,26 +437,12 @@ impl<T: Transport> Vcpu<T> {
     /// header (version, size, number of reasons) is not the one this library knows is
     /// refused as [`Error::Malformed`].
     pub fn stats(&self) -> Result<VcpuStats> {
-        let s: VcpuStats = self
-            .dev
-            .fetch(&RHAX_VCPU_IOCTL_GET_STATS, Error::GetStats)?;
-        let name = RHAX_VCPU_IOCTL_GET_STATS.name;
-        if s.version != RHAX_VCPU_STATS_VERSION {
-            return Err(malformed(name, "version", s.version.into()));
-        }
-        if s.size as usize != VcpuStats::SIZE {
-            return Err(malformed(name, "size", s.size.into()));
-        }
-        if s.nr_reasons as usize != RHAX_EXIT_REASONS {
-            return Err(malformed(name, "nr_reasons", s.nr_reasons.into()));
-        }
-        Ok(s)
+        crate::stats::get_stats(&self.dev)
     }
 
     /// `RHAX_VCPU_IOCTL_RESET_STATS` (rhax only): zeroes this vCPU's counters.
     pub fn reset_stats(&self) -> Result<()> {
-        self.dev
-            .send(&RHAX_VCPU_IOCTL_RESET_STATS, &[], Error::ResetStats)
+        crate::stats::reset_stats(&self.dev)
     }
 }
 

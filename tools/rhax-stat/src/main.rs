@@ -1,0 +1,264 @@
+//! `rhax-stat`: per exit reason, how many VM exits and how many VMREAD, VMWRITE and other VMX
+//! instructions and host cycles each cost, for the vCPUs of a running rhax VM.
+//!
+//! ```text
+//! rhax-stat [--vm N] [--vcpu N] [--once] [--json | --csv] [--reset] [--svg FILE]
+//!           [--interval MS] [--count N]
+//! ```
+//!
+//! Without `--vm` every VM id (0..64) is probed, without `--vcpu` every vCPU id (0..16) of the
+//! VM(s); the counters of the vCPUs found are summed. The default is a live view refreshed
+//! every `--interval` (1000 ms), showing the interval's deltas and rates, until interrupted
+//! or `--count` samples; `--once` prints the counters since the last reset and exits; `--json`
+//! writes one JSON line, `--csv` CSV rows, per sample; `--reset` zeroes the counters first
+//! (alone, it only resets); `--svg FILE` writes the chart (rewritten after every sample).
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use rhax::api::{HAX_MAX_VCPUS, HAX_MAX_VMS};
+use rhax::{Error, OsError, StatsHandle};
+use rhax_stat::monitor::Monitor;
+use rhax_stat::render::{self, Scope, View, CSV_HEADER};
+
+#[cfg(unix)]
+type Os = rhax::PosixTransport;
+#[cfg(windows)]
+type Os = rhax::WindowsTransport;
+
+#[cfg(unix)]
+fn transport() -> Os {
+    rhax::PosixTransport
+}
+#[cfg(windows)]
+fn transport() -> Os {
+    rhax::WindowsTransport
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+struct Args {
+    vm: Option<u32>,
+    vcpu: Option<u32>,
+    once: bool,
+    format: Format,
+    reset: bool,
+    svg: Option<String>,
+    interval_ms: u64,
+    count: Option<u64>,
+}
+
+const USAGE: &str = "usage: rhax-stat [--vm N] [--vcpu N] [--once] [--json | --csv] [--reset] \
+                     [--svg FILE] [--interval MS] [--count N]";
+
+fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut a = Args {
+        vm: None,
+        vcpu: None,
+        once: false,
+        format: Format::Table,
+        reset: false,
+        svg: None,
+        interval_ms: 1000,
+        count: None,
+    };
+    let mut only_reset = true;
+    while let Some(arg) = it.next() {
+        let mut value = |what: &str| {
+            it.next()
+                .ok_or_else(|| format!("{arg} needs {what}\n{USAGE}"))
+        };
+        let number = |s: String| {
+            s.parse::<u64>()
+                .map_err(|_| format!("{arg}: not a number: {s}"))
+        };
+        match arg.as_str() {
+            "--vm" => {
+                a.vm = Some(u32::try_from(number(value("a VM id")?)?).map_err(|e| e.to_string())?)
+            }
+            "--vcpu" => {
+                a.vcpu =
+                    Some(u32::try_from(number(value("a vCPU id")?)?).map_err(|e| e.to_string())?)
+            }
+            "--once" => a.once = true,
+            "--json" => a.format = Format::Json,
+            "--csv" => a.format = Format::Csv,
+            "--reset" => a.reset = true,
+            "--svg" => a.svg = Some(value("a file name")?),
+            "--interval" => a.interval_ms = number(value("milliseconds")?)?.max(10),
+            "--count" => a.count = Some(number(value("a count")?)?),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+        if arg != "--reset" && arg != "--vm" && arg != "--vcpu" {
+            only_reset = false;
+        }
+    }
+    if a.reset && only_reset {
+        a.count = Some(0);
+    }
+    Ok(a)
+}
+
+/// Whether an open failed because the device does not exist (no such VM or vCPU).
+fn absent(e: &Error) -> bool {
+    matches!(
+        e.os_error(),
+        // ENOENT, ENXIO; ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND.
+        Some(OsError::Errno(2 | 6)) | Some(OsError::Win32(2 | 3))
+    )
+}
+
+fn attach(args: &Args) -> Result<Vec<StatsHandle<Os>>, String> {
+    let vms: Vec<u32> = args
+        .vm
+        .map_or_else(|| (0..HAX_MAX_VMS).collect(), |v| vec![v]);
+    let vcpus: Vec<u32> = args
+        .vcpu
+        .map_or_else(|| (0..HAX_MAX_VCPUS).collect(), |v| vec![v]);
+    let mut found = Vec::new();
+    for &vm in &vms {
+        for &vcpu in &vcpus {
+            match StatsHandle::open(transport(), vm, vcpu) {
+                Ok(h) => found.push(h),
+                // Probing: a missing device is not an error unless it was asked for by id.
+                Err(e) if absent(&e) && (args.vm.is_none() || args.vcpu.is_none()) => {}
+                Err(e) => return Err(format!("vm {vm} vcpu {vcpu}: {e}")),
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(String::from("no vCPU found (is a VM running on rhax?)"));
+    }
+    Ok(found)
+}
+
+fn scope(args: &Args, found: &[StatsHandle<Os>]) -> Scope {
+    match (args.vm, found) {
+        (Some(vm), [one]) if args.vcpu.is_some() => Scope::Vcpu { vm, vcpu: one.id() },
+        (Some(vm), _) => Scope::Vm(vm),
+        _ => Scope::All,
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let found = attach(args)?;
+    let scope = scope(args, &found);
+    let mut m = Monitor::new(found);
+    if args.reset {
+        for e in m.reset() {
+            eprintln!("rhax-stat: reset: {e}");
+        }
+    }
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut first = m.tick(None);
+    let mut out = String::new();
+    let mut samples = 0u64;
+    if args.format == Format::Csv {
+        out.push_str(CSV_HEADER);
+        out.push('\n');
+    }
+    loop {
+        let live = !args.once && samples > 0;
+        let view = View {
+            scope,
+            interval_ms: live.then_some(first.interval_ms),
+            time_ms: Some(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        };
+        let shown = if live { &first.interval } else { &first.total };
+        let r = match args.format {
+            Format::Table => {
+                if !args.once {
+                    // Clear the screen and home the cursor, as `top` does.
+                    out.push_str("\x1b[H\x1b[2J");
+                }
+                render::table(&mut out, shown, &view)
+            }
+            Format::Json => render::json(&mut out, shown, &view),
+            Format::Csv => render::csv_rows(&mut out, shown, &view),
+        };
+        r.map_err(|_| String::from("formatting failed"))?;
+        if first.busy > 0 && args.format == Format::Table {
+            out.push_str(&format!(
+                "({} vCPU(s) inside RUN: last answer used)\n",
+                first.busy
+            ));
+        }
+        for e in &first.errors {
+            eprintln!("rhax-stat: {e}");
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(out.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("stdout: {e}"))?;
+        out.clear();
+        if let Some(file) = &args.svg {
+            let mut svg = String::new();
+            rhax_stat::svg::chart(&mut svg, &first.total, scope, m.history())
+                .map_err(|_| String::from("formatting failed"))?;
+            std::fs::write(file, svg).map_err(|e| format!("{file}: {e}"))?;
+        }
+        samples += 1;
+        if args.once || args.count.is_some_and(|c| samples >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(args.interval_ms));
+        let ms = u64::try_from(last.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last = Instant::now();
+        first = m.tick(Some(ms));
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rhax-stat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Args, String> {
+        parse(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn arguments() {
+        let a = p("--vm 1 --vcpu 2 --csv --interval 250 --count 3 --svg x.svg").unwrap();
+        assert_eq!(
+            (a.vm, a.vcpu, a.interval_ms, a.count),
+            (Some(1), Some(2), 250, Some(3))
+        );
+        assert!(a.format == Format::Csv && a.svg.as_deref() == Some("x.svg") && !a.once);
+        // `--reset` alone only resets; with a mode it resets first.
+        assert_eq!(p("--vm 0 --reset").unwrap().count, Some(0));
+        assert_eq!(p("--reset --once").unwrap().count, None);
+        assert!(p("--vm").is_err());
+        assert!(p("--vm x").is_err());
+        assert!(p("--vm 99999999999").is_err());
+        assert!(p("--bogus").is_err());
+    }
+}
