@@ -46,8 +46,35 @@ bitflags::bitflags! {
     pub struct ExtFeatures: u64 {
         /// [`RHAX_VCPU_IOCTL_GET_STATS`] and [`RHAX_VCPU_IOCTL_RESET_STATS`].
         const VCPU_STATS = 1 << 0;
+        /// [`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`]: counting can be switched off at run time.
+        const STATS_CONTROL = 1 << 1;
     }
 }
+
+bitflags::bitflags! {
+    /// [`StatsControl::flags`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct StatsFlags: u32 {
+        /// Count (the default): every VMX instruction, VM exit and the host cycles from exit
+        /// to entry go into [`VcpuStats`]. Clear, the vCPU's exit path neither counts nor
+        /// reads the TSC for it, and the counters keep their values.
+        const COUNTING = 1 << 0;
+    }
+}
+
+/// The input of [`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatsControl {
+    /// [`StatsFlags`] bits; a bit the driver does not know fails the IOCTL (`EINVAL`,
+    /// `STATUS_INVALID_PARAMETER`) with nothing changed.
+    pub flags: u32,
+    /// Reserved, 0 (any other value fails the IOCTL).
+    pub reserved: u32,
+}
+
+impl_pod!(StatsControl);
+assert_layout!(StatsControl, size = 8; flags = 0, reserved = 4);
 
 /// The answer of [`RHAX_IOCTL_EXT_INFO`]: identifies rhax and its extensions.
 #[repr(C)]
@@ -184,6 +211,9 @@ crate::ioctl::ioctl_table! {
     /// `RHAX_VCPU_IOCTL_RESET_STATS` (vCPU device): no argument; zeroes the counters of
     /// [`VcpuStats`]. Feature [`ExtFeatures::VCPU_STATS`].
     RHAX_VCPU_IOCTL_RESET_STATS: Vcpu, Some(0xa02), px(Direction::None, 0xe2, 0);
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` (vCPU device): in [`StatsControl`]; switches
+    /// counting on or off. Feature [`ExtFeatures::STATS_CONTROL`].
+    RHAX_VCPU_IOCTL_SET_STATS_CONTROL: Vcpu, Some(0xa03), px(Direction::Write, 0xe3, size_of::<StatsControl>());
 }
 
 #[cfg(test)]
@@ -212,6 +242,12 @@ mod tests {
             RHAX_VCPU_IOCTL_RESET_STATS.code(Platform::NetBsd),
             Some(0x2000_00e2)
         );
+        // CTL_CODE(0x22, 0xa03, METHOD_BUFFERED, FILE_ANY_ACCESS); _IOW(0, 0xe3, 8).
+        assert_eq!(
+            RHAX_VCPU_IOCTL_SET_STATS_CONTROL.windows(),
+            Some(0x4000_280c)
+        );
+        assert_eq!(RHAX_VCPU_IOCTL_SET_STATS_CONTROL.linux(), Some(0x4008_00e3));
         assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
     }
 

@@ -154,6 +154,8 @@ pub enum Error {
     GetStats(OsError),
     /// `RHAX_VCPU_IOCTL_RESET_STATS` failed.
     ResetStats(OsError),
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` failed.
+    SetStatsControl(OsError),
     /// The IOCTL does not exist on this transport's platform (`HAX_VCPU_IOCTL_KICKOFF` off
     /// Windows, `HAX_VCPU_IOCTL_GET_CPUID` on NetBSD), so nothing was sent.
     Unsupported {
@@ -250,7 +252,8 @@ impl Error {
             | Self::GetCpuid(os)
             | Self::ExtInfo(os)
             | Self::GetStats(os)
-            | Self::ResetStats(os) => Some(os),
+            | Self::ResetStats(os)
+            | Self::SetStatsControl(os) => Some(os),
             _ => None,
         }
     }
@@ -295,6 +298,7 @@ impl fmt::Display for Error {
             Self::ExtInfo(os) => failed(f, "RHAX_IOCTL_EXT_INFO", os),
             Self::GetStats(os) => failed(f, "RHAX_VCPU_IOCTL_GET_STATS", os),
             Self::ResetStats(os) => failed(f, "RHAX_VCPU_IOCTL_RESET_STATS", os),
+            Self::SetStatsControl(os) => failed(f, "RHAX_VCPU_IOCTL_SET_STATS_CONTROL", os),
             Self::Unsupported { ioctl } => {
                 write!(f, "{ioctl} does not exist on this platform")
             }

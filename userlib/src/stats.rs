@@ -3,8 +3,8 @@
 //! keeps its tunnel and IO buffer to itself.
 
 use rhax_api::ext::{
-    VcpuStats, RHAX_EXIT_REASONS, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_RESET_STATS,
-    RHAX_VCPU_STATS_VERSION,
+    StatsControl, StatsFlags, VcpuStats, RHAX_EXIT_REASONS, RHAX_VCPU_IOCTL_GET_STATS,
+    RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_STATS_CONTROL, RHAX_VCPU_STATS_VERSION,
 };
 
 use rhax_api::Pod;
@@ -38,6 +38,18 @@ pub(crate) fn get_stats<T: Transport>(dev: &Device<T>) -> Result<VcpuStats> {
 
 pub(crate) fn reset_stats<T: Transport>(dev: &Device<T>) -> Result<()> {
     dev.send(&RHAX_VCPU_IOCTL_RESET_STATS, &[], Error::ResetStats)
+}
+
+pub(crate) fn set_counting<T: Transport>(dev: &Device<T>, on: bool) -> Result<()> {
+    let control = StatsControl {
+        flags: if on { StatsFlags::COUNTING.bits() } else { 0 },
+        reserved: 0,
+    };
+    dev.send(
+        &RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+        control.as_bytes(),
+        Error::SetStatsControl,
+    )
 }
 
 /// The device of vCPU `vcpu` of VM `vm`, open for `RHAX_VCPU_IOCTL_GET_STATS` and
@@ -76,5 +88,10 @@ impl<T: Transport> StatsHandle<T> {
     /// `RHAX_VCPU_IOCTL_RESET_STATS`: zeroes this vCPU's counters.
     pub fn reset_stats(&self) -> Result<()> {
         reset_stats(&self.dev)
+    }
+
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off at run time.
+    pub fn set_counting(&self, on: bool) -> Result<()> {
+        set_counting(&self.dev, on)
     }
 }

@@ -884,13 +884,18 @@ fn stats_handle_opens_the_vcpu_without_a_tunnel() {
     assert_eq!((h.vm_id(), h.id()), (3, 1));
     assert_eq!(h.stats().unwrap().reason(10).map(|r| r.exits), Some(4));
     h.reset_stats().unwrap();
+    fake.script([Reply::ok(), Reply::ok()]);
+    h.set_counting(false).unwrap();
+    h.set_counting(true).unwrap();
     assert_eq!(fake.opens(), [DevicePath::Vcpu { vm: 3, vcpu: 1 }]);
     let calls = fake.take_calls();
-    // GET_STATS then RESET_STATS, and no SETUP_TUNNEL before them.
+    // GET_STATS, RESET_STATS, SET_STATS_CONTROL x2, and no SETUP_TUNNEL before them.
     assert_eq!(
         calls.iter().map(|c| c.code).collect::<Vec<_>>(),
-        [0x8cf0_00e1, 0x0000_00e2]
+        [0x8cf0_00e1, 0x0000_00e2, 0x4008_00e3, 0x4008_00e3]
     );
+    assert_eq!(calls[2].input, [0u8; 8]);
+    assert_eq!(calls[3].input, [1u8, 0, 0, 0, 0, 0, 0, 0]);
     fake.script([Reply::pod(&VcpuStats { version: 9, ..s })]);
     assert!(matches!(
         h.stats(),

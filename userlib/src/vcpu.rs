@@ -444,6 +444,12 @@ impl<T: Transport> Vcpu<T> {
     pub fn reset_stats(&self) -> Result<()> {
         crate::stats::reset_stats(&self.dev)
     }
+
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` (rhax only): switches counting on or off at run
+    /// time (off: the exit path neither counts nor times; the counters keep their values).
+    pub fn set_counting(&self, on: bool) -> Result<()> {
+        crate::stats::set_counting(&self.dev, on)
+    }
 }
 
 fn setup_tunnel<T: Transport>(dev: &Device<T>) -> Result<TunnelInfo> {

@@ -840,9 +840,9 @@ fn ext_info_and_stats() {
     );
     let info = RhaxExtInfo::from_bytes(&out).unwrap();
     assert_eq!(info.magic, RHAX_EXT_MAGIC);
-    assert!(info
-        .features()
-        .contains(rhax_api::ext::ExtFeatures::VCPU_STATS));
+    assert!(info.features().contains(
+        rhax_api::ext::ExtFeatures::VCPU_STATS | rhax_api::ext::ExtFeatures::STATS_CONTROL
+    ));
     create_vcpu(&h, vmh, 0).unwrap();
     let vc = h.open_vcpu(id, 0).unwrap();
     let mut out = vec![0xffu8; VcpuStats::SIZE];
@@ -951,6 +951,65 @@ fn run_out_and_hlt_through_the_dispatcher_with_stats() {
     .unwrap();
     let s = VcpuStats::from_bytes(&out).unwrap();
     assert_eq!((s.runs, s.total.exits), (0, 0));
+}
+
+#[test]
+fn stats_control_switches_counting_off_and_on() {
+    use rhax_api::ext::{
+        StatsControl, StatsFlags, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+    };
+    let h = hv(Codes::Linux);
+    let vc = vcpu(&h);
+    h.roots().with_soft(|root| {
+        root.vmx().set_hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1)) // HLT, every entry
+    });
+    let control = |flags: u32, reserved: u32| {
+        let c = StatsControl { flags, reserved };
+        call(
+            &h,
+            vc,
+            &RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+            c.as_bytes(),
+            &mut [],
+        )
+    };
+    let stats = || {
+        let mut out = vec![0u8; VcpuStats::SIZE];
+        call(&h, vc, &RHAX_VCPU_IOCTL_GET_STATS, &[], &mut out).unwrap();
+        VcpuStats::from_bytes(&out).unwrap()
+    };
+    let run = || call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    run();
+    let on = stats();
+    assert_eq!(on.reason(12).unwrap().exits, 1);
+    // Off: a RUN adds no exit, no VMX instruction and no cycles.
+    assert_eq!(control(0, 0), Ok(0));
+    run();
+    let off = stats();
+    assert_eq!(off.total, on.total);
+    assert_eq!(off.per_reason, on.per_reason);
+    // Unknown flags or a non-zero reserved field: refused, counting stays off.
+    for (flags, reserved) in [(1 << 1, 0), (u32::MAX, 0), (StatsFlags::COUNTING.bits(), 1)] {
+        let e = control(flags, reserved).unwrap_err();
+        assert_eq!(e.errno(), 22, "flags {flags:#x} reserved {reserved}"); // EINVAL
+    }
+    run();
+    assert_eq!(stats().total, on.total);
+    // On again: counted.
+    assert_eq!(control(StatsFlags::COUNTING.bits(), 0), Ok(0));
+    run();
+    let again = stats();
+    assert_eq!(again.reason(12).unwrap().exits, 2);
+    assert!(again.total.vmreads > on.total.vmreads);
+    // A short input is refused by the table (POSIX: exactly the encoded size).
+    assert!(call(
+        &h,
+        vc,
+        &RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+        &[1, 0, 0],
+        &mut []
+    )
+    .is_err());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! rhax-stat [--vm N] [--vcpu N] [--once] [--json | --csv] [--reset] [--svg FILE]
-//!           [--interval MS] [--count N]
+//!           [--interval MS] [--count N] [--counting on|off]
 //! ```
 //!
 //! Without `--vm` every VM id (0..64) is probed, without `--vcpu` every vCPU id (0..16) of the
@@ -11,7 +11,8 @@
 //! every `--interval` (1000 ms), showing the interval's deltas and rates, until interrupted
 //! or `--count` samples; `--once` prints the counters since the last reset and exits; `--json`
 //! writes one JSON line, `--csv` CSV rows, per sample; `--reset` zeroes the counters first
-//! (alone, it only resets); `--svg FILE` writes the chart (rewritten after every sample).
+//! (alone, it only resets); `--svg FILE` writes the chart (rewritten after every sample);
+//! `--counting on|off` switches the driver's counting (alone, it only switches).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -52,10 +53,11 @@ struct Args {
     svg: Option<String>,
     interval_ms: u64,
     count: Option<u64>,
+    counting: Option<bool>,
 }
 
 const USAGE: &str = "usage: rhax-stat [--vm N] [--vcpu N] [--once] [--json | --csv] [--reset] \
-                     [--svg FILE] [--interval MS] [--count N]";
+                     [--svg FILE] [--interval MS] [--count N] [--counting on|off]";
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
@@ -67,6 +69,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         svg: None,
         interval_ms: 1000,
         count: None,
+        counting: None,
     };
     let mut only_reset = true;
     while let Some(arg) = it.next() {
@@ -93,14 +96,21 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--svg" => a.svg = Some(value("a file name")?),
             "--interval" => a.interval_ms = number(value("milliseconds")?)?.max(10),
             "--count" => a.count = Some(number(value("a count")?)?),
+            "--counting" => {
+                a.counting = Some(match value("on or off")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--counting: on or off, not {other}")),
+                })
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
-        if arg != "--reset" && arg != "--vm" && arg != "--vcpu" {
+        if !matches!(arg.as_str(), "--reset" | "--vm" | "--vcpu" | "--counting") {
             only_reset = false;
         }
     }
-    if a.reset && only_reset {
+    if (a.reset || a.counting.is_some()) && only_reset {
         a.count = Some(0);
     }
     Ok(a)
@@ -150,6 +160,12 @@ fn scope(args: &Args, found: &[StatsHandle<Os>]) -> Scope {
 fn run(args: &Args) -> Result<(), String> {
     let found = attach(args)?;
     let scope = scope(args, &found);
+    if let Some(on) = args.counting {
+        for h in &found {
+            h.set_counting(on)
+                .map_err(|e| format!("vm {} vcpu {}: {e}", h.vm_id(), h.id()))?;
+        }
+    }
     let mut m = Monitor::new(found);
     if args.reset {
         for e in m.reset() {
@@ -256,6 +272,10 @@ mod tests {
         // `--reset` alone only resets; with a mode it resets first.
         assert_eq!(p("--vm 0 --reset").unwrap().count, Some(0));
         assert_eq!(p("--reset --once").unwrap().count, None);
+        let a = p("--counting off").unwrap();
+        assert_eq!((a.counting, a.count), (Some(false), Some(0)));
+        assert_eq!(p("--counting on --once").unwrap().counting, Some(true));
+        assert!(p("--counting maybe").is_err());
         assert!(p("--vm").is_err());
         assert!(p("--vm x").is_err());
         assert!(p("--vm 99999999999").is_err());

@@ -65,10 +65,14 @@ pub struct VcpuStats {
     window: ExitCounters,
     /// Bucket the current window belongs to.
     bucket: usize,
+    /// Counting switched off at run time (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`): nothing is
+    /// counted and the exit path reads no TSC for the counters. Stored inverted so that the
+    /// all-zero value [`VcpuStats::boxed`] starts from counts.
+    disabled: bool,
 }
 
-// SAFETY: integer counters and a bucket index: all zero is valid (bucket 0; `VcpuStats::
-// boxed` sets the setup bucket).
+// SAFETY: integer counters, a bucket index and a bool: all zero is valid (bucket 0, counting
+// on; `VcpuStats::boxed` sets the setup bucket).
 unsafe impl crate::heap::Zeroable for VcpuStats {}
 
 impl VcpuStats {
@@ -88,6 +92,7 @@ impl Default for VcpuStats {
             per_field: [FieldCounters::default(); VmcsField::COUNT],
             window: ExitCounters::default(),
             bucket: SETUP_BUCKET,
+            disabled: false,
         }
     }
 }
@@ -106,6 +111,9 @@ impl VcpuStats {
     // lookup folds away, and even a variable one costs a few instructions, not a search.
     #[inline(always)]
     pub(crate) fn count_read(&mut self, encoding: u32) {
+        if self.disabled {
+            return;
+        }
         self.window.vmreads += 1;
         if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
             f.reads += 1;
@@ -114,6 +122,9 @@ impl VcpuStats {
 
     #[inline(always)]
     pub(crate) fn count_write(&mut self, encoding: u32) {
+        if self.disabled {
+            return;
+        }
         self.window.vmwrites += 1;
         if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
             f.writes += 1;
@@ -121,11 +132,27 @@ impl VcpuStats {
     }
 
     pub(crate) fn count_other(&mut self) {
-        self.window.other_vmx += 1;
+        if !self.disabled {
+            self.window.other_vmx += 1;
+        }
     }
 
     pub(crate) fn add_host_cycles(&mut self, cycles: u64) {
-        self.window.host_cycles += cycles;
+        if !self.disabled {
+            self.window.host_cycles += cycles;
+        }
+    }
+
+    /// Whether counting is on (the default).
+    #[inline]
+    pub fn counting(&self) -> bool {
+        !self.disabled
+    }
+
+    /// Switches counting on or off; the counters keep their values either way. Switched on
+    /// again, counting resumes in the bucket of the last exit counted.
+    pub fn set_counting(&mut self, on: bool) {
+        self.disabled = !on;
     }
 
     /// Starts the window of a VM exit with this basic reason. Call it right after the VMREAD
@@ -136,6 +163,9 @@ impl VcpuStats {
     /// every reader folds the open window in.
     #[inline]
     pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
+        if self.disabled {
+            return;
+        }
         let bucket = bucket_of(basic_reason);
         if bucket != self.bucket {
             self.switch_bucket(bucket);
@@ -189,7 +219,7 @@ impl VcpuStats {
         }
     }
 
-    /// Zeroes every counter (the current window keeps its bucket).
+    /// Zeroes every counter (the current window keeps its bucket; the switch stays as it is).
     pub fn reset(&mut self) {
         // In place: a `VcpuStats::default()` temporary would put 6 KiB on the kernel stack.
         self.per_exit.fill(ExitCounters::default());
@@ -342,5 +372,33 @@ mod tests {
         assert_eq!(s.field(VmcsField::EptPointer).writes, 1);
         let t = s.total();
         assert_eq!((t.vmreads, t.vmwrites), (1, 2));
+    }
+
+    #[test]
+    fn switched_off_nothing_is_counted_and_the_counters_stay() {
+        let mut s = VcpuStats::default();
+        assert!(s.counting());
+        exit(&mut s, 10, 1, 1, 10);
+        exit(&mut s, 10, 1, 1, 10);
+        let before = s.snapshot();
+        s.set_counting(false);
+        assert!(!s.counting());
+        exit(&mut s, 10, 5, 5, 50);
+        exit(&mut s, 30, 5, 5, 50);
+        assert_eq!(s.snapshot(), before);
+        s.reset();
+        assert!(!s.counting(), "a reset keeps the switch");
+        s.set_counting(true);
+        exit(&mut s, 10, 1, 2, 7);
+        let cpuid = s.exit(10);
+        assert_eq!(
+            (
+                cpuid.exits,
+                cpuid.vmreads,
+                cpuid.vmwrites,
+                cpuid.host_cycles
+            ),
+            (1, 2, 2, 7)
+        );
     }
 }

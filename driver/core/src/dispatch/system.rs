@@ -97,7 +97,9 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let info = RhaxExtInfo {
             magic: RHAX_EXT_MAGIC,
             version: RHAX_EXT_VERSION,
-            features: ExtFeatures::VCPU_STATS.bits(),
+            features: ExtFeatures::VCPU_STATS
+                .union(ExtFeatures::STATS_CONTROL)
+                .bits(),
         };
         c.ctx.write(&info, c.output)
     }

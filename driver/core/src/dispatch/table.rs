@@ -7,8 +7,8 @@
 use crate::memory::try_arc::TryArc;
 
 use rhax_api::ext::{
-    RhaxExtInfo, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_VCPU_IOCTL_GET_STATS,
-    RHAX_VCPU_IOCTL_RESET_STATS,
+    RhaxExtInfo, StatsControl, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_VCPU_IOCTL_GET_STATS,
+    RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
 };
 use rhax_api::ioctl::{self as codes, IoctlDef};
 use rhax_api::{
@@ -188,7 +188,7 @@ const fn e<P: Platform + UserMapping, R: CpuRoots>(
 use Need::{Bytes, Computed, None as Unused};
 
 /// Number of rows.
-pub(super) const IOCTL_COUNT: usize = 30;
+pub(super) const IOCTL_COUNT: usize = 31;
 
 impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     /// Every IOCTL served. Sizes are HAXM 7.8.0's (`haxm-abi.md` §2 "Per-IOCTL semantics");
@@ -228,6 +228,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         e(&codes::HAX_IOCTL_VCPU_DEBUG, Bytes(VcpuDebug::SIZE), Unused, Handler::Vcpu(Self::vcpu_debug)),
         e(&RHAX_VCPU_IOCTL_GET_STATS, Unused, Bytes(VcpuStats::SIZE), Handler::Vcpu(Self::get_stats)),
         e(&RHAX_VCPU_IOCTL_RESET_STATS, Unused, Unused, Handler::Vcpu(Self::reset_stats)),
+        e(&RHAX_VCPU_IOCTL_SET_STATS_CONTROL, Bytes(StatsControl::SIZE), Unused, Handler::Vcpu(Self::set_stats_control)),
     ];
 
     /// Each row's code in `platform`'s encoding (`u32::MAX` where it has none: no IOCTL code

@@ -223,6 +223,11 @@ impl Vcpu {
         self.stats.reset();
     }
 
+    /// Switches counting on or off (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`).
+    pub fn set_counting(&mut self, on: bool) {
+        self.stats.set_counting(on);
+    }
+
     /// The CPU whose VMCS is this vCPU's, if any.
     pub fn resident_cpu(&self) -> Option<CpuIndex> {
         self.resident.map(|(c, _)| c)
@@ -349,8 +354,9 @@ impl Vcpu {
         setup::write_host_thread_state(&mut vmcs, cr3, fs_base);
         clear_stale_interrupt_shadow(&mut vmcs)?;
         vmcs.flush().map_err(RunError::Flush)?;
-        let now = vmcs.vmx().rdtsc();
+        // Host cycles from exit to entry: two RDTSCs per exit, only while counting is on.
         if let Some(t) = exit_tsc.take() {
+            let now = vmcs.vmx().rdtsc();
             vmcs.vmx().stats().add_host_cycles(now.wrapping_sub(t));
         }
         // SAFETY: CPL0 (contract of VmxRoot::enable).
@@ -365,7 +371,11 @@ impl Vcpu {
         let entered = unsafe { vmcs.vmx().vmenter(regs, *launched, host_rsp) };
         // SAFETY: CPL0; the guest's CR2 is still in the register (interrupts off since exit).
         *cr2 = unsafe { vmcs.vmx().read_cr2() };
-        *exit_tsc = Some(vmcs.vmx().rdtsc());
+        *exit_tsc = if vmcs.vmx().stats().counting() {
+            Some(vmcs.vmx().rdtsc())
+        } else {
+            None
+        };
         vmcs.on_exit();
         entered.map_err(RunError::Entry)?;
         let raw = vmcs.exit_reason()?;

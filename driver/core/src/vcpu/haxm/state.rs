@@ -2,7 +2,7 @@
 
 use super::exits::guest_cr;
 use super::*;
-use crate::vcpu::checked::{FxImage, MxcsrMask};
+use crate::vcpu::checked::{FxImage, MxcsrMask, Refused};
 
 impl HaxVcpu {
     /// `HAX_VCPU_IOCTL_GET_FPU`: the guest's FXSAVE image.
@@ -207,6 +207,23 @@ impl HaxVcpu {
         self.core.reset_stats();
         self.runs = 0;
         self.user_exits = 0;
+    }
+
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off. A flag this driver
+    /// does not know, or a non-zero reserved field, is refused with nothing changed (so a
+    /// later flag cannot be mistaken for a no-op by an older driver).
+    pub fn set_stats_control(&mut self, control: &ext::StatsControl) -> Result<(), HaxError> {
+        let flags = ext::StatsFlags::from_bits(control.flags)
+            .filter(|_| control.reserved == 0)
+            .ok_or(HaxError::InvalidValue(Refused::ReservedBits))?;
+        self.core
+            .set_counting(flags.contains(ext::StatsFlags::COUNTING));
+        Ok(())
+    }
+
+    /// Whether counting is on.
+    pub fn counting(&self) -> bool {
+        self.core_ref().stats().counting()
     }
 
     /// SET_CPUID through the vCPU handle (the table is the VM's).
