@@ -25,6 +25,7 @@ mod haxm_events;
 mod haxm_fpu;
 mod haxm_hostile;
 mod haxm_kick;
+mod haxm_stat;
 mod hv;
 mod interrupts;
 mod mm;

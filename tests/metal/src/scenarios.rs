@@ -11,7 +11,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
 use crate::{
-    guests, haxm, haxm_events, haxm_fpu, haxm_hostile, haxm_kick, interrupts, mm, println, smp,
+    guests, haxm, haxm_events, haxm_fpu, haxm_hostile, haxm_kick, haxm_stat, interrupts, mm,
+    println, smp,
 };
 
 /// What scenarios may know about the run.
@@ -46,6 +47,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-hostile", haxm_hostile::haxm_hostile),
     ("haxm-fpu", haxm_fpu::haxm_fpu),
     ("bench-haxm", haxm::bench_haxm),
+    ("haxm-stat", haxm_stat::haxm_stat),
 ];
 
 /// Runs the comma-separated list (`all` = every scenario); returns (passed, failed).

@@ -1,0 +1,116 @@
+//! `haxm-stat`: rhax-stat's library against a running guest (issue 13, item 1).
+//!
+//! A real-mode guest loops on `out 0x80, al` through the full HAXM RUN path. The scenario
+//! samples the vCPU's counters with `RHAX_VCPU_IOCTL_GET_STATS` before and after (userlib's
+//! `Vcpu` is a `rhax_stat::source::StatsSource`), checks the interval delta that rhax-stat
+//! computes against the exits the guest made, and prints the `rhax-stat --once` table through
+//! the very rendering code the tool uses. Then it switches counting off with
+//! `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`, checks that a second loop adds nothing, and prints the
+//! round trip with counting on and off (Bochs's TSC counts emulated instructions): the
+//! counters' own cost per exit.
+
+use alloc::format;
+use alloc::string::String;
+
+use rhax_stat::render::{table, Scope, View};
+use rhax_stat::sample::delta;
+use rhax_stat::source::StatsSource;
+
+use crate::haxm::{bench_loop, e, qemu_msrs, qemu_set, real_mode_at, simple_vm, step, Ev, Ram, R};
+use crate::hv::Shell;
+use crate::println;
+use crate::scenarios::Ctx;
+
+/// OUT iterations per loop.
+const N: u32 = 2000;
+/// Reason 30, I/O instruction (SDM Vol. 3D, Appendix C).
+const IO_INSTRUCTION: usize = 30;
+
+/// A `core::fmt::Write` onto the console (the table is written piece by piece).
+struct Console;
+
+impl core::fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        crate::print!("{s}");
+        Ok(())
+    }
+}
+
+/// Runs the OUT loop once from its start; returns the guest's TSC delta per iteration and the
+/// OUT exits seen.
+fn one_loop(v: &mut crate::haxm::V<'_>, ram: &Ram) -> R<(u64, u64)> {
+    qemu_set(v, &real_mode_at(0x1000), &qemu_msrs())?;
+    let mut outs = 0u64;
+    loop {
+        match step(v, 0)? {
+            Ev::Io { port: 0x80, .. } => outs += 1,
+            Ev::Interrupt => {}
+            Ev::Hlt => break,
+            other => return Err(format!("unexpected exit {other:?}")),
+        }
+    }
+    Ok((u64::from(ram.u32(0x2000)) / u64::from(N), outs))
+}
+
+/// See the module documentation.
+pub fn haxm_stat(_: &Ctx) -> R<String> {
+    let ram = Ram::new(0x1_0000)?;
+    ram.write(0x1000, &bench_loop(N, &[0xE6, 0x80])); // out 0x80, al
+    let shell = Shell::new()?;
+    let (_sys, _vm, mut v) = simple_vm(&shell, &ram)?;
+    let (vm, vcpu) = StatsSource::ids(&v);
+    // Warm-up loop (first entry, EPT faults on the code page), then the measured ones.
+    one_loop(&mut v, &ram)?;
+    let before = StatsSource::stats(&v).map_err(e("GET_STATS"))?;
+    let (on_tsc, outs) = one_loop(&mut v, &ram)?;
+    let after = StatsSource::stats(&v).map_err(e("GET_STATS"))?;
+    let d = delta(&after, &before);
+    let io = d.per_reason[IO_INSTRUCTION];
+    if io.exits != outs || outs != u64::from(N) {
+        return Err(format!(
+            "rhax-stat delta: {} IO exits, the guest made {outs} OUTs (expected {N})",
+            io.exits
+        ));
+    }
+    if io.vmreads == 0 || io.vmwrites == 0 || io.vmx_other < io.exits {
+        return Err(format!("IO row without VMX work: {io:?}"));
+    }
+    let view = View {
+        scope: Scope::Vcpu { vm, vcpu },
+        interval_ms: None,
+        time_ms: None,
+    };
+    println!("rhax-stat --once (the interval of one {N}-OUT loop):");
+    table(&mut Console, &d, &view).map_err(|_| String::from("table: formatting failed"))?;
+
+    // Counting off: a loop adds nothing.
+    v.set_counting(false).map_err(e("SET_STATS_CONTROL off"))?;
+    let (off_tsc, _) = one_loop(&mut v, &ram)?;
+    let off = StatsSource::stats(&v).map_err(e("GET_STATS"))?;
+    let d_off = delta(&off, &after);
+    let zero = rhax::api::ext::VcpuStats::new();
+    if d_off.total != zero.total || d_off.per_reason != zero.per_reason {
+        return Err(format!(
+            "counting off, yet {} exits and {} VMREADs were counted",
+            d_off.total.exits, d_off.total.vmreads
+        ));
+    }
+    v.set_counting(true).map_err(e("SET_STATS_CONTROL on"))?;
+    let (on2_tsc, _) = one_loop(&mut v, &ram)?;
+    let again = StatsSource::stats(&v).map_err(e("GET_STATS"))?;
+    if delta(&again, &off).per_reason[IO_INSTRUCTION].exits != u64::from(N) {
+        return Err(String::from("counting on again: the loop was not counted"));
+    }
+    println!("bench: stat-haxm-out-round-trip-counting-on {on_tsc} emulated-instructions/exit");
+    println!(
+        "bench: stat-haxm-out-round-trip-counting-on-again {on2_tsc} emulated-instructions/exit"
+    );
+    println!("bench: stat-haxm-out-round-trip-counting-off {off_tsc} emulated-instructions/exit");
+    println!(
+        "bench: stat-counting-overhead-haxm-out {} emulated-instructions/exit",
+        on_tsc.min(on2_tsc) as i64 - off_tsc as i64
+    );
+    Ok(format!(
+        "delta checked ({N} IO exits), counting off then on checked"
+    ))
+}
