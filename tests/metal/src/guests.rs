@@ -588,7 +588,7 @@ fn loop_code(n: u32, cpuid: bool) -> Vec<u8> {
 }
 
 /// Runs a loop guest of `n` exits on this CPU; returns (exits by kind, TSC delta, stats).
-fn run_exit_loop(
+pub(crate) fn run_exit_loop(
     n: u32,
     cpuid: bool,
     vpid: u16,

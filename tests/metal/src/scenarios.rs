@@ -11,8 +11,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
 use crate::{
-    guests, haxm, haxm_events, haxm_fpu, haxm_hostile, haxm_kick, haxm_stat, interrupts, mm,
-    println, smp,
+    bench_table, guests, haxm, haxm_events, haxm_fpu, haxm_hostile, haxm_kick, haxm_stat,
+    interrupts, mm, println, smp,
 };
 
 /// What scenarios may know about the run.
@@ -48,6 +48,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-fpu", haxm_fpu::haxm_fpu),
     ("bench-haxm", haxm::bench_haxm),
     ("haxm-stat", haxm_stat::haxm_stat),
+    ("bench-table", bench_table::bench_table),
+    ("bench-table-short", bench_table::bench_table_short),
 ];
 
 /// Runs the comma-separated list (`all` = every scenario); returns (passed, failed).
