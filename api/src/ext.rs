@@ -48,6 +48,8 @@ bitflags::bitflags! {
         const VCPU_STATS = 1 << 0;
         /// [`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`]: counting can be switched off at run time.
         const STATS_CONTROL = 1 << 1;
+        /// [`RHAX_IOCTL_VCPU_STATS`]: any vCPU's statistics through the system device.
+        const SYSTEM_STATS = 1 << 2;
     }
 }
 
@@ -75,6 +77,35 @@ pub struct StatsControl {
 
 impl_pod!(StatsControl);
 assert_layout!(StatsControl, size = 8; flags = 0, reserved = 4);
+
+/// [`VcpuStatsRequest::op`]: read the counters.
+pub const RHAX_STATS_OP_GET: u32 = 0;
+/// [`VcpuStatsRequest::op`]: zero the counters, then read them.
+pub const RHAX_STATS_OP_RESET: u32 = 1;
+/// [`VcpuStatsRequest::op`]: apply [`VcpuStatsRequest::flags`] as [`StatsFlags`] (as
+/// [`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`]), then read the counters.
+pub const RHAX_STATS_OP_CONTROL: u32 = 2;
+
+/// The request at the start of [`RHAX_IOCTL_VCPU_STATS`]'s buffer.
+///
+/// Why through the system device: VM and vCPU devices are exclusive (the VMM that created
+/// them holds them open), so an observer such as `rhax-stat` cannot open them; the system
+/// device can be opened by any process allowed to create VMs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuStatsRequest {
+    /// VM id.
+    pub vm: u32,
+    /// vCPU id.
+    pub vcpu: u32,
+    /// `RHAX_STATS_OP_*`; any other value fails the IOCTL (`EINVAL`).
+    pub op: u32,
+    /// [`StatsFlags`] for [`RHAX_STATS_OP_CONTROL`]; 0 otherwise.
+    pub flags: u32,
+}
+
+impl_pod!(VcpuStatsRequest);
+assert_layout!(VcpuStatsRequest, size = 16; vm = 0, vcpu = 4, op = 8, flags = 12);
 
 /// The answer of [`RHAX_IOCTL_EXT_INFO`]: identifies rhax and its extensions.
 #[repr(C)]
@@ -214,6 +245,12 @@ crate::ioctl::ioctl_table! {
     /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` (vCPU device): in [`StatsControl`]; switches
     /// counting on or off. Feature [`ExtFeatures::STATS_CONTROL`].
     RHAX_VCPU_IOCTL_SET_STATS_CONTROL: Vcpu, Some(0xa03), px(Direction::Write, 0xe3, size_of::<StatsControl>());
+    /// `RHAX_IOCTL_VCPU_STATS` (system device): in a [`VcpuStatsRequest`] (Windows: the input
+    /// buffer; POSIX: the first 16 bytes of the one buffer), out the vCPU's [`VcpuStats`]
+    /// after the operation. A vCPU inside RUN answers `EBUSY` (Windows
+    /// `STATUS_DEVICE_BUSY`); no such VM or vCPU: `ENOENT` (`STATUS_OBJECT_NAME_NOT_FOUND`).
+    /// Feature [`ExtFeatures::SYSTEM_STATS`].
+    RHAX_IOCTL_VCPU_STATS: System, Some(0xa04), px(Direction::ReadWrite, 0xe4, size_of::<VcpuStats>());
 }
 
 #[cfg(test)]
@@ -248,6 +285,9 @@ mod tests {
             Some(0x4000_280c)
         );
         assert_eq!(RHAX_VCPU_IOCTL_SET_STATS_CONTROL.linux(), Some(0x4008_00e3));
+        // CTL_CODE(0x22, 0xa04, ...); _IOWR(0, 0xe4, 3312).
+        assert_eq!(RHAX_IOCTL_VCPU_STATS.windows(), Some(0x4000_2810));
+        assert_eq!(RHAX_IOCTL_VCPU_STATS.linux(), Some(0xccf0_00e4));
         assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
     }
 

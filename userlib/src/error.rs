@@ -156,6 +156,8 @@ pub enum Error {
     ResetStats(OsError),
     /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` failed.
     SetStatsControl(OsError),
+    /// `RHAX_IOCTL_VCPU_STATS` (system device) failed.
+    VcpuStats(OsError),
     /// The IOCTL does not exist on this transport's platform (`HAX_VCPU_IOCTL_KICKOFF` off
     /// Windows, `HAX_VCPU_IOCTL_GET_CPUID` on NetBSD), so nothing was sent.
     Unsupported {
@@ -253,7 +255,8 @@ impl Error {
             | Self::ExtInfo(os)
             | Self::GetStats(os)
             | Self::ResetStats(os)
-            | Self::SetStatsControl(os) => Some(os),
+            | Self::SetStatsControl(os)
+            | Self::VcpuStats(os) => Some(os),
             _ => None,
         }
     }
@@ -299,6 +302,7 @@ impl fmt::Display for Error {
             Self::GetStats(os) => failed(f, "RHAX_VCPU_IOCTL_GET_STATS", os),
             Self::ResetStats(os) => failed(f, "RHAX_VCPU_IOCTL_RESET_STATS", os),
             Self::SetStatsControl(os) => failed(f, "RHAX_VCPU_IOCTL_SET_STATS_CONTROL", os),
+            Self::VcpuStats(os) => failed(f, "RHAX_IOCTL_VCPU_STATS", os),
             Self::Unsupported { ioctl } => {
                 write!(f, "{ioctl} does not exist on this platform")
             }

@@ -94,7 +94,6 @@ pub use error::{win32_name, Error, OsError, Result, EAGAIN_BSD, EAGAIN_LINUX, EI
 pub use os::posix::PosixTransport;
 #[cfg(all(feature = "std", windows))]
 pub use os::windows::{WinHandle, WindowsTransport};
-pub use stats::StatsHandle;
 pub use system::{System, CLIENT_API_VERSION};
 pub use transport::{DevicePath, IoctlBuf, IoctlRequest, Transport};
 pub use tunnel::SharedTunnel;

@@ -1,16 +1,18 @@
-//! [`StatsHandle`]: a vCPU device opened only for its statistics (rhax extension), as an
-//! observer such as `rhax-stat` opens it: no tunnel is set up, so the VMM that owns the vCPU
-//! keeps its tunnel and IO buffer to itself.
+//! rhax's statistics extension IOCTLs: on a vCPU device (its owner's [`crate::Vcpu`]) and,
+//! for observers such as `rhax-stat`, on the system device by VM and vCPU id
+//! ([`crate::System::vcpu_stats`]): VM and vCPU devices are exclusive, so an observer cannot
+//! open the vCPU device its VMM holds.
 
 use rhax_api::ext::{
-    StatsControl, StatsFlags, VcpuStats, RHAX_EXIT_REASONS, RHAX_VCPU_IOCTL_GET_STATS,
-    RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_STATS_CONTROL, RHAX_VCPU_STATS_VERSION,
+    StatsControl, StatsFlags, VcpuStats, VcpuStatsRequest, RHAX_EXIT_REASONS,
+    RHAX_IOCTL_VCPU_STATS, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_RESET_STATS,
+    RHAX_VCPU_IOCTL_SET_STATS_CONTROL, RHAX_VCPU_STATS_VERSION,
 };
 
 use rhax_api::Pod;
 
 use crate::error::{Error, Result};
-use crate::transport::{Device, DevicePath, Transport};
+use crate::transport::{Device, IoctlBuf, Transport};
 
 /// Checks the header of a `RHAX_VCPU_IOCTL_GET_STATS` reply: a record whose version, size or
 /// number of reasons is not the one this library knows is refused as [`Error::Malformed`].
@@ -52,46 +54,30 @@ pub(crate) fn set_counting<T: Transport>(dev: &Device<T>, on: bool) -> Result<()
     )
 }
 
-/// The device of vCPU `vcpu` of VM `vm`, open for `RHAX_VCPU_IOCTL_GET_STATS` and
-/// `RHAX_VCPU_IOCTL_RESET_STATS` only.
-///
-/// rhax lends a vCPU to one request at a time: while its owner is inside RUN, a stats request
-/// fails with `EBUSY` (Windows: `ERROR_BUSY`), which an observer retries on its next sample.
-pub struct StatsHandle<T: Transport> {
-    dev: Device<T>,
+/// `RHAX_IOCTL_VCPU_STATS` on the system device: the request in the buffer's first 16 bytes,
+/// the vCPU's statistics back in the whole buffer (header checked).
+pub(crate) fn by_id<T: Transport>(
+    dev: &Device<T>,
     vm: u32,
-    id: u32,
-}
-
-impl<T: Transport> StatsHandle<T> {
-    /// Opens the device of an existing vCPU without setting up its tunnel.
-    pub fn open(transport: T, vm: u32, id: u32) -> Result<Self> {
-        let dev = Device::open(transport, DevicePath::Vcpu { vm, vcpu: id })?;
-        Ok(Self { dev, vm, id })
+    vcpu: u32,
+    op: u32,
+    flags: u32,
+) -> Result<VcpuStats> {
+    let mut s = VcpuStats::new();
+    let req = VcpuStatsRequest {
+        vm,
+        vcpu,
+        op,
+        flags,
+    };
+    if let Some(head) = s.as_bytes_mut().get_mut(..VcpuStatsRequest::SIZE) {
+        head.copy_from_slice(req.as_bytes());
     }
-
-    /// The VM id.
-    pub fn vm_id(&self) -> u32 {
-        self.vm
-    }
-
-    /// The vCPU id.
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    /// `RHAX_VCPU_IOCTL_GET_STATS`: this vCPU's exit statistics, header checked.
-    pub fn stats(&self) -> Result<VcpuStats> {
-        get_stats(&self.dev)
-    }
-
-    /// `RHAX_VCPU_IOCTL_RESET_STATS`: zeroes this vCPU's counters.
-    pub fn reset_stats(&self) -> Result<()> {
-        reset_stats(&self.dev)
-    }
-
-    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off at run time.
-    pub fn set_counting(&self, on: bool) -> Result<()> {
-        set_counting(&self.dev, on)
-    }
+    dev.call(
+        &RHAX_IOCTL_VCPU_STATS,
+        IoctlBuf::InOut(s.as_bytes_mut()),
+        Error::VcpuStats,
+        VcpuStats::SIZE,
+    )?;
+    checked_stats(s)
 }

@@ -875,35 +875,53 @@ fn stats_calls() {
 }
 
 #[test]
-fn stats_handle_opens_the_vcpu_without_a_tunnel() {
+fn observer_stats_go_through_the_system_device() {
     let fake = Fake::new(Platform::Linux);
+    let sys = System::open(fake.clone()).unwrap();
     let mut s = VcpuStats::new();
     s.per_reason[10].exits = 4;
-    fake.script([Reply::pod(&s), Reply::ok()]);
-    let h = crate::StatsHandle::open(fake.clone(), 3, 1).unwrap();
-    assert_eq!((h.vm_id(), h.id()), (3, 1));
-    assert_eq!(h.stats().unwrap().reason(10).map(|r| r.exits), Some(4));
-    h.reset_stats().unwrap();
-    fake.script([Reply::ok(), Reply::ok()]);
-    h.set_counting(false).unwrap();
-    h.set_counting(true).unwrap();
-    assert_eq!(fake.opens(), [DevicePath::Vcpu { vm: 3, vcpu: 1 }]);
-    let calls = fake.take_calls();
-    // GET_STATS, RESET_STATS, SET_STATS_CONTROL x2, and no SETUP_TUNNEL before them.
+    fake.script([Reply::pod(&s), Reply::pod(&s), Reply::pod(&s)]);
     assert_eq!(
-        calls.iter().map(|c| c.code).collect::<Vec<_>>(),
-        [0x8cf0_00e1, 0x0000_00e2, 0x4008_00e3, 0x4008_00e3]
+        sys.vcpu_stats(3, 1).unwrap().reason(10).map(|r| r.exits),
+        Some(4)
     );
-    assert_eq!(calls[2].input, [0u8; 8]);
-    assert_eq!(calls[3].input, [1u8, 0, 0, 0, 0, 0, 0, 0]);
+    sys.reset_vcpu_stats(3, 1).unwrap();
+    sys.set_vcpu_counting(3, 1, false).unwrap();
+    // Only the system device is opened: the vCPU device belongs to its VMM.
+    assert_eq!(fake.opens(), [DevicePath::System]);
+    let calls = fake.take_calls();
+    assert!(calls
+        .iter()
+        .all(|c| (c.device, c.code, c.kind) == (DevicePath::System, 0xccf0_00e4, "inout")));
+    let req = |c: &crate::fake::Call| c.input[..16].to_vec();
+    let le = |v: [u32; 4]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    assert_eq!(req(&calls[0]), le([3, 1, 0, 0]));
+    assert_eq!(req(&calls[1]), le([3, 1, 1, 0]));
+    assert_eq!(req(&calls[2]), le([3, 1, 2, 0]));
     fake.script([Reply::pod(&VcpuStats { version: 9, ..s })]);
     assert!(matches!(
-        h.stats(),
+        sys.vcpu_stats(0, 0),
         Err(Error::Malformed {
             field: "version",
             ..
         })
     ));
+}
+
+#[test]
+fn owner_switches_counting_on_its_vcpu_device() {
+    let fake = Fake::new(Platform::Linux);
+    let (_vm, vcpu) = vcpu_on(&fake);
+    fake.script([Reply::ok(), Reply::ok()]);
+    vcpu.set_counting(false).unwrap();
+    vcpu.set_counting(true).unwrap();
+    let calls = fake.take_calls();
+    assert_eq!(
+        calls.iter().map(|c| c.code).collect::<Vec<_>>(),
+        [0x4008_00e3, 0x4008_00e3]
+    );
+    assert_eq!(calls[0].input, [0u8; 8]);
+    assert_eq!(calls[1].input, [1u8, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 #[test]

@@ -841,7 +841,9 @@ fn ext_info_and_stats() {
     let info = RhaxExtInfo::from_bytes(&out).unwrap();
     assert_eq!(info.magic, RHAX_EXT_MAGIC);
     assert!(info.features().contains(
-        rhax_api::ext::ExtFeatures::VCPU_STATS | rhax_api::ext::ExtFeatures::STATS_CONTROL
+        rhax_api::ext::ExtFeatures::VCPU_STATS
+            | rhax_api::ext::ExtFeatures::STATS_CONTROL
+            | rhax_api::ext::ExtFeatures::SYSTEM_STATS
     ));
     create_vcpu(&h, vmh, 0).unwrap();
     let vc = h.open_vcpu(id, 0).unwrap();
@@ -1010,6 +1012,78 @@ fn stats_control_switches_counting_off_and_on() {
         &mut []
     )
     .is_err());
+}
+
+#[test]
+fn system_device_reads_any_vcpus_stats_by_id() {
+    use rhax_api::ext::{
+        StatsFlags, VcpuStatsRequest, RHAX_IOCTL_VCPU_STATS, RHAX_STATS_OP_CONTROL,
+        RHAX_STATS_OP_GET, RHAX_STATS_OP_RESET,
+    };
+    let h = hv(Codes::Linux);
+    let (sys, vmh, id) = vm(&h);
+    create_vcpu(&h, vmh, 0).unwrap();
+    // The vCPU device is held open by its VMM; the observer only has a system handle.
+    let vc = h.open_vcpu(id, 0).unwrap();
+    h.roots().with_soft(|root| {
+        root.vmx().set_hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1)) // HLT
+    });
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    let observe = |vm: u32, vcpu: u32, op: u32, flags: u32| {
+        // POSIX: one buffer of the encoded size, the request in its first 16 bytes.
+        let mut buf = vec![0u8; VcpuStats::SIZE];
+        buf[..16].copy_from_slice(
+            VcpuStatsRequest {
+                vm,
+                vcpu,
+                op,
+                flags,
+            }
+            .as_bytes(),
+        );
+        let input = buf.clone();
+        call(&h, sys, &RHAX_IOCTL_VCPU_STATS, &input, &mut buf)
+            .map(|n| (n, VcpuStats::from_bytes(&buf).unwrap()))
+    };
+    let (n, s) = observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap();
+    assert_eq!(
+        (n, s.runs, s.reason(12).unwrap().exits),
+        (VcpuStats::SIZE, 1, 1)
+    );
+    // Counting off through the system device: a RUN adds nothing.
+    observe(id, 0, RHAX_STATS_OP_CONTROL, 0).unwrap();
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    let (_, off) = observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap();
+    assert_eq!(off.total, s.total);
+    observe(id, 0, RHAX_STATS_OP_CONTROL, StatsFlags::COUNTING.bits()).unwrap();
+    let (_, zero) = observe(id, 0, RHAX_STATS_OP_RESET, 0).unwrap();
+    assert_eq!((zero.runs, zero.total.exits), (0, 0));
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    let (_, on) = observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap();
+    assert_eq!(on.reason(12).unwrap().exits, 1);
+    // Absent objects: ENOENT; bad op or flags: EINVAL; nothing changed.
+    assert_eq!(observe(id, 1, RHAX_STATS_OP_GET, 0).unwrap_err().errno(), 2);
+    assert_eq!(
+        observe(id + 1, 0, RHAX_STATS_OP_GET, 0)
+            .unwrap_err()
+            .errno(),
+        2
+    );
+    assert_eq!(observe(id, 0, 3, 0).unwrap_err().errno(), 22);
+    assert_eq!(
+        observe(id, 0, RHAX_STATS_OP_RESET, 1).unwrap_err().errno(),
+        22
+    );
+    assert_eq!(
+        observe(id, 0, RHAX_STATS_OP_CONTROL, 2)
+            .unwrap_err()
+            .errno(),
+        22
+    );
+    assert_eq!(observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap().1, on);
+    // Not on the vCPU device.
+    let mut buf = vec![0u8; VcpuStats::SIZE];
+    assert!(call(&h, vc, &RHAX_IOCTL_VCPU_STATS, &buf.clone(), &mut buf).is_err());
 }
 
 #[test]

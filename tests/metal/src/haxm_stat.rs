@@ -1,20 +1,23 @@
 //! `haxm-stat`: rhax-stat's library against a running guest (issue 13, item 1).
 //!
 //! A real-mode guest loops on `out 0x80, al` through the full HAXM RUN path. The scenario
-//! samples the vCPU's counters with `RHAX_VCPU_IOCTL_GET_STATS` before and after (userlib's
-//! `Vcpu` is a `rhax_stat::source::StatsSource`), checks the interval delta that rhax-stat
-//! computes against the exits the guest made, and prints the `rhax-stat --once` table through
-//! the very rendering code the tool uses. Then it switches counting off with
-//! `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`, checks that a second loop adds nothing, and prints the
-//! round trip with counting on and off (Bochs's TSC counts emulated instructions): the
-//! counters' own cost per exit.
+//! attaches as the tool does: a `rhax_stat::monitor::Monitor` over an `Observed` vCPU (the
+//! system device's `RHAX_IOCTL_VCPU_STATS`, while the VMM holds the vCPU device), samples
+//! before and after a loop, checks the interval delta against the exits the guest made, and
+//! prints the `rhax-stat` table through the very rendering code the tool uses. Then it
+//! switches counting off through the system device, checks that a loop adds nothing, switches
+//! it on again with the owner's `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`, and prints the round trip
+//! with counting on and off (Bochs's TSC counts emulated instructions): the counters' own cost
+//! per exit.
 
 use alloc::format;
 use alloc::string::String;
 
+use alloc::vec;
+
+use rhax_stat::monitor::Monitor;
 use rhax_stat::render::{table, Scope, View};
-use rhax_stat::sample::delta;
-use rhax_stat::source::StatsSource;
+use rhax_stat::source::{Observed, StatsSource};
 
 use crate::haxm::{bench_loop, e, qemu_msrs, qemu_set, real_mode_at, simple_vm, step, Ev, Ram, R};
 use crate::hv::Shell;
@@ -57,14 +60,22 @@ pub fn haxm_stat(_: &Ctx) -> R<String> {
     let ram = Ram::new(0x1_0000)?;
     ram.write(0x1000, &bench_loop(N, &[0xE6, 0x80])); // out 0x80, al
     let shell = Shell::new()?;
-    let (_sys, _vm, mut v) = simple_vm(&shell, &ram)?;
+    let (sys, _vm, mut v) = simple_vm(&shell, &ram)?;
     let (vm, vcpu) = StatsSource::ids(&v);
-    // Warm-up loop (first entry, EPT faults on the code page), then the measured ones.
+    let mut monitor = Monitor::new(vec![Observed::new(&sys, vm, vcpu)]);
+    // Warm-up loop (first entry, EPT faults on the code page), then the measured one.
     one_loop(&mut v, &ram)?;
-    let before = StatsSource::stats(&v).map_err(e("GET_STATS"))?;
+    let first = monitor.tick(None);
+    if !first.errors.is_empty() || first.busy != 0 {
+        return Err(format!(
+            "first sample: {:?}, {} busy",
+            first.errors, first.busy
+        ));
+    }
     let (on_tsc, outs) = one_loop(&mut v, &ram)?;
-    let after = StatsSource::stats(&v).map_err(e("GET_STATS"))?;
-    let d = delta(&after, &before);
+    // Bochs's TSC runs at `ips` (100 M/s): the interval in emulated milliseconds.
+    let t = monitor.tick(Some(on_tsc * u64::from(N) / 100_000));
+    let d = &t.interval;
     let io = d.per_reason[IO_INSTRUCTION];
     if io.exits != outs || outs != u64::from(N) {
         return Err(format!(
@@ -75,30 +86,40 @@ pub fn haxm_stat(_: &Ctx) -> R<String> {
     if io.vmreads == 0 || io.vmwrites == 0 || io.vmx_other < io.exits {
         return Err(format!("IO row without VMX work: {io:?}"));
     }
+    if monitor.history().len() != 1 {
+        return Err(format!("timeline: {:?}", monitor.history()));
+    }
     let view = View {
         scope: Scope::Vcpu { vm, vcpu },
-        interval_ms: None,
+        interval_ms: Some(t.interval_ms),
         time_ms: None,
     };
-    println!("rhax-stat --once (the interval of one {N}-OUT loop):");
-    table(&mut Console, &d, &view).map_err(|_| String::from("table: formatting failed"))?;
+    println!("rhax-stat (one {N}-OUT loop, observed through the system device):");
+    table(&mut Console, d, &view).map_err(|_| String::from("table: formatting failed"))?;
 
-    // Counting off: a loop adds nothing.
-    v.set_counting(false).map_err(e("SET_STATS_CONTROL off"))?;
+    // Counting off through the system device: a loop adds nothing.
+    Observed::new(&sys, vm, vcpu)
+        .set_counting(false)
+        .map_err(e("RHAX_IOCTL_VCPU_STATS counting off"))?;
     let (off_tsc, _) = one_loop(&mut v, &ram)?;
-    let off = StatsSource::stats(&v).map_err(e("GET_STATS"))?;
-    let d_off = delta(&off, &after);
-    let zero = rhax::api::ext::VcpuStats::new();
-    if d_off.total != zero.total || d_off.per_reason != zero.per_reason {
+    let t = monitor.tick(Some(1));
+    if t.interval.total.exits != 0
+        || t.interval.total.vmreads != 0
+        || t.interval
+            .per_reason
+            .iter()
+            .any(rhax_stat::sample::is_active)
+    {
         return Err(format!(
             "counting off, yet {} exits and {} VMREADs were counted",
-            d_off.total.exits, d_off.total.vmreads
+            t.interval.total.exits, t.interval.total.vmreads
         ));
     }
+    // On again through the owner's vCPU device.
     v.set_counting(true).map_err(e("SET_STATS_CONTROL on"))?;
     let (on2_tsc, _) = one_loop(&mut v, &ram)?;
-    let again = StatsSource::stats(&v).map_err(e("GET_STATS"))?;
-    if delta(&again, &off).per_reason[IO_INSTRUCTION].exits != u64::from(N) {
+    let t = monitor.tick(Some(1));
+    if t.interval.per_reason[IO_INSTRUCTION].exits != u64::from(N) {
         return Err(String::from("counting on again: the loop was not counted"));
     }
     println!("bench: stat-haxm-out-round-trip-counting-on {on_tsc} emulated-instructions/exit");

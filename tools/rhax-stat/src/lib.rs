@@ -11,11 +11,11 @@
 //!   floating point: the bare-metal test kernel prints its table through the same code.
 //! * [`source`]: the [`StatsSource`](source::StatsSource) trait a vCPU's counters come
 //!   through; implemented by userlib's `StatsHandle` and `Vcpu`, and by the tests' fake.
-//! * [`monitor`] (`std`): sampling several vCPUs, interval deltas and the timeline.
+//! * [`monitor`] (`alloc`): sampling several vCPUs, interval deltas and the timeline.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod fixed;
-#[cfg(feature = "std")]
+#[cfg(feature = "alloc")]
 pub mod monitor;
 pub mod reasons;
 pub mod render;

@@ -6,8 +6,9 @@
 //!           [--interval MS] [--count N] [--counting on|off]
 //! ```
 //!
-//! Without `--vm` every VM id (0..64) is probed, without `--vcpu` every vCPU id (0..16) of the
-//! VM(s); the counters of the vCPUs found are summed. The default is a live view refreshed
+//! The counters come through the system device (`RHAX_IOCTL_VCPU_STATS`), since the VMM holds
+//! its VM and vCPU devices exclusively. Without `--vm` every VM id (0..64) is probed, without
+//! `--vcpu` every vCPU id (0..16) of the VM(s); the counters of the vCPUs found are summed. The default is a live view refreshed
 //! every `--interval` (1000 ms), showing the interval's deltas and rates, until interrupted
 //! or `--count` samples; `--once` prints the counters since the last reset and exits; `--json`
 //! writes one JSON line, `--csv` CSV rows, per sample; `--reset` zeroes the counters first
@@ -18,10 +19,12 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use rhax::api::ext::ExtFeatures;
 use rhax::api::{HAX_MAX_VCPUS, HAX_MAX_VMS};
-use rhax::{Error, OsError, StatsHandle};
+use rhax::System;
 use rhax_stat::monitor::Monitor;
 use rhax_stat::render::{self, Scope, View, CSV_HEADER};
+use rhax_stat::source::{is_absent, Observed, StatsSource};
 
 #[cfg(unix)]
 type Os = rhax::PosixTransport;
@@ -116,16 +119,17 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     Ok(a)
 }
 
-/// Whether an open failed because the device does not exist (no such VM or vCPU).
-fn absent(e: &Error) -> bool {
-    matches!(
-        e.os_error(),
-        // ENOENT, ENXIO; ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND.
-        Some(OsError::Errno(2 | 6)) | Some(OsError::Win32(2 | 3))
-    )
-}
-
-fn attach(args: &Args) -> Result<Vec<StatsHandle<Os>>, String> {
+/// The vCPUs to watch: every `(vm, vcpu)` of the asked ids that the driver knows. A vCPU
+/// inside RUN answers "busy" and is watched anyway.
+fn attach<'a>(sys: &'a System<Os>, args: &Args) -> Result<Vec<Observed<'a, Os>>, String> {
+    let info = sys
+        .ext_info()
+        .map_err(|e| format!("not an rhax driver with statistics: {e}"))?;
+    if !info.features().contains(ExtFeatures::SYSTEM_STATS) {
+        return Err(String::from(
+            "this rhax driver cannot report statistics through the system device",
+        ));
+    }
     let vms: Vec<u32> = args
         .vm
         .map_or_else(|| (0..HAX_MAX_VMS).collect(), |v| vec![v]);
@@ -135,35 +139,41 @@ fn attach(args: &Args) -> Result<Vec<StatsHandle<Os>>, String> {
     let mut found = Vec::new();
     for &vm in &vms {
         for &vcpu in &vcpus {
-            match StatsHandle::open(transport(), vm, vcpu) {
-                Ok(h) => found.push(h),
-                // Probing: a missing device is not an error unless it was asked for by id.
-                Err(e) if absent(&e) && (args.vm.is_none() || args.vcpu.is_none()) => {}
+            let o = Observed::new(sys, vm, vcpu);
+            match o.stats() {
+                Ok(_) => found.push(o),
+                Err(e) if Observed::<Os>::is_busy(&e) => found.push(o),
+                Err(e) if is_absent(&e) => {}
                 Err(e) => return Err(format!("vm {vm} vcpu {vcpu}: {e}")),
             }
         }
     }
     if found.is_empty() {
-        return Err(String::from("no vCPU found (is a VM running on rhax?)"));
+        return Err(String::from("no such vCPU (is a VM running on rhax?)"));
     }
     Ok(found)
 }
 
-fn scope(args: &Args, found: &[StatsHandle<Os>]) -> Scope {
+fn scope(args: &Args, found: &[Observed<'_, Os>]) -> Scope {
     match (args.vm, found) {
-        (Some(vm), [one]) if args.vcpu.is_some() => Scope::Vcpu { vm, vcpu: one.id() },
+        (Some(vm), [one]) if args.vcpu.is_some() => Scope::Vcpu {
+            vm,
+            vcpu: one.ids().1,
+        },
         (Some(vm), _) => Scope::Vm(vm),
         _ => Scope::All,
     }
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let found = attach(args)?;
+    let sys = System::open(transport()).map_err(|e| e.to_string())?;
+    let found = attach(&sys, args)?;
     let scope = scope(args, &found);
     if let Some(on) = args.counting {
-        for h in &found {
-            h.set_counting(on)
-                .map_err(|e| format!("vm {} vcpu {}: {e}", h.vm_id(), h.id()))?;
+        for o in &found {
+            let (vm, vcpu) = o.ids();
+            o.set_counting(on)
+                .map_err(|e| format!("vm {vm} vcpu {vcpu}: {e}"))?;
         }
     }
     let mut m = Monitor::new(found);

@@ -4,25 +4,27 @@
 
 extern crate alloc;
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
 use rhax_api::ext::VcpuStats;
 
-use crate::sample::{accumulate, delta};
+use crate::sample::{accumulate, accumulate_delta};
 use crate::source::StatsSource;
 
 /// Timeline points kept (one per sample: an hour at one sample a second).
 pub const HISTORY: usize = 3600;
 
-/// One sample of every vCPU.
+/// One sample of every vCPU. The records are boxed (3312 bytes each): a sampler may run on a
+/// small kernel stack (the bare-metal kernel's).
 #[derive(Clone, Debug)]
 pub struct Tick {
     /// Counters since reset, summed over the vCPUs that answered.
-    pub total: VcpuStats,
+    pub total: Box<VcpuStats>,
     /// Counters of the interval since the previous tick, summed (the first tick: since reset).
-    pub interval: VcpuStats,
+    pub interval: Box<VcpuStats>,
     /// The interval's length in milliseconds, as the caller measured it.
     pub interval_ms: u64,
     /// vCPUs that were inside RUN and did not answer; their last answer is used.
@@ -74,8 +76,8 @@ impl<S: StatsSource> Monitor<S> {
     /// Samples every vCPU. `elapsed_ms` is the time since the previous tick (`None` for the
     /// first one, or for `--once`: then no rate is recorded).
     pub fn tick(&mut self, elapsed_ms: Option<u64>) -> Tick {
-        let mut total = VcpuStats::new();
-        let mut interval = VcpuStats::new();
+        let mut total = Box::new(VcpuStats::new());
+        let mut interval = Box::new(VcpuStats::new());
         let mut busy = 0;
         let mut errors = Vec::new();
         for (s, p) in self.sources.iter().zip(self.prev.iter_mut()) {
@@ -94,11 +96,7 @@ impl<S: StatsSource> Monitor<S> {
                     continue;
                 }
             };
-            let d = match p {
-                Some(before) => delta(&now, before),
-                None => now,
-            };
-            accumulate(&mut interval, &d);
+            accumulate_delta(&mut interval, &now, p.as_ref());
             accumulate(&mut total, &now);
             *p = Some(now);
         }

@@ -49,50 +49,51 @@ pub enum Order {
     Exits,
 }
 
-/// The active per-reason rows of a record, in `order`, without allocating: at most
-/// [`RHAX_EXIT_REASONS`] rows, in a fixed array.
-pub struct Rows {
-    rows: [(u16, ExitReasonStats); RHAX_EXIT_REASONS],
+/// The active per-reason rows of a record, in `order`, without allocating and with a small
+/// footprint (reason numbers only, 80 bytes: the bare-metal kernel's stack is 64 KiB and a
+/// driver's frames stay under 2 KiB).
+pub struct Rows<'a> {
+    stats: &'a VcpuStats,
+    reasons: [u8; RHAX_EXIT_REASONS],
     len: usize,
 }
 
-impl Rows {
+impl<'a> Rows<'a> {
     /// The active rows of `s`.
-    pub fn of(s: &VcpuStats, order: Order) -> Self {
-        let zero = ExitReasonStats {
-            exits: 0,
-            vmreads: 0,
-            vmwrites: 0,
-            vmx_other: 0,
-            cycles: 0,
-        };
+    pub fn of(s: &'a VcpuStats, order: Order) -> Self {
         let mut rows = Rows {
-            rows: [(0, zero); RHAX_EXIT_REASONS],
+            stats: s,
+            reasons: [0; RHAX_EXIT_REASONS],
             len: 0,
         };
-        for (reason, c) in (0u16..).zip(s.per_reason.iter()) {
+        for (reason, c) in (0u8..).zip(s.per_reason.iter()) {
             if is_active(c) {
-                if let Some(slot) = rows.rows.get_mut(rows.len) {
-                    *slot = (reason, *c);
+                if let Some(slot) = rows.reasons.get_mut(rows.len) {
+                    *slot = reason;
                     rows.len += 1;
                 }
             }
         }
         if order == Order::Exits {
-            if let Some(active) = rows.rows.get_mut(..rows.len) {
-                active.sort_unstable_by(|a, b| b.1.exits.cmp(&a.1.exits).then(a.0.cmp(&b.0)));
+            let exits = |r: u8| s.per_reason.get(usize::from(r)).map_or(0, |c| c.exits);
+            if let Some(active) = rows.reasons.get_mut(..rows.len) {
+                active.sort_unstable_by(|a, b| exits(*b).cmp(&exits(*a)).then(a.cmp(b)));
             }
         }
         rows
     }
 
     /// `(label, counters)` of each row.
-    pub fn iter(&self) -> impl Iterator<Item = (Label, &ExitReasonStats)> {
-        self.rows
+    pub fn iter(&self) -> impl Iterator<Item = (Label, &'a ExitReasonStats)> + '_ {
+        let stats = self.stats;
+        self.reasons
             .get(..self.len)
             .unwrap_or_default()
             .iter()
-            .map(|(r, c)| (Label::Reason(*r), c))
+            .filter_map(move |r| {
+                let c = stats.per_reason.get(usize::from(*r))?;
+                Some((Label::Reason(u16::from(*r)), c))
+            })
     }
 
     /// The number of rows.
@@ -103,6 +104,33 @@ impl Rows {
     /// Whether no reason is active.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// `into += now - before` (see [`delta`]), without a temporary record.
+pub fn accumulate_delta(into: &mut VcpuStats, now: &VcpuStats, before: Option<&VcpuStats>) {
+    let before = match before {
+        // A reset in between: the interval counts from zero.
+        Some(b) if now.total.exits >= b.total.exits && now.runs >= b.runs => b,
+        _ => return accumulate(into, now),
+    };
+    into.runs = into.runs.wrapping_add(now.runs.wrapping_sub(before.runs));
+    into.user_exits = into
+        .user_exits
+        .wrapping_add(now.user_exits.wrapping_sub(before.user_exits));
+    into.total = into
+        .total
+        .wrapping_add(now.total.wrapping_sub(before.total));
+    into.outside_exits = into
+        .outside_exits
+        .wrapping_add(now.outside_exits.wrapping_sub(before.outside_exits));
+    for ((i, n), b) in into
+        .per_reason
+        .iter_mut()
+        .zip(now.per_reason.iter())
+        .zip(before.per_reason.iter())
+    {
+        *i = i.wrapping_add(n.wrapping_sub(*b));
     }
 }
 

@@ -1,8 +1,8 @@
-//! [`StatsSource`]: where a vCPU's counters come from. The real ones are userlib's
-//! [`rhax::StatsHandle`] (an observer's open of the vCPU device) and [`rhax::Vcpu`] (the
-//! owner's); the tests use a fake.
+//! [`StatsSource`]: where a vCPU's counters come from. The real ones are [`Observed`] (an
+//! observer's view through the system device, `RHAX_IOCTL_VCPU_STATS`: the vCPU device
+//! belongs to its VMM) and userlib's [`rhax::Vcpu`] (the owner's); the tests use a fake.
 
-use rhax::{Error, OsError, StatsHandle, Transport, Vcpu};
+use rhax::{Error, OsError, System, Transport, Vcpu};
 use rhax_api::ext::VcpuStats;
 
 /// `EBUSY` on Linux, macOS and NetBSD.
@@ -29,6 +29,19 @@ pub trait StatsSource {
     fn is_busy(e: &Self::Error) -> bool;
 }
 
+/// Whether `e` says "no such VM or vCPU" (`ENOENT`; Windows `ERROR_FILE_NOT_FOUND`).
+pub fn is_absent(e: &Error) -> bool {
+    matches!(
+        e.os_error(),
+        Some(OsError::Errno(ENOENT)) | Some(OsError::Win32(ERROR_FILE_NOT_FOUND))
+    )
+}
+
+/// `ENOENT`.
+const ENOENT: i32 = 2;
+/// `ERROR_FILE_NOT_FOUND` (Win32; what `STATUS_OBJECT_NAME_NOT_FOUND` becomes).
+const ERROR_FILE_NOT_FOUND: u32 = 2;
+
 fn busy(e: &Error) -> bool {
     matches!(
         e.os_error(),
@@ -36,19 +49,38 @@ fn busy(e: &Error) -> bool {
     )
 }
 
-impl<T: Transport> StatsSource for StatsHandle<T> {
+/// vCPU `vcpu` of VM `vm`, observed through the system device.
+pub struct Observed<'a, T: Transport> {
+    sys: &'a System<T>,
+    vm: u32,
+    vcpu: u32,
+}
+
+impl<'a, T: Transport> Observed<'a, T> {
+    /// Observes vCPU `vcpu` of VM `vm` through `sys` (no request is sent yet).
+    pub fn new(sys: &'a System<T>, vm: u32, vcpu: u32) -> Self {
+        Self { sys, vm, vcpu }
+    }
+
+    /// Switches the vCPU's counting on or off.
+    pub fn set_counting(&self, on: bool) -> Result<(), Error> {
+        self.sys.set_vcpu_counting(self.vm, self.vcpu, on).map(drop)
+    }
+}
+
+impl<T: Transport> StatsSource for Observed<'_, T> {
     type Error = Error;
 
     fn ids(&self) -> (u32, u32) {
-        (self.vm_id(), self.id())
+        (self.vm, self.vcpu)
     }
 
     fn stats(&self) -> Result<VcpuStats, Error> {
-        StatsHandle::stats(self)
+        self.sys.vcpu_stats(self.vm, self.vcpu)
     }
 
     fn reset(&self) -> Result<(), Error> {
-        self.reset_stats()
+        self.sys.reset_vcpu_stats(self.vm, self.vcpu).map(drop)
     }
 
     fn is_busy(e: &Error) -> bool {

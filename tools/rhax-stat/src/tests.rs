@@ -118,6 +118,14 @@ fn delta_subtracts_and_a_reset_restarts_from_the_new_values() {
     // Counters went down: the driver was reset in between.
     let after_reset = record(2, 1);
     assert_eq!(delta(&after_reset, &record(30, 20)), after_reset);
+    // The in-place form agrees, summing onto what is there.
+    let mut sum = record(1, 1);
+    crate::sample::accumulate_delta(&mut sum, &record(30, 20), Some(&record(10, 5)));
+    assert_eq!(sum.per_reason[10].exits, 21);
+    assert_eq!(sum.total.exits, 2 + 35);
+    let mut fresh = VcpuStats::new();
+    crate::sample::accumulate_delta(&mut fresh, &after_reset, Some(&record(30, 20)));
+    assert_eq!(fresh.per_reason, after_reset.per_reason);
 }
 
 #[test]

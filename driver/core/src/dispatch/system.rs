@@ -1,7 +1,10 @@
 //! System-device IOCTLs (`\\.\HAX`, `/dev/HAX`): VERSION, CAPABILITY, SET_MEMLIMIT, CREATE_VM,
 //! DESTROY_VM, and rhax's EXT_INFO (`haxm-abi.md` §2, §5).
 
-use rhax_api::ext::{ExtFeatures, RhaxExtInfo, RHAX_EXT_MAGIC, RHAX_EXT_VERSION};
+use rhax_api::ext::{
+    ExtFeatures, RhaxExtInfo, StatsControl, VcpuStatsRequest, RHAX_EXT_MAGIC, RHAX_EXT_VERSION,
+    RHAX_STATS_OP_CONTROL, RHAX_STATS_OP_GET, RHAX_STATS_OP_RESET,
+};
 use rhax_api::{
     CapabilityFailure, CapabilityInfo, CapabilityStatus, ModuleVersion, Pod, SetMemlimit,
     HAX_COMPAT_VERSION, HAX_CUR_VERSION,
@@ -99,9 +102,49 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             version: RHAX_EXT_VERSION,
             features: ExtFeatures::VCPU_STATS
                 .union(ExtFeatures::STATS_CONTROL)
+                .union(ExtFeatures::SYSTEM_STATS)
                 .bits(),
         };
         c.ctx.write(&info, c.output)
+    }
+
+    /// `RHAX_IOCTL_VCPU_STATS`: a vCPU's counters (after an optional reset or switch) by VM
+    /// and vCPU id, for observers that cannot open the exclusive vCPU device. The vCPU is
+    /// lent as for its own stats IOCTLs: one inside RUN answers `VcpuInUse` (EBUSY).
+    pub(super) fn vcpu_stats(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        let req: VcpuStatsRequest = c.ctx.read(c.input)?;
+        // Checked before anything is looked up or changed.
+        let refused = || {
+            c.ctx
+                .err(ErrorKind::Vcpu(crate::vcpu::haxm::HaxError::InvalidValue(
+                    crate::vcpu::checked::Refused::ReservedBits,
+                )))
+        };
+        let control = match req.op {
+            RHAX_STATS_OP_GET | RHAX_STATS_OP_RESET if req.flags == 0 => None,
+            RHAX_STATS_OP_CONTROL => Some(StatsControl {
+                flags: req.flags,
+                reserved: 0,
+            }),
+            _ => return Err(refused()),
+        };
+        let obj = self.vcpu_by_id(req.vm, req.vcpu, c.ctx)?;
+        let mut lease = self.lease(&obj, c.ctx)?;
+        let hax = lease.get()?;
+        if let Some(control) = control {
+            hax.set_stats_control(&control)
+                .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
+        } else if req.op == RHAX_STATS_OP_RESET {
+            hax.reset_stats();
+        }
+        // Written record by record into the output (no 3312-byte copy on the stack).
+        match hax.write_stats(c.output) {
+            0 => Err(c.ctx.err(ErrorKind::OutputSize {
+                expected: rhax_api::ext::VcpuStats::SIZE,
+                got: c.output.len(),
+            })),
+            n => Ok(n),
+        }
     }
 
     /// DESTROY_VM and VCPU_DESTROY: HAXM's Linux driver returns 0 (its unknown-IOCTL default),
