@@ -50,6 +50,8 @@ bitflags::bitflags! {
         const STATS_CONTROL = 1 << 1;
         /// [`RHAX_IOCTL_VCPU_STATS`]: any vCPU's statistics through the system device.
         const SYSTEM_STATS = 1 << 2;
+        /// [`RHAX_IOCTL_VCPU_FIELD_STATS`] and [`StatsFlags::FIELD_REASON`].
+        const FIELD_STATS = 1 << 3;
     }
 }
 
@@ -61,6 +63,9 @@ bitflags::bitflags! {
         /// to entry go into [`VcpuStats`]. Clear, the vCPU's exit path neither counts nor
         /// reads the TSC for it, and the counters keep their values.
         const COUNTING = 1 << 0;
+        /// Keep per-field VMREAD/VMWRITE counts ([`RHAX_IOCTL_VCPU_FIELD_STATS`]) only for
+        /// VM exits with basic reason [`StatsControl::field_reason`]; clear: for every reason.
+        const FIELD_REASON = 1 << 1;
     }
 }
 
@@ -71,12 +76,14 @@ pub struct StatsControl {
     /// [`StatsFlags`] bits; a bit the driver does not know fails the IOCTL (`EINVAL`,
     /// `STATUS_INVALID_PARAMETER`) with nothing changed.
     pub flags: u32,
-    /// Reserved, 0 (any other value fails the IOCTL).
-    pub reserved: u32,
+    /// With [`StatsFlags::FIELD_REASON`]: the basic exit reason (below
+    /// [`RHAX_EXIT_REASONS`]) per-field counts are kept for; without it, 0. Anything else
+    /// fails the IOCTL.
+    pub field_reason: u32,
 }
 
 impl_pod!(StatsControl);
-assert_layout!(StatsControl, size = 8; flags = 0, reserved = 4);
+assert_layout!(StatsControl, size = 8; flags = 0, field_reason = 4);
 
 /// [`VcpuStatsRequest::op`]: read the counters.
 pub const RHAX_STATS_OP_GET: u32 = 0;
@@ -102,10 +109,69 @@ pub struct VcpuStatsRequest {
     pub op: u32,
     /// [`StatsFlags`] for [`RHAX_STATS_OP_CONTROL`]; 0 otherwise.
     pub flags: u32,
+    /// [`StatsControl::field_reason`] for [`RHAX_STATS_OP_CONTROL`]; 0 otherwise.
+    pub field_reason: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
 }
 
 impl_pod!(VcpuStatsRequest);
-assert_layout!(VcpuStatsRequest, size = 16; vm = 0, vcpu = 4, op = 8, flags = 12);
+assert_layout!(VcpuStatsRequest, size = 24;
+    vm = 0, vcpu = 4, op = 8, flags = 12, field_reason = 16, reserved = 20);
+
+/// The most fields one [`VcpuFieldStats`] lists (the record stays under 4 KiB, the bound of
+/// the shells' buffered IOCTLs; a profile touches far fewer fields).
+pub const RHAX_FIELD_STATS_MAX: usize = 160;
+
+/// [`VcpuFieldStats::version`] of the layout defined here.
+pub const RHAX_FIELD_STATS_VERSION: u32 = 1;
+
+/// VMREAD/VMWRITE counts of one VMCS field (a 64-bit field's high half counts for it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldStats {
+    /// The field's encoding (SDM Vol. 3D, Appendix B).
+    pub encoding: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// VMREADs.
+    pub reads: u64,
+    /// VMWRITEs.
+    pub writes: u64,
+}
+
+impl_pod!(FieldStats);
+assert_layout!(FieldStats, size = 24; encoding = 0, reserved = 4, reads = 8, writes = 16);
+
+/// The answer of [`RHAX_IOCTL_VCPU_FIELD_STATS`]: the fields with any VMREAD or VMWRITE,
+/// in the driver's field-table order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuFieldStats {
+    /// [`RHAX_FIELD_STATS_VERSION`].
+    pub version: u32,
+    /// Entries of `fields` filled.
+    pub nr: u32,
+    /// The basic exit reason the counts are kept for, `u32::MAX` for every reason.
+    pub field_reason: u32,
+    /// Fields with counts; more than `nr` when the list was cut at
+    /// [`RHAX_FIELD_STATS_MAX`].
+    pub active: u32,
+    /// `nr` entries, then zeros.
+    pub fields: [FieldStats; RHAX_FIELD_STATS_MAX],
+}
+
+impl_pod!(VcpuFieldStats);
+assert_layout!(VcpuFieldStats, size = 3856;
+    version = 0, nr = 4, field_reason = 8, active = 12, fields = 16);
+
+impl VcpuFieldStats {
+    /// The filled entries (at most [`RHAX_FIELD_STATS_MAX`], whatever `nr` says).
+    pub fn entries(&self) -> &[FieldStats] {
+        let n = usize::try_from(self.nr).unwrap_or(usize::MAX);
+        self.fields.get(..n).unwrap_or(&self.fields)
+    }
+}
 
 /// The answer of [`RHAX_IOCTL_EXT_INFO`]: identifies rhax and its extensions.
 #[repr(C)]
@@ -246,11 +312,16 @@ crate::ioctl::ioctl_table! {
     /// counting on or off. Feature [`ExtFeatures::STATS_CONTROL`].
     RHAX_VCPU_IOCTL_SET_STATS_CONTROL: Vcpu, Some(0xa03), px(Direction::Write, 0xe3, size_of::<StatsControl>());
     /// `RHAX_IOCTL_VCPU_STATS` (system device): in a [`VcpuStatsRequest`] (Windows: the input
-    /// buffer; POSIX: the first 16 bytes of the one buffer), out the vCPU's [`VcpuStats`]
+    /// buffer; POSIX: the first 24 bytes of the one buffer), out the vCPU's [`VcpuStats`]
     /// after the operation. A vCPU inside RUN answers `EBUSY` (Windows
     /// `STATUS_DEVICE_BUSY`); no such VM or vCPU: `ENOENT` (`STATUS_OBJECT_NAME_NOT_FOUND`).
     /// Feature [`ExtFeatures::SYSTEM_STATS`].
     RHAX_IOCTL_VCPU_STATS: System, Some(0xa04), px(Direction::ReadWrite, 0xe4, size_of::<VcpuStats>());
+    /// `RHAX_IOCTL_VCPU_FIELD_STATS` (system device): in a [`VcpuStatsRequest`] with op
+    /// [`RHAX_STATS_OP_GET`] (the buffer's first 24 bytes), out the vCPU's per-field counts
+    /// ([`VcpuFieldStats`]). Errors as [`RHAX_IOCTL_VCPU_STATS`]. Feature
+    /// [`ExtFeatures::FIELD_STATS`].
+    RHAX_IOCTL_VCPU_FIELD_STATS: System, Some(0xa05), px(Direction::ReadWrite, 0xe5, size_of::<VcpuFieldStats>());
 }
 
 #[cfg(test)]
@@ -288,6 +359,9 @@ mod tests {
         // CTL_CODE(0x22, 0xa04, ...); _IOWR(0, 0xe4, 3312).
         assert_eq!(RHAX_IOCTL_VCPU_STATS.windows(), Some(0x4000_2810));
         assert_eq!(RHAX_IOCTL_VCPU_STATS.linux(), Some(0xccf0_00e4));
+        // CTL_CODE(0x22, 0xa05, ...); _IOWR(0, 0xe5, 3856).
+        assert_eq!(RHAX_IOCTL_VCPU_FIELD_STATS.windows(), Some(0x4000_2814));
+        assert_eq!(RHAX_IOCTL_VCPU_FIELD_STATS.linux(), Some(0xcf10_00e5));
         assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
     }
 

@@ -1,7 +1,7 @@
 //! [`System`]: the control device (`\\.\HAX`, `/dev/HAX`).
 
 use rhax_api::ext::{
-    RhaxExtInfo, StatsFlags, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_STATS_OP_CONTROL,
+    RhaxExtInfo, StatsFlags, VcpuFieldStats, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_STATS_OP_CONTROL,
     RHAX_STATS_OP_GET, RHAX_STATS_OP_RESET,
 };
 use rhax_api::ioctl::{
@@ -124,18 +124,52 @@ impl<T: Transport> System<T> {
     /// not). A vCPU inside RUN answers `EBUSY` / `ERROR_BUSY`; no such VM or vCPU `ENOENT` /
     /// `ERROR_FILE_NOT_FOUND`.
     pub fn vcpu_stats(&self, vm: u32, vcpu: u32) -> Result<VcpuStats> {
-        crate::stats::by_id(&self.dev, vm, vcpu, RHAX_STATS_OP_GET, 0)
+        crate::stats::by_id(&self.dev, vm, vcpu, RHAX_STATS_OP_GET, 0, 0)
     }
 
     /// `RHAX_IOCTL_VCPU_STATS` with a reset: zeroes vCPU `vcpu` of VM `vm`'s counters and
     /// returns them.
     pub fn reset_vcpu_stats(&self, vm: u32, vcpu: u32) -> Result<VcpuStats> {
-        crate::stats::by_id(&self.dev, vm, vcpu, RHAX_STATS_OP_RESET, 0)
+        crate::stats::by_id(&self.dev, vm, vcpu, RHAX_STATS_OP_RESET, 0, 0)
     }
 
-    /// `RHAX_IOCTL_VCPU_STATS` with a switch: counting on or off for vCPU `vcpu` of VM `vm`.
+    /// `RHAX_IOCTL_VCPU_STATS` with a switch: counting on or off for vCPU `vcpu` of VM `vm`
+    /// (per-field counts for every reason).
     pub fn set_vcpu_counting(&self, vm: u32, vcpu: u32, on: bool) -> Result<VcpuStats> {
-        let flags = if on { StatsFlags::COUNTING.bits() } else { 0 };
-        crate::stats::by_id(&self.dev, vm, vcpu, RHAX_STATS_OP_CONTROL, flags)
+        self.set_vcpu_stats_control(vm, vcpu, on, None)
+    }
+
+    /// `RHAX_IOCTL_VCPU_STATS` with a switch: counting on or off, and per-field counts kept
+    /// only for exits with basic reason `field_reason` (`None`: every reason).
+    pub fn set_vcpu_stats_control(
+        &self,
+        vm: u32,
+        vcpu: u32,
+        on: bool,
+        field_reason: Option<u16>,
+    ) -> Result<VcpuStats> {
+        let mut flags = if on {
+            StatsFlags::COUNTING
+        } else {
+            StatsFlags::empty()
+        };
+        if field_reason.is_some() {
+            flags |= StatsFlags::FIELD_REASON;
+        }
+        let reason = field_reason.map_or(0, u32::from);
+        crate::stats::by_id(
+            &self.dev,
+            vm,
+            vcpu,
+            RHAX_STATS_OP_CONTROL,
+            flags.bits(),
+            reason,
+        )
+    }
+
+    /// `RHAX_IOCTL_VCPU_FIELD_STATS` (rhax only): vCPU `vcpu` of VM `vm`'s per-field
+    /// VMREAD/VMWRITE counts.
+    pub fn vcpu_field_stats(&self, vm: u32, vcpu: u32) -> Result<VcpuFieldStats> {
+        crate::stats::fields_by_id(&self.dev, vm, vcpu)
     }
 }

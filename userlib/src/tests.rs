@@ -893,11 +893,38 @@ fn observer_stats_go_through_the_system_device() {
     assert!(calls
         .iter()
         .all(|c| (c.device, c.code, c.kind) == (DevicePath::System, 0xccf0_00e4, "inout")));
-    let req = |c: &crate::fake::Call| c.input[..16].to_vec();
-    let le = |v: [u32; 4]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    assert_eq!(req(&calls[0]), le([3, 1, 0, 0]));
-    assert_eq!(req(&calls[1]), le([3, 1, 1, 0]));
-    assert_eq!(req(&calls[2]), le([3, 1, 2, 0]));
+    let req = |c: &crate::fake::Call| c.input[..24].to_vec();
+    let le = |v: [u32; 6]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    assert_eq!(req(&calls[0]), le([3, 1, 0, 0, 0, 0]));
+    assert_eq!(req(&calls[1]), le([3, 1, 1, 0, 0, 0]));
+    assert_eq!(req(&calls[2]), le([3, 1, 2, 0, 0, 0]));
+    // Per-field counts for one reason: the switch, then the field list.
+    let mut f = rhax_api::ext::VcpuFieldStats::default();
+    f.version = 1;
+    f.nr = 1;
+    f.field_reason = 30;
+    f.fields[0].encoding = 0x681e;
+    f.fields[0].reads = 7;
+    fake.script([Reply::pod(&s), Reply::pod(&f)]);
+    sys.set_vcpu_stats_control(3, 1, true, Some(30)).unwrap();
+    let got = sys.vcpu_field_stats(3, 1).unwrap();
+    assert_eq!(got.entries().len(), 1);
+    assert_eq!(
+        (got.entries()[0].encoding, got.entries()[0].reads),
+        (0x681e, 7)
+    );
+    let calls = fake.take_calls();
+    assert_eq!(req(&calls[0]), le([3, 1, 2, 3, 30, 0]));
+    assert_eq!(
+        (calls[1].code, calls[1].out_len, req(&calls[1])),
+        (0xcf10_00e5, 3856, le([3, 1, 0, 0, 0, 0]))
+    );
+    f.nr = 161;
+    fake.script([Reply::pod(&f)]);
+    assert!(matches!(
+        sys.vcpu_field_stats(3, 1),
+        Err(Error::Malformed { field: "nr", .. })
+    ));
     fake.script([Reply::pod(&VcpuStats { version: 9, ..s })]);
     assert!(matches!(
         sys.vcpu_stats(0, 0),

@@ -965,8 +965,11 @@ fn stats_control_switches_counting_off_and_on() {
     h.roots().with_soft(|root| {
         root.vmx().set_hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1)) // HLT, every entry
     });
-    let control = |flags: u32, reserved: u32| {
-        let c = StatsControl { flags, reserved };
+    let control = |flags: u32, field_reason: u32| {
+        let c = StatsControl {
+            flags,
+            field_reason,
+        };
         call(
             &h,
             vc,
@@ -990,10 +993,17 @@ fn stats_control_switches_counting_off_and_on() {
     let off = stats();
     assert_eq!(off.total, on.total);
     assert_eq!(off.per_reason, on.per_reason);
-    // Unknown flags or a non-zero reserved field: refused, counting stays off.
-    for (flags, reserved) in [(1 << 1, 0), (u32::MAX, 0), (StatsFlags::COUNTING.bits(), 1)] {
-        let e = control(flags, reserved).unwrap_err();
-        assert_eq!(e.errno(), 22, "flags {flags:#x} reserved {reserved}"); // EINVAL
+    // Unknown flags, or a field reason without its flag or past the table: refused,
+    // counting stays off.
+    let with_reason = (StatsFlags::COUNTING | StatsFlags::FIELD_REASON).bits();
+    for (flags, reason) in [
+        (1 << 2, 0),
+        (u32::MAX, 0),
+        (StatsFlags::COUNTING.bits(), 1),
+        (with_reason, 80),
+    ] {
+        let e = control(flags, reason).unwrap_err();
+        assert_eq!(e.errno(), 22, "flags {flags:#x} reason {reason}"); // EINVAL
     }
     run();
     assert_eq!(stats().total, on.total);
@@ -1030,14 +1040,16 @@ fn system_device_reads_any_vcpus_stats_by_id() {
     });
     call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
     let observe = |vm: u32, vcpu: u32, op: u32, flags: u32| {
-        // POSIX: one buffer of the encoded size, the request in its first 16 bytes.
+        // POSIX: one buffer of the encoded size, the request in its first 24 bytes.
         let mut buf = vec![0u8; VcpuStats::SIZE];
-        buf[..16].copy_from_slice(
+        buf[..24].copy_from_slice(
             VcpuStatsRequest {
                 vm,
                 vcpu,
                 op,
                 flags,
+                field_reason: 0,
+                reserved: 0,
             }
             .as_bytes(),
         );
@@ -1075,7 +1087,7 @@ fn system_device_reads_any_vcpus_stats_by_id() {
         22
     );
     assert_eq!(
-        observe(id, 0, RHAX_STATS_OP_CONTROL, 2)
+        observe(id, 0, RHAX_STATS_OP_CONTROL, 4)
             .unwrap_err()
             .errno(),
         22
@@ -1084,6 +1096,78 @@ fn system_device_reads_any_vcpus_stats_by_id() {
     // Not on the vCPU device.
     let mut buf = vec![0u8; VcpuStats::SIZE];
     assert!(call(&h, vc, &RHAX_IOCTL_VCPU_STATS, &buf.clone(), &mut buf).is_err());
+
+    // Per-field counts for one reason: HLT only, then every reason.
+    use rhax_api::ext::{VcpuFieldStats, RHAX_IOCTL_VCPU_FIELD_STATS};
+    let request = |op: u32, flags: u32, field_reason: u32, reserved: u32| VcpuStatsRequest {
+        vm: id,
+        vcpu: 0,
+        op,
+        flags,
+        field_reason,
+        reserved,
+    };
+    let send = |def, size: usize, r: VcpuStatsRequest| {
+        let mut buf = vec![0u8; size];
+        buf[..24].copy_from_slice(r.as_bytes());
+        let input = buf.clone();
+        call(&h, sys, def, &input, &mut buf).map(|_| buf)
+    };
+    let fields = || {
+        let buf = send(
+            &RHAX_IOCTL_VCPU_FIELD_STATS,
+            VcpuFieldStats::SIZE,
+            request(RHAX_STATS_OP_GET, 0, 0, 0),
+        )
+        .unwrap();
+        VcpuFieldStats::from_bytes(&buf).unwrap()
+    };
+    let on_hlt = StatsFlags::COUNTING | StatsFlags::FIELD_REASON;
+    send(
+        &RHAX_IOCTL_VCPU_STATS,
+        VcpuStats::SIZE,
+        request(RHAX_STATS_OP_CONTROL, on_hlt.bits(), 12, 0),
+    )
+    .unwrap();
+    observe(id, 0, RHAX_STATS_OP_RESET, 0).unwrap();
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    let hlt = fields();
+    assert_eq!((hlt.version, hlt.field_reason), (1, 12));
+    assert!(hlt.nr > 0 && hlt.nr == hlt.active);
+    // Every VMREAD counted per field in HLT windows (those of this reason).
+    let (_, st) = observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap();
+    let reads: u64 = hlt.entries().iter().map(|f| f.reads).sum();
+    assert!(
+        reads > 0 && reads <= st.total.vmreads,
+        "{reads} of {}",
+        st.total.vmreads
+    );
+    // Refused: a reason past the table, a reason without the flag, a GET with flags.
+    for r in [
+        request(RHAX_STATS_OP_CONTROL, on_hlt.bits(), 80, 0),
+        request(RHAX_STATS_OP_CONTROL, StatsFlags::COUNTING.bits(), 12, 0),
+        request(RHAX_STATS_OP_GET, 0, 0, 1),
+    ] {
+        let e = send(&RHAX_IOCTL_VCPU_STATS, VcpuStats::SIZE, r).unwrap_err();
+        assert_eq!(e.errno(), 22, "{r:?}");
+    }
+    let e = send(
+        &RHAX_IOCTL_VCPU_FIELD_STATS,
+        VcpuFieldStats::SIZE,
+        request(RHAX_STATS_OP_RESET, 0, 0, 0),
+    )
+    .unwrap_err();
+    assert_eq!(e.errno(), 22);
+    assert_eq!(fields().field_reason, 12, "nothing changed");
+    // Every reason again.
+    send(
+        &RHAX_IOCTL_VCPU_STATS,
+        VcpuStats::SIZE,
+        request(RHAX_STATS_OP_CONTROL, StatsFlags::COUNTING.bits(), 0, 0),
+    )
+    .unwrap();
+    assert_eq!(fields().field_reason, u32::MAX);
 }
 
 #[test]

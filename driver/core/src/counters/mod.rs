@@ -65,11 +65,23 @@ pub struct VcpuStats {
     window: ExitCounters,
     /// Bucket the current window belongs to.
     bucket: usize,
-    /// Counting switched off at run time (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`): nothing is
-    /// counted and the exit path reads no TSC for the counters. Stored inverted so that the
-    /// all-zero value [`VcpuStats::boxed`] starts from counts.
-    disabled: bool,
+    /// What the VMREAD/VMWRITE hooks skip: [`SKIP_ALL`] while counting is switched off at run
+    /// time (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: nothing is counted and the exit path reads
+    /// no TSC for the counters), [`SKIP_FIELDS`] while a per-field reason is chosen and the
+    /// current window belongs to another one. One byte tested once per operation, 0 (count
+    /// everything) in the all-zero value [`VcpuStats::boxed`] starts from.
+    skip: u8,
+    /// The bucket per-field counts are kept for, or [`ALL_BUCKETS`].
+    field_bucket: usize,
 }
+
+/// [`VcpuStats::skip`]: count nothing.
+const SKIP_ALL: u8 = 1 << 0;
+/// [`VcpuStats::skip`]: count the window, not the fields.
+const SKIP_FIELDS: u8 = 1 << 1;
+/// [`VcpuStats::field_bucket`]: per-field counts for every exit reason. 0 (bucket 0, exception
+/// or NMI) in the all-zero value; [`VcpuStats::boxed`] sets it.
+const ALL_BUCKETS: usize = usize::MAX;
 
 // SAFETY: integer counters, a bucket index and a bool: all zero is valid (bucket 0, counting
 // on; `VcpuStats::boxed` sets the setup bucket).
@@ -81,6 +93,7 @@ impl VcpuStats {
     pub fn boxed() -> Option<alloc::boxed::Box<VcpuStats>> {
         let mut s = crate::heap::try_zeroed::<VcpuStats>()?;
         s.bucket = SETUP_BUCKET;
+        s.field_bucket = ALL_BUCKETS;
         Some(s)
     }
 }
@@ -92,7 +105,8 @@ impl Default for VcpuStats {
             per_field: [FieldCounters::default(); VmcsField::COUNT],
             window: ExitCounters::default(),
             bucket: SETUP_BUCKET,
-            disabled: false,
+            skip: 0,
+            field_bucket: ALL_BUCKETS,
         }
     }
 }
@@ -111,7 +125,10 @@ impl VcpuStats {
     // lookup folds away, and even a variable one costs a few instructions, not a search.
     #[inline(always)]
     pub(crate) fn count_read(&mut self, encoding: u32) {
-        if self.disabled {
+        if self.skip != 0 {
+            if self.skip & SKIP_ALL == 0 {
+                self.window.vmreads += 1;
+            }
             return;
         }
         self.window.vmreads += 1;
@@ -122,7 +139,10 @@ impl VcpuStats {
 
     #[inline(always)]
     pub(crate) fn count_write(&mut self, encoding: u32) {
-        if self.disabled {
+        if self.skip != 0 {
+            if self.skip & SKIP_ALL == 0 {
+                self.window.vmwrites += 1;
+            }
             return;
         }
         self.window.vmwrites += 1;
@@ -132,13 +152,13 @@ impl VcpuStats {
     }
 
     pub(crate) fn count_other(&mut self) {
-        if !self.disabled {
+        if self.skip & SKIP_ALL == 0 {
             self.window.other_vmx += 1;
         }
     }
 
     pub(crate) fn add_host_cycles(&mut self, cycles: u64) {
-        if !self.disabled {
+        if self.skip & SKIP_ALL == 0 {
             self.window.host_cycles += cycles;
         }
     }
@@ -146,13 +166,41 @@ impl VcpuStats {
     /// Whether counting is on (the default).
     #[inline]
     pub fn counting(&self) -> bool {
-        !self.disabled
+        self.skip & SKIP_ALL == 0
     }
 
     /// Switches counting on or off; the counters keep their values either way. Switched on
     /// again, counting resumes in the bucket of the last exit counted.
     pub fn set_counting(&mut self, on: bool) {
-        self.disabled = !on;
+        if on {
+            self.skip &= !SKIP_ALL;
+        } else {
+            self.skip |= SKIP_ALL;
+        }
+    }
+
+    /// Keeps per-field counts only for VM exits with basic reason `reason` (`None`: for every
+    /// reason, the default), so a tuner sees which fields one exit kind touches. The VMREAD
+    /// of the exit reason itself counts for the window before it (it happens before the
+    /// reason is known). Existing per-field counts are kept; reset them to start clean.
+    pub fn set_field_reason(&mut self, reason: Option<u16>) {
+        self.field_bucket = reason.map_or(ALL_BUCKETS, bucket_of);
+        self.update_field_skip();
+    }
+
+    /// The basic exit reason per-field counts are kept for, if one was chosen.
+    pub fn field_reason(&self) -> Option<u16> {
+        (self.field_bucket != ALL_BUCKETS)
+            .then_some(self.field_bucket)
+            .and_then(|b| u16::try_from(b).ok())
+    }
+
+    fn update_field_skip(&mut self) {
+        if self.field_bucket == ALL_BUCKETS || self.field_bucket == self.bucket {
+            self.skip &= !SKIP_FIELDS;
+        } else {
+            self.skip |= SKIP_FIELDS;
+        }
     }
 
     /// Starts the window of a VM exit with this basic reason. Call it right after the VMREAD
@@ -163,7 +211,7 @@ impl VcpuStats {
     /// every reader folds the open window in.
     #[inline]
     pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
-        if self.disabled {
+        if self.skip & SKIP_ALL != 0 {
             return;
         }
         let bucket = bucket_of(basic_reason);
@@ -182,6 +230,7 @@ impl VcpuStats {
         self.per_exit[self.bucket].add(&w);
         self.window.vmreads = reason_read;
         self.bucket = bucket;
+        self.update_field_skip();
     }
 
     /// The counters of one bucket, including the still-open window.
@@ -400,5 +449,31 @@ mod tests {
             ),
             (1, 2, 2, 7)
         );
+    }
+
+    #[test]
+    fn per_field_counts_only_for_the_chosen_reason() {
+        let mut s = VcpuStats::default();
+        s.set_field_reason(Some(30));
+        assert_eq!(s.field_reason(), Some(30));
+        // Setup window and a CPUID window: not reason 30.
+        exit(&mut s, 10, 2, 1, 0);
+        exit(&mut s, 30, 3, 2, 0);
+        // The IO window's work (next call's reads/writes) counts per field.
+        exit(&mut s, 10, 4, 5, 0);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 4);
+        assert_eq!(s.field(VmcsField::GuestRip).writes, 5);
+        // Window counts are unaffected by the filter.
+        assert_eq!(s.total().vmreads, 2 + 3 + 4 + 3);
+        s.set_field_reason(None);
+        exit(&mut s, 10, 1, 0, 0);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
+        // Off wins over the filter; on again, the filter holds.
+        s.set_field_reason(Some(12));
+        s.set_counting(false);
+        exit(&mut s, 12, 7, 7, 0);
+        s.set_counting(true);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
+        assert_eq!(s.field_reason(), Some(12));
     }
 }

@@ -103,6 +103,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             features: ExtFeatures::VCPU_STATS
                 .union(ExtFeatures::STATS_CONTROL)
                 .union(ExtFeatures::SYSTEM_STATS)
+                .union(ExtFeatures::FIELD_STATS)
                 .bits(),
         };
         c.ctx.write(&info, c.output)
@@ -121,10 +122,13 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 )))
         };
         let control = match req.op {
-            RHAX_STATS_OP_GET | RHAX_STATS_OP_RESET if req.flags == 0 => None,
+            _ if req.reserved != 0 => return Err(refused()),
+            RHAX_STATS_OP_GET | RHAX_STATS_OP_RESET if req.flags == 0 && req.field_reason == 0 => {
+                None
+            }
             RHAX_STATS_OP_CONTROL => Some(StatsControl {
                 flags: req.flags,
-                reserved: 0,
+                field_reason: req.field_reason,
             }),
             _ => return Err(refused()),
         };
@@ -141,6 +145,32 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         match hax.write_stats(c.output) {
             0 => Err(c.ctx.err(ErrorKind::OutputSize {
                 expected: rhax_api::ext::VcpuStats::SIZE,
+                got: c.output.len(),
+            })),
+            n => Ok(n),
+        }
+    }
+
+    /// `RHAX_IOCTL_VCPU_FIELD_STATS`: a vCPU's per-field VMREAD/VMWRITE counts by VM and
+    /// vCPU id (op GET only; the reason filter is set with `RHAX_IOCTL_VCPU_STATS`).
+    pub(super) fn vcpu_field_stats(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        let req: VcpuStatsRequest = c.ctx.read(c.input)?;
+        if req.op != RHAX_STATS_OP_GET
+            || req.flags != 0
+            || req.field_reason != 0
+            || req.reserved != 0
+        {
+            return Err(c
+                .ctx
+                .err(ErrorKind::Vcpu(crate::vcpu::haxm::HaxError::InvalidValue(
+                    crate::vcpu::checked::Refused::ReservedBits,
+                ))));
+        }
+        let obj = self.vcpu_by_id(req.vm, req.vcpu, c.ctx)?;
+        let mut lease = self.lease(&obj, c.ctx)?;
+        match lease.get()?.write_field_stats(c.output) {
+            0 => Err(c.ctx.err(ErrorKind::OutputSize {
+                expected: rhax_api::ext::VcpuFieldStats::SIZE,
                 got: c.output.len(),
             })),
             n => Ok(n),

@@ -228,6 +228,11 @@ impl Vcpu {
         self.stats.set_counting(on);
     }
 
+    /// Keeps per-field counts only for exits with this basic reason (`None`: every reason).
+    pub fn set_field_reason(&mut self, reason: Option<u16>) {
+        self.stats.set_field_reason(reason);
+    }
+
     /// The CPU whose VMCS is this vCPU's, if any.
     pub fn resident_cpu(&self) -> Option<CpuIndex> {
         self.resident.map(|(c, _)| c)

@@ -209,16 +209,81 @@ impl HaxVcpu {
         self.user_exits = 0;
     }
 
-    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off. A flag this driver
-    /// does not know, or a non-zero reserved field, is refused with nothing changed (so a
-    /// later flag cannot be mistaken for a no-op by an older driver).
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off and chooses the exit
+    /// reason per-field counts are kept for. A flag this driver does not know, or a
+    /// `field_reason` that is not a counted reason (or not 0 without `FIELD_REASON`), is
+    /// refused with nothing changed (so a later flag cannot be mistaken for a no-op by an
+    /// older driver).
     pub fn set_stats_control(&mut self, control: &ext::StatsControl) -> Result<(), HaxError> {
-        let flags = ext::StatsFlags::from_bits(control.flags)
-            .filter(|_| control.reserved == 0)
-            .ok_or(HaxError::InvalidValue(Refused::ReservedBits))?;
+        let refused = HaxError::InvalidValue(Refused::ReservedBits);
+        let flags = ext::StatsFlags::from_bits(control.flags).ok_or(refused)?;
+        let field_reason = if flags.contains(ext::StatsFlags::FIELD_REASON) {
+            let r = u16::try_from(control.field_reason)
+                .ok()
+                .filter(|r| usize::from(*r) < ext::RHAX_EXIT_REASONS)
+                .ok_or(refused)?;
+            Some(r)
+        } else if control.field_reason == 0 {
+            None
+        } else {
+            return Err(refused);
+        };
         self.core
             .set_counting(flags.contains(ext::StatsFlags::COUNTING));
+        self.core.set_field_reason(field_reason);
         Ok(())
+    }
+
+    /// Writes the per-field counts in the extension ABI's `VcpuFieldStats` layout into `out`
+    /// (at least its size, else nothing is written and 0 returned), entry by entry (no
+    /// 3856-byte record on the IOCTL path's stack); returns the bytes written.
+    pub fn write_field_stats(&self, out: &mut [u8]) -> usize {
+        use core::mem::{offset_of, size_of};
+        use ext::{FieldStats, VcpuFieldStats, RHAX_FIELD_STATS_MAX};
+        let size = size_of::<VcpuFieldStats>();
+        let Some(out) = out.get_mut(..size) else {
+            return 0;
+        };
+        out.fill(0);
+        let mut put = |at: usize, bytes: &[u8]| {
+            if let Some(d) = out.get_mut(at..at + bytes.len()) {
+                d.copy_from_slice(bytes);
+            }
+        };
+        let stats = self.core_ref().stats();
+        let (mut nr, mut active) = (0usize, 0u32);
+        for &field in crate::vmcs::VmcsField::ALL {
+            let c = stats.field(field);
+            if c.reads == 0 && c.writes == 0 {
+                continue;
+            }
+            active += 1;
+            if nr < RHAX_FIELD_STATS_MAX {
+                let e = FieldStats {
+                    encoding: field.encoding(),
+                    reserved: 0,
+                    reads: c.reads,
+                    writes: c.writes,
+                };
+                put(
+                    offset_of!(VcpuFieldStats, fields) + nr * size_of::<FieldStats>(),
+                    e.as_bytes(),
+                );
+                nr += 1;
+            }
+        }
+        let reason = stats.field_reason().map_or(u32::MAX, u32::from);
+        put(
+            offset_of!(VcpuFieldStats, version),
+            &ext::RHAX_FIELD_STATS_VERSION.to_le_bytes(),
+        );
+        put(offset_of!(VcpuFieldStats, nr), &(nr as u32).to_le_bytes());
+        put(
+            offset_of!(VcpuFieldStats, field_reason),
+            &reason.to_le_bytes(),
+        );
+        put(offset_of!(VcpuFieldStats, active), &active.to_le_bytes());
+        size
     }
 
     /// Whether counting is on.
