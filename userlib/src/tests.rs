@@ -899,10 +899,12 @@ fn observer_stats_go_through_the_system_device() {
     assert_eq!(req(&calls[1]), le([3, 1, 1, 0, 0, 0]));
     assert_eq!(req(&calls[2]), le([3, 1, 2, 0, 0, 0]));
     // Per-field counts for one reason: the switch, then the field list.
-    let mut f = rhax_api::ext::VcpuFieldStats::default();
-    f.version = 1;
-    f.nr = 1;
-    f.field_reason = 30;
+    let mut f = rhax_api::ext::VcpuFieldStats {
+        version: 1,
+        nr: 1,
+        field_reason: 30,
+        ..Default::default()
+    };
     f.fields[0].encoding = 0x681e;
     f.fields[0].reads = 7;
     fake.script([Reply::pod(&s), Reply::pod(&f)]);
