@@ -122,6 +122,44 @@ pub fn haxm_stat(_: &Ctx) -> R<String> {
     if t.interval.per_reason[IO_INSTRUCTION].exits != u64::from(N) {
         return Err(String::from("counting on again: the loop was not counted"));
     }
+    // Per-field counts for IO exits only (`rhax-stat --fields IO_INSTRUCTION`).
+    let observer = Observed::new(&sys, vm, vcpu);
+    observer
+        .set_field_reason(Some(IO_INSTRUCTION as u16))
+        .and_then(|()| observer.reset())
+        .map_err(e("RHAX_IOCTL_VCPU_STATS field reason"))?;
+    one_loop(&mut v, &ram)?;
+    let st = observer.stats().map_err(e("RHAX_IOCTL_VCPU_STATS"))?;
+    let f = observer
+        .field_stats()
+        .map_err(e("RHAX_IOCTL_VCPU_FIELD_STATS"))?;
+    let io = st.per_reason[IO_INSTRUCTION];
+    let reads: u64 = f.entries().iter().map(|x| x.reads).sum();
+    let writes: u64 = f.entries().iter().map(|x| x.writes).sum();
+    // The exit-reason VMREAD counts for the window before it: one read may shift at each end.
+    if f.field_reason != IO_INSTRUCTION as u32
+        || reads.abs_diff(io.vmreads) > 1
+        || writes > io.vmwrites
+    {
+        return Err(format!(
+            "per-field counts for IO: {reads} reads, {writes} writes (reason {}), the IO row \
+             has {} and {}",
+            f.field_reason, io.vmreads, io.vmwrites
+        ));
+    }
+    let mut entries = f.fields;
+    let n = f.entries().len();
+    rhax_stat::render::fields_table(
+        &mut Console,
+        entries.get_mut(..n).unwrap_or_default(),
+        Some(IO_INSTRUCTION as u16),
+        io.exits,
+    )
+    .map_err(|_| String::from("fields table: formatting failed"))?;
+    observer
+        .set_field_reason(None)
+        .map_err(e("RHAX_IOCTL_VCPU_STATS field reason off"))?;
+
     println!("bench: stat-haxm-out-round-trip-counting-on {on_tsc} emulated-instructions/exit");
     println!(
         "bench: stat-haxm-out-round-trip-counting-on-again {on2_tsc} emulated-instructions/exit"

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! rhax-stat [--vm N] [--vcpu N] [--once] [--json | --csv] [--reset] [--svg FILE]
-//!           [--interval MS] [--count N] [--counting on|off]
+//!           [--interval MS] [--count N] [--counting on|off] [--fields REASON|all]
 //! ```
 //!
 //! The counters come through the system device (`RHAX_IOCTL_VCPU_STATS`), since the VMM holds
@@ -13,13 +13,16 @@
 //! or `--count` samples; `--once` prints the counters since the last reset and exits; `--json`
 //! writes one JSON line, `--csv` CSV rows, per sample; `--reset` zeroes the counters first
 //! (alone, it only resets); `--svg FILE` writes the chart (rewritten after every sample);
-//! `--counting on|off` switches the driver's counting (alone, it only switches).
+//! `--counting on|off` switches the driver's counting (alone, it only switches); `--fields R`
+//! (an SDM exit-reason name such as `CPUID`, or a number; or `all`) makes the driver keep
+//! per-field VMREAD/VMWRITE counts for that reason only, resets the counters, and adds the
+//! per-field table (most used fields first) under the table view.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use rhax::api::ext::ExtFeatures;
+use rhax::api::ext::{ExtFeatures, FieldStats};
 use rhax::api::{HAX_MAX_VCPUS, HAX_MAX_VMS};
 use rhax::System;
 use rhax_stat::monitor::Monitor;
@@ -57,10 +60,12 @@ struct Args {
     interval_ms: u64,
     count: Option<u64>,
     counting: Option<bool>,
+    /// `--fields R|all`: per-field counts for reason R (`Some(None)`: every reason).
+    fields: Option<Option<u16>>,
 }
 
 const USAGE: &str = "usage: rhax-stat [--vm N] [--vcpu N] [--once] [--json | --csv] [--reset] \
-                     [--svg FILE] [--interval MS] [--count N] [--counting on|off]";
+                     [--svg FILE] [--interval MS] [--count N] [--counting on|off] [--fields REASON|all]";
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
@@ -73,6 +78,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         interval_ms: 1000,
         count: None,
         counting: None,
+        fields: None,
     };
     let mut only_reset = true;
     while let Some(arg) = it.next() {
@@ -99,6 +105,17 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--svg" => a.svg = Some(value("a file name")?),
             "--interval" => a.interval_ms = number(value("milliseconds")?)?.max(10),
             "--count" => a.count = Some(number(value("a count")?)?),
+            "--fields" => {
+                let r = value("an exit reason (name or number) or all")?;
+                a.fields = Some(if r.eq_ignore_ascii_case("all") {
+                    None
+                } else {
+                    Some(
+                        rhax_stat::reasons::parse(&r)
+                            .ok_or_else(|| format!("--fields: unknown exit reason {r}"))?,
+                    )
+                });
+            }
             "--counting" => {
                 a.counting = Some(match value("on or off")?.as_str() {
                     "on" => true,
@@ -165,6 +182,26 @@ fn scope(args: &Args, found: &[Observed<'_, Os>]) -> Scope {
     }
 }
 
+/// The per-field counts of every vCPU that answers, summed by encoding.
+fn merged_fields(sources: &[Observed<'_, Os>]) -> Vec<FieldStats> {
+    let mut all: Vec<FieldStats> = Vec::new();
+    for o in sources {
+        let Ok(f) = o.field_stats() else {
+            continue; // busy or gone: its fields show up at the next sample
+        };
+        for e in f.entries() {
+            match all.iter_mut().find(|a| a.encoding == e.encoding) {
+                Some(a) => {
+                    a.reads = a.reads.wrapping_add(e.reads);
+                    a.writes = a.writes.wrapping_add(e.writes);
+                }
+                None => all.push(*e),
+            }
+        }
+    }
+    all
+}
+
 fn run(args: &Args) -> Result<(), String> {
     let sys = System::open(transport()).map_err(|e| e.to_string())?;
     let found = attach(&sys, args)?;
@@ -173,6 +210,14 @@ fn run(args: &Args) -> Result<(), String> {
         for o in &found {
             let (vm, vcpu) = o.ids();
             o.set_counting(on)
+                .map_err(|e| format!("vm {vm} vcpu {vcpu}: {e}"))?;
+        }
+    }
+    if let Some(reason) = args.fields {
+        for o in &found {
+            let (vm, vcpu) = o.ids();
+            o.set_field_reason(reason)
+                .and_then(|()| o.reset())
                 .map_err(|e| format!("vm {vm} vcpu {vcpu}: {e}"))?;
         }
     }
@@ -214,6 +259,15 @@ fn run(args: &Args) -> Result<(), String> {
             Format::Csv => render::csv_rows(&mut out, shown, &view),
         };
         r.map_err(|_| String::from("formatting failed"))?;
+        if let (Some(reason), Format::Table) = (args.fields, args.format) {
+            let exits = reason.map_or(first.total.total.exits, |r| {
+                first.total.reason(u32::from(r)).map_or(0, |c| c.exits)
+            });
+            let mut fields = merged_fields(m.sources());
+            out.push('\n');
+            render::fields_table(&mut out, &mut fields, reason, exits)
+                .map_err(|_| String::from("formatting failed"))?;
+        }
         if first.busy > 0 && args.format == Format::Table {
             out.push_str(&format!(
                 "({} vCPU(s) inside RUN: last answer used)\n",
@@ -286,6 +340,9 @@ mod tests {
         assert_eq!((a.counting, a.count), (Some(false), Some(0)));
         assert_eq!(p("--counting on --once").unwrap().counting, Some(true));
         assert!(p("--counting maybe").is_err());
+        assert_eq!(p("--fields cpuid").unwrap().fields, Some(Some(10)));
+        assert_eq!(p("--fields ALL").unwrap().fields, Some(None));
+        assert!(p("--fields nothing").is_err());
         assert!(p("--vm").is_err());
         assert!(p("--vm x").is_err());
         assert!(p("--vm 99999999999").is_err());

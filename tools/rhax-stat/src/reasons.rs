@@ -122,3 +122,19 @@ impl core::fmt::Display for Label {
         }
     }
 }
+
+/// A reason given by SDM name (any case, `EXIT_REASON_` prefix optional) or number (below 80).
+pub fn parse(s: &str) -> Option<u16> {
+    if let Ok(n) = s.parse::<u16>() {
+        return (usize::from(n) < NAMES.len()).then_some(n);
+    }
+    let bare = s
+        .get(..12)
+        .filter(|p| p.eq_ignore_ascii_case("EXIT_REASON_"))
+        .and_then(|_| s.get(12..))
+        .unwrap_or(s);
+    (0u16..)
+        .zip(NAMES.iter())
+        .find(|(_, n)| !n.is_empty() && n.eq_ignore_ascii_case(bare))
+        .map(|(r, _)| r)
+}

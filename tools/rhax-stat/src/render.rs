@@ -3,7 +3,7 @@
 
 use core::fmt::{self, Write};
 
-use rhax_api::ext::{ExitReasonStats, VcpuStats};
+use rhax_api::ext::{ExitReasonStats, FieldStats, VcpuStats};
 
 use crate::fixed::{PerSecond, Ratio};
 use crate::reasons::{name, Label};
@@ -214,4 +214,69 @@ pub fn json(w: &mut impl Write, s: &VcpuStats, view: &View) -> fmt::Result {
     w.write_str("},\"total\":{")?;
     json_counters(w, &s.total)?;
     w.write_str("}}\n")
+}
+
+/// The width and type of a VMCS field encoding (SDM Vol. 3C §25.11.2, Table 25-21: bits 14:13
+/// width, bits 11:10 type), e.g. `guest-state natural`.
+pub struct FieldKind(pub u32);
+
+impl fmt::Display for FieldKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let area = match (self.0 >> 10) & 3 {
+            0 => "control",
+            1 => "exit-info",
+            2 => "guest-state",
+            _ => "host-state",
+        };
+        let width = match (self.0 >> 13) & 3 {
+            0 => "16-bit",
+            1 => "64-bit",
+            2 => "32-bit",
+            _ => "natural",
+        };
+        let mut b = crate::fixed::StrBuf::<24>::new();
+        write!(b, "{area} {width}")?;
+        f.pad(b.as_str())
+    }
+}
+
+/// Writes the per-field table: one row per field with reads or writes, most used first, for
+/// the exit reason the counts were kept for (`None`: every reason). `fields` is sorted here.
+pub fn fields_table(
+    w: &mut impl Write,
+    fields: &mut [FieldStats],
+    reason: Option<u16>,
+    exits: u64,
+) -> fmt::Result {
+    fields.sort_unstable_by(|a, b| {
+        (b.reads + b.writes)
+            .cmp(&(a.reads + a.writes))
+            .then(a.encoding.cmp(&b.encoding))
+    });
+    match reason {
+        Some(r) => writeln!(
+            w,
+            "per-field VMREAD/VMWRITE in {} windows ({exits} exits):",
+            Label::Reason(r)
+        )?,
+        None => writeln!(w, "per-field VMREAD/VMWRITE, every exit reason:")?,
+    }
+    writeln!(
+        w,
+        "{:<10} {:<20} {:>12} {:>12} {:>11} {:>12}",
+        "FIELD", "KIND", "VMREADS", "VMWRITES", "READ/EXIT", "WRITE/EXIT"
+    )?;
+    for fs in fields.iter() {
+        writeln!(
+            w,
+            "{:<#10x} {:<20} {:>12} {:>12} {:>11} {:>12}",
+            fs.encoding,
+            FieldKind(fs.encoding),
+            fs.reads,
+            fs.writes,
+            Ratio::new(fs.reads, exits),
+            Ratio::new(fs.writes, exits)
+        )?;
+    }
+    Ok(())
 }

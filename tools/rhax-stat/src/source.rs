@@ -66,6 +66,19 @@ impl<'a, T: Transport> Observed<'a, T> {
     pub fn set_counting(&self, on: bool) -> Result<(), Error> {
         self.sys.set_vcpu_counting(self.vm, self.vcpu, on).map(drop)
     }
+
+    /// Counting on, per-field counts kept only for exits with basic reason `reason` (`None`:
+    /// every reason).
+    pub fn set_field_reason(&self, reason: Option<u16>) -> Result<(), Error> {
+        self.sys
+            .set_vcpu_stats_control(self.vm, self.vcpu, true, reason)
+            .map(drop)
+    }
+
+    /// The per-field counts.
+    pub fn field_stats(&self) -> Result<rhax_api::ext::VcpuFieldStats, Error> {
+        self.sys.vcpu_field_stats(self.vm, self.vcpu)
+    }
 }
 
 impl<T: Transport> StatsSource for Observed<'_, T> {

@@ -318,3 +318,50 @@ fn monitor_sums_deltas_keeps_busy_vcpus_and_records_rates() {
     assert!(m.reset().is_empty());
     assert!(m.sources().iter().all(|s| *s.resets.borrow() == 1));
 }
+
+#[test]
+fn reasons_parse_by_name_or_number() {
+    use crate::reasons::parse;
+    assert_eq!(parse("cpuid"), Some(10));
+    assert_eq!(parse("EXIT_REASON_IO_INSTRUCTION"), Some(30));
+    assert_eq!(parse("48"), Some(48));
+    assert_eq!(parse("80"), None);
+    assert_eq!(parse("35"), Some(35));
+    assert_eq!(parse("bogus"), None);
+    assert_eq!(parse(""), None);
+}
+
+#[test]
+fn field_table_sorts_by_use_and_decodes_the_encoding() {
+    use rhax_api::ext::FieldStats;
+    let f = |encoding: u32, reads: u64, writes: u64| FieldStats {
+        encoding,
+        reserved: 0,
+        reads,
+        writes,
+    };
+    // GUEST_RIP (0x681e), VM_EXIT_INSTRUCTION_LEN (0x440c), EXIT_QUALIFICATION (0x6400).
+    let mut fields = [f(0x440c, 10, 0), f(0x681e, 10, 10), f(0x6400, 10, 0)];
+    let mut out = String::new();
+    crate::render::fields_table(&mut out, &mut fields, Some(30), 10).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "per-field VMREAD/VMWRITE in IO_INSTRUCTION windows (10 exits):"
+    );
+    let cols = |l: &str| l.split_whitespace().map(String::from).collect::<Vec<_>>();
+    assert_eq!(
+        cols(lines[2]),
+        [
+            "0x681e",
+            "guest-state",
+            "natural",
+            "10",
+            "10",
+            "1.00",
+            "1.00"
+        ]
+    );
+    assert_eq!(cols(lines[3])[..3], ["0x440c", "exit-info", "32-bit"]);
+    assert_eq!(cols(lines[4])[..3], ["0x6400", "exit-info", "natural"]);
+}
