@@ -248,10 +248,9 @@ pub fn fields_table(
     reason: Option<u16>,
     exits: u64,
 ) -> fmt::Result {
-    fields.sort_unstable_by(|a, b| {
-        (b.reads + b.writes)
-            .cmp(&(a.reads + a.writes))
-            .then(a.encoding.cmp(&b.encoding))
+    let uses = |f: &FieldStats| f.reads.saturating_add(f.writes);
+    crate::sample::insertion_sort(fields, |a, b| {
+        uses(a) > uses(b) || (uses(a) == uses(b) && a.encoding < b.encoding)
     });
     match reason {
         Some(r) => writeln!(

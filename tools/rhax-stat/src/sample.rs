@@ -77,7 +77,10 @@ impl<'a> Rows<'a> {
         if order == Order::Exits {
             let exits = |r: u8| s.per_reason.get(usize::from(r)).map_or(0, |c| c.exits);
             if let Some(active) = rows.reasons.get_mut(..rows.len) {
-                active.sort_unstable_by(|a, b| exits(*b).cmp(&exits(*a)).then(a.cmp(b)));
+                // Most exits first, ties by reason number.
+                insertion_sort(active, |a, b| {
+                    exits(*a) > exits(*b) || (exits(*a) == exits(*b) && a < b)
+                });
             }
         }
         rows
@@ -139,4 +142,23 @@ pub fn vmx_instructions(c: &ExitReasonStats) -> u64 {
     c.vmreads
         .saturating_add(c.vmwrites)
         .saturating_add(c.vmx_other)
+}
+
+/// Sorts `v` so that `before(a, b)` holds for every earlier `a` and later `b` it orders.
+/// Insertion sort: at most 160 elements here, and no recursion (the standard library's sorts
+/// recurse, which kernel code built from this crate must not; `cargo xtask stack`).
+pub fn insertion_sort<T: Copy>(v: &mut [T], before: impl Fn(&T, &T) -> bool) {
+    for i in 1..v.len() {
+        let mut j = i;
+        while j > 0 {
+            let (Some(&prev), Some(&cur)) = (v.get(j - 1), v.get(j)) else {
+                break;
+            };
+            if !before(&cur, &prev) {
+                break;
+            }
+            v.swap(j - 1, j);
+            j -= 1;
+        }
+    }
 }
