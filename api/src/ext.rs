@@ -63,9 +63,13 @@ bitflags::bitflags! {
         /// to entry go into [`VcpuStats`]. Clear, the vCPU's exit path neither counts nor
         /// reads the TSC for it, and the counters keep their values.
         const COUNTING = 1 << 0;
-        /// Keep per-field VMREAD/VMWRITE counts ([`RHAX_IOCTL_VCPU_FIELD_STATS`]) only for
-        /// VM exits with basic reason [`StatsControl::field_reason`]; clear: for every reason.
+        /// Keep per-field VMREAD/VMWRITE counts ([`RHAX_IOCTL_VCPU_FIELD_STATS`]) for VM
+        /// exits with basic reason [`StatsControl::field_reason`] only. Per-field counts are
+        /// off unless this or [`StatsFlags::ALL_FIELDS`] is set (they cost a table lookup per
+        /// VMREAD/VMWRITE).
         const FIELD_REASON = 1 << 1;
+        /// Keep per-field counts for every exit reason (not with `FIELD_REASON`).
+        const ALL_FIELDS = 1 << 2;
     }
 }
 
@@ -78,7 +82,7 @@ pub struct StatsControl {
     pub flags: u32,
     /// With [`StatsFlags::FIELD_REASON`]: the basic exit reason (below
     /// [`RHAX_EXIT_REASONS`]) per-field counts are kept for; without it, 0. Anything else
-    /// fails the IOCTL.
+    /// (or `FIELD_REASON` with `ALL_FIELDS`) fails the IOCTL.
     pub field_reason: u32,
 }
 
@@ -123,6 +127,11 @@ assert_layout!(VcpuStatsRequest, size = 24;
 /// the shells' buffered IOCTLs; a profile touches far fewer fields).
 pub const RHAX_FIELD_STATS_MAX: usize = 160;
 
+/// [`VcpuFieldStats::field_reason`]: counts kept for every exit reason.
+pub const RHAX_FIELDS_ALL: u32 = u32::MAX;
+/// [`VcpuFieldStats::field_reason`]: per-field counting is off.
+pub const RHAX_FIELDS_OFF: u32 = u32::MAX - 1;
+
 /// [`VcpuFieldStats::version`] of the layout defined here.
 pub const RHAX_FIELD_STATS_VERSION: u32 = 1;
 
@@ -152,7 +161,8 @@ pub struct VcpuFieldStats {
     pub version: u32,
     /// Entries of `fields` filled.
     pub nr: u32,
-    /// The basic exit reason the counts are kept for, `u32::MAX` for every reason.
+    /// The basic exit reason the counts are kept for, [`RHAX_FIELDS_ALL`] for every reason,
+    /// [`RHAX_FIELDS_OFF`] while per-field counting is off.
     pub field_reason: u32,
     /// Fields with counts; more than `nr` when the list was cut at
     /// [`RHAX_FIELD_STATS_MAX`].

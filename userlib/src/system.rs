@@ -134,36 +134,32 @@ impl<T: Transport> System<T> {
     }
 
     /// `RHAX_IOCTL_VCPU_STATS` with a switch: counting on or off for vCPU `vcpu` of VM `vm`
-    /// (per-field counts for every reason).
+    /// (and per-field counts off).
     pub fn set_vcpu_counting(&self, vm: u32, vcpu: u32, on: bool) -> Result<VcpuStats> {
-        self.set_vcpu_stats_control(vm, vcpu, on, None)
-    }
-
-    /// `RHAX_IOCTL_VCPU_STATS` with a switch: counting on or off, and per-field counts kept
-    /// only for exits with basic reason `field_reason` (`None`: every reason).
-    pub fn set_vcpu_stats_control(
-        &self,
-        vm: u32,
-        vcpu: u32,
-        on: bool,
-        field_reason: Option<u16>,
-    ) -> Result<VcpuStats> {
-        let mut flags = if on {
+        let flags = if on {
             StatsFlags::COUNTING
         } else {
             StatsFlags::empty()
         };
-        if field_reason.is_some() {
-            flags |= StatsFlags::FIELD_REASON;
-        }
-        let reason = field_reason.map_or(0, u32::from);
+        self.set_vcpu_stats_control(vm, vcpu, flags, 0)
+    }
+
+    /// `RHAX_IOCTL_VCPU_STATS` with a switch: `flags` ([`StatsFlags`]: counting, per-field
+    /// counts for every reason or for basic reason `field_reason`).
+    pub fn set_vcpu_stats_control(
+        &self,
+        vm: u32,
+        vcpu: u32,
+        flags: StatsFlags,
+        field_reason: u32,
+    ) -> Result<VcpuStats> {
         crate::stats::by_id(
             &self.dev,
             vm,
             vcpu,
             RHAX_STATS_OP_CONTROL,
             flags.bits(),
-            reason,
+            field_reason,
         )
     }
 

@@ -908,7 +908,8 @@ fn observer_stats_go_through_the_system_device() {
     f.fields[0].encoding = 0x681e;
     f.fields[0].reads = 7;
     fake.script([Reply::pod(&s), Reply::pod(&f)]);
-    sys.set_vcpu_stats_control(3, 1, true, Some(30)).unwrap();
+    let flags = rhax_api::ext::StatsFlags::COUNTING | rhax_api::ext::StatsFlags::FIELD_REASON;
+    sys.set_vcpu_stats_control(3, 1, flags, 30).unwrap();
     let got = sys.vcpu_field_stats(3, 1).unwrap();
     assert_eq!(got.entries().len(), 1);
     assert_eq!(

@@ -997,7 +997,7 @@ fn stats_control_switches_counting_off_and_on() {
     // counting stays off.
     let with_reason = (StatsFlags::COUNTING | StatsFlags::FIELD_REASON).bits();
     for (flags, reason) in [
-        (1 << 2, 0),
+        (1 << 3, 0),
         (u32::MAX, 0),
         (StatsFlags::COUNTING.bits(), 1),
         (with_reason, 80),
@@ -1087,7 +1087,7 @@ fn system_device_reads_any_vcpus_stats_by_id() {
         22
     );
     assert_eq!(
-        observe(id, 0, RHAX_STATS_OP_CONTROL, 4)
+        observe(id, 0, RHAX_STATS_OP_CONTROL, 8)
             .unwrap_err()
             .errno(),
         22
@@ -1160,14 +1160,31 @@ fn system_device_reads_any_vcpus_stats_by_id() {
     .unwrap_err();
     assert_eq!(e.errno(), 22);
     assert_eq!(fields().field_reason, 12, "nothing changed");
-    // Every reason again.
+    // Every reason, then off (the default).
+    let all = StatsFlags::COUNTING | StatsFlags::ALL_FIELDS;
+    send(
+        &RHAX_IOCTL_VCPU_STATS,
+        VcpuStats::SIZE,
+        request(RHAX_STATS_OP_CONTROL, all.bits(), 0, 0),
+    )
+    .unwrap();
+    assert_eq!(fields().field_reason, rhax_api::ext::RHAX_FIELDS_ALL);
+    // Both filters at once: refused.
+    let both = all | StatsFlags::FIELD_REASON;
+    let e = send(
+        &RHAX_IOCTL_VCPU_STATS,
+        VcpuStats::SIZE,
+        request(RHAX_STATS_OP_CONTROL, both.bits(), 12, 0),
+    )
+    .unwrap_err();
+    assert_eq!(e.errno(), 22);
     send(
         &RHAX_IOCTL_VCPU_STATS,
         VcpuStats::SIZE,
         request(RHAX_STATS_OP_CONTROL, StatsFlags::COUNTING.bits(), 0, 0),
     )
     .unwrap();
-    assert_eq!(fields().field_reason, u32::MAX);
+    assert_eq!(fields().field_reason, rhax_api::ext::RHAX_FIELDS_OFF);
 }
 
 #[test]

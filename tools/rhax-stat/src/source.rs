@@ -70,8 +70,16 @@ impl<'a, T: Transport> Observed<'a, T> {
     /// Counting on, per-field counts kept only for exits with basic reason `reason` (`None`:
     /// every reason).
     pub fn set_field_reason(&self, reason: Option<u16>) -> Result<(), Error> {
+        use rhax_api::ext::StatsFlags;
+        let (flags, r) = match reason {
+            Some(r) => (
+                StatsFlags::COUNTING | StatsFlags::FIELD_REASON,
+                u32::from(r),
+            ),
+            None => (StatsFlags::COUNTING | StatsFlags::ALL_FIELDS, 0),
+        };
         self.sys
-            .set_vcpu_stats_control(self.vm, self.vcpu, true, reason)
+            .set_vcpu_stats_control(self.vm, self.vcpu, flags, r)
             .map(drop)
     }
 

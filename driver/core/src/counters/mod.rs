@@ -65,23 +65,33 @@ pub struct VcpuStats {
     window: ExitCounters,
     /// Bucket the current window belongs to.
     bucket: usize,
-    /// What the VMREAD/VMWRITE hooks skip: [`SKIP_ALL`] while counting is switched off at run
-    /// time (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: nothing is counted and the exit path reads
-    /// no TSC for the counters), [`SKIP_FIELDS`] while a per-field reason is chosen and the
-    /// current window belongs to another one. One byte tested once per operation, 0 (count
-    /// everything) in the all-zero value [`VcpuStats::boxed`] starts from.
-    skip: u8,
-    /// The bucket per-field counts are kept for, or [`ALL_BUCKETS`].
+    /// Counting switched off at run time (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`): nothing is
+    /// counted and the exit path reads no TSC for the counters. Stored inverted so that the
+    /// all-zero value [`VcpuStats::boxed`] starts from counts.
+    disabled: bool,
+    /// Per-field counts are off, or kept for another reason than the current window's: the
+    /// VMREAD/VMWRITE hooks count the window, not the fields.
+    fields_skipped: bool,
+    /// The bucket per-field counts are kept for, [`ALL_BUCKETS`] or [`NO_BUCKET`].
     field_bucket: usize,
 }
 
-/// [`VcpuStats::skip`]: count nothing.
-const SKIP_ALL: u8 = 1 << 0;
-/// [`VcpuStats::skip`]: count the window, not the fields.
-const SKIP_FIELDS: u8 = 1 << 1;
-/// [`VcpuStats::field_bucket`]: per-field counts for every exit reason. 0 (bucket 0, exception
-/// or NMI) in the all-zero value; [`VcpuStats::boxed`] sets it.
+/// [`VcpuStats::field_bucket`]: per-field counts for every exit reason.
 const ALL_BUCKETS: usize = usize::MAX;
+/// [`VcpuStats::field_bucket`]: no per-field counts (the default: the per-field table lookup
+/// and increment cost ~28 emulated instructions per CPUID round trip, and only a tuner asks).
+const NO_BUCKET: usize = usize::MAX - 1;
+
+/// Which VM exits per-field VMREAD/VMWRITE counts are kept for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldFilter {
+    /// None (the default).
+    Off,
+    /// Every exit reason (and the work outside exits).
+    All,
+    /// Exits with this basic reason only.
+    Reason(u16),
+}
 
 // SAFETY: integer counters, a bucket index and a bool: all zero is valid (bucket 0, counting
 // on; `VcpuStats::boxed` sets the setup bucket).
@@ -93,7 +103,8 @@ impl VcpuStats {
     pub fn boxed() -> Option<alloc::boxed::Box<VcpuStats>> {
         let mut s = crate::heap::try_zeroed::<VcpuStats>()?;
         s.bucket = SETUP_BUCKET;
-        s.field_bucket = ALL_BUCKETS;
+        s.field_bucket = NO_BUCKET;
+        s.fields_skipped = true;
         Some(s)
     }
 }
@@ -105,8 +116,9 @@ impl Default for VcpuStats {
             per_field: [FieldCounters::default(); VmcsField::COUNT],
             window: ExitCounters::default(),
             bucket: SETUP_BUCKET,
-            skip: 0,
-            field_bucket: ALL_BUCKETS,
+            disabled: false,
+            fields_skipped: true,
+            field_bucket: NO_BUCKET,
         }
     }
 }
@@ -125,13 +137,13 @@ impl VcpuStats {
     // lookup folds away, and even a variable one costs a few instructions, not a search.
     #[inline(always)]
     pub(crate) fn count_read(&mut self, encoding: u32) {
-        if self.skip != 0 {
-            if self.skip & SKIP_ALL == 0 {
-                self.window.vmreads += 1;
-            }
+        if self.disabled {
             return;
         }
         self.window.vmreads += 1;
+        if self.fields_skipped {
+            return;
+        }
         if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
             f.reads += 1;
         }
@@ -139,26 +151,26 @@ impl VcpuStats {
 
     #[inline(always)]
     pub(crate) fn count_write(&mut self, encoding: u32) {
-        if self.skip != 0 {
-            if self.skip & SKIP_ALL == 0 {
-                self.window.vmwrites += 1;
-            }
+        if self.disabled {
             return;
         }
         self.window.vmwrites += 1;
+        if self.fields_skipped {
+            return;
+        }
         if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
             f.writes += 1;
         }
     }
 
     pub(crate) fn count_other(&mut self) {
-        if self.skip & SKIP_ALL == 0 {
+        if !self.disabled {
             self.window.other_vmx += 1;
         }
     }
 
     pub(crate) fn add_host_cycles(&mut self, cycles: u64) {
-        if self.skip & SKIP_ALL == 0 {
+        if !self.disabled {
             self.window.host_cycles += cycles;
         }
     }
@@ -166,41 +178,39 @@ impl VcpuStats {
     /// Whether counting is on (the default).
     #[inline]
     pub fn counting(&self) -> bool {
-        self.skip & SKIP_ALL == 0
+        !self.disabled
     }
 
     /// Switches counting on or off; the counters keep their values either way. Switched on
     /// again, counting resumes in the bucket of the last exit counted.
     pub fn set_counting(&mut self, on: bool) {
-        if on {
-            self.skip &= !SKIP_ALL;
-        } else {
-            self.skip |= SKIP_ALL;
-        }
+        self.disabled = !on;
     }
 
-    /// Keeps per-field counts only for VM exits with basic reason `reason` (`None`: for every
-    /// reason, the default), so a tuner sees which fields one exit kind touches. The VMREAD
-    /// of the exit reason itself counts for the window before it (it happens before the
-    /// reason is known). Existing per-field counts are kept; reset them to start clean.
-    pub fn set_field_reason(&mut self, reason: Option<u16>) {
-        self.field_bucket = reason.map_or(ALL_BUCKETS, bucket_of);
+    /// Chooses which VM exits per-field counts are kept for, so a tuner sees which fields one
+    /// exit kind touches. The VMREAD of the exit reason itself counts for the window before
+    /// it (it happens before the reason is known). Existing per-field counts are kept; reset
+    /// them to start clean.
+    pub fn set_field_filter(&mut self, filter: FieldFilter) {
+        self.field_bucket = match filter {
+            FieldFilter::Off => NO_BUCKET,
+            FieldFilter::All => ALL_BUCKETS,
+            FieldFilter::Reason(r) => bucket_of(r),
+        };
         self.update_field_skip();
     }
 
-    /// The basic exit reason per-field counts are kept for, if one was chosen.
-    pub fn field_reason(&self) -> Option<u16> {
-        (self.field_bucket != ALL_BUCKETS)
-            .then_some(self.field_bucket)
-            .and_then(|b| u16::try_from(b).ok())
+    /// Which VM exits per-field counts are kept for.
+    pub fn field_filter(&self) -> FieldFilter {
+        match self.field_bucket {
+            NO_BUCKET => FieldFilter::Off,
+            ALL_BUCKETS => FieldFilter::All,
+            b => u16::try_from(b).map_or(FieldFilter::Off, FieldFilter::Reason),
+        }
     }
 
     fn update_field_skip(&mut self) {
-        if self.field_bucket == ALL_BUCKETS || self.field_bucket == self.bucket {
-            self.skip &= !SKIP_FIELDS;
-        } else {
-            self.skip |= SKIP_FIELDS;
-        }
+        self.fields_skipped = self.field_bucket != ALL_BUCKETS && self.field_bucket != self.bucket;
     }
 
     /// Starts the window of a VM exit with this basic reason. Call it right after the VMREAD
@@ -211,7 +221,7 @@ impl VcpuStats {
     /// every reader folds the open window in.
     #[inline]
     pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
-        if self.skip & SKIP_ALL != 0 {
+        if self.disabled {
             return;
         }
         let bucket = bucket_of(basic_reason);
@@ -415,12 +425,19 @@ mod tests {
     fn counts_land_on_the_field_including_high_halves() {
         let mut s = VcpuStats::default();
         s.count_read(VmcsField::GuestRip.encoding());
+        assert_eq!(
+            s.field(VmcsField::GuestRip).reads,
+            0,
+            "per-field counts are opt-in"
+        );
+        s.set_field_filter(FieldFilter::All);
+        s.count_read(VmcsField::GuestRip.encoding());
         s.count_write(VmcsField::EptPointer.encoding() | 1);
         s.count_write(0x7fff_fffe);
         assert_eq!(s.field(VmcsField::GuestRip).reads, 1);
         assert_eq!(s.field(VmcsField::EptPointer).writes, 1);
         let t = s.total();
-        assert_eq!((t.vmreads, t.vmwrites), (1, 2));
+        assert_eq!((t.vmreads, t.vmwrites), (2, 2));
     }
 
     #[test]
@@ -454,8 +471,8 @@ mod tests {
     #[test]
     fn per_field_counts_only_for_the_chosen_reason() {
         let mut s = VcpuStats::default();
-        s.set_field_reason(Some(30));
-        assert_eq!(s.field_reason(), Some(30));
+        s.set_field_filter(FieldFilter::Reason(30));
+        assert_eq!(s.field_filter(), FieldFilter::Reason(30));
         // Setup window and a CPUID window: not reason 30.
         exit(&mut s, 10, 2, 1, 0);
         exit(&mut s, 30, 3, 2, 0);
@@ -465,15 +482,18 @@ mod tests {
         assert_eq!(s.field(VmcsField::GuestRip).writes, 5);
         // Window counts are unaffected by the filter.
         assert_eq!(s.total().vmreads, 2 + 3 + 4 + 3);
-        s.set_field_reason(None);
+        s.set_field_filter(FieldFilter::All);
         exit(&mut s, 10, 1, 0, 0);
         assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
         // Off wins over the filter; on again, the filter holds.
-        s.set_field_reason(Some(12));
+        s.set_field_filter(FieldFilter::Reason(12));
         s.set_counting(false);
         exit(&mut s, 12, 7, 7, 0);
         s.set_counting(true);
         assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
-        assert_eq!(s.field_reason(), Some(12));
+        assert_eq!(s.field_filter(), FieldFilter::Reason(12));
+        s.set_field_filter(FieldFilter::Off);
+        exit(&mut s, 12, 1, 1, 0);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
     }
 }

@@ -228,9 +228,9 @@ impl Vcpu {
         self.stats.set_counting(on);
     }
 
-    /// Keeps per-field counts only for exits with this basic reason (`None`: every reason).
-    pub fn set_field_reason(&mut self, reason: Option<u16>) {
-        self.stats.set_field_reason(reason);
+    /// Chooses which exits per-field counts are kept for (none by default).
+    pub fn set_field_filter(&mut self, filter: crate::counters::FieldFilter) {
+        self.stats.set_field_filter(filter);
     }
 
     /// The CPU whose VMCS is this vCPU's, if any.

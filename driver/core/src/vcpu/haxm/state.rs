@@ -2,6 +2,7 @@
 
 use super::exits::guest_cr;
 use super::*;
+use crate::counters::FieldFilter;
 use crate::vcpu::checked::{FxImage, MxcsrMask, Refused};
 
 impl HaxVcpu {
@@ -209,28 +210,30 @@ impl HaxVcpu {
         self.user_exits = 0;
     }
 
-    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off and chooses the exit
-    /// reason per-field counts are kept for. A flag this driver does not know, or a
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off and chooses which
+    /// exits per-field counts are kept for (none, all, or one reason). A flag this driver does not know, or a
     /// `field_reason` that is not a counted reason (or not 0 without `FIELD_REASON`), is
     /// refused with nothing changed (so a later flag cannot be mistaken for a no-op by an
     /// older driver).
     pub fn set_stats_control(&mut self, control: &ext::StatsControl) -> Result<(), HaxError> {
         let refused = HaxError::InvalidValue(Refused::ReservedBits);
         let flags = ext::StatsFlags::from_bits(control.flags).ok_or(refused)?;
-        let field_reason = if flags.contains(ext::StatsFlags::FIELD_REASON) {
-            let r = u16::try_from(control.field_reason)
-                .ok()
-                .filter(|r| usize::from(*r) < ext::RHAX_EXIT_REASONS)
-                .ok_or(refused)?;
-            Some(r)
-        } else if control.field_reason == 0 {
-            None
-        } else {
-            return Err(refused);
+        let reason = flags.contains(ext::StatsFlags::FIELD_REASON);
+        let all = flags.contains(ext::StatsFlags::ALL_FIELDS);
+        let filter = match (reason, all) {
+            (true, false) => FieldFilter::Reason(
+                u16::try_from(control.field_reason)
+                    .ok()
+                    .filter(|r| usize::from(*r) < ext::RHAX_EXIT_REASONS)
+                    .ok_or(refused)?,
+            ),
+            (false, true) if control.field_reason == 0 => FieldFilter::All,
+            (false, false) if control.field_reason == 0 => FieldFilter::Off,
+            _ => return Err(refused),
         };
         self.core
             .set_counting(flags.contains(ext::StatsFlags::COUNTING));
-        self.core.set_field_reason(field_reason);
+        self.core.set_field_filter(filter);
         Ok(())
     }
 
@@ -272,7 +275,11 @@ impl HaxVcpu {
                 nr += 1;
             }
         }
-        let reason = stats.field_reason().map_or(u32::MAX, u32::from);
+        let reason = match stats.field_filter() {
+            FieldFilter::Reason(r) => u32::from(r),
+            FieldFilter::All => ext::RHAX_FIELDS_ALL,
+            FieldFilter::Off => ext::RHAX_FIELDS_OFF,
+        };
         put(
             offset_of!(VcpuFieldStats, version),
             &ext::RHAX_FIELD_STATS_VERSION.to_le_bytes(),
