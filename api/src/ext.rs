@@ -46,8 +46,142 @@ bitflags::bitflags! {
     pub struct ExtFeatures: u64 {
         /// [`RHAX_VCPU_IOCTL_GET_STATS`] and [`RHAX_VCPU_IOCTL_RESET_STATS`].
         const VCPU_STATS = 1 << 0;
+        /// [`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`]: counting can be switched off at run time.
+        const STATS_CONTROL = 1 << 1;
+        /// [`RHAX_IOCTL_VCPU_STATS`]: any vCPU's statistics through the system device.
+        const SYSTEM_STATS = 1 << 2;
+        /// [`RHAX_IOCTL_VCPU_FIELD_STATS`] and [`StatsFlags::FIELD_REASON`].
+        const FIELD_STATS = 1 << 3;
         /// [`RHAX_VCPU_IOCTL_GET_XSAVE`] and [`RHAX_VCPU_IOCTL_SET_XSAVE`].
-        const XSAVE = 1 << 1;
+        const XSAVE = 1 << 4;
+    }
+}
+
+bitflags::bitflags! {
+    /// [`StatsControl::flags`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct StatsFlags: u32 {
+        /// Count (the default): every VMX instruction, VM exit and the host cycles from exit
+        /// to entry go into [`VcpuStats`]. Clear, the vCPU's exit path neither counts nor
+        /// reads the TSC for it, and the counters keep their values.
+        const COUNTING = 1 << 0;
+        /// Keep per-field VMREAD/VMWRITE counts ([`RHAX_IOCTL_VCPU_FIELD_STATS`]) for VM
+        /// exits with basic reason [`StatsControl::field_reason`] only. Per-field counts are
+        /// off unless this or [`StatsFlags::ALL_FIELDS`] is set (they cost a table lookup per
+        /// VMREAD/VMWRITE).
+        const FIELD_REASON = 1 << 1;
+        /// Keep per-field counts for every exit reason (not with `FIELD_REASON`).
+        const ALL_FIELDS = 1 << 2;
+    }
+}
+
+/// The input of [`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatsControl {
+    /// [`StatsFlags`] bits; a bit the driver does not know fails the IOCTL (`EINVAL`,
+    /// `STATUS_INVALID_PARAMETER`) with nothing changed.
+    pub flags: u32,
+    /// With [`StatsFlags::FIELD_REASON`]: the basic exit reason (below
+    /// [`RHAX_EXIT_REASONS`]) per-field counts are kept for; without it, 0. Anything else
+    /// (or `FIELD_REASON` with `ALL_FIELDS`) fails the IOCTL.
+    pub field_reason: u32,
+}
+
+impl_pod!(StatsControl);
+assert_layout!(StatsControl, size = 8; flags = 0, field_reason = 4);
+
+/// [`VcpuStatsRequest::op`]: read the counters.
+pub const RHAX_STATS_OP_GET: u32 = 0;
+/// [`VcpuStatsRequest::op`]: zero the counters, then read them.
+pub const RHAX_STATS_OP_RESET: u32 = 1;
+/// [`VcpuStatsRequest::op`]: apply [`VcpuStatsRequest::flags`] as [`StatsFlags`] (as
+/// [`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`]), then read the counters.
+pub const RHAX_STATS_OP_CONTROL: u32 = 2;
+
+/// The request at the start of [`RHAX_IOCTL_VCPU_STATS`]'s buffer.
+///
+/// Why through the system device: VM and vCPU devices are exclusive (the VMM that created
+/// them holds them open), so an observer such as `rhax-stat` cannot open them; the system
+/// device can be opened by any process allowed to create VMs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuStatsRequest {
+    /// VM id.
+    pub vm: u32,
+    /// vCPU id.
+    pub vcpu: u32,
+    /// `RHAX_STATS_OP_*`; any other value fails the IOCTL (`EINVAL`).
+    pub op: u32,
+    /// [`StatsFlags`] for [`RHAX_STATS_OP_CONTROL`]; 0 otherwise.
+    pub flags: u32,
+    /// [`StatsControl::field_reason`] for [`RHAX_STATS_OP_CONTROL`]; 0 otherwise.
+    pub field_reason: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+
+impl_pod!(VcpuStatsRequest);
+assert_layout!(VcpuStatsRequest, size = 24;
+    vm = 0, vcpu = 4, op = 8, flags = 12, field_reason = 16, reserved = 20);
+
+/// The most fields one [`VcpuFieldStats`] lists (the record stays under 4 KiB, the bound of
+/// the shells' buffered IOCTLs; a profile touches far fewer fields).
+pub const RHAX_FIELD_STATS_MAX: usize = 160;
+
+/// [`VcpuFieldStats::field_reason`]: counts kept for every exit reason.
+pub const RHAX_FIELDS_ALL: u32 = u32::MAX;
+/// [`VcpuFieldStats::field_reason`]: per-field counting is off.
+pub const RHAX_FIELDS_OFF: u32 = u32::MAX - 1;
+
+/// [`VcpuFieldStats::version`] of the layout defined here.
+pub const RHAX_FIELD_STATS_VERSION: u32 = 1;
+
+/// VMREAD/VMWRITE counts of one VMCS field (a 64-bit field's high half counts for it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldStats {
+    /// The field's encoding (SDM Vol. 3D, Appendix B).
+    pub encoding: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+    /// VMREADs.
+    pub reads: u64,
+    /// VMWRITEs.
+    pub writes: u64,
+}
+
+impl_pod!(FieldStats);
+assert_layout!(FieldStats, size = 24; encoding = 0, reserved = 4, reads = 8, writes = 16);
+
+/// The answer of [`RHAX_IOCTL_VCPU_FIELD_STATS`]: the fields with any VMREAD or VMWRITE,
+/// in the driver's field-table order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuFieldStats {
+    /// [`RHAX_FIELD_STATS_VERSION`].
+    pub version: u32,
+    /// Entries of `fields` filled.
+    pub nr: u32,
+    /// The basic exit reason the counts are kept for, [`RHAX_FIELDS_ALL`] for every reason,
+    /// [`RHAX_FIELDS_OFF`] while per-field counting is off.
+    pub field_reason: u32,
+    /// Fields with counts; more than `nr` when the list was cut at
+    /// [`RHAX_FIELD_STATS_MAX`].
+    pub active: u32,
+    /// `nr` entries, then zeros.
+    pub fields: [FieldStats; RHAX_FIELD_STATS_MAX],
+}
+
+impl_pod!(VcpuFieldStats);
+assert_layout!(VcpuFieldStats, size = 3856;
+    version = 0, nr = 4, field_reason = 8, active = 12, fields = 16);
+
+impl VcpuFieldStats {
+    /// The filled entries (at most [`RHAX_FIELD_STATS_MAX`], whatever `nr` says).
+    pub fn entries(&self) -> &[FieldStats] {
+        let n = usize::try_from(self.nr).unwrap_or(usize::MAX);
+        self.fields.get(..n).unwrap_or(&self.fields)
     }
 }
 
@@ -215,12 +349,26 @@ crate::ioctl::ioctl_table! {
     /// `RHAX_VCPU_IOCTL_RESET_STATS` (vCPU device): no argument; zeroes the counters of
     /// [`VcpuStats`]. Feature [`ExtFeatures::VCPU_STATS`].
     RHAX_VCPU_IOCTL_RESET_STATS: Vcpu, Some(0xa02), px(Direction::None, 0xe2, 0);
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` (vCPU device): in [`StatsControl`]; switches
+    /// counting on or off. Feature [`ExtFeatures::STATS_CONTROL`].
+    RHAX_VCPU_IOCTL_SET_STATS_CONTROL: Vcpu, Some(0xa03), px(Direction::Write, 0xe3, size_of::<StatsControl>());
+    /// `RHAX_IOCTL_VCPU_STATS` (system device): in a [`VcpuStatsRequest`] (Windows: the input
+    /// buffer; POSIX: the first 24 bytes of the one buffer), out the vCPU's [`VcpuStats`]
+    /// after the operation. A vCPU inside RUN answers `EBUSY` (Windows
+    /// `STATUS_DEVICE_BUSY`); no such VM or vCPU: `ENOENT` (`STATUS_OBJECT_NAME_NOT_FOUND`).
+    /// Feature [`ExtFeatures::SYSTEM_STATS`].
+    RHAX_IOCTL_VCPU_STATS: System, Some(0xa04), px(Direction::ReadWrite, 0xe4, size_of::<VcpuStats>());
+    /// `RHAX_IOCTL_VCPU_FIELD_STATS` (system device): in a [`VcpuStatsRequest`] with op
+    /// [`RHAX_STATS_OP_GET`] (the buffer's first 24 bytes), out the vCPU's per-field counts
+    /// ([`VcpuFieldStats`]). Errors as [`RHAX_IOCTL_VCPU_STATS`]. Feature
+    /// [`ExtFeatures::FIELD_STATS`].
+    RHAX_IOCTL_VCPU_FIELD_STATS: System, Some(0xa05), px(Direction::ReadWrite, 0xe5, size_of::<VcpuFieldStats>());
     /// `RHAX_VCPU_IOCTL_GET_XSAVE` (vCPU device): out [`RhaxXsave`]. Feature
     /// [`ExtFeatures::XSAVE`].
-    RHAX_VCPU_IOCTL_GET_XSAVE: Vcpu, Some(0xa03), px(Direction::Read, 0xe3, size_of::<RhaxXsave>());
+    RHAX_VCPU_IOCTL_GET_XSAVE: Vcpu, Some(0xa06), px(Direction::Read, 0xe6, size_of::<RhaxXsave>());
     /// `RHAX_VCPU_IOCTL_SET_XSAVE` (vCPU device): in [`RhaxXsave`]. Feature
     /// [`ExtFeatures::XSAVE`].
-    RHAX_VCPU_IOCTL_SET_XSAVE: Vcpu, Some(0xa04), px(Direction::Write, 0xe4, size_of::<RhaxXsave>());
+    RHAX_VCPU_IOCTL_SET_XSAVE: Vcpu, Some(0xa07), px(Direction::Write, 0xe7, size_of::<RhaxXsave>());
 }
 
 #[cfg(test)]
@@ -249,11 +397,23 @@ mod tests {
             RHAX_VCPU_IOCTL_RESET_STATS.code(Platform::NetBsd),
             Some(0x2000_00e2)
         );
+        // CTL_CODE(0x22, 0xa03, METHOD_BUFFERED, FILE_ANY_ACCESS); _IOW(0, 0xe3, 8).
+        assert_eq!(
+            RHAX_VCPU_IOCTL_SET_STATS_CONTROL.windows(),
+            Some(0x4000_280c)
+        );
+        assert_eq!(RHAX_VCPU_IOCTL_SET_STATS_CONTROL.linux(), Some(0x4008_00e3));
+        // CTL_CODE(0x22, 0xa04, ...); _IOWR(0, 0xe4, 3312).
+        assert_eq!(RHAX_IOCTL_VCPU_STATS.windows(), Some(0x4000_2810));
+        assert_eq!(RHAX_IOCTL_VCPU_STATS.linux(), Some(0xccf0_00e4));
+        // CTL_CODE(0x22, 0xa05, ...); _IOWR(0, 0xe5, 3856).
+        assert_eq!(RHAX_IOCTL_VCPU_FIELD_STATS.windows(), Some(0x4000_2814));
+        assert_eq!(RHAX_IOCTL_VCPU_FIELD_STATS.linux(), Some(0xcf10_00e5));
         // 4112 = 0x1010 bytes: _IOR/_IOW carry it in the 14-bit size field.
-        assert_eq!(RHAX_VCPU_IOCTL_GET_XSAVE.windows(), Some(0x4000_280c));
-        assert_eq!(RHAX_VCPU_IOCTL_GET_XSAVE.linux(), Some(0x9010_00e3));
-        assert_eq!(RHAX_VCPU_IOCTL_SET_XSAVE.windows(), Some(0x4000_2810));
-        assert_eq!(RHAX_VCPU_IOCTL_SET_XSAVE.linux(), Some(0x5010_00e4));
+        assert_eq!(RHAX_VCPU_IOCTL_GET_XSAVE.windows(), Some(0x4000_2818));
+        assert_eq!(RHAX_VCPU_IOCTL_GET_XSAVE.linux(), Some(0x9010_00e6));
+        assert_eq!(RHAX_VCPU_IOCTL_SET_XSAVE.windows(), Some(0x4000_281c));
+        assert_eq!(RHAX_VCPU_IOCTL_SET_XSAVE.linux(), Some(0x5010_00e7));
         assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
     }
 

@@ -158,6 +158,10 @@ pub enum Error {
     GetXsave(OsError),
     /// `RHAX_VCPU_IOCTL_SET_XSAVE` failed.
     SetXsave(OsError),
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` failed.
+    SetStatsControl(OsError),
+    /// `RHAX_IOCTL_VCPU_STATS` (system device) failed.
+    VcpuStats(OsError),
     /// The IOCTL does not exist on this transport's platform (`HAX_VCPU_IOCTL_KICKOFF` off
     /// Windows, `HAX_VCPU_IOCTL_GET_CPUID` on NetBSD), so nothing was sent.
     Unsupported {
@@ -256,7 +260,9 @@ impl Error {
             | Self::GetStats(os)
             | Self::ResetStats(os)
             | Self::GetXsave(os)
-            | Self::SetXsave(os) => Some(os),
+            | Self::SetXsave(os)
+            | Self::SetStatsControl(os)
+            | Self::VcpuStats(os) => Some(os),
             _ => None,
         }
     }
@@ -303,6 +309,8 @@ impl fmt::Display for Error {
             Self::ResetStats(os) => failed(f, "RHAX_VCPU_IOCTL_RESET_STATS", os),
             Self::GetXsave(os) => failed(f, "RHAX_VCPU_IOCTL_GET_XSAVE", os),
             Self::SetXsave(os) => failed(f, "RHAX_VCPU_IOCTL_SET_XSAVE", os),
+            Self::SetStatsControl(os) => failed(f, "RHAX_VCPU_IOCTL_SET_STATS_CONTROL", os),
+            Self::VcpuStats(os) => failed(f, "RHAX_IOCTL_VCPU_STATS", os),
             Self::Unsupported { ioctl } => {
                 write!(f, "{ioctl} does not exist on this platform")
             }

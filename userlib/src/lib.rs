@@ -77,6 +77,7 @@ pub use rhax_api as api;
 mod error;
 #[cfg(feature = "std")]
 mod os;
+mod stats;
 mod system;
 mod transport;
 mod tunnel;

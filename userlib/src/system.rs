@@ -1,6 +1,9 @@
 //! [`System`]: the control device (`\\.\HAX`, `/dev/HAX`).
 
-use rhax_api::ext::{RhaxExtInfo, RHAX_IOCTL_EXT_INFO};
+use rhax_api::ext::{
+    RhaxExtInfo, StatsFlags, VcpuFieldStats, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_STATS_OP_CONTROL,
+    RHAX_STATS_OP_GET, RHAX_STATS_OP_RESET,
+};
 use rhax_api::ioctl::{
     HAX_IOCTL_CAPABILITY, HAX_IOCTL_CREATE_VM, HAX_IOCTL_SET_MEMLIMIT, HAX_IOCTL_VERSION,
 };
@@ -114,5 +117,55 @@ impl<T: Transport> System<T> {
         } else {
             Err(Error::NotRhax { magic: info.magic })
         }
+    }
+
+    /// `RHAX_IOCTL_VCPU_STATS` (rhax only): the statistics of vCPU `vcpu` of VM `vm`, which
+    /// another process may hold (VM and vCPU devices are exclusive, the system device is
+    /// not). A vCPU inside RUN answers `EBUSY` / `ERROR_BUSY`; no such VM or vCPU `ENOENT` /
+    /// `ERROR_FILE_NOT_FOUND`.
+    pub fn vcpu_stats(&self, vm: u32, vcpu: u32) -> Result<VcpuStats> {
+        crate::stats::by_id(&self.dev, vm, vcpu, RHAX_STATS_OP_GET, 0, 0)
+    }
+
+    /// `RHAX_IOCTL_VCPU_STATS` with a reset: zeroes vCPU `vcpu` of VM `vm`'s counters and
+    /// returns them.
+    pub fn reset_vcpu_stats(&self, vm: u32, vcpu: u32) -> Result<VcpuStats> {
+        crate::stats::by_id(&self.dev, vm, vcpu, RHAX_STATS_OP_RESET, 0, 0)
+    }
+
+    /// `RHAX_IOCTL_VCPU_STATS` with a switch: counting on or off for vCPU `vcpu` of VM `vm`
+    /// (and per-field counts off).
+    pub fn set_vcpu_counting(&self, vm: u32, vcpu: u32, on: bool) -> Result<VcpuStats> {
+        let flags = if on {
+            StatsFlags::COUNTING
+        } else {
+            StatsFlags::empty()
+        };
+        self.set_vcpu_stats_control(vm, vcpu, flags, 0)
+    }
+
+    /// `RHAX_IOCTL_VCPU_STATS` with a switch: `flags` ([`StatsFlags`]: counting, per-field
+    /// counts for every reason or for basic reason `field_reason`).
+    pub fn set_vcpu_stats_control(
+        &self,
+        vm: u32,
+        vcpu: u32,
+        flags: StatsFlags,
+        field_reason: u32,
+    ) -> Result<VcpuStats> {
+        crate::stats::by_id(
+            &self.dev,
+            vm,
+            vcpu,
+            RHAX_STATS_OP_CONTROL,
+            flags.bits(),
+            field_reason,
+        )
+    }
+
+    /// `RHAX_IOCTL_VCPU_FIELD_STATS` (rhax only): vCPU `vcpu` of VM `vm`'s per-field
+    /// VMREAD/VMWRITE counts.
+    pub fn vcpu_field_stats(&self, vm: u32, vcpu: u32) -> Result<VcpuFieldStats> {
+        crate::stats::fields_by_id(&self.dev, vm, vcpu)
     }
 }

@@ -875,6 +875,86 @@ fn stats_calls() {
 }
 
 #[test]
+fn observer_stats_go_through_the_system_device() {
+    let fake = Fake::new(Platform::Linux);
+    let sys = System::open(fake.clone()).unwrap();
+    let mut s = VcpuStats::new();
+    s.per_reason[10].exits = 4;
+    fake.script([Reply::pod(&s), Reply::pod(&s), Reply::pod(&s)]);
+    assert_eq!(
+        sys.vcpu_stats(3, 1).unwrap().reason(10).map(|r| r.exits),
+        Some(4)
+    );
+    sys.reset_vcpu_stats(3, 1).unwrap();
+    sys.set_vcpu_counting(3, 1, false).unwrap();
+    // Only the system device is opened: the vCPU device belongs to its VMM.
+    assert_eq!(fake.opens(), [DevicePath::System]);
+    let calls = fake.take_calls();
+    assert!(calls
+        .iter()
+        .all(|c| (c.device, c.code, c.kind) == (DevicePath::System, 0xccf0_00e4, "inout")));
+    let req = |c: &crate::fake::Call| c.input[..24].to_vec();
+    let le = |v: [u32; 6]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    assert_eq!(req(&calls[0]), le([3, 1, 0, 0, 0, 0]));
+    assert_eq!(req(&calls[1]), le([3, 1, 1, 0, 0, 0]));
+    assert_eq!(req(&calls[2]), le([3, 1, 2, 0, 0, 0]));
+    // Per-field counts for one reason: the switch, then the field list.
+    let mut f = rhax_api::ext::VcpuFieldStats {
+        version: 1,
+        nr: 1,
+        field_reason: 30,
+        ..Default::default()
+    };
+    f.fields[0].encoding = 0x681e;
+    f.fields[0].reads = 7;
+    fake.script([Reply::pod(&s), Reply::pod(&f)]);
+    let flags = rhax_api::ext::StatsFlags::COUNTING | rhax_api::ext::StatsFlags::FIELD_REASON;
+    sys.set_vcpu_stats_control(3, 1, flags, 30).unwrap();
+    let got = sys.vcpu_field_stats(3, 1).unwrap();
+    assert_eq!(got.entries().len(), 1);
+    assert_eq!(
+        (got.entries()[0].encoding, got.entries()[0].reads),
+        (0x681e, 7)
+    );
+    let calls = fake.take_calls();
+    assert_eq!(req(&calls[0]), le([3, 1, 2, 3, 30, 0]));
+    assert_eq!(
+        (calls[1].code, calls[1].out_len, req(&calls[1])),
+        (0xcf10_00e5, 3856, le([3, 1, 0, 0, 0, 0]))
+    );
+    f.nr = 161;
+    fake.script([Reply::pod(&f)]);
+    assert!(matches!(
+        sys.vcpu_field_stats(3, 1),
+        Err(Error::Malformed { field: "nr", .. })
+    ));
+    fake.script([Reply::pod(&VcpuStats { version: 9, ..s })]);
+    assert!(matches!(
+        sys.vcpu_stats(0, 0),
+        Err(Error::Malformed {
+            field: "version",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn owner_switches_counting_on_its_vcpu_device() {
+    let fake = Fake::new(Platform::Linux);
+    let (_vm, vcpu) = vcpu_on(&fake);
+    fake.script([Reply::ok(), Reply::ok()]);
+    vcpu.set_counting(false).unwrap();
+    vcpu.set_counting(true).unwrap();
+    let calls = fake.take_calls();
+    assert_eq!(
+        calls.iter().map(|c| c.code).collect::<Vec<_>>(),
+        [0x4008_00e3, 0x4008_00e3]
+    );
+    assert_eq!(calls[0].input, [0u8; 8]);
+    assert_eq!(calls[1].input, [1u8, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
 fn exit_decoding() {
     let fake = Fake::new(Platform::Linux);
     let (_vm, mut vcpu) = vcpu_on(&fake);

@@ -2,9 +2,7 @@
 //! the typed [`Exit`] it returns.
 
 use rhax_api::ext::{
-    RhaxXsave, VcpuStats, RHAX_EXIT_REASONS, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_GET_XSAVE,
-    RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_XSAVE, RHAX_VCPU_STATS_VERSION,
-    RHAX_XSAVE_VERSION,
+    RhaxXsave, VcpuStats, RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_SET_XSAVE, RHAX_XSAVE_VERSION,
 };
 use rhax_api::ioctl::{
     HAX_IOCTL_VCPU_DEBUG, HAX_VCPU_GET_REGS, HAX_VCPU_IOCTL_GET_CPUID, HAX_VCPU_IOCTL_GET_FPU,
@@ -441,20 +439,7 @@ impl<T: Transport> Vcpu<T> {
     /// header (version, size, number of reasons) is not the one this library knows is
     /// refused as [`Error::Malformed`].
     pub fn stats(&self) -> Result<VcpuStats> {
-        let s: VcpuStats = self
-            .dev
-            .fetch(&RHAX_VCPU_IOCTL_GET_STATS, Error::GetStats)?;
-        let name = RHAX_VCPU_IOCTL_GET_STATS.name;
-        if s.version != RHAX_VCPU_STATS_VERSION {
-            return Err(malformed(name, "version", s.version.into()));
-        }
-        if s.size as usize != VcpuStats::SIZE {
-            return Err(malformed(name, "size", s.size.into()));
-        }
-        if s.nr_reasons as usize != RHAX_EXIT_REASONS {
-            return Err(malformed(name, "nr_reasons", s.nr_reasons.into()));
-        }
-        Ok(s)
+        crate::stats::get_stats(&self.dev)
     }
 
     /// `RHAX_VCPU_IOCTL_GET_XSAVE` (rhax only, [`ExtFeatures::XSAVE`]): the guest's XCR0 and
@@ -482,8 +467,13 @@ impl<T: Transport> Vcpu<T> {
 
     /// `RHAX_VCPU_IOCTL_RESET_STATS` (rhax only): zeroes this vCPU's counters.
     pub fn reset_stats(&self) -> Result<()> {
-        self.dev
-            .send(&RHAX_VCPU_IOCTL_RESET_STATS, &[], Error::ResetStats)
+        crate::stats::reset_stats(&self.dev)
+    }
+
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` (rhax only): switches counting on or off at run
+    /// time (off: the exit path neither counts nor times; the counters keep their values).
+    pub fn set_counting(&self, on: bool) -> Result<()> {
+        crate::stats::set_counting(&self.dev, on)
     }
 }
 

@@ -840,9 +840,11 @@ fn ext_info_and_stats() {
     );
     let info = RhaxExtInfo::from_bytes(&out).unwrap();
     assert_eq!(info.magic, RHAX_EXT_MAGIC);
-    assert!(info
-        .features()
-        .contains(rhax_api::ext::ExtFeatures::VCPU_STATS));
+    assert!(info.features().contains(
+        rhax_api::ext::ExtFeatures::VCPU_STATS
+            | rhax_api::ext::ExtFeatures::STATS_CONTROL
+            | rhax_api::ext::ExtFeatures::SYSTEM_STATS
+    ));
     create_vcpu(&h, vmh, 0).unwrap();
     let vc = h.open_vcpu(id, 0).unwrap();
     let mut out = vec![0xffu8; VcpuStats::SIZE];
@@ -951,6 +953,238 @@ fn run_out_and_hlt_through_the_dispatcher_with_stats() {
     .unwrap();
     let s = VcpuStats::from_bytes(&out).unwrap();
     assert_eq!((s.runs, s.total.exits), (0, 0));
+}
+
+#[test]
+fn stats_control_switches_counting_off_and_on() {
+    use rhax_api::ext::{
+        StatsControl, StatsFlags, RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+    };
+    let h = hv(Codes::Linux);
+    let vc = vcpu(&h);
+    h.roots().with_soft(|root| {
+        root.vmx().set_hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1)) // HLT, every entry
+    });
+    let control = |flags: u32, field_reason: u32| {
+        let c = StatsControl {
+            flags,
+            field_reason,
+        };
+        call(
+            &h,
+            vc,
+            &RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+            c.as_bytes(),
+            &mut [],
+        )
+    };
+    let stats = || {
+        let mut out = vec![0u8; VcpuStats::SIZE];
+        call(&h, vc, &RHAX_VCPU_IOCTL_GET_STATS, &[], &mut out).unwrap();
+        VcpuStats::from_bytes(&out).unwrap()
+    };
+    let run = || call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    run();
+    let on = stats();
+    assert_eq!(on.reason(12).unwrap().exits, 1);
+    // Off: a RUN adds no exit, no VMX instruction and no cycles.
+    assert_eq!(control(0, 0), Ok(0));
+    run();
+    let off = stats();
+    assert_eq!(off.total, on.total);
+    assert_eq!(off.per_reason, on.per_reason);
+    // Unknown flags, or a field reason without its flag or past the table: refused,
+    // counting stays off.
+    let with_reason = (StatsFlags::COUNTING | StatsFlags::FIELD_REASON).bits();
+    for (flags, reason) in [
+        (1 << 3, 0),
+        (u32::MAX, 0),
+        (StatsFlags::COUNTING.bits(), 1),
+        (with_reason, 80),
+    ] {
+        let e = control(flags, reason).unwrap_err();
+        assert_eq!(e.errno(), 22, "flags {flags:#x} reason {reason}"); // EINVAL
+    }
+    run();
+    assert_eq!(stats().total, on.total);
+    // On again: counted.
+    assert_eq!(control(StatsFlags::COUNTING.bits(), 0), Ok(0));
+    run();
+    let again = stats();
+    assert_eq!(again.reason(12).unwrap().exits, 2);
+    assert!(again.total.vmreads > on.total.vmreads);
+    // A short input is refused by the table (POSIX: exactly the encoded size).
+    assert!(call(
+        &h,
+        vc,
+        &RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+        &[1, 0, 0],
+        &mut []
+    )
+    .is_err());
+}
+
+#[test]
+fn system_device_reads_any_vcpus_stats_by_id() {
+    use rhax_api::ext::{
+        StatsFlags, VcpuStatsRequest, RHAX_IOCTL_VCPU_STATS, RHAX_STATS_OP_CONTROL,
+        RHAX_STATS_OP_GET, RHAX_STATS_OP_RESET,
+    };
+    let h = hv(Codes::Linux);
+    let (sys, vmh, id) = vm(&h);
+    create_vcpu(&h, vmh, 0).unwrap();
+    // The vCPU device is held open by its VMM; the observer only has a system handle.
+    let vc = h.open_vcpu(id, 0).unwrap();
+    h.roots().with_soft(|root| {
+        root.vmx().set_hook(|c: &mut GuestCpu<'_>| c.exit(12, 0, 1)) // HLT
+    });
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    let observe = |vm: u32, vcpu: u32, op: u32, flags: u32| {
+        // POSIX: one buffer of the encoded size, the request in its first 24 bytes.
+        let mut buf = vec![0u8; VcpuStats::SIZE];
+        buf[..24].copy_from_slice(
+            VcpuStatsRequest {
+                vm,
+                vcpu,
+                op,
+                flags,
+                field_reason: 0,
+                reserved: 0,
+            }
+            .as_bytes(),
+        );
+        let input = buf.clone();
+        call(&h, sys, &RHAX_IOCTL_VCPU_STATS, &input, &mut buf)
+            .map(|n| (n, VcpuStats::from_bytes(&buf).unwrap()))
+    };
+    let (n, s) = observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap();
+    assert_eq!(
+        (n, s.runs, s.reason(12).unwrap().exits),
+        (VcpuStats::SIZE, 1, 1)
+    );
+    // Counting off through the system device: a RUN adds nothing.
+    observe(id, 0, RHAX_STATS_OP_CONTROL, 0).unwrap();
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    let (_, off) = observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap();
+    assert_eq!(off.total, s.total);
+    observe(id, 0, RHAX_STATS_OP_CONTROL, StatsFlags::COUNTING.bits()).unwrap();
+    let (_, zero) = observe(id, 0, RHAX_STATS_OP_RESET, 0).unwrap();
+    assert_eq!((zero.runs, zero.total.exits), (0, 0));
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    let (_, on) = observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap();
+    assert_eq!(on.reason(12).unwrap().exits, 1);
+    // Absent objects: ENOENT; bad op or flags: EINVAL; nothing changed.
+    assert_eq!(observe(id, 1, RHAX_STATS_OP_GET, 0).unwrap_err().errno(), 2);
+    assert_eq!(
+        observe(id + 1, 0, RHAX_STATS_OP_GET, 0)
+            .unwrap_err()
+            .errno(),
+        2
+    );
+    assert_eq!(observe(id, 0, 3, 0).unwrap_err().errno(), 22);
+    assert_eq!(
+        observe(id, 0, RHAX_STATS_OP_RESET, 1).unwrap_err().errno(),
+        22
+    );
+    assert_eq!(
+        observe(id, 0, RHAX_STATS_OP_CONTROL, 8)
+            .unwrap_err()
+            .errno(),
+        22
+    );
+    assert_eq!(observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap().1, on);
+    // Not on the vCPU device.
+    let mut buf = vec![0u8; VcpuStats::SIZE];
+    assert!(call(&h, vc, &RHAX_IOCTL_VCPU_STATS, &buf.clone(), &mut buf).is_err());
+
+    // Per-field counts for one reason: HLT only, then every reason.
+    use rhax_api::ext::{VcpuFieldStats, RHAX_IOCTL_VCPU_FIELD_STATS};
+    let request = |op: u32, flags: u32, field_reason: u32, reserved: u32| VcpuStatsRequest {
+        vm: id,
+        vcpu: 0,
+        op,
+        flags,
+        field_reason,
+        reserved,
+    };
+    let send = |def, size: usize, r: VcpuStatsRequest| {
+        let mut buf = vec![0u8; size];
+        buf[..24].copy_from_slice(r.as_bytes());
+        let input = buf.clone();
+        call(&h, sys, def, &input, &mut buf).map(|_| buf)
+    };
+    let fields = || {
+        let buf = send(
+            &RHAX_IOCTL_VCPU_FIELD_STATS,
+            VcpuFieldStats::SIZE,
+            request(RHAX_STATS_OP_GET, 0, 0, 0),
+        )
+        .unwrap();
+        VcpuFieldStats::from_bytes(&buf).unwrap()
+    };
+    let on_hlt = StatsFlags::COUNTING | StatsFlags::FIELD_REASON;
+    send(
+        &RHAX_IOCTL_VCPU_STATS,
+        VcpuStats::SIZE,
+        request(RHAX_STATS_OP_CONTROL, on_hlt.bits(), 12, 0),
+    )
+    .unwrap();
+    observe(id, 0, RHAX_STATS_OP_RESET, 0).unwrap();
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    call(&h, vc, &ioctl::HAX_VCPU_IOCTL_RUN, &[], &mut []).unwrap();
+    let hlt = fields();
+    assert_eq!((hlt.version, hlt.field_reason), (1, 12));
+    assert!(hlt.nr > 0 && hlt.nr == hlt.active);
+    // Every VMREAD counted per field in HLT windows (those of this reason).
+    let (_, st) = observe(id, 0, RHAX_STATS_OP_GET, 0).unwrap();
+    let reads: u64 = hlt.entries().iter().map(|f| f.reads).sum();
+    assert!(
+        reads > 0 && reads <= st.total.vmreads,
+        "{reads} of {}",
+        st.total.vmreads
+    );
+    // Refused: a reason past the table, a reason without the flag, a GET with flags.
+    for r in [
+        request(RHAX_STATS_OP_CONTROL, on_hlt.bits(), 80, 0),
+        request(RHAX_STATS_OP_CONTROL, StatsFlags::COUNTING.bits(), 12, 0),
+        request(RHAX_STATS_OP_GET, 0, 0, 1),
+    ] {
+        let e = send(&RHAX_IOCTL_VCPU_STATS, VcpuStats::SIZE, r).unwrap_err();
+        assert_eq!(e.errno(), 22, "{r:?}");
+    }
+    let e = send(
+        &RHAX_IOCTL_VCPU_FIELD_STATS,
+        VcpuFieldStats::SIZE,
+        request(RHAX_STATS_OP_RESET, 0, 0, 0),
+    )
+    .unwrap_err();
+    assert_eq!(e.errno(), 22);
+    assert_eq!(fields().field_reason, 12, "nothing changed");
+    // Every reason, then off (the default).
+    let all = StatsFlags::COUNTING | StatsFlags::ALL_FIELDS;
+    send(
+        &RHAX_IOCTL_VCPU_STATS,
+        VcpuStats::SIZE,
+        request(RHAX_STATS_OP_CONTROL, all.bits(), 0, 0),
+    )
+    .unwrap();
+    assert_eq!(fields().field_reason, rhax_api::ext::RHAX_FIELDS_ALL);
+    // Both filters at once: refused.
+    let both = all | StatsFlags::FIELD_REASON;
+    let e = send(
+        &RHAX_IOCTL_VCPU_STATS,
+        VcpuStats::SIZE,
+        request(RHAX_STATS_OP_CONTROL, both.bits(), 12, 0),
+    )
+    .unwrap_err();
+    assert_eq!(e.errno(), 22);
+    send(
+        &RHAX_IOCTL_VCPU_STATS,
+        VcpuStats::SIZE,
+        request(RHAX_STATS_OP_CONTROL, StatsFlags::COUNTING.bits(), 0, 0),
+    )
+    .unwrap();
+    assert_eq!(fields().field_reason, rhax_api::ext::RHAX_FIELDS_OFF);
 }
 
 #[test]

@@ -591,10 +591,11 @@ fn loop_code(n: u32, cpuid: bool) -> Vec<u8> {
 }
 
 /// Runs a loop guest of `n` exits on this CPU; returns (exits by kind, TSC delta, stats).
-fn run_exit_loop(
+pub(crate) fn run_exit_loop(
     n: u32,
     cpuid: bool,
     vpid: u16,
+    counting: bool,
 ) -> Result<(u64, u32, [ExitCounters; BUCKETS]), String> {
     let c = controls()?;
     let mem = GuestMemory::new(16)?;
@@ -609,6 +610,7 @@ fn run_exit_loop(
             real_mode(0x1000),
             |root, vcpu| {
                 vcpu.reset_stats();
+                vcpu.set_counting(counting);
                 run_loop(root, vcpu, u64::from(n) + 2, |_, exit, regs| match exit {
                     VmExit::Cpuid if cpuid => {
                         count += 1;
@@ -645,7 +647,7 @@ pub fn two_vcpus(ctx: &Ctx) -> Result<String, String> {
     let errors: SpinLock<Vec<String>> = SpinLock::new(Vec::new());
     smp::run_on_cpus(0b11, &|cpu| {
         start[cpu].store(crate::arch::rdtsc(), Ordering::SeqCst);
-        match run_exit_loop(N, true, cpu as u16 + 1) {
+        match run_exit_loop(N, true, cpu as u16 + 1, true) {
             Ok((n, _, _)) => exits[cpu].store(n, Ordering::SeqCst),
             Err(e) => errors.lock().push(format!("cpu {cpu}: {e}")),
         }
@@ -701,7 +703,7 @@ fn exit_name(reason: usize) -> String {
 fn bench_one(name: &str, n: u32, cpuid: bool) -> Result<(), String> {
     let reason = if cpuid { 10 } else { 30 };
     println!("bench-timer: {name} start");
-    let (count, tsc, stats) = run_exit_loop(n, cpuid, 1)?;
+    let (count, tsc, stats) = run_exit_loop(n, cpuid, 1, true)?;
     println!("bench-timer: {name} stop {n}");
     if count != u64::from(n) {
         return Err(format!("{name}: {count} exits, expected {n}"));
@@ -738,6 +740,21 @@ fn bench_one(name: &str, n: u32, cpuid: bool) -> Result<(), String> {
 pub fn bench_exits(_: &Ctx) -> Result<String, String> {
     bench_one("cpuid", 100_000, true)?;
     bench_one("out", 100_000, false)?;
+    // The counters' own cost (issue 13): the same loops with counting switched off.
+    for (name, cpuid) in [("cpuid", true), ("out", false)] {
+        const N: u32 = 20_000;
+        let (count, tsc, stats) = run_exit_loop(N, cpuid, 1, false)?;
+        let counted: u64 = stats.iter().map(|s| s.exits + s.vmreads + s.vmwrites).sum();
+        if count != u64::from(N) || counted != 0 {
+            return Err(format!(
+                "{name} with counting off: {count} exits, {counted} counted"
+            ));
+        }
+        println!(
+            "bench: {name}-round-trip-counting-off {:.1} emulated-instructions/exit",
+            f64::from(tsc) / f64::from(N)
+        );
+    }
     Ok(String::from("see bench: lines"))
 }
 
@@ -747,7 +764,7 @@ pub fn demo(ctx: &Ctx) -> Result<String, String> {
     real_mode_guest(ctx)?;
     let mut total = [ExitCounters::default(); BUCKETS];
     for cpuid in [true, false] {
-        let (_, _, s) = run_exit_loop(1000, cpuid, 1)?;
+        let (_, _, s) = run_exit_loop(1000, cpuid, 1, true)?;
         for (t, s) in total.iter_mut().zip(s.iter()) {
             t.exits += s.exits;
             t.vmreads += s.vmreads;

@@ -85,7 +85,7 @@ impl Ram {
         u16::from_le_bytes([b[0], b[1]])
     }
 
-    fn u32(&self, off: u64) -> u32 {
+    pub(crate) fn u32(&self, off: u64) -> u32 {
         let b = self.read(off, 4);
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
     }
@@ -161,7 +161,7 @@ pub(crate) enum Ev {
 }
 
 /// RUN once; an IN gets `answer` in the IO buffer, an MMIO read `answer` as its value.
-fn step(v: &mut V<'_>, answer: u64) -> R<Ev> {
+pub(crate) fn step(v: &mut V<'_>, answer: u64) -> R<Ev> {
     Ok(match v.run().map_err(e("RUN"))? {
         Exit::Io {
             direction,
@@ -1255,7 +1255,7 @@ fn code_of(e: rhax::OsError) -> u32 {
 
 /// A loop guest (real mode at 0x1000) of `n` iterations of `body` between two RDTSCs; the
 /// delta lands at 0x2000, then HLT.
-fn bench_loop(n: u32, body: &[u8]) -> Vec<u8> {
+pub(crate) fn bench_loop(n: u32, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend([0xB8, 0x00, 0xA0, 0x8E, 0xC0]); // mov ax, 0xA000; mov es, ax
     v.extend([0x66, 0xBF]); // mov edi, n

@@ -11,9 +11,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
 use crate::{
-    guests, haxm, haxm_avx, haxm_debug, haxm_events, haxm_fpu, haxm_hostile, haxm_kick,
-    haxm_mmio, haxm_mmio_hostile, interrupts, mm,
-    println, smp,
+    bench_table, guests, haxm, haxm_avx, haxm_debug, haxm_events, haxm_fpu, haxm_hostile,
+    haxm_kick, haxm_mmio, haxm_mmio_hostile, haxm_stat, interrupts, mm, println, smp,
 };
 
 /// What scenarios may know about the run.
@@ -55,6 +54,9 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("mtf-probe", guests::mtf_probe),
     ("haxm-avx", haxm_avx::haxm_avx),
     ("bench-haxm", haxm::bench_haxm),
+    ("haxm-stat", haxm_stat::haxm_stat),
+    ("bench-table", bench_table::bench_table),
+    ("bench-table-short", bench_table::bench_table_short),
 ];
 
 /// Runs the comma-separated list (`all` = every scenario); returns (passed, failed).

@@ -201,6 +201,17 @@ fn system_needs(code: u32, state: DriverState) -> Option<(usize, usize, &'static
         "HAX_IOCTL_SET_MEMLIMIT" => (SetMemlimit::SIZE, 0, d.name),
         "HAX_IOCTL_CREATE_VM" => (0, 4, d.name),
         "RHAX_IOCTL_EXT_INFO" if state.rhax => (0, 16, d.name),
+        // A request naming the VM and vCPU in, their counters out.
+        "RHAX_IOCTL_VCPU_STATS" if state.rhax => (
+            rhax_api::ext::VcpuStatsRequest::SIZE,
+            rhax_api::ext::VcpuStats::SIZE,
+            d.name,
+        ),
+        "RHAX_IOCTL_VCPU_FIELD_STATS" if state.rhax => (
+            rhax_api::ext::VcpuStatsRequest::SIZE,
+            rhax_api::ext::VcpuFieldStats::SIZE,
+            d.name,
+        ),
         _ => return None,
     })
 }
@@ -231,6 +242,10 @@ pub fn system_device(code: u32, shape: Shape, state: DriverState) -> Outcome {
     match name {
         "HAX_IOCTL_CREATE_VM" if !state.working => Outcome::Status(STATUS_UNSUCCESSFUL),
         "HAX_IOCTL_SET_MEMLIMIT" if state.vm_exists => Outcome::Status(STATUS_UNSUCCESSFUL),
+        // The probes' zero request names VM 0, vCPU 0: there is none without a VM.
+        "RHAX_IOCTL_VCPU_STATS" | "RHAX_IOCTL_VCPU_FIELD_STATS" if !state.vm_exists => {
+            Outcome::Status(crate::status::STATUS_OBJECT_NAME_NOT_FOUND)
+        }
         _ => Outcome::Ok(need_out),
     }
 }

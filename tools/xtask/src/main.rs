@@ -7,6 +7,7 @@
 use std::process::{Command, ExitCode};
 
 mod apt;
+mod bench;
 mod checks;
 mod disasm;
 mod fuzz;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("metal") => metal::main(&args[1..]),
+        Some("bench") => bench::main(&args[1..]),
         Some("no-sse") => checks::no_sse(),
         Some("stack") => checks::stack(),
         Some("abi") => checks::abi(),
@@ -49,7 +51,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask <test|demo|checks|no-sse|stack|abi|metal [--model NAME] \
-                 [--cpus N] [SCENARIO...]|fuzz [TARGET...] [--time S] [--ci]|sys|sign|inf|wine|lkm [--stage]|qemu|linux [--stage]>"
+                 [--cpus N] [SCENARIO...]|bench [--short]|fuzz [TARGET...] [--time S] [--ci]|sys|sign|inf|wine|lkm [--stage]|qemu|linux [--stage]>"
             );
             Err("unknown or missing subcommand".into())
         }

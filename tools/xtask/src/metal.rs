@@ -75,7 +75,8 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    fn new(model: &str, scenarios: &[&str]) -> Self {
+    /// `scenarios` on `model`: 2 CPUs, 128 MiB, 120 s.
+    pub fn new(model: &str, scenarios: &[&str]) -> Self {
         Self {
             model: model.into(),
             cpus: 2,

@@ -44,6 +44,18 @@ pub const ALLOWED: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "rhax_metal::bench_table::",
+        "test-kernel benchmark scenarios (cargo xtask bench): QEMU's role above the IOCTLs, on \
+         a 64 KiB kernel stack",
+        false,
+    ),
+    (
+        "rhax_stat::",
+        "rhax-stat's library: user-mode observer code (in the test kernel it plays rhax-stat's \
+         part, above the IOCTL)",
+        false,
+    ),
+    (
         "rhax_metal::scenarios::",
         "test-kernel scenario runner (boot-time tests, no IOCTL)",
         false,

@@ -65,10 +65,36 @@ pub struct VcpuStats {
     window: ExitCounters,
     /// Bucket the current window belongs to.
     bucket: usize,
+    /// Counting switched off at run time (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`): nothing is
+    /// counted and the exit path reads no TSC for the counters. Stored inverted so that the
+    /// all-zero value [`VcpuStats::boxed`] starts from counts.
+    disabled: bool,
+    /// Per-field counts are off, or kept for another reason than the current window's: the
+    /// VMREAD/VMWRITE hooks count the window, not the fields.
+    fields_skipped: bool,
+    /// The bucket per-field counts are kept for, [`ALL_BUCKETS`] or [`NO_BUCKET`].
+    field_bucket: usize,
 }
 
-// SAFETY: integer counters and a bucket index: all zero is valid (bucket 0; `VcpuStats::
-// boxed` sets the setup bucket).
+/// [`VcpuStats::field_bucket`]: per-field counts for every exit reason.
+const ALL_BUCKETS: usize = usize::MAX;
+/// [`VcpuStats::field_bucket`]: no per-field counts (the default: the per-field table lookup
+/// and increment cost ~28 emulated instructions per CPUID round trip, and only a tuner asks).
+const NO_BUCKET: usize = usize::MAX - 1;
+
+/// Which VM exits per-field VMREAD/VMWRITE counts are kept for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldFilter {
+    /// None (the default).
+    Off,
+    /// Every exit reason (and the work outside exits).
+    All,
+    /// Exits with this basic reason only.
+    Reason(u16),
+}
+
+// SAFETY: integer counters, a bucket index and a bool: all zero is valid (bucket 0, counting
+// on; `VcpuStats::boxed` sets the setup bucket).
 unsafe impl crate::heap::Zeroable for VcpuStats {}
 
 impl VcpuStats {
@@ -77,6 +103,8 @@ impl VcpuStats {
     pub fn boxed() -> Option<alloc::boxed::Box<VcpuStats>> {
         let mut s = crate::heap::try_zeroed::<VcpuStats>()?;
         s.bucket = SETUP_BUCKET;
+        s.field_bucket = NO_BUCKET;
+        s.fields_skipped = true;
         Some(s)
     }
 }
@@ -88,6 +116,9 @@ impl Default for VcpuStats {
             per_field: [FieldCounters::default(); VmcsField::COUNT],
             window: ExitCounters::default(),
             bucket: SETUP_BUCKET,
+            disabled: false,
+            fields_skipped: true,
+            field_bucket: NO_BUCKET,
         }
     }
 }
@@ -106,7 +137,13 @@ impl VcpuStats {
     // lookup folds away, and even a variable one costs a few instructions, not a search.
     #[inline(always)]
     pub(crate) fn count_read(&mut self, encoding: u32) {
+        if self.disabled {
+            return;
+        }
         self.window.vmreads += 1;
+        if self.fields_skipped {
+            return;
+        }
         if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
             f.reads += 1;
         }
@@ -114,18 +151,66 @@ impl VcpuStats {
 
     #[inline(always)]
     pub(crate) fn count_write(&mut self, encoding: u32) {
+        if self.disabled {
+            return;
+        }
         self.window.vmwrites += 1;
+        if self.fields_skipped {
+            return;
+        }
         if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
             f.writes += 1;
         }
     }
 
     pub(crate) fn count_other(&mut self) {
-        self.window.other_vmx += 1;
+        if !self.disabled {
+            self.window.other_vmx += 1;
+        }
     }
 
     pub(crate) fn add_host_cycles(&mut self, cycles: u64) {
-        self.window.host_cycles += cycles;
+        if !self.disabled {
+            self.window.host_cycles += cycles;
+        }
+    }
+
+    /// Whether counting is on (the default).
+    #[inline]
+    pub fn counting(&self) -> bool {
+        !self.disabled
+    }
+
+    /// Switches counting on or off; the counters keep their values either way. Switched on
+    /// again, counting resumes in the bucket of the last exit counted.
+    pub fn set_counting(&mut self, on: bool) {
+        self.disabled = !on;
+    }
+
+    /// Chooses which VM exits per-field counts are kept for, so a tuner sees which fields one
+    /// exit kind touches. The VMREAD of the exit reason itself counts for the window before
+    /// it (it happens before the reason is known). Existing per-field counts are kept; reset
+    /// them to start clean.
+    pub fn set_field_filter(&mut self, filter: FieldFilter) {
+        self.field_bucket = match filter {
+            FieldFilter::Off => NO_BUCKET,
+            FieldFilter::All => ALL_BUCKETS,
+            FieldFilter::Reason(r) => bucket_of(r),
+        };
+        self.update_field_skip();
+    }
+
+    /// Which VM exits per-field counts are kept for.
+    pub fn field_filter(&self) -> FieldFilter {
+        match self.field_bucket {
+            NO_BUCKET => FieldFilter::Off,
+            ALL_BUCKETS => FieldFilter::All,
+            b => u16::try_from(b).map_or(FieldFilter::Off, FieldFilter::Reason),
+        }
+    }
+
+    fn update_field_skip(&mut self) {
+        self.fields_skipped = self.field_bucket != ALL_BUCKETS && self.field_bucket != self.bucket;
     }
 
     /// Starts the window of a VM exit with this basic reason. Call it right after the VMREAD
@@ -136,6 +221,9 @@ impl VcpuStats {
     /// every reader folds the open window in.
     #[inline]
     pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
+        if self.disabled {
+            return;
+        }
         let bucket = bucket_of(basic_reason);
         if bucket != self.bucket {
             self.switch_bucket(bucket);
@@ -152,6 +240,7 @@ impl VcpuStats {
         self.per_exit[self.bucket].add(&w);
         self.window.vmreads = reason_read;
         self.bucket = bucket;
+        self.update_field_skip();
     }
 
     /// The counters of one bucket, including the still-open window.
@@ -189,7 +278,7 @@ impl VcpuStats {
         }
     }
 
-    /// Zeroes every counter (the current window keeps its bucket).
+    /// Zeroes every counter (the current window keeps its bucket; the switch stays as it is).
     pub fn reset(&mut self) {
         // In place: a `VcpuStats::default()` temporary would put 6 KiB on the kernel stack.
         self.per_exit.fill(ExitCounters::default());
@@ -336,11 +425,75 @@ mod tests {
     fn counts_land_on_the_field_including_high_halves() {
         let mut s = VcpuStats::default();
         s.count_read(VmcsField::GuestRip.encoding());
+        assert_eq!(
+            s.field(VmcsField::GuestRip).reads,
+            0,
+            "per-field counts are opt-in"
+        );
+        s.set_field_filter(FieldFilter::All);
+        s.count_read(VmcsField::GuestRip.encoding());
         s.count_write(VmcsField::EptPointer.encoding() | 1);
         s.count_write(0x7fff_fffe);
         assert_eq!(s.field(VmcsField::GuestRip).reads, 1);
         assert_eq!(s.field(VmcsField::EptPointer).writes, 1);
         let t = s.total();
-        assert_eq!((t.vmreads, t.vmwrites), (1, 2));
+        assert_eq!((t.vmreads, t.vmwrites), (2, 2));
+    }
+
+    #[test]
+    fn switched_off_nothing_is_counted_and_the_counters_stay() {
+        let mut s = VcpuStats::default();
+        assert!(s.counting());
+        exit(&mut s, 10, 1, 1, 10);
+        exit(&mut s, 10, 1, 1, 10);
+        let before = s.snapshot();
+        s.set_counting(false);
+        assert!(!s.counting());
+        exit(&mut s, 10, 5, 5, 50);
+        exit(&mut s, 30, 5, 5, 50);
+        assert_eq!(s.snapshot(), before);
+        s.reset();
+        assert!(!s.counting(), "a reset keeps the switch");
+        s.set_counting(true);
+        exit(&mut s, 10, 1, 2, 7);
+        let cpuid = s.exit(10);
+        assert_eq!(
+            (
+                cpuid.exits,
+                cpuid.vmreads,
+                cpuid.vmwrites,
+                cpuid.host_cycles
+            ),
+            (1, 2, 2, 7)
+        );
+    }
+
+    #[test]
+    fn per_field_counts_only_for_the_chosen_reason() {
+        let mut s = VcpuStats::default();
+        s.set_field_filter(FieldFilter::Reason(30));
+        assert_eq!(s.field_filter(), FieldFilter::Reason(30));
+        // Setup window and a CPUID window: not reason 30.
+        exit(&mut s, 10, 2, 1, 0);
+        exit(&mut s, 30, 3, 2, 0);
+        // The IO window's work (next call's reads/writes) counts per field.
+        exit(&mut s, 10, 4, 5, 0);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 4);
+        assert_eq!(s.field(VmcsField::GuestRip).writes, 5);
+        // Window counts are unaffected by the filter.
+        assert_eq!(s.total().vmreads, 2 + 3 + 4 + 3);
+        s.set_field_filter(FieldFilter::All);
+        exit(&mut s, 10, 1, 0, 0);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
+        // Off wins over the filter; on again, the filter holds.
+        s.set_field_filter(FieldFilter::Reason(12));
+        s.set_counting(false);
+        exit(&mut s, 12, 7, 7, 0);
+        s.set_counting(true);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
+        assert_eq!(s.field_filter(), FieldFilter::Reason(12));
+        s.set_field_filter(FieldFilter::Off);
+        exit(&mut s, 12, 1, 1, 0);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
     }
 }

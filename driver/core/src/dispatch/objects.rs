@@ -528,6 +528,24 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         }
     }
 
+    /// vCPU `vcpu` of VM `vm` by id, whoever holds their devices (the system device's
+    /// `RHAX_IOCTL_VCPU_STATS`); a VM whose handle was closed still has its vCPUs.
+    pub(super) fn vcpu_by_id(&self, vm: u32, vcpu: u32, ctx: Ctx) -> Res<TryArc<VcpuObject>> {
+        let t = LockTracker::new();
+        let table = self.table.lock(&t);
+        let obj = table
+            .vms
+            .get(vm as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| ctx.err(ErrorKind::NoSuchVm { vm }))?;
+        let st = obj.state.lock(&t);
+        st.vcpus
+            .get(vcpu as usize)
+            .and_then(Option::as_ref)
+            .map(|e| e.obj.clone())
+            .ok_or_else(|| ctx.err(ErrorKind::NoSuchVcpu { vcpu }))
+    }
+
     /// Resolves a handle to its object; a closed or stale handle never reaches one.
     pub(super) fn resolve(&self, handle: Handle, ctx: Ctx) -> Res<Target> {
         let t = LockTracker::new();

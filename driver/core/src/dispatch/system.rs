@@ -1,7 +1,10 @@
 //! System-device IOCTLs (`\\.\HAX`, `/dev/HAX`): VERSION, CAPABILITY, SET_MEMLIMIT, CREATE_VM,
 //! DESTROY_VM, and rhax's EXT_INFO (`haxm-abi.md` §2, §5).
 
-use rhax_api::ext::{ExtFeatures, RhaxExtInfo, RHAX_EXT_MAGIC, RHAX_EXT_VERSION};
+use rhax_api::ext::{
+    ExtFeatures, RhaxExtInfo, StatsControl, VcpuStatsRequest, RHAX_EXT_MAGIC, RHAX_EXT_VERSION,
+    RHAX_STATS_OP_CONTROL, RHAX_STATS_OP_GET, RHAX_STATS_OP_RESET,
+};
 use rhax_api::{
     CapabilityFailure, CapabilityInfo, CapabilityStatus, ModuleVersion, Pod, SetMemlimit,
     HAX_COMPAT_VERSION, HAX_CUR_VERSION,
@@ -97,9 +100,82 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let info = RhaxExtInfo {
             magic: RHAX_EXT_MAGIC,
             version: RHAX_EXT_VERSION,
-            features: ExtFeatures::VCPU_STATS.bits() | ExtFeatures::XSAVE.bits(),
+            features: ExtFeatures::VCPU_STATS
+                .union(ExtFeatures::STATS_CONTROL)
+                .union(ExtFeatures::SYSTEM_STATS)
+                .union(ExtFeatures::FIELD_STATS)
+                .union(ExtFeatures::XSAVE)
+                .bits(),
         };
         c.ctx.write(&info, c.output)
+    }
+
+    /// `RHAX_IOCTL_VCPU_STATS`: a vCPU's counters (after an optional reset or switch) by VM
+    /// and vCPU id, for observers that cannot open the exclusive vCPU device. The vCPU is
+    /// lent as for its own stats IOCTLs: one inside RUN answers `VcpuInUse` (EBUSY).
+    pub(super) fn vcpu_stats(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        let req: VcpuStatsRequest = c.ctx.read(c.input)?;
+        // Checked before anything is looked up or changed.
+        let refused = || {
+            c.ctx
+                .err(ErrorKind::Vcpu(crate::vcpu::haxm::HaxError::InvalidValue(
+                    crate::vcpu::checked::Refused::ReservedBits,
+                )))
+        };
+        let control = match req.op {
+            _ if req.reserved != 0 => return Err(refused()),
+            RHAX_STATS_OP_GET | RHAX_STATS_OP_RESET if req.flags == 0 && req.field_reason == 0 => {
+                None
+            }
+            RHAX_STATS_OP_CONTROL => Some(StatsControl {
+                flags: req.flags,
+                field_reason: req.field_reason,
+            }),
+            _ => return Err(refused()),
+        };
+        let obj = self.vcpu_by_id(req.vm, req.vcpu, c.ctx)?;
+        let mut lease = self.lease(&obj, c.ctx)?;
+        let hax = lease.get()?;
+        if let Some(control) = control {
+            hax.set_stats_control(&control)
+                .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
+        } else if req.op == RHAX_STATS_OP_RESET {
+            hax.reset_stats();
+        }
+        // Written record by record into the output (no 3312-byte copy on the stack).
+        match hax.write_stats(c.output) {
+            0 => Err(c.ctx.err(ErrorKind::OutputSize {
+                expected: rhax_api::ext::VcpuStats::SIZE,
+                got: c.output.len(),
+            })),
+            n => Ok(n),
+        }
+    }
+
+    /// `RHAX_IOCTL_VCPU_FIELD_STATS`: a vCPU's per-field VMREAD/VMWRITE counts by VM and
+    /// vCPU id (op GET only; the reason filter is set with `RHAX_IOCTL_VCPU_STATS`).
+    pub(super) fn vcpu_field_stats(&self, _serial: u64, c: Call<'_>) -> Res<usize> {
+        let req: VcpuStatsRequest = c.ctx.read(c.input)?;
+        if req.op != RHAX_STATS_OP_GET
+            || req.flags != 0
+            || req.field_reason != 0
+            || req.reserved != 0
+        {
+            return Err(c
+                .ctx
+                .err(ErrorKind::Vcpu(crate::vcpu::haxm::HaxError::InvalidValue(
+                    crate::vcpu::checked::Refused::ReservedBits,
+                ))));
+        }
+        let obj = self.vcpu_by_id(req.vm, req.vcpu, c.ctx)?;
+        let mut lease = self.lease(&obj, c.ctx)?;
+        match lease.get()?.write_field_stats(c.output) {
+            0 => Err(c.ctx.err(ErrorKind::OutputSize {
+                expected: rhax_api::ext::VcpuFieldStats::SIZE,
+                got: c.output.len(),
+            })),
+            n => Ok(n),
+        }
     }
 
     /// DESTROY_VM and VCPU_DESTROY: HAXM's Linux driver returns 0 (its unknown-IOCTL default),

@@ -7,8 +7,10 @@
 use crate::memory::try_arc::TryArc;
 
 use rhax_api::ext::{
-    RhaxExtInfo, RhaxXsave, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_VCPU_IOCTL_GET_STATS,
-    RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_XSAVE,
+    RhaxExtInfo, RhaxXsave, StatsControl, VcpuFieldStats, VcpuStats, RHAX_IOCTL_EXT_INFO,
+    RHAX_IOCTL_VCPU_FIELD_STATS, RHAX_IOCTL_VCPU_STATS, RHAX_VCPU_IOCTL_GET_STATS,
+    RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+    RHAX_VCPU_IOCTL_SET_XSAVE,
 };
 use rhax_api::ioctl::{self as codes, IoctlDef};
 use rhax_api::{
@@ -188,7 +190,7 @@ const fn e<P: Platform + UserMapping, R: CpuRoots>(
 use Need::{Bytes, Computed, None as Unused};
 
 /// Number of rows.
-pub(super) const IOCTL_COUNT: usize = 32;
+pub(super) const IOCTL_COUNT: usize = 35;
 
 impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     /// Every IOCTL served. Sizes are HAXM 7.8.0's (`haxm-abi.md` §2 "Per-IOCTL semantics");
@@ -202,6 +204,9 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         e(&codes::HAX_IOCTL_CREATE_VM, Unused, Bytes(4), Handler::System(Self::create_vm_ioctl)),
         e(&codes::HAX_IOCTL_DESTROY_VM, Unused, Unused, Handler::System(Self::destroy_vm_ioctl)),
         e(&RHAX_IOCTL_EXT_INFO, Unused, Bytes(RhaxExtInfo::SIZE), Handler::System(Self::ext_info)),
+        // The request is the buffer's first 24 bytes (POSIX: one 3312-byte buffer both ways).
+        e(&RHAX_IOCTL_VCPU_STATS, Computed, Bytes(VcpuStats::SIZE), Handler::System(Self::vcpu_stats)),
+        e(&RHAX_IOCTL_VCPU_FIELD_STATS, Computed, Bytes(VcpuFieldStats::SIZE), Handler::System(Self::vcpu_field_stats)),
         // ---- VM device (vm.rs)
         e(&codes::HAX_VM_IOCTL_VCPU_CREATE, Bytes(4), Unused, Handler::Vm(Self::vcpu_create)),
         e(&codes::HAX_VM_IOCTL_VCPU_CREATE_ORIG, Bytes(4), Unused, Handler::Vm(Self::vcpu_create)),
@@ -230,6 +235,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         e(&RHAX_VCPU_IOCTL_RESET_STATS, Unused, Unused, Handler::Vcpu(Self::reset_stats)),
         e(&RHAX_VCPU_IOCTL_GET_XSAVE, Unused, Bytes(RhaxXsave::SIZE), Handler::Vcpu(Self::get_xsave)),
         e(&RHAX_VCPU_IOCTL_SET_XSAVE, Bytes(RhaxXsave::SIZE), Unused, Handler::Vcpu(Self::set_xsave)),
+        e(&RHAX_VCPU_IOCTL_SET_STATS_CONTROL, Bytes(StatsControl::SIZE), Unused, Handler::Vcpu(Self::set_stats_control)),
     ];
 
     /// Each row's code in `platform`'s encoding (`u32::MAX` where it has none: no IOCTL code

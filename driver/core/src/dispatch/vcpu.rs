@@ -277,6 +277,15 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         Ok(0)
     }
 
+    pub(super) fn set_stats_control(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
+        let control: rhax_api::ext::StatsControl = c.ctx.read(c.input)?;
+        self.lease(vcpu, c.ctx)?
+            .get()?
+            .set_stats_control(&control)
+            .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
+        Ok(0)
+    }
+
     /// Runs `f` on the current CPU's VMX root with the vCPU's VMCS usable there: if the VMCS
     /// is active on another CPU it is VMCLEARed there first (SDM Vol. 3C §25.11.1), through
     /// [`CpuRoots::with_cpu`], outside the non-preemptible region. The caller holds the vCPU's

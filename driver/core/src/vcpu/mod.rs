@@ -237,6 +237,16 @@ impl Vcpu {
         self.stats.reset();
     }
 
+    /// Switches counting on or off (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`).
+    pub fn set_counting(&mut self, on: bool) {
+        self.stats.set_counting(on);
+    }
+
+    /// Chooses which exits per-field counts are kept for (none by default).
+    pub fn set_field_filter(&mut self, filter: crate::counters::FieldFilter) {
+        self.stats.set_field_filter(filter);
+    }
+
     /// The CPU whose VMCS is this vCPU's, if any.
     pub fn resident_cpu(&self) -> Option<CpuIndex> {
         self.resident.map(|(c, _)| c)
@@ -372,8 +382,9 @@ impl Vcpu {
         // host-owned in the CR4 guest/host mask, tracked in `guest_osxsave`.
         let swap_xcr0 = host_xcr0.filter(|&h| *guest_osxsave && h != xcr0.get());
         vmcs.flush().map_err(RunError::Flush)?;
-        let now = vmcs.vmx().rdtsc();
+        // Host cycles from exit to entry: two RDTSCs per exit, only while counting is on.
         if let Some(t) = exit_tsc.take() {
+            let now = vmcs.vmx().rdtsc();
             vmcs.vmx().stats().add_host_cycles(now.wrapping_sub(t));
         }
         // SAFETY: CPL0 (contract of VmxRoot::enable).
@@ -398,7 +409,11 @@ impl Vcpu {
         }
         // SAFETY: CPL0; the guest's CR2 is still in the register (interrupts off since exit).
         *cr2 = unsafe { vmcs.vmx().read_cr2() };
-        *exit_tsc = Some(vmcs.vmx().rdtsc());
+        *exit_tsc = if vmcs.vmx().stats().counting() {
+            Some(vmcs.vmx().rdtsc())
+        } else {
+            None
+        };
         vmcs.on_exit();
         entered.map_err(RunError::Entry)?;
         let raw = vmcs.exit_reason()?;

@@ -3,6 +3,7 @@
 
 use super::exits::guest_cr;
 use super::*;
+use crate::counters::FieldFilter;
 use crate::vcpu::checked::{xcr0, FxImage, GuestXcr0, MxcsrMask, Refused, XsaveImage};
 use rhax_api::ext::{RhaxXsave, RHAX_XSAVE_VERSION};
 use rhax_api::fpu::XsaveArea;
@@ -253,6 +254,94 @@ impl HaxVcpu {
         self.core.reset_stats();
         self.runs = 0;
         self.user_exits = 0;
+    }
+
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off and chooses which
+    /// exits per-field counts are kept for (none, all, or one reason). A flag this driver does not know, or a
+    /// `field_reason` that is not a counted reason (or not 0 without `FIELD_REASON`), is
+    /// refused with nothing changed (so a later flag cannot be mistaken for a no-op by an
+    /// older driver).
+    pub fn set_stats_control(&mut self, control: &ext::StatsControl) -> Result<(), HaxError> {
+        let refused = HaxError::InvalidValue(Refused::ReservedBits);
+        let flags = ext::StatsFlags::from_bits(control.flags).ok_or(refused)?;
+        let reason = flags.contains(ext::StatsFlags::FIELD_REASON);
+        let all = flags.contains(ext::StatsFlags::ALL_FIELDS);
+        let filter = match (reason, all) {
+            (true, false) => FieldFilter::Reason(
+                u16::try_from(control.field_reason)
+                    .ok()
+                    .filter(|r| usize::from(*r) < ext::RHAX_EXIT_REASONS)
+                    .ok_or(refused)?,
+            ),
+            (false, true) if control.field_reason == 0 => FieldFilter::All,
+            (false, false) if control.field_reason == 0 => FieldFilter::Off,
+            _ => return Err(refused),
+        };
+        self.core
+            .set_counting(flags.contains(ext::StatsFlags::COUNTING));
+        self.core.set_field_filter(filter);
+        Ok(())
+    }
+
+    /// Writes the per-field counts in the extension ABI's `VcpuFieldStats` layout into `out`
+    /// (at least its size, else nothing is written and 0 returned), entry by entry (no
+    /// 3856-byte record on the IOCTL path's stack); returns the bytes written.
+    pub fn write_field_stats(&self, out: &mut [u8]) -> usize {
+        use core::mem::{offset_of, size_of};
+        use ext::{FieldStats, VcpuFieldStats, RHAX_FIELD_STATS_MAX};
+        let size = size_of::<VcpuFieldStats>();
+        let Some(out) = out.get_mut(..size) else {
+            return 0;
+        };
+        out.fill(0);
+        let mut put = |at: usize, bytes: &[u8]| {
+            if let Some(d) = out.get_mut(at..at + bytes.len()) {
+                d.copy_from_slice(bytes);
+            }
+        };
+        let stats = self.core_ref().stats();
+        let (mut nr, mut active) = (0usize, 0u32);
+        for &field in crate::vmcs::VmcsField::ALL {
+            let c = stats.field(field);
+            if c.reads == 0 && c.writes == 0 {
+                continue;
+            }
+            active += 1;
+            if nr < RHAX_FIELD_STATS_MAX {
+                let e = FieldStats {
+                    encoding: field.encoding(),
+                    reserved: 0,
+                    reads: c.reads,
+                    writes: c.writes,
+                };
+                put(
+                    offset_of!(VcpuFieldStats, fields) + nr * size_of::<FieldStats>(),
+                    e.as_bytes(),
+                );
+                nr += 1;
+            }
+        }
+        let reason = match stats.field_filter() {
+            FieldFilter::Reason(r) => u32::from(r),
+            FieldFilter::All => ext::RHAX_FIELDS_ALL,
+            FieldFilter::Off => ext::RHAX_FIELDS_OFF,
+        };
+        put(
+            offset_of!(VcpuFieldStats, version),
+            &ext::RHAX_FIELD_STATS_VERSION.to_le_bytes(),
+        );
+        put(offset_of!(VcpuFieldStats, nr), &(nr as u32).to_le_bytes());
+        put(
+            offset_of!(VcpuFieldStats, field_reason),
+            &reason.to_le_bytes(),
+        );
+        put(offset_of!(VcpuFieldStats, active), &active.to_le_bytes());
+        size
+    }
+
+    /// Whether counting is on.
+    pub fn counting(&self) -> bool {
+        self.core_ref().stats().counting()
     }
 
     /// SET_CPUID through the vCPU handle (the table is the VM's).

@@ -1,0 +1,217 @@
+//! `bench-table` / `bench-table-short`: the raw figures of `cargo xtask bench` (issue 13,
+//! item 2), one `bench-row:` line per exit kind, for xtask to calibrate and tabulate.
+//!
+//! Method (the anchors' own, `docs/reference/performance-anchors.md` §0b): a real-mode guest
+//! loops `N` times over a body between two RDTSCs; inside Bochs the TSC advances once per
+//! emulated instruction, so the delta counts guest plus hypervisor instructions. A no-exit
+//! loop (`nop`) calibrates: it must measure exactly its own 3 instructions per iteration.
+//! xtask subtracts each loop's non-exiting guest instructions to get the round trip.
+//!
+//! Line format: `bench-row: kind=K iters=N tsc=T guest=G exiting=X reason=R exits=E
+//! vmreads=VR vmwrites=VW runs=U` (`guest`: guest instructions per iteration, `exiting`: of
+//! which cause an exit; `reason`, `exits`, `vmreads`, `vmwrites`: rhax-core's counters for the
+//! exit reason the kind is about; `runs`: RUN calls, 0 in the raw core loop).
+
+use alloc::format;
+use alloc::string::String;
+
+use rhax::api::ext::VcpuStats;
+
+use crate::haxm::{bench_loop, e, qemu_msrs, qemu_set, real_mode_at, simple_vm, step, Ev, Ram, R};
+use crate::hv::Shell;
+use crate::println;
+use crate::scenarios::Ctx;
+
+/// One loop through the full HAXM RUN path.
+struct Kind {
+    name: &'static str,
+    body: &'static [u8],
+    /// Guest instructions per iteration (body + `dec edi` + `jnz`), and of those exiting.
+    guest: u32,
+    exiting: u32,
+    /// The exit reason whose counters are reported (SDM Vol. 3D, Appendix C).
+    reason: u32,
+    /// What the user side does at a HLT: nothing (resume), or inject vector 0x20.
+    inject: bool,
+    /// Ask for the interrupt window after each OUT (as QEMU while an interrupt waits).
+    window: bool,
+}
+
+const KINDS: &[Kind] = &[
+    // nop: the calibration loop, no exit.
+    Kind {
+        name: "calibrate",
+        body: &[0x90],
+        guest: 3,
+        exiting: 0,
+        reason: 30,
+        inject: false,
+        window: false,
+    },
+    // out 0x80, al
+    Kind {
+        name: "haxm-out",
+        body: &[0xE6, 0x80],
+        guest: 3,
+        exiting: 1,
+        reason: 30,
+        inject: false,
+        window: false,
+    },
+    // in al, 0x80
+    Kind {
+        name: "haxm-in",
+        body: &[0xE4, 0x80],
+        guest: 3,
+        exiting: 1,
+        reason: 30,
+        inject: false,
+        window: false,
+    },
+    // hlt
+    Kind {
+        name: "haxm-hlt",
+        body: &[0xF4],
+        guest: 3,
+        exiting: 1,
+        reason: 12,
+        inject: false,
+        window: false,
+    },
+    // mov al, [es:0] (ES = 0xA000: unmapped, FAST_MMIO read)
+    Kind {
+        name: "haxm-mmio-read",
+        body: &[0x26, 0x8A, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+    },
+    // mov [es:0], al (FAST_MMIO write)
+    Kind {
+        name: "haxm-mmio-write",
+        body: &[0x26, 0x88, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+    },
+    // sti; hlt, and the user side injects vector 0x20 at each HLT; its handler is `iret`:
+    // sti, hlt, iret, dec, jnz.
+    Kind {
+        name: "haxm-inject",
+        body: &[0xFB, 0xF4],
+        guest: 5,
+        exiting: 1,
+        reason: 12,
+        inject: true,
+        window: false,
+    },
+    // cli; out 0x80, al; sti; nop with the window requested after each OUT: two exits per
+    // iteration (the OUT, then the window opening after the STI shadow).
+    Kind {
+        name: "haxm-window",
+        body: &[0xFA, 0xE6, 0x80, 0xFB, 0x90],
+        guest: 6,
+        exiting: 1,
+        reason: 7,
+        inject: false,
+        window: true,
+    },
+];
+
+/// Real-mode IVT slot of vector 0x20 and its handler (`iret`).
+const VECTOR: u8 = 0x20;
+const HANDLER: u16 = 0x3000;
+
+fn row(k: &str, n: u32, tsc: u64, guest: u32, exiting: u32, reason: u32, s: &VcpuStats) {
+    let r = s.reason(reason).copied().unwrap_or_default();
+    println!(
+        "bench-row: kind={k} iters={n} tsc={tsc} guest={guest} exiting={exiting} reason={reason} \
+         exits={} vmreads={} vmwrites={} runs={}",
+        r.exits, r.vmreads, r.vmwrites, s.runs
+    );
+}
+
+fn haxm_kind(k: &Kind, n: u32) -> R<()> {
+    let ram = Ram::new(0x1_0000)?;
+    ram.write(0x1000, &bench_loop(n, k.body));
+    // IVT entry: offset HANDLER, segment 0.
+    let ivt = usize::from(VECTOR) * 4;
+    ram.write(ivt as u64, &[HANDLER as u8, (HANDLER >> 8) as u8, 0, 0]);
+    ram.write(u64::from(HANDLER), &[0xCF]); // iret
+    let shell = Shell::new()?;
+    let (_sys, _vm, mut v) = simple_vm(&shell, &ram)?;
+    qemu_set(&v, &real_mode_at(0x1000), &qemu_msrs())?;
+    v.reset_stats().map_err(e("reset stats"))?;
+    let mut halts = 0u64;
+    let mut want_window = false;
+    // Bounded: every kind makes at most 2 user exits per iteration, plus host interrupts.
+    for _ in 0..(u64::from(n) * 4 + 1000) {
+        v.request_interrupt_window(want_window);
+        let ev = step(&mut v, 0)?;
+        want_window = k.window && matches!(ev, Ev::Io { .. });
+        match ev {
+            Ev::Hlt => {
+                halts += 1;
+                // The last HLT is the loop's `cli; hlt` after the measurement.
+                let body_halts = if k.body.contains(&0xF4) {
+                    u64::from(n)
+                } else {
+                    0
+                };
+                if halts > body_halts {
+                    let s = v.stats().map_err(e("GET_STATS"))?;
+                    let tsc = u64::from(ram.u32(0x2000));
+                    row(k.name, n, tsc, k.guest, k.exiting, k.reason, &s);
+                    return Ok(());
+                }
+                if k.inject {
+                    v.interrupt(VECTOR).map_err(e("INTERRUPT"))?;
+                }
+            }
+            Ev::Io { .. } | Ev::Mmio { .. } | Ev::Interrupt => {}
+            other => return Err(format!("{}: unexpected exit {other:?}", k.name)),
+        }
+    }
+    Err(format!("{}: the loop did not end", k.name))
+}
+
+fn core_kind(name: &str, n: u32, cpuid: bool) -> R<()> {
+    let (count, tsc, stats) = crate::guests::run_exit_loop(n, cpuid, 1, true)?;
+    if count != u64::from(n) {
+        return Err(format!("{name}: {count} exits, expected {n}"));
+    }
+    let reason: u32 = if cpuid { 10 } else { 30 };
+    let mut s = VcpuStats::new();
+    for (slot, c) in s.per_reason.iter_mut().zip(stats.iter()) {
+        slot.exits = c.exits;
+        slot.vmreads = c.vmreads;
+        slot.vmwrites = c.vmwrites;
+    }
+    // xor eax, eax; cpuid; dec; jnz  /  out; dec; jnz
+    let guest = if cpuid { 4 } else { 3 };
+    row(name, n, u64::from(tsc), guest, 1, reason, &s);
+    Ok(())
+}
+
+fn run(n_core: u32, n_haxm: u32) -> R<String> {
+    core_kind("core-cpuid", n_core, true)?;
+    core_kind("core-out", n_core, false)?;
+    for k in KINDS {
+        haxm_kind(k, n_haxm)?;
+    }
+    Ok(format!("{} kinds (see bench-row: lines)", KINDS.len() + 2))
+}
+
+/// Full figures: 20,000 exits per core loop, 2,000 iterations per HAXM-path loop.
+pub fn bench_table(_: &Ctx) -> R<String> {
+    run(20_000, 2_000)
+}
+
+/// What CI runs: few iterations, to check the table is produced (not its numbers).
+pub fn bench_table_short(_: &Ctx) -> R<String> {
+    run(500, 100)
+}
