@@ -12,9 +12,8 @@
  * Output, one line per sub-test and a verdict (parsed by checks.sh):
  *   rhax-guest-test: NAME pass|fail DETAIL
  *   rhax-guest-test: verdict P passed F failed
- * With --mmio-movs, after the verdict: `rep movs` FROM the HPET's MMIO page. rhax-core
- * decodes only MOV forms for MMIO (string MMIO is issue 11), so today the vCPU is expected to
- * stop there; that line is outside the verdict and comes last, after the console has drained.
+ * With --mmio-movs: `rep movs` FROM the HPET's MMIO page (rhax's general MMIO path), inside
+ * the verdict.
  *
  * Usage: rhax-guest-test [--cpus N] [--mem-mib M] [--touch-mib T] [--mmio-movs]
  *   --cpus, --mem-mib: what QEMU was given (-smp, -m), asserted; --touch-mib: at most this
@@ -400,9 +399,9 @@ int main(int argc, char **argv)
 	test_timer();
 	test_rep_movs();
 	test_mem(want_mib, touch_mib);
-	printf("rhax-guest-test: verdict %d passed %d failed\n", passed, failed);
-	fflush(stdout);
 	if (mmio_movs)
 		test_mmio_movs();
+	printf("rhax-guest-test: verdict %d passed %d failed\n", passed, failed);
+	fflush(stdout);
 	return failed ? 1 : 0;
 }

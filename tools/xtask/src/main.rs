@@ -182,6 +182,8 @@ fn test() -> Result {
     wine::stage()?; // rhax.sys loaded under Wine, driven by the Windows clients (wine.rs)
     lkm::stage()?; // rhax.ko built against Debian 12's kernel headers and checked (lkm.rs)
     metal::test_stage()?;
+    // The benchmark table (one model, few iterations): checks it is produced, not its figures.
+    bench::main(&["--short".to_string()])?;
     // The real QEMU 7.2 `-accel hax` on rhax.ko in Debian's Linux in Bochs (linux.rs, qemu.rs).
     linux::test_stage()?;
     // Bounded coverage-guided fuzzing from the checked-in corpus (~60 s per target).

@@ -44,6 +44,8 @@ pub const TEST_SCENARIOS: &[&str] = &[
     "haxm-mmio",
     "haxm-vga",
     "haxm-mmio-hostile",
+    "haxm-avx",
+    "haxm-stat",
 ];
 /// Scenarios only some test models run: the debug session needs a model whose single step
 /// works (Bochs 2.7 offers the monitor trap flag on icelake_u but never delivers its exit,
