@@ -24,8 +24,7 @@ use rhax::api::{IoDirection, MmioDirection};
 use rhax::Exit;
 
 use crate::haxm::{
-    e, flat, qemu_msrs, qemu_reset_state, qemu_set, real_mode_at, simple_vm, write_gdt, Ram, R,
-    V,
+    e, flat, qemu_msrs, qemu_reset_state, qemu_set, real_mode_at, simple_vm, write_gdt, Ram, R, V,
 };
 use crate::hv::Shell;
 use crate::scenarios::Ctx;
@@ -249,7 +248,10 @@ fn witness(v: &mut V<'_>, after: &str) -> R<()> {
 fn long_mode(ram: &Ram) -> (rhax::api::VcpuState, Vec<rhax::api::VmxMsr>) {
     write_gdt(ram, 0x00AF_9B00_0000_FFFF);
     ram.write(PML4, &(0x11000u64 | 3).to_le_bytes());
-    for (i, pd) in [0x12000u64, 0x13000, 0x14000, 0x15000, 0x16000].iter().enumerate() {
+    for (i, pd) in [0x12000u64, 0x13000, 0x14000, 0x15000, 0x16000]
+        .iter()
+        .enumerate()
+    {
         ram.write(0x11000 + 8 * i as u64, &(pd | 3).to_le_bytes());
         let entries: Vec<u8> = (0..512u64)
             .flat_map(|j| (((i as u64) << 30) | (j << 21) | 0x83).to_le_bytes())
@@ -316,7 +318,10 @@ fn hostile(iterations: u32) -> R<String> {
         return Err(String::from("phase 1 (holes) did not end with its OUT"));
     }
     if c.holes_seen != HOLE_LIST {
-        return Err(format!("holes read {:x?}, expected {HOLE_LIST:x?}", c.holes_seen));
+        return Err(format!(
+            "holes read {:x?}, expected {HOLE_LIST:x?}",
+            c.holes_seen
+        ));
     }
     for (i, h) in HOLE_LIST.iter().enumerate() {
         let got = ram.read(HOLES + 16 * i as u64 + 8, 8);
@@ -350,8 +355,7 @@ fn hostile(iterations: u32) -> R<String> {
     if c.load(WIN + 16, 4) != (first + n) & 0xffff_ffff {
         return Err(format!("storm counter {:#x}", c.load(WIN + 16, 4)));
     }
-    if c.load(WIN + 0x300, 4) != c.load(WIN + 0x200, 4) || c.load(WIN + 8, 4) != c.load(WIN, 4)
-    {
+    if c.load(WIN + 0x300, 4) != c.load(WIN + 0x200, 4) || c.load(WIN + 8, 4) != c.load(WIN, 4) {
         return Err(String::from("storm: moved or stored data wrong"));
     }
     witness(&mut w, "the storm")?;

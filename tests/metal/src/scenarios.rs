@@ -12,7 +12,8 @@ use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
 use crate::{
     bench_table, guests, haxm, haxm_avx, haxm_debug, haxm_events, haxm_fpu, haxm_hostile,
-    haxm_kick, haxm_mmio, haxm_mmio_hostile, haxm_stat, interrupts, mm, println, smp,
+    haxm_kick, haxm_mmio, haxm_mmio_hostile, haxm_quickboot, haxm_stat, interrupts, mm, println,
+    smp,
 };
 
 /// What scenarios may know about the run.
@@ -50,6 +51,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-vga", haxm_mmio::haxm_vga),
     ("haxm-mmio-hostile", haxm_mmio_hostile::haxm_mmio_hostile),
     ("haxm-mmio-storm", haxm_mmio_hostile::haxm_mmio_storm),
+    ("haxm-quickboot", haxm_quickboot::haxm_quickboot),
     ("haxm-debug", haxm_debug::haxm_debug),
     ("mtf-probe", guests::mtf_probe),
     ("haxm-avx", haxm_avx::haxm_avx),

@@ -46,6 +46,7 @@ pub const TEST_SCENARIOS: &[&str] = &[
     "haxm-mmio-hostile",
     "haxm-avx",
     "haxm-stat",
+    "haxm-quickboot",
 ];
 /// Scenarios only some test models run: the debug session needs a model whose single step
 /// works (Bochs 2.7 offers the monitor trap flag on icelake_u but never delivers its exit,
