@@ -32,6 +32,8 @@ pub const CR4_SMXE: u64 = 1 << 14;
 pub const CR4_PCIDE: u64 = 1 << 17;
 /// CR4.OSXSAVE: XSAVE and XCR0 enabled.
 pub const CR4_OSXSAVE: u64 = 1 << 18;
+/// CR4.PKE: protection keys for user pages (WRPKRU writes PKRU, which VMX does not switch).
+pub const CR4_PKE: u64 = 1 << 22;
 /// CR4.SMEP: supervisor-mode execution prevention.
 pub const CR4_SMEP: u64 = 1 << 20;
 /// CR4.SMAP: supervisor-mode access prevention.

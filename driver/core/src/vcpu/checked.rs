@@ -12,7 +12,7 @@
 //! checks on VM entry).
 
 use crate::vcpu::bits::{
-    CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_SMXE, CR4_VMXE, EFER_LMA,
+    CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_PKE, CR4_SMXE, CR4_VMXE, EFER_LMA,
     EFER_LME,
 };
 use alloc::boxed::Box;
@@ -437,7 +437,9 @@ impl GuestCr0 {
 }
 
 /// A guest MOV to CR4 that hardware accepts: only bits the CPU supports (IA32_VMX_CR4_FIXED1)
-/// other than VMXE and SMXE (VMX is hidden from the guest), OSXSAVE only when `xsave` (the
+/// other than VMXE and SMXE (VMX is hidden from the guest) and PKE (the guest's CPUID hides
+/// PKU, and rhax does not switch PKRU: a guest WRPKRU would change the host's), OSXSAVE only
+/// when `xsave` (the
 /// host switches XSAVE state and the guest's CPUID shows XSAVE), PAE not cleared in IA-32e
 /// mode,
 /// PCIDE set only in IA-32e mode with CR3[11:0] = 0 (SDM Vol. 2B MOV CR "#GP(0)").
@@ -454,7 +456,7 @@ impl GuestCr4 {
         cr3: u64,
         xsave: bool,
     ) -> Result<GuestCr4, Refused> {
-        let hidden = CR4_VMXE | CR4_SMXE | if xsave { 0 } else { CR4_OSXSAVE };
+        let hidden = CR4_VMXE | CR4_SMXE | CR4_PKE | if xsave { 0 } else { CR4_OSXSAVE };
         if value & !(may_be_one & !hidden) != 0 {
             return Err(Refused::ReservedBits);
         }
@@ -596,6 +598,8 @@ mod tests {
         assert!(GuestCr4::check(CR4_VMXE, 0, fixed1, 0, 0, false).is_err());
         assert!(GuestCr4::check(1 << 25, 0, fixed1, 0, 0, false).is_err());
         assert!(GuestCr4::check(CR4_OSXSAVE, 0, fixed1 | CR4_OSXSAVE, 0, 0, false).is_err());
+        // PKE: refused even where the CPU has it (PKRU is not switched).
+        assert!(GuestCr4::check(CR4_PKE, 0, fixed1 | CR4_PKE, 0, 0, true).is_err());
         assert!(GuestCr4::check(CR4_OSXSAVE, 0, fixed1 | CR4_OSXSAVE, 0, 0, true).is_ok());
         // Not where the CPU lacks it, whatever CPUID says.
         assert!(GuestCr4::check(CR4_OSXSAVE, 0, fixed1 & !CR4_OSXSAVE, 0, 0, true).is_err());

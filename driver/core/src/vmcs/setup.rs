@@ -149,8 +149,12 @@ pub fn write_controls<V: Vmx>(vmcs: &mut Vmcs<'_, V>, c: &VmxControls, config: &
     // CR4.OSXSAVE (18) is the host's too: a guest MOV to CR4 that changes it exits, so the
     // vCPU knows without a VMREAD whether the guest's XCR0 must be loaded (`Vcpu::run`), and
     // a guest whose CPUID hides XSAVE gets the #GP hardware gives (SDM Vol. 3A §2.5).
+    // CR4.PKE (22) too: the guest's CPUID hides PKU and PKRU is not switched, so a guest
+    // setting it gets #GP instead of reaching WRPKRU and the host's PKRU.
     vmcs.set_cr4_guest_host_mask(
-        forced_bits(c.guest_cr4_fixed.must_be_one, c.guest_cr4_fixed.may_be_one) | (1 << 18),
+        forced_bits(c.guest_cr4_fixed.must_be_one, c.guest_cr4_fixed.may_be_one)
+            | (1 << 18)
+            | (1 << 22),
     );
     // The link pointer must be all ones without VMCS shadowing (SDM §27.3.1.5).
     vmcs.set_vmcs_link_pointer(u64::MAX);
