@@ -40,25 +40,11 @@ fn avx512_host(leaf: u32, sub: u32) -> [u32; 4] {
 /// `common::setup` on a host with CR4.OSXSAVE=1, XCR0 = [`HOST_XCR0`], and a CPUID table
 /// built from [`avx512_host`].
 fn xsetup() -> T {
-    let platform = HeapPlatform::new();
     let mut vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").unwrap());
     vmx.host.cr4 |= 1 << 18;
     vmx.xcr0 = HOST_XCR0;
     vmx.xcr0_supported = HOST_XCR0;
-    let controls = negotiate(vmx.caps()).unwrap();
-    let page = platform.alloc_pages(1).unwrap();
-    // SAFETY: software model, one thread.
-    let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }
-        .map_err(|e| e.0)
-        .unwrap();
-    let vcpu = HaxVcpu::new(&platform, &controls, 0, 0, controls.eptp(0x4000_0000)).unwrap();
-    T {
-        platform,
-        root,
-        vcpu,
-        mem: Ram::new(),
-        cpuid: CpuidTable::with_xcr0(avx512_host, HOST_XCR0),
-    }
+    setup_with(vmx, CpuidTable::with_xcr0(avx512_host, HOST_XCR0))
 }
 
 /// CR4.OSXSAVE on through SET_REGS (the guest's own MOV to CR4 exits: see

@@ -42,7 +42,7 @@ pub(crate) fn e(what: &str) -> impl Fn(rhax::Error) -> String + '_ {
 
 /// Kernel pages given to the VM as a RAM block ("user" memory, identity-mapped).
 pub(crate) struct Ram {
-    addr: u64,
+    pub(crate) addr: u64,
     pages: u64,
 }
 
@@ -51,6 +51,13 @@ impl Ram {
         let pages = bytes.div_ceil(mm::PAGE);
         let addr = mm::alloc_pages(pages, mm::PAGE).ok_or("no memory for guest RAM")?;
         Ok(Ram { addr, pages })
+    }
+
+    /// As [`Ram::new`], filled with zeros.
+    pub(crate) fn zeroed(bytes: u64) -> R<Ram> {
+        let ram = Ram::new(bytes)?;
+        ram.write(0, &vec![0u8; ram.len() as usize]);
+        Ok(ram)
     }
 
     pub(crate) fn len(&self) -> u64 {

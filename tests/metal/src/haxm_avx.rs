@@ -26,9 +26,8 @@ use rhax::api::{IoDirection, RamFlags, SegmentDesc, VcpuState};
 use rhax::{Exit, System};
 
 use crate::arch::{cpuid, cr4, write_cr4, xgetbv0, xsetbv0};
-use crate::haxm::{e, qemu_msrs, qemu_set, real_mode_at, R, V};
+use crate::haxm::{e, qemu_msrs, qemu_set, real_mode_at, Ram, R, V};
 use crate::hv::Shell;
-use crate::mm;
 use crate::scenarios::Ctx;
 
 /// CPUID exits in the guest's loop.
@@ -49,49 +48,6 @@ const PML4: u64 = 0x1_0000;
 const PORT_RESULT: u16 = 0x85;
 /// The XSETBVs the guest expects #GP(0) for: (ECX, EDX:EAX).
 const BAD_XSETBV: [(u32, u64); 5] = [(1, 7), (0, 6), (0, 5), (0, 0x27), (0, 1 << 32 | 7)];
-
-struct GuestRam {
-    addr: u64,
-    pages: u64,
-}
-
-impl GuestRam {
-    fn new() -> R<GuestRam> {
-        let pages = RAM_BYTES / mm::PAGE;
-        let addr = mm::alloc_pages(pages, mm::PAGE).ok_or("no memory for guest RAM")?;
-        let ram = GuestRam { addr, pages };
-        ram.write(0, &alloc::vec![0u8; RAM_BYTES as usize]);
-        Ok(ram)
-    }
-
-    fn write(&self, off: u64, bytes: &[u8]) {
-        assert!(off + bytes.len() as u64 <= RAM_BYTES);
-        // SAFETY: inside this block (asserted); no guest runs while the host writes.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                (self.addr + off) as *mut u8,
-                bytes.len(),
-            )
-        }
-    }
-
-    fn read(&self, off: u64, len: usize) -> Vec<u8> {
-        assert!(off + len as u64 <= RAM_BYTES);
-        let mut v = alloc::vec![0u8; len];
-        // SAFETY: inside this block (asserted); the guest is stopped (between RUNs).
-        unsafe {
-            core::ptr::copy_nonoverlapping((self.addr + off) as *const u8, v.as_mut_ptr(), len)
-        };
-        v
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        mm::free_pages(self.addr, self.pages);
-    }
-}
 
 /// `[disp32]` operand with ModRM.reg = `reg`.
 fn abs(reg: u8, disp: u64) -> [u8; 6] {
@@ -177,7 +133,7 @@ fn guest_code(avx2: bool) -> Vec<u8> {
     c
 }
 
-fn write_guest(ram: &GuestRam, avx2: bool) -> R<()> {
+fn write_guest(ram: &Ram, avx2: bool) -> R<()> {
     ram.write(GDT + 8, &0x00AF_9B00_0000_FFFFu64.to_le_bytes());
     ram.write(GDT + 16, &0x00CF_9300_0000_FFFFu64.to_le_bytes());
     // #GP handler: add rsp, 8 (the error code); add qword [rsp], 3 (past XSETBV);
@@ -277,7 +233,7 @@ pub fn haxm_avx(_: &Ctx) -> R<String> {
 }
 
 fn guest(xcr0: u64, avx2: bool) -> R<String> {
-    let ram = GuestRam::new()?;
+    let ram = Ram::zeroed(RAM_BYTES)?;
     write_guest(&ram, avx2)?;
     let shell = Shell::new()?;
     let sys = System::open(shell.transport()).map_err(e("open \\\\.\\HAX"))?;

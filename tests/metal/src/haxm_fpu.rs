@@ -24,9 +24,8 @@ use alloc::vec::Vec;
 use rhax::api::{IoDirection, MmioDirection, RamFlags, SegmentDesc, VcpuState};
 use rhax::{Exit, System};
 
-use crate::haxm::{e, qemu_msrs, qemu_set, real_mode_at, R, V};
+use crate::haxm::{e, qemu_msrs, qemu_set, real_mode_at, Ram, R, V};
 use crate::hv::Shell;
-use crate::mm;
 use crate::scenarios::Ctx;
 
 /// Rounds of the exit loop (one exit of every kind per round).
@@ -61,50 +60,6 @@ const FX_XMM0: u64 = 160;
 const PORT_OUT: u16 = 0x80;
 const PORT_STRING: u16 = 0xE9;
 const PORT_RESULT: u16 = 0x85;
-
-/// Guest pages from the kernel allocator, registered as "user" memory (identity-mapped).
-struct GuestRam {
-    addr: u64,
-    pages: u64,
-}
-
-impl GuestRam {
-    fn new() -> R<GuestRam> {
-        let pages = RAM_BYTES / mm::PAGE;
-        let addr = mm::alloc_pages(pages, mm::PAGE).ok_or("no memory for guest RAM")?;
-        let ram = GuestRam { addr, pages };
-        ram.write(0, &alloc::vec![0u8; RAM_BYTES as usize]);
-        Ok(ram)
-    }
-
-    fn write(&self, off: u64, bytes: &[u8]) {
-        assert!(off + bytes.len() as u64 <= RAM_BYTES);
-        // SAFETY: inside this block (asserted); no guest runs while the host writes.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                (self.addr + off) as *mut u8,
-                bytes.len(),
-            )
-        }
-    }
-
-    fn read(&self, off: u64, len: usize) -> Vec<u8> {
-        assert!(off + len as u64 <= RAM_BYTES);
-        let mut v = alloc::vec![0u8; len];
-        // SAFETY: inside this block (asserted); the guest is stopped (between RUNs).
-        unsafe {
-            core::ptr::copy_nonoverlapping((self.addr + off) as *const u8, v.as_mut_ptr(), len)
-        };
-        v
-    }
-}
-
-impl Drop for GuestRam {
-    fn drop(&mut self) {
-        mm::free_pages(self.addr, self.pages);
-    }
-}
 
 /// A few bytes of 64-bit machine code with backward branches.
 struct Code {
@@ -248,7 +203,7 @@ fn guest_code() -> Code {
 }
 
 /// Writes the guest: GDT, IDT, handler, code, patterns, page tables.
-fn write_guest(ram: &GuestRam) -> R<()> {
+fn write_guest(ram: &Ram) -> R<()> {
     // GDT: null, 64-bit code (0x08), data (0x10).
     ram.write(GDT + 8, &0x00AF_9B00_0000_FFFFu64.to_le_bytes());
     ram.write(GDT + 16, &0x00CF_9300_0000_FFFFu64.to_le_bytes());
@@ -352,7 +307,7 @@ fn recount(image: &[u8]) -> Vec<(String, u32)> {
 
 /// See the module documentation.
 pub fn haxm_fpu(_: &Ctx) -> R<String> {
-    let ram = GuestRam::new()?;
+    let ram = Ram::zeroed(RAM_BYTES)?;
     write_guest(&ram)?;
     let shell = Shell::new()?;
     let sys = System::open(shell.transport()).map_err(e("open \\\\.\\HAX"))?;

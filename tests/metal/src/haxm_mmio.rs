@@ -227,8 +227,7 @@ fn describe(ram: &Ram, mode: Mode, name: &str, code: u32) -> String {
 
 /// One mode of `haxm-mmio`: (tests compared, MMIO exits).
 fn differential(mode: Mode) -> R<(usize, u64)> {
-    let ram = Ram::new(RAM_BYTES)?;
-    ram.write(0, &vec![0u8; RAM_BYTES as usize]);
+    let ram = Ram::zeroed(RAM_BYTES)?;
     let (code, table) = match mode {
         Mode::Protected => (g::code32(), g::names32()),
         Mode::Long => (g::code64(), g::names64()),
@@ -336,8 +335,7 @@ pub fn haxm_mmio(_: &Ctx) -> R<String> {
 
 /// `haxm-vga`: SeaBIOS's VGA text clear and friends in real mode.
 pub fn haxm_vga(_: &Ctx) -> R<String> {
-    let ram = Ram::new(RAM_BYTES)?;
-    ram.write(0, &vec![0u8; RAM_BYTES as usize]);
+    let ram = Ram::zeroed(RAM_BYTES)?;
     ram.write(0x1000, g::vga16());
     let shell = Shell::new()?;
     let (_sys, _vm, mut v) = simple_vm(&shell, &ram)?;

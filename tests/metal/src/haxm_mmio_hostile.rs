@@ -296,8 +296,7 @@ fn hostile(iterations: u32) -> R<String> {
     witness(&mut w, "start")?;
 
     // The hostile VM.
-    let ram = Ram::new(RAM_BYTES)?;
-    ram.write(0, &vec![0u8; RAM_BYTES as usize]);
+    let ram = Ram::zeroed(RAM_BYTES)?;
     ram.write(CODE, guest_code());
     for (i, h) in HOLE_LIST.iter().enumerate() {
         ram.write(HOLES + 16 * i as u64, &h.to_le_bytes());
@@ -389,8 +388,7 @@ fn hostile(iterations: u32) -> R<String> {
     witness(&mut w, "the unknown instruction")?;
 
     // 5. Code running off the end of RAM into MMIO, in a fresh VM.
-    let ram2 = Ram::new(RAM_BYTES)?;
-    ram2.write(0, &vec![0u8; RAM_BYTES as usize]);
+    let ram2 = Ram::zeroed(RAM_BYTES)?;
     let mut code = vec![0x48, 0xBB]; // mov rbx, WIN
     code.extend_from_slice(&WIN.to_le_bytes());
     code.push(0xB8); // mov eax, RAM_BYTES - 2

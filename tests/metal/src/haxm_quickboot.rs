@@ -123,8 +123,7 @@ fn want(step: &str, got: Seen, want: Seen) -> R<()> {
 }
 
 pub fn haxm_quickboot(_: &Ctx) -> R<String> {
-    let ram = Ram::new(RAM_BYTES)?;
-    ram.write(0, &vec![0u8; RAM_BYTES as usize]);
+    let ram = Ram::zeroed(RAM_BYTES)?;
     ram.write(0x1000, guest_code());
     ram.write(CHUNK, &0x1122_3344u32.to_le_bytes());
     ram.write(CHUNK + 0x100, STRING);

@@ -202,7 +202,8 @@ global_asm!(
     T {fall}, "movbe word ptr [\B+0x24], dx"
     .endm
 
-    /* ---------------- 32-bit protected mode, flat segments, paging off ---------------- */
+    /* One test: the RAM run, the MMIO run, the compare (labels 81-84 are the mode's routines
+       that follow its tests), and the test's text in the names table. */
     .macro T mask, i1, i2="", i3="", i4="", i5=""
     mov esp, {stack}
     call 81f
@@ -222,16 +223,18 @@ global_asm!(
     call 83f
     mov dword ptr [{mask}], \mask
     call 84f
-    .pushsection .rodata.rhax_mmio_names32, "a"
+    .pushsection .rodata.rhax_mmio_names, "a"
     .ascii "\i1|\i2|\i3|\i4|\i5"
     .byte 0
     .popsection
     .endm
 
-    .pushsection .rodata.rhax_mmio_names32, "a"
+    .pushsection .rodata.rhax_mmio_names, "a"
     .global rhax_mmio_names32_start
 rhax_mmio_names32_start:
     .popsection
+
+    /* ---------------- 32-bit protected mode, flat segments, paging off ---------------- */
 
     .section .rodata.rhax_guest_mmio32, "a"
     .code32
@@ -373,39 +376,14 @@ rhax_mmio32_start:
     .global rhax_mmio32_end
 rhax_mmio32_end:
 
-    .pushsection .rodata.rhax_mmio_names32, "a"
+    .pushsection .rodata.rhax_mmio_names, "a"
     .global rhax_mmio_names32_end
 rhax_mmio_names32_end:
     .popsection
 
     /* ---------------- 64-bit mode, identity paging ---------------- */
-    .purgem T
-    .macro T mask, i1, i2="", i3="", i4="", i5=""
-    mov esp, {stack}
-    call 81f
-    \i1
-    \i2
-    \i3
-    \i4
-    \i5
-    call 83f
-    mov esp, {stack}
-    call 82f
-    \i1
-    \i2
-    \i3
-    \i4
-    \i5
-    call 83f
-    mov dword ptr [{mask}], \mask
-    call 84f
-    .pushsection .rodata.rhax_mmio_names64, "a"
-    .ascii "\i1|\i2|\i3|\i4|\i5"
-    .byte 0
-    .popsection
-    .endm
 
-    .pushsection .rodata.rhax_mmio_names64, "a"
+    .pushsection .rodata.rhax_mmio_names, "a"
     .global rhax_mmio_names64_start
 rhax_mmio_names64_start:
     .popsection
@@ -621,7 +599,7 @@ rhax_mmio64_start:
     .global rhax_mmio64_end
 rhax_mmio64_end:
 
-    .pushsection .rodata.rhax_mmio_names64, "a"
+    .pushsection .rodata.rhax_mmio_names, "a"
     .global rhax_mmio_names64_end
 rhax_mmio_names64_end:
     .popsection
@@ -742,7 +720,7 @@ pub fn code64() -> &'static [u8] {
 
 /// The 32-bit guest's test names, NUL-separated, in test order.
 pub fn names32() -> &'static [u8] {
-    // SAFETY: both symbols are in `.rodata.rhax_mmio_names32`, start first.
+    // SAFETY: both symbols are in `.rodata.rhax_mmio_names`, start first.
     unsafe {
         between(
             core::ptr::addr_of!(rhax_mmio_names32_start),
@@ -753,7 +731,7 @@ pub fn names32() -> &'static [u8] {
 
 /// The 64-bit guest's test names.
 pub fn names64() -> &'static [u8] {
-    // SAFETY: both symbols are in `.rodata.rhax_mmio_names64`, start first.
+    // SAFETY: both symbols are in `.rodata.rhax_mmio_names`, start first.
     unsafe {
         between(
             core::ptr::addr_of!(rhax_mmio_names64_start),

@@ -288,16 +288,7 @@ impl Table {
                     fmt_opt(c.get(k.id).map(|c| c.round_trip), 1)
                 );
             }
-            let reads: Vec<_> = self
-                .cells
-                .iter()
-                .map(|c| c.get(k.id).and_then(|c| c.vmreads))
-                .collect();
-            let writes: Vec<_> = self
-                .cells
-                .iter()
-                .map(|c| c.get(k.id).and_then(|c| c.vmwrites))
-                .collect();
+            let (reads, writes) = self.vmx_counts(k.id);
             let _ = write!(out, " {:>11} {:>12}", joined(&reads), joined(&writes));
             for s in SYSTEMS {
                 let _ = write!(out, " {:>9}", fmt_opt(self.anchor(k.id, s), 0));
@@ -305,6 +296,17 @@ impl Table {
             out.push('\n');
         }
         out
+    }
+
+    /// The VMREAD and VMWRITE counts per exit of kind `id` on every model.
+    fn vmx_counts(&self, id: &str) -> (Vec<Option<f64>>, Vec<Option<f64>>) {
+        let per = |f: fn(&Cell) -> Option<f64>| {
+            self.cells
+                .iter()
+                .map(|c| c.get(id).and_then(f))
+                .collect::<Vec<_>>()
+        };
+        (per(|c| c.vmreads), per(|c| c.vmwrites))
     }
 
     fn markdown(&self) -> String {
@@ -324,16 +326,7 @@ impl Table {
             for c in &self.cells {
                 let _ = write!(out, " {} |", fmt_opt(c.get(k.id).map(|c| c.round_trip), 1));
             }
-            let reads: Vec<_> = self
-                .cells
-                .iter()
-                .map(|c| c.get(k.id).and_then(|c| c.vmreads))
-                .collect();
-            let writes: Vec<_> = self
-                .cells
-                .iter()
-                .map(|c| c.get(k.id).and_then(|c| c.vmwrites))
-                .collect();
+            let (reads, writes) = self.vmx_counts(k.id);
             let _ = write!(out, " {} | {} |", joined(&reads), joined(&writes));
             for s in SYSTEMS {
                 let _ = write!(out, " {} |", fmt_opt(self.anchor(k.id, s), 0));

@@ -12,8 +12,8 @@
 //! checks on VM entry).
 
 use crate::vcpu::bits::{
-    CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_PKE, CR4_SMXE, CR4_VMXE, EFER_LMA,
-    EFER_LME,
+    CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_PKE, CR4_SMXE, CR4_VMXE,
+    EFER_LMA, EFER_LME,
 };
 use alloc::boxed::Box;
 use rhax_api::debug::{DebugControl, VcpuDebug};

@@ -115,8 +115,15 @@ pub fn setup() -> T {
 
 /// [`setup`] on another Bochs CPU model of the table.
 pub fn setup_model(model: &str) -> T {
+    setup_with(
+        SoftVmx::new(msrs_from_tsv(TSV, model).unwrap()),
+        CpuidTable::new(host_cpuid),
+    )
+}
+
+/// [`setup`] over a prepared model CPU and CPUID table.
+pub fn setup_with(vmx: SoftVmx, cpuid: CpuidTable) -> T {
     let platform = HeapPlatform::new();
-    let vmx = SoftVmx::new(msrs_from_tsv(TSV, model).unwrap());
     let controls = negotiate(vmx.caps()).unwrap();
     let page = platform.alloc_pages(1).unwrap();
     // SAFETY: software model, one thread.
@@ -129,7 +136,7 @@ pub fn setup_model(model: &str) -> T {
         root,
         vcpu,
         mem: Ram::new(),
-        cpuid: CpuidTable::new(host_cpuid),
+        cpuid,
     }
 }
 
