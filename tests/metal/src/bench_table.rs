@@ -98,6 +98,63 @@ const KINDS: &[Kind] = &[
         inject: false,
         window: false,
     },
+    // The same work in dwords: mov eax, [es:0] (FAST_MMIO read, fast path).
+    Kind {
+        name: "haxm-mmio-read32",
+        body: &[0x26, 0x66, 0x8B, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+    },
+    // mov [es:0], eax (FAST_MMIO write, fast path).
+    Kind {
+        name: "haxm-mmio-write32",
+        body: &[0x26, 0x66, 0x89, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+    },
+    // The general path (issue 11: "measure both"): instructions the plain-MOV fast path does
+    // not take (`emulate::decode` knows only MOV/MOVZX/MOVSX), so `mmio()` hands them to the
+    // general emulator (decode_full + execute), the same dword access as the rows above.
+    // cmovnz eax, [es:0]: ZF is 0 at every iteration (RFLAGS 0x2 at reset, then a nonzero
+    // `dec edi`), so the move happens; CMOVcc reads its source whatever the condition (SDM
+    // Vol. 2A, CMOVcc), one FAST_MMIO read.
+    Kind {
+        name: "haxm-emul-read",
+        body: &[0x26, 0x66, 0x0F, 0x45, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+    },
+    // movnti [es:0], eax (NP 0F C3: a dword store in any mode without REX.W), one FAST_MMIO
+    // write.
+    Kind {
+        name: "haxm-emul-write",
+        body: &[0x26, 0x0F, 0xC3, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+    },
+    // add [es:0], eax: a read-modify-write, two FAST_MMIO exits (the read, then the write)
+    // for one EPT violation.
+    Kind {
+        name: "haxm-emul-rmw",
+        body: &[0x26, 0x66, 0x01, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+    },
     // sti; hlt, and the user side injects vector 0x20 at each HLT; its handler is `iret`:
     // sti, hlt, iret, dec, jnz.
     Kind {
