@@ -134,15 +134,15 @@ const KINDS: &[Kind] = &[
         label: "FAST_MMIO write, dword MOV (fast path)",
     },
     Kind {
-        id: "haxm-emul-read",
-        label: "FAST_MMIO read, dword CMOVNZ (emulator)",
+        id: "haxm-mmio-read32-emul",
+        label: "FAST_MMIO read, dword MOV (emulator)",
     },
     Kind {
-        id: "haxm-emul-write",
-        label: "FAST_MMIO write, dword MOVNTI (emulator)",
+        id: "haxm-mmio-write32-emul",
+        label: "FAST_MMIO write, dword MOV (emulator)",
     },
     Kind {
-        id: "haxm-emul-rmw",
+        id: "haxm-mmio-rmw",
         label: "MMIO ADD, read+write (emulator, 2 exits)",
     },
     Kind {
