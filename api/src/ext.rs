@@ -54,6 +54,8 @@ bitflags::bitflags! {
         const FIELD_STATS = 1 << 3;
         /// [`RHAX_VCPU_IOCTL_GET_XSAVE`] and [`RHAX_VCPU_IOCTL_SET_XSAVE`].
         const XSAVE = 1 << 4;
+        /// [`RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL`]: the MMIO fast path can be switched off.
+        const EMULATION_CONTROL = 1 << 5;
     }
 }
 
@@ -90,6 +92,33 @@ pub struct StatsControl {
 
 impl_pod!(StatsControl);
 assert_layout!(StatsControl, size = 8; flags = 0, field_reason = 4);
+
+bitflags::bitflags! {
+    /// [`EmulationControl::flags`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct EmulationFlags: u32 {
+        /// Send every MMIO access through the general emulator (decode, execute, KVM's
+        /// re-execute model), plain MOV/MOVZX/MOVSX loads and stores included, which
+        /// otherwise take the fast path (no executor). Clear (the default): the fast path.
+        /// For measuring the two paths on the same instructions (issue 11); what the guest
+        /// and the user side see is the same either way.
+        const NO_MMIO_FAST_PATH = 1 << 0;
+    }
+}
+
+/// The input of [`RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmulationControl {
+    /// [`EmulationFlags`] bits; a bit the driver does not know fails the IOCTL (`EINVAL`,
+    /// `STATUS_INVALID_PARAMETER`) with nothing changed.
+    pub flags: u32,
+    /// 0; anything else fails the IOCTL the same way.
+    pub reserved: u32,
+}
+
+impl_pod!(EmulationControl);
+assert_layout!(EmulationControl, size = 8; flags = 0, reserved = 4);
 
 /// [`VcpuStatsRequest::op`]: read the counters.
 pub const RHAX_STATS_OP_GET: u32 = 0;
@@ -369,6 +398,9 @@ crate::ioctl::ioctl_table! {
     /// `RHAX_VCPU_IOCTL_SET_XSAVE` (vCPU device): in [`RhaxXsave`]. Feature
     /// [`ExtFeatures::XSAVE`].
     RHAX_VCPU_IOCTL_SET_XSAVE: Vcpu, Some(0xa07), px(Direction::Write, 0xe7, size_of::<RhaxXsave>());
+    /// `RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL` (vCPU device): in [`EmulationControl`];
+    /// switches the MMIO fast path off or on. Feature [`ExtFeatures::EMULATION_CONTROL`].
+    RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL: Vcpu, Some(0xa08), px(Direction::Write, 0xe8, size_of::<EmulationControl>());
 }
 
 #[cfg(test)]
@@ -414,6 +446,15 @@ mod tests {
         assert_eq!(RHAX_VCPU_IOCTL_GET_XSAVE.linux(), Some(0x9010_00e6));
         assert_eq!(RHAX_VCPU_IOCTL_SET_XSAVE.windows(), Some(0x4000_281c));
         assert_eq!(RHAX_VCPU_IOCTL_SET_XSAVE.linux(), Some(0x5010_00e7));
+        // CTL_CODE(0x22, 0xa08, METHOD_BUFFERED, FILE_ANY_ACCESS); _IOW(0, 0xe8, 8).
+        assert_eq!(
+            RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL.windows(),
+            Some(0x4000_2820)
+        );
+        assert_eq!(
+            RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL.linux(),
+            Some(0x4008_00e8)
+        );
         assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
     }
 

@@ -160,6 +160,8 @@ pub enum Error {
     SetXsave(OsError),
     /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL` failed.
     SetStatsControl(OsError),
+    /// `RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL` failed.
+    SetEmulationControl(OsError),
     /// `RHAX_IOCTL_VCPU_STATS` (system device) failed.
     VcpuStats(OsError),
     /// The IOCTL does not exist on this transport's platform (`HAX_VCPU_IOCTL_KICKOFF` off
@@ -262,6 +264,7 @@ impl Error {
             | Self::GetXsave(os)
             | Self::SetXsave(os)
             | Self::SetStatsControl(os)
+            | Self::SetEmulationControl(os)
             | Self::VcpuStats(os) => Some(os),
             _ => None,
         }
@@ -310,6 +313,7 @@ impl fmt::Display for Error {
             Self::GetXsave(os) => failed(f, "RHAX_VCPU_IOCTL_GET_XSAVE", os),
             Self::SetXsave(os) => failed(f, "RHAX_VCPU_IOCTL_SET_XSAVE", os),
             Self::SetStatsControl(os) => failed(f, "RHAX_VCPU_IOCTL_SET_STATS_CONTROL", os),
+            Self::SetEmulationControl(os) => failed(f, "RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL", os),
             Self::VcpuStats(os) => failed(f, "RHAX_IOCTL_VCPU_STATS", os),
             Self::Unsupported { ioctl } => {
                 write!(f, "{ioctl} does not exist on this platform")

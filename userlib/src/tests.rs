@@ -1489,3 +1489,25 @@ fn win32_errors_are_named_in_messages() {
     assert_eq!(crate::win32_name(122), Some("ERROR_INSUFFICIENT_BUFFER"));
     assert_eq!(OsError::Win32(4242).to_string(), "Win32 error 4242");
 }
+
+#[test]
+fn owner_switches_the_mmio_fast_path_on_its_vcpu_device() {
+    let fake = Fake::new(Platform::Linux);
+    let (_vm, vcpu) = vcpu_on(&fake);
+    fake.script([Reply::ok(), Reply::ok(), Reply::err(OsError::Errno(22))]);
+    vcpu.set_mmio_fast_path(false).unwrap();
+    vcpu.set_mmio_fast_path(true).unwrap();
+    // _IOW(0, 0xe8, 8).
+    let e = vcpu.set_mmio_fast_path(false).unwrap_err();
+    assert!(
+        matches!(e, Error::SetEmulationControl(OsError::Errno(22))),
+        "{e:?}"
+    );
+    let calls = fake.take_calls();
+    assert_eq!(
+        calls.iter().map(|c| c.code).collect::<Vec<_>>(),
+        [0x4008_00e8, 0x4008_00e8, 0x4008_00e8]
+    );
+    assert_eq!(calls[0].input, [1u8, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(calls[1].input, [0u8; 8]);
+}

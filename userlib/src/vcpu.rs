@@ -2,7 +2,8 @@
 //! the typed [`Exit`] it returns.
 
 use rhax_api::ext::{
-    RhaxXsave, VcpuStats, RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_SET_XSAVE, RHAX_XSAVE_VERSION,
+    EmulationControl, EmulationFlags, RhaxXsave, VcpuStats, RHAX_VCPU_IOCTL_GET_XSAVE,
+    RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL, RHAX_VCPU_IOCTL_SET_XSAVE, RHAX_XSAVE_VERSION,
 };
 use rhax_api::ioctl::{
     HAX_IOCTL_VCPU_DEBUG, HAX_VCPU_GET_REGS, HAX_VCPU_IOCTL_GET_CPUID, HAX_VCPU_IOCTL_GET_FPU,
@@ -474,6 +475,26 @@ impl<T: Transport> Vcpu<T> {
     /// time (off: the exit path neither counts nor times; the counters keep their values).
     pub fn set_counting(&self, on: bool) -> Result<()> {
         crate::stats::set_counting(&self.dev, on)
+    }
+
+    /// `RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL` (rhax only): `false` sends plain MOV MMIO
+    /// accesses through the general emulator too, to measure both paths (the guest and the
+    /// user side see the same exits either way); `true` (the default) restores the fast path.
+    pub fn set_mmio_fast_path(&self, on: bool) -> Result<()> {
+        let flags = if on {
+            EmulationFlags::empty()
+        } else {
+            EmulationFlags::NO_MMIO_FAST_PATH
+        };
+        let control = EmulationControl {
+            flags: flags.bits(),
+            reserved: 0,
+        };
+        self.dev.send(
+            &RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL,
+            control.as_bytes(),
+            Error::SetEmulationControl,
+        )
     }
 }
 

@@ -1025,6 +1025,48 @@ fn stats_control_switches_counting_off_and_on() {
 }
 
 #[test]
+fn emulation_control_is_checked_before_it_changes_anything() {
+    use rhax_api::ext::{
+        EmulationControl, EmulationFlags, ExtFeatures, RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL,
+    };
+    let h = hv(Codes::Linux);
+    let (sys, _vmh, _id) = vm(&h);
+    let mut out = [0u8; 16];
+    assert_eq!(call(&h, sys, &RHAX_IOCTL_EXT_INFO, &[], &mut out), Ok(16));
+    let info = RhaxExtInfo::from_bytes(&out).unwrap();
+    assert!(info.features().contains(ExtFeatures::EMULATION_CONTROL));
+    let vc = vcpu(&h);
+    let control = |flags: u32, reserved: u32| {
+        let c = EmulationControl { flags, reserved };
+        call(
+            &h,
+            vc,
+            &RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL,
+            c.as_bytes(),
+            &mut [],
+        )
+    };
+    let off = EmulationFlags::NO_MMIO_FAST_PATH.bits();
+    assert_eq!(control(off, 0), Ok(0));
+    assert_eq!(control(0, 0), Ok(0));
+    // Unknown flags or a nonzero reserved word: EINVAL (what the switch then is, the host
+    // tests of `HaxVcpu::set_emulation_control` check: unchanged).
+    for (flags, reserved) in [(1 << 1, 0), (u32::MAX, 0), (0, 1), (off, u32::MAX)] {
+        let e = control(flags, reserved).unwrap_err();
+        assert_eq!(e.errno(), 22, "flags {flags:#x} reserved {reserved:#x}"); // EINVAL
+    }
+    // A short input is refused by the table (POSIX: exactly the encoded size).
+    assert!(call(
+        &h,
+        vc,
+        &RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL,
+        &[1, 0, 0],
+        &mut []
+    )
+    .is_err());
+}
+
+#[test]
 fn system_device_reads_any_vcpus_stats_by_id() {
     use rhax_api::ext::{
         StatsFlags, VcpuStatsRequest, RHAX_IOCTL_VCPU_STATS, RHAX_STATS_OP_CONTROL,

@@ -273,3 +273,66 @@ fn an_sse_move_without_cr4_osfxsr_is_ud_and_with_cr0_ts_nm() {
         );
     }
 }
+
+/// `mov [bx], ax` to MMIO with the fast path as `flags` sets it: the exit it makes and the
+/// VMREADs the MMIO exit cost.
+fn plain_store(flags: u32) -> ((u64, u8, u8, u64), u64, bool) {
+    let mut t = setup();
+    let control = rhax_api::ext::EmulationControl { flags, reserved: 0 };
+    t.vcpu.set_emulation_control(&control).unwrap();
+    let fast = t.vcpu.mmio_fast_path();
+    real_mode(&mut t, &[0x89, 0x07], |s| {
+        s.regs[reg::RBX] = 0x40;
+        s.regs[reg::RAX] = 0xbeef;
+    });
+    t.hook(script(vec![violation(0xfee0_0040), hlt()]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    let exit = mmio(&mut t);
+    let reads = t.vcpu.stats().reason(48).unwrap().vmreads;
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt), "the guest goes on");
+    assert_eq!(
+        t.rip(),
+        0x1003,
+        "past the MOV (2 bytes) and the hook's HLT (1)"
+    );
+    (exit, reads, fast)
+}
+
+#[test]
+fn emulation_control_sends_a_plain_mov_through_the_general_path() {
+    use rhax_api::ext::EmulationFlags;
+    let (fast_exit, fast_reads, fast) = plain_store(0);
+    let (slow_exit, slow_reads, slow) = plain_store(EmulationFlags::NO_MMIO_FAST_PATH.bits());
+    assert!(fast && !slow);
+    // The guest and the user side see the same store either way...
+    assert_eq!(fast_exit, (0xfee0_0040, 2, 1, 0xbeef));
+    assert_eq!(slow_exit, fast_exit);
+    // ...but the general path did its own work (decode_full + execute reads more of the
+    // VMCS: segment state for the linear address).
+    assert_ne!(slow_reads, fast_reads, "the switch changed nothing");
+}
+
+#[test]
+fn emulation_control_refuses_unknown_flags_with_nothing_changed() {
+    use rhax_api::ext::{EmulationControl, EmulationFlags};
+    let mut t = setup();
+    let off = EmulationFlags::NO_MMIO_FAST_PATH.bits();
+    let set = |t: &mut T, flags, reserved| {
+        t.vcpu
+            .set_emulation_control(&EmulationControl { flags, reserved })
+    };
+    assert!(t.vcpu.mmio_fast_path(), "on by default");
+    assert_eq!(set(&mut t, off, 0), Ok(()));
+    for (flags, reserved) in [(1 << 1, 0), (u32::MAX, 0), (0, 1), (off, u32::MAX)] {
+        assert!(
+            set(&mut t, flags, reserved).is_err(),
+            "{flags:#x} {reserved:#x}"
+        );
+        assert!(
+            !t.vcpu.mmio_fast_path(),
+            "a refused control changed the switch"
+        );
+    }
+    assert_eq!(set(&mut t, 0, 0), Ok(()));
+    assert!(t.vcpu.mmio_fast_path());
+}

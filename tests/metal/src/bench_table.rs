@@ -35,6 +35,9 @@ struct Kind {
     inject: bool,
     /// Ask for the interrupt window after each OUT (as QEMU while an interrupt waits).
     window: bool,
+    /// Plain MOV MMIO accesses take the fast path (the default); `false` switches it off
+    /// for the loop (`RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL`).
+    fast_path: bool,
 }
 
 const KINDS: &[Kind] = &[
@@ -47,6 +50,7 @@ const KINDS: &[Kind] = &[
         reason: 30,
         inject: false,
         window: false,
+        fast_path: true,
     },
     // out 0x80, al
     Kind {
@@ -57,6 +61,7 @@ const KINDS: &[Kind] = &[
         reason: 30,
         inject: false,
         window: false,
+        fast_path: true,
     },
     // in al, 0x80
     Kind {
@@ -67,6 +72,7 @@ const KINDS: &[Kind] = &[
         reason: 30,
         inject: false,
         window: false,
+        fast_path: true,
     },
     // hlt
     Kind {
@@ -77,6 +83,7 @@ const KINDS: &[Kind] = &[
         reason: 12,
         inject: false,
         window: false,
+        fast_path: true,
     },
     // mov al, [es:0] (ES = 0xA000: unmapped, FAST_MMIO read)
     Kind {
@@ -87,6 +94,7 @@ const KINDS: &[Kind] = &[
         reason: 48,
         inject: false,
         window: false,
+        fast_path: true,
     },
     // mov [es:0], al (FAST_MMIO write)
     Kind {
@@ -97,6 +105,64 @@ const KINDS: &[Kind] = &[
         reason: 48,
         inject: false,
         window: false,
+        fast_path: true,
+    },
+    // The same work in dwords: mov eax, [es:0] (FAST_MMIO read, fast path).
+    Kind {
+        name: "haxm-mmio-read32",
+        body: &[0x26, 0x66, 0x8B, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+        fast_path: true,
+    },
+    // mov [es:0], eax (FAST_MMIO write, fast path).
+    Kind {
+        name: "haxm-mmio-write32",
+        body: &[0x26, 0x66, 0x89, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+        fast_path: true,
+    },
+    // The general path (issue 11: "measure both"): the same two MOVs with the fast path
+    // switched off (`RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL`), so `mmio()` hands them to the
+    // general emulator (decode_full + execute) as it does every non-MOV instruction.
+    Kind {
+        name: "haxm-mmio-read32-emul",
+        body: &[0x26, 0x66, 0x8B, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+        fast_path: false,
+    },
+    Kind {
+        name: "haxm-mmio-write32-emul",
+        body: &[0x26, 0x66, 0x89, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+        fast_path: false,
+    },
+    // add [es:0], eax: a read-modify-write, always the general path (not a plain MOV); two
+    // FAST_MMIO exits (the read, then the write) for one EPT violation.
+    Kind {
+        name: "haxm-mmio-rmw",
+        body: &[0x26, 0x66, 0x01, 0x06, 0x00, 0x00],
+        guest: 3,
+        exiting: 1,
+        reason: 48,
+        inject: false,
+        window: false,
+        fast_path: true,
     },
     // sti; hlt, and the user side injects vector 0x20 at each HLT; its handler is `iret`:
     // sti, hlt, iret, dec, jnz.
@@ -108,6 +174,7 @@ const KINDS: &[Kind] = &[
         reason: 12,
         inject: true,
         window: false,
+        fast_path: true,
     },
     // cli; out 0x80, al; sti; nop with the window requested after each OUT: two exits per
     // iteration (the OUT, then the window opening after the STI shadow).
@@ -119,6 +186,7 @@ const KINDS: &[Kind] = &[
         reason: 7,
         inject: false,
         window: true,
+        fast_path: true,
     },
 ];
 
@@ -145,6 +213,10 @@ fn haxm_kind(k: &Kind, n: u32) -> R<()> {
     let shell = Shell::new()?;
     let (_sys, _vm, mut v) = simple_vm(&shell, &ram)?;
     qemu_set(&v, &real_mode_at(0x1000), &qemu_msrs())?;
+    if !k.fast_path {
+        v.set_mmio_fast_path(false)
+            .map_err(e("SET_EMULATION_CONTROL"))?;
+    }
     v.reset_stats().map_err(e("reset stats"))?;
     let mut halts = 0u64;
     let mut want_window = false;

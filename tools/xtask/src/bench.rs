@@ -119,11 +119,31 @@ const KINDS: &[Kind] = &[
     },
     Kind {
         id: "haxm-mmio-read",
-        label: "FAST_MMIO read (HAXM RUN)",
+        label: "FAST_MMIO read, byte MOV (fast path)",
     },
     Kind {
         id: "haxm-mmio-write",
-        label: "FAST_MMIO write (HAXM RUN)",
+        label: "FAST_MMIO write, byte MOV (fast path)",
+    },
+    Kind {
+        id: "haxm-mmio-read32",
+        label: "FAST_MMIO read, dword MOV (fast path)",
+    },
+    Kind {
+        id: "haxm-mmio-write32",
+        label: "FAST_MMIO write, dword MOV (fast path)",
+    },
+    Kind {
+        id: "haxm-mmio-read32-emul",
+        label: "FAST_MMIO read, dword MOV (emulator)",
+    },
+    Kind {
+        id: "haxm-mmio-write32-emul",
+        label: "FAST_MMIO write, dword MOV (emulator)",
+    },
+    Kind {
+        id: "haxm-mmio-rmw",
+        label: "MMIO ADD, read+write (emulator, 2 exits)",
     },
     Kind {
         id: "haxm-inject",

@@ -105,6 +105,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 .union(ExtFeatures::SYSTEM_STATS)
                 .union(ExtFeatures::FIELD_STATS)
                 .union(ExtFeatures::XSAVE)
+                .union(ExtFeatures::EMULATION_CONTROL)
                 .bits(),
         };
         c.ctx.write(&info, c.output)

@@ -7,9 +7,10 @@
 use crate::memory::try_arc::TryArc;
 
 use rhax_api::ext::{
-    RhaxExtInfo, RhaxXsave, StatsControl, VcpuFieldStats, VcpuStats, RHAX_IOCTL_EXT_INFO,
-    RHAX_IOCTL_VCPU_FIELD_STATS, RHAX_IOCTL_VCPU_STATS, RHAX_VCPU_IOCTL_GET_STATS,
-    RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
+    EmulationControl, RhaxExtInfo, RhaxXsave, StatsControl, VcpuFieldStats, VcpuStats,
+    RHAX_IOCTL_EXT_INFO, RHAX_IOCTL_VCPU_FIELD_STATS, RHAX_IOCTL_VCPU_STATS,
+    RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_RESET_STATS,
+    RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL, RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
     RHAX_VCPU_IOCTL_SET_XSAVE,
 };
 use rhax_api::ioctl::{self as codes, IoctlDef};
@@ -190,7 +191,7 @@ const fn e<P: Platform + UserMapping, R: CpuRoots>(
 use Need::{Bytes, Computed, None as Unused};
 
 /// Number of rows.
-pub(super) const IOCTL_COUNT: usize = 35;
+pub(super) const IOCTL_COUNT: usize = 36;
 
 impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     /// Every IOCTL served. Sizes are HAXM 7.8.0's (`haxm-abi.md` §2 "Per-IOCTL semantics");
@@ -236,6 +237,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         e(&RHAX_VCPU_IOCTL_GET_XSAVE, Unused, Bytes(RhaxXsave::SIZE), Handler::Vcpu(Self::get_xsave)),
         e(&RHAX_VCPU_IOCTL_SET_XSAVE, Bytes(RhaxXsave::SIZE), Unused, Handler::Vcpu(Self::set_xsave)),
         e(&RHAX_VCPU_IOCTL_SET_STATS_CONTROL, Bytes(StatsControl::SIZE), Unused, Handler::Vcpu(Self::set_stats_control)),
+        e(&RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL, Bytes(EmulationControl::SIZE), Unused, Handler::Vcpu(Self::set_emulation_control)),
     ];
 
     /// Each row's code in `platform`'s encoding (`u32::MAX` where it has none: no IOCTL code

@@ -277,6 +277,20 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         Ok(0)
     }
 
+    pub(super) fn set_emulation_control(
+        &self,
+        _vm: &VmArc,
+        vcpu: &VcpuArc,
+        c: Call<'_>,
+    ) -> Res<usize> {
+        let control: rhax_api::ext::EmulationControl = c.ctx.read(c.input)?;
+        self.lease(vcpu, c.ctx)?
+            .get()?
+            .set_emulation_control(&control)
+            .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
+        Ok(0)
+    }
+
     pub(super) fn set_stats_control(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         let control: rhax_api::ext::StatsControl = c.ctx.read(c.input)?;
         self.lease(vcpu, c.ctx)?

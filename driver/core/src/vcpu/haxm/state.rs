@@ -256,6 +256,29 @@ impl HaxVcpu {
         self.user_exits = 0;
     }
 
+    /// `RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL`: with `NO_MMIO_FAST_PATH`, plain MOV MMIO
+    /// accesses go through the general emulator too (to measure both paths, issue 11). A
+    /// flag this driver does not know or a nonzero `reserved` is refused with nothing changed
+    /// (a later flag must not pass for a no-op on an older driver). Takes effect at the next
+    /// MMIO exit; a load already pending completes as it was decoded.
+    pub fn set_emulation_control(
+        &mut self,
+        control: &ext::EmulationControl,
+    ) -> Result<(), HaxError> {
+        let refused = HaxError::InvalidValue(Refused::ReservedBits);
+        let flags = ext::EmulationFlags::from_bits(control.flags).ok_or(refused)?;
+        if control.reserved != 0 {
+            return Err(refused);
+        }
+        self.mmio_fast_path = !flags.contains(ext::EmulationFlags::NO_MMIO_FAST_PATH);
+        Ok(())
+    }
+
+    /// Whether plain MOV MMIO accesses take the fast path (`SET_EMULATION_CONTROL`).
+    pub fn mmio_fast_path(&self) -> bool {
+        self.mmio_fast_path
+    }
+
     /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off and chooses which
     /// exits per-field counts are kept for (none, all, or one reason). A flag this driver does not know, or a
     /// `field_reason` that is not a counted reason (or not 0 without `FIELD_REASON`), is
