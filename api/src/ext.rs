@@ -341,6 +341,29 @@ impl VcpuStats {
 /// [`RhaxXsave::version`] of the layout defined here.
 pub const RHAX_XSAVE_VERSION: u32 = 1;
 
+/// [`RhaxUnemulated::magic`]: "RHXU".
+pub const RHAX_UNEMULATED_MAGIC: u32 = u32::from_le_bytes(*b"RHXU");
+
+/// What the IO buffer holds after a RUN that ended with `HAX_EXIT_STATECHANGE` because the
+/// guest touched MMIO with an instruction rhax's emulator does not carry out (HAXM clients
+/// ignore the IO buffer on STATECHANGE; a client that knows rhax can show the instruction).
+/// Written at offset 0 only for that panic, so `magic` tells it apart from stale IO data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RhaxUnemulated {
+    /// [`RHAX_UNEMULATED_MAGIC`].
+    pub magic: u32,
+    /// Bytes of `bytes` fetched (up to 15; fewer when the fetch stopped at a page).
+    pub len: u32,
+    /// The guest-physical address of the MMIO access.
+    pub gpa: u64,
+    /// The instruction's bytes, then zeros.
+    pub bytes: [u8; 16],
+}
+
+impl_pod!(RhaxUnemulated);
+assert_layout!(RhaxUnemulated, size = 32; magic = 0, len = 4, gpa = 8, bytes = 16);
+
 /// The argument of [`RHAX_VCPU_IOCTL_GET_XSAVE`] / [`RHAX_VCPU_IOCTL_SET_XSAVE`]: the guest's
 /// whole extended state, for snapshots. `area` is a standard-format XSAVE image (SDM Vol. 1
 /// §13.4; the legacy region is what GET/SET_FPU exchange).

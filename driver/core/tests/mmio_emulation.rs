@@ -230,6 +230,11 @@ fn an_instruction_the_emulator_does_not_know_panics_the_vcpu_with_its_bytes() {
         }
         other => panic!("panic reason {other:?}"),
     }
+    // The exit carries the bytes for user space too.
+    let r = rhax_api::ext::RhaxUnemulated::read_from_prefix(t.vcpu.io_buffer_mut()).unwrap();
+    assert_eq!(r.magic, rhax_api::ext::RHAX_UNEMULATED_MAGIC);
+    assert_eq!((r.gpa, &r.bytes[..2]), (0xfee0_0000, &[0xd9u8, 0x07][..]));
+    assert!(r.len >= 2);
     assert_eq!(t.run(), Ok(ExitStatus::StateChange), "sticky");
 }
 

@@ -245,6 +245,22 @@ impl HaxVcpu {
 
     pub(in crate::vcpu::haxm) fn panic(&mut self, why: PanicReason) -> Next {
         self.panicked = Some(why);
+        if let PanicReason::Unemulated(u) = why {
+            // The exit carries the instruction: the IO buffer holds its bytes (the record of
+            // `rhax_api::ext::RhaxUnemulated`).
+            let mut r = rhax_api::ext::RhaxUnemulated {
+                magic: rhax_api::ext::RHAX_UNEMULATED_MAGIC,
+                len: u32::from(u.len),
+                gpa: u.gpa,
+                bytes: [0; 16],
+            };
+            r.bytes[..u.bytes.len()].copy_from_slice(&u.bytes);
+            let buf = self.iobuf.bytes_mut();
+            let n = core::mem::size_of::<rhax_api::ext::RhaxUnemulated>();
+            if let Some(dst) = buf.get_mut(..n) {
+                dst.copy_from_slice(r.as_bytes());
+            }
+        }
         Next::User(ExitStatus::StateChange)
     }
 
