@@ -46,6 +46,12 @@ struct FakeState {
     /// Unpinned memory is overwritten with [`POISON`] (as pages handed back to the OS and
     /// reused): only for pins of real test buffers.
     poison: bool,
+    /// Pins whose pages the core asked for (`pinned_page`): only those can have left a
+    /// translation behind, so only their unpin poisons. A pin that lost a race (the core pins
+    /// outside its lock and releases the loser unused) is released while its buffer may be
+    /// mapped and pinned anew by then; poisoning it would change memory no stale translation
+    /// reaches, which an OS never does to user memory.
+    translated: std::collections::HashSet<usize>,
 }
 
 /// What unpinned pages read as when the fake poisons them.
@@ -174,7 +180,8 @@ impl Platform for Fake {
     }
 
     fn pinned_page(&self, pinned: &PinnedMemory, page_index: usize) -> Option<u64> {
-        let s = self.s.lock().unwrap();
+        let mut s = self.s.lock().unwrap();
+        s.translated.insert(pinned.handle);
         let (va, len) = *s
             .pins
             .get(&pinned.handle)
@@ -189,6 +196,7 @@ impl Platform for Fake {
         let mut s = self.s.lock().unwrap();
         assert!(s.pins.remove(&pinned.handle).is_some(), "double unpin");
         s.unpin_calls += 1;
+        let translated = s.translated.remove(&pinned.handle);
         // Pages stay locked while any pin holds them (an OS counts the locks per page); only
         // the last unpin hands them back. The core pins outside its lock, so a pin that lost a
         // race is released while another pin of the same pages lives.
@@ -197,7 +205,7 @@ impl Platform for Fake {
             .pins
             .values()
             .any(|&(a, l)| a < end && start < a + l as u64);
-        if s.poison && !still_pinned {
+        if s.poison && translated && !still_pinned {
             // SAFETY: with `poison` set, pins are of live test buffers (the test's contract).
             unsafe {
                 std::ptr::write_bytes(pinned.user_address as *mut u8, POISON, pinned.len);
