@@ -5,7 +5,8 @@
 //! ```
 //!
 //! * Targets (all by default): `dispatch` (IOCTL sequences through the dispatcher with a
-//!   scripted guest), `decoder` (the MMIO decoder against iced-x86), `pagewalk` (the guest
+//!   scripted guest), `decoder` (the MMIO fast path's decoder against iced-x86), `emulator`
+//!   (the full MMIO emulator: decode and execute), `pagewalk` (the guest
 //!   page walker against a reference walker). The harnesses are in `fuzz/src/`.
 //! * `--time S`: seconds per target (default 600). The campaign starts from the checked-in
 //!   seed corpus `fuzz/corpus/TARGET` and keeps what it finds in `fuzz/corpus-work/TARGET`
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::{workspace_root, Result};
 
 /// The fuzz targets, in the order they run.
-pub const TARGETS: [&str; 3] = ["dispatch", "decoder", "pagewalk"];
+pub const TARGETS: [&str; 4] = ["dispatch", "decoder", "emulator", "pagewalk"];
 
 /// Seconds per target of `--ci`.
 const CI_SECONDS: u64 = 60;
