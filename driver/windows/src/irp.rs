@@ -31,14 +31,15 @@ use core::alloc::Layout;
 use crate::status::ShellError;
 
 /// Input bytes a request may bring: the largest HAXM input is SET_CPUID's 8 + 64 * 40 =
-/// 2568 bytes; anything longer is passed cut at this bound (the core checks minimum sizes,
-/// so a valid request always fits).
-const MAX_INPUT: usize = 4096;
+/// 2568 bytes, the largest of rhax's RHAX_VCPU_IOCTL_SET_XSAVE's 4112; anything longer is
+/// passed cut at this bound (the core checks minimum sizes, so a valid request always fits).
+const MAX_INPUT: usize = 8192;
 
-/// Output bytes a request is given: the largest HAXM output is GET_CPUID's 2568 bytes (the
-/// core checks minimum sizes; `Information` never exceeds what it wrote). A caller's larger
-/// output length is cut here, so the shell never zeroes or hands out more than this.
-const MAX_OUTPUT: usize = 4096;
+/// Output bytes a request is given: the largest HAXM output is GET_CPUID's 2568 bytes, the
+/// largest of rhax's GET_XSAVE's 4112 (the core checks minimum sizes; `Information` never
+/// exceeds what it wrote). A caller's larger output length is cut here, so the shell never
+/// zeroes or hands out more than this.
+const MAX_OUTPUT: usize = 8192;
 
 /// Inputs up to this size are copied to the stack, larger ones to a pool buffer (the frame
 /// stays far below the 2 KiB budget).
