@@ -6,7 +6,8 @@
 //!   and once on MMIO by rhax, compared by the guest (registers, flags, XMM, memory).
 //! * `haxm-vga`: SeaBIOS's VGA clear in real mode: `rep stosw` of 2000 words to 0xB8000
 //!   (unmapped, so MMIO), a read-modify-write, `rep movsw` from the text buffer to RAM and a
-//!   backward `repe scasw` over the whole buffer; the device and RAM contents checked.
+//!   backward `repe scasw` over the whole buffer, MOV with moffs operands both ways and a MOV
+//!   to DS from the text buffer; the device and RAM contents checked.
 
 use alloc::format;
 use alloc::string::String;
@@ -346,12 +347,21 @@ pub fn haxm_vga(_: &Ctx) -> R<String> {
         r.outs.push((port, value));
         Ok(())
     })?;
-    let want_outs = [(0xE2u16, 0x0821u32), (0xE4, 1)];
+    let want_outs = [
+        (0xE2u16, 0x0821u32),
+        (0xE4, 1),
+        (0xE6, 0x0821),
+        (0xE7, 0x0720),
+    ];
     if report.outs != want_outs {
         return Err(format!("OUTs {:x?}, expected {want_outs:x?}", report.outs));
     }
     for i in 0..2000u64 {
-        let want = if i == 1 { 0x0821 } else { 0x0720 };
+        let want = match i {
+            1 => 0x0821,
+            3 => 0x0721, // the moffs store of AL's 0x21
+            _ => 0x0720,
+        };
         let got = dev.load(0xB8000 + 2 * i, 2)?;
         if got != want {
             return Err(format!("text word {i}: {got:#x}, expected {want:#x}"));
@@ -361,15 +371,16 @@ pub fn haxm_vga(_: &Ctx) -> R<String> {
     if copied != [0x21, 0x08, 0x20, 0x07, 0x20, 0x07] {
         return Err(format!("rep movsw copied {copied:x?}"));
     }
-    // 2000 STOSW + ADD's write; ADD's read + MOV + 3 MOVSW + 1999 SCASW.
-    if (dev.writes, dev.reads) != (2001, 2004) {
+    // 2000 STOSW + ADD's write + the moffs store; ADD's read + MOV + 3 MOVSW + 1999 SCASW +
+    // the moffs load + the segment-register load.
+    if (dev.writes, dev.reads) != (2002, 2006) {
         return Err(format!(
-            "{} MMIO writes and {} reads, expected 2001 and 2004",
+            "{} MMIO writes and {} reads, expected 2002 and 2006",
             dev.writes, dev.reads
         ));
     }
     Ok(format!(
-        "rep stosw x2000, add, rep movsw, repe scasw x1999 on the text buffer: {} FAST_MMIO exits, {} RUNs",
+        "rep stosw x2000, add, rep movsw, repe scasw x1999, moffs load and store, MOV DS from the text buffer: {} FAST_MMIO exits, {} RUNs",
         dev.writes + dev.reads,
         report.exits
     ))

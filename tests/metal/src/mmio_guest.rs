@@ -644,6 +644,16 @@ rhax_vga16_start:
     cld
     mov ax, cx
     out 0xE4, ax
+    /* MOV with a moffs operand both ways, and MOV to a segment register from MMIO. */
+    mov ax, word ptr es:[0x0002]
+    out 0xE6, ax
+    mov byte ptr es:[0x0006], al
+    mov ds, word ptr es:[0x0008]
+    mov bx, ds
+    xor ax, ax
+    mov ds, ax
+    mov ax, bx
+    out 0xE7, ax
     hlt
     .global rhax_vga16_end
 rhax_vga16_end:
