@@ -341,3 +341,25 @@ fn emulation_control_refuses_unknown_flags_with_nothing_changed() {
     assert_eq!(set(&mut t, 0, 0), Ok(()));
     assert!(t.vcpu.mmio_fast_path());
 }
+
+#[test]
+fn set_regs_abandons_the_mmio_instruction_in_flight() {
+    let mut t = setup();
+    real_mode(&mut t, &[0x01, 0x07], |s| {
+        // add [bx], ax: its read exit leaves the instruction in flight
+        s.regs[reg::RAX] = 1;
+    });
+    t.hook(script(vec![violation(0xfee0_0000), hlt()]));
+    assert_eq!(t.run(), Ok(ExitStatus::FastMmio));
+    assert_eq!(mmio3(&mut t), [0xfee0_0000, 2, 0]);
+    // The client resets the vCPU (QEMU's system reset) before the next RUN.
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.rip = 0x2000;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    assert_eq!(
+        t.run(),
+        Ok(ExitStatus::Hlt),
+        "the guest runs at its new RIP, no stale write"
+    );
+    assert_eq!(t.rip(), 0x2001);
+}

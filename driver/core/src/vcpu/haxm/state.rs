@@ -178,6 +178,10 @@ impl HaxVcpu {
             s.dr3,
             (s.dr6 & 0xffff_ffff) | 0xffff_0ff0,
         ];
+        // A new register state abandons the MMIO instruction the general path had in flight
+        // (its decoded bytes and cached reads belong to the old RIP and registers; executing it
+        // again in the new context would be a wrong result, e.g. after QEMU's reset).
+        self.emu.clear();
         Ok(())
     }
 

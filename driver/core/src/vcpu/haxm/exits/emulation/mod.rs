@@ -99,7 +99,7 @@ impl Emulation {
 
     /// Forgets the instruction in flight (field by field: no 400-byte temporary on the
     /// stack of a RUN path).
-    fn clear(&mut self) {
+    pub(in crate::vcpu::haxm) fn clear(&mut self) {
         self.insn = None;
         self.gpa = 0;
         self.mode = None;
