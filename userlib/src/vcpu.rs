@@ -217,6 +217,19 @@ impl<T: Transport> Vcpu<T> {
         Ok(info)
     }
 
+    /// After a RUN that returned [`Exit::StateChange`]: the instruction rhax's MMIO emulator
+    /// did not carry out (its guest-physical address and bytes), when that is why the vCPU
+    /// stopped; `None` otherwise, and always with HAXM (rhax's `RhaxUnemulated` record in the
+    /// IO buffer, recognized by its magic).
+    pub fn unemulated(&mut self) -> Option<rhax_api::ext::RhaxUnemulated> {
+        use rhax_api::Pod;
+        let bytes = self
+            .tunnel
+            .io_data(core::mem::size_of::<rhax_api::ext::RhaxUnemulated>())?;
+        let r = rhax_api::ext::RhaxUnemulated::read_from_prefix(bytes)?;
+        (r.magic == rhax_api::ext::RHAX_UNEMULATED_MAGIC && r.len <= 15).then_some(r)
+    }
+
     /// The SETUP_TUNNEL answer in use.
     pub fn tunnel_info(&self) -> TunnelInfo {
         self.info
