@@ -604,3 +604,34 @@ fn mov_to_cr4_osxsave_exits_and_follows_cpuid() {
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::Hlt));
 }
+
+/// A leaf above the basic maximum (0xd here) answers exactly as the maximum leaf does, its
+/// XCR0-dependent size included (the Linux stage's guest checks this: leaf 0xe must equal
+/// leaf 0xd's answer).
+#[test]
+fn a_leaf_above_the_maximum_answers_as_leaf_0xd_with_its_current_size() {
+    let mut t = xsetup();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let (s1, s2) = (seen.clone(), seen.clone());
+    t.hook(script(vec![
+        Box::new(|c| xsetbv(c, 0, 7)),
+        Box::new(|c| cpuid(c, 0xd, 0)),
+        Box::new(move |c| {
+            s1.borrow_mut().push(
+                [0, 1, 2, 3].map(|i| c.regs.gpr[[reg::RAX, reg::RBX, reg::RCX, reg::RDX][i]]),
+            );
+            cpuid(c, 0xe, 0);
+        }),
+        Box::new(move |c| {
+            s2.borrow_mut().push(
+                [0, 1, 2, 3].map(|i| c.regs.gpr[[reg::RAX, reg::RBX, reg::RCX, reg::RDX][i]]),
+            );
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    enable_osxsave(&mut t);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    let seen = seen.borrow();
+    assert_eq!(seen[0][1], 832, "leaf 0xd EBX: the size for XCR0 = 7");
+    assert_eq!(seen[1], seen[0], "leaf 0xe answers as leaf 0xd");
+}

@@ -497,6 +497,14 @@ impl CpuidTable {
     /// lacks (e.g. leaf 5 when leaf 0 says 0xd), and a missing subleaf of a known leaf, answer
     /// zeros, as KVM does for entries it does not list.
     pub fn lookup(&self, leaf: u32, subleaf: u32, apic_id: u8) -> CpuidRegs {
+        self.lookup_served(leaf, subleaf, apic_id).0
+    }
+
+    /// [`CpuidTable::lookup`], and the leaf and subleaf whose data answered: `(leaf, subleaf)`
+    /// itself, or the highest basic leaf's `(max, 0)` for a leaf above its range. What depends
+    /// on the vCPU's state (leaf 0xD's sizes, OSXSAVE) is fixed up for the leaf served, not the
+    /// leaf asked for, so that a leaf above the maximum answers exactly as the maximum does.
+    pub fn lookup_served(&self, leaf: u32, subleaf: u32, apic_id: u8) -> (CpuidRegs, u32, u32) {
         let find = |f: u32, i: u32| {
             self.entries()
                 .iter()
@@ -510,23 +518,23 @@ impl CpuidTable {
         };
         // The range's maximum is looked up only for a leaf the table lacks: a listed leaf (the
         // CPUID exit's common case) costs one scan.
-        let e = match find(leaf, subleaf) {
-            Some(e) => Some(*e),
-            None if self.entries().iter().any(|e| e.function == leaf) => None,
-            None if range_max(base).is_some_and(|max| leaf <= max) => None,
+        let (e, served) = match find(leaf, subleaf) {
+            Some(e) => (Some(*e), (leaf, subleaf)),
+            None if self.entries().iter().any(|e| e.function == leaf) => (None, (leaf, subleaf)),
+            None if range_max(base).is_some_and(|max| leaf <= max) => (None, (leaf, subleaf)),
             None => {
                 let max = range_max(0).unwrap_or(0);
-                find(max, 0).copied()
+                (find(max, 0).copied(), (max, 0))
             }
         };
         let Some(e) = e else {
-            return [0; 4];
+            return ([0; 4], served.0, served.1);
         };
         let mut r = [e.eax, e.ebx, e.ecx, e.edx];
         if e.function == 1 {
             r[1] = (r[1] & 0x00ff_ffff) | (u32::from(apic_id) << 24);
         }
-        r
+        (r, served.0, served.1)
     }
 }
 

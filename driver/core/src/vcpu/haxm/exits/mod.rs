@@ -57,7 +57,9 @@ impl HaxVcpu {
                     .with_vmcs(root, |vmcs, regs| -> Result<(), VmFail> {
                         let (leaf, subleaf) =
                             (regs.gpr[reg::RAX] as u32, regs.gpr[reg::RCX] as u32);
-                        let mut r = cpuid.lookup(leaf, subleaf, apic_id);
+                        // The fix-ups follow the leaf whose data answered (a leaf above the
+                        // maximum answers as the highest basic leaf, 0xD's sizes included).
+                        let (mut r, leaf, subleaf) = cpuid.lookup_served(leaf, subleaf, apic_id);
                         xsave::cpuid_fixup(x, osxsave, leaf, subleaf, &mut r);
                         regs.gpr[reg::RAX] = u64::from(r[0]);
                         regs.gpr[reg::RBX] = u64::from(r[1]);
