@@ -186,6 +186,16 @@ impl VcpuStats {
         }
     }
 
+    /// [`VcpuStats::count_write`] for a field known by identity: no encoding to decode.
+    #[inline(always)]
+    pub(crate) fn count_write_field(&mut self, field: VmcsField) {
+        let s = self.sink();
+        s.window.vmwrites += 1;
+        if let Some(f) = s.fields.get_mut(field.index()) {
+            f.writes += 1;
+        }
+    }
+
     pub(crate) fn count_other(&mut self) {
         self.sink().window.other_vmx += 1;
     }
@@ -484,10 +494,12 @@ mod tests {
         s.count_read(VmcsField::GuestRip.encoding());
         s.count_write(VmcsField::EptPointer.encoding() | 1);
         s.count_write(0x7fff_fffe);
+        s.count_write_field(VmcsField::GuestRip);
         assert_eq!(s.field(VmcsField::GuestRip).reads, 1);
+        assert_eq!(s.field(VmcsField::GuestRip).writes, 1);
         assert_eq!(s.field(VmcsField::EptPointer).writes, 1);
         let t = s.total();
-        assert_eq!((t.vmreads, t.vmwrites), (2, 2));
+        assert_eq!((t.vmreads, t.vmwrites), (2, 3));
     }
 
     #[test]
