@@ -95,6 +95,24 @@ macro_rules! seh {
         concat!($($directive, "\n"),+)
     };
 }
+/// The stub's section. On PE/COFF a section of its own, `.text$rhaxstub` (the linker merges
+/// `.text$...` into `.text`, PE/COFF "Grouped Sections"): in the unlinked rlib every function
+/// has its own COMDAT section also named `.text`, and GNU objdump then labels offset 0xb0 of
+/// some of them `<rhax_vmx_exit>` and resynchronises its decoding there, which turned the
+/// bytes of an unrelated function into an `fdiv` that `cargo xtask no-sse` refused. ELF
+/// (metal kernel, host tests): `.text`, as before.
+#[cfg(any(windows, target_os = "uefi"))]
+macro_rules! stub_section {
+    () => {
+        ".section .text$rhaxstub,\"xr\""
+    };
+}
+#[cfg(not(any(windows, target_os = "uefi")))]
+macro_rules! stub_section {
+    () => {
+        ".text"
+    };
+}
 #[cfg(not(any(windows, target_os = "uefi")))]
 macro_rules! seh {
     ($($directive:literal),+ $(,)?) => {
@@ -133,7 +151,7 @@ macro_rules! seh {
 // rsp, 16` in the entry, and between `pop rcx` and `pop rax` in the exit, the frame is 16
 // (resp. 8) bytes off. `cargo xtask sys` checks the `.pdata` entries and their codes.
 global_asm!(
-    ".text",
+    stub_section!(),
     ".p2align 4",
     ".globl rhax_vmx_enter",
     "rhax_vmx_enter:",
