@@ -492,3 +492,39 @@ fn pending_writes_survive_migration_and_reach_the_new_cpu() {
     assert_eq!(s.vcpu.run(&mut root), Ok(VmExit::Hlt));
     assert_eq!(seen.get(), 0x7c00);
 }
+
+/// HOST_CR3 and HOST_FS_BASE (the calling thread's) are read and written at the first run
+/// after a `put`, not per exit: between two `put`s the thread keeps its address space and FS
+/// base (the caller cannot be preempted nor reach user mode), and the VMCS keeps the values.
+#[test]
+fn host_thread_state_is_refreshed_once_per_put_not_per_exit() {
+    let mut s = setup("corei7_skylake_x").unwrap();
+    s.root.vmx().set_hook(cpu_loop(10, 0, 2));
+    const FS: u32 = rhax_core::vmx::root::IA32_FS_BASE;
+    let step = |s: &mut Setup| {
+        assert_eq!(s.vcpu.run(&mut s.root), Ok(VmExit::Cpuid));
+        s.vcpu
+            .with_vmcs(&mut s.root, |v, _| skip_instruction(v))
+            .unwrap()
+            .unwrap();
+    };
+    step(&mut s);
+    let host = |s: &mut Setup| {
+        let v = s.root.vmx();
+        (v.peek(VmcsField::HostCr3), v.peek(VmcsField::HostFsBase))
+    };
+    let (cr3, fs) = host(&mut s);
+    assert_eq!(cr3, Some(s.root.vmx().host.cr3));
+    let rdmsr_before = s.root.vmx().counts.rdmsr;
+    // A new thread state the vCPU must not see before the next put (it cannot happen there).
+    s.root.vmx().host.cr3 += 0x1000;
+    s.root.vmx().msrs.insert(FS, 0x7000);
+    step(&mut s);
+    step(&mut s);
+    assert_eq!(host(&mut s), (cr3, fs), "no refresh between puts");
+    assert_eq!(s.root.vmx().counts.rdmsr, rdmsr_before, "no RDMSR per exit");
+    s.vcpu.put(&mut s.root);
+    step(&mut s);
+    let new_cr3 = s.root.vmx().host.cr3;
+    assert_eq!(host(&mut s), (Some(new_cr3), Some(0x7000)));
+}

@@ -56,22 +56,50 @@ pub struct FieldCounters {
     pub writes: u64,
 }
 
+/// Where the VMX instruction hooks count: a window and a per-field table.
+#[derive(Clone, Copy, Debug)]
+struct Sink {
+    window: ExitCounters,
+    fields: [FieldCounters; VmcsField::COUNT],
+}
+
+impl Default for Sink {
+    fn default() -> Self {
+        Sink {
+            window: ExitCounters::default(),
+            fields: [FieldCounters::default(); VmcsField::COUNT],
+        }
+    }
+}
+
+/// [`VcpuStats::sinks`]: the open window and the per-field counts.
+const LIVE: usize = 0;
+/// [`VcpuStats::sinks`]: windows whose fields are not kept, or everything while counting is
+/// off.
+const SPARE: usize = 1;
+
 /// The counters of one vCPU.
+///
+/// The VMREAD/VMWRITE hooks test nothing: they count into the sink [`VcpuStats::spare`]
+/// selects, which is chosen once per exit (and when a switch changes), not per operation. A
+/// test per operation (counting off? per-field counts for this window?) cost ~27 emulated
+/// instructions per CPUID round trip with counting on (`docs/bench/README.md`).
 #[derive(Clone, Debug)]
 pub struct VcpuStats {
     per_exit: [ExitCounters; BUCKETS],
-    per_field: [FieldCounters; VmcsField::COUNT],
-    /// Operations since the start of the current window.
-    window: ExitCounters,
+    /// `[LIVE]`: the open window and the per-field counts. `[SPARE]`: with counting on, more
+    /// of the open window (readers add it in) and a scratch per-field table (discarded); with
+    /// counting off, scratch entirely (its window is dropped when counting comes back on).
+    sinks: [Sink; 2],
+    /// The hooks count into `sinks[SPARE]` (counting off, or per-field counts not kept for
+    /// the current window), else into `sinks[LIVE]`.
+    spare: bool,
     /// Bucket the current window belongs to.
     bucket: usize,
     /// Counting switched off at run time (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`): nothing is
     /// counted and the exit path reads no TSC for the counters. Stored inverted so that the
     /// all-zero value [`VcpuStats::boxed`] starts from counts.
     disabled: bool,
-    /// Per-field counts are off, or kept for another reason than the current window's: the
-    /// VMREAD/VMWRITE hooks count the window, not the fields.
-    fields_skipped: bool,
     /// The bucket per-field counts are kept for, [`ALL_BUCKETS`] or [`NO_BUCKET`].
     field_bucket: usize,
 }
@@ -93,8 +121,8 @@ pub enum FieldFilter {
     Reason(u16),
 }
 
-// SAFETY: integer counters, a bucket index and a bool: all zero is valid (bucket 0, counting
-// on; `VcpuStats::boxed` sets the setup bucket).
+// SAFETY: integer counters, a bucket index and bools: all zero is valid (bucket 0, counting
+// on, live sink; `VcpuStats::boxed` sets the setup bucket and the spare sink).
 unsafe impl crate::heap::Zeroable for VcpuStats {}
 
 impl VcpuStats {
@@ -104,7 +132,7 @@ impl VcpuStats {
         let mut s = crate::heap::try_zeroed::<VcpuStats>()?;
         s.bucket = SETUP_BUCKET;
         s.field_bucket = NO_BUCKET;
-        s.fields_skipped = true;
+        s.spare = true;
         Some(s)
     }
 }
@@ -113,11 +141,10 @@ impl Default for VcpuStats {
     fn default() -> Self {
         VcpuStats {
             per_exit: [ExitCounters::default(); BUCKETS],
-            per_field: [FieldCounters::default(); VmcsField::COUNT],
-            window: ExitCounters::default(),
+            sinks: [Sink::default(); 2],
+            spare: true,
             bucket: SETUP_BUCKET,
             disabled: false,
-            fields_skipped: true,
             field_bucket: NO_BUCKET,
         }
     }
@@ -133,46 +160,49 @@ pub const fn bucket_of(basic_reason: u16) -> usize {
 }
 
 impl VcpuStats {
+    /// The sink the hooks count into: an index the compiler knows is in bounds, so no test.
+    #[inline(always)]
+    fn sink(&mut self) -> &mut Sink {
+        &mut self.sinks[usize::from(self.spare)]
+    }
+
     // Inlined into every VMREAD/VMWRITE of `Counted`: with a constant encoding the table
-    // lookup folds away, and even a variable one costs a few instructions, not a search.
+    // lookup folds away, so counting is a load of the sink choice and two increments.
     #[inline(always)]
     pub(crate) fn count_read(&mut self, encoding: u32) {
-        if self.disabled {
-            return;
-        }
-        self.window.vmreads += 1;
-        if self.fields_skipped {
-            return;
-        }
-        if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
+        let s = self.sink();
+        s.window.vmreads += 1;
+        if let Some(f) = s.fields.get_mut(field_index(encoding)) {
             f.reads += 1;
         }
     }
 
     #[inline(always)]
     pub(crate) fn count_write(&mut self, encoding: u32) {
-        if self.disabled {
-            return;
+        let s = self.sink();
+        s.window.vmwrites += 1;
+        if let Some(f) = s.fields.get_mut(field_index(encoding)) {
+            f.writes += 1;
         }
-        self.window.vmwrites += 1;
-        if self.fields_skipped {
-            return;
-        }
-        if let Some(f) = self.per_field.get_mut(field_index(encoding)) {
+    }
+
+    /// [`VcpuStats::count_write`] for a field known by identity: no encoding to decode.
+    #[inline(always)]
+    pub(crate) fn count_write_field(&mut self, field: VmcsField) {
+        let s = self.sink();
+        s.window.vmwrites += 1;
+        if let Some(f) = s.fields.get_mut(field.index()) {
             f.writes += 1;
         }
     }
 
     pub(crate) fn count_other(&mut self) {
-        if !self.disabled {
-            self.window.other_vmx += 1;
-        }
+        self.sink().window.other_vmx += 1;
     }
 
     pub(crate) fn add_host_cycles(&mut self, cycles: u64) {
-        if !self.disabled {
-            self.window.host_cycles += cycles;
-        }
+        let w = &mut self.sink().window;
+        w.host_cycles = w.host_cycles.wrapping_add(cycles);
     }
 
     /// Whether counting is on (the default).
@@ -184,7 +214,19 @@ impl VcpuStats {
     /// Switches counting on or off; the counters keep their values either way. Switched on
     /// again, counting resumes in the bucket of the last exit counted.
     pub fn set_counting(&mut self, on: bool) {
+        if on == self.counting() {
+            return;
+        }
+        if on {
+            // What the spare sink gathered while off is not counted.
+            self.sinks[SPARE].window = ExitCounters::default();
+        } else {
+            // The spare window is part of the open one only while counting is on.
+            let w = core::mem::take(&mut self.sinks[SPARE].window);
+            self.sinks[LIVE].window.add(&w);
+        }
         self.disabled = !on;
+        self.select_sink();
     }
 
     /// Chooses which VM exits per-field counts are kept for, so a tuner sees which fields one
@@ -197,7 +239,7 @@ impl VcpuStats {
             FieldFilter::All => ALL_BUCKETS,
             FieldFilter::Reason(r) => bucket_of(r),
         };
-        self.update_field_skip();
+        self.select_sink();
     }
 
     /// Which VM exits per-field counts are kept for.
@@ -209,8 +251,20 @@ impl VcpuStats {
         }
     }
 
-    fn update_field_skip(&mut self) {
-        self.fields_skipped = self.field_bucket != ALL_BUCKETS && self.field_bucket != self.bucket;
+    /// Points the hooks at the live sink only when counting is on and per-field counts are
+    /// kept for the current window.
+    fn select_sink(&mut self) {
+        self.spare =
+            self.disabled || (self.field_bucket != ALL_BUCKETS && self.field_bucket != self.bucket);
+    }
+
+    /// The open window: the live sink's, plus the spare's while counting is on.
+    fn window(&self) -> ExitCounters {
+        let mut w = self.sinks[LIVE].window;
+        if !self.disabled {
+            w.add(&self.sinks[SPARE].window);
+        }
+        w
     }
 
     /// Starts the window of a VM exit with this basic reason. Call it right after the VMREAD
@@ -233,28 +287,30 @@ impl VcpuStats {
 
     #[cold]
     fn switch_bucket(&mut self, bucket: usize) {
-        let mut w = core::mem::take(&mut self.window);
+        // Only called with counting on: both sinks' windows are the open window.
+        let mut w = core::mem::take(&mut self.sinks[LIVE].window);
+        w.add(&core::mem::take(&mut self.sinks[SPARE].window));
         // The exit-reason VMREAD just counted opens the new window.
         let reason_read = w.vmreads.min(1);
         w.vmreads -= reason_read;
         self.per_exit[self.bucket].add(&w);
-        self.window.vmreads = reason_read;
+        self.sinks[LIVE].window.vmreads = reason_read;
         self.bucket = bucket;
-        self.update_field_skip();
+        self.select_sink();
     }
 
     /// The counters of one bucket, including the still-open window.
     pub fn exit(&self, bucket: usize) -> ExitCounters {
         let mut c = self.per_exit.get(bucket).copied().unwrap_or_default();
         if bucket == self.bucket {
-            c.add(&self.window);
+            c.add(&self.window());
         }
         c
     }
 
     /// The counters of one field.
     pub fn field(&self, field: VmcsField) -> FieldCounters {
-        self.per_field[field.index()]
+        self.sinks[LIVE].fields[field.index()]
     }
 
     /// Sum over all buckets (open window included).
@@ -263,7 +319,7 @@ impl VcpuStats {
         for c in &self.per_exit {
             t.add(c);
         }
-        t.add(&self.window);
+        t.add(&self.window());
         t
     }
 
@@ -271,10 +327,12 @@ impl VcpuStats {
     /// extension of the ABI): `per_exit[reason]`, `per_field[VmcsField::index()]`.
     pub fn snapshot(&self) -> StatsSnapshot {
         let mut per_exit = self.per_exit;
-        per_exit[self.bucket].add(&self.window);
+        if let Some(c) = per_exit.get_mut(self.bucket) {
+            c.add(&self.window());
+        }
         StatsSnapshot {
             per_exit,
-            per_field: self.per_field,
+            per_field: self.sinks[LIVE].fields,
         }
     }
 
@@ -282,8 +340,10 @@ impl VcpuStats {
     pub fn reset(&mut self) {
         // In place: a `VcpuStats::default()` temporary would put 6 KiB on the kernel stack.
         self.per_exit.fill(ExitCounters::default());
-        self.per_field.fill(FieldCounters::default());
-        self.window = ExitCounters::default();
+        for s in &mut self.sinks {
+            s.window = ExitCounters::default();
+            s.fields.fill(FieldCounters::default());
+        }
     }
 }
 
@@ -434,10 +494,12 @@ mod tests {
         s.count_read(VmcsField::GuestRip.encoding());
         s.count_write(VmcsField::EptPointer.encoding() | 1);
         s.count_write(0x7fff_fffe);
+        s.count_write_field(VmcsField::GuestRip);
         assert_eq!(s.field(VmcsField::GuestRip).reads, 1);
+        assert_eq!(s.field(VmcsField::GuestRip).writes, 1);
         assert_eq!(s.field(VmcsField::EptPointer).writes, 1);
         let t = s.total();
-        assert_eq!((t.vmreads, t.vmwrites), (2, 2));
+        assert_eq!((t.vmreads, t.vmwrites), (2, 3));
     }
 
     #[test]
@@ -495,5 +557,34 @@ mod tests {
         s.set_field_filter(FieldFilter::Off);
         exit(&mut s, 12, 1, 1, 0);
         assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
+    }
+
+    /// With per-field counts off the hooks count into the spare sink: its window is part of
+    /// the open one while counting is on, is kept when counting goes off, and what it gathers
+    /// while off is dropped.
+    #[test]
+    fn the_spare_window_counts_while_on_and_is_dropped_while_off() {
+        let mut s = VcpuStats::default();
+        exit(&mut s, 10, 0, 0, 0);
+        s.count_read(VmcsField::GuestRip.encoding());
+        s.count_write(VmcsField::GuestRip.encoding());
+        s.count_other();
+        let open = s.exit(10);
+        assert_eq!((open.vmreads, open.vmwrites, open.other_vmx), (2, 1, 1));
+        s.set_counting(false);
+        s.count_read(VmcsField::GuestRip.encoding());
+        s.add_host_cycles(99);
+        assert_eq!(s.exit(10), open, "nothing counted while off");
+        s.set_counting(true);
+        assert_eq!(s.exit(10), open, "the off-time counts are dropped");
+        s.count_read(VmcsField::GuestRip.encoding());
+        assert_eq!(s.exit(10).vmreads, 3);
+        assert_eq!(s.field(VmcsField::GuestRip), FieldCounters::default());
+        // A filter change keeps the open window, whichever sink it is in.
+        s.set_field_filter(FieldFilter::All);
+        s.count_read(VmcsField::GuestRip.encoding());
+        assert_eq!(s.exit(10).vmreads, 4);
+        assert_eq!(s.field(VmcsField::GuestRip).reads, 1);
+        assert_eq!(s.total().vmreads, 4);
     }
 }

@@ -352,11 +352,22 @@ impl Vcpu {
     /// call [`Vcpu::put`] before the thread can reach user mode or be preempted.
     pub fn run<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<VmExit, RunError> {
         self.ensure_current(root)?;
-        self.load_guest_msrs(root);
-        // SAFETY: CPL0 on the root's CPU (root invariant).
-        let cr3 = unsafe { root.vmx.read_cr3() };
-        // SAFETY: as above.
-        let fs_base = unsafe { root.vmx.rdmsr(IA32_FS_BASE) };
+        // HOST_CR3 and HOST_FS_BASE belong to the calling thread (SDM §28.5.1, §28.5.2 load
+        // them at every exit): refreshed at the first run after a `put`, not per exit. Until
+        // the next `put` the thread cannot be preempted nor reach user mode (this method's
+        // contract), so neither can change; the VMCS keeps them across exits (and across a
+        // VMCLEAR/VMPTRLD on this CPU, which `make_current` handles itself). Saves a MOV from
+        // CR3, an RDMSR and two cache compares per exit.
+        let thread_state = if self.host_msrs.is_none() {
+            // SAFETY: CPL0 on the root's CPU (root invariant).
+            let cr3 = unsafe { root.vmx.read_cr3() };
+            // SAFETY: as above.
+            let fs_base = unsafe { root.vmx.rdmsr(IA32_FS_BASE) };
+            self.load_guest_msrs(root);
+            Some((cr3, fs_base))
+        } else {
+            None
+        };
         let Vcpu {
             cache,
             regs,
@@ -373,7 +384,9 @@ impl Vcpu {
         let mut vmx = Counted::new(&mut root.vmx, stats);
         // SAFETY: ensure_current made this vCPU's VMCS current on the root's CPU.
         let mut vmcs = unsafe { Vmcs::new(cache, &mut vmx) };
-        setup::write_host_thread_state(&mut vmcs, cr3, fs_base);
+        if let Some((cr3, fs_base)) = thread_state {
+            setup::write_host_thread_state(&mut vmcs, cr3, fs_base);
+        }
         clear_stale_interrupt_shadow(&mut vmcs)?;
         // The guest's XCR0 is in the CPU only from the entry to the exit (KVM does the same):
         // host code, an NMI handler included, never runs with it. Nothing to do when it is the

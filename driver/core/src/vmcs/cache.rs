@@ -204,7 +204,7 @@ impl<'a, V: Vmx> Vmcs<'a, V> {
                 let field = VmcsField::ALL[i];
                 let value = self.cache.values[i];
                 // SAFETY: the view's contract: VMX root, CPL0, the mirrored VMCS is current.
-                let written = unsafe { self.vmx.vmwrite(field.encoding(), value) };
+                let written = unsafe { self.vmx.vmwrite_field(field, value) };
                 if let Err(fail) = written {
                     self.cache.cached[w] &= !(1 << b);
                     return Err(FlushError { field, fail });

@@ -76,6 +76,13 @@ impl<V: Vmx> Vmx for Counted<'_, V> {
         unsafe { self.inner.vmwrite(encoding, value) }
     }
 
+    #[inline(always)]
+    unsafe fn vmwrite_field(&mut self, field: VmcsField, value: u64) -> Result<(), VmFail> {
+        self.stats.count_write_field(field);
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { self.inner.vmwrite(field.encoding(), value) }
+    }
+
     unsafe fn vmenter(
         &mut self,
         regs: &mut GuestRegisters,

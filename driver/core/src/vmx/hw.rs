@@ -63,6 +63,29 @@ unsafe fn check(cf: u8, zf: u8) -> Result<(), VmFail> {
     }
 }
 
+/// The flag code of a VMX instruction into `{c}`: see [`check_code`].
+macro_rules! fail_code {
+    () => {
+        "setbe {c}\nadc {c}, 0"
+    };
+}
+
+/// [`check`] from one byte: `setbe` (CF or ZF: the instruction failed, SDM Vol. 3C §31.2)
+/// then `adc 0` (plus CF) leave 0 on success, 1 for VMfailValid (ZF), 2 for VMfailInvalid (CF).
+/// One register and one test on the success path instead of two of each: VMREAD and VMWRITE
+/// run several times per VM exit.
+///
+/// # Safety
+/// As [`check`].
+#[inline(always)]
+unsafe fn check_code(code: u8) -> Result<(), VmFail> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: forwarded; CF=1 exactly when the code is 2.
+    unsafe { check(u8::from(code >= 2), 1) }
+}
+
 /// The stub's unwind directives: on PE/COFF targets (Windows, UEFI: the driver image) the
 /// lines joined; elsewhere (ELF: the metal kernel, host tests) nothing, so that code is
 /// unchanged.
@@ -70,6 +93,24 @@ unsafe fn check(cf: u8, zf: u8) -> Result<(), VmFail> {
 macro_rules! seh {
     ($($directive:literal),+ $(,)?) => {
         concat!($($directive, "\n"),+)
+    };
+}
+/// The stub's section. On PE/COFF a section of its own, `.text$rhaxstub` (the linker merges
+/// `.text$...` into `.text`, PE/COFF "Grouped Sections"): in the unlinked rlib every function
+/// has its own COMDAT section also named `.text`, and GNU objdump then labels offset 0xb0 of
+/// some of them `<rhax_vmx_exit>` and resynchronises its decoding there, which turned the
+/// bytes of an unrelated function into an `fdiv` that `cargo xtask no-sse` refused. ELF
+/// (metal kernel, host tests): `.text`, as before.
+#[cfg(any(windows, target_os = "uefi"))]
+macro_rules! stub_section {
+    () => {
+        ".section .text$rhaxstub,\"xr\""
+    };
+}
+#[cfg(not(any(windows, target_os = "uefi")))]
+macro_rules! stub_section {
+    () => {
+        ".text"
     };
 }
 #[cfg(not(any(windows, target_os = "uefi")))]
@@ -110,7 +151,7 @@ macro_rules! seh {
 // rsp, 16` in the entry, and between `pop rcx` and `pop rax` in the exit, the frame is 16
 // (resp. 8) bytes off. `cargo xtask sys` checks the `.pdata` entries and their codes.
 global_asm!(
-    ".text",
+    stub_section!(),
     ".p2align 4",
     ".globl rhax_vmx_enter",
     "rhax_vmx_enter:",
@@ -304,35 +345,34 @@ impl Vmx for HwVmx {
         Ok(pointer)
     }
 
-    // Always inlined: one instruction and two flag tests, on every VM exit's path.
+    // Always inlined: one instruction and one flag test, on every VM exit's path.
     #[inline(always)]
     unsafe fn vmread(&mut self, encoding: u32) -> Result<u64, VmFail> {
         let value: u64;
-        let (cf, zf): (u8, u8);
+        let code: u8;
         // SAFETY: register operands only; CPL0, VMX root and a current VMCS by contract.
         unsafe {
-            asm!("vmread {v}, {e}", "setc {cf}", "setz {zf}", v = out(reg) value,
-                 e = in(reg) u64::from(encoding), cf = out(reg_byte) cf, zf = out(reg_byte) zf,
+            asm!("vmread {v}, {e}", fail_code!(), v = out(reg) value,
+                 e = in(reg) u64::from(encoding), c = out(reg_byte) code,
                  options(nostack, nomem));
         }
         // SAFETY: as above.
-        unsafe { check(cf, zf) }?;
+        unsafe { check_code(code) }?;
         Ok(value)
     }
 
-    // Always inlined: one instruction and two flag tests, on every VM exit's path.
+    // Always inlined: one instruction and one flag test, on every VM exit's path.
     #[inline(always)]
     unsafe fn vmwrite(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
-        let (cf, zf): (u8, u8);
+        let code: u8;
         // SAFETY: register operands only; CPL0, VMX root, a current VMCS and a harmless value
         // by contract.
         unsafe {
-            asm!("vmwrite {e}, {v}", "setc {cf}", "setz {zf}", e = in(reg) u64::from(encoding),
-                 v = in(reg) value, cf = out(reg_byte) cf, zf = out(reg_byte) zf,
-                 options(nostack, nomem));
+            asm!("vmwrite {e}, {v}", fail_code!(), e = in(reg) u64::from(encoding),
+                 v = in(reg) value, c = out(reg_byte) code, options(nostack, nomem));
         }
         // SAFETY: as above.
-        unsafe { check(cf, zf) }
+        unsafe { check_code(code) }
     }
 
     unsafe fn vmenter(
@@ -615,5 +655,29 @@ fn table_pointer(buf: [u8; 10]) -> DescriptorTablePointer {
     DescriptorTablePointer {
         base: u64::from_le_bytes(base),
         limit,
+    }
+}
+
+#[cfg(test)]
+mod flag_code_tests {
+    use core::arch::asm;
+
+    /// [`fail_code!`] after a CMP, which sets CF and ZF as a VMX instruction reports: below
+    /// (CF=1, VMfailInvalid), equal (ZF=1, VMfailValid), above (neither: success).
+    fn code_after_cmp(a: u64, b: u64) -> u8 {
+        let code: u8;
+        // SAFETY: register operands and flags only.
+        unsafe {
+            asm!("cmp {a}, {b}", fail_code!(), a = in(reg) a, b = in(reg) b,
+                 c = out(reg_byte) code, options(nostack, nomem));
+        }
+        code
+    }
+
+    #[test]
+    fn success_valid_and_invalid_failures_get_distinct_codes() {
+        assert_eq!(code_after_cmp(2, 1), 0);
+        assert_eq!(code_after_cmp(1, 1), 1);
+        assert_eq!(code_after_cmp(0, 1), 2);
     }
 }

@@ -6,6 +6,7 @@
 
 use rhax_api::fpu::{FxLayout, XsaveArea};
 
+use crate::vmcs::VmcsField;
 use crate::vmx::VmFail;
 
 /// The guest general-purpose registers that VMX does not keep in the VMCS (RSP, RIP and
@@ -152,6 +153,19 @@ pub trait Vmx {
     /// CPL0, VMX root, current VMCS; the value must not break the host (e.g. host-state fields
     /// must describe this CPU's real state, bitmap addresses must point to owned pages).
     unsafe fn vmwrite(&mut self, encoding: u32, value: u64) -> Result<(), VmFail>;
+
+    /// VMWRITE of a field named by identity (the VMCS cache's flush): the same instruction as
+    /// [`Vmx::vmwrite`] with `field.encoding()`. It exists so that [`crate::vmx::Counted`]
+    /// finds the field's counter by its index instead of decoding a run-time encoding (~12
+    /// instructions per flushed field, on every VM entry).
+    ///
+    /// # Safety
+    /// As [`Vmx::vmwrite`].
+    #[inline(always)]
+    unsafe fn vmwrite_field(&mut self, field: VmcsField, value: u64) -> Result<(), VmFail> {
+        // SAFETY: the caller's contract is vmwrite's.
+        unsafe { self.vmwrite(field.encoding(), value) }
+    }
 
     /// VM entry: loads the guest GPRs from `regs`, runs VMLAUNCH (`launched == false`) or
     /// VMRESUME (`launched == true`), and on the next VM exit stores the guest GPRs back into
