@@ -1319,6 +1319,15 @@ fn copies_never_reach_memory_unpinned_by_a_concurrent_unmap() {
         for _ in 0..20 {
             std::thread::yield_now();
         }
+        // The first round waits (up to 10 s) until a reader has copied from RAM, so that the
+        // readers run against mapped memory at least once however loaded the machine is.
+        let t0 = std::time::Instant::now();
+        while round == 0
+            && ram_reads.load(Ordering::Relaxed) == 0
+            && t0.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::yield_now();
+        }
         // A request whenever a reader pinned the block since it was mapped.
         if let Some(req) = unmap(&mem, GPA, SIZE as u64) {
             let before = fake.unpin_calls();
