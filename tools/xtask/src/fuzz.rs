@@ -11,7 +11,7 @@
 //! * `--time S`: seconds per target (default 600). The campaign starts from the checked-in
 //!   seed corpus `fuzz/corpus/TARGET` and keeps what it finds in `fuzz/corpus-work/TARGET`
 //!   (not committed; `--cmin` merges it back, minimized, into the seed corpus).
-//! * `--ci`: every target for 60 s from the seed corpus only (a fresh work folder), for CI.
+//! * `--ci`: every target for 30 s from the seed corpus only (a fresh work folder), for CI.
 //! * `--asan`: build with AddressSanitizer (about 2.5 times slower). The default build has no
 //!   sanitizer: rhax-core's unsafe code is small and the harness checks its contracts, while
 //!   debug assertions and overflow checks stay on.
@@ -33,7 +33,7 @@ use crate::{workspace_root, Result};
 pub const TARGETS: [&str; 4] = ["dispatch", "decoder", "emulator", "pagewalk"];
 
 /// Seconds per target of `--ci`.
-const CI_SECONDS: u64 = 60;
+const CI_SECONDS: u64 = 30;
 
 struct Options {
     targets: Vec<String>,

@@ -186,7 +186,7 @@ fn test() -> Result {
     bench::main(&["--short".to_string()])?;
     // The real QEMU 7.2 `-accel hax` on rhax.ko in Debian's Linux in Bochs (linux.rs, qemu.rs).
     linux::test_stage()?;
-    // Bounded coverage-guided fuzzing from the checked-in corpus (~60 s per target).
+    // Bounded coverage-guided fuzzing from the checked-in corpus (30 s per target).
     fuzz::main(&["--ci".to_string()])
 }
 

@@ -50,10 +50,13 @@ pub const TEST_SCENARIOS: &[&str] = &[
 ];
 /// Scenarios only some test models run: the debug session needs a model whose single step
 /// works (Bochs 2.7 offers the monitor trap flag on icelake_u but never delivers its exit,
-/// docs/reference/bochs-vmx.md), and the 100,000-exit MMIO storm runs once (it is slow).
+/// docs/reference/bochs-vmx.md). The 100,000-exit MMIO storm (`haxm-mmio-storm`, about 50 s)
+/// is left to `cargo xtask metal --model corei7_skylake_x haxm-mmio-storm` to keep CI under
+/// its 30 minutes; `haxm-mmio-hostile` runs the same phases with a 4,000-exit storm on every
+/// model.
 pub const MODEL_EXTRAS: &[(&str, &[&str])] = &[
     ("corei7_sandy_bridge_2600k", &["haxm-debug"]),
-    ("corei7_skylake_x", &["haxm-debug", "haxm-mmio-storm"]),
+    ("corei7_skylake_x", &["haxm-debug"]),
 ];
 /// Wall-clock limit of one model's run in the test stage.
 const STAGE_TIMEOUT_SECS: u64 = 900;
