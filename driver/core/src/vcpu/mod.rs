@@ -16,6 +16,7 @@ mod xsave;
 use alloc::boxed::Box;
 
 use rhax_api::fpu::{FxLayout, XsaveArea};
+use rhax_api::pod::Pod;
 
 use crate::platform::{CpuIndex, PhysPages, Platform, PlatformError};
 use crate::vmcs::exit::{decode_reason, VmExit};
@@ -542,13 +543,9 @@ impl Vcpu {
     /// result of an emulated SSE/AVX load; `high` the upper half of YMM `n` (VEX forms). Register
     /// bits carry no privileged meaning (unlike MXCSR), so the next XRSTOR cannot fault on them.
     pub fn set_xmm(&mut self, n: u8, value: u128, high: Option<u128>) {
-        let (bank, i) = if n < 8 {
-            (&mut self.xsave.legacy.mmx_1, n)
-        } else {
-            (&mut self.xsave.legacy.mmx_2, n - 8)
-        };
-        if let Some(r) = bank.get_mut(usize::from(i)) {
-            *r = value.to_le_bytes();
+        let at = FX_XMM0 + 16 * usize::from(n);
+        if let Some(r) = self.xsave.legacy.as_bytes_mut().get_mut(at..at + 16) {
+            r.copy_from_slice(&value.to_le_bytes());
             // XRSTOR loads a component only when XSTATE_BV says it is not in its initial
             // state (SDM Vol. 1 §13.8.1).
             self.xsave.header.xstate_bv |= checked::xcr0::SSE;
@@ -560,6 +557,16 @@ impl Vcpu {
                 self.xsave.header.xstate_bv |= checked::xcr0::AVX;
             }
         }
+    }
+
+    /// XMM register `n` (0-15) in the guest's saved image (after [`Vcpu::put`]).
+    pub fn xmm(&self, n: u8) -> u128 {
+        let at = FX_XMM0 + 16 * usize::from(n);
+        let mut v = [0u8; 16];
+        if let Some(r) = self.xsave.legacy.as_bytes().get(at..at + 16) {
+            v.copy_from_slice(r);
+        }
+        u128::from_le_bytes(v)
     }
 
     /// Bits 255:128 of YMM `n` in the saved image, or `None` when the guest's XCR0 has no AVX
@@ -601,6 +608,10 @@ impl Vcpu {
 /// The x87/SSE state after power-up/reset (SDM Vol. 3A Table 10-1: FCW 0x37F, MXCSR 0x1F80,
 /// tags empty), x87 and SSE marked present so XRSTOR loads them; AVX and beyond in their
 /// initial configuration (XSTATE_BV clear).
+/// Offset of XMM0 in an FXSAVE image; XMM0-15 follow, 16 bytes each (SDM Vol. 1 §10.5.1,
+/// Table 10-2).
+const FX_XMM0: usize = 160;
+
 /// Offset of the AVX component (YMM_Hi128) in `XsaveArea::extended`: the standard format puts
 /// it at byte 576 of the area, the start of `extended` (SDM Vol. 1 §13.4.3, CPUID.(0xD,2).EBX).
 const YMM_HI128: usize = 0;

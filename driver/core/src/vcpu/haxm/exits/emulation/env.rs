@@ -127,17 +127,7 @@ impl Env for RegionEnv<'_> {
 
     fn read(&mut self, seg: Seg, offset: u64, buf: &mut [u8]) -> Result<(), Fault<Stop>> {
         self.check(seg, offset, buf.len())?;
-        let emu = self.emu;
-        pieces(self.gpa, buf.len(), |gpa, size, at| {
-            let v = emu
-                .cached(gpa, size)
-                .ok_or(Fault::Env(Stop::Read { gpa, size }))?;
-            let n = usize::from(size);
-            if let Some(dst) = buf.get_mut(at..at + n) {
-                dst.copy_from_slice(&v.to_le_bytes()[..n]);
-            }
-            Ok(())
-        })
+        self.emu.read_mmio(self.gpa, buf)
     }
 
     fn check_write(&mut self, seg: Seg, offset: u64, len: usize) -> Result<(), Fault<Stop>> {
@@ -150,8 +140,7 @@ impl Env for RegionEnv<'_> {
 pub(super) struct PassiveEnv<'a, M: GuestMemoryAccess + ?Sized> {
     pub(super) mem: &'a M,
     pub(super) gprs: &'a [u64; 16],
-    pub(super) fpu: &'a FxLayout,
-    /// The vCPU, for the upper halves of YMM0-15 in its saved XSAVE image.
+    /// The vCPU: its saved XSAVE image holds the guest's XMM and YMM registers.
     pub(super) vcpu: &'a crate::vcpu::Vcpu,
     pub(super) ctx: &'a Context,
     pub(super) mode: &'a PagingMode,
@@ -292,13 +281,7 @@ impl<M: GuestMemoryAccess + ?Sized> Env for PassiveEnv<'_, M> {
     }
 
     fn xmm(&self, n: u8) -> u128 {
-        let (bank, i) = if n < 8 {
-            (&self.fpu.mmx_1, n)
-        } else {
-            (&self.fpu.mmx_2, n - 8)
-        };
-        bank.get(usize::from(i))
-            .map_or(0, |b| u128::from_le_bytes(*b))
+        self.vcpu.xmm(n)
     }
 
     fn ymm_high(&self, n: u8) -> Option<u128> {
@@ -334,17 +317,7 @@ impl<M: GuestMemoryAccess + ?Sized> Env for PassiveEnv<'_, M> {
                     dst.fill(0);
                     Ok(())
                 }
-                Ok(Backing::NotRam) => pieces(gpa, n, |g, size, at| {
-                    let v = self
-                        .emu
-                        .cached(g, size)
-                        .ok_or(Fault::Env(Stop::Read { gpa: g, size }))?;
-                    let k = usize::from(size);
-                    if let Some(d) = dst.get_mut(at..at + k) {
-                        d.copy_from_slice(&v.to_le_bytes()[..k]);
-                    }
-                    Ok(())
-                }),
+                Ok(Backing::NotRam) => self.emu.read_mmio(gpa, dst),
                 Err(e) => Err(Fault::Env(Stop::Memory(e.into()))),
             }
         })

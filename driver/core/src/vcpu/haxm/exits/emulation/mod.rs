@@ -92,6 +92,21 @@ impl Emulation {
             .map(|p| p.value)
     }
 
+    /// Fills `buf` with the MMIO data at `gpa` from the reads user space answered, piece by
+    /// piece; the first piece not answered yet stops the instruction (a read exit).
+    fn read_mmio(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Fault<Stop>> {
+        pieces(gpa, buf.len(), |g, size, at| {
+            let v = self
+                .cached(g, size)
+                .ok_or(Fault::Env(Stop::Read { gpa: g, size }))?;
+            let n = usize::from(size);
+            if let Some(dst) = buf.get_mut(at..at + n) {
+                dst.copy_from_slice(&v.to_le_bytes()[..n]);
+            }
+            Ok(())
+        })
+    }
+
     /// Whether an instruction (or its remaining MMIO writes) is still in flight.
     pub(in crate::vcpu::haxm) fn active(&self) -> bool {
         self.insn.is_some() || self.next_write < self.nwrites
@@ -162,6 +177,18 @@ pub(in crate::vcpu::haxm) struct Commit {
     rflags: u64,
     rsp: Option<u64>,
     segment: Option<(Seg, u16)>,
+}
+
+impl Commit {
+    /// The VMCS-held registers of `fx` (RIP, RFLAGS, RSP, a segment load).
+    fn of(fx: &Effects) -> Commit {
+        Commit {
+            rip: fx.rip,
+            rflags: fx.rflags,
+            rsp: fx.gpr[reg::RSP],
+            segment: fx.segment,
+        }
+    }
 }
 
 /// What the passive route hands to the region.
@@ -297,17 +324,8 @@ impl HaxVcpu {
         };
         match emu::execute(&insn, &mut env) {
             Ok(fx) => {
-                let commit = Commit {
-                    rip: fx.rip,
-                    rflags: fx.rflags,
-                    rsp: fx.gpr[reg::RSP],
-                    segment: fx.segment,
-                };
-                for (n, v) in fx.gpr.iter().enumerate() {
-                    if let (Some(v), false) = (v, n == reg::RSP) {
-                        self.core.regs.gpr[n] = *v;
-                    }
-                }
+                let commit = Commit::of(&fx);
+                self.set_gprs_but_rsp(&fx);
                 let gpa = self.emu.gpa;
                 let exit = match self.queue_region_writes(&fx, gpa) {
                     Ok(()) => self.next_write_exit(),
@@ -431,7 +449,6 @@ impl HaxVcpu {
         let mut env = PassiveEnv {
             mem,
             gprs: &self.core.regs.gpr,
-            fpu: self.core.fpu(),
             vcpu: &self.core,
             ctx: &ctx,
             mode: &mode,
@@ -513,11 +530,7 @@ impl HaxVcpu {
         if exit == EmuExit::None {
             exit = self.next_write_exit();
         }
-        for (n, v) in fx.gpr.iter().enumerate() {
-            if let (Some(v), false) = (v, n == reg::RSP) {
-                self.core.regs.gpr[n] = *v;
-            }
-        }
+        self.set_gprs_but_rsp(&fx);
         if let Some(x) = fx.xmm {
             self.core.set_xmm(x.n, x.value, x.high);
         }
@@ -525,13 +538,17 @@ impl HaxVcpu {
         // only the MMIO writes not yet delivered stay.
         self.emu.clear_keep_writes();
         Outcome {
-            commit: Some(Commit {
-                rip: fx.rip,
-                rflags: fx.rflags,
-                rsp: fx.gpr[reg::RSP],
-                segment: fx.segment,
-            }),
+            commit: Some(Commit::of(&fx)),
             exit,
+        }
+    }
+
+    /// The GPRs of `fx` that live in memory (RSP is a VMCS field: [`Commit`]).
+    fn set_gprs_but_rsp(&mut self, fx: &Effects) {
+        for (n, v) in fx.gpr.iter().enumerate() {
+            if let (Some(v), false) = (v, n == reg::RSP) {
+                self.core.regs.gpr[n] = *v;
+            }
         }
     }
 
@@ -552,7 +569,6 @@ impl HaxVcpu {
         let env = PassiveEnv {
             mem,
             gprs: &self.core.regs.gpr,
-            fpu: self.core.fpu(),
             vcpu: &self.core,
             ctx,
             mode,
@@ -582,16 +598,9 @@ impl HaxVcpu {
                             return Ok(());
                         }
                     }
-                    pieces(gpa, len, |g, size, at| {
-                        let mut b = [0u8; 8];
-                        let k = usize::from(size);
-                        b[..k].copy_from_slice(chunk.get(at..at + k).unwrap_or(&[0; 8][..k]));
+                    write_pieces(gpa, chunk, |p| {
                         let slot = queue.get_mut(n).ok_or(Fault::Env(Stop::TooManyPieces))?;
-                        *slot = Piece {
-                            gpa: g,
-                            size,
-                            value: u64::from_le_bytes(b),
-                        };
+                        *slot = p;
                         n += 1;
                         Ok(())
                     })
@@ -609,19 +618,7 @@ impl HaxVcpu {
     /// address).
     fn queue_region_writes(&mut self, fx: &Effects, gpa: u64) -> Result<(), Stop> {
         for w in fx.writes.iter().flatten() {
-            let data = w.bytes();
-            pieces(gpa, data.len(), |g, size, at| {
-                let mut b = [0u8; 8];
-                let k = usize::from(size);
-                if let Some(src) = data.get(at..at + k) {
-                    b[..k].copy_from_slice(src);
-                }
-                self.emu.push_write(Piece {
-                    gpa: g,
-                    size,
-                    value: u64::from_le_bytes(b),
-                })
-            })?;
+            write_pieces(gpa, w.bytes(), |p| self.emu.push_write(p))?;
         }
         Ok(())
     }
@@ -766,6 +763,26 @@ fn sse_fault(insn: &Decoded, mode: &PagingMode) -> Option<emu::Exception> {
     } else {
         None
     }
+}
+
+/// The MMIO writes of `data` at `gpa`, as FAST_MMIO pieces (see [`pieces`]).
+fn write_pieces<E>(
+    gpa: u64,
+    data: &[u8],
+    mut f: impl FnMut(Piece) -> Result<(), E>,
+) -> Result<(), E> {
+    pieces(gpa, data.len(), |g, size, at| {
+        let mut b = [0u8; 8];
+        let k = usize::from(size);
+        if let Some(src) = data.get(at..at + k) {
+            b[..k].copy_from_slice(src);
+        }
+        f(Piece {
+            gpa: g,
+            size,
+            value: u64::from_le_bytes(b),
+        })
+    })
 }
 
 fn size_mask(size: u8) -> u64 {
