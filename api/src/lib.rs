@@ -34,6 +34,7 @@
 
 use core::fmt;
 
+pub mod apic;
 pub mod bits;
 pub mod conformance;
 pub mod cpuid;

@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod apic;
 pub mod counters;
 pub mod dispatch;
 pub mod emulate;
