@@ -56,6 +56,9 @@ bitflags::bitflags! {
         const XSAVE = 1 << 4;
         /// [`RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL`]: the MMIO fast path can be switched off.
         const EMULATION_CONTROL = 1 << 5;
+        /// The in-kernel local APIC: [`RHAX_VM_IOCTL_ENABLE_APIC`], [`RHAX_VM_IOCTL_SIGNAL_MSI`],
+        /// [`RHAX_VCPU_IOCTL_APIC_LINT`].
+        const IN_KERNEL_APIC = 1 << 6;
     }
 }
 
@@ -390,6 +393,80 @@ impl_pod!(RhaxXsave);
 assert_layout!(RhaxXsave, size = 16 + crate::fpu::XSAVE_AREA_SIZE;
     version = 0, size = 4, xcr0 = 8, area = 16);
 
+bitflags::bitflags! {
+    /// [`ApicConfig::flags`]: the in-kernel APIC and which of its accelerations to use. Every
+    /// acceleration is on by default where the CPU has it; the `NO_*` bits switch one off
+    /// (for measuring it, or for working around a CPU), and what the guest sees is the same.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct ApicFlags: u32 {
+        /// Required: a local APIC per vCPU in the kernel (xAPIC MMIO at the APIC base,
+        /// x2APIC MSRs, timer, IPIs). CR8 is then the APIC's TPR, not dropped as by HAXM.
+        const ENABLE = 1 << 0;
+        /// Do not use the TPR shadow (CR8 accesses exit).
+        const NO_TPR_SHADOW = 1 << 1;
+        /// Do not use "virtualize APIC accesses" (xAPIC accesses are EPT violations).
+        const NO_APIC_ACCESS_PAGE = 1 << 2;
+        /// Do not use APIC-register virtualization or virtual-interrupt delivery.
+        const NO_APIC_VIRTUALIZATION = 1 << 3;
+        /// Handle x2APIC ICR / TSC_DEADLINE writes and APIC-access exits on the general
+        /// path (the exit handler and the emulator) instead of the fast paths.
+        const NO_FAST_PATHS = 1 << 4;
+        /// Do not run the APIC timer on the VMX-preemption timer (it is then checked at exits
+        /// only, and HLT returns to user space while it is armed).
+        const NO_PREEMPTION_TIMER = 1 << 5;
+    }
+}
+
+/// The input of [`RHAX_VM_IOCTL_ENABLE_APIC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApicConfig {
+    /// [`ApicFlags`]; [`ApicFlags::ENABLE`] must be set; unknown bits fail the IOCTL
+    /// (`EINVAL`) with nothing changed.
+    pub flags: u32,
+    /// 0; anything else fails the IOCTL the same way.
+    pub reserved: u32,
+}
+
+impl_pod!(ApicConfig);
+assert_layout!(ApicConfig, size = 8; flags = 0, reserved = 4);
+
+/// The input of [`RHAX_VM_IOCTL_SIGNAL_MSI`]: a message-signalled interrupt as a device
+/// writes it (SDM Vol. 3A §11.11: the address 0xFEExxxxx with the destination, the data with
+/// the vector, delivery mode and trigger).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RhaxMsi {
+    /// The message address (bits 31:20 must be 0xFEE).
+    pub address: u64,
+    /// The message data (bits 15:0; the rest must be 0).
+    pub data: u32,
+    /// 0.
+    pub reserved: u32,
+}
+
+impl_pod!(RhaxMsi);
+assert_layout!(RhaxMsi, size = 16; address = 0, data = 8, reserved = 12);
+
+/// The input of [`RHAX_VCPU_IOCTL_APIC_LINT`]: a level change on the vCPU's LINT0 or LINT1
+/// pin, delivered as its LVT entry says (an 8259's INTR on LINT0 as ExtINT, NMI on LINT1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RhaxLint {
+    /// 0 (LINT0) or 1 (LINT1).
+    pub pin: u32,
+    /// 1 asserted, 0 deasserted.
+    pub level: u32,
+    /// For an LVT in ExtINT mode: the vector the interrupt controller supplies (an 8259's
+    /// INTA answer); ignored otherwise.
+    pub vector: u32,
+    /// 0.
+    pub reserved: u32,
+}
+
+impl_pod!(RhaxLint);
+assert_layout!(RhaxLint, size = 16; pin = 0, level = 4, vector = 8, reserved = 12);
+
 crate::ioctl::ioctl_table! {
     /// Every rhax extension IOCTL, in number order.
     EXT_IOCTLS;
@@ -424,6 +501,15 @@ crate::ioctl::ioctl_table! {
     /// `RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL` (vCPU device): in [`EmulationControl`];
     /// switches the MMIO fast path off or on. Feature [`ExtFeatures::EMULATION_CONTROL`].
     RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL: Vcpu, Some(0xa08), px(Direction::Write, 0xe8, size_of::<EmulationControl>());
+    /// `RHAX_VM_IOCTL_ENABLE_APIC` (VM device): in [`ApicConfig`]; gives every vCPU created
+    /// afterwards an in-kernel local APIC. Only before the first VCPU_CREATE (`EBUSY`
+    /// after), once (`EEXIST`). Feature [`ExtFeatures::IN_KERNEL_APIC`].
+    RHAX_VM_IOCTL_ENABLE_APIC: Vm, Some(0xa09), px(Direction::Write, 0xe9, size_of::<ApicConfig>());
+    /// `RHAX_VM_IOCTL_SIGNAL_MSI` (VM device): in [`RhaxMsi`]; delivers the message to the
+    /// vCPUs it addresses and kicks those in the guest. Without ENABLE_APIC: `ENXIO`.
+    RHAX_VM_IOCTL_SIGNAL_MSI: Vm, Some(0xa0a), px(Direction::Write, 0xea, size_of::<RhaxMsi>());
+    /// `RHAX_VCPU_IOCTL_APIC_LINT` (vCPU device): in [`RhaxLint`].
+    RHAX_VCPU_IOCTL_APIC_LINT: Vcpu, Some(0xa0b), px(Direction::Write, 0xeb, size_of::<RhaxLint>());
 }
 
 #[cfg(test)]
@@ -478,6 +564,14 @@ mod tests {
             RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL.linux(),
             Some(0x4008_00e8)
         );
+        // CTL_CODE(0x4000, 0xa09, METHOD_BUFFERED, FILE_ANY_ACCESS) = 0x4000 << 16 | 0xa09 << 2;
+        // _IOW(0, 0xe9, 8) = 1 << 30 | 8 << 16 | 0xe9.
+        assert_eq!(RHAX_VM_IOCTL_ENABLE_APIC.windows(), Some(0x4000_2824));
+        assert_eq!(RHAX_VM_IOCTL_ENABLE_APIC.linux(), Some(0x4008_00e9));
+        assert_eq!(RHAX_VM_IOCTL_SIGNAL_MSI.windows(), Some(0x4000_2828));
+        assert_eq!(RHAX_VM_IOCTL_SIGNAL_MSI.linux(), Some(0x4010_00ea));
+        assert_eq!(RHAX_VCPU_IOCTL_APIC_LINT.windows(), Some(0x4000_282c));
+        assert_eq!(RHAX_VCPU_IOCTL_APIC_LINT.linux(), Some(0x4010_00eb));
         assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
     }
 

@@ -162,6 +162,12 @@ pub enum Error {
     SetStatsControl(OsError),
     /// `RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL` failed.
     SetEmulationControl(OsError),
+    /// `RHAX_VM_IOCTL_ENABLE_APIC` failed.
+    EnableApic(OsError),
+    /// `RHAX_VM_IOCTL_SIGNAL_MSI` failed.
+    SignalMsi(OsError),
+    /// `RHAX_VCPU_IOCTL_APIC_LINT` failed.
+    ApicLint(OsError),
     /// `RHAX_IOCTL_VCPU_STATS` (system device) failed.
     VcpuStats(OsError),
     /// The IOCTL does not exist on this transport's platform (`HAX_VCPU_IOCTL_KICKOFF` off
@@ -265,6 +271,9 @@ impl Error {
             | Self::SetXsave(os)
             | Self::SetStatsControl(os)
             | Self::SetEmulationControl(os)
+            | Self::EnableApic(os)
+            | Self::SignalMsi(os)
+            | Self::ApicLint(os)
             | Self::VcpuStats(os) => Some(os),
             _ => None,
         }
@@ -315,6 +324,9 @@ impl fmt::Display for Error {
             Self::SetStatsControl(os) => failed(f, "RHAX_VCPU_IOCTL_SET_STATS_CONTROL", os),
             Self::SetEmulationControl(os) => failed(f, "RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL", os),
             Self::VcpuStats(os) => failed(f, "RHAX_IOCTL_VCPU_STATS", os),
+            Self::EnableApic(os) => failed(f, "RHAX_VM_IOCTL_ENABLE_APIC", os),
+            Self::SignalMsi(os) => failed(f, "RHAX_VM_IOCTL_SIGNAL_MSI", os),
+            Self::ApicLint(os) => failed(f, "RHAX_VCPU_IOCTL_APIC_LINT", os),
             Self::Unsupported { ioctl } => {
                 write!(f, "{ioctl} does not exist on this platform")
             }

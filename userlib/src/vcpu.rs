@@ -511,6 +511,24 @@ impl<T: Transport> Vcpu<T> {
     }
 }
 
+impl<T: Transport> Vcpu<T> {
+    /// `RHAX_VCPU_IOCTL_APIC_LINT` (rhax only): LINT0 (`pin` 0) or LINT1 (1) goes to
+    /// `asserted`; an LVT in ExtINT mode delivers `vector`.
+    pub fn apic_lint(&self, pin: u32, asserted: bool, vector: u8) -> Result<()> {
+        let arg = rhax_api::ext::RhaxLint {
+            pin,
+            level: u32::from(asserted),
+            vector: u32::from(vector),
+            reserved: 0,
+        };
+        self.dev.send(
+            &rhax_api::ext::RHAX_VCPU_IOCTL_APIC_LINT,
+            arg.as_bytes(),
+            Error::ApicLint,
+        )
+    }
+}
+
 fn setup_tunnel<T: Transport>(dev: &Device<T>) -> Result<TunnelInfo> {
     dev.fetch(&HAX_VCPU_IOCTL_SETUP_TUNNEL, Error::SetupTunnel)
 }

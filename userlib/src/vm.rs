@@ -10,6 +10,10 @@ use rhax_api::{
     SetRamInfo, SetRamInfo2,
 };
 
+use rhax_api::ext::{
+    ApicConfig, ApicFlags, RhaxMsi, RHAX_VM_IOCTL_ENABLE_APIC, RHAX_VM_IOCTL_SIGNAL_MSI,
+};
+
 use crate::error::{Error, Result};
 use crate::system::CLIENT_API_VERSION;
 use crate::transport::{Device, DevicePath, Transport};
@@ -44,6 +48,33 @@ impl<T: Transport> Vm<T> {
     /// sends it (HAXM enables fast-MMIO "basic" for >= 2 and "extra" for >= 4).
     pub fn notify_qemu_version(&self) -> Result<()> {
         self.notify_version(CLIENT_API_VERSION, CLIENT_API_VERSION)
+    }
+
+    /// `RHAX_VM_IOCTL_ENABLE_APIC` (rhax only): every vCPU created afterwards gets an
+    /// in-kernel local APIC. `flags` must contain [`ApicFlags::ENABLE`]; the `NO_*` flags
+    /// switch accelerations off. Call it before the first [`Vm::create_vcpu`].
+    pub fn enable_apic(&self, flags: ApicFlags) -> Result<()> {
+        let arg = ApicConfig {
+            flags: flags.bits(),
+            reserved: 0,
+        };
+        self.dev.send(
+            &RHAX_VM_IOCTL_ENABLE_APIC,
+            arg.as_bytes(),
+            Error::EnableApic,
+        )
+    }
+
+    /// `RHAX_VM_IOCTL_SIGNAL_MSI` (rhax only): a message-signalled interrupt, as a device
+    /// would write `data` to `address` (SDM Vol. 3A §11.11).
+    pub fn signal_msi(&self, address: u64, data: u32) -> Result<()> {
+        let arg = RhaxMsi {
+            address,
+            data,
+            reserved: 0,
+        };
+        self.dev
+            .send(&RHAX_VM_IOCTL_SIGNAL_MSI, arg.as_bytes(), Error::SignalMsi)
     }
 
     /// `HAX_VM_IOCTL_NOTIFY_QEMU_VERSION` with explicit versions.

@@ -18,12 +18,15 @@
 //! `o / 16`), so it can later back a virtual-APIC page (SDM Vol. 3C §30.1).
 
 mod access;
+pub mod bus;
 pub mod local;
+mod peek;
 pub mod port;
 pub mod route;
 pub mod state;
 pub mod timer;
 
+pub use bus::ApicBus;
 pub use local::LocalApic;
 pub use port::{ApicPort, ApicView};
 pub use route::route;

@@ -77,6 +77,10 @@ pub mod nt {
     pub const STATUS_DEVICE_BUSY: u32 = 0x8000_0011;
     /// `STATUS_OBJECT_NAME_NOT_FOUND` (Win32 2): no device with that name.
     pub const STATUS_OBJECT_NAME_NOT_FOUND: u32 = 0xC000_0034;
+    /// `STATUS_OBJECT_NAME_COLLISION` (Win32 183, `ERROR_ALREADY_EXISTS`).
+    pub const STATUS_OBJECT_NAME_COLLISION: u32 = 0xC000_0035;
+    /// `STATUS_INVALID_DEVICE_STATE` (Win32 5023).
+    pub const STATUS_INVALID_DEVICE_STATE: u32 = 0xC000_0184;
 }
 
 /// POSIX error numbers that differ between Linux and the BSDs (Darwin, NetBSD) are resolved
@@ -98,6 +102,8 @@ pub mod errno {
     pub const ENODEV: i32 = 19;
     /// `EINVAL`.
     pub const EINVAL: i32 = 22;
+    /// `EEXIST`.
+    pub const EEXIST: i32 = 17;
     /// `ENOSYS` on Linux.
     pub const ENOSYS_LINUX: i32 = 38;
     /// `ENOSYS` on Darwin and NetBSD.
@@ -204,6 +210,28 @@ pub enum ErrorKind {
         /// The number of leaves the table holds.
         total: u32,
     },
+    /// An in-kernel APIC request was refused (rhax's extension).
+    Apic(ApicRefusal),
+}
+
+/// Why an in-kernel APIC request (RHAX_VM_IOCTL_ENABLE_APIC, SIGNAL_MSI, APIC_LINT) failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApicRefusal {
+    /// ENABLE_APIC without [`rhax_api::ext::ApicFlags::ENABLE`], with an unknown flag or a
+    /// nonzero reserved field (`EINVAL`).
+    Config,
+    /// ENABLE_APIC a second time (`EEXIST`).
+    AlreadyEnabled,
+    /// ENABLE_APIC after a vCPU was created (`EBUSY`).
+    VcpusExist,
+    /// SIGNAL_MSI or APIC_LINT on a VM without the in-kernel APIC (`ENXIO`).
+    NotEnabled,
+    /// An MSI address outside 0xFEExxxxx, data with bits above 15 or a reserved delivery
+    /// mode, a nonzero reserved field (`EINVAL`).
+    Msi,
+    /// A LINT pin other than 0 or 1, a level other than 0 or 1, a vector above 255
+    /// (`EINVAL`).
+    Lint,
 }
 
 /// A failed IOCTL or handle operation, with what HAXM's answer depends on.
@@ -280,6 +308,12 @@ impl DispatchError {
             ErrorKind::Vcpu(HaxError::TooManyMsrs { .. } | HaxError::InvalidValue(_)) => {
                 STATUS_INVALID_PARAMETER
             }
+            ErrorKind::Apic(ApicRefusal::Config | ApicRefusal::Msi | ApicRefusal::Lint) => {
+                STATUS_INVALID_PARAMETER
+            }
+            ErrorKind::Apic(ApicRefusal::AlreadyEnabled) => STATUS_OBJECT_NAME_COLLISION,
+            ErrorKind::Apic(ApicRefusal::VcpusExist) => STATUS_DEVICE_BUSY,
+            ErrorKind::Apic(ApicRefusal::NotEnabled) => STATUS_INVALID_DEVICE_STATE,
             ErrorKind::Vcpu(_)
             | ErrorKind::CpuidTooSmall { .. }
             | ErrorKind::Memory(_)
@@ -336,6 +370,10 @@ impl DispatchError {
             ErrorKind::Vmx => EFAULT,
             ErrorKind::NotImplemented { .. } => enosys,
             ErrorKind::CpuidTooSmall { .. } => ENOMEM,
+            ErrorKind::Apic(ApicRefusal::Config | ApicRefusal::Msi | ApicRefusal::Lint) => EINVAL,
+            ErrorKind::Apic(ApicRefusal::AlreadyEnabled) => EEXIST,
+            ErrorKind::Apic(ApicRefusal::VcpusExist) => EBUSY,
+            ErrorKind::Apic(ApicRefusal::NotEnabled) => ENXIO,
             // HAXM's VCPU_CREATE turns every failure into -EINVAL.
             ErrorKind::Vcpu(_) if self.is(&ioctl::HAX_VM_IOCTL_VCPU_CREATE) => EINVAL,
             ErrorKind::Vcpu(e) => match e {
@@ -409,6 +447,14 @@ impl fmt::Display for DispatchError {
             ErrorKind::CpuidTooSmall { total } => {
                 write!(f, "room for fewer than the {total} CPUID leaves held")
             }
+            ErrorKind::Apic(r) => f.write_str(match r {
+                ApicRefusal::Config => "in-kernel APIC: invalid configuration",
+                ApicRefusal::AlreadyEnabled => "in-kernel APIC: already enabled",
+                ApicRefusal::VcpusExist => "in-kernel APIC: enable it before creating vCPUs",
+                ApicRefusal::NotEnabled => "in-kernel APIC: not enabled on this VM",
+                ApicRefusal::Msi => "in-kernel APIC: invalid MSI message",
+                ApicRefusal::Lint => "in-kernel APIC: invalid LINT request",
+            }),
         }
     }
 }

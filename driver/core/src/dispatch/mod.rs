@@ -68,6 +68,7 @@
 //! ([`crate::memory::limits`]); shared objects use `TryArc`, whose constructor reports a
 //! failed allocation (stable Rust's `Arc` has none).
 
+mod apic;
 mod error;
 mod live;
 pub mod lockorder;
@@ -85,7 +86,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use rhax_api::ioctl::IoctlDef;
 use rhax_api::{CapabilityFailure, CapabilityFeatures, Scope, HAX_MAX_VMS, HAX_MAX_VMS_NETBSD};
 
-pub use error::{errno, nt, DispatchError, ErrorKind};
+pub use error::{errno, nt, ApicRefusal, DispatchError, ErrorKind};
 pub use live::LiveObjects;
 pub use objects::Handle;
 #[cfg(any(test, feature = "soft"))]

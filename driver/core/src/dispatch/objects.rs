@@ -61,6 +61,8 @@ pub(super) struct VmState {
     pub(super) closed: bool,
     pub(super) vcpus: [Option<VcpuEntry>; HAX_MAX_VCPUS as usize],
     pub(super) qemu_version: Option<QemuVersion>,
+    /// The in-kernel APIC's bus (RHAX_VM_IOCTL_ENABLE_APIC), set before any vCPU exists.
+    pub(super) apic: Option<TryArc<crate::apic::ApicBus>>,
 }
 
 impl VmState {
@@ -275,6 +277,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                     closed: false,
                     vcpus: Default::default(),
                     qemu_version: None,
+                    apic: None,
                 },
             ),
         });

@@ -106,6 +106,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 .union(ExtFeatures::FIELD_STATS)
                 .union(ExtFeatures::XSAVE)
                 .union(ExtFeatures::EMULATION_CONTROL)
+                .union(ExtFeatures::IN_KERNEL_APIC)
                 .bits(),
         };
         c.ctx.write(&info, c.output)

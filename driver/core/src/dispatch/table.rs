@@ -7,11 +7,12 @@
 use crate::memory::try_arc::TryArc;
 
 use rhax_api::ext::{
-    EmulationControl, RhaxExtInfo, RhaxXsave, StatsControl, VcpuFieldStats, VcpuStats,
-    RHAX_IOCTL_EXT_INFO, RHAX_IOCTL_VCPU_FIELD_STATS, RHAX_IOCTL_VCPU_STATS,
-    RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_RESET_STATS,
-    RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL, RHAX_VCPU_IOCTL_SET_STATS_CONTROL,
-    RHAX_VCPU_IOCTL_SET_XSAVE,
+    ApicConfig, EmulationControl, RhaxExtInfo, RhaxLint, RhaxMsi, RhaxXsave, StatsControl,
+    VcpuFieldStats, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_IOCTL_VCPU_FIELD_STATS,
+    RHAX_IOCTL_VCPU_STATS, RHAX_VCPU_IOCTL_APIC_LINT, RHAX_VCPU_IOCTL_GET_STATS,
+    RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL,
+    RHAX_VCPU_IOCTL_SET_STATS_CONTROL, RHAX_VCPU_IOCTL_SET_XSAVE, RHAX_VM_IOCTL_ENABLE_APIC,
+    RHAX_VM_IOCTL_SIGNAL_MSI,
 };
 use rhax_api::ioctl::{self as codes, IoctlDef};
 use rhax_api::{
@@ -191,7 +192,7 @@ const fn e<P: Platform + UserMapping, R: CpuRoots>(
 use Need::{Bytes, Computed, None as Unused};
 
 /// Number of rows.
-pub(super) const IOCTL_COUNT: usize = 36;
+pub(super) const IOCTL_COUNT: usize = 39;
 
 impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     /// Every IOCTL served. Sizes are HAXM 7.8.0's (`haxm-abi.md` §2 "Per-IOCTL semantics");
@@ -218,6 +219,8 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         e(&codes::HAX_VM_IOCTL_PROTECT_RAM, Bytes(ProtectRamInfo::SIZE), Unused, Handler::Vm(Self::protect_ram)),
         e(&codes::HAX_VM_IOCTL_NOTIFY_QEMU_VERSION, Bytes(QemuVersion::SIZE), Unused, Handler::Vm(Self::notify_qemu_version)),
         e(&codes::HAX_VM_IOCTL_VCPU_DESTROY, Unused, Unused, Handler::Vm(Self::vcpu_destroy_ioctl)),
+        e(&RHAX_VM_IOCTL_ENABLE_APIC, Bytes(ApicConfig::SIZE), Unused, Handler::Vm(Self::enable_apic)),
+        e(&RHAX_VM_IOCTL_SIGNAL_MSI, Bytes(RhaxMsi::SIZE), Unused, Handler::Vm(Self::signal_msi)),
         // ---- vCPU device (vcpu.rs)
         e(&codes::HAX_VCPU_IOCTL_KICKOFF, Unused, Unused, Handler::Vcpu(Self::kickoff)),
         e(&codes::HAX_VCPU_IOCTL_SETUP_TUNNEL, Unused, Bytes(TunnelInfo::SIZE), Handler::Vcpu(Self::setup_tunnel)),
@@ -238,6 +241,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         e(&RHAX_VCPU_IOCTL_SET_XSAVE, Bytes(RhaxXsave::SIZE), Unused, Handler::Vcpu(Self::set_xsave)),
         e(&RHAX_VCPU_IOCTL_SET_STATS_CONTROL, Bytes(StatsControl::SIZE), Unused, Handler::Vcpu(Self::set_stats_control)),
         e(&RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL, Bytes(EmulationControl::SIZE), Unused, Handler::Vcpu(Self::set_emulation_control)),
+        e(&RHAX_VCPU_IOCTL_APIC_LINT, Bytes(RhaxLint::SIZE), Unused, Handler::Vcpu(Self::apic_lint)),
     ];
 
     /// Each row's code in `platform`'s encoding (`u32::MAX` where it has none: no IOCTL code

@@ -137,11 +137,13 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         loop {
             let step = self.on_this_cpu(hax, ctx, |hax, root| {
                 running.store(root.cpu(), Ordering::Release);
+                hax.note_running(root.cpu());
                 let r = if first {
                     hax.run(root, &cpuid, &self.platform)
                 } else {
                     hax.resume(root, &cpuid, &self.platform)
                 };
+                hax.note_running(NOT_RUNNING);
                 running.store(NOT_RUNNING, Ordering::Release);
                 r
             })?;

@@ -87,9 +87,14 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         }
         let t = LockTracker::new();
         let in_use = |st: &VmState| st.vcpus[id as usize].is_some();
-        if in_use(&vm.state.lock(&t)) {
-            return Err(ctx.err(ErrorKind::VcpuIdInUse { vcpu: id }));
-        }
+        let apic = {
+            let st = vm.state.lock(&t);
+            if in_use(&st) {
+                return Err(ctx.err(ErrorKind::VcpuIdInUse { vcpu: id }));
+            }
+            st.apic.clone()
+        };
+        let had_apic = apic.is_some();
         let controls = self
             .host
             .as_ref()
@@ -97,10 +102,16 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         // Build outside the locks (allocation), then insert if the id is still free.
         let backend = HaxVcpu::new(&self.platform, controls, vm.id, id, vm.eptp)
             .map_err(|e| ctx.err(ErrorKind::Vcpu(e)))?;
-        let backend = try_box(backend).map_err(|b| {
+        let mut backend = try_box(backend).map_err(|b| {
             let _ = b.destroy(&self.platform);
             ctx.err(ErrorKind::Platform(PlatformError::OutOfMemory))
         })?;
+        if let Some(bus) = apic {
+            if let Err(e) = backend.attach_apic(&self.platform, bus) {
+                let _ = (*backend).destroy(&self.platform);
+                return Err(ctx.err(ErrorKind::Vcpu(e)));
+            }
+        }
         let (tunnel, io) = backend.tunnel_pages();
         let user_tunnel = match self.platform.map_user(tunnel) {
             Ok(va) => va,
@@ -132,7 +143,9 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             }
         };
         let mut st = vm.state.lock(&t);
-        if in_use(&st) || st.closed {
+        // ENABLE_APIC cannot have come in between (it refuses once a vCPU exists, and this
+        // one did not yet): checked anyway, so a vCPU never lacks the APIC its VM has.
+        if in_use(&st) || st.closed || st.apic.is_some() != had_apic {
             drop(st);
             let kind = ErrorKind::VcpuIdInUse { vcpu: id };
             self.destroy_vcpu(&obj);

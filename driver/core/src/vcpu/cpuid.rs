@@ -38,6 +38,8 @@ const LEAF1_ECX_HIDDEN: u32 = (1 << 3)
     | (1 << 27)
     | (1 << 28)
     | (1 << 29);
+/// Leaf 1 ECX bits the in-kernel APIC provides: x2APIC (21), TSC-deadline (24).
+const LEAF1_ECX_APIC_EMULATED: u32 = (1 << 21) | (1 << 24);
 /// Leaf 1 ECX: FMA (12), XSAVE (26), OSXSAVE (27), AVX (28), F16C (29).
 const FMA: u32 = 1 << 12;
 const XSAVE: u32 = 1 << 26;
@@ -218,6 +220,9 @@ pub struct CpuidTable {
     host_leaf7: CpuidRegs,
     host_ext1: CpuidRegs,
     xsave: XsaveSupport,
+    /// The VM has rhax's in-kernel APIC: SET_CPUID may show x2APIC and TSC-deadline, which
+    /// the APIC emulates whatever the host has.
+    apic: bool,
 }
 
 fn entry(function: u32, index: u32, r: CpuidRegs) -> CpuidEntry {
@@ -266,6 +271,7 @@ impl CpuidTable {
             host_leaf7: host(7, 0),
             host_ext1: host(0x8000_0001, 0),
             xsave,
+            apic: false,
         };
         for (i, &(f, idx)) in DEFAULT_LEAVES.iter().enumerate() {
             let mut r = host(f, idx);
@@ -373,6 +379,13 @@ impl CpuidTable {
         self.host_leaf7 = other.host_leaf7;
         self.host_ext1 = other.host_ext1;
         self.xsave = other.xsave;
+        self.apic = other.apic;
+    }
+
+    /// The VM got the in-kernel APIC: from now on SET_CPUID may show x2APIC (leaf 1 ECX
+    /// bit 21) and TSC-deadline (bit 24).
+    pub fn allow_apic_features(&mut self) {
+        self.apic = true;
     }
 
     fn set_from<I: Iterator<Item = CpuidEntry> + Clone>(
@@ -437,7 +450,13 @@ impl CpuidTable {
         }
         match e.function {
             1 => {
-                e.ecx = (e.ecx & self.host_leaf1[2] & self.leaf1_ecx_passed()) | HYPERVISOR;
+                let emulated = if self.apic {
+                    LEAF1_ECX_APIC_EMULATED
+                } else {
+                    0
+                };
+                e.ecx = (e.ecx & ((self.host_leaf1[2] & self.leaf1_ecx_passed()) | emulated))
+                    | HYPERVISOR;
                 e.edx &= self.host_leaf1[3] & !LEAF1_EDX_HIDDEN;
             }
             7 if e.index == 0 => {

@@ -81,6 +81,10 @@ const _: () = {
     }
 };
 
+/// [`Vcpu::use_virtual_apic`] after the VMCS was set up (or with a misaligned page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlreadySetUp;
+
 /// A virtual CPU.
 pub struct Vcpu {
     vmcs_page: PhysPages,
@@ -169,6 +173,7 @@ impl Vcpu {
             msr_bitmap: msr_bitmap.phys(),
             io_bitmap_a: io_bitmaps.phys(),
             io_bitmap_b: io_bitmaps.phys() + PhysPages::PAGE_SIZE as u64,
+            virtual_apic: 0,
         };
         // The large parts (VMCS cache, counters, two XSAVE areas: ~16 KiB) are allocated
         // zeroed in place, fallibly.
@@ -256,6 +261,22 @@ impl Vcpu {
     /// The negotiated controls this vCPU runs with.
     pub fn controls(&self) -> &VmxControls {
         &self.controls
+    }
+
+    /// Switches to `controls` (the negotiated ones plus "use TPR shadow") with the
+    /// virtual-APIC page at physical address `page` (SDM Vol. 3C §25.6.8). Only before the
+    /// VMCS is first set up: `Err` afterwards, with nothing changed.
+    pub fn use_virtual_apic(
+        &mut self,
+        controls: VmxControls,
+        page: u64,
+    ) -> Result<(), AlreadySetUp> {
+        if !self.needs_setup || page & 0xfff != 0 {
+            return Err(AlreadySetUp);
+        }
+        self.controls = controls;
+        self.config.virtual_apic = page;
+        Ok(())
     }
 
     /// The VMCS configuration (EPTP, VPID, bitmap addresses).

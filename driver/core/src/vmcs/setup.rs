@@ -28,6 +28,8 @@ pub struct VmcsConfig {
     pub io_bitmap_a: u64,
     /// Physical address of I/O bitmap B (ports 0x8000-0xffff).
     pub io_bitmap_b: u64,
+    /// Physical address of the virtual-APIC page ("use TPR shadow"; 0 without).
+    pub virtual_apic: u64,
 }
 
 /// MSRs the guest reads and writes without a VM exit. FS/GS base and SYSENTER are guest-state
@@ -122,6 +124,12 @@ pub fn write_controls<V: Vmx>(vmcs: &mut Vmcs<'_, V>, c: &VmxControls, config: &
     }
     if c.proc.contains(PrimaryProcControls::USE_MSR_BITMAPS) {
         vmcs.set_msr_bitmap_address(config.msr_bitmap);
+    }
+    if c.proc.contains(PrimaryProcControls::USE_TPR_SHADOW) {
+        // SDM Vol. 3C §25.6.8: the page's address and the TPR threshold (0: no exit until
+        // the in-kernel APIC asks for one).
+        vmcs.set_virtual_apic_address(config.virtual_apic);
+        vmcs.set_tpr_threshold(0);
     }
     if c.proc.contains(PrimaryProcControls::USE_TSC_OFFSETTING) {
         vmcs.set_tsc_offset(0);

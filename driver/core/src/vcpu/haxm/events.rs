@@ -38,8 +38,9 @@ impl HaxVcpu {
             self.vectors.iter().map(|w| w.count_ones()).sum()
         };
         let highest = self.highest_vector();
-        let preemption = self.preemption_ticks;
+        let preemption = self.entry_preemption_ticks();
         let window_on = self.window_on;
+        let apic_window = self.apic_wants_window();
         let (injected, took, window) =
             self.core
                 .with_vmcs(root, |vmcs, _| -> Result<(bool, bool, bool), VmFail> {
@@ -61,7 +62,7 @@ impl HaxVcpu {
                         }
                     }
                     let remaining = if took { queued > 1 } else { queued > 0 };
-                    let want = remaining || want_window_user;
+                    let want = remaining || want_window_user || apic_window;
                     if want != window_on {
                         let proc = vmcs.primary_processor_based_vm_execution_controls()?;
                         let bit = PrimaryProcControls::INTERRUPT_WINDOW_EXITING.bits();

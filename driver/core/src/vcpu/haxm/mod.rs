@@ -70,6 +70,7 @@ use crate::vmx::root::{
 };
 use crate::vmx::{Counted, VmFail, Vmx};
 
+mod apic;
 mod debug;
 pub use debug::StepRoute;
 mod events;
@@ -418,6 +419,8 @@ pub struct HaxVcpu {
     /// the RUN's steps).
     run_start: u64,
     run_budget: u64,
+    /// The in-kernel local APIC (RHAX_VM_IOCTL_ENABLE_APIC), boxed: most VMs have none.
+    apic: Option<Box<apic::ApicUnit>>,
 }
 
 fn tsc_ticks(platform: &impl Platform, us: u64) -> u64 {
@@ -515,6 +518,7 @@ impl HaxVcpu {
             emu_from_start: false,
             run_start: 0,
             run_budget: 0,
+            apic: None,
         };
         v.publish_apic_base();
         Ok(v)
@@ -523,12 +527,13 @@ impl HaxVcpu {
     /// Frees everything. The VMCS must not be active on a CPU (`Vcpu::unload` there first);
     /// otherwise everything is leaked instead ([`StillResident`]; no allocation on the close
     /// path).
-    pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), StillResident> {
+    pub fn destroy<P: Platform>(mut self, platform: &P) -> Result<(), StillResident> {
         if self.core.resident_cpu().is_some() {
             // See `Vcpu::destroy`: a CPU may still write the VMCS.
             core::mem::forget(self);
             return Err(StillResident);
         }
+        self.release_apic(platform);
         let HaxVcpu {
             core,
             tunnel,

@@ -413,6 +413,12 @@ impl HaxVcpu {
                 self.finish_user_exit(root)?;
                 return Ok(RunStep::Done);
             }
+            // The in-kernel APIC (rhax's extension): its interrupts, halt polling, timer.
+            if let apic::BeforeEntry::Stay(status) = self.apic_before_entry(root, platform)? {
+                self.set_status(status, 0);
+                self.finish_user_exit(root)?;
+                return Ok(RunStep::Done);
+            }
             let injected = self.prepare_entry(root)?;
             self.arm_debugger(root)?;
             let ran = self.core.run(root);
@@ -436,8 +442,13 @@ impl HaxVcpu {
                     qualification,
                 });
             }
+            if self.apic_fast_exit(root, &exit)? {
+                self.apic_kick(platform, root.cpu());
+                continue;
+            }
             self.after_exit(root, &exit, injected)?;
             let next = self.handle(root, cpuid, &exit)?;
+            self.apic_kick(platform, root.cpu());
             if let Some(step) = self.after_handler(root, next, exit.basic_reason(), platform)? {
                 return Ok(step);
             }

@@ -47,6 +47,13 @@ impl HaxVcpu {
         a.fetch_and(!1, Ordering::AcqRel) & 1 != 0
     }
 
+    /// `user_event_pending` bit 0, left as it is (the APIC's halt polling looks, the guest
+    /// loop takes it).
+    pub(in crate::vcpu::haxm) fn user_event_pending(&mut self) -> bool {
+        let a = self.tunnel_u32(offset_of!(Tunnel, user_event_pending));
+        a.load(Ordering::Acquire) & 1 != 0
+    }
+
     /// Quirk 7: `_exit_reason == 8` written by user space before RUN asks for an immediate
     /// exit; consumed (set to 0) only if it is still there.
     pub(in crate::vcpu::haxm) fn take_pause_request(&mut self) -> bool {

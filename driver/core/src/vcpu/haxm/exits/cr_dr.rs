@@ -20,6 +20,9 @@ impl HaxVcpu {
             CrAccessType::MovTo { gpr } => Some(self.gpr(root, gpr)?),
             _ => None,
         };
+        if cr.cr == 8 && self.has_apic() {
+            return self.apic_cr8(root, cr.access, value);
+        }
         let cr4_fixed1 = self.controls().guest_cr4_fixed.may_be_one;
         let read = self.core.with_vmcs(
             root,

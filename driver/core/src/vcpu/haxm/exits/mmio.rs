@@ -113,6 +113,9 @@ impl HaxVcpu {
         bytes: &[u8],
     ) -> Result<Next, HaxError> {
         let (gpa, cpu_mode) = (v.gpa, v.cpu_mode);
+        if let Some(next) = self.apic_mmio(root, gpa, bytes, cpu_mode)? {
+            return Ok(next);
+        }
         let insn = match emulate::decode(bytes, cpu_mode) {
             Ok(i) if self.mmio_fast_path => i,
             _ => return self.emulate_mmio(root, gpa, bytes, cpu_mode, v.mode, v.user),

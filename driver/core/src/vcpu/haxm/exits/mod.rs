@@ -13,7 +13,7 @@ mod emulation;
 mod io;
 mod mmio;
 pub use emulation::Unemulated;
-pub(in crate::vcpu::haxm) use emulation::{Emulation, Outcome};
+pub(in crate::vcpu::haxm) use emulation::{unemulated, Emulation, Outcome};
 mod msr;
 mod xsave;
 
@@ -25,9 +25,12 @@ impl HaxVcpu {
         exit: &VmExit,
     ) -> Result<Next, HaxError> {
         Ok(match *exit {
-            VmExit::ExternalInterrupt | VmExit::PreemptionTimer => {
-                Next::User(ExitStatus::Interrupt)
-            }
+            VmExit::ExternalInterrupt => Next::User(ExitStatus::Interrupt),
+            // The in-kernel APIC's timer expired (the next entry fires it), or the slice ended.
+            VmExit::PreemptionTimer => match self.apic_timer_exit(root)? {
+                Some(next) => next,
+                None => Next::User(ExitStatus::Interrupt),
+            },
             VmExit::InterruptWindow => {
                 self.core
                     .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
@@ -41,6 +44,7 @@ impl HaxVcpu {
                 Next::Resume
             }
             VmExit::TripleFault => self.panic(PanicReason::TripleFault),
+            VmExit::Hlt if self.has_apic() => self.apic_halt(root)?,
             VmExit::Hlt => {
                 self.skip(root)?;
                 if self.vectors_pending() {
@@ -72,6 +76,11 @@ impl HaxVcpu {
             VmExit::Rdmsr | VmExit::Wrmsr => {
                 let write = matches!(exit, VmExit::Wrmsr);
                 let msr = self.core.regs.gpr[reg::RCX] as u32;
+                let value = (self.core.regs.gpr[reg::RDX] << 32)
+                    | (self.core.regs.gpr[reg::RAX] & 0xffff_ffff);
+                if let Some(next) = self.apic_msr(root, cpuid, msr, write.then_some(value))? {
+                    return Ok(next);
+                }
                 if write {
                     let v = (self.core.regs.gpr[reg::RDX] << 32)
                         | (self.core.regs.gpr[reg::RAX] & 0xffff_ffff);
@@ -142,6 +151,10 @@ impl HaxVcpu {
             VmExit::Other { reason, .. } => match reason {
                 // Task switch: unconditional in VMX (SDM Vol. 3C §26.2).
                 9 => self.task_switch_exit(root)?,
+                // TPR below threshold (TPR shadow, SDM Vol. 3C §30.1.2): the guest lowered its
+                // TPR under a pending vector's class; the next entry delivers it. Trap-like:
+                // RIP is already past the instruction.
+                43 => Next::Resume,
                 // DR access: DR0-3/6 kept in software, DR7 in the VMCS.
                 29 => {
                     self.dr_access(root)?;

@@ -805,7 +805,7 @@ pub struct Unemulated {
     pub len: u8,
 }
 
-fn unemulated(gpa: u64, bytes: &[u8]) -> Unemulated {
+pub(in crate::vcpu::haxm) fn unemulated(gpa: u64, bytes: &[u8]) -> Unemulated {
     let mut u = Unemulated {
         gpa,
         ..Unemulated::default()

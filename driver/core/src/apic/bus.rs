@@ -1,0 +1,226 @@
+//! The VM's APIC bus: one [`ApicPort`] per vCPU id, lock-free, so an IPI from a vCPU in the
+//! guest loop (inside the non-preemptible region, where no lock may be taken: ARCHITECTURE.md
+//! "Lock hierarchy") and an MSI from user space reach their targets the same way: routed over
+//! the ports' published views, posted into the targets' ports, the targets in the guest kicked.
+//! Each vCPU drains its own port before every VM entry (KVM's posted-interrupt request
+//! bitmap, in software).
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use rhax_api::ext::ApicFlags;
+use rhax_api::HAX_MAX_VCPUS;
+
+use super::{route, ApicMode, ApicPort, ApicView, Interrupt, Ipi};
+use crate::memory::try_arc::TryArc;
+use crate::platform::{CpuIndex, Platform, PlatformError};
+
+/// vCPU ids a bus serves (HAXM's limit).
+pub const BUS_SLOTS: usize = HAX_MAX_VCPUS as usize;
+
+/// A VM's bus, shared by its vCPUs and the dispatcher.
+pub type SharedBus = TryArc<ApicBus>;
+
+/// [`ApicBus::running_on`] of a vCPU outside the guest loop.
+pub const NOT_RUNNING: u32 = u32::MAX;
+
+/// LINT pin bits in [`ApicBus::lint`]: asserted level of LINT0/LINT1, and "an edge to process".
+const LINT_LEVEL: [u32; 2] = [1 << 0, 1 << 1];
+const LINT_CHANGED: [u32; 2] = [1 << 2, 1 << 3];
+/// The ExtINT vector an interrupt controller supplies with LINT0, bits 15:8.
+const LINT_VECTOR_SHIFT: u32 = 8;
+
+/// A pending change of a LINT pin, for the owner to deliver through its LVT entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LintChange {
+    /// 0 or 1.
+    pub pin: usize,
+    /// The level now.
+    pub asserted: bool,
+    /// The vector supplied for an ExtINT delivery.
+    pub vector: u8,
+}
+
+/// The APIC bus of one VM (see the module documentation).
+pub struct ApicBus {
+    flags: ApicFlags,
+    ports: [ApicPort; BUS_SLOTS],
+    /// Bit per vCPU id with an APIC attached.
+    present: AtomicU32,
+    /// CPU index of each vCPU while it is in its guest loop, [`NOT_RUNNING`] otherwise.
+    running_on: [AtomicU32; BUS_SLOTS],
+    /// LINT0/LINT1 state per vCPU (RHAX_VCPU_IOCTL_APIC_LINT).
+    lint: [AtomicU32; BUS_SLOTS],
+}
+
+// SAFETY: atomics, flags and ports whose all-zero state is an empty port (`ApicPort` is
+// `Zeroable`); `init` completes the rest before the bus is shared.
+unsafe impl crate::heap::Zeroable for ApicBus {}
+
+impl ApicBus {
+    /// Completes a zeroed bus (built in place: it is too large for a kernel stack frame) for
+    /// a VM whose APIC was enabled with `flags`.
+    pub fn init(&mut self, flags: ApicFlags) {
+        self.flags = flags;
+        for r in &mut self.running_on {
+            *r.get_mut() = NOT_RUNNING;
+        }
+    }
+
+    /// A new bus for a VM, built in place and shared (what RHAX_VM_IOCTL_ENABLE_APIC makes).
+    pub fn shared(flags: ApicFlags) -> Result<TryArc<ApicBus>, PlatformError> {
+        TryArc::try_new_zeroed_with(PlatformError::OutOfMemory, |bus: &mut ApicBus| {
+            bus.init(flags);
+            Ok(())
+        })
+    }
+
+    /// The flags of RHAX_VM_IOCTL_ENABLE_APIC.
+    pub fn flags(&self) -> ApicFlags {
+        self.flags
+    }
+
+    /// The port of vCPU `index`.
+    pub fn port(&self, index: usize) -> Option<&ApicPort> {
+        self.ports.get(index)
+    }
+
+    /// vCPU `index` has an APIC from now on (its port's view must be published first).
+    pub fn attach(&self, index: usize) {
+        if index < BUS_SLOTS {
+            self.present.fetch_or(1 << index, Ordering::AcqRel);
+        }
+    }
+
+    /// vCPU `index` is gone: nothing is routed to it any more.
+    pub fn detach(&self, index: usize) {
+        if index < BUS_SLOTS {
+            self.present.fetch_and(!(1 << index), Ordering::AcqRel);
+            self.running_on[index].store(NOT_RUNNING, Ordering::Release);
+        }
+    }
+
+    /// Records where vCPU `index` runs its guest loop ([`NOT_RUNNING`] when it leaves).
+    pub fn set_running(&self, index: usize, cpu: u32) {
+        if let Some(r) = self.running_on.get(index) {
+            r.store(cpu, Ordering::Release);
+        }
+    }
+
+    /// The routing views of every slot; absent vCPUs get a view that matches nothing.
+    fn views(&self) -> [ApicView; BUS_SLOTS] {
+        let present = self.present.load(Ordering::Acquire);
+        core::array::from_fn(|i| {
+            if present & (1 << i) != 0 {
+                self.ports[i].view()
+            } else {
+                // A globally disabled APIC matches no destination (SDM Vol. 3A §11.4.3).
+                ApicView {
+                    id: 0,
+                    ldr: 0,
+                    dfr: 0,
+                    mode: ApicMode::Disabled,
+                    arbitration_priority: 0,
+                    enabled: false,
+                }
+            }
+        })
+    }
+
+    /// Routes `ipi` (sent by vCPU `source`, or by a device when `None`) and posts it into
+    /// every target's port. Returns the targets (bit per vCPU id) that got something new and
+    /// may need a kick.
+    pub fn deliver(&self, ipi: &Ipi, source: Option<usize>) -> u32 {
+        let views = self.views();
+        // A device has no "self": shorthands other than "none" reach nobody from it (MSIs
+        // carry no shorthand; the route treats an out-of-range source as matching none).
+        let targets = route(ipi, source.unwrap_or(BUS_SLOTS), &views);
+        let mut woken = 0u32;
+        for (i, port) in self.ports.iter().enumerate() {
+            if targets & (1u64 << i) != 0 && port.post(ipi.irq) {
+                woken |= 1 << i;
+            }
+        }
+        woken
+    }
+
+    /// Posts `irq` to vCPU `index` alone (a LINT delivery, the HAXM INTERRUPT of an APIC
+    /// VM); true when it was new.
+    pub fn post_to(&self, index: usize, irq: Interrupt) -> bool {
+        self.port(index).is_some_and(|p| p.post(irq))
+    }
+
+    /// Kicks the vCPUs in `targets` that are in their guest loop on another CPU than
+    /// `current` (a posted interrupt is drained before every entry, so only a vCPU in the
+    /// guest needs the exit).
+    pub fn kick<P: Platform>(&self, platform: &P, targets: u32, current: Option<u32>) {
+        for (i, r) in self.running_on.iter().enumerate() {
+            if targets & (1 << i) == 0 {
+                continue;
+            }
+            let cpu = r.load(Ordering::Acquire);
+            if cpu != NOT_RUNNING && Some(cpu) != current {
+                platform.kick(cpu as CpuIndex);
+            }
+        }
+    }
+
+    /// Whether vCPU `index` is in its guest loop.
+    pub fn is_running(&self, index: usize) -> bool {
+        self.running_on
+            .get(index)
+            .is_some_and(|r| r.load(Ordering::Acquire) != NOT_RUNNING)
+    }
+
+    /// Sets LINT pin `pin` of vCPU `index` to `asserted` (with the vector an ExtINT delivery
+    /// uses); true when the level changed. The owner delivers it before its next entry.
+    pub fn set_lint(&self, index: usize, pin: usize, asserted: bool, vector: u8) -> bool {
+        let (Some(l), Some(&level), Some(&changed)) = (
+            self.lint.get(index),
+            LINT_LEVEL.get(pin),
+            LINT_CHANGED.get(pin),
+        ) else {
+            return false;
+        };
+        let mut cur = l.load(Ordering::Acquire);
+        loop {
+            if (cur & level != 0) == asserted {
+                return false;
+            }
+            let mut next = (cur ^ level) | changed;
+            if pin == 0 {
+                next = (next & !(0xff << LINT_VECTOR_SHIFT))
+                    | (u32::from(vector) << LINT_VECTOR_SHIFT);
+            }
+            match l.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Whether a LINT change waits for vCPU `index`.
+    pub fn lint_pending(&self, index: usize) -> bool {
+        self.lint
+            .get(index)
+            .is_some_and(|l| l.load(Ordering::Acquire) & (LINT_CHANGED[0] | LINT_CHANGED[1]) != 0)
+    }
+
+    /// Takes the LINT changes waiting for vCPU `index` (at most one per pin: the latest level).
+    pub fn take_lint(&self, index: usize) -> [Option<LintChange>; 2] {
+        let Some(l) = self.lint.get(index) else {
+            return [None, None];
+        };
+        let v = l.fetch_and(!(LINT_CHANGED[0] | LINT_CHANGED[1]), Ordering::AcqRel);
+        core::array::from_fn(|pin| {
+            (v & LINT_CHANGED[pin] != 0).then(|| LintChange {
+                pin,
+                asserted: v & LINT_LEVEL[pin] != 0,
+                vector: if pin == 0 {
+                    (v >> LINT_VECTOR_SHIFT) as u8
+                } else {
+                    2
+                },
+            })
+        })
+    }
+}

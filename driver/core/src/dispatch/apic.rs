@@ -1,0 +1,100 @@
+//! rhax's in-kernel APIC IOCTLs: RHAX_VM_IOCTL_ENABLE_APIC and RHAX_VM_IOCTL_SIGNAL_MSI on
+//! the VM device, RHAX_VCPU_IOCTL_APIC_LINT on the vCPU device. None of them takes a vCPU's
+//! lease: an MSI or a LINT change is posted into the target's port (`crate::apic::bus`) and
+//! the target, if it is in the guest, is kicked, so a device thread never waits for a RUN.
+
+use crate::memory::try_arc::TryArc;
+
+use rhax_api::ext::{ApicConfig, ApicFlags, RhaxLint, RhaxMsi};
+
+use super::error::ApicRefusal;
+use super::lockorder::LockTracker;
+use super::objects::{VcpuObject, VmObject};
+use super::table::{Call, Ctx};
+use super::{CpuRoots, ErrorKind, Hypervisor, Res, UserMapping};
+use crate::apic::{decode_msi, ApicBus};
+use crate::platform::{Platform, PlatformError};
+use crate::vcpu::cpuid::CpuidTable;
+
+impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
+    /// RHAX_VM_IOCTL_ENABLE_APIC: checked whole, then the bus is created and the VM's CPUID
+    /// table may show x2APIC and TSC-deadline. Nothing changes when it fails.
+    pub(super) fn enable_apic(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
+        let config: ApicConfig = c.ctx.read(c.input)?;
+        let refuse = |r| c.ctx.err(ErrorKind::Apic(r));
+        let flags =
+            ApicFlags::from_bits(config.flags).ok_or_else(|| refuse(ApicRefusal::Config))?;
+        if !flags.contains(ApicFlags::ENABLE) || config.reserved != 0 {
+            return Err(refuse(ApicRefusal::Config));
+        }
+        let oom = || c.ctx.err(ErrorKind::Platform(PlatformError::OutOfMemory));
+        // Built in place (16 ports: too large for a kernel stack frame) before any lock; freed
+        // unused if the VM refuses it.
+        let bus = ApicBus::shared(flags).map_err(|_| oom())?;
+        let t = LockTracker::new();
+        let mut st = vm.state.lock(&t);
+        if st.apic.is_some() {
+            return Err(refuse(ApicRefusal::AlreadyEnabled));
+        }
+        if st.vcpus.iter().any(Option::is_some) {
+            return Err(refuse(ApicRefusal::VcpusExist));
+        }
+        {
+            // Level 2 under level 1: the lock order allows it.
+            let mut slot = vm.cpuid.lock(&t);
+            let table = TryArc::try_new_zeroed_with(oom(), |table: &mut CpuidTable| {
+                table.copy_from(&slot);
+                table.allow_apic_features();
+                Ok(())
+            })?;
+            *slot = table;
+        }
+        st.apic = Some(bus);
+        Ok(0)
+    }
+
+    /// The VM's bus, cloned out of its state lock; `ENXIO` without ENABLE_APIC.
+    pub(super) fn apic_bus(&self, vm: &VmObject, ctx: Ctx) -> Res<TryArc<ApicBus>> {
+        let t = LockTracker::new();
+        let st = vm.state.lock(&t);
+        match st.apic.as_ref() {
+            Some(b) => Ok(b.clone()),
+            None => Err(ctx.err(ErrorKind::Apic(ApicRefusal::NotEnabled))),
+        }
+    }
+
+    /// RHAX_VM_IOCTL_SIGNAL_MSI: routed like the guest's own IPIs; the targets in the guest
+    /// are kicked, the others take it at their next entry.
+    pub(super) fn signal_msi(&self, vm: &TryArc<VmObject>, c: Call<'_>) -> Res<usize> {
+        let msi: RhaxMsi = c.ctx.read(c.input)?;
+        let refuse = || c.ctx.err(ErrorKind::Apic(ApicRefusal::Msi));
+        if msi.reserved != 0 || msi.data > 0xffff {
+            return Err(refuse());
+        }
+        let ipi = decode_msi(msi.address, msi.data).ok_or_else(refuse)?;
+        let bus = self.apic_bus(vm, c.ctx)?;
+        let targets = bus.deliver(&ipi, None);
+        bus.kick(&self.platform, targets, None);
+        Ok(0)
+    }
+
+    /// RHAX_VCPU_IOCTL_APIC_LINT: the pin's new level, delivered by the vCPU through its LVT
+    /// entry before its next entry (kicked if it is in the guest).
+    pub(super) fn apic_lint(
+        &self,
+        vm: &TryArc<VmObject>,
+        vcpu: &TryArc<VcpuObject>,
+        c: Call<'_>,
+    ) -> Res<usize> {
+        let lint: RhaxLint = c.ctx.read(c.input)?;
+        if lint.pin > 1 || lint.level > 1 || lint.vector > 0xff || lint.reserved != 0 {
+            return Err(c.ctx.err(ErrorKind::Apic(ApicRefusal::Lint)));
+        }
+        let bus = self.apic_bus(vm, c.ctx)?;
+        let index = vcpu.id as usize;
+        if bus.set_lint(index, lint.pin as usize, lint.level == 1, lint.vector as u8) {
+            bus.kick(&self.platform, 1 << index, None);
+        }
+        Ok(0)
+    }
+}

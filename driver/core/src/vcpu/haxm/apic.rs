@@ -1,0 +1,739 @@
+//! The in-kernel local APIC of a HAXM vCPU (rhax's extension, RHAX_VM_IOCTL_ENABLE_APIC; a
+//! VM without it behaves exactly as under HAXM). The model is `crate::apic`; this room
+//! connects it to VMX:
+//! - before every entry ([`HaxVcpu::apic_before_entry`]): the port drained (IPIs and MSIs
+//!   posted by other vCPUs and user space), LINT changes, the timer, INIT/SIPI, then NMI or the
+//!   highest deliverable vector injected (SDM Vol. 3A §11.8.4 acceptance, Vol. 3C §27.6 event
+//!   injection), or an interrupt window when the guest cannot take it yet; with the TPR
+//!   shadow, the virtual TPR synchronised and the TPR threshold set so the CPU exits only
+//!   when a lower TPR makes a pending vector deliverable (Vol. 3C §30.1.2);
+//! - the timer on the VMX-preemption timer: the next expiry bounds the entry's timer value
+//!   (Vol. 3C §26.5.1), so a TSC-deadline or one-shot expiry is an exit at the right time;
+//! - the exits: x2APIC MSRs, IA32_APIC_BASE, IA32_TSC_DEADLINE, MOV CR8 without the TPR
+//!   shadow, xAPIC MMIO at the APIC base (the MOV forms decoded by `emulate::decode`), HLT
+//!   (halt polling until an interrupt, the RUN budget or a kick), the fast paths right after
+//!   the exit ([`HaxVcpu::apic_fast_exit`]).
+
+use rhax_api::ext::ApicFlags;
+
+use super::*;
+use crate::apic::{ApicBus, ApicMode, DeliveryMode, Effect, Interrupt, LocalApic};
+use crate::memory::try_arc::TryArc;
+
+/// IA32_TSC_DEADLINE (SDM Vol. 3A §11.5.4.1).
+pub(in crate::vcpu::haxm) const IA32_TSC_DEADLINE: u32 = 0x6e0;
+/// The x2APIC MSR range (SDM Vol. 3A §11.12.1.2).
+const X2APIC_MSRS: core::ops::RangeInclusive<u32> = 0x800..=0x8ff;
+/// x2APIC ICR (SDM Vol. 3A Table 11-6).
+const X2APIC_ICR: u32 = 0x830;
+/// Offset of the TPR in the (virtual-)APIC page (SDM Vol. 3C §30.1.1: VTPR).
+const VTPR: usize = 0x80;
+/// APIC timer bus tick in TSC ticks when the TSC frequency is unknown (a 100 MHz bus on a
+/// 1 GHz TSC).
+const DEFAULT_TSC_PER_BUS_TICK: u32 = 10;
+/// How long a halted vCPU polls for a wake-up in the kernel before RUN returns HLT (KVM's
+/// default `halt_poll_ns` is 200 µs).
+const HALT_POLL_US: u64 = 200;
+/// The APIC bus clock rhax gives the guest (the 100 MHz of most recent Intel parts' crystal;
+/// CPUID leaf 0x15 is not offered, so the guest calibrates it like any other timer).
+const BUS_HZ: u64 = 100_000_000;
+
+/// The APIC half of a vCPU (boxed in [`HaxVcpu`]).
+pub(in crate::vcpu::haxm) struct ApicUnit {
+    pub(in crate::vcpu::haxm) local: LocalApic,
+    pub(in crate::vcpu::haxm) bus: TryArc<ApicBus>,
+    pub(in crate::vcpu::haxm) index: usize,
+    pub(in crate::vcpu::haxm) flags: ApicFlags,
+    /// The virtual-APIC page when the TPR shadow is on.
+    vapic: Option<PhysPages>,
+    /// The APIC timer runs on the VMX-preemption timer.
+    timer_on_preemption: bool,
+    /// The vCPU executed HLT and waits for an interrupt (SDM Vol. 3A §11.4.7 / HLT).
+    halted: bool,
+    /// INIT arrived: the vCPU waits for a start-up IPI (SDM Vol. 3A §9.4.1, "wait-for-SIPI").
+    wait_for_sipi: bool,
+    /// An NMI accepted and not yet injected.
+    nmi: bool,
+    /// An ExtINT (LINT0 in ExtINT mode) waiting for injection, with the vector the
+    /// interrupt controller supplied.
+    extint: Option<u8>,
+    /// The guest TSC at the last collection (the timer's "now").
+    now: u64,
+    /// The preemption-timer value of the next entry when the APIC timer needs one sooner
+    /// than the time slice.
+    preempt: Option<u32>,
+    /// The guest cannot take the pending vector now: interrupt-window exiting.
+    window: bool,
+    /// vCPUs (bit per id) that got an IPI from this one and may need a kick; sent by
+    /// [`HaxVcpu::apic_kick`] once the exit is handled (the handlers have no `Platform`).
+    kicks: u32,
+    /// Exits served by the fast path (for the benchmarks' report).
+    pub(in crate::vcpu::haxm) fast_exits: u64,
+}
+
+impl ApicUnit {
+    /// The virtual TPR the guest's CR8 writes changed without an exit (the CPU writes the
+    /// page only while this vCPU runs the guest, never concurrently with this read).
+    fn vtpr(&mut self) -> Option<u8> {
+        self.vapic
+            .as_mut()
+            .and_then(|p| p.bytes_mut().get(VTPR).copied())
+    }
+
+    fn set_vtpr(&mut self, tpr: u8) {
+        if let Some(b) = self.vapic.as_mut().and_then(|p| p.bytes_mut().get_mut(VTPR)) {
+            *b = tpr;
+        }
+    }
+}
+
+/// What [`HaxVcpu::apic_before_entry`] decided.
+pub(in crate::vcpu::haxm) enum BeforeEntry {
+    /// Enter the guest.
+    Enter,
+    /// The vCPU is halted (or waits for SIPI) and nothing woke it within the RUN: return to
+    /// user space with this status.
+    Stay(ExitStatus),
+}
+
+impl HaxVcpu {
+    /// Gives this (new, never run) vCPU an in-kernel APIC on `bus` (RHAX_VM_IOCTL_ENABLE_APIC).
+    /// The TPR shadow is used when the CPU has it and the flags allow; the virtual-APIC page
+    /// is allocated here.
+    pub fn attach_apic<P: Platform>(
+        &mut self,
+        platform: &P,
+        bus: TryArc<ApicBus>,
+    ) -> Result<(), HaxError> {
+        let flags = bus.flags();
+        let index = self.vcpu_id as usize;
+        let tsc_hz = platform.tsc_frequency();
+        let per_tick = if tsc_hz >= BUS_HZ {
+            (tsc_hz / BUS_HZ).min(u64::from(u32::MAX)) as u32
+        } else {
+            DEFAULT_TSC_PER_BUS_TICK
+        };
+        let local = LocalApic::new(self.vcpu_id, self.vcpu_id == 0, per_tick);
+        let mut vapic = None;
+        if !flags.contains(ApicFlags::NO_TPR_SHADOW) {
+            if let Ok(c) = self.core.controls().with(OptionalFeatures::TPR_SHADOW) {
+                let mut page = platform.alloc_pages(1).map_err(HaxError::Platform)?;
+                page.bytes_mut().fill(0);
+                if self.core.use_virtual_apic(c, page.phys()).is_err() {
+                    platform.free_pages(page);
+                } else {
+                    vapic = Some(page);
+                }
+            }
+        }
+        let timer_on_preemption =
+            !flags.contains(ApicFlags::NO_PREEMPTION_TIMER) && self.preemption_ticks.is_some();
+        let unit = ApicUnit {
+            local,
+            bus,
+            index,
+            flags,
+            vapic,
+            timer_on_preemption,
+            halted: false,
+            // An AP waits for the guest's INIT/SIPI (SDM Vol. 3A §9.4: only the BSP runs
+            // after reset); user space may still start it with SET_REGS as under HAXM.
+            wait_for_sipi: self.vcpu_id != 0,
+            nmi: false,
+            extint: None,
+            now: 0,
+            preempt: None,
+            window: false,
+            kicks: 0,
+            fast_exits: 0,
+        };
+        let unit = match crate::heap::try_box(unit) {
+            Ok(u) => u,
+            Err(u) => {
+                if let Some(p) = u.vapic {
+                    platform.free_pages(p);
+                }
+                return Err(HaxError::Platform(PlatformError::OutOfMemory));
+            }
+        };
+        if let Some(port) = unit.bus.port(index) {
+            port.publish(&unit.local);
+        }
+        unit.bus.attach(index);
+        self.apic_base = unit.local.base_msr();
+        self.apic = Some(unit);
+        self.publish_apic_base();
+        Ok(())
+    }
+
+    /// Whether this vCPU has an in-kernel APIC.
+    pub fn has_apic(&self) -> bool {
+        self.apic.is_some()
+    }
+
+    /// The bus slot this vCPU uses, for the dispatcher's running-on bookkeeping.
+    pub fn note_running(&self, cpu: u32) {
+        if let Some(u) = self.apic.as_deref() {
+            u.bus.set_running(u.index, cpu);
+        }
+    }
+
+    /// Frees the APIC's pages (vCPU destruction).
+    pub(in crate::vcpu::haxm) fn release_apic<P: Platform>(&mut self, platform: &P) {
+        if let Some(mut u) = self.apic.take() {
+            u.bus.detach(u.index);
+            if let Some(p) = u.vapic.take() {
+                platform.free_pages(p);
+            }
+        }
+    }
+
+    /// The guest's TSC now (host TSC plus the VMCS offset: the APIC timer's clock).
+    fn guest_tsc<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<u64, HaxError> {
+        Ok(self
+            .core
+            .with_vmcs(root, |vmcs, _| -> Result<u64, VmFail> {
+                Ok(vmcs.vmx().rdtsc().wrapping_add(vmcs.tsc_offset()?))
+            })??)
+    }
+
+    /// Takes in everything that arrived for this APIC: posted interrupts, LINT changes, the
+    /// timer, the TPR the guest wrote through CR8, INIT and SIPI.
+    fn apic_collect<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {
+        let now = self.guest_tsc(root)?;
+        let Some(u) = self.apic.as_deref_mut() else {
+            return Ok(());
+        };
+        u.now = now;
+        if let Some(t) = u.vtpr() {
+            if t != u.local.tpr() {
+                u.local.set_tpr(t);
+            }
+        }
+        if let Some(port) = u.bus.port(u.index) {
+            if port.pending() {
+                port.drain_into(&mut u.local);
+            }
+        }
+        if u.bus.lint_pending(u.index) {
+            for change in u.bus.take_lint(u.index).into_iter().flatten() {
+                // The LVT entry of the pin (SDM Vol. 3A §11.5.1, Figure 11-8): vector 7:0,
+                // delivery mode 10:8, trigger 15, mask 16.
+                let lvt = u.local.lvt_lint(change.pin);
+                if lvt & (1 << 16) != 0 {
+                    continue;
+                }
+                let level = lvt & (1 << 15) != 0;
+                match (lvt >> 8) & 7 {
+                    // Edge-triggered pins deliver on the rising edge; level-triggered ones
+                    // while asserted.
+                    0 if change.asserted => {
+                        u.local.accept(Interrupt {
+                            vector: lvt as u8,
+                            mode: DeliveryMode::Fixed,
+                            assert: true,
+                            level_triggered: level,
+                        });
+                    }
+                    4 if change.asserted => u.nmi = true,
+                    7 if change.asserted => u.extint = Some(change.vector),
+                    7 => u.extint = None,
+                    _ => {}
+                }
+            }
+        }
+        u.local.timer_fire(now);
+        if u.local.take_nmi() {
+            u.nmi = true;
+        }
+        let init = u.local.take_init();
+        let sipi = u.local.take_sipi();
+        if init {
+            self.apic_init(root)?;
+        }
+        if let Some(vector) = sipi {
+            self.apic_sipi(root, vector)?;
+        }
+        Ok(())
+    }
+
+    /// INIT (SDM Vol. 3A §9.1.1, Table 9-1; §11.4.7.3): the vCPU's state goes to its reset
+    /// values except the APIC's ID and base, and it waits for a start-up IPI.
+    fn apic_init<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {
+        let controls = *self.core.controls();
+        self.core
+            .with_vmcs(root, |vmcs, regs| -> Result<(), VmFail> {
+                crate::vmcs::setup::write_power_on_state(vmcs, &controls);
+                let entry = vmcs.vm_entry_controls()?;
+                vmcs.set_vm_entry_controls(entry & !EntryControls::IA32E_MODE_GUEST.bits());
+                vmcs.set_vm_entry_interruption_information(0);
+                regs.gpr = [0; 16];
+                Ok(())
+            })??;
+        self.vectors = [0; 4];
+        self.pending = Pending::None;
+        if let Some(u) = self.apic.as_deref_mut() {
+            u.local.init_reset();
+            u.wait_for_sipi = true;
+            u.halted = false;
+            u.nmi = false;
+            u.extint = None;
+            u.set_vtpr(0);
+            if let Some(port) = u.bus.port(u.index) {
+                port.publish(&u.local);
+            }
+        }
+        Ok(())
+    }
+
+    /// A start-up IPI to a vCPU waiting for one (SDM Vol. 3A §9.4.4.1, §11.6.1): real mode
+    /// at `vector << 12` (CS selector `vector << 8`, IP 0). Ignored otherwise.
+    fn apic_sipi<V: Vmx>(&mut self, root: &mut VmxRoot<V>, vector: u8) -> Result<(), HaxError> {
+        let Some(u) = self.apic.as_deref_mut() else {
+            return Ok(());
+        };
+        if !u.wait_for_sipi {
+            return Ok(());
+        }
+        u.wait_for_sipi = false;
+        self.core.with_vmcs(root, |vmcs, _| {
+            vmcs.set_guest_cs_selector(u16::from(vector) << 8);
+            vmcs.set_guest_cs_base(u64::from(vector) << 12);
+            vmcs.set_guest_rip(0);
+        })?;
+        Ok(())
+    }
+
+    /// Whether the guest can take a maskable interrupt now (RFLAGS.IF, no STI/MOV-SS
+    /// shadow, nothing being injected).
+    fn apic_can_inject<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<bool, HaxError> {
+        self.guest_interruptible(root)
+    }
+
+    /// Before every entry of a vCPU with an in-kernel APIC (see the module documentation).
+    pub(in crate::vcpu::haxm) fn apic_before_entry<V: Vmx, P: Platform>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        platform: &P,
+    ) -> Result<BeforeEntry, HaxError> {
+        if self.apic.is_none() {
+            return Ok(BeforeEntry::Enter);
+        }
+        self.apic_collect(root)?;
+        // HLT and wait-for-SIPI: poll (the port, the timer, LINT) until something wakes the
+        // vCPU, [`HALT_POLL_US`] or the RUN's budget is spent, or user space wants the thread
+        // back (KVM's halt polling; the region never sleeps, so a longer halt is HLT to user
+        // space, which runs the vCPU again when it likes: the halt goes on).
+        let poll_start = platform.tsc();
+        let poll = tsc_ticks(platform, HALT_POLL_US);
+        loop {
+            let (halted, waiting, nmi, extint, pending) = {
+                let Some(u) = self.apic.as_deref() else {
+                    return Ok(BeforeEntry::Enter);
+                };
+                (
+                    u.halted,
+                    u.wait_for_sipi,
+                    u.nmi,
+                    u.extint.is_some(),
+                    u.local.pending_vector().is_some(),
+                )
+            };
+            if waiting {
+                // Only SIPI (or INIT again) ends the wait; collect already applied a SIPI.
+            } else if !halted {
+                break;
+            } else {
+                let if_set =
+                    self.core.with_vmcs(root, |vmcs, _| vmcs.guest_rflags())?? & RFLAGS_IF != 0;
+                if nmi || (if_set && (extint || pending)) {
+                    if let Some(u) = self.apic.as_deref_mut() {
+                        u.halted = false;
+                    }
+                    break;
+                }
+            }
+            if self.user_event_pending() || platform.user_return_pending() {
+                return Ok(BeforeEntry::Stay(ExitStatus::Interrupt));
+            }
+            let now = platform.tsc();
+            if now.wrapping_sub(self.run_start) >= self.run_budget
+                || now.wrapping_sub(poll_start) >= poll
+            {
+                return Ok(BeforeEntry::Stay(ExitStatus::Hlt));
+            }
+            core::hint::spin_loop();
+            self.apic_collect(root)?;
+        }
+        self.apic_kick(platform, root.cpu());
+        self.apic_inject(root)?;
+        Ok(BeforeEntry::Enter)
+    }
+
+    /// NMI, ExtINT or the highest deliverable vector into the VM-entry interruption field;
+    /// the interrupt window, the TPR threshold and the timer's preemption value.
+    fn apic_inject<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {
+        let can = self.apic_can_inject(root)?;
+        let rate = self.core.controls().preemption_timer_rate;
+        let slice = self.preemption_ticks;
+        let Some(u) = self.apic.as_deref_mut() else {
+            return Ok(());
+        };
+        let nmi = u.nmi;
+        let extint = u.extint;
+        let vector = u.local.pending_vector();
+        let tpr = u.local.tpr();
+        let has_vapic = u.vapic.is_some();
+        let (took_nmi, took_ext, took_vector) =
+            self.core
+                .with_vmcs(root, |vmcs, _| -> Result<(bool, bool, bool), VmFail> {
+                    let entry = vmcs.vm_entry_interruption_information()?;
+                    if entry & VALID != 0 {
+                        return Ok((false, false, false));
+                    }
+                    if nmi {
+                        // NMI blocking (bit 3) and MOV-SS blocking (bit 1) hold an NMI back
+                        // (SDM Vol. 3C §27.3.1.5).
+                        let s = vmcs.guest_interruptibility_state()?;
+                        if s & 0b1010 == 0 {
+                            vmcs.set_vm_entry_interruption_information(VALID | (2 << 8) | 2);
+                            return Ok((true, false, false));
+                        }
+                    }
+                    if !can {
+                        return Ok((false, false, false));
+                    }
+                    if let Some(v) = extint {
+                        vmcs.set_vm_entry_interruption_information(VALID | u32::from(v));
+                        return Ok((false, true, false));
+                    }
+                    if let Some(v) = vector {
+                        vmcs.set_vm_entry_interruption_information(VALID | u32::from(v));
+                        return Ok((false, false, true));
+                    }
+                    Ok((false, false, false))
+                })??;
+        if took_nmi {
+            u.nmi = false;
+        }
+        if took_ext {
+            u.extint = None;
+        }
+        if took_vector {
+            if let Some(v) = vector {
+                u.local.ack(v);
+            }
+        }
+        // A vector still pending that the guest cannot take yet: the window (if it is held
+        // back by RFLAGS.IF or a shadow) or the TPR threshold (if by the TPR).
+        let still = u.local.pending_vector();
+        u.window = (still.is_some() && !took_vector) || (u.extint.is_some() && !took_ext);
+        let blocked_by_tpr = u
+            .local
+            .highest_irr()
+            .filter(|&v| still.is_none() && v >> 4 <= tpr >> 4);
+        let threshold = blocked_by_tpr.map_or(0, |v| u32::from(v >> 4).min(u32::from(tpr >> 4)));
+        let deadline = u.local.timer_deadline();
+        let now = u.now;
+        u.preempt = match (u.timer_on_preemption, deadline, slice) {
+            (true, Some(d), Some(s)) => {
+                let ticks = d.saturating_sub(now) >> rate;
+                Some(ticks.min(u64::from(s)) as u32)
+            }
+            _ => None,
+        };
+        let new_tpr = u.local.tpr();
+        u.set_vtpr(new_tpr);
+        if has_vapic {
+            self.core
+                .with_vmcs(root, |vmcs, _| vmcs.set_tpr_threshold(threshold))?;
+        }
+        Ok(())
+    }
+
+    /// The preemption-timer value of the next entry: the APIC timer's, when sooner than the
+    /// slice.
+    pub(in crate::vcpu::haxm) fn entry_preemption_ticks(&self) -> Option<u32> {
+        match self.apic.as_deref().and_then(|u| u.preempt) {
+            Some(t) => Some(t),
+            None => self.preemption_ticks,
+        }
+    }
+
+    /// Whether the APIC needs an interrupt window.
+    pub(in crate::vcpu::haxm) fn apic_wants_window(&self) -> bool {
+        self.apic.as_deref().is_some_and(|u| u.window)
+    }
+
+    /// HLT with an in-kernel APIC: the vCPU halts in the kernel (the next entry polls).
+    pub(in crate::vcpu::haxm) fn apic_halt<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<Next, HaxError> {
+        self.skip(root)?;
+        if let Some(u) = self.apic.as_deref_mut() {
+            u.halted = true;
+        }
+        Ok(Next::Resume)
+    }
+
+    /// A VMX-preemption-timer exit: the APIC timer's expiry (resume: the next entry fires
+    /// it) or the end of the slice.
+    pub(in crate::vcpu::haxm) fn apic_timer_exit<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<Option<Next>, HaxError> {
+        let deadline = match self.apic.as_deref() {
+            Some(u) if u.timer_on_preemption => u.local.timer_deadline(),
+            _ => return Ok(None),
+        };
+        let Some(d) = deadline else {
+            return Ok(None);
+        };
+        let now = self.guest_tsc(root)?;
+        Ok((now >= d).then_some(Next::Resume))
+    }
+
+    /// Acts on what an APIC register write asks for: an IPI routed on the bus (the targets
+    /// in the guest kicked), nothing else needs the vCPU (an EOI broadcast has no IOAPIC to
+    /// reach; a timer change is picked up at the next entry).
+    pub(in crate::vcpu::haxm) fn apic_effect(&mut self, effect: Effect) {
+        let Some(u) = self.apic.as_deref_mut() else {
+            return;
+        };
+        if let Some(port) = u.bus.port(u.index) {
+            port.publish(&u.local);
+        }
+        // The TPR may have changed (x2APIC TPR, xAPIC TPR): the virtual TPR follows, or the
+        // next entry would take the page's stale value for a guest CR8 write.
+        let tpr = u.local.tpr();
+        u.set_vtpr(tpr);
+        if let Effect::Ipi(ipi) = effect {
+            let targets = u.bus.deliver(&ipi, Some(u.index));
+            u.kicks |= targets & !(1 << u.index);
+        }
+    }
+
+    /// Kicks the vCPUs this one sent IPIs to that are in the guest on other CPUs.
+    pub(in crate::vcpu::haxm) fn apic_kick<P: Platform>(&mut self, platform: &P, cpu: u32) {
+        if let Some(u) = self.apic.as_deref_mut() {
+            if u.kicks != 0 {
+                u.bus
+                    .kick(platform, core::mem::take(&mut u.kicks), Some(cpu));
+            }
+        }
+    }
+
+    /// RDMSR/WRMSR of an MSR the APIC owns (x2APIC registers, IA32_APIC_BASE,
+    /// IA32_TSC_DEADLINE). `None`: not the APIC's (the HAXM path handles it).
+    pub(in crate::vcpu::haxm) fn apic_msr<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        cpuid: &CpuidTable,
+        msr: u32,
+        write: Option<u64>,
+    ) -> Result<Option<Next>, HaxError> {
+        if self.apic.is_none()
+            || !(msr == IA32_APIC_BASE || msr == IA32_TSC_DEADLINE || X2APIC_MSRS.contains(&msr))
+        {
+            return Ok(None);
+        }
+        let now = self.guest_tsc(root)?;
+        let apic_id = self.vcpu_id as u8;
+        let leaf1 = cpuid.lookup(1, 0, apic_id);
+        let x2apic = leaf1[2] & (1 << 21) != 0;
+        let deadline_ok = leaf1[2] & (1 << 24) != 0;
+        let maxphyaddr = cpuid.lookup(0x8000_0008, 0, apic_id)[0] as u8;
+        let Some(u) = self.apic.as_deref_mut() else {
+            return Ok(None);
+        };
+        let result: Result<(Option<u64>, Effect), ()> = match (msr, write) {
+            (IA32_APIC_BASE, None) => Ok((Some(u.local.base_msr()), Effect::None)),
+            (IA32_APIC_BASE, Some(v)) => u
+                .local
+                .write_base_msr(v, x2apic, maxphyaddr)
+                .map(|()| (None, Effect::None))
+                .map_err(|_| ()),
+            // SDM Vol. 3A §11.5.4.1: the MSR exists only where CPUID.1:ECX[24] says so.
+            (IA32_TSC_DEADLINE, _) if !deadline_ok => Err(()),
+            (IA32_TSC_DEADLINE, None) => Ok((Some(u.local.read_tsc_deadline()), Effect::None)),
+            (IA32_TSC_DEADLINE, Some(v)) => Ok((None, u.local.write_tsc_deadline(v, now))),
+            (m, None) => u
+                .local
+                .read_msr(m, now)
+                .map(|v| (Some(v), Effect::None))
+                .map_err(|_| ()),
+            (m, Some(v)) => u
+                .local
+                .write_msr(m, v, now)
+                .map(|e| (None, e))
+                .map_err(|_| ()),
+        };
+        let base = u.local.base_msr();
+        match result {
+            Err(()) => self.inject_gp(root)?,
+            Ok((read, effect)) => {
+                if let Some(v) = read {
+                    self.core.regs.gpr[reg::RAX] = v & 0xffff_ffff;
+                    self.core.regs.gpr[reg::RDX] = v >> 32;
+                }
+                self.apic_base = base;
+                self.apic_effect(effect);
+                self.skip(root)?;
+            }
+        }
+        Ok(Some(Next::Resume))
+    }
+
+    /// The fast paths, right after the exit and before the general handling (issue 12 item
+    /// 3; KVM's `handle_fastpath_set_msr_irqoff`): a WRMSR of the x2APIC ICR or of
+    /// IA32_TSC_DEADLINE in TSC-deadline mode is carried out here and the guest re-entered
+    /// without the exit dispatch, the CPUID-table lookups of the general MSR path or the
+    /// IDT-vectoring check (an instruction exit never interrupts event delivery, SDM Vol. 3C
+    /// §28.2.4). `true`: handled, enter again.
+    pub(in crate::vcpu::haxm) fn apic_fast_exit<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        exit: &VmExit,
+    ) -> Result<bool, HaxError> {
+        if !matches!(exit, VmExit::Wrmsr) {
+            return Ok(false);
+        }
+        let Some(u) = self.apic.as_deref() else {
+            return Ok(false);
+        };
+        if u.flags.contains(ApicFlags::NO_FAST_PATHS) {
+            return Ok(false);
+        }
+        let msr = self.core.regs.gpr[reg::RCX] as u32;
+        let x2 = u.local.mode() == ApicMode::X2Apic;
+        let fast =
+            (msr == X2APIC_ICR && x2) || (msr == IA32_TSC_DEADLINE && u.local.tsc_deadline_mode());
+        if !fast {
+            return Ok(false);
+        }
+        let value =
+            (self.core.regs.gpr[reg::RDX] << 32) | (self.core.regs.gpr[reg::RAX] & 0xffff_ffff);
+        let now = self.guest_tsc(root)?;
+        let Some(u) = self.apic.as_deref_mut() else {
+            return Ok(false);
+        };
+        let effect = if msr == X2APIC_ICR {
+            match u.local.write_msr(msr, value, now) {
+                Ok(e) => e,
+                // A reserved bit: the general path injects the #GP.
+                Err(_) => return Ok(false),
+            }
+        } else {
+            u.local.write_tsc_deadline(value, now)
+        };
+        u.fast_exits += 1;
+        self.apic_effect(effect);
+        self.skip(root)?;
+        Ok(true)
+    }
+
+    /// MOV to/from CR8 without the TPR shadow: CR8 is TPR[7:4] (SDM Vol. 3A §11.8.6.1); a
+    /// write with bits 63:4 set is #GP(0) (SDM Vol. 2B MOV CR).
+    pub(in crate::vcpu::haxm) fn apic_cr8<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        access: CrAccessType,
+        value: Option<u64>,
+    ) -> Result<(), HaxError> {
+        let Some(u) = self.apic.as_deref_mut() else {
+            return Ok(());
+        };
+        match (access, value) {
+            (CrAccessType::MovTo { .. }, Some(v)) if v > 0xf => return self.inject_gp(root),
+            (CrAccessType::MovTo { .. }, Some(v)) => {
+                u.local.set_tpr((v as u8) << 4);
+                u.set_vtpr((v as u8) << 4);
+                if let Some(port) = u.bus.port(u.index) {
+                    port.publish(&u.local);
+                }
+            }
+            (CrAccessType::MovFrom { gpr }, _) => {
+                let v = u64::from(u.local.tpr() >> 4);
+                self.set_gpr(root, gpr, v)?;
+            }
+            _ => {}
+        }
+        self.skip(root)
+    }
+
+    /// An MMIO access to this vCPU's xAPIC page (xAPIC mode only: in x2APIC mode or with the
+    /// APIC disabled the page is ordinary MMIO, SDM Vol. 3A §11.12.1). The plain MOV forms
+    /// are decoded by `emulate::decode` and served here; registers are 32 bits wide at
+    /// 16-byte strides and accessed as aligned dwords (SDM Vol. 3A §11.4.1): a narrower read
+    /// sees its bytes of the dword, other writes are ignored as KVM does. `None`: not the
+    /// APIC's.
+    pub(in crate::vcpu::haxm) fn apic_mmio<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        gpa: u64,
+        bytes: &[u8],
+        cpu_mode: CpuMode,
+    ) -> Result<Option<Next>, HaxError> {
+        let offset = match self.apic.as_deref() {
+            Some(u) if u.local.mode() == ApicMode::XApic => {
+                match gpa.checked_sub(u.local.base_address()) {
+                    Some(o) if o < 0x1000 => o as u32,
+                    _ => return Ok(None),
+                }
+            }
+            _ => return Ok(None),
+        };
+        let Ok(insn) = emulate::decode(bytes, cpu_mode) else {
+            // Not a plain MOV: the vCPU stops with the instruction reported (STATECHANGE and
+            // the RhaxUnemulated record), rather than the access leaving for user space,
+            // which has no APIC.
+            return Ok(Some(
+                self.panic(PanicReason::Unemulated(exits::unemulated(gpa, bytes))),
+            ));
+        };
+        let now = self.guest_tsc(root)?;
+        match insn.operation {
+            Operation::Load {
+                dest,
+                dest_size,
+                extend,
+            } => {
+                let value = match self.apic.as_deref_mut() {
+                    Some(u) if offset & 0xc == 0 => {
+                        u64::from(u.local.read_mmio(offset & 0xff0, now) >> ((offset & 3) * 8))
+                    }
+                    _ => 0,
+                };
+                let old = self.gpr(root, dest.number)?;
+                let new = emulate::merge_load(old, dest, dest_size, insn.size, extend, value);
+                self.set_gpr(root, dest.number, new)?;
+            }
+            Operation::StoreRegister { .. } | Operation::StoreImmediate { .. } => {
+                let value = match insn.operation {
+                    Operation::StoreRegister { src } => {
+                        let r = self.gpr(root, src.number)?;
+                        emulate::store_value(r, src, insn.size)
+                    }
+                    Operation::StoreImmediate { value } => value,
+                    Operation::Load { .. } => 0,
+                };
+                if offset & 0xf == 0 && insn.size >= 4 {
+                    let effect = match self.apic.as_deref_mut() {
+                        Some(u) => u.local.write_mmio(offset, value as u32, now),
+                        None => Effect::None,
+                    };
+                    self.apic_effect(effect);
+                }
+            }
+        }
+        let length = u64::from(insn.length);
+        self.core
+            .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
+                let rip = vmcs.guest_rip()?;
+                vmcs.set_guest_rip(rip.wrapping_add(length));
+                Ok(())
+            })??;
+        Ok(Some(Next::Resume))
+    }
+}

@@ -1,0 +1,435 @@
+//! The in-kernel APIC wired into the HAXM vCPU (issue 12) against the software VMX: the VMX
+//! controls it turns on, x2APIC MSRs and IA32_APIC_BASE through WRMSR/RDMSR exits, injection
+//! at the next entry, IPIs between vCPUs through the bus, CR8 with and without the TPR
+//! shadow, the TPR threshold, xAPIC MMIO through an EPT violation, TSC-deadline on the
+//! preemption timer, HLT polling and MSIs, INIT/SIPI.
+
+mod common;
+use common::*;
+use rhax_api::ext::ApicFlags;
+use rhax_api::vcpu::SegmentDesc;
+use rhax_core::apic::{decode_msi, ApicBus};
+use rhax_core::vmx::caps::PrimaryProcControls;
+
+const VALID: u64 = 1 << 31;
+const TPR_SHADOW: u64 = PrimaryProcControls::USE_TPR_SHADOW.bits() as u64;
+const CR8_EXITING: u64 = (PrimaryProcControls::CR8_LOAD_EXITING.bits()
+    | PrimaryProcControls::CR8_STORE_EXITING.bits()) as u64;
+
+/// A vCPU with an APIC on a fresh bus, CPUID showing x2APIC and TSC-deadline.
+fn apic_setup(flags: ApicFlags) -> (T, rhax_core::apic::bus::SharedBus) {
+    let mut t = setup();
+    let bus = ApicBus::shared(ApicFlags::ENABLE | flags).unwrap();
+    t.vcpu.attach_apic(&t.platform, bus.clone()).unwrap();
+    t.cpuid.allow_apic_features();
+    let leaf1 = CpuidEntry {
+        function: 1,
+        index: 0,
+        flags: 0,
+        eax: 0x906ea,
+        ebx: 0x0010_0800,
+        ecx: (1 << 21) | (1 << 24),
+        edx: 0,
+        pad: [0; 3],
+    };
+    let max = CpuidEntry {
+        function: 0x8000_0008,
+        eax: 39,
+        ..leaf1
+    };
+    t.cpuid.set(&[leaf1, max]).unwrap();
+    (t, bus)
+}
+
+fn wrmsr(msr: u32, value: u64) -> Step {
+    Box::new(move |c| {
+        c.regs.gpr[reg::RCX] = u64::from(msr);
+        c.regs.gpr[reg::RAX] = value & 0xffff_ffff;
+        c.regs.gpr[reg::RDX] = value >> 32;
+        c.write(VmcsField::GuestRflags, 0x202);
+        c.exit(32, 0, 2);
+    })
+}
+
+fn rdmsr(msr: u32) -> Step {
+    Box::new(move |c| {
+        c.regs.gpr[reg::RCX] = u64::from(msr);
+        c.write(VmcsField::GuestRflags, 0x202);
+        c.exit(31, 0, 2);
+    })
+}
+
+fn hlt() -> Step {
+    Box::new(|c| {
+        c.write(VmcsField::GuestRflags, 0x202);
+        c.exit(12, 0, 1)
+    })
+}
+
+fn out_port() -> Step {
+    Box::new(|c| c.exit(30, 0x0080_0000, 1))
+}
+
+/// The guest switches to x2APIC mode and software-enables its APIC (SVR = 0x1ff).
+fn x2apic_on() -> Vec<Step> {
+    vec![
+        wrmsr(0x1b, 0xfee0_0000 | 0x900 | 0x400),
+        wrmsr(0x80f, 0x1ff),
+    ]
+}
+
+#[test]
+fn tpr_shadow_on_where_the_cpu_has_it_with_cr8_exits_off() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let seen = Rc::new(Cell::new((0u64, 0u64)));
+    let s2 = seen.clone();
+    t.hook(script(vec![Box::new(move |c| {
+        s2.set((
+            c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls),
+            c.read(VmcsField::VirtualApicAddress),
+        ));
+        c.exit(30, 0x0080_0000, 1);
+    })]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let (proc, page) = seen.get();
+    assert_ne!(proc & TPR_SHADOW, 0, "TPR shadow on");
+    assert_eq!(proc & CR8_EXITING, 0, "CR8 accesses do not exit");
+    assert!(
+        page != 0 && page & 0xfff == 0,
+        "virtual-APIC page {page:#x}"
+    );
+
+    let (mut t, _bus) = apic_setup(ApicFlags::NO_TPR_SHADOW);
+    t.hook(script(vec![Box::new(move |c| {
+        assert_eq!(
+            c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls) & TPR_SHADOW,
+            0
+        );
+        c.exit(30, 0x0080_0000, 1);
+    })]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn x2apic_self_ipi_is_injected_at_the_next_entry_and_eoi_clears_isr() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let mut steps = x2apic_on();
+    steps.push(wrmsr(0x83f, 0x40)); // SELF IPI, vector 0x40
+    steps.push(Box::new(|c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation),
+            VALID | 0x40,
+            "the self-IPI injected as an external interrupt"
+        );
+        c.write(VmcsField::VmEntryInterruptionInformation, 0);
+        c.regs.gpr[reg::RCX] = 0x812; // ISR bits 95:64
+        c.write(VmcsField::GuestRflags, 0x202);
+        c.exit(31, 0, 2);
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(c.regs.gpr[reg::RAX], 1, "ISR bit 0x40 set while in service");
+        c.regs.gpr[reg::RCX] = 0x80b; // EOI
+        c.regs.gpr[reg::RAX] = 0;
+        c.regs.gpr[reg::RDX] = 0;
+        c.exit(32, 0, 2);
+    }));
+    steps.push(rdmsr(0x812));
+    steps.push(Box::new(|c| {
+        assert_eq!(c.regs.gpr[reg::RAX], 0, "EOI cleared the ISR bit");
+        assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation) & VALID, 0);
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn apic_base_rules_are_the_guests_gp() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    t.hook(script(vec![
+        // x2APIC straight from disabled is illegal (SDM Vol. 3A §11.12.5): bit 10 without 11.
+        wrmsr(0x1b, 0xfee0_0000 | 0x100 | 0x400),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation) & 0x8000_07ff,
+                VALID | (3 << 8) | 13,
+                "#GP"
+            );
+            c.write(VmcsField::VmEntryInterruptionInformation, 0);
+            c.regs.gpr[reg::RCX] = 0x802; // x2APIC ID in xAPIC mode: #GP
+            c.exit(31, 0, 2);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation) & 0x8000_07ff,
+                VALID | (3 << 8) | 13
+            );
+            c.write(VmcsField::VmEntryInterruptionInformation, 0);
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    // Relocating the base in xAPIC mode is accepted and read back.
+    t.hook(script(vec![
+        wrmsr(0x1b, 0xfed0_0000 | 0x900),
+        rdmsr(0x1b),
+        Box::new(|c| {
+            assert_eq!(c.regs.gpr[reg::RAX], 0xfed0_0900);
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn cr8_without_the_tpr_shadow_is_the_tpr_and_reserved_bits_fault() {
+    let (mut t, _bus) = apic_setup(ApicFlags::NO_TPR_SHADOW);
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.regs.gpr[reg::RAX] = 5;
+            c.exit(28, 8, 4); // MOV CR8, RAX
+        }),
+        Box::new(|c| c.exit(28, 8 | (1 << 4) | (1 << 8), 4)), // MOV RCX, CR8
+        Box::new(|c| {
+            assert_eq!(c.regs.gpr[reg::RCX], 5, "CR8 reads TPR[7:4]");
+            c.regs.gpr[reg::RAX] = 16;
+            c.exit(28, 8, 4);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation) & 0x8000_07ff,
+                VALID | (3 << 8) | 13,
+                "CR8 bits 63:4 set: #GP"
+            );
+            c.write(VmcsField::VmEntryInterruptionInformation, 0);
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    // Without the APIC the same CR8 write is dropped and reads 0, as HAXM does.
+    let mut t = setup();
+    t.hook(script(vec![
+        Box::new(|c| {
+            c.regs.gpr[reg::RAX] = 5;
+            c.exit(28, 8, 4);
+        }),
+        Box::new(|c| c.exit(28, 8 | (1 << 4) | (1 << 8), 4)),
+        Box::new(|c| {
+            assert_eq!(c.regs.gpr[reg::RCX], 0);
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn a_vector_held_back_by_the_tpr_sets_the_threshold_and_arrives_when_it_drops() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let mut steps = x2apic_on();
+    steps.push(wrmsr(0x808, 0x50)); // TPR 0x50
+    steps.push(wrmsr(0x83f, 0x45)); // class 4 <= 5: held back
+    steps.push(Box::new(|c| {
+        assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation) & VALID, 0);
+        assert_eq!(
+            c.read(VmcsField::TprThreshold),
+            4,
+            "threshold = the vector's class"
+        );
+        c.regs.gpr[reg::RCX] = 0x808;
+        c.regs.gpr[reg::RAX] = 0x30;
+        c.regs.gpr[reg::RDX] = 0;
+        c.exit(32, 0, 2); // TPR 0x30
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation),
+            VALID | 0x45
+        );
+        assert_eq!(c.read(VmcsField::TprThreshold), 0);
+        c.write(VmcsField::VmEntryInterruptionInformation, 0);
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn interrupts_wait_for_rflags_if_with_an_interrupt_window() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let mut steps = x2apic_on();
+    steps.push(Box::new(|c| {
+        // SELF IPI with IF = 0.
+        c.regs.gpr[reg::RCX] = 0x83f;
+        c.regs.gpr[reg::RAX] = 0x60;
+        c.regs.gpr[reg::RDX] = 0;
+        c.write(VmcsField::GuestRflags, 0x2);
+        c.exit(32, 0, 2);
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation) & VALID, 0);
+        let proc = c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls);
+        assert_ne!(proc & (1 << 2), 0, "interrupt-window exiting on");
+        c.write(VmcsField::GuestRflags, 0x202);
+        c.exit(7, 0, 0); // the window opens
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation),
+            VALID | 0x60
+        );
+        c.write(VmcsField::VmEntryInterruptionInformation, 0);
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+/// A second vCPU (id 1) on the same bus and root.
+fn second_vcpu(t: &T, bus: &rhax_core::apic::bus::SharedBus) -> HaxVcpu {
+    let controls = negotiate(t.root.caps()).unwrap();
+    let mut v = HaxVcpu::new(&t.platform, &controls, 0, 1, controls.eptp(0x4000_0000)).unwrap();
+    v.attach_apic(&t.platform, bus.clone()).unwrap();
+    v
+}
+
+#[test]
+fn x2apic_icr_reaches_another_vcpu_through_the_bus_and_init_sipi_start_it() {
+    let (mut t, bus) = apic_setup(ApicFlags::empty());
+    let mut v1 = second_vcpu(&t, &bus);
+    // vCPU 1 waits for SIPI: a RUN returns HLT without entering the guest.
+    let entries = t.entries();
+    t.hook(|_c: &mut GuestCpu<'_>| panic!("vCPU 1 must not enter before its SIPI"));
+    let st = v1.run(&mut t.root, &t.cpuid, &t.platform).unwrap();
+    assert_eq!(st, RunStep::Done);
+    assert_eq!(v1.tunnel().status().ok(), Some(ExitStatus::Hlt));
+    assert_eq!(t.entries(), entries);
+    // vCPU 0: x2APIC on, INIT then SIPI (vector 0x9a) to ID 1, then a fixed IPI 0x70.
+    let mut steps = x2apic_on();
+    steps.push(wrmsr(0x830, (1 << 32) | (5 << 8) | (1 << 14))); // INIT, assert
+    steps.push(wrmsr(0x830, (1 << 32) | (6 << 8) | 0x9a)); // SIPI
+    steps.push(wrmsr(0x830, (1 << 32) | 0x70)); // fixed, physical
+    steps.push(out_port());
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    assert!(bus.port(1).unwrap().pending(), "posted into vCPU 1's port");
+    // vCPU 1 starts in real mode at 0x9a000 and takes nothing until its APIC is enabled.
+    t.hook(script(vec![Box::new(|c| {
+        assert_eq!(c.read(VmcsField::GuestCsSelector), 0x9a00);
+        assert_eq!(c.read(VmcsField::GuestCsBase), 0x9a000);
+        assert_eq!(c.read(VmcsField::GuestRip), 0);
+        assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation) & VALID, 0);
+        c.exit(30, 0x0080_0000, 1);
+    })]));
+    v1.run(&mut t.root, &t.cpuid, &t.platform).unwrap();
+    assert_eq!(v1.tunnel().status().ok(), Some(ExitStatus::Io));
+    v1.core().unload(&mut t.root).ok();
+    let _ = v1.destroy(&t.platform);
+}
+
+#[test]
+fn an_msi_wakes_a_halted_vcpu() {
+    let (mut t, bus) = apic_setup(ApicFlags::empty());
+    let mut steps = x2apic_on();
+    steps.push(hlt());
+    t.hook(script(steps));
+    // The halt polls, then RUN returns HLT with the guest still halted.
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+    let rip = t.rip();
+    t.hook(|_c: &mut GuestCpu<'_>| panic!("a halted vCPU must not enter"));
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt), "still halted");
+    assert_eq!(t.rip(), rip);
+    let ipi = decode_msi(0xfee0_0000, 0x41).unwrap();
+    assert_eq!(bus.deliver(&ipi, None), 1, "vCPU 0 addressed");
+    t.hook(script(vec![Box::new(|c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation),
+            VALID | 0x41
+        );
+        c.write(VmcsField::VmEntryInterruptionInformation, 0);
+        c.exit(30, 0x0080_0000, 1);
+    })]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn tsc_deadline_runs_on_the_preemption_timer() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let mut steps = x2apic_on();
+    steps.push(wrmsr(0x832, 0x30 | (2 << 17))); // LVT timer: TSC-deadline, vector 0x30
+    steps.push(out_port());
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let now = rhax_core::vmx::Vmx::rdtsc(t.root.vmx());
+    let deadline = now + 1_000_000;
+    let rate = negotiate(t.root.caps()).unwrap().preemption_timer_rate;
+    t.hook(script(vec![
+        wrmsr(0x6e0, deadline),
+        Box::new(move |c| {
+            let v = c.read(VmcsField::VmxPreemptionTimerValue);
+            assert!(
+                v <= 1_000_000 >> rate && v > 0,
+                "timer value {v} bounded by the deadline ({})",
+                1_000_000u64 >> rate
+            );
+            c.exit(52, 0, 0); // the preemption timer expires (early: the TSC did not move)
+        }),
+    ]));
+    // Not due yet: the slice's INTERRUPT.
+    assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    // Time passes; the next entry fires the deadline's interrupt.
+    t.root.vmx().advance_tsc(2_000_000);
+    t.hook(script(vec![Box::new(move |c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation),
+            VALID | 0x30,
+            "the deadline's interrupt"
+        );
+        assert_eq!(
+            c.read(VmcsField::VmxPreemptionTimerValue),
+            4_000_000 >> rate,
+            "disarmed: the slice again"
+        );
+        c.write(VmcsField::VmEntryInterruptionInformation, 0);
+        c.exit(30, 0x0080_0000, 1);
+    })]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn xapic_mmio_is_served_in_the_kernel() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    // mov eax, [0xfee00030] (version); mov [0xfee000f0], ebx (SVR); hlt
+    let code = [
+        0xa1, 0x30, 0x00, 0xe0, 0xfe, 0x89, 0x1d, 0xf0, 0x00, 0xe0, 0xfe, 0xf4,
+    ];
+    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr0 = 0x11;
+    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
+    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
+    s.ds = s.ss;
+    s.es = s.ss;
+    s.rip = 0x1000;
+    s.regs[reg::RBX] = 0x1ff;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    let violation = |gpa: u64| -> Step {
+        Box::new(move |c| {
+            c.write(VmcsField::GuestPhysicalAddress, gpa);
+            c.exit(48, 2, 0);
+        })
+    };
+    t.hook(script(vec![
+        violation(0xfee0_0030),
+        violation(0xfee0_00f0),
+        Box::new(|c| {
+            assert_eq!(
+                c.regs.gpr[reg::RAX] & 0xff,
+                0x14,
+                "version read in the kernel"
+            );
+            assert_eq!(c.read(VmcsField::GuestRip), 0x100b);
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
