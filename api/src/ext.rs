@@ -57,7 +57,8 @@ bitflags::bitflags! {
         /// [`RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL`]: the MMIO fast path can be switched off.
         const EMULATION_CONTROL = 1 << 5;
         /// The in-kernel local APIC: [`RHAX_VM_IOCTL_ENABLE_APIC`], [`RHAX_VM_IOCTL_SIGNAL_MSI`],
-        /// [`RHAX_VCPU_IOCTL_APIC_LINT`].
+        /// [`RHAX_VCPU_IOCTL_APIC_LINT`], [`RHAX_VCPU_IOCTL_GET_APIC_STATE`],
+        /// [`RHAX_VCPU_IOCTL_SET_APIC_STATE`].
         const IN_KERNEL_APIC = 1 << 6;
     }
 }
@@ -510,6 +511,12 @@ crate::ioctl::ioctl_table! {
     RHAX_VM_IOCTL_SIGNAL_MSI: Vm, Some(0xa0a), px(Direction::Write, 0xea, size_of::<RhaxMsi>());
     /// `RHAX_VCPU_IOCTL_APIC_LINT` (vCPU device): in [`RhaxLint`].
     RHAX_VCPU_IOCTL_APIC_LINT: Vcpu, Some(0xa0b), px(Direction::Write, 0xeb, size_of::<RhaxLint>());
+    /// `RHAX_VCPU_IOCTL_GET_APIC_STATE` (vCPU device): out [`crate::apic::RhaxApicState`]
+    /// (snapshots). Without ENABLE_APIC: `ENXIO`.
+    RHAX_VCPU_IOCTL_GET_APIC_STATE: Vcpu, Some(0xa0c), px(Direction::Read, 0xec, size_of::<crate::apic::RhaxApicState>());
+    /// `RHAX_VCPU_IOCTL_SET_APIC_STATE` (vCPU device): in [`crate::apic::RhaxApicState`],
+    /// checked whole (`EINVAL` with nothing changed).
+    RHAX_VCPU_IOCTL_SET_APIC_STATE: Vcpu, Some(0xa0d), px(Direction::Write, 0xed, size_of::<crate::apic::RhaxApicState>());
 }
 
 #[cfg(test)]
@@ -572,6 +579,11 @@ mod tests {
         assert_eq!(RHAX_VM_IOCTL_SIGNAL_MSI.linux(), Some(0x4010_00ea));
         assert_eq!(RHAX_VCPU_IOCTL_APIC_LINT.windows(), Some(0x4000_282c));
         assert_eq!(RHAX_VCPU_IOCTL_APIC_LINT.linux(), Some(0x4010_00eb));
+        // 1072 = 0x430 bytes.
+        assert_eq!(RHAX_VCPU_IOCTL_GET_APIC_STATE.windows(), Some(0x4000_2830));
+        assert_eq!(RHAX_VCPU_IOCTL_GET_APIC_STATE.linux(), Some(0x8430_00ec));
+        assert_eq!(RHAX_VCPU_IOCTL_SET_APIC_STATE.windows(), Some(0x4000_2834));
+        assert_eq!(RHAX_VCPU_IOCTL_SET_APIC_STATE.linux(), Some(0x4430_00ed));
         assert_eq!(RHAX_EXT_MAGIC, 0x5841_4852);
     }
 

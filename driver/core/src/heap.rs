@@ -79,3 +79,5 @@ unsafe impl<T> Zeroable for Option<Box<T>> {}
 unsafe impl Zeroable for rhax_api::fpu::FxLayout {}
 // SAFETY: integers and byte arrays (`Pod`): all zero is a valid (empty) XSAVE area.
 unsafe impl Zeroable for rhax_api::fpu::XsaveArea {}
+// SAFETY: integers and a byte array (`Pod`): all zero is a valid (if unversioned) state.
+unsafe impl Zeroable for rhax_api::apic::RhaxApicState {}

@@ -97,4 +97,37 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         }
         Ok(0)
     }
+
+    /// RHAX_VCPU_IOCTL_GET_APIC_STATE (the vCPU's lease: not while it runs).
+    pub(super) fn get_apic_state(
+        &self,
+        _vm: &TryArc<VmObject>,
+        vcpu: &TryArc<VcpuObject>,
+        c: Call<'_>,
+    ) -> Res<usize> {
+        let mut lease = self.lease(vcpu, c.ctx)?;
+        let hax = lease.get()?;
+        if !hax.has_apic() {
+            return Err(c.ctx.err(ErrorKind::Apic(ApicRefusal::NotEnabled)));
+        }
+        hax.write_apic_state(c.output)
+            .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))
+    }
+
+    /// RHAX_VCPU_IOCTL_SET_APIC_STATE: checked whole; nothing changes on a refusal.
+    pub(super) fn set_apic_state(
+        &self,
+        _vm: &TryArc<VmObject>,
+        vcpu: &TryArc<VcpuObject>,
+        c: Call<'_>,
+    ) -> Res<usize> {
+        let mut lease = self.lease(vcpu, c.ctx)?;
+        let hax = lease.get()?;
+        if !hax.has_apic() {
+            return Err(c.ctx.err(ErrorKind::Apic(ApicRefusal::NotEnabled)));
+        }
+        hax.set_apic_state(c.input)
+            .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
+        Ok(0)
+    }
 }

@@ -305,9 +305,9 @@ impl DispatchError {
             ErrorKind::NotImplemented { .. } | ErrorKind::Vcpu(HaxError::Unsupported(_)) => {
                 STATUS_NOT_IMPLEMENTED
             }
-            ErrorKind::Vcpu(HaxError::TooManyMsrs { .. } | HaxError::InvalidValue(_)) => {
-                STATUS_INVALID_PARAMETER
-            }
+            ErrorKind::Vcpu(
+                HaxError::TooManyMsrs { .. } | HaxError::InvalidValue(_) | HaxError::ApicState(_),
+            ) => STATUS_INVALID_PARAMETER,
             ErrorKind::Apic(ApicRefusal::Config | ApicRefusal::Msi | ApicRefusal::Lint) => {
                 STATUS_INVALID_PARAMETER
             }
@@ -380,7 +380,8 @@ impl DispatchError {
                 // RUN: a failed VM entry is -EINVAL (`_exit_status = HAX_EXIT_UNKNOWN`).
                 HaxError::EntryFailed(_)
                 | HaxError::InvalidGuestState { .. }
-                | HaxError::InvalidValue(_) => EINVAL,
+                | HaxError::InvalidValue(_)
+                | HaxError::ApicState(_) => EINVAL,
                 HaxError::TooManyMsrs { .. } => EFAULT,
                 HaxError::Cpuid(CpuidError::Empty) => EINVAL,
                 HaxError::Cpuid(CpuidError::TooMany { .. }) => E2BIG,

@@ -6,11 +6,13 @@
 
 use crate::memory::try_arc::TryArc;
 
+use rhax_api::apic::RhaxApicState;
 use rhax_api::ext::{
     ApicConfig, EmulationControl, RhaxExtInfo, RhaxLint, RhaxMsi, RhaxXsave, StatsControl,
     VcpuFieldStats, VcpuStats, RHAX_IOCTL_EXT_INFO, RHAX_IOCTL_VCPU_FIELD_STATS,
-    RHAX_IOCTL_VCPU_STATS, RHAX_VCPU_IOCTL_APIC_LINT, RHAX_VCPU_IOCTL_GET_STATS,
-    RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_RESET_STATS, RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL,
+    RHAX_IOCTL_VCPU_STATS, RHAX_VCPU_IOCTL_APIC_LINT, RHAX_VCPU_IOCTL_GET_APIC_STATE,
+    RHAX_VCPU_IOCTL_GET_STATS, RHAX_VCPU_IOCTL_GET_XSAVE, RHAX_VCPU_IOCTL_RESET_STATS,
+    RHAX_VCPU_IOCTL_SET_APIC_STATE, RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL,
     RHAX_VCPU_IOCTL_SET_STATS_CONTROL, RHAX_VCPU_IOCTL_SET_XSAVE, RHAX_VM_IOCTL_ENABLE_APIC,
     RHAX_VM_IOCTL_SIGNAL_MSI,
 };
@@ -192,7 +194,7 @@ const fn e<P: Platform + UserMapping, R: CpuRoots>(
 use Need::{Bytes, Computed, None as Unused};
 
 /// Number of rows.
-pub(super) const IOCTL_COUNT: usize = 39;
+pub(super) const IOCTL_COUNT: usize = 41;
 
 impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     /// Every IOCTL served. Sizes are HAXM 7.8.0's (`haxm-abi.md` §2 "Per-IOCTL semantics");
@@ -242,6 +244,8 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         e(&RHAX_VCPU_IOCTL_SET_STATS_CONTROL, Bytes(StatsControl::SIZE), Unused, Handler::Vcpu(Self::set_stats_control)),
         e(&RHAX_VCPU_IOCTL_SET_EMULATION_CONTROL, Bytes(EmulationControl::SIZE), Unused, Handler::Vcpu(Self::set_emulation_control)),
         e(&RHAX_VCPU_IOCTL_APIC_LINT, Bytes(RhaxLint::SIZE), Unused, Handler::Vcpu(Self::apic_lint)),
+        e(&RHAX_VCPU_IOCTL_GET_APIC_STATE, Unused, Bytes(RhaxApicState::SIZE), Handler::Vcpu(Self::get_apic_state)),
+        e(&RHAX_VCPU_IOCTL_SET_APIC_STATE, Bytes(RhaxApicState::SIZE), Unused, Handler::Vcpu(Self::set_apic_state)),
     ];
 
     /// Each row's code in `platform`'s encoding (`u32::MAX` where it has none: no IOCTL code

@@ -127,6 +127,8 @@ pub enum HaxError {
     /// A value from the caller that would fault in the host or fail VM entry (an MXCSR bit
     /// outside the host's MXCSR_MASK, ...); nothing changed.
     InvalidValue(crate::vcpu::checked::Refused),
+    /// RHAX_VCPU_IOCTL_SET_APIC_STATE refused the state; nothing changed.
+    ApicState(crate::apic::ApicStateError),
 }
 
 /// How one step of RUN inside the non-preemptible region ended.
