@@ -389,8 +389,8 @@ fn port_two_posters_one_drainer_lose_nothing() {
     }
     done.store(true, Ordering::Release);
     let (seen, nmis) = drainer.join().unwrap();
-    for v in 0x20..0x100 {
-        assert!(seen[v], "vector {v:#x} lost");
+    for (v, seen) in seen.iter().enumerate().skip(0x20) {
+        assert!(seen, "vector {v:#x} lost");
     }
     assert!(seen[..0x20].iter().all(|s| !s));
     assert!(nmis >= 1);
