@@ -213,9 +213,7 @@ impl Rng {
 #[test]
 fn arbitrary_operations_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut apics: Vec<LocalApic> = (0..4)
-        .map(|i| LocalApic::new(i, i == 0, (i * 7) as u32))
-        .collect();
+    let mut apics: Vec<LocalApic> = (0..4).map(|i| LocalApic::new(i, i == 0, i * 7)).collect();
     let mut now = 0_u64;
     let mut image = RhaxApicState::default();
     // Coverage: the walk must reach the interesting states, or it tests little.
