@@ -420,3 +420,105 @@ fn ipi_from_icr_reaches_its_target_through_route_and_port() {
     assert_eq!(apics[2].pending_vector(), Some(0x55));
     assert!(!ports[1].drain_into(&mut apics[1]));
 }
+
+/// Sends whatever `effect` carries from vCPU `source` through the ports, as the vCPU loop
+/// will; returns the target bitmap.
+fn deliver(effect: Effect, source: usize, ports: &[ApicPort]) -> u64 {
+    let Effect::Ipi(ipi) = effect else {
+        return 0;
+    };
+    let v: Vec<_> = ports.iter().map(ApicPort::view).collect();
+    let targets = route(&ipi, source, &v);
+    for (i, p) in ports.iter().enumerate() {
+        if targets & (1 << i) != 0 {
+            p.post(ipi.irq);
+        }
+    }
+    targets
+}
+
+#[test]
+fn init_sipi_sipi_brings_up_an_ap() {
+    // The MP start-up sequence of SDM Vol. 3A §9.4.4.1 as a guest BSP runs it in xAPIC mode.
+    let mut bsp = xapic(0);
+    let mut ap = LocalApic::new(1, false, 1);
+    ap.write_mmio(0xf0, 0x1ff, 0);
+    ap.write_mmio(0x80, 0x20, 0);
+    let ports = [ApicPort::new(), ApicPort::new()];
+    ports[0].publish(&bsp);
+    ports[1].publish(&ap);
+    bsp.write_mmio(0x310, 1 << 24, 0);
+    // INIT assert, then INIT level de-assert (not sent by modern APICs).
+    assert_eq!(
+        deliver(bsp.write_mmio(0x300, 0x0000_c500, 0), 0, &ports),
+        0b10
+    );
+    assert_eq!(bsp.write_mmio(0x300, 0x0000_8500, 0), Effect::None);
+    assert!(ports[1].drain_into(&mut ap));
+    assert!(ap.take_init());
+    ap.init_reset();
+    assert_eq!(ap.tpr(), 0, "INIT reset the AP's APIC");
+    assert_eq!(ap.id(), 1);
+    ports[1].publish(&ap);
+    // Two SIPIs with vector 0x9a (start at 0x9a000): the AP takes the first.
+    assert_eq!(
+        deliver(bsp.write_mmio(0x300, 0x0000_469a, 0), 0, &ports),
+        0b10
+    );
+    assert_eq!(
+        deliver(bsp.write_mmio(0x300, 0x0000_469a, 0), 0, &ports),
+        0b10
+    );
+    assert!(ports[1].drain_into(&mut ap));
+    assert_eq!(ap.take_sipi(), Some(0x9a));
+    assert_eq!(ap.take_sipi(), None);
+    assert!(!ports[0].pending(), "nothing reached the BSP");
+    // The AP's APIC is software-disabled after INIT: fixed IPIs are dropped until it
+    // enables itself.
+    deliver(bsp.write_mmio(0x300, 0x0000_4070, 0), 0, &ports);
+    assert!(!ports[1].drain_into(&mut ap));
+    ap.write_mmio(0xf0, 0x1ff, 0);
+    deliver(bsp.write_mmio(0x300, 0x0000_4070, 0), 0, &ports);
+    assert!(ports[1].drain_into(&mut ap));
+    assert_eq!(ap.pending_vector(), Some(0x70));
+}
+
+#[test]
+fn level_triggered_message_and_eoi_broadcast_through_the_port() {
+    let mut a = xapic(0);
+    let port = ApicPort::new();
+    port.publish(&a);
+    // An MSI-like level-triggered message, as an IOCTL posts a line interrupt.
+    let msi = decode_msi(0xfee0_0000, 0xc062).unwrap();
+    assert!(route(&msi, 0, &[port.view()]) == 1);
+    assert!(port.post(msi.irq));
+    assert!(port.drain_into(&mut a));
+    assert_eq!(a.read_mmio(0x180 + 0x30, 0), 1 << 2, "TMR 0x62");
+    assert_eq!(a.pending_vector(), Some(0x62));
+    a.ack(0x62);
+    assert_eq!(a.write_mmio(0xb0, 0, 0), Effect::Eoi { vector: 0x62 });
+}
+
+#[test]
+fn lint_pins_follow_their_lvt() {
+    let mut a = xapic(0);
+    assert!(!a.raise_lint(0), "masked at power-up");
+    assert!(!a.accepts_pic_interrupts());
+    // Virtual-wire mode: LINT0 ExtINT, LINT1 NMI (what BIOSes program).
+    a.write_mmio(0x350, 0x700, 0);
+    a.write_mmio(0x360, 0x400, 0);
+    assert!(a.accepts_pic_interrupts());
+    assert!(!a.raise_lint(0), "ExtINT vectors come from the PIC");
+    assert!(a.raise_lint(1));
+    assert!(a.take_nmi());
+    // Fixed, level-triggered.
+    a.write_mmio(0x350, 0x8000 | 0x33, 0);
+    assert!(!a.accepts_pic_interrupts());
+    assert!(a.raise_lint(0));
+    assert_eq!(a.pending_vector(), Some(0x33));
+    assert_eq!(a.read_mmio(0x190, 0), 1 << 19, "TMR 0x33");
+    assert!(!a.raise_lint(2));
+    // A globally disabled APIC passes the PIC through.
+    a.write_base_msr(0xfee0_0000, false, 36).unwrap();
+    assert!(a.accepts_pic_interrupts());
+}
