@@ -162,6 +162,9 @@ fn refusals() {
         (0xd0, 0x0000_0100),
         (0xe0, 0xf000_0000),
         (0x310, 0x0300_0001),
+        (0x100, 0x8000),
+        (0x180, 0x1),
+        (0x200, 0x4),
     ] {
         refused(&x, |s| assert!(s.set_reg(off, v)), Register(off as u16));
     }

@@ -16,6 +16,14 @@
 //!
 //! The register file is kept in the xAPIC page layout (the value at MMIO offset `o` at index
 //! `o / 16`), so it can later back a virtual-APIC page (SDM Vol. 3C §30.1).
+//!
+//! Delivery is immediate, so the delivery-status bits of the ICR and the LVTs always read 0.
+//! Not modelled: the remote IRR of level-triggered LINT pins (LVT bit 14 reads 0), focus
+//! processor checking (SVR bit 9 is stored, without effect), SMI and ExtINT messages (no
+//! SMM, no 8259A: [`LocalApic::accepts_pic_interrupts`] tells the caller when the PIC's
+//! INTR reaches the core), and the x2APIC broadcast of an 8-bit destination 0xFF sent by an
+//! MSI or an xAPIC-mode sender to x2APIC-mode receivers (KVM's quirk): [`Ipi`] does not
+//! carry the sender's destination width.
 
 mod access;
 pub mod local;

@@ -113,6 +113,12 @@ impl LocalApic {
             next.set(i, v);
         }
         next.set(VERSION, APIC_VERSION);
+        // Vectors 0-15 are never accepted (§11.5.3): no ISR, TMR or IRR bit for them.
+        for i in [ISR, TMR, IRR] {
+            if next.reg(i) & 0xffff != 0 {
+                return Err(ApicStateError::Register((i * 16) as u16));
+            }
+        }
         let bad = |i: usize| Err(ApicStateError::Register((i * 16) as u16));
         match mode {
             ApicMode::X2Apic => {
