@@ -6,7 +6,7 @@
 //!   acceptance, priority (TPR/PPR/APR), ISR/IRR/TMR, EOI, the NMI/INIT/SIPI latches;
 //! * `access`: the register interfaces, xAPIC MMIO and x2APIC MSRs, with their #GP rules;
 //! * [`timer`]: the APIC timer: one-shot, periodic, TSC-deadline, divide configuration;
-//! * [`route`]: destinations: physical, logical flat/cluster, x2APIC cluster, shorthands,
+//! * [`mod@route`]: destinations: physical, logical flat/cluster, x2APIC cluster, shorthands,
 //!   lowest priority;
 //! * [`port`]: [`ApicPort`], the lock-free mailbox other vCPUs and IOCTLs post into;
 //! * [`state`]: save/restore through [`rhax_api::apic::RhaxApicState`].
@@ -167,7 +167,7 @@ pub struct Ipi {
 pub enum Effect {
     /// Nothing beyond the register change.
     None,
-    /// Send this IPI ([`route`] it from the sender's index). Also for SELF IPI (x2APIC MSR
+    /// Send this IPI ([`route()`] it from the sender's index). Also for SELF IPI (x2APIC MSR
     /// 0x83f), as [`Shorthand::SelfOnly`].
     Ipi(Ipi),
     /// The EOI of a level-triggered vector, to broadcast to the I/O APICs (§11.8.5); not
