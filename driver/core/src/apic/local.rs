@@ -365,6 +365,40 @@ impl LocalApic {
         }
     }
 
+    /// An edge on local interrupt pin LINT0 (`pin` 0) or LINT1 (1): delivered as its LVT
+    /// entry says (§11.5.1): nothing when masked; fixed: the vector into the IRR (TMR per
+    /// the entry's trigger mode); NMI, INIT: the latches; ExtINT: nothing here (the vector
+    /// comes from the 8259A; see [`LocalApic::accepts_pic_interrupts`]). True when
+    /// something new is pending.
+    pub fn raise_lint(&mut self, pin: u8) -> bool {
+        let lvt = match pin {
+            0 => self.reg(LVT_LINT0),
+            1 => self.reg(LVT_LINT1),
+            _ => return false,
+        };
+        if lvt & LVT_MASKED != 0 {
+            return false;
+        }
+        let Some(mode) = DeliveryMode::from_bits(((lvt >> 8) & 7) as u8) else {
+            return false;
+        };
+        self.accept(Interrupt {
+            vector: lvt as u8,
+            mode,
+            assert: true,
+            level_triggered: lvt & (1 << 15) != 0,
+        })
+    }
+
+    /// True when an interrupt of the 8259A reaches the processor: the APIC is globally
+    /// disabled (the INTR pin goes straight to the core, §11.4.3), or LINT0 is unmasked in
+    /// ExtINT mode (virtual-wire mode, §11.5.1).
+    pub fn accepts_pic_interrupts(&self) -> bool {
+        let lint0 = self.reg(LVT_LINT0);
+        self.mode() == ApicMode::Disabled
+            || (lint0 & LVT_MASKED == 0 && (lint0 >> 8) & 7 == DeliveryMode::ExtInt as u32)
+    }
+
     /// Takes the NMI latch.
     pub fn take_nmi(&mut self) -> bool {
         core::mem::replace(&mut self.nmi, false)

@@ -6,7 +6,7 @@
 //!   acceptance, priority (TPR/PPR/APR), ISR/IRR/TMR, EOI, the NMI/INIT/SIPI latches;
 //! * `access`: the register interfaces, xAPIC MMIO and x2APIC MSRs, with their #GP rules;
 //! * [`timer`]: the APIC timer: one-shot, periodic, TSC-deadline, divide configuration;
-//! * [`route`]: destinations: physical, logical flat/cluster, x2APIC cluster, shorthands,
+//! * [`mod@route`]: destinations: physical, logical flat/cluster, x2APIC cluster, shorthands,
 //!   lowest priority;
 //! * [`port`]: [`ApicPort`], the lock-free mailbox other vCPUs and IOCTLs post into;
 //! * [`state`]: save/restore through [`rhax_api::apic::RhaxApicState`].
@@ -16,6 +16,14 @@
 //!
 //! The register file is kept in the xAPIC page layout (the value at MMIO offset `o` at index
 //! `o / 16`), so it can later back a virtual-APIC page (SDM Vol. 3C §30.1).
+//!
+//! Delivery is immediate, so the delivery-status bits of the ICR and the LVTs always read 0.
+//! Not modelled: the remote IRR of level-triggered LINT pins (LVT bit 14 reads 0), focus
+//! processor checking (SVR bit 9 is stored, without effect), SMI and ExtINT messages (no
+//! SMM, no 8259A: [`LocalApic::accepts_pic_interrupts`] tells the caller when the PIC's
+//! INTR reaches the core), and the x2APIC broadcast of an 8-bit destination 0xFF sent by an
+//! MSI or an xAPIC-mode sender to x2APIC-mode receivers (KVM's quirk): [`Ipi`] does not
+//! carry the sender's destination width.
 
 mod access;
 pub mod bus;
@@ -162,7 +170,7 @@ pub struct Ipi {
 pub enum Effect {
     /// Nothing beyond the register change.
     None,
-    /// Send this IPI ([`route`] it from the sender's index). Also for SELF IPI (x2APIC MSR
+    /// Send this IPI ([`route()`] it from the sender's index). Also for SELF IPI (x2APIC MSR
     /// 0x83f), as [`Shorthand::SelfOnly`].
     Ipi(Ipi),
     /// The EOI of a level-triggered vector, to broadcast to the I/O APICs (§11.8.5); not

@@ -7,8 +7,8 @@ impl ApicView {
     /// True when this APIC is a destination of `dest` in the given destination mode.
     ///
     /// * xAPIC physical (§11.6.2.1): `dest[7:0]` equals the 8-bit ID, or is 0xFF (broadcast).
-    /// * xAPIC logical (§11.6.2.2): 0xFF is a broadcast; in the flat model (DFR[31:28] =
-    ///   1111b) the 8-bit message destination address ANDed with LDR[31:24] is nonzero; in
+    /// * xAPIC logical (§11.6.2.2): 0xFF is a broadcast; in the flat model (DFR bits 31:28 =
+    ///   1111b) the 8-bit message destination address ANDed with LDR bits 31:24 is nonzero; in
     ///   the cluster model (0000b) the cluster numbers (bits 7:4) are equal and the member
     ///   bits (3:0) intersect. Other DFR models match nothing.
     /// * x2APIC physical (§11.12.10): the 32-bit ID, or 0xFFFFFFFF (broadcast).

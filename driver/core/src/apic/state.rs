@@ -7,6 +7,7 @@ use rhax_api::apic::{
     RhaxApicState, RHAX_APIC_FLAGS_ALL, RHAX_APIC_INIT_PENDING, RHAX_APIC_NMI_PENDING,
     RHAX_APIC_SIPI_PENDING, RHAX_APIC_STATE_VERSION, RHAX_APIC_TIMER_ARMED,
 };
+use rhax_api::Pod;
 
 use super::local::*;
 use super::timer::{TimerMode, TimerState};
@@ -59,7 +60,8 @@ impl LocalApic {
     /// Writes the whole state into `out` (the computed registers PPR, APR and current count
     /// read 0 in the image; the version register is filled in).
     pub fn save(&self, out: &mut RhaxApicState) {
-        *out = RhaxApicState::default();
+        // Zeroed in place: no 1 KiB temporary on a kernel stack.
+        out.as_bytes_mut().fill(0);
         out.version = RHAX_APIC_STATE_VERSION;
         out.base_msr = self.base;
         out.tsc_deadline = self.timer.tsc_deadline;
@@ -111,6 +113,12 @@ impl LocalApic {
             next.set(i, v);
         }
         next.set(VERSION, APIC_VERSION);
+        // Vectors 0-15 are never accepted (§11.5.3): no ISR, TMR or IRR bit for them.
+        for i in [ISR, TMR, IRR] {
+            if next.reg(i) & 0xffff != 0 {
+                return Err(ApicStateError::Register((i * 16) as u16));
+            }
+        }
         let bad = |i: usize| Err(ApicStateError::Register((i * 16) as u16));
         match mode {
             ApicMode::X2Apic => {
