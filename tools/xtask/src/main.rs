@@ -25,6 +25,7 @@ mod symbols;
 mod sys;
 mod syscheck;
 mod vector;
+mod vmm;
 mod wine;
 
 fn main() -> ExitCode {
