@@ -33,6 +33,11 @@ _start:
     call uart_init
     mov $msg_hello, %esi
     call puts
+    mov $0x3f8, %dx                 # one line by string IO (the UART is always ready)
+    mov $msg_outs, %esi
+    mov $msg_outs_end - msg_outs, %ecx
+    cld
+    rep outsb
     testl $4, (%ebp)                # flags bit 2: cmdline
     mov $3, %eax
     jz exit
@@ -96,6 +101,8 @@ _start:
     .section .rodata
 msg_hello:   .asciz "hello: a multiboot guest on rhax\n"
 msg_cmdline: .asciz "hello: cmdline: "
+msg_outs:    .ascii "hello: this line came by rep outsb, 64 bytes per exit at most\n"
+msg_outs_end:
 msg_count:   .asciz "hello: modules: "
 msg_module:  .asciz "hello: module "
 msg_string:  .asciz ": string \""

@@ -10,7 +10,9 @@
 //! `cargo xtask metal vmm --selftest`: builds the test guests (GNU as + ld) into
 //! `<target>/vmm-guests/` and runs each on `corei7_skylake_x` and `corei7_sandy_bridge_2600k`,
 //! checking each result: `hello` (command line and module strings in its UART output, exit 0),
-//! `memtest` (exit 0), `fault` (a triple fault, reported and expected).
+//! `memtest` (exit 0), `fault` (a triple fault, reported and expected), and `bad`, whose
+//! misdeeds the VMM must refuse with a clear error (HLT with interrupts off or on, an unserved
+//! port) or pass only when expected (exit status 42).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,7 +24,7 @@ use crate::rom::Module;
 /// Models of the self-test.
 const SELFTEST_MODELS: [&str; 2] = ["corei7_skylake_x", "corei7_sandy_bridge_2600k"];
 /// The test guests (`tests/vmm-guests/NAME.s`, linked with `lib.s`).
-const GUESTS: [&str; 3] = ["hello", "memtest", "fault"];
+const GUESTS: [&str; 4] = ["hello", "memtest", "fault", "bad"];
 
 /// One VMM run: the guest and what the VMM is told.
 #[derive(Debug, Clone)]
@@ -225,8 +227,17 @@ pub fn build_guests() -> crate::Result<Vec<PathBuf>> {
     Ok(elves)
 }
 
-/// What the self-test runs: `(label, run, lines the console must show)`.
-fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<(String, GuestRun, Vec<String>)> {
+/// One self-test run: the guest, the console lines it must show, and the reason the
+/// scenario must fail with (`None`: it must pass).
+struct Check {
+    label: String,
+    run: GuestRun,
+    lines: Vec<String>,
+    fails_with: Option<&'static str>,
+}
+
+/// What the self-test runs.
+fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
     let elf = |name: &str| {
         GUESTS
             .iter()
@@ -242,6 +253,7 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<(String, GuestRun, Vec<St
         (env.to_path_buf(), "second copy".into()),
     ];
     let hello_lines = vec![
+        "vmm: guest: hello: this line came by rep outsb, 64 bytes per exit at most".to_string(),
         "vmm: guest: hello: cmdline: hello.elf greeting=hi console=uart".to_string(),
         "vmm: guest: hello: modules: 00000002".to_string(),
         "vmm: guest: hello: module 00000000: string \"env.txt role=environment\", size 00000024, \
@@ -266,10 +278,28 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<(String, GuestRun, Vec<St
         "vmm: guest: fault: an empty IDT, then UD2".to_string(),
         "vmm: result: the vCPU stopped (triple fault)".to_string(),
     ];
+    let bad = |word: &str, expect: &str| {
+        let mut r = GuestRun::new(elf("bad"));
+        r.append = word.into();
+        r.expect = expect.into();
+        r
+    };
+    let pass = |label: &str, run: GuestRun, lines: Vec<String>| Check {
+        label: label.into(),
+        run,
+        lines,
+        fails_with: None,
+    };
+    let fail = |word: &str, expect: &str, reason: &'static str| Check {
+        label: format!("bad {word} (must fail)"),
+        run: bad(word, expect),
+        lines: vec![format!("vmm: guest: bad: {word}")],
+        fails_with: Some(reason),
+    };
     vec![
-        ("hello".into(), hello, hello_lines.clone()),
-        (
-            "hello --cpus 2 --x2apic".into(),
+        pass("hello", hello, hello_lines.clone()),
+        pass(
+            "hello --cpus 2 --x2apic",
             hello2,
             vec![
                 hello_lines[0].clone(),
@@ -277,8 +307,21 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<(String, GuestRun, Vec<St
                 "1 APs waiting".to_string(),
             ],
         ),
-        ("memtest".into(), memtest, memtest_lines),
-        ("fault".into(), fault, fault_lines),
+        pass("memtest", memtest, memtest_lines),
+        pass("fault", fault, fault_lines),
+        pass(
+            "bad exit42 --expect 42",
+            bad("exit42", "42"),
+            vec!["vmm: result: exit status 42".to_string()],
+        ),
+        fail("exit42", "0", "exit status 42, expected exit status 0"),
+        fail("cli-hlt", "0", "the guest halted with interrupts off"),
+        fail("sti-hlt", "0", "the guest halted waiting for an interrupt"),
+        fail(
+            "port",
+            "0",
+            "port IO this VMM does not serve: Out port 0x80, size 1",
+        ),
     ]
 }
 
@@ -296,26 +339,31 @@ pub fn selftest() -> crate::Result {
     let mut failures = Vec::new();
     let mut rows = Vec::new();
     for model in SELFTEST_MODELS {
-        for (label, run, lines) in selftest_runs(&elves, &env) {
+        for check in selftest_runs(&elves, &env) {
             let t = Instant::now();
-            let (_, report) = run_guest(&kernel, model, &run, Duration::from_secs(120))?;
-            let missing: Vec<&String> = lines
+            let (_, report) = run_guest(&kernel, model, &check.run, Duration::from_secs(120))?;
+            let missing: Vec<&String> = check
+                .lines
                 .iter()
                 .filter(|want| !report.lines.iter().any(|l| l.contains(want.as_str())))
                 .collect();
-            let ok = report.ok() && report.passed.len() == 1 && missing.is_empty();
-            let why = if !report.ok() {
-                report
-                    .failed
-                    .first()
-                    .map(|(_, r)| r.clone())
-                    .or(report.died.clone())
-                    .unwrap_or_default()
-            } else if !missing.is_empty() {
-                format!("console lacks {missing:?}")
-            } else {
-                String::new()
+            let failure = report
+                .failed
+                .first()
+                .map(|(_, r)| r.clone())
+                .or(report.died.clone());
+            let why = match (check.fails_with, &failure) {
+                (None, Some(f)) => f.clone(),
+                (None, None) if report.passed.len() != 1 => "no scenario result".into(),
+                (Some(want), Some(f)) if !f.contains(want) => {
+                    format!("failed with {f:?}, expected a failure with {want:?}")
+                }
+                (Some(want), None) => format!("passed, expected a failure with {want:?}"),
+                _ if !missing.is_empty() => format!("console lacks {missing:?}"),
+                _ => String::new(),
             };
+            let ok = why.is_empty();
+            let label = &check.label;
             rows.push(format!(
                 "vmm selftest: {} {model} {label} ({:.1} s){}",
                 if ok { "PASS" } else { "FAIL" },
