@@ -163,11 +163,17 @@ pub fn main(args: &[String]) -> crate::Result {
     }
     run.elf = elf.ok_or("usage: cargo xtask metal vmm PATH.elf [options] | --selftest")?;
     let kernel = metal::build_kernel()?;
+    let t = Instant::now();
     let (_, report) = run_guest(&kernel, &model, &run, timeout)?;
-    if report.ok() {
-        Ok(())
-    } else {
-        Err("the vmm scenario failed".into())
+    let secs = t.elapsed().as_secs_f64();
+    match (report.passed.first(), report.failed.first(), &report.died) {
+        (Some((_, _, info)), None, None) => {
+            println!("vmm: PASS on {model} in {secs:.1} s: {info}");
+            Ok(())
+        }
+        (_, Some((_, why)), _) => Err(format!("vmm: FAIL on {model}: {why}")),
+        (_, _, Some(died)) => Err(format!("vmm: the run died on {model}: {died}")),
+        _ => Err(format!("vmm: no result on {model}")),
     }
 }
 
