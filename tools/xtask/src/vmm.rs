@@ -10,7 +10,9 @@
 //! `cargo xtask metal vmm --selftest`: builds the test guests (GNU as + ld) into
 //! `<target>/vmm-guests/` and runs each on `corei7_skylake_x` and `corei7_sandy_bridge_2600k`,
 //! checking each result: `hello` (command line and module strings in its UART output, exit 0),
-//! `memtest` (exit 0), `fault` (a triple fault, reported and expected), and `bad`, whose
+//! `memtest` (exit 0), `smp` (vCPU 1 started by the guest through the VMM's start port, the
+//! stand-in for INIT/SIPI, runs on CPU 1), `fault` (a triple fault, reported and expected),
+//! and `bad`, whose
 //! misdeeds the VMM must refuse with a clear error (HLT with interrupts off or on, an unserved
 //! port) or pass only when expected (exit status 42).
 
@@ -24,7 +26,7 @@ use crate::rom::Module;
 /// Models of the self-test.
 const SELFTEST_MODELS: [&str; 2] = ["corei7_skylake_x", "corei7_sandy_bridge_2600k"];
 /// The test guests (`tests/vmm-guests/NAME.s`, linked with `lib.s`).
-const GUESTS: [&str; 4] = ["hello", "memtest", "fault", "bad"];
+const GUESTS: [&str; 5] = ["hello", "memtest", "fault", "bad", "smp"];
 
 /// One VMM run: the guest and what the VMM is told.
 #[derive(Debug, Clone)]
@@ -278,11 +280,13 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
         "vmm: guest: memtest: RAM top 01800000".to_string(),
         "vmm: guest: memtest: pattern, last dword, open bus, .data and .bss: ok".to_string(),
     ];
+    let mut smp = GuestRun::new(elf("smp"));
+    smp.cpus = 2;
     let mut fault = GuestRun::new(elf("fault"));
     fault.expect = "stop".into();
     let fault_lines = vec![
         "vmm: guest: fault: an empty IDT, then UD2".to_string(),
-        "vmm: result: the vCPU stopped (triple fault)".to_string(),
+        "vmm: result: vCPU 0 stopped (triple fault)".to_string(),
     ];
     let bad = |word: &str, expect: &str| {
         let mut r = GuestRun::new(elf("bad"));
@@ -310,10 +314,20 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
             vec![
                 hello_lines[0].clone(),
                 "vmm: cpuid: x2APIC and TSC-deadline asked for".to_string(),
-                "1 APs waiting".to_string(),
+                "vCPU 1: never started".to_string(),
             ],
         ),
         pass("memtest", memtest, memtest_lines),
+        pass(
+            "smp --cpus 2",
+            smp,
+            vec![
+                "vmm: vCPU 1 started at vector 0x08 on CPU 1".to_string(),
+                "vmm: guest: smp: AP up, APIC ID 00000001".to_string(),
+                "vmm: guest: smp: the AP reported, done".to_string(),
+                "vmm: result: exit status 0".to_string(),
+            ],
+        ),
         pass("fault", fault, fault_lines),
         pass(
             "bad exit42 --expect 42",

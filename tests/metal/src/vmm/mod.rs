@@ -9,9 +9,14 @@
 //! fault; default 0), `vmm_x2apic=1` (advertise x2APIC and TSC-deadline in CPUID),
 //! `vmm_max_exits=N`.
 //!
+//! With several vCPUs each is created and run on its own CPU (CPU i for vCPU i, as a client's
+//! vCPU threads); the application processors wait for [`run::Shared::start_ap`] (the hook the
+//! in-kernel APIC's INIT/SIPI will call; until then the guest's `outl` to the start port
+//! 0xF5), and the first vCPU whose run ends stops the others.
+//!
 //! * `loader.rs`: the multiboot header, the image, the information structure.
-//! * `devices.rs`: the 16550 UART at 0x3F8 and the exit port 0xF4.
-//! * `run.rs`: the RUN loop.
+//! * `devices.rs`: the 16550 UART at 0x3F8, the exit port 0xF4, the start port 0xF5.
+//! * `run.rs`: the RUN loop and what the vCPUs share.
 
 mod devices;
 mod loader;
@@ -20,17 +25,18 @@ mod run;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 
 use rhax::api::{CpuidEntry, SegmentDesc, VcpuState};
 
 use crate::bootinfo::BootInfo;
 use crate::haxm::{e, flat, qemu_msrs, qemu_reset_state, qemu_set, simple_vm, write_gdt, Ram, V};
-use crate::hv::Shell;
-use crate::println;
+use crate::hv::{KernelTransport, Shell};
 use crate::scenarios::Ctx;
-use devices::Uart;
+use crate::sync::SpinLock;
+use crate::{println, smp};
 use loader::PlacedModule;
-use run::{Counts, Outcome};
+use run::{Counts, Outcome, Shared};
 
 /// Guest RAM unless `vmm_megs` says otherwise.
 const DEFAULT_MEGS: u64 = 32;
@@ -40,7 +46,7 @@ const MIN_MEGS: u64 = 2;
 const MAX_MEGS: u64 = 1024;
 /// What guest RAM holds before the image is loaded.
 const JUNK: u8 = 0xCC;
-/// vCPUs a VM may have here.
+/// vCPUs a VM may have here (one CPU each).
 const MAX_CPUS: u32 = 16;
 /// Exits before the VMM gives up on a guest that never ends.
 const DEFAULT_MAX_EXITS: u64 = 5_000_000;
@@ -241,28 +247,21 @@ fn enable_in_kernel_apic(_vm: &rhax::Vm<crate::hv::KernelTransport<'_>>) -> Resu
     Ok(false)
 }
 
-/// HOOK(issue 12 item 1): starts application processor `index` as a SIPI with `vector`
-/// would (SDM Vol. 3A §10.4.4.1 and §11.6.1: real mode, CS selector `vector << 8`, base
-/// `vector << 12`, IP 0). The in-kernel APIC calls this when the guest's INIT/SIPI reaches
-/// the vCPU; running the AP's own RUN loop on another CPU is left to that work.
-#[allow(dead_code)] // Called by the in-kernel APIC's INIT/SIPI (issue 12 item 1), not yet.
-pub fn start_ap(aps: &mut [V<'_>], index: usize, vector: u8) -> Result<(), String> {
-    let v = index
-        .checked_sub(1)
-        .and_then(|i| aps.get(i))
-        .ok_or_else(|| format!("start_ap: no application processor {index}"))?;
+/// The state a start-up IPI leaves an AP in (SDM Vol. 3A §11.6.1, "Start-Up", and §9.4, the
+/// MP initialization protocol): real mode at `vector << 12` (CS selector `vector << 8`, IP
+/// 0), the rest as after INIT (QEMU's reset state).
+fn sipi_state(vector: u8) -> VcpuState {
     let mut s = qemu_reset_state();
     let sel = u16::from(vector) << 8;
     s.cs = SegmentDesc::new(sel, u64::from(sel) << 4, 0xffff, 0x9b);
     s.rip = 0;
-    v.set_regs(&s).map_err(e("SET_REGS (start_ap)"))
+    s
 }
 
-/// `--x2apic`: CPUID leaf 1 with x2APIC and TSC-deadline (SET_CPUID on every vCPU). Returns
-/// what the driver kept (rhax-core hides both until its in-kernel APIC exists).
-fn advertise_x2apic(vcpus: &[&V<'_>]) -> Result<(bool, bool), String> {
-    let mut kept = (false, false);
-    for v in vcpus {
+/// `--x2apic`: CPUID leaf 1 with x2APIC and TSC-deadline (SET_CPUID). Returns what the
+/// driver kept (rhax-core hides both until its in-kernel APIC exists).
+fn advertise_x2apic(v: &V<'_>) -> Result<(bool, bool), String> {
+    {
         let table = v.get_cpuid().map_err(e("GET_CPUID"))?;
         let mut entries: Vec<CpuidEntry> = table.entries().to_vec();
         let leaf1 = entries
@@ -277,12 +276,80 @@ fn advertise_x2apic(vcpus: &[&V<'_>]) -> Result<(bool, bool), String> {
             .iter()
             .find(|x| x.function == 1)
             .map_or(0, |x| x.ecx);
-        kept = (
+        Ok((
             ecx & CPUID1_ECX_X2APIC != 0,
             ecx & CPUID1_ECX_TSC_DEADLINE != 0,
-        );
+        ))
     }
-    Ok(kept)
+}
+
+/// How one vCPU's loop ended.
+struct VcpuEnd {
+    index: usize,
+    counts: Counts,
+    started: bool,
+}
+
+/// What the loops report: the first outcome (which ends the run) and each vCPU's end.
+struct Ends {
+    first: Option<(usize, Outcome)>,
+    vcpus: Vec<VcpuEnd>,
+}
+
+/// Runs vCPU `index` (already set up) and records how it ended; the first real outcome stops
+/// the others (their CPUs are kicked so that a guest spinning without exits comes back).
+fn run_vcpu(v: &mut V<'_>, index: usize, shared: &Shared, cfg: &Config, ends: &SpinLock<Ends>) {
+    let mut counts = Counts::default();
+    let outcome = run::run(v, shared, cfg.max_exits, &mut counts);
+    let mut e = ends.lock();
+    if outcome != Outcome::Cancelled && e.first.is_none() {
+        e.first = Some((index, outcome));
+        shared.stop.store(true, Ordering::SeqCst);
+        for cpu in (0..cfg.cpus as usize).filter(|&c| c != index) {
+            smp::kick(cpu);
+        }
+    }
+    e.vcpus.push(VcpuEnd {
+        index,
+        counts,
+        started: true,
+    });
+}
+
+/// An application processor on its own CPU (as a client's vCPU thread): creates vCPU
+/// `index`, waits for [`Shared::start_ap`], then runs it from the SIPI state.
+fn application_processor(
+    vm: &rhax::Vm<KernelTransport<'_>>,
+    index: usize,
+    shared: &Shared,
+    cfg: &Config,
+    ends: &SpinLock<Ends>,
+) -> Result<(), String> {
+    let mut v = vm.create_vcpu(index as u32).map_err(e("VCPU_CREATE"))?;
+    if cfg.x2apic {
+        advertise_x2apic(&v)?;
+    }
+    let vector = loop {
+        if let Some(vector) = shared.start_vector(index) {
+            break vector;
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            ends.lock().vcpus.push(VcpuEnd {
+                index,
+                counts: Counts::default(),
+                started: false,
+            });
+            return Ok(());
+        }
+        crate::arch::pause();
+    };
+    println!(
+        "vmm: vCPU {index} started at vector {vector:#04x} on CPU {}",
+        smp::cpu_index()
+    );
+    qemu_set(&v, &sipi_state(vector), &qemu_msrs())?;
+    run_vcpu(&mut v, index, shared, cfg, ends);
+    Ok(())
 }
 
 /// The scenario.
@@ -292,6 +359,13 @@ pub fn vmm(ctx: &Ctx) -> Result<String, String> {
         .modules
         .split_first()
         .ok_or("no guest image among the boot modules: run `cargo xtask metal vmm PATH.elf`")?;
+    if cfg.cpus as usize > smp::cpu_count() {
+        return Err(format!(
+            "{} vCPUs need as many CPUs, {} online",
+            cfg.cpus,
+            smp::cpu_count()
+        ));
+    }
     let ram = GuestRam(Ram::new(cfg.megs << 20)?);
     // Not zeros: RAM on a real machine holds junk, and a loader that forgot the bss (or a
     // guest that assumes zeroed memory) must show it. 0xCC is INT3 where code runs astray.
@@ -307,42 +381,75 @@ pub fn vmm(ctx: &Ctx) -> Result<String, String> {
     write_gdt(&ram.0, 0x00CF_9B00_0000_FFFF);
     let shell = Shell::new()?;
     let (_sys, vm, mut v) = simple_vm(&shell, &ram.0)?;
-    // Application processors: created now, waiting for the INIT/SIPI of `start_ap`.
-    let mut aps = Vec::new();
-    for i in 1..cfg.cpus {
-        aps.push(vm.create_vcpu(i).map_err(e("VCPU_CREATE"))?);
-    }
     let apic = enable_in_kernel_apic(&vm)?;
     if cfg.x2apic {
-        let mut all: Vec<&V<'_>> = alloc::vec![&v];
-        all.extend(aps.iter());
-        let (x2, dl) = advertise_x2apic(&all)?;
+        let (x2, dl) = advertise_x2apic(&v)?;
         println!(
             "vmm: cpuid: x2APIC and TSC-deadline asked for; the driver kept x2APIC {x2}, \
              TSC-deadline {dl}"
         );
     }
     qemu_set(&v, &boot_state(entry), &qemu_msrs())?;
-    let mut uart = Uart::default();
-    let mut counts = Counts::default();
-    let outcome = run::run(&mut v, &mut uart, cfg.max_exits, &mut counts);
+    let shared = Shared::new(cfg.cpus as usize);
+    let ends = SpinLock::new(Ends {
+        first: None,
+        vcpus: Vec::new(),
+    });
+    if cfg.cpus == 1 {
+        run_vcpu(&mut v, 0, &shared, &cfg, &ends);
+    } else {
+        // vCPU 0 on this CPU (CPU 0, where it was created), AP `i` on CPU `i`.
+        let bsp = SpinLock::new(Some(v));
+        let errors: SpinLock<Vec<String>> = SpinLock::new(Vec::new());
+        let vm_ref = &vm;
+        smp::run_on_cpus((1u64 << cfg.cpus) - 1, &|cpu| {
+            if cpu == 0 {
+                if let Some(mut v) = bsp.lock().take() {
+                    run_vcpu(&mut v, 0, &shared, &cfg, &ends);
+                }
+            } else if let Err(why) = application_processor(vm_ref, cpu, &shared, &cfg, &ends) {
+                shared.stop.store(true, Ordering::SeqCst);
+                errors.lock().push(format!("vCPU {cpu}: {why}"));
+            }
+        });
+        let first_error = errors.lock().first().cloned();
+        if let Some(why) = first_error {
+            return Err(why);
+        }
+    }
+    let mut uart = shared.uart.lock();
     if uart.pending() {
         uart.flush();
     }
+    let mut ends = ends.lock();
+    ends.vcpus.sort_by_key(|v| v.index);
+    let per_vcpu: Vec<String> = ends
+        .vcpus
+        .iter()
+        .map(|v| {
+            let c = &v.counts;
+            if v.started {
+                format!(
+                    "vCPU {}: {} exits ({} IO, {} MMIO, {} INTERRUPT)",
+                    v.index, c.exits, c.io, c.mmio, c.interrupts
+                )
+            } else {
+                format!("vCPU {}: never started", v.index)
+            }
+        })
+        .collect();
     let stats = format!(
-        "{} exits ({} IO, {} MMIO, {} INTERRUPT), {} UART bytes, {} APs waiting, APIC {}",
-        counts.exits,
-        counts.io,
-        counts.mmio,
-        counts.interrupts,
+        "{}; {} UART bytes; APIC {}",
+        per_vcpu.join(", "),
         uart.transmitted,
-        aps.len(),
         if apic { "on" } else { "off (not yet)" }
     );
+    let (who, outcome) = ends.first.take().ok_or("no vCPU reported an outcome")?;
     let result = match &outcome {
         Outcome::Exit(s) => format!("exit status {s}"),
-        Outcome::Stopped => String::from("the vCPU stopped (triple fault)"),
-        Outcome::Failed(why) => format!("error: {why}"),
+        Outcome::Stopped => format!("vCPU {who} stopped (triple fault)"),
+        Outcome::Failed(why) => format!("error on vCPU {who}: {why}"),
+        Outcome::Cancelled => String::from("cancelled"),
     };
     println!("vmm: result: {result}; {stats}");
     match (outcome, cfg.expect) {

@@ -1,19 +1,70 @@
-//! The RUN loop of vCPU 0: every exit served by the VMM's devices or turned into an outcome.
+//! The RUN loop of one vCPU: every exit served by the VMM's devices or turned into an
+//! outcome. With several vCPUs each runs this loop on its own CPU; the first outcome ends
+//! the run for all of them ([`Shared::stop`]).
 
 use alloc::format;
 use alloc::string::String;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use rhax::api::{IoDirection, MmioDirection};
 use rhax::Exit;
 
-use super::devices::{Uart, EXIT_PORT};
+use super::devices::{Uart, EXIT_PORT, START_PORT};
 use crate::haxm::{e, V};
+use crate::sync::SpinLock;
+
+/// What the vCPU loops share: the devices, the start requests of the application processors
+/// and the end of the run.
+pub struct Shared {
+    /// The UART (one for all vCPUs, as on a PC).
+    pub uart: SpinLock<Uart>,
+    /// Set by the first loop that ends: the others stop at their next exit.
+    pub stop: AtomicBool,
+    /// Per vCPU: 0 = waiting for its SIPI, else the start vector + 1.
+    start: [AtomicU32; super::MAX_CPUS as usize],
+    /// vCPUs in the VM.
+    cpus: usize,
+}
+
+impl Shared {
+    /// For a VM of `cpus` vCPUs.
+    pub fn new(cpus: usize) -> Shared {
+        Shared {
+            uart: SpinLock::new(Uart::default()),
+            stop: AtomicBool::new(false),
+            start: [const { AtomicU32::new(0) }; super::MAX_CPUS as usize],
+            cpus,
+        }
+    }
+
+    /// HOOK(issue 12 item 1): asks application processor `index` to start as a SIPI with
+    /// `vector` would start it (SDM Vol. 3A §11.4.4.1: real mode at `vector << 12`). The
+    /// AP's loop, waiting on its own CPU, sets the state and runs it. The in-kernel APIC
+    /// calls this when the guest's INIT/SIPI reaches the vCPU; until then the `smp` test guest
+    /// asks through the VMM's start port (0xF5).
+    pub fn start_ap(&self, index: usize, vector: u8) -> Result<(), String> {
+        let slot = self
+            .start
+            .get(index)
+            .filter(|_| index != 0 && index < self.cpus)
+            .ok_or_else(|| format!("start_ap: no application processor {index}"))?;
+        slot.compare_exchange(0, u32::from(vector) + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .map(|_| ())
+            .map_err(|_| format!("start_ap: processor {index} was already started"))
+    }
+
+    /// The start vector of AP `index`, once asked for.
+    pub fn start_vector(&self, index: usize) -> Option<u8> {
+        let v = self.start.get(index)?.load(Ordering::SeqCst);
+        u8::try_from(v.checked_sub(1)?).ok()
+    }
+}
 
 /// RFLAGS.IF (SDM Vol. 1 §3.4.3.2).
 const RFLAGS_IF: u64 = 1 << 9;
 
 /// How a run ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The guest wrote this status to the exit port.
     Exit(u32),
@@ -21,6 +72,8 @@ pub enum Outcome {
     Stopped,
     /// Anything else: an exit this VMM does not serve, a halt nothing can end, a RUN error.
     Failed(String),
+    /// Another vCPU ended the run first.
+    Cancelled,
 }
 
 /// What the loop counted.
@@ -36,13 +89,16 @@ pub struct Counts {
     pub interrupts: u64,
 }
 
-/// Runs vCPU 0 until the guest exits, stops or does something this VMM does not serve, or
-/// until `max_exits` exits.
-pub fn run(v: &mut V<'_>, uart: &mut Uart, max_exits: u64, counts: &mut Counts) -> Outcome {
+/// Runs a vCPU until the guest exits, stops or does something this VMM does not serve, until
+/// `max_exits` exits, or until another vCPU's loop ended the run.
+pub fn run(v: &mut V<'_>, shared: &Shared, max_exits: u64, counts: &mut Counts) -> Outcome {
     while counts.exits < max_exits {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Outcome::Cancelled;
+        }
         counts.exits += 1;
         let step = match v.run() {
-            Ok(exit) => serve(exit, uart, counts),
+            Ok(exit) => serve(exit, shared, counts),
             Err(err) => Step::Done(Outcome::Failed(e("RUN")(err))),
         };
         match step {
@@ -86,7 +142,7 @@ enum Step {
     Done(Outcome),
 }
 
-fn serve(exit: Exit<'_>, uart: &mut Uart, counts: &mut Counts) -> Step {
+fn serve(exit: Exit<'_>, shared: &Shared, counts: &mut Counts) -> Step {
     match exit {
         Exit::Interrupt => {
             counts.interrupts += 1;
@@ -102,7 +158,7 @@ fn serve(exit: Exit<'_>, uart: &mut Uart, counts: &mut Counts) -> Step {
             data,
         } => {
             counts.io += 1;
-            io(uart, direction, size, count, port, df, string, data)
+            io(shared, direction, size, count, port, df, string, data)
         }
         Exit::FastMmio(mut m) => {
             counts.mmio += 1;
@@ -123,10 +179,11 @@ fn serve(exit: Exit<'_>, uart: &mut Uart, counts: &mut Counts) -> Step {
     }
 }
 
-/// Port IO: the exit port and the UART; anything else ends the run with the exit described.
+/// Port IO: the exit port, the start port and the UART; anything else ends the run with the
+/// exit described.
 #[allow(clippy::too_many_arguments)]
 fn io(
-    uart: &mut Uart,
+    shared: &Shared,
     direction: IoDirection,
     size: u8,
     count: u16,
@@ -144,6 +201,17 @@ fn io(
         }
         return Step::Done(Outcome::Exit(u32::from_le_bytes(b)));
     }
+    if port == START_PORT && direction == IoDirection::Out && !string && size == 4 {
+        // `outl` of `index << 8 | vector` (the stand-in for INIT/SIPI until the APIC exists).
+        let v = data
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
+        return match shared.start_ap((v >> 8) as usize, v as u8) {
+            Ok(()) => Step::Again,
+            Err(why) => Step::Done(Outcome::Failed(why)),
+        };
+    }
     let last = port.checked_add(u16::from(size as u8).saturating_sub(1));
     if !Uart::claims(port) || !last.is_some_and(Uart::claims) {
         return Step::Done(Outcome::Failed(format!(
@@ -153,6 +221,7 @@ fn io(
         )));
     }
     // Elements in the guest's order: with DF set it processes the last one first.
+    let mut uart = shared.uart.lock();
     let n = usize::from(count);
     for k in 0..n {
         let idx = if df { n - 1 - k } else { k };
