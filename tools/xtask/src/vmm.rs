@@ -254,7 +254,14 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
             .cloned()
             .unwrap_or_default()
     };
-    let mut hello = GuestRun::new(elf("hello"));
+    // Small guests get 8 MiB: the VMM fills guest RAM before loading (about 0.15 s of Bochs
+    // per 8 MiB), and they need 1 MiB + a few pages.
+    let small = |name: &str| {
+        let mut r = GuestRun::new(elf(name));
+        r.megs = 8;
+        r
+    };
+    let mut hello = small("hello");
     hello.append = "hello.elf greeting=hi console=uart".into();
     hello.modules = vec![
         (env.to_path_buf(), "env.txt role=environment".into()),
@@ -280,16 +287,16 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
         "vmm: guest: memtest: RAM top 01800000".to_string(),
         "vmm: guest: memtest: pattern, last dword, open bus, .data and .bss: ok".to_string(),
     ];
-    let mut smp = GuestRun::new(elf("smp"));
+    let mut smp = small("smp");
     smp.cpus = 2;
-    let mut fault = GuestRun::new(elf("fault"));
+    let mut fault = small("fault");
     fault.expect = "stop".into();
     let fault_lines = vec![
         "vmm: guest: fault: an empty IDT, then UD2".to_string(),
         "vmm: result: vCPU 0 stopped (triple fault)".to_string(),
     ];
     let bad = |word: &str, expect: &str| {
-        let mut r = GuestRun::new(elf("bad"));
+        let mut r = small("bad");
         r.append = word.into();
         r.expect = expect.into();
         r

@@ -56,9 +56,10 @@ fn err_of(file: &[u8]) -> String {
 fn elf32_segments_load_at_their_physical_address() {
     let mut text = header(0x3);
     text.extend([0x90; 20]);
+    // Linked at 0x8000_0000 above its load address: the entry moves with its segment.
     let f = elf32(
         &[(0x10_0000, &text, 0x2000), (0x20_0000, b"data", 4)],
-        0x10_000c,
+        0x8010_000c,
     );
     let img = parse(&f).unwrap();
     assert!(!img.aout);
@@ -71,6 +72,21 @@ fn elf32_segments_load_at_their_physical_address() {
     assert_eq!(img.segments[0].memsz, 0x2000);
     assert_eq!(img.segments[1].data, b"data");
     assert_eq!(img.end(), 0x20_0004);
+}
+
+#[test]
+fn elf32_entry_must_lie_in_a_segment() {
+    let text = header(0x3);
+    // In the second segment's virtual range (its bss part).
+    let f = elf32(
+        &[(0x10_0000, &text, 12), (0x30_0000, b"d", 0x100)],
+        0x8030_0080,
+    );
+    assert_eq!(parse(&f).unwrap().entry, 0x30_0080);
+    // A physical address is not a virtual one.
+    assert!(err_of(&elf32(&[(0x10_0000, &text, 12)], 0x10_0000)).contains("no loadable segment"));
+    // One past the end.
+    assert!(err_of(&elf32(&[(0x10_0000, &text, 12)], 0x8010_000c)).contains("no loadable"));
 }
 
 #[test]

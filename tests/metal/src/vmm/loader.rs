@@ -188,7 +188,10 @@ fn parse_aout(file: &[u8], hdr: usize, flags: u32) -> Result<Image<'_>, String> 
 }
 
 /// ELF32 (System V gABI, "ELF Header" and "Program Header"): little-endian, EM_386, EXEC;
-/// PT_LOAD segments at their physical address (p_paddr), as GRUB loads them.
+/// PT_LOAD segments at their physical address (p_paddr), as GRUB loads them. `e_entry` is a
+/// virtual address: like GRUB, the entry is taken in the segment whose virtual range holds it
+/// and moved to that segment's physical address (a kernel linked in the higher half but
+/// loaded at 1 MiB), and an entry outside every segment is refused.
 fn parse_elf32(file: &[u8], flags: u32) -> Result<Image<'_>, String> {
     const PT_LOAD: u32 = 1;
     const EM_386: u16 = 3;
@@ -217,6 +220,7 @@ fn parse_elf32(file: &[u8], flags: u32) -> Result<Image<'_>, String> {
         return Err(format!("ELF e_phentsize {phentsize} is below 32"));
     }
     let mut segments = Vec::new();
+    let mut physical_entry = None;
     for i in 0..phnum {
         let ph = i
             .checked_mul(phentsize)
@@ -226,6 +230,7 @@ fn parse_elf32(file: &[u8], flags: u32) -> Result<Image<'_>, String> {
             continue;
         }
         let offset = usize_of(u32_at(file, ph + 4)?);
+        let vaddr = u32_at(file, ph + 8)?;
         let paddr = u32_at(file, ph + 12)?;
         let filesz = usize_of(u32_at(file, ph + 16)?);
         let memsz = u32_at(file, ph + 20)?;
@@ -235,6 +240,9 @@ fn parse_elf32(file: &[u8], flags: u32) -> Result<Image<'_>, String> {
         let data = file
             .get(offset..offset.checked_add(filesz).ok_or("ELF size overflow")?)
             .ok_or_else(|| format!("ELF segment at {paddr:#x} lies outside the file"))?;
+        if physical_entry.is_none() && entry.wrapping_sub(vaddr) < memsz {
+            physical_entry = Some(u64::from(paddr) + u64::from(entry - vaddr));
+        }
         segments.push(Segment {
             gpa: u64::from(paddr),
             data,
@@ -244,6 +252,9 @@ fn parse_elf32(file: &[u8], flags: u32) -> Result<Image<'_>, String> {
     if segments.is_empty() {
         return Err(String::from("ELF has no PT_LOAD segment"));
     }
+    let entry = physical_entry
+        .and_then(|e| u32::try_from(e).ok())
+        .ok_or_else(|| format!("ELF entry point {entry:#x} lies in no loadable segment"))?;
     Ok(Image {
         flags,
         entry,
