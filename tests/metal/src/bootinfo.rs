@@ -1,10 +1,26 @@
 //! The multiboot2 information structure (multiboot2 specification §3.6): the command line, the
-//! memory map (GRUB) or basic memory information, and where the structure ends.
+//! memory map (GRUB) or basic memory information, boot modules, and where the structure ends.
 
 /// Magic value in EAX from a multiboot2 loader.
 pub const MB2_MAGIC: u32 = 0x36d7_6289;
 
 const MAX_REGIONS: usize = 32;
+/// Boot modules kept (the `vmm` scenario's guest ELF and its modules).
+pub const MAX_MODULES: usize = 16;
+
+/// A boot module (module tag, multiboot2 specification §3.6.6): physical `[start, end)` and
+/// the physical address of its zero-terminated string, all inside the identity-mapped 4 GiB.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModuleTag {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// The string's address.
+    pub string: u64,
+    /// The string's length (without the terminator), bounded by the tag.
+    pub string_len: u64,
+}
 
 /// What the kernel learns from its loader.
 pub struct BootInfo {
@@ -20,6 +36,10 @@ pub struct BootInfo {
     pub info_end: u64,
     /// Whether EAX had the multiboot2 magic.
     pub multiboot2: bool,
+    /// Boot modules in tag order.
+    pub modules: [ModuleTag; MAX_MODULES],
+    /// Number of valid entries in `modules`.
+    pub module_count: usize,
 }
 
 impl BootInfo {
@@ -57,6 +77,8 @@ pub fn parse(magic: u32, info: u64) -> BootInfo {
         mem_upper_end: None,
         info_end: 0,
         multiboot2: magic == MB2_MAGIC,
+        modules: [ModuleTag::default(); MAX_MODULES],
+        module_count: 0,
     };
     if !bi.multiboot2 || info == 0 {
         return bi;
@@ -82,6 +104,27 @@ pub fn parse(magic: u32, info: u64) -> BootInfo {
                     n += 1;
                 }
                 bi.cmdline_len = n;
+            }
+            3 if size >= 16 && bi.module_count < MAX_MODULES => {
+                let (start, end) = (u64::from(rd32(tag + 8)), u64::from(rd32(tag + 12)));
+                let mut len = 0;
+                while len < size - 16 {
+                    // SAFETY: inside the tag (len < size - 16), which bounds the string.
+                    let b = unsafe { ((tag + 16 + len) as *const u8).read() };
+                    if b == 0 {
+                        break;
+                    }
+                    len += 1;
+                }
+                if end >= start {
+                    bi.modules[bi.module_count] = ModuleTag {
+                        start,
+                        end,
+                        string: tag + 16,
+                        string_len: len,
+                    };
+                    bi.module_count += 1;
+                }
             }
             4 => bi.mem_upper_end = Some(0x10_0000 + u64::from(rd32(tag + 12)) * 1024),
             6 => {

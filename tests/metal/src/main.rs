@@ -41,6 +41,7 @@ mod scenarios;
 mod smp;
 mod sync;
 mod time;
+mod vmm;
 mod vmx;
 
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -102,6 +103,11 @@ fn init_memory(bi: &bootinfo::BootInfo) -> u64 {
     } else {
         0
     });
+    // Boot modules in RAM (GRUB's; the ROM's stay in the ROM) are kept out of the allocator.
+    let low = bi.modules[..bi.module_count]
+        .iter()
+        .filter(|m| m.end < 0xF000_0000)
+        .fold(low, |low, m| low.max(m.end.next_multiple_of(mm::PAGE)));
     let explicit = bi.arg("mem").and_then(bootinfo::parse_size);
     let mut total = 0;
     if bi.region_count > 0 && explicit.is_none() {
@@ -161,7 +167,13 @@ extern "C" fn kmain(magic: u32, info: u64) -> ! {
         }
     }
     let list = bi.arg("scenarios").unwrap_or("boot,smp,vmx-caps");
-    let ctx = scenarios::Ctx { cpus_wanted: want };
+    let ctx = scenarios::Ctx {
+        cpus_wanted: want,
+        cmdline: alloc::string::String::from(bi.cmdline()),
+        modules: (0..bi.module_count)
+            .map(|i| vmm::BootModule::of(&bi, i))
+            .collect(),
+    };
     let (passed, failed) = scenarios::run_list(&ctx, list);
     finish(passed, failed)
 }

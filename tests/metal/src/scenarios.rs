@@ -20,6 +20,19 @@ use crate::{
 pub struct Ctx {
     /// CPUs requested on the command line.
     pub cpus_wanted: usize,
+    /// The kernel's command line (`key=value` words).
+    pub cmdline: String,
+    /// Boot modules (the `vmm` scenario's guest ELF and its modules).
+    pub modules: Vec<crate::vmm::BootModule>,
+}
+
+impl Ctx {
+    /// The value of `key=value` on the kernel's command line.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.cmdline
+            .split_ascii_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+    }
 }
 
 type Scenario = fn(&Ctx) -> Result<String, String>;
@@ -59,6 +72,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-stat", haxm_stat::haxm_stat),
     ("bench-table", bench_table::bench_table),
     ("bench-table-short", bench_table::bench_table_short),
+    ("vmm", crate::vmm::vmm),
 ];
 
 /// Runs the comma-separated list (`all` = every scenario); returns (passed, failed).

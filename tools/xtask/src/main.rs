@@ -25,6 +25,7 @@ mod symbols;
 mod sys;
 mod syscheck;
 mod vector;
+mod vmm;
 mod wine;
 
 fn main() -> ExitCode {
@@ -194,3 +195,10 @@ fn test() -> Result {
 fn demo() -> Result {
     metal::demo()
 }
+
+// The metal kernel builds without tests (its own target); its multiboot (v1) loader is pure
+// code over byte slices, so xtask's host tests compile and test it (`vmm_loader_tests.rs`).
+#[cfg(test)]
+extern crate alloc;
+#[cfg(test)]
+mod vmm_loader_tests;

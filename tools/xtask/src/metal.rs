@@ -78,6 +78,10 @@ pub struct RunConfig {
     pub scenarios: Vec<String>,
     /// Wall-clock limit.
     pub timeout: Duration,
+    /// Boot modules in the ROM (the `vmm` scenario's guest and its modules).
+    pub modules: Vec<rom::Module>,
+    /// More `key=value` words for the kernel's command line.
+    pub extra_args: Vec<String>,
 }
 
 impl RunConfig {
@@ -89,6 +93,8 @@ impl RunConfig {
             megs: 128,
             scenarios: scenarios.iter().map(|s| s.to_string()).collect(),
             timeout: Duration::from_secs(120),
+            modules: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -124,6 +130,9 @@ pub fn main(args: &[String]) -> crate::Result {
     // `--stage`: exactly what `cargo xtask test` runs, without the host checks before it.
     if args.iter().any(|a| a == "--stage") {
         return test_stage();
+    }
+    if args.first().is_some_and(|a| a == "vmm") {
+        return crate::vmm::main(&args[1..]);
     }
     let mut cfg = RunConfig::new("corei7_skylake_x", &[]);
     let mut it = args.iter();
@@ -369,12 +378,17 @@ pub(crate) fn ensure_bochs() -> crate::Result {
 
 /// The kernel command line for a run.
 pub fn cmdline(cfg: &RunConfig) -> String {
-    format!(
+    let mut line = format!(
         "mem={}M cpus={} tsc_hz={IPS} scenarios={}",
         cfg.megs,
         cfg.cpus,
         cfg.scenarios.join(",")
-    )
+    );
+    for a in &cfg.extra_args {
+        line += " ";
+        line += a;
+    }
+    line
 }
 
 /// Boots the kernel in Bochs with `cfg` and collects the results.
@@ -389,6 +403,7 @@ pub fn run(kernel: &Path, cfg: &RunConfig) -> crate::Result<RunReport> {
         &rom::parse_elf(&elf)?,
         &cmdline(cfg),
         Some(u64::from(cfg.megs) << 20),
+        &cfg.modules,
     )?;
     let rom_path = dir.join("rom.bin");
     let log_path = dir.join("bochs.log");

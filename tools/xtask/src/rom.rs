@@ -2,8 +2,10 @@
 //! BIOS (bochs-vmx.md §5b), for boots in a fraction of a second.
 //!
 //! Layout of a ROM of `size` bytes, mapped by Bochs so that it ends at 4 GiB:
-//! * from offset 0: the kernel's PT_LOAD segments (file bytes only), then the multiboot2
-//!   information block (command line and basic memory information tags);
+//! * from offset 0: the kernel's PT_LOAD segments (file bytes only), then the boot modules
+//!   (4 KiB aligned, read in place from the ROM: the `vmm` scenario's guest ELF and its
+//!   modules), then the multiboot2 information block (command line, basic memory information
+//!   and one module tag per module);
 //! * the last 4 KiB page: the GDT, 16-bit code at linear 0xFFFFF000 that loads the GDT, sets
 //!   CR0.PE and far-jumps to 32-bit code, which enables fast A20, copies every segment to its
 //!   physical address, zeroes the rest of its memory size (`rep stosd`, bochs-vmx.md §10.3) and
@@ -32,6 +34,16 @@ pub struct Segment {
     pub data: Vec<u8>,
     /// Size in memory (p_memsz ≥ file size; the rest is zeroed).
     pub memsz: u32,
+}
+
+/// A boot module: bytes the kernel finds through a multiboot2 module tag (specification
+/// §3.6.6), with its string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// The module's bytes.
+    pub data: Vec<u8>,
+    /// The tag's string (zero-terminated in the tag; must not contain NUL).
+    pub string: String,
 }
 
 /// A parsed kernel: entry point and loadable segments.
@@ -104,8 +116,13 @@ pub fn parse_elf(elf: &[u8]) -> crate::Result<Kernel> {
 }
 
 /// The multiboot2 information block (specification §3.6): cmdline tag (type 1), basic memory
-/// information (type 4) when the RAM size is known, end tag.
-pub fn multiboot2_info(cmdline: &str, ram_bytes: Option<u64>) -> Vec<u8> {
+/// information (type 4) when the RAM size is known, one module tag (type 3: `mod_start`,
+/// `mod_end` one past the last byte, the string) per `(start, end, string)`, end tag.
+pub fn multiboot2_info(
+    cmdline: &str,
+    ram_bytes: Option<u64>,
+    modules: &[(u32, u32, &str)],
+) -> Vec<u8> {
     fn pad8(v: &mut Vec<u8>) {
         while v.len() % 8 != 0 {
             v.push(0);
@@ -123,6 +140,15 @@ pub fn multiboot2_info(cmdline: &str, ram_bytes: Option<u64>) -> Vec<u8> {
         v.extend(16u32.to_le_bytes());
         v.extend(640u32.to_le_bytes()); // mem_lower, KiB
         v.extend((((ram.saturating_sub(1 << 20)) >> 10) as u32).to_le_bytes()); // mem_upper, KiB
+    }
+    for &(start, end, string) in modules {
+        v.extend(3u32.to_le_bytes());
+        v.extend((16 + string.len() as u32 + 1).to_le_bytes());
+        v.extend(start.to_le_bytes());
+        v.extend(end.to_le_bytes());
+        v.extend(string.as_bytes());
+        v.push(0);
+        pad8(&mut v);
     }
     v.extend(0u32.to_le_bytes());
     v.extend(8u32.to_le_bytes());
@@ -151,9 +177,20 @@ impl Code {
     }
 }
 
-/// Builds the ROM image.
-pub fn build(kernel: &Kernel, cmdline: &str, ram_bytes: Option<u64>) -> crate::Result<Vec<u8>> {
-    // Payload: segments (16-byte aligned), then the info block (8-byte aligned).
+/// Builds the ROM image with its boot modules, which stay in the ROM (the kernel identity-maps
+/// the first 4 GiB and reads them in place).
+pub fn build(
+    kernel: &Kernel,
+    cmdline: &str,
+    ram_bytes: Option<u64>,
+    modules: &[Module],
+) -> crate::Result<Vec<u8>> {
+    if let Some(m) = modules.iter().find(|m| m.string.contains('\0')) {
+        return Err(format!("module string {:?} contains a NUL", m.string));
+    }
+    // Payload: segments (16-byte aligned), modules (page-aligned, as GRUB places them),
+    // then the info block (8-byte aligned). Module addresses depend on the ROM size, which
+    // depends on the payload: offsets first, addresses once the size is known.
     let mut payload = Vec::new();
     let mut placed = Vec::new();
     for seg in &kernel.segments {
@@ -163,21 +200,45 @@ pub fn build(kernel: &Kernel, cmdline: &str, ram_bytes: Option<u64>) -> crate::R
         placed.push(payload.len());
         payload.extend_from_slice(&seg.data);
     }
+    let mut module_offs = Vec::new();
+    for m in modules {
+        while payload.len() % 4096 != 0 {
+            payload.push(0);
+        }
+        module_offs.push(payload.len());
+        payload.extend_from_slice(&m.data);
+    }
     while payload.len() % 8 != 0 {
         payload.push(0);
     }
     let info_off = payload.len();
-    payload.extend(multiboot2_info(cmdline, ram_bytes));
+    // The block's size does not depend on the addresses in it.
+    let info_len = multiboot2_info(cmdline, ram_bytes, &[]).len()
+        + modules
+            .iter()
+            .map(|m| (16 + m.string.len() + 1).next_multiple_of(8))
+            .sum::<usize>();
     let size = *ROM_SIZES
         .iter()
-        .find(|&&s| payload.len() + STUB_PAGE <= s)
+        .find(|&&s| info_off + info_len + STUB_PAGE <= s)
         .ok_or_else(|| {
             format!(
-                "kernel + info ({} bytes) do not fit in a 2 MiB ROM",
-                payload.len()
+                "kernel + modules + info ({} bytes) do not fit in a 2 MiB ROM",
+                info_off + info_len
             )
         })?;
     let rom_base = (0x1_0000_0000u64 - size as u64) as u32;
+    let tags: Vec<(u32, u32, &str)> = modules
+        .iter()
+        .zip(&module_offs)
+        .map(|(m, &off)| {
+            let start = rom_base + off as u32;
+            (start, start + m.data.len() as u32, m.string.as_str())
+        })
+        .collect();
+    let info = multiboot2_info(cmdline, ram_bytes, &tags);
+    debug_assert_eq!(info.len(), info_len);
+    payload.extend(info);
     let mut rom = vec![0xFFu8; size];
     rom[..payload.len()].copy_from_slice(&payload);
 
@@ -311,7 +372,7 @@ mod tests {
 
     #[test]
     fn info_block_has_cmdline_meminfo_and_end() {
-        let v = multiboot2_info("mem=128M cpus=2", Some(128 << 20));
+        let v = multiboot2_info("mem=128M cpus=2", Some(128 << 20), &[]);
         assert_eq!(
             u32::from_le_bytes(v[0..4].try_into().unwrap()) as usize,
             v.len()
@@ -333,7 +394,7 @@ mod tests {
     fn rom_layout_reset_vector_and_stub() {
         let elf = elf_with(&[(0x10_0000, &[0x90; 100], 200)], 0x10_0000);
         let k = parse_elf(&elf).unwrap();
-        let rom = build(&k, "x", None).unwrap();
+        let rom = build(&k, "x", None, &[]).unwrap();
         assert_eq!(rom.len(), 128 << 10);
         assert_eq!(&rom[..100], &[0x90; 100][..]);
         // Reset vector: jmp near to IP 0xF020 (linear 0xFFFFF020).
@@ -369,13 +430,86 @@ mod tests {
     fn rom_grows_with_the_kernel() {
         let big = vec![1u8; 200 << 10];
         let k = parse_elf(&elf_with(&[(0x10_0000, &big, big.len() as u64)], 0x10_0000)).unwrap();
-        assert_eq!(build(&k, "", None).unwrap().len(), 256 << 10);
+        assert_eq!(build(&k, "", None, &[]).unwrap().len(), 256 << 10);
         let huge = vec![1u8; 3 << 20];
         let k = parse_elf(&elf_with(
             &[(0x10_0000, &huge, huge.len() as u64)],
             0x10_0000,
         ))
         .unwrap();
-        assert!(build(&k, "", None).is_err());
+        assert!(build(&k, "", None, &[]).is_err());
+    }
+
+    /// The module tags of an information block: `(mod_start, mod_end, string)`.
+    fn module_tags(info: &[u8]) -> Vec<(u32, u32, String)> {
+        let rd = |o: usize| u32::from_le_bytes(info[o..o + 4].try_into().unwrap());
+        let mut out = Vec::new();
+        let mut t = 8;
+        while t + 8 <= info.len() && rd(t) != 0 {
+            let size = rd(t + 4) as usize;
+            if rd(t) == 3 {
+                let s = &info[t + 16..t + size];
+                let s = &s[..s.iter().position(|&b| b == 0).unwrap()];
+                out.push((
+                    rd(t + 8),
+                    rd(t + 12),
+                    String::from_utf8(s.to_vec()).unwrap(),
+                ));
+            }
+            t += size.next_multiple_of(8);
+        }
+        out
+    }
+
+    #[test]
+    fn modules_are_page_aligned_in_the_rom_with_their_tags() {
+        let k = parse_elf(&elf_with(&[(0x10_0000, &[0x90; 100], 100)], 0x10_0000)).unwrap();
+        let modules = [
+            Module {
+                data: b"\x7fELF guest".to_vec(),
+                string: "console=uart quiet".into(),
+            },
+            Module {
+                data: vec![0xA5; 5000],
+                string: "env.txt".into(),
+            },
+        ];
+        let rom = build(&k, "scenarios=vmm", Some(128 << 20), &modules).unwrap();
+        let base = 0x1_0000_0000u64 - rom.len() as u64;
+        // The info block's address is the operand of the stub's `mov ebx, imm32` (0xBB).
+        let page = rom.len() - 4096;
+        let code = &rom[page + 0x20..];
+        let magic = code
+            .windows(5)
+            .position(|w| w == [0xB8, 0x89, 0x62, 0xD7, 0x36])
+            .unwrap();
+        assert_eq!(code[magic + 5], 0xBB);
+        let info_addr = u32::from_le_bytes(code[magic + 6..magic + 10].try_into().unwrap());
+        let info_off = (u64::from(info_addr) - base) as usize;
+        let total = u32::from_le_bytes(rom[info_off..info_off + 4].try_into().unwrap()) as usize;
+        let tags = module_tags(&rom[info_off..info_off + total]);
+        assert_eq!(tags.len(), 2);
+        for ((start, end, string), m) in tags.iter().zip(&modules) {
+            assert_eq!(start % 4096, 0, "module not page-aligned");
+            assert_eq!((end - start) as usize, m.data.len());
+            assert_eq!(string, &m.string);
+            let off = (u64::from(*start) - base) as usize;
+            assert_eq!(&rom[off..off + m.data.len()], &m.data[..]);
+        }
+        // Modules lie after the kernel and before the info block, not in the stub page.
+        assert!(tags[0].0 as u64 >= base + 100 && (tags[1].1 as u64) <= u64::from(info_addr));
+    }
+
+    #[test]
+    fn modules_count_against_the_2_mib_limit_and_strings_are_checked() {
+        let k = parse_elf(&elf_with(&[(0x10_0000, &[0x90; 100], 100)], 0x10_0000)).unwrap();
+        let m = |n: usize, s: &str| Module {
+            data: vec![1; n],
+            string: s.into(),
+        };
+        let rom = build(&k, "", None, &[m(600 << 10, "a")]).unwrap();
+        assert_eq!(rom.len(), 1 << 20);
+        assert!(build(&k, "", None, &[m(1 << 20, "a"), m(1 << 20, "b")]).is_err());
+        assert!(build(&k, "", None, &[m(1, "a\0b")]).is_err());
     }
 }
