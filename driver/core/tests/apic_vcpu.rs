@@ -18,8 +18,13 @@ const CR8_EXITING: u64 = (PrimaryProcControls::CR8_LOAD_EXITING.bits()
 
 /// A vCPU with an APIC on a fresh bus, CPUID showing x2APIC and TSC-deadline.
 fn apic_setup(flags: ApicFlags) -> (T, rhax_core::apic::bus::SharedBus) {
+    apic_setup_with_access(flags, 0)
+}
+
+/// As [`apic_setup`], the VM's APIC-access page at host-physical `access` (0: none).
+fn apic_setup_with_access(flags: ApicFlags, access: u64) -> (T, rhax_core::apic::bus::SharedBus) {
     let mut t = setup();
-    let bus = ApicBus::shared(ApicFlags::ENABLE | flags).unwrap();
+    let bus = ApicBus::shared(ApicFlags::ENABLE | flags, access).unwrap();
     t.vcpu.attach_apic(&t.platform, bus.clone()).unwrap();
     t.cpuid.allow_apic_features();
     let leaf1 = CpuidEntry {
@@ -432,4 +437,43 @@ fn xapic_mmio_is_served_in_the_kernel() {
         }),
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn apic_access_exits_are_served_like_the_mmio_path() {
+    let (mut t, _bus) = apic_setup_with_access(ApicFlags::empty(), 0x7_7000);
+    // mov [0xfee000f0], ebx (SVR); mov eax, [0xfee00030] (version)
+    let code = [
+        0x89, 0x1d, 0xf0, 0x00, 0xe0, 0xfe, 0xa1, 0x30, 0x00, 0xe0, 0xfe,
+    ];
+    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr0 = 0x11;
+    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
+    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
+    s.ds = s.ss;
+    s.es = s.ss;
+    s.rip = 0x1000;
+    s.regs[reg::RBX] = 0x1ff;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(script(vec![
+        Box::new(|c| {
+            let proc2 = c.read(VmcsField::SecondaryProcessorBasedVmExecutionControls);
+            assert_ne!(proc2 & 1, 0, "virtualize APIC accesses");
+            assert_eq!(c.read(VmcsField::ApicAccessAddress), 0x7_7000);
+            c.exit(44, (1 << 12) | 0xf0, 0); // linear write, SVR
+        }),
+        Box::new(|c| c.exit(44, 0x30, 0)), // linear read, version
+        Box::new(|c| {
+            assert_eq!(
+                c.regs.gpr[reg::RAX] & 0xff,
+                0x14,
+                "version read in the kernel"
+            );
+            assert_eq!(c.read(VmcsField::GuestRip), 0x100b);
+            // During event delivery: the vCPU stops.
+            c.exit(44, (3 << 12) | 0x30, 0);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::StateChange));
 }

@@ -43,6 +43,8 @@ pub struct LintChange {
 /// The APIC bus of one VM (see the module documentation).
 pub struct ApicBus {
     flags: ApicFlags,
+    /// Host-physical address of the VM's APIC-access page (0: none; SDM Vol. 3C §30.4).
+    apic_access: u64,
     ports: [ApicPort; BUS_SLOTS],
     /// Bit per vCPU id with an APIC attached.
     present: AtomicU32,
@@ -59,19 +61,27 @@ unsafe impl crate::heap::Zeroable for ApicBus {}
 impl ApicBus {
     /// Completes a zeroed bus (built in place: it is too large for a kernel stack frame) for
     /// a VM whose APIC was enabled with `flags`.
-    pub fn init(&mut self, flags: ApicFlags) {
+    pub fn init(&mut self, flags: ApicFlags, apic_access: u64) {
         self.flags = flags;
+        self.apic_access = apic_access;
         for r in &mut self.running_on {
             *r.get_mut() = NOT_RUNNING;
         }
     }
 
     /// A new bus for a VM, built in place and shared (what RHAX_VM_IOCTL_ENABLE_APIC makes).
-    pub fn shared(flags: ApicFlags) -> Result<TryArc<ApicBus>, PlatformError> {
+    /// `apic_access`: the host-physical address of the VM's APIC-access page, mapped at
+    /// the default xAPIC base (0: none; the vCPUs then take xAPIC accesses as EPT violations).
+    pub fn shared(flags: ApicFlags, apic_access: u64) -> Result<TryArc<ApicBus>, PlatformError> {
         TryArc::try_new_zeroed_with(PlatformError::OutOfMemory, |bus: &mut ApicBus| {
-            bus.init(flags);
+            bus.init(flags, apic_access);
             Ok(())
         })
+    }
+
+    /// Host-physical address of the VM's APIC-access page, if it has one.
+    pub fn apic_access(&self) -> Option<u64> {
+        (self.apic_access != 0).then_some(self.apic_access)
     }
 
     /// The flags of RHAX_VM_IOCTL_ENABLE_APIC.

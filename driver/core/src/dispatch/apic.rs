@@ -16,6 +16,9 @@ use crate::apic::{decode_msi, ApicBus};
 use crate::platform::{Platform, PlatformError};
 use crate::vcpu::cpuid::CpuidTable;
 
+/// The xAPIC base after reset (SDM Vol. 3A §11.4.4).
+const DEFAULT_APIC_BASE: u64 = 0xfee0_0000;
+
 impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     /// RHAX_VM_IOCTL_ENABLE_APIC: checked whole, then the bus is created and the VM's CPUID
     /// table may show x2APIC and TSC-deadline. Nothing changes when it fails.
@@ -28,10 +31,34 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             return Err(refuse(ApicRefusal::Config));
         }
         let oom = || c.ctx.err(ErrorKind::Platform(PlatformError::OutOfMemory));
-        // Built in place (16 ports: too large for a kernel stack frame) before any lock; freed
-        // unused if the VM refuses it.
-        let bus = ApicBus::shared(flags).map_err(|_| oom())?;
         let t = LockTracker::new();
+        {
+            let st = vm.state.lock(&t);
+            if st.apic.is_some() {
+                return Err(refuse(ApicRefusal::AlreadyEnabled));
+            }
+            if st.vcpus.iter().any(Option::is_some) {
+                return Err(refuse(ApicRefusal::VcpusExist));
+            }
+        }
+        // The APIC-access page, mapped at the default base in the VM's EPT, where the CPU
+        // virtualizes APIC accesses (SDM Vol. 3C §30.4); without it (not offered, switched
+        // off, or RAM already there) xAPIC accesses are EPT violations served the same way.
+        let virtualize = self.host.as_ref().is_ok_and(|c| {
+            c.available
+                .contains(crate::vmx::negotiate::OptionalFeatures::VIRTUALIZE_APIC_ACCESSES)
+        }) && !flags.contains(ApicFlags::NO_APIC_ACCESS_PAGE);
+        let mut access = 0;
+        if virtualize {
+            let memory = self.memory_of(vm, c.ctx)?;
+            match memory.map_apic_access(&self.platform, DEFAULT_APIC_BASE) {
+                Ok(hpa) => access = hpa,
+                Err(crate::memory::MemoryError::Overlap) => {}
+                Err(e) => return Err(c.ctx.err(ErrorKind::Memory(e))),
+            }
+        }
+        // Built in place (16 ports: too large for a kernel stack frame) before the lock.
+        let bus = ApicBus::shared(flags, access).map_err(|_| oom())?;
         let mut st = vm.state.lock(&t);
         if st.apic.is_some() {
             return Err(refuse(ApicRefusal::AlreadyEnabled));

@@ -223,6 +223,8 @@ struct MemoryMap {
     retired_tables: Vec<(u64, PhysPages)>,
     retired_pins: Vec<(u64, PinnedMemory)>,
     quota: Arc<RamQuota>,
+    /// The APIC-access page of rhax's in-kernel APIC ([`GuestMemory::map_apic_access`]).
+    apic_access: Option<PhysPages>,
 }
 
 /// A VM's guest memory. Shared between the VM handle and its vCPUs (`&self` everywhere).
@@ -324,10 +326,44 @@ impl GuestMemory {
                 retired_tables: Vec::new(),
                 retired_pins: Vec::new(),
                 quota,
+                apic_access: None,
             }),
             epoch: AtomicU64::new(0),
             eptp,
         })
+    }
+
+    /// The APIC-access page of rhax's in-kernel APIC ("virtualize APIC accesses", SDM Vol.
+    /// 3C §30.4): a zeroed page, owned by this memory (freed with it), mapped read/write at
+    /// guest-physical `gpa` (the xAPIC base) so that the guest's accesses there are APIC
+    /// accesses the CPU virtualizes or reports (exit reason 44) instead of EPT violations.
+    /// Returns its host-physical address for the VMCS. Called once, before any vCPU runs;
+    /// refused with [`MemoryError::Overlap`] when RAM is mapped at `gpa` already. A later
+    /// SET_RAM over `gpa` replaces the translation, as any mapping change does.
+    pub fn map_apic_access<P: Platform>(&self, platform: &P, gpa: u64) -> Result<u64, MemoryError> {
+        let gpa = gpa & !0xfff;
+        let mut page = platform.alloc_pages(1)?;
+        page.bytes_mut().fill(0);
+        let hpa = page.phys();
+        let mut m = self.map.lock();
+        if m.apic_access.is_some() || m.ept.leaf(gpa).is_some() {
+            drop(m);
+            platform.free_pages(page);
+            return Err(MemoryError::Overlap);
+        }
+        // Read/write, not executable; write-back like RAM (the CPU never accesses the page
+        // for the guest, it only matches the translation, SDM Vol. 3C §30.4).
+        let entry = (hpa & ept::EPT_ADDRESS_MASK)
+            | ept::EPT_READ
+            | ept::EPT_WRITE
+            | ept::EPT_MEMORY_TYPE_WB;
+        if let Err(e) = m.ept.map(platform, gpa, 1, entry) {
+            drop(m);
+            platform.free_pages(page);
+            return Err(MemoryError::Platform(e));
+        }
+        m.apic_access = Some(page);
+        Ok(hpa)
     }
 
     /// The EPT pointer for the VMCS (SDM Vol. 3C §25.6.11).
@@ -701,6 +737,9 @@ impl GuestMemory {
     pub fn destroy<P: Platform>(self, platform: &P) {
         let m = self.map.into_inner();
         m.ept.free(platform);
+        if let Some(p) = m.apic_access {
+            platform.free_pages(p);
+        }
         for (_, t) in m.retired_tables {
             platform.free_pages(t);
         }

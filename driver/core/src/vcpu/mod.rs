@@ -174,6 +174,7 @@ impl Vcpu {
             io_bitmap_a: io_bitmaps.phys(),
             io_bitmap_b: io_bitmaps.phys() + PhysPages::PAGE_SIZE as u64,
             virtual_apic: 0,
+            apic_access: 0,
         };
         // The large parts (VMCS cache, counters, two XSAVE areas: ~16 KiB) are allocated
         // zeroed in place, fallibly.
@@ -276,6 +277,21 @@ impl Vcpu {
         }
         self.controls = controls;
         self.config.virtual_apic = page;
+        Ok(())
+    }
+
+    /// Switches to `controls` (with "virtualize APIC accesses") and the APIC-access page at
+    /// physical address `page` (SDM Vol. 3C §25.6.8). Only before the VMCS is first set up.
+    pub fn use_apic_access(
+        &mut self,
+        controls: VmxControls,
+        page: u64,
+    ) -> Result<(), AlreadySetUp> {
+        if !self.needs_setup || page & 0xfff != 0 {
+            return Err(AlreadySetUp);
+        }
+        self.controls = controls;
+        self.config.apic_access = page;
         Ok(())
     }
 

@@ -30,6 +30,8 @@ pub struct VmcsConfig {
     pub io_bitmap_b: u64,
     /// Physical address of the virtual-APIC page ("use TPR shadow"; 0 without).
     pub virtual_apic: u64,
+    /// Physical address of the APIC-access page ("virtualize APIC accesses"; 0 without).
+    pub apic_access: u64,
 }
 
 /// MSRs the guest reads and writes without a VM exit. FS/GS base and SYSENTER are guest-state
@@ -139,6 +141,11 @@ pub fn write_controls<V: Vmx>(vmcs: &mut Vmcs<'_, V>, c: &VmxControls, config: &
     }
     if c.proc2.contains(SecondaryProcControls::ENABLE_VPID) {
         vmcs.set_virtual_processor_id(config.vpid);
+    }
+    if c.proc2
+        .contains(SecondaryProcControls::VIRTUALIZE_APIC_ACCESSES)
+    {
+        vmcs.set_apic_access_address(config.apic_access);
     }
     // XSAVES/XRSTORS run natively: no component exits. The field is undefined after VMCLEAR
     // (SDM §25.11.3), so it is written rather than assumed 0.

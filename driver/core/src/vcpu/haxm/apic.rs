@@ -130,6 +130,18 @@ impl HaxVcpu {
                 }
             }
         }
+        // Virtualized APIC accesses need the TPR shadow here (rhax keeps the TPR in the
+        // virtual-APIC page, SDM Vol. 3C §30.4) and the VM's APIC-access page.
+        if let (Some(_), Some(page)) = (vapic.as_ref(), bus.apic_access()) {
+            if let Ok(c) = self
+                .core
+                .controls()
+                .with(OptionalFeatures::VIRTUALIZE_APIC_ACCESSES)
+            {
+                // Only before the first run: cannot fail here.
+                let _ = self.core.use_apic_access(c, page);
+            }
+        }
         let timer_on_preemption =
             !flags.contains(ApicFlags::NO_PREEMPTION_TIMER) && self.preemption_ticks.is_some();
         let unit = ApicUnit {

@@ -155,6 +155,8 @@ impl HaxVcpu {
                 // TPR under a pending vector's class; the next entry delivers it. Trap-like:
                 // RIP is already past the instruction.
                 43 => Next::Resume,
+                // APIC access through the APIC-access page (`apic_virt.rs`).
+                44 => self.apic_access_exit(root)?,
                 // DR access: DR0-3/6 kept in software, DR7 in the VMCS.
                 29 => {
                     self.dr_access(root)?;
