@@ -56,6 +56,12 @@ pub const ALLOWED: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "rhax_metal::vmm::",
+        "test-kernel multiboot VMM (`cargo xtask metal vmm`): the user-space side of the \
+         IOCTLs, on a 64 KiB kernel stack",
+        false,
+    ),
+    (
         "rhax_metal::scenarios::",
         "test-kernel scenario runner (boot-time tests, no IOCTL)",
         false,

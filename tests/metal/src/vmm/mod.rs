@@ -422,7 +422,15 @@ pub fn vmm(ctx: &Ctx) -> Result<String, String> {
         uart.flush();
     }
     let mut ends = ends.lock();
-    ends.vcpus.sort_by_key(|v| v.index);
+    // Insertion sort by vCPU index (at most a handful): core's sort has a 4 KiB frame and
+    // recursion, which the kernel's stack check refuses.
+    for i in 1..ends.vcpus.len() {
+        let mut j = i;
+        while j > 0 && ends.vcpus[j - 1].index > ends.vcpus[j].index {
+            ends.vcpus.swap(j - 1, j);
+            j -= 1;
+        }
+    }
     let per_vcpu: Vec<String> = ends
         .vcpus
         .iter()

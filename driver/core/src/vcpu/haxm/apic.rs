@@ -215,6 +215,8 @@ impl HaxVcpu {
 
     /// Takes in everything that arrived for this APIC: posted interrupts, LINT changes, the
     /// timer, the TPR the guest wrote through CR8, INIT and SIPI.
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     fn apic_collect<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {
         let now = self.guest_tsc(root)?;
         let Some(u) = self.apic.as_deref_mut() else {
@@ -327,6 +329,8 @@ impl HaxVcpu {
     }
 
     /// Before every entry of a vCPU with an in-kernel APIC (see the module documentation).
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_before_entry<V: Vmx, P: Platform>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -388,6 +392,8 @@ impl HaxVcpu {
 
     /// NMI, ExtINT or the highest deliverable vector into the VM-entry interruption field;
     /// the interrupt window, the TPR threshold and the timer's preemption value.
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     fn apic_inject<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {
         let can = self.apic_can_inject(root)?;
         let rate = self.core.controls().preemption_timer_rate;
@@ -495,6 +501,8 @@ impl HaxVcpu {
 
     /// A VMX-preemption-timer exit: the APIC timer's expiry (resume: the next entry fires
     /// it) or the end of the slice.
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_timer_exit<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -542,6 +550,8 @@ impl HaxVcpu {
 
     /// RDMSR/WRMSR of an MSR the APIC owns (x2APIC registers, IA32_APIC_BASE,
     /// IA32_TSC_DEADLINE). `None`: not the APIC's (the HAXM path handles it).
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_msr<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -607,6 +617,8 @@ impl HaxVcpu {
     /// without the exit dispatch, the CPUID-table lookups of the general MSR path or the
     /// IDT-vectoring check (an instruction exit never interrupts event delivery, SDM Vol. 3C
     /// §28.2.4). `true`: handled, enter again.
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_fast_exit<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -705,6 +717,8 @@ impl HaxVcpu {
 
     /// MOV to/from CR8 without the TPR shadow: CR8 is TPR[7:4] (SDM Vol. 3A §11.8.6.1); a
     /// write with bits 63:4 set is #GP(0) (SDM Vol. 2B MOV CR).
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_cr8<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -738,6 +752,8 @@ impl HaxVcpu {
     /// 16-byte strides and accessed as aligned dwords (SDM Vol. 3A §11.4.1): a narrower read
     /// sees its bytes of the dword, other writes are ignored as KVM does. `None`: not the
     /// APIC's.
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_mmio<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,

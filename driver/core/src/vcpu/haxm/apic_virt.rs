@@ -19,6 +19,8 @@ impl HaxVcpu {
     /// instruction fetch from the page (types 2, 3, 10, 15: an IDT, a stack or code in the
     /// APIC page) is not something a guest does on hardware either without faulting
     /// oddly: the vCPU stops with the exit reported (STATECHANGE).
+    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_access_exit<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,

@@ -12,6 +12,9 @@ impl HaxVcpu {
     /// only state kept across steps is a resolved EPT violation or a completed string IN,
     /// and entering the guest again re-raises the violation (a fault: RIP did not move, SDM
     /// Vol. 3C §29.3.3.2) or simply goes on.
+    // Its own frame: the dispatcher's RUN loop keeps only its CPUID copy and the lease
+    // (the 2 KiB budget, `cargo xtask stack`).
+    #[inline(never)]
     pub fn run<V: Vmx, P: Platform>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -32,6 +35,9 @@ impl HaxVcpu {
     /// Continues a RUN after [`HaxVcpu::complete_memory`] answered [`AfterMemory::Resume`]
     /// (inside the non-preemptible region, on any CPU: the caller moves the VMCS as for
     /// [`HaxVcpu::run`]). [`HaxError::NothingToResume`] if no step waits.
+    // Its own frame: the dispatcher's RUN loop keeps only its CPUID copy and the lease
+    // (the 2 KiB budget, `cargo xtask stack`).
+    #[inline(never)]
     pub fn resume<V: Vmx, P: Platform>(
         &mut self,
         root: &mut VmxRoot<V>,
@@ -399,6 +405,9 @@ impl HaxVcpu {
         self.guest_loop(root, cpuid, platform)
     }
 
+    // Its own frame: the exit handlers it inlines stay off the dispatcher's RUN frame (the
+    // 2 KiB budget, `cargo xtask stack`).
+    #[inline(never)]
     pub(in crate::vcpu::haxm) fn guest_loop<V: Vmx, P: Platform>(
         &mut self,
         root: &mut VmxRoot<V>,
