@@ -141,6 +141,24 @@ pub struct HeapPlatform {
     pub live_pages: core::sync::atomic::AtomicUsize,
     /// What [`Platform::user_return_pending`] answers (a test's stand-in for a pending signal).
     pub user_return: core::sync::atomic::AtomicBool,
+    /// The live pages by physical address, for the software VMX's accesses to the structures
+    /// the CPU reads and writes itself (the virtual-APIC page).
+    memory: PhysMap,
+}
+
+/// [`HeapPlatform`]'s physical-to-virtual map of its live pages (shared with the software
+/// VMX through [`HeapPlatform::memory`]).
+#[cfg(any(test, feature = "soft"))]
+#[derive(Debug, Default, Clone)]
+pub struct PhysMap(alloc::sync::Arc<spin::Mutex<alloc::collections::BTreeMap<u64, usize>>>);
+
+#[cfg(any(test, feature = "soft"))]
+impl PhysMap {
+    /// The 4-KByte page at physical address `phys` (page-aligned) while it is allocated.
+    pub fn page(&self, phys: u64) -> Option<NonNull<u8>> {
+        let virt = *self.0.lock().get(&(phys & !0xfff))?;
+        NonNull::new(virt as *mut u8)
+    }
 }
 
 #[cfg(any(test, feature = "soft"))]
@@ -151,6 +169,12 @@ impl HeapPlatform {
             next_phys: core::sync::atomic::AtomicU64::new(0x10_0000),
             ..Default::default()
         }
+    }
+
+    /// The map the software VMX reads the CPU-accessed pages through
+    /// ([`crate::vmx::soft::SoftVmx::set_memory`]).
+    pub fn memory(&self) -> PhysMap {
+        self.memory.clone()
     }
 }
 
@@ -168,6 +192,13 @@ impl Platform for HeapPlatform {
         let virt = NonNull::new(ptr).ok_or(PlatformError::OutOfMemory)?;
         let phys = self.next_phys.fetch_add(size as u64, Ordering::Relaxed);
         self.live_pages.fetch_add(count, Ordering::Relaxed);
+        {
+            let mut map = self.memory.0.lock();
+            for i in 0..count {
+                let off = i * PhysPages::PAGE_SIZE;
+                map.insert(phys + off as u64, ptr as usize + off);
+            }
+        }
         // SAFETY: fresh zeroed allocation of `count` pages owned by the result.
         Ok(unsafe { PhysPages::from_raw(virt, phys, count) })
     }
@@ -176,6 +207,12 @@ impl Platform for HeapPlatform {
         let size = pages.count * PhysPages::PAGE_SIZE;
         self.live_pages
             .fetch_sub(pages.count, core::sync::atomic::Ordering::Relaxed);
+        {
+            let mut map = self.memory.0.lock();
+            for i in 0..pages.count {
+                map.remove(&(pages.phys + (i * PhysPages::PAGE_SIZE) as u64));
+            }
+        }
         if let Ok(layout) = core::alloc::Layout::from_size_align(size.max(1), PhysPages::PAGE_SIZE)
         {
             // SAFETY: allocated by alloc_pages with this layout, and owned by `pages`.

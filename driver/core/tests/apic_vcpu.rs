@@ -12,6 +12,10 @@ use rhax_core::apic::{decode_msi, ApicBus};
 use rhax_core::vmx::caps::PrimaryProcControls;
 
 const VALID: u64 = 1 << 31;
+/// The injection path (VM-entry interruption field, interrupt windows, TPR threshold): what
+/// rhax does on a CPU without virtual-interrupt delivery (sandy_bridge in Bochs), forced here
+/// on the skylake_x model; `apic_vid.rs` has the tests with virtual-interrupt delivery.
+const INJECT: ApicFlags = ApicFlags::NO_APIC_VIRTUALIZATION;
 const TPR_SHADOW: u64 = PrimaryProcControls::USE_TPR_SHADOW.bits() as u64;
 const CR8_EXITING: u64 = (PrimaryProcControls::CR8_LOAD_EXITING.bits()
     | PrimaryProcControls::CR8_STORE_EXITING.bits()) as u64;
@@ -23,7 +27,16 @@ fn apic_setup(flags: ApicFlags) -> (T, rhax_core::apic::bus::SharedBus) {
 
 /// As [`apic_setup`], the VM's APIC-access page at host-physical `access` (0: none).
 fn apic_setup_with_access(flags: ApicFlags, access: u64) -> (T, rhax_core::apic::bus::SharedBus) {
-    let mut t = setup();
+    apic_setup_full("corei7_skylake_x", flags, access)
+}
+
+/// As [`apic_setup_with_access`] on the Bochs CPU model `model`.
+fn apic_setup_full(
+    model: &str,
+    flags: ApicFlags,
+    access: u64,
+) -> (T, rhax_core::apic::bus::SharedBus) {
+    let mut t = setup_model(model);
     let bus = ApicBus::shared(ApicFlags::ENABLE | flags, access).unwrap();
     t.vcpu.attach_apic(&t.platform, bus.clone()).unwrap();
     t.cpuid.allow_apic_features();
@@ -117,7 +130,7 @@ fn tpr_shadow_on_where_the_cpu_has_it_with_cr8_exits_off() {
 
 #[test]
 fn x2apic_self_ipi_is_injected_at_the_next_entry_and_eoi_clears_isr() {
-    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let (mut t, _bus) = apic_setup(INJECT);
     let mut steps = x2apic_on();
     steps.push(wrmsr(0x83f, 0x40)); // SELF IPI, vector 0x40
     steps.push(Box::new(|c| {
@@ -229,7 +242,7 @@ fn cr8_without_the_tpr_shadow_is_the_tpr_and_reserved_bits_fault() {
 
 #[test]
 fn a_vector_held_back_by_the_tpr_sets_the_threshold_and_arrives_when_it_drops() {
-    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let (mut t, _bus) = apic_setup(INJECT);
     let mut steps = x2apic_on();
     steps.push(wrmsr(0x808, 0x50)); // TPR 0x50
     steps.push(wrmsr(0x83f, 0x45)); // class 4 <= 5: held back
@@ -260,7 +273,7 @@ fn a_vector_held_back_by_the_tpr_sets_the_threshold_and_arrives_when_it_drops() 
 
 #[test]
 fn interrupts_wait_for_rflags_if_with_an_interrupt_window() {
-    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let (mut t, _bus) = apic_setup(INJECT);
     let mut steps = x2apic_on();
     steps.push(Box::new(|c| {
         // SELF IPI with IF = 0.
@@ -333,7 +346,7 @@ fn x2apic_icr_reaches_another_vcpu_through_the_bus_and_init_sipi_start_it() {
 
 #[test]
 fn an_msi_wakes_a_halted_vcpu() {
-    let (mut t, bus) = apic_setup(ApicFlags::empty());
+    let (mut t, bus) = apic_setup(INJECT);
     let mut steps = x2apic_on();
     steps.push(hlt());
     t.hook(script(steps));
@@ -358,7 +371,7 @@ fn an_msi_wakes_a_halted_vcpu() {
 
 #[test]
 fn tsc_deadline_runs_on_the_preemption_timer() {
-    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let (mut t, _bus) = apic_setup(INJECT);
     let mut steps = x2apic_on();
     steps.push(wrmsr(0x832, 0x30 | (2 << 17))); // LVT timer: TSC-deadline, vector 0x30
     steps.push(out_port());
@@ -476,4 +489,175 @@ fn apic_access_exits_are_served_like_the_mmio_path() {
         }),
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::StateChange));
+}
+
+// Virtual-interrupt delivery (`apic_vid.rs`, SDM Vol. 3C §30.2): the software VMX plays the
+// CPU's part on the virtual-APIC page (`vmx::soft_apic`).
+
+/// Secondary control "virtual-interrupt delivery".
+const VID: u64 = 1 << 9;
+
+/// The guest interrupt status (RVI in 7:0, SVI in 15:8).
+fn gis(c: &GuestCpu<'_>) -> u64 {
+    c.read(VmcsField::GuestInterruptStatus)
+}
+
+#[test]
+fn virtual_interrupt_delivery_is_used_where_the_cpu_has_it() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let seen = Rc::new(Cell::new(0u64));
+    let s2 = seen.clone();
+    t.hook(script(vec![Box::new(move |c| {
+        s2.set(c.read(VmcsField::SecondaryProcessorBasedVmExecutionControls));
+        assert_eq!(gis(c), 0, "nothing requested or in service");
+        c.exit(30, 0x0080_0000, 1);
+    })]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    assert_ne!(
+        seen.get() & VID,
+        0,
+        "skylake_x: virtual-interrupt delivery on"
+    );
+    for (model, flags) in [
+        ("corei7_sandy_bridge_2600k", ApicFlags::empty()),
+        ("corei7_skylake_x", ApicFlags::NO_APIC_VIRTUALIZATION),
+        ("corei7_skylake_x", ApicFlags::NO_TPR_SHADOW),
+    ] {
+        let (mut t, _bus) = apic_setup_full(model, flags, 0);
+        let s2 = seen.clone();
+        t.hook(script(vec![Box::new(move |c| {
+            s2.set(c.read(VmcsField::SecondaryProcessorBasedVmExecutionControls));
+            c.exit(30, 0x0080_0000, 1);
+        })]));
+        assert_eq!(t.run(), Ok(ExitStatus::Io));
+        assert_eq!(seen.get() & VID, 0, "{model} {flags:?}: injection by rhax");
+    }
+}
+
+#[test]
+fn a_self_ipi_is_delivered_by_the_cpu_and_its_eoi_does_not_exit() {
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    let mut steps = x2apic_on();
+    steps.push(wrmsr(0x83f, 0x40)); // SELF IPI, vector 0x40
+    steps.push(Box::new(|c| {
+        assert_eq!(c.delivered, Some(0x40), "delivered at entry by the CPU");
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation) & VALID,
+            0,
+            "nothing injected by rhax"
+        );
+        assert_eq!(gis(c), 0x4000, "SVI 0x40, nothing else requested");
+        c.regs.gpr[reg::RCX] = 0x812; // ISR bits 95:64
+        c.exit(31, 0, 2);
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(
+            c.regs.gpr[reg::RAX],
+            1,
+            "the model sees VISR after the exit"
+        );
+        assert_eq!(c.delivered, None);
+        // The handler's EOI: virtualized, no exit (the vector is edge-triggered).
+        assert_eq!(c.virtual_eoi(), None);
+        assert_eq!(gis(c), 0);
+        c.regs.gpr[reg::RCX] = 0x812;
+        c.exit(31, 0, 2);
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(
+            c.regs.gpr[reg::RAX],
+            0,
+            "the virtualized EOI reached the model"
+        );
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn a_virtual_interrupt_waits_for_rflags_if_without_a_window_and_nests_by_priority() {
+    let (mut t, bus) = apic_setup(ApicFlags::empty());
+    let mut steps = x2apic_on();
+    steps.push(Box::new(|c| {
+        // IF clear: the guest cannot take an interrupt now.
+        c.write(VmcsField::GuestRflags, 0x2);
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(c.delivered, None, "RFLAGS.IF clear");
+        assert_eq!(gis(c) & 0xff, 0x51, "RVI holds the request");
+        let proc = c.read(VmcsField::PrimaryProcessorBasedVmExecutionControls);
+        assert_eq!(
+            proc & (1 << 2),
+            0,
+            "no interrupt window: the CPU waits itself"
+        );
+        c.write(VmcsField::GuestRflags, 0x202);
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(c.delivered, Some(0x51));
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    steps.push(Box::new(|c| {
+        // 0x61 (higher class) preempts 0x51 in service; 0x42 (lower) waits for both EOIs.
+        assert_eq!(c.delivered, Some(0x61));
+        assert_eq!(gis(c), 0x6142);
+        assert_eq!(c.virtual_eoi(), None);
+        assert_eq!(c.delivered, None, "0x42 is below 0x51 still in service");
+        assert_eq!(c.virtual_eoi(), None);
+        assert_eq!(c.delivered, Some(0x42), "after the second EOI");
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io)); // the x2APIC switch (no exit to user space)
+    let msi = |v: u32| decode_msi(0xfee0_0000, v).unwrap();
+    assert_eq!(bus.deliver(&msi(0x51), None), 1);
+    assert_eq!(t.run(), Ok(ExitStatus::Io), "IF clear");
+    assert_eq!(t.run(), Ok(ExitStatus::Io), "delivered");
+    assert_eq!(bus.deliver(&msi(0x61), None), 1);
+    assert_eq!(bus.deliver(&msi(0x42), None), 1);
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
+#[test]
+fn a_level_triggered_vectors_eoi_exits_to_the_model() {
+    let (mut t, bus) = apic_setup(ApicFlags::empty());
+    let mut steps = x2apic_on();
+    steps.push(out_port());
+    steps.push(Box::new(|c| {
+        assert_eq!(c.delivered, Some(0x72));
+        assert_eq!(
+            c.read(VmcsField::EoiExitBitmap1),
+            1 << (0x72 - 64),
+            "the TMR bit in the EOI-exit bitmap"
+        );
+        // EOI-induced VM exit (reason 45), trap-like: the handler resumes the guest.
+        assert_eq!(c.virtual_eoi(), Some(0x72));
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(gis(c), 0, "nothing in service after the EOI");
+        c.regs.gpr[reg::RCX] = 0x813; // ISR bits 127:96
+        c.exit(31, 0, 2);
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(c.regs.gpr[reg::RAX], 0);
+        c.regs.gpr[reg::RCX] = 0x81b; // TMR bits 127:96
+        c.exit(31, 0, 2);
+    }));
+    steps.push(Box::new(|c| {
+        assert_eq!(
+            c.regs.gpr[reg::RAX],
+            1 << (0x72 - 96),
+            "TMR kept: set on acceptance"
+        );
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    // Level-triggered, asserted (MSI data bits 15 and 14, SDM Vol. 3A §11.11.2).
+    let msi = decode_msi(0xfee0_0000, 0xc000 | 0x72).unwrap();
+    assert_eq!(bus.deliver(&msi, None), 1);
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
 }

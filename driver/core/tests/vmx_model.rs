@@ -528,3 +528,71 @@ fn host_thread_state_is_refreshed_once_per_put_not_per_exit() {
     let new_cr3 = s.root.vmx().host.cr3;
     assert_eq!(host(&mut s), (Some(new_cr3), Some(0x7000)));
 }
+
+/// As [`run_with_broken`], with several fields changed (each `(field, or, and_not)`).
+fn run_with_changes(changes: &[(VmcsField, u64, u64)]) -> Result<VmExit, RunError> {
+    let mut s = setup("corei7_skylake_x").unwrap();
+    s.root.vmx().set_hook(cpu_loop(10, 0, 2));
+    assert_eq!(s.vcpu.run(&mut s.root), Ok(VmExit::Cpuid));
+    for &(field, or, and_not) in changes {
+        let v = s.root.vmx().peek(field).unwrap_or(0);
+        s.root.vmx().poke(field, (v | or) & !and_not);
+    }
+    s.vcpu.run(&mut s.root)
+}
+
+#[test]
+fn apic_virtualization_controls_follow_the_sdm_entry_rules() {
+    use VmcsField as F;
+    let bad = Err(RunError::Entry(VmFail::Valid(
+        VmInstructionError::EntryInvalidControlFields,
+    )));
+    const TPR_SHADOW: u64 = 1 << 21;
+    const APIC_ACCESSES: u64 = 1 << 0;
+    const X2APIC_MODE: u64 = 1 << 4;
+    const VID: u64 = 1 << 9;
+    const EXT_INT_EXITING: u64 = 1 << 0;
+    let proc = |or| (F::PrimaryProcessorBasedVmExecutionControls, or, 0);
+    let proc2 = |or| (F::SecondaryProcessorBasedVmExecutionControls, or, 0);
+    let shadow = [proc(TPR_SHADOW), (F::VirtualApicAddress, 0x5000, 0)];
+    // SDM Vol. 3C §27.2.1.1: virtual-interrupt delivery needs the TPR shadow...
+    assert_eq!(run_with_changes(&[proc2(VID)]), bad);
+    // ... and external-interrupt exiting.
+    let no_ext = (F::PinBasedVmExecutionControls, 0, EXT_INT_EXITING);
+    assert_eq!(
+        run_with_changes(&[shadow[0], shadow[1], proc2(VID), no_ext]),
+        bad
+    );
+    assert_eq!(
+        run_with_changes(&[shadow[0], shadow[1], proc2(VID)]),
+        Ok(VmExit::Cpuid),
+        "the rules met"
+    );
+    // TPR threshold bits 31:4 must be 0 without virtual-interrupt delivery, not with it.
+    let threshold = (F::TprThreshold, 0x10, 0);
+    assert_eq!(run_with_changes(&[shadow[0], shadow[1], threshold]), bad);
+    assert_eq!(
+        run_with_changes(&[shadow[0], shadow[1], threshold, proc2(VID)]),
+        Ok(VmExit::Cpuid)
+    );
+    // "virtualize x2APIC mode" excludes "virtualize APIC accesses".
+    let access = (F::ApicAccessAddress, 0x6000, 0);
+    assert_eq!(
+        run_with_changes(&[
+            shadow[0],
+            shadow[1],
+            access,
+            proc2(X2APIC_MODE | APIC_ACCESSES)
+        ]),
+        bad
+    );
+    // The APIC-access address is page aligned.
+    assert_eq!(
+        run_with_changes(&[(F::ApicAccessAddress, 0x6010, 0), proc2(APIC_ACCESSES)]),
+        bad
+    );
+    assert_eq!(
+        run_with_changes(&[access, proc2(APIC_ACCESSES)]),
+        Ok(VmExit::Cpuid)
+    );
+}

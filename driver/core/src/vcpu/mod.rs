@@ -295,6 +295,16 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Switches to `controls` (e.g. with virtual-interrupt delivery, whose structures the
+    /// VMCS setup initializes). Only before the VMCS is first set up.
+    pub fn use_controls(&mut self, controls: VmxControls) -> Result<(), AlreadySetUp> {
+        if !self.needs_setup {
+            return Err(AlreadySetUp);
+        }
+        self.controls = controls;
+        Ok(())
+    }
+
     /// The VMCS configuration (EPTP, VPID, bitmap addresses).
     pub fn config(&self) -> &VmcsConfig {
         &self.config

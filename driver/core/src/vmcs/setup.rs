@@ -147,6 +147,17 @@ pub fn write_controls<V: Vmx>(vmcs: &mut Vmcs<'_, V>, c: &VmxControls, config: &
     {
         vmcs.set_apic_access_address(config.apic_access);
     }
+    // Virtual-interrupt delivery (SDM Vol. 3C §25.4.2, §25.6.8): no virtual interrupt
+    // requested or in service, no EOI-induced exits until the in-kernel APIC asks.
+    if c.proc2
+        .contains(SecondaryProcControls::VIRTUAL_INTERRUPT_DELIVERY)
+    {
+        vmcs.set_guest_interrupt_status(0);
+        vmcs.set_eoi_exit_bitmap_0(0);
+        vmcs.set_eoi_exit_bitmap_1(0);
+        vmcs.set_eoi_exit_bitmap_2(0);
+        vmcs.set_eoi_exit_bitmap_3(0);
+    }
     // XSAVES/XRSTORS run natively: no component exits. The field is undefined after VMCLEAR
     // (SDM §25.11.3), so it is written rather than assumed 0.
     if c.proc2

@@ -13,6 +13,8 @@ pub mod root;
 #[cfg(any(test, feature = "soft"))]
 pub mod soft;
 #[cfg(any(test, feature = "soft"))]
+pub mod soft_apic;
+#[cfg(any(test, feature = "soft"))]
 pub mod soft_faults;
 #[cfg(any(test, feature = "soft"))]
 mod soft_xstate;

@@ -9,8 +9,10 @@
 //! entry. Section numbers follow the 2023+ SDM (VM entries are chapter 27; chapter 26 before).
 //! Every operation is counted in [`SoftCounts`].
 //!
-//! What the model does not do: it has no memory (VMCS regions are identified by address only,
-//! VMPTRLD trusts the revision identifier), no PDPTE checks, no MSR-load lists, no SMM.
+//! What the model does not do: it has no memory of its own (VMCS regions are identified by
+//! address only, VMPTRLD trusts the revision identifier; only the virtual-APIC page is read,
+//! through [`SoftVmx::set_memory`]), no PDPTE checks, no MSR-load lists, no SMM, no posted
+//! interrupts, no APIC-register or x2APIC virtualization beyond the entry checks.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -25,7 +27,7 @@ use crate::vmx::caps::{
 use crate::vmx::instructions::{
     DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
-use crate::vmx::{soft_faults, soft_xstate, VmFail, VmInstructionError};
+use crate::vmx::{soft_apic, soft_faults, soft_xstate, VmFail, VmInstructionError};
 
 /// The IA32_EFER MSR.
 pub const IA32_EFER: u32 = 0xc000_0080;
@@ -151,6 +153,11 @@ pub struct GuestCpu<'a> {
     pub xstate: &'a mut XsaveArea,
     /// XCR0 as the guest runs with it.
     pub xcr0: u64,
+    /// The vector this entry delivered by virtual-interrupt delivery (SDM Vol. 3C §30.2.2):
+    /// the guest is in its handler.
+    pub delivered: Option<u8>,
+    /// The virtual-APIC page with "virtual-interrupt delivery" (and a memory map).
+    vapic: Option<soft_apic::VirtualApicPage>,
 }
 
 impl GuestCpu<'_> {
@@ -163,6 +170,26 @@ impl GuestCpu<'_> {
     pub fn write(&mut self, field: VmcsField, value: u64) {
         self.fields
             .insert(field.encoding(), value & field.width().mask());
+    }
+
+    /// The guest writes its EOI (xAPIC offset 0xB0 or x2APIC MSR 0x80B) with
+    /// "virtual-interrupt delivery" on: EOI virtualization (SDM Vol. 3C §30.1.4). `Some(v)`:
+    /// an EOI-induced VM exit for vector `v` is recorded (the hook must then return);
+    /// `None`: no exit, and [`GuestCpu::delivered`] holds the vector delivered after it, if
+    /// any. Panics without virtual-interrupt delivery: the write would not be virtualized,
+    /// and the test should have scripted an exit instead.
+    pub fn virtual_eoi(&mut self) -> Option<u8> {
+        let page = self
+            .vapic
+            .as_mut()
+            .expect("EOI virtualization without virtual-interrupt delivery");
+        match soft_apic::eoi(self.fields, page) {
+            Ok(v) => Some(v),
+            Err(delivered) => {
+                self.delivered = delivered;
+                None
+            }
+        }
     }
 
     /// Records an instruction-caused VM exit: basic reason, qualification, instruction length
@@ -188,6 +215,9 @@ impl<F: FnMut(&mut GuestCpu<'_>)> CpuHook for F {
         self(cpu)
     }
 }
+
+/// How the model CPU finds a physical page it accesses itself ([`SoftVmx::set_memory`]).
+type PageLookup = dyn Fn(u64) -> Option<core::ptr::NonNull<u8>>;
 
 #[derive(Default)]
 struct SoftVmcs {
@@ -229,6 +259,8 @@ pub struct SoftVmx {
     current: Option<u64>,
     hook: Option<Box<dyn CpuHook>>,
     tsc: u64,
+    /// Physical memory the model CPU itself accesses (the virtual-APIC page).
+    memory: Option<Box<PageLookup>>,
 }
 
 impl SoftVmx {
@@ -259,12 +291,20 @@ impl SoftVmx {
             current: None,
             hook: None,
             tsc: 0,
+            memory: None,
         }
     }
 
     /// The capabilities decoded from the model's MSRs.
     pub fn caps(&self) -> &VmxCaps {
         &self.caps
+    }
+
+    /// Gives the model CPU the physical memory it accesses itself (the virtual-APIC page of
+    /// virtual-interrupt delivery): `page(phys)` is the 4-KByte page at `phys` while it is
+    /// allocated (e.g. [`crate::platform::PhysMap::page`]).
+    pub fn set_memory(&mut self, page: impl Fn(u64) -> Option<core::ptr::NonNull<u8>> + 'static) {
+        self.memory = Some(Box::new(page));
     }
 
     /// Installs the CPU hook run on every successful VM entry.
@@ -502,11 +542,34 @@ impl Vmx for SoftVmx {
                 Ok(report)
             }
             Ok(()) => {
+                // SDM Vol. 3C §27.3.2.5: with "virtual-interrupt delivery", the entry
+                // virtualizes the PPR and delivers a pending virtual interrupt.
+                let vid = checks::proc2(self)
+                    & SecondaryProcControls::VIRTUAL_INTERRUPT_DELIVERY.bits()
+                    != 0;
                 let mut vmcs = core::mem::take(self.current_vmcs()?);
                 vmcs.launched = true;
                 vmcs.fields.remove(&VmcsField::ExitReason.encoding());
+                let mut vapic = None;
+                if vid {
+                    let phys = vmcs
+                        .fields
+                        .get(&VmcsField::VirtualApicAddress.encoding())
+                        .copied()
+                        .unwrap_or(0);
+                    if let Some(p) = self.memory.as_ref().and_then(|m| m(phys)) {
+                        // SAFETY: the test's memory map hands out live pages; the vCPU does
+                        // not touch its virtual-APIC page while the guest runs.
+                        vapic = Some(unsafe { soft_apic::VirtualApicPage::new(p) });
+                    }
+                }
+                let delivered = vapic
+                    .as_mut()
+                    .and_then(|page| soft_apic::entry(&mut vmcs.fields, page));
                 if let Some(hook) = self.hook.as_mut() {
                     let mut cpu = GuestCpu {
+                        delivered,
+                        vapic,
                         fields: &mut vmcs.fields,
                         regs,
                         resumed: launched,
@@ -710,7 +773,7 @@ mod checks {
         a >> PHYS_BITS == 0
     }
 
-    fn proc2(s: &SoftVmx) -> u32 {
+    pub(super) fn proc2(s: &SoftVmx) -> u32 {
         let proc = s.field(VmcsField::PrimaryProcessorBasedVmExecutionControls) as u32;
         if proc & PrimaryProcControls::ACTIVATE_SECONDARY_CONTROLS.bits() != 0 {
             s.field(VmcsField::SecondaryProcessorBasedVmExecutionControls) as u32
@@ -758,6 +821,50 @@ mod checks {
             && !aligned(VmcsField::VirtualApicAddress)
         {
             return Err(BAD);
+        }
+        // §27.2.1.1, the APIC-virtualization rules. Without "use TPR shadow", none of
+        // "virtualize x2APIC mode", "APIC-register virtualization" and "virtual-interrupt
+        // delivery"; with it and without virtual-interrupt delivery, TPR threshold bits 31:4
+        // are 0 (the VTPR comparison needs the page: not modelled).
+        let tpr_shadow = proc & PrimaryProcControls::USE_TPR_SHADOW.bits() != 0;
+        let needs_shadow = SecondaryProcControls::VIRTUALIZE_X2APIC_MODE.bits()
+            | SecondaryProcControls::APIC_REGISTER_VIRTUALIZATION.bits()
+            | SecondaryProcControls::VIRTUAL_INTERRUPT_DELIVERY.bits();
+        let vid = p2 & SecondaryProcControls::VIRTUAL_INTERRUPT_DELIVERY.bits() != 0;
+        if !tpr_shadow && p2 & needs_shadow != 0 {
+            return Err(BAD);
+        }
+        if tpr_shadow && !vid && s.field(VmcsField::TprThreshold) & !0xf != 0 {
+            return Err(BAD);
+        }
+        // "virtualize x2APIC mode" excludes "virtualize APIC accesses".
+        if p2 & SecondaryProcControls::VIRTUALIZE_X2APIC_MODE.bits() != 0
+            && p2 & SecondaryProcControls::VIRTUALIZE_APIC_ACCESSES.bits() != 0
+        {
+            return Err(BAD);
+        }
+        if p2 & SecondaryProcControls::VIRTUALIZE_APIC_ACCESSES.bits() != 0
+            && !aligned(VmcsField::ApicAccessAddress)
+        {
+            return Err(BAD);
+        }
+        // Virtual-interrupt delivery needs "external-interrupt exiting": the host's
+        // interrupts must not reach the guest's virtual APIC.
+        if vid && pin & PinBasedControls::EXTERNAL_INTERRUPT_EXITING.bits() == 0 {
+            return Err(BAD);
+        }
+        // Posted interrupts: virtual-interrupt delivery, "acknowledge interrupt on exit",
+        // a notification vector in 7:0 and a 64-byte aligned descriptor.
+        if pin & PinBasedControls::PROCESS_POSTED_INTERRUPTS.bits() != 0 {
+            let pid = s.field(VmcsField::PostedInterruptDescriptorAddress);
+            if !vid
+                || exit & ExitControls::ACK_INTERRUPT_ON_EXIT.bits() == 0
+                || s.field(VmcsField::PostedInterruptNotificationVector) & 0xff00 != 0
+                || pid & 0x3f != 0
+                || !phys_ok(pid)
+            {
+                return Err(BAD);
+            }
         }
         // "virtual NMIs" requires "NMI exiting".
         if pin & PinBasedControls::VIRTUAL_NMIS.bits() != 0

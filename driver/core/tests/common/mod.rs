@@ -122,8 +122,11 @@ pub fn setup_model(model: &str) -> T {
 }
 
 /// [`setup`] over a prepared model CPU and CPUID table.
-pub fn setup_with(vmx: SoftVmx, cpuid: CpuidTable) -> T {
+pub fn setup_with(mut vmx: SoftVmx, cpuid: CpuidTable) -> T {
     let platform = HeapPlatform::new();
+    // The model CPU reads and writes the virtual-APIC page itself (virtual-interrupt delivery).
+    let memory = platform.memory();
+    vmx.set_memory(move |phys| memory.page(phys));
     let controls = negotiate(vmx.caps()).unwrap();
     let page = platform.alloc_pages(1).unwrap();
     // SAFETY: software model, one thread.

@@ -45,7 +45,12 @@ pub(in crate::vcpu::haxm) struct ApicUnit {
     pub(in crate::vcpu::haxm) index: usize,
     pub(in crate::vcpu::haxm) flags: ApicFlags,
     /// The virtual-APIC page when the TPR shadow is on.
-    vapic: Option<PhysPages>,
+    pub(in crate::vcpu::haxm) vapic: Option<PhysPages>,
+    /// Virtual-interrupt delivery is on (`apic_vid.rs`): the page's VIRR/VISR and the guest
+    /// interrupt status carry the fixed interrupts, the CPU delivers and EOIs them.
+    pub(in crate::vcpu::haxm) vid: bool,
+    /// The EOI-exit bitmap last written (the TMR at that entry).
+    pub(in crate::vcpu::haxm) eoi_exit: [u64; 4],
     /// The APIC timer runs on the VMX-preemption timer.
     timer_on_preemption: bool,
     /// The vCPU executed HLT and waits for an interrupt (SDM Vol. 3A §11.4.7 / HLT).
@@ -142,6 +147,7 @@ impl HaxVcpu {
                 let _ = self.core.use_apic_access(c, page);
             }
         }
+        let vid = vapic.is_some() && self.try_virtual_interrupt_delivery(flags);
         let timer_on_preemption =
             !flags.contains(ApicFlags::NO_PREEMPTION_TIMER) && self.preemption_ticks.is_some();
         let unit = ApicUnit {
@@ -150,6 +156,8 @@ impl HaxVcpu {
             index,
             flags,
             vapic,
+            vid,
+            eoi_exit: [0; 4],
             timer_on_preemption,
             halted: false,
             // An AP waits for the guest's INIT/SIPI (SDM Vol. 3A §9.4: only the BSP runs
@@ -403,7 +411,9 @@ impl HaxVcpu {
         };
         let nmi = u.nmi;
         let extint = u.extint;
-        let vector = u.local.pending_vector();
+        // With virtual-interrupt delivery the CPU delivers the fixed vectors (RVI).
+        let vid = u.vid;
+        let vector = if vid { None } else { u.local.pending_vector() };
         let tpr = u.local.tpr();
         let has_vapic = u.vapic.is_some();
         let (took_nmi, took_ext, took_vector) =
@@ -448,7 +458,7 @@ impl HaxVcpu {
         }
         // A vector still pending that the guest cannot take yet: the window (if it is held
         // back by RFLAGS.IF or a shadow) or the TPR threshold (if by the TPR).
-        let still = u.local.pending_vector();
+        let still = if vid { None } else { u.local.pending_vector() };
         u.window = (still.is_some() && !took_vector) || (u.extint.is_some() && !took_ext);
         let blocked_by_tpr = u
             .local
@@ -466,7 +476,10 @@ impl HaxVcpu {
         };
         let new_tpr = u.local.tpr();
         u.set_vtpr(new_tpr);
-        if has_vapic {
+        if vid {
+            // The CPU compares RVI with the virtual PPR itself: no TPR threshold.
+            self.apic_vid_push(root)?;
+        } else if has_vapic {
             self.core
                 .with_vmcs(root, |vmcs, _| vmcs.set_tpr_threshold(threshold))?;
         }
@@ -624,6 +637,9 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         exit: &VmExit,
     ) -> Result<bool, HaxError> {
+        // Every exit of a vCPU with virtual-interrupt delivery: the model takes what the CPU
+        // did to VIRR/VISR before anything reads or changes it.
+        self.apic_vid_pull();
         if !matches!(exit, VmExit::Wrmsr) {
             return Ok(false);
         }

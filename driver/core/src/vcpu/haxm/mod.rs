@@ -71,6 +71,7 @@ use crate::vmx::root::{
 use crate::vmx::{Counted, VmFail, Vmx};
 
 mod apic;
+mod apic_vid;
 mod apic_virt;
 mod debug;
 pub use debug::StepRoute;

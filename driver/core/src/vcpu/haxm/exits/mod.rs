@@ -157,6 +157,8 @@ impl HaxVcpu {
                 43 => Next::Resume,
                 // APIC access through the APIC-access page (`apic_virt.rs`).
                 44 => self.apic_access_exit(root)?,
+                // EOI-induced (virtual-interrupt delivery, `apic_vid.rs`).
+                45 => self.apic_eoi_exit(root)?,
                 // DR access: DR0-3/6 kept in software, DR7 in the VMCS.
                 29 => {
                     self.dr_access(root)?;

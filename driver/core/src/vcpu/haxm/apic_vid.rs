@@ -1,0 +1,153 @@
+//! Virtual-interrupt delivery for the in-kernel APIC (SDM Vol. 3C §30.2, §30.1.4), where the
+//! CPU offers it (Bochs: haswell and later) and `ApicFlags::NO_APIC_VIRTUALIZATION` is clear.
+//!
+//! Who owns what: the model ([`crate::apic::LocalApic`]) stays the APIC's register file, and
+//! the virtual-APIC page mirrors its IRR and ISR while the guest runs:
+//! - before every entry ([`HaxVcpu::apic_vid_push`]) the model's IRR/ISR are written to the
+//!   page's VIRR/VISR, RVI (the highest requested vector) and SVI (the highest in service)
+//!   to the guest interrupt status, the TMR to the EOI-exit bitmap (a level-triggered
+//!   vector's EOI must reach the model: an EOI-induced exit); the CPU then delivers a
+//!   vector as soon as the guest can take it (RFLAGS.IF, no STI/MOV-SS shadow, above the
+//!   virtual PPR) and virtualizes the guest's EOI writes, without exits;
+//! - after every exit ([`HaxVcpu::apic_vid_pull`]) the page's VIRR/VISR go back into the
+//!   model, before any handler reads or changes them.
+//!
+//! The copies are 16 words each way (a few dozen instructions); a vCPU without virtual-
+//! interrupt delivery injects through the VM-entry interruption field as before (`apic.rs`).
+
+use rhax_api::ext::ApicFlags;
+
+use super::apic::ApicUnit;
+use super::*;
+
+/// Offsets in the virtual-APIC page (SDM Vol. 3C §30.1.1): VISR and VIRR, one 32-bit word
+/// per 16 bytes.
+const VISR: usize = 0x100;
+const VIRR: usize = 0x200;
+
+impl ApicUnit {
+    /// The page's word at `offset` (0 without a page).
+    fn page_word(&mut self, offset: usize) -> u32 {
+        self.vapic
+            .as_mut()
+            .and_then(|p| p.bytes_mut().get(offset..offset + 4))
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn set_page_word(&mut self, offset: usize, value: u32) {
+        if let Some(b) = self
+            .vapic
+            .as_mut()
+            .and_then(|p| p.bytes_mut().get_mut(offset..offset + 4))
+        {
+            b.copy_from_slice(&value.to_le_bytes());
+        }
+    }
+}
+
+/// The highest set bit of 8 words, or 0 (RVI/SVI's "none", SDM Vol. 3C §30.1.1).
+fn highest(words: &[u32; 8]) -> u8 {
+    (0..8usize)
+        .rev()
+        .find_map(|w| {
+            let word = words[w];
+            (word != 0).then(|| (w * 32 + 31 - word.leading_zeros() as usize) as u8)
+        })
+        .unwrap_or(0)
+}
+
+impl HaxVcpu {
+    /// Turns virtual-interrupt delivery on for this (never run) vCPU when the CPU offers it
+    /// and `flags` allow; the TPR shadow is already on. False: injection stays with rhax.
+    pub(in crate::vcpu::haxm) fn try_virtual_interrupt_delivery(
+        &mut self,
+        flags: ApicFlags,
+    ) -> bool {
+        if flags.contains(ApicFlags::NO_APIC_VIRTUALIZATION) {
+            return false;
+        }
+        match self
+            .core
+            .controls()
+            .with(OptionalFeatures::VIRTUAL_INTERRUPT_DELIVERY)
+        {
+            Ok(c) => self.core.use_controls(c).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// After an exit: the page's VIRR/VISR into the model (nothing without virtual-interrupt
+    /// delivery).
+    pub(in crate::vcpu::haxm) fn apic_vid_pull(&mut self) {
+        let Some(u) = self.apic.as_deref_mut() else {
+            return;
+        };
+        if !u.vid {
+            return;
+        }
+        let mut irr = [0u32; 8];
+        let mut isr = [0u32; 8];
+        for i in 0..8 {
+            irr[i] = u.page_word(VIRR + i * 16);
+            isr[i] = u.page_word(VISR + i * 16);
+        }
+        u.local.set_requests(&irr, &isr);
+    }
+
+    /// Before an entry: the model's IRR/ISR into the page, RVI/SVI into the guest interrupt
+    /// status, the TMR into the EOI-exit bitmap when it changed.
+    pub(in crate::vcpu::haxm) fn apic_vid_push<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<(), HaxError> {
+        let Some(u) = self.apic.as_deref_mut() else {
+            return Ok(());
+        };
+        if !u.vid {
+            return Ok(());
+        }
+        let (irr, isr, tmr) = u.local.vector_words();
+        for i in 0..8 {
+            u.set_page_word(VIRR + i * 16, irr[i]);
+            u.set_page_word(VISR + i * 16, isr[i]);
+        }
+        // A software-disabled APIC holds nothing in its IRR (acceptance refuses), so RVI is
+        // simply the highest request (SDM Vol. 3C §30.2.1 compares it with the VPPR).
+        let status = u16::from(highest(&irr)) | u16::from(highest(&isr)) << 8;
+        let bitmap: [u64; 4] =
+            core::array::from_fn(|i| u64::from(tmr[2 * i]) | u64::from(tmr[2 * i + 1]) << 32);
+        let changed = bitmap != u.eoi_exit;
+        u.eoi_exit = bitmap;
+        self.core.with_vmcs(root, |vmcs, _| {
+            vmcs.set_guest_interrupt_status(status);
+            if changed {
+                vmcs.set_eoi_exit_bitmap_0(bitmap[0]);
+                vmcs.set_eoi_exit_bitmap_1(bitmap[1]);
+                vmcs.set_eoi_exit_bitmap_2(bitmap[2]);
+                vmcs.set_eoi_exit_bitmap_3(bitmap[3]);
+            }
+        })?;
+        Ok(())
+    }
+
+    /// An EOI-induced exit (reason 45, SDM Vol. 3C §30.1.4; trap-like, the CPU already
+    /// cleared the VISR bit): the EOI of a level-triggered vector, acted on as the model's own
+    /// EOI would be.
+    pub(in crate::vcpu::haxm) fn apic_eoi_exit<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<Next, HaxError> {
+        let q = self
+            .core
+            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+        let vector = q as u8;
+        let level = self.apic.as_deref().is_some_and(|u| {
+            let (_, _, tmr) = u.local.vector_words();
+            tmr[usize::from(vector >> 5)] & (1 << (vector & 31)) != 0
+        });
+        if level {
+            self.apic_effect(crate::apic::Effect::Eoi { vector });
+        }
+        Ok(Next::Resume)
+    }
+}
