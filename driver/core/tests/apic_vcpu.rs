@@ -241,6 +241,38 @@ fn cr8_without_the_tpr_shadow_is_the_tpr_and_reserved_bits_fault() {
 }
 
 #[test]
+fn a_cr8_write_through_the_tpr_shadow_survives_the_next_apic_exit() {
+    // The guest's CR8 write changes only the virtual-APIC page; an x2APIC ICR write (the
+    // fast path) and a TPR read that follow must see it, and the page must keep it (each
+    // path writes the model's TPR back to the page).
+    for flags in [INJECT, ApicFlags::empty(), ApicFlags::NO_FAST_PATHS] {
+        let (mut t, _bus) = apic_setup(flags);
+        let mut steps = x2apic_on();
+        steps.push(Box::new(|c| {
+            assert!(!c.mov_to_cr8(7), "above the threshold: no exit");
+            c.regs.gpr[reg::RCX] = 0x830;
+            c.regs.gpr[reg::RAX] = (1 << 18) | 0x30; // self (shorthand), fixed, vector 0x30
+            c.regs.gpr[reg::RDX] = 0;
+            c.write(VmcsField::GuestRflags, 0x202);
+            c.exit(32, 0, 2);
+        }));
+        steps.push(Box::new(|c| {
+            assert_eq!(c.mov_from_cr8(), 7, "the page keeps the guest's CR8 write");
+            c.regs.gpr[reg::RCX] = 0x808;
+            c.write(VmcsField::GuestRflags, 0x202);
+            c.exit(31, 0, 2);
+        }));
+        steps.push(Box::new(|c| {
+            assert_eq!(c.regs.gpr[reg::RAX], 0x70, "x2APIC TPR = CR8 << 4");
+            assert_eq!(c.mov_from_cr8(), 7);
+            c.exit(30, 0x0080_0000, 1);
+        }));
+        t.hook(script(steps));
+        assert_eq!(t.run(), Ok(ExitStatus::Io), "{flags:?}");
+    }
+}
+
+#[test]
 fn a_vector_held_back_by_the_tpr_sets_the_threshold_and_arrives_when_it_drops() {
     let (mut t, _bus) = apic_setup(INJECT);
     let mut steps = x2apic_on();

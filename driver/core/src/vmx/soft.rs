@@ -192,6 +192,44 @@ impl GuestCpu<'_> {
         }
     }
 
+    /// The guest executes MOV to CR8 with "use TPR shadow" on (SDM Vol. 3C §30.3, §30.1.2):
+    /// VTPR takes bits 3:0 of `value` in its bits 7:4 (bits 31:8 and 3:0 cleared), then TPR
+    /// virtualization: without "virtual-interrupt delivery" a VTPR[7:4] below the TPR
+    /// threshold's bits 3:0 is a trap-like TPR-below-threshold VM exit (reason 43, recorded:
+    /// the hook must then return, `true`); with it, the PPR is virtualized and a pending
+    /// virtual interrupt delivered ([`GuestCpu::delivered`]). Panics without the TPR shadow
+    /// (the write would have exited) or with `value` above 15 (#GP, no write).
+    pub fn mov_to_cr8(&mut self, value: u64) -> bool {
+        assert!(value <= 0xf, "MOV to CR8 with bits 63:4 set is #GP");
+        let vid = self.read(VmcsField::SecondaryProcessorBasedVmExecutionControls)
+            & u64::from(SecondaryProcControls::VIRTUAL_INTERRUPT_DELIVERY.bits())
+            != 0;
+        let threshold = self.read(VmcsField::TprThreshold) & 0xf;
+        let page = self
+            .vapic
+            .as_mut()
+            .expect("MOV to CR8 without the TPR shadow exits");
+        match soft_apic::write_vtpr(self.fields, page, (value as u32) << 4, vid, threshold) {
+            Ok(delivered) => {
+                self.delivered = delivered;
+                false
+            }
+            Err(()) => {
+                self.exit(43, 0, 0);
+                true
+            }
+        }
+    }
+
+    /// MOV from CR8 with "use TPR shadow" on (SDM Vol. 3C §30.3): VTPR[7:4].
+    pub fn mov_from_cr8(&mut self) -> u64 {
+        let page = self
+            .vapic
+            .as_mut()
+            .expect("MOV from CR8 without the TPR shadow exits");
+        u64::from(soft_apic::read_vtpr(page) >> 4)
+    }
+
     /// Records an instruction-caused VM exit: basic reason, qualification, instruction length
     /// (SDM §28.2.1, §28.2.5).
     pub fn exit(&mut self, reason: u32, qualification: u64, instruction_length: u32) {
@@ -550,8 +588,15 @@ impl Vmx for SoftVmx {
                 let mut vmcs = core::mem::take(self.current_vmcs()?);
                 vmcs.launched = true;
                 vmcs.fields.remove(&VmcsField::ExitReason.encoding());
+                let tpr_shadow = vmcs
+                    .fields
+                    .get(&VmcsField::PrimaryProcessorBasedVmExecutionControls.encoding())
+                    .copied()
+                    .unwrap_or(0)
+                    & u64::from(PrimaryProcControls::USE_TPR_SHADOW.bits())
+                    != 0;
                 let mut vapic = None;
-                if vid {
+                if tpr_shadow {
                     let phys = vmcs
                         .fields
                         .get(&VmcsField::VirtualApicAddress.encoding())
@@ -565,6 +610,7 @@ impl Vmx for SoftVmx {
                 }
                 let delivered = vapic
                     .as_mut()
+                    .filter(|_| vid)
                     .and_then(|page| soft_apic::entry(&mut vmcs.fields, page));
                 if let Some(hook) = self.hook.as_mut() {
                     let mut cpu = GuestCpu {

@@ -159,3 +159,31 @@ pub fn eoi(fields: &mut BTreeMap<u32, u64>, page: &mut VirtualApicPage) -> Resul
     }
     Err(deliver(fields, page))
 }
+
+/// The VTPR byte (bits 7:0 of the page's TPR word).
+pub fn read_vtpr(page: &mut VirtualApicPage) -> u8 {
+    page.read(VTPR) as u8
+}
+
+/// A write of VTPR followed by TPR virtualization (§30.1.2). `Err(())`: a TPR-below-threshold
+/// VM exit (without "virtual-interrupt delivery", VTPR[7:4] < `threshold`); otherwise the
+/// vector delivered by the evaluation that follows with it.
+pub fn write_vtpr(
+    fields: &mut BTreeMap<u32, u64>,
+    page: &mut VirtualApicPage,
+    value: u32,
+    vid: bool,
+    threshold: u64,
+) -> Result<Option<u8>, ()> {
+    page.write(VTPR, value);
+    if !vid {
+        return if u64::from((value >> 4) & 0xf) < threshold {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    }
+    let svi = (field(fields, VmcsField::GuestInterruptStatus) >> 8) as u8;
+    virtualize_ppr(page, svi);
+    Ok(deliver(fields, page))
+}

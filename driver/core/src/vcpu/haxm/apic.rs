@@ -85,6 +85,18 @@ impl ApicUnit {
             .and_then(|p| p.bytes_mut().get(VTPR).copied())
     }
 
+    /// Takes the TPR the guest wrote without an exit (CR8 or the xAPIC TPR through the TPR
+    /// shadow, SDM Vol. 3C §30.1.2) into the model. Called after every exit before any
+    /// handler reads the model's TPR or writes the page back ([`HaxVcpu::apic_effect`]),
+    /// which would otherwise undo the guest's write.
+    pub(in crate::vcpu::haxm) fn sync_from_vtpr(&mut self) {
+        if let Some(t) = self.vtpr() {
+            if t != self.local.tpr() {
+                self.local.set_tpr(t);
+            }
+        }
+    }
+
     fn set_vtpr(&mut self, tpr: u8) {
         if let Some(b) = self
             .vapic
@@ -231,11 +243,7 @@ impl HaxVcpu {
             return Ok(());
         };
         u.now = now;
-        if let Some(t) = u.vtpr() {
-            if t != u.local.tpr() {
-                u.local.set_tpr(t);
-            }
-        }
+        u.sync_from_vtpr();
         if let Some(port) = u.bus.port(u.index) {
             if port.pending() {
                 port.drain_into(&mut u.local);
@@ -637,8 +645,11 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         exit: &VmExit,
     ) -> Result<bool, HaxError> {
-        // Every exit of a vCPU with virtual-interrupt delivery: the model takes what the CPU
-        // did to VIRR/VISR before anything reads or changes it.
+        // Every exit: the model takes what the CPU did without exits (the virtual TPR; with
+        // virtual-interrupt delivery VIRR/VISR) before anything reads or changes it.
+        if let Some(u) = self.apic.as_deref_mut() {
+            u.sync_from_vtpr();
+        }
         self.apic_vid_pull();
         if !matches!(exit, VmExit::Wrmsr) {
             return Ok(false);
@@ -690,6 +701,7 @@ impl HaxVcpu {
                 crate::vcpu::checked::Refused::ReservedBits,
             ));
         };
+        u.sync_from_vtpr();
         if let Some(port) = u.bus.port(u.index) {
             port.drain_into(&mut u.local);
         }
