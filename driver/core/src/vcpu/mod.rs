@@ -305,6 +305,59 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Switches a vCPU that may already run to `controls` (built from [`Vcpu::controls`] with
+    /// `with`/`without`, which apply the SDM's rules): before the first setup they are simply
+    /// taken; afterwards the processor-based control fields that differ are written through
+    /// the VMCS cache (flushed before the next entry, whose checks they then face).
+    pub fn switch_controls<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        controls: VmxControls,
+    ) -> Result<(), RunError> {
+        if self.needs_setup {
+            self.controls = controls;
+            return Ok(());
+        }
+        let (old_proc, old_proc2) = (self.controls.proc, self.controls.proc2);
+        self.with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
+            // Only the bits that change: the field also holds what the vCPU turns on and off
+            // per exit (interrupt- and NMI-window exiting, MTF).
+            let diff = controls.proc.bits() ^ old_proc.bits();
+            if diff != 0 {
+                let cur = vmcs.primary_processor_based_vm_execution_controls()?;
+                vmcs.set_primary_processor_based_vm_execution_controls(
+                    (cur & !diff) | (controls.proc.bits() & diff),
+                );
+            }
+            if controls.proc2 != old_proc2 {
+                vmcs.set_secondary_processor_based_vm_execution_controls(controls.proc2.bits());
+            }
+            Ok(())
+        })?
+        .map_err(RunError::from)?;
+        self.controls = controls;
+        Ok(())
+    }
+
+    /// Whether RDMSR (`write` false) or WRMSR of `msr` exits: sets or clears its bit in the
+    /// MSR bitmap (SDM Vol. 3C §25.6.9; read by the CPU at each access, no VMCS change).
+    pub fn intercept_msr(&mut self, msr: u32, write: bool, exits: bool) {
+        let (base, index) = match msr {
+            0..=0x1fff => (0usize, msr as usize),
+            0xc000_0000..=0xc000_1fff => (1024, (msr - 0xc000_0000) as usize),
+            // Outside both ranges every access exits whatever the bitmap says.
+            _ => return,
+        };
+        let at = if write { 2048 } else { 0 } + base + index / 8;
+        if let Some(b) = self.msr_bitmap.bytes_mut().get_mut(at) {
+            if exits {
+                *b |= 1 << (index % 8);
+            } else {
+                *b &= !(1 << (index % 8));
+            }
+        }
+    }
+
     /// The VMCS configuration (EPTP, VPID, bitmap addresses).
     pub fn config(&self) -> &VmcsConfig {
         &self.config

@@ -142,9 +142,10 @@ pub fn write_controls<V: Vmx>(vmcs: &mut Vmcs<'_, V>, c: &VmxControls, config: &
     if c.proc2.contains(SecondaryProcControls::ENABLE_VPID) {
         vmcs.set_virtual_processor_id(config.vpid);
     }
-    if c.proc2
-        .contains(SecondaryProcControls::VIRTUALIZE_APIC_ACCESSES)
-    {
+    // Also while "virtualize APIC accesses" is off: the in-kernel APIC turns it on and off
+    // with the guest's APIC mode (x2APIC virtualization excludes it, SDM Vol. 3C §27.2.1.1)
+    // without writing the address again.
+    if config.apic_access != 0 {
         vmcs.set_apic_access_address(config.apic_access);
     }
     // Virtual-interrupt delivery (SDM Vol. 3C §25.4.2, §25.6.8): no virtual interrupt

@@ -156,8 +156,10 @@ pub struct GuestCpu<'a> {
     /// The vector this entry delivered by virtual-interrupt delivery (SDM Vol. 3C §30.2.2):
     /// the guest is in its handler.
     pub delivered: Option<u8>,
-    /// The virtual-APIC page with "virtual-interrupt delivery" (and a memory map).
+    /// The virtual-APIC page with "use TPR shadow" (and a memory map).
     vapic: Option<soft_apic::VirtualApicPage>,
+    /// The MSR bitmap page (with a memory map).
+    msr_bitmap: Option<core::ptr::NonNull<u8>>,
 }
 
 impl GuestCpu<'_> {
@@ -210,11 +212,11 @@ impl GuestCpu<'_> {
             .as_mut()
             .expect("MOV to CR8 without the TPR shadow exits");
         match soft_apic::write_vtpr(self.fields, page, (value as u32) << 4, vid, threshold) {
-            Ok(delivered) => {
+            soft_apic::TprVirtualized::Delivered(delivered) => {
                 self.delivered = delivered;
                 false
             }
-            Err(()) => {
+            soft_apic::TprVirtualized::BelowThreshold => {
                 self.exit(43, 0, 0);
                 true
             }
@@ -228,6 +230,118 @@ impl GuestCpu<'_> {
             .as_mut()
             .expect("MOV from CR8 without the TPR shadow exits");
         u64::from(soft_apic::read_vtpr(page) >> 4)
+    }
+
+    /// Whether the guest's RDMSR/WRMSR of `msr` exits (SDM Vol. 3C §26.1.3): always without
+    /// "use MSR bitmaps", otherwise as its bit in the bitmap says (MSRs outside both of the
+    /// bitmap's ranges always exit). Panics with bitmaps on but no memory map to read them.
+    fn msr_exits(&self, msr: u32, write: bool) -> bool {
+        if self.read(VmcsField::PrimaryProcessorBasedVmExecutionControls)
+            & u64::from(PrimaryProcControls::USE_MSR_BITMAPS.bits())
+            == 0
+        {
+            return true;
+        }
+        let page = self
+            .msr_bitmap
+            .expect("MSR bitmaps on: the test needs SoftVmx::set_memory");
+        // SAFETY: the test's memory map hands out live 4 KiB pages; the vCPU does not touch
+        // its MSR bitmap while the guest runs.
+        let bytes = unsafe { core::slice::from_raw_parts(page.as_ptr(), 4096) };
+        crate::vmcs::setup::msr_exits(bytes, msr, write)
+    }
+
+    /// The guest executes WRMSR of `msr` (`value` as EDX:EAX), an x2APIC MSR
+    /// (800H-8FFH). Returns `true` when it exits (reason 32 recorded: the hook must return)
+    /// and `false` when the CPU virtualized it (SDM Vol. 3C §30.5, "virtualize x2APIC mode":
+    /// TPR always; EOI and SELF IPI with "virtual-interrupt delivery"; see
+    /// [`GuestCpu::delivered`] for a vector delivered after it). Panics where hardware would
+    /// write the host's own x2APIC (the bitmap let the write through without
+    /// virtualization: the bug this model exists to catch) or raise #GP in the guest.
+    pub fn x2apic_wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        assert!(
+            (0x800..=0x8ff).contains(&msr),
+            "not an x2APIC MSR: {msr:#x}"
+        );
+        if self.msr_exits(msr, true) {
+            self.regs.gpr[crate::vmx::instructions::reg::RCX] = u64::from(msr);
+            self.regs.gpr[crate::vmx::instructions::reg::RAX] = value & 0xffff_ffff;
+            self.regs.gpr[crate::vmx::instructions::reg::RDX] = value >> 32;
+            self.exit(32, 0, 2);
+            return true;
+        }
+        let proc2 = self.read(VmcsField::SecondaryProcessorBasedVmExecutionControls);
+        let x2virt = proc2 & u64::from(SecondaryProcControls::VIRTUALIZE_X2APIC_MODE.bits()) != 0;
+        let vid = proc2 & u64::from(SecondaryProcControls::VIRTUAL_INTERRUPT_DELIVERY.bits()) != 0;
+        let virtualized = x2virt && (msr == 0x808 || (vid && (msr == 0x80b || msr == 0x83f)));
+        assert!(
+            virtualized,
+            "WRMSR {msr:#x} reached the host's x2APIC: the MSR bitmap must intercept it"
+        );
+        // §30.5: a TPR or SELF IPI value with bits 63:8 set, an EOI value other than 0: #GP
+        // (checked before the virtualization).
+        let reserved = if msr == 0x80b { value } else { value >> 8 };
+        assert!(
+            reserved == 0,
+            "WRMSR {msr:#x}, {value:#x}: #GP in the guest"
+        );
+        let threshold = self.read(VmcsField::TprThreshold) & 0xf;
+        let page = self
+            .vapic
+            .as_mut()
+            .expect("x2APIC virtualization needs the TPR shadow");
+        match msr {
+            0x808 => match soft_apic::write_vtpr(self.fields, page, value as u32, vid, threshold) {
+                soft_apic::TprVirtualized::Delivered(delivered) => {
+                    self.delivered = delivered;
+                    false
+                }
+                soft_apic::TprVirtualized::BelowThreshold => {
+                    self.exit(43, 0, 0);
+                    true
+                }
+            },
+            0x80b => match soft_apic::eoi(self.fields, page) {
+                Ok(_) => true,
+                Err(delivered) => {
+                    self.delivered = delivered;
+                    false
+                }
+            },
+            _ => {
+                self.delivered = soft_apic::self_ipi(self.fields, page, value as u8);
+                false
+            }
+        }
+    }
+
+    /// The guest executes RDMSR of the x2APIC MSR `msr`: `None` when it exits (reason 31
+    /// recorded), else the value the CPU virtualized (SDM Vol. 3C §30.5: the TPR, VTPR;
+    /// every register with "APIC-register virtualization", from the virtual-APIC page).
+    /// Panics where hardware would read the host's own x2APIC.
+    pub fn x2apic_rdmsr(&mut self, msr: u32) -> Option<u64> {
+        assert!(
+            (0x800..=0x8ff).contains(&msr),
+            "not an x2APIC MSR: {msr:#x}"
+        );
+        if self.msr_exits(msr, false) {
+            self.regs.gpr[crate::vmx::instructions::reg::RCX] = u64::from(msr);
+            self.exit(31, 0, 2);
+            return None;
+        }
+        let proc2 = self.read(VmcsField::SecondaryProcessorBasedVmExecutionControls);
+        let x2virt = proc2 & u64::from(SecondaryProcControls::VIRTUALIZE_X2APIC_MODE.bits()) != 0;
+        let arv =
+            proc2 & u64::from(SecondaryProcControls::APIC_REGISTER_VIRTUALIZATION.bits()) != 0;
+        assert!(
+            x2virt && (arv || msr == 0x808),
+            "RDMSR {msr:#x} reached the host's x2APIC: the MSR bitmap must intercept it"
+        );
+        let page = self
+            .vapic
+            .as_mut()
+            .expect("x2APIC virtualization needs the TPR shadow");
+        Some(soft_apic::read_register(page, msr))
     }
 
     /// Records an instruction-caused VM exit: basic reason, qualification, instruction length
@@ -612,10 +726,18 @@ impl Vmx for SoftVmx {
                     .as_mut()
                     .filter(|_| vid)
                     .and_then(|page| soft_apic::entry(&mut vmcs.fields, page));
+                let msr_bitmap = self.memory.as_ref().and_then(|m| {
+                    m(vmcs
+                        .fields
+                        .get(&VmcsField::MsrBitmapAddress.encoding())
+                        .copied()
+                        .unwrap_or(0))
+                });
                 if let Some(hook) = self.hook.as_mut() {
                     let mut cpu = GuestCpu {
                         delivered,
                         vapic,
+                        msr_bitmap,
                         fields: &mut vmcs.fields,
                         regs,
                         resumed: launched,

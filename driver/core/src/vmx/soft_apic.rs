@@ -165,25 +165,65 @@ pub fn read_vtpr(page: &mut VirtualApicPage) -> u8 {
     page.read(VTPR) as u8
 }
 
-/// A write of VTPR followed by TPR virtualization (§30.1.2). `Err(())`: a TPR-below-threshold
-/// VM exit (without "virtual-interrupt delivery", VTPR[7:4] < `threshold`); otherwise the
-/// vector delivered by the evaluation that follows with it.
+/// What TPR virtualization (§30.1.2) ends in.
+pub enum TprVirtualized {
+    /// No VM exit; the vector the evaluation that follows delivered (with "virtual-interrupt
+    /// delivery"), if any.
+    Delivered(Option<u8>),
+    /// A TPR-below-threshold VM exit (without "virtual-interrupt delivery", VTPR[7:4] below
+    /// the TPR threshold).
+    BelowThreshold,
+}
+
+/// A write of VTPR followed by TPR virtualization (§30.1.2).
 pub fn write_vtpr(
     fields: &mut BTreeMap<u32, u64>,
     page: &mut VirtualApicPage,
     value: u32,
     vid: bool,
     threshold: u64,
-) -> Result<Option<u8>, ()> {
+) -> TprVirtualized {
     page.write(VTPR, value);
     if !vid {
         return if u64::from((value >> 4) & 0xf) < threshold {
-            Err(())
+            TprVirtualized::BelowThreshold
         } else {
-            Ok(None)
+            TprVirtualized::Delivered(None)
         };
     }
     let svi = (field(fields, VmcsField::GuestInterruptStatus) >> 8) as u8;
     virtualize_ppr(page, svi);
-    Ok(deliver(fields, page))
+    TprVirtualized::Delivered(deliver(fields, page))
+}
+
+/// Self-IPI virtualization (§30.1.5, a virtualized write of the x2APIC SELF IPI MSR with
+/// "virtual-interrupt delivery"): VIRR[vector] set, RVI raised to it, then the evaluation of
+/// pending virtual interrupts. Returns the vector delivered, if any.
+pub fn self_ipi(
+    fields: &mut BTreeMap<u32, u64>,
+    page: &mut VirtualApicPage,
+    vector: u8,
+) -> Option<u8> {
+    page.set_bit(VIRR, vector, true);
+    let status = field(fields, VmcsField::GuestInterruptStatus);
+    if vector > status as u8 {
+        fields.insert(
+            VmcsField::GuestInterruptStatus.encoding(),
+            (status & !0xff) | u64::from(vector),
+        );
+    }
+    deliver(fields, page)
+}
+
+/// A virtualized RDMSR of x2APIC MSR `msr` (§30.5): the 32 bits at offset
+/// (`msr` & FFH) << 4 of the virtual-APIC page; the ICR (830H) reads 64 bits, the high half
+/// from offset 310H.
+pub fn read_register(page: &mut VirtualApicPage, msr: u32) -> u64 {
+    let offset = ((msr & 0xff) as usize) << 4;
+    let low = u64::from(page.read(offset));
+    if msr == 0x830 {
+        low | u64::from(page.read(0x310)) << 32
+    } else {
+        low
+    }
 }

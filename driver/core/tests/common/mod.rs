@@ -2,6 +2,8 @@
 //! plays guest RAM (everything at or above 1 MiB is MMIO).
 #![allow(dead_code, unused_imports)]
 
+pub mod apic;
+
 pub use std::cell::{Cell, RefCell};
 pub use std::rc::Rc;
 

@@ -51,6 +51,12 @@ pub(in crate::vcpu::haxm) struct ApicUnit {
     pub(in crate::vcpu::haxm) vid: bool,
     /// The EOI-exit bitmap last written (the TMR at that entry).
     pub(in crate::vcpu::haxm) eoi_exit: [u64; 4],
+    /// "Virtualize APIC accesses" is used while the guest's APIC is in xAPIC mode.
+    pub(in crate::vcpu::haxm) access_virt: bool,
+    /// The CPU offers "virtualize x2APIC mode" and the flags allow it (`apic_virt.rs`).
+    pub(in crate::vcpu::haxm) x2apic_virt: bool,
+    /// The controls and the MSR bitmap are those of x2APIC mode now.
+    pub(in crate::vcpu::haxm) x2apic_virt_on: bool,
     /// The APIC timer runs on the VMX-preemption timer.
     timer_on_preemption: bool,
     /// The vCPU executed HLT and waits for an interrupt (SDM Vol. 3A §11.4.7 / HLT).
@@ -149,6 +155,7 @@ impl HaxVcpu {
         }
         // Virtualized APIC accesses need the TPR shadow here (rhax keeps the TPR in the
         // virtual-APIC page, SDM Vol. 3C §30.4) and the VM's APIC-access page.
+        let mut access_virt = false;
         if let (Some(_), Some(page)) = (vapic.as_ref(), bus.apic_access()) {
             if let Ok(c) = self
                 .core
@@ -156,10 +163,17 @@ impl HaxVcpu {
                 .with(OptionalFeatures::VIRTUALIZE_APIC_ACCESSES)
             {
                 // Only before the first run: cannot fail here.
-                let _ = self.core.use_apic_access(c, page);
+                access_virt = self.core.use_apic_access(c, page).is_ok();
             }
         }
         let vid = vapic.is_some() && self.try_virtual_interrupt_delivery(flags);
+        let x2apic_virt = vapic.is_some()
+            && !flags.contains(ApicFlags::NO_APIC_VIRTUALIZATION)
+            && self
+                .core
+                .controls()
+                .available
+                .contains(OptionalFeatures::VIRTUALIZE_X2APIC);
         let timer_on_preemption =
             !flags.contains(ApicFlags::NO_PREEMPTION_TIMER) && self.preemption_ticks.is_some();
         let unit = ApicUnit {
@@ -170,6 +184,9 @@ impl HaxVcpu {
             vapic,
             vid,
             eoi_exit: [0; 4],
+            access_virt,
+            x2apic_virt,
+            x2apic_virt_on: false,
             timer_on_preemption,
             halted: false,
             // An AP waits for the guest's INIT/SIPI (SDM Vol. 3A §9.4: only the BSP runs
@@ -356,6 +373,7 @@ impl HaxVcpu {
             return Ok(BeforeEntry::Enter);
         }
         self.apic_collect(root)?;
+        self.apic_follow_mode(root)?;
         // HLT and wait-for-SIPI: poll (the port, the timer, LINT) until something wakes the
         // vCPU, [`HALT_POLL_US`] or the RUN's budget is spent, or user space wants the thread
         // back (KVM's halt polling; the region never sleeps, so a longer halt is HLT to user

@@ -6,6 +6,16 @@
 //! of an EPT violation on MMIO (the instruction fetched at passive level, hvf's whole-
 //! instruction fetch), and `HaxVcpu::apic_mmio` serves the MOV forms: the same path, so
 //! the two routes cannot disagree.
+//!
+//! In x2APIC mode the page is not the APIC's (SDM Vol. 3A §11.12.1) and the MSRs are: where
+//! the CPU offers "virtualize x2APIC mode" (every Bochs model from Nehalem on), the vCPU
+//! switches to it for as long as the guest's APIC is in x2APIC mode (KVM's
+//! `vmx_set_virtual_apic_mode`), and the MSR bitmap lets through exactly what the CPU then
+//! virtualizes (§30.5): the TPR (808H) both ways, and with virtual-interrupt delivery the
+//! writes of EOI (80BH) and SELF IPI (83FH). Every other x2APIC MSR access still exits;
+//! outside x2APIC mode all of them do (the guest gets #GP from the model).
+
+use crate::apic::ApicMode;
 
 use super::*;
 
@@ -13,7 +23,57 @@ use super::*;
 /// §11.4.4).
 const DEFAULT_APIC_BASE: u64 = 0xfee0_0000;
 
+/// The x2APIC MSRs the bitmap lets through in x2APIC mode (§30.5).
+const X2APIC_TPR: u32 = 0x808;
+const X2APIC_EOI: u32 = 0x80b;
+const X2APIC_SELF_IPI: u32 = 0x83f;
+
 impl HaxVcpu {
+    /// Makes the controls and the MSR bitmap follow the guest's APIC mode (see the module
+    /// documentation); called before every entry, a compare when nothing changed.
+    pub(in crate::vcpu::haxm) fn apic_follow_mode<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<(), HaxError> {
+        let Some(u) = self.apic.as_deref() else {
+            return Ok(());
+        };
+        let want = u.x2apic_virt && u.local.mode() == ApicMode::X2Apic;
+        if want == u.x2apic_virt_on {
+            return Ok(());
+        }
+        let (vid, access_virt) = (u.vid, u.access_virt);
+        let c = *self.core.controls();
+        let next = if want {
+            c.without(OptionalFeatures::VIRTUALIZE_APIC_ACCESSES)
+                .and_then(|c| c.with(OptionalFeatures::VIRTUALIZE_X2APIC))
+        } else if access_virt {
+            c.without(OptionalFeatures::VIRTUALIZE_X2APIC)
+                .and_then(|c| c.with(OptionalFeatures::VIRTUALIZE_APIC_ACCESSES))
+        } else {
+            c.without(OptionalFeatures::VIRTUALIZE_X2APIC)
+        };
+        let Ok(next) = next else {
+            // The CPU's controls do not allow the switch (cannot happen with the features
+            // negotiated at attach): x2APIC mode stays fully intercepted.
+            if let Some(u) = self.apic.as_deref_mut() {
+                u.x2apic_virt = false;
+            }
+            return Ok(());
+        };
+        self.core.switch_controls(root, next)?;
+        self.core.intercept_msr(X2APIC_TPR, false, !want);
+        self.core.intercept_msr(X2APIC_TPR, true, !want);
+        if vid {
+            self.core.intercept_msr(X2APIC_EOI, true, !want);
+            self.core.intercept_msr(X2APIC_SELF_IPI, true, !want);
+        }
+        if let Some(u) = self.apic.as_deref_mut() {
+            u.x2apic_virt_on = want;
+        }
+        Ok(())
+    }
+
     /// An APIC-access exit. Linear reads and writes (types 0, 1) continue as an MMIO access
     /// at the page's address plus the offset; an access during event delivery or an
     /// instruction fetch from the page (types 2, 3, 10, 15: an IDT, a stack or code in the
