@@ -22,6 +22,8 @@ mod bootinfo;
 mod console;
 mod guests;
 mod haxm;
+mod haxm_apic;
+mod haxm_apic_guest;
 mod haxm_avx;
 mod haxm_debug;
 mod haxm_events;
