@@ -17,7 +17,7 @@ use rhax::api::ext::ApicFlags;
 use rhax::api::{CpuidEntry, IoDirection, MmioDirection, RamFlags, VcpuState, VmxMsr};
 
 use crate::arch::rdtsc;
-use crate::haxm::{e, flat, next, qemu_init, qemu_msrs, qemu_reset_state, qemu_set, write_gdt};
+use crate::haxm::{e, flat, step, qemu_init, qemu_msrs, qemu_reset_state, qemu_set, write_gdt};
 use crate::haxm::{Ev, Ram, R, V};
 use crate::haxm_apic_guest as g;
 use crate::hv::Shell;
@@ -174,8 +174,18 @@ fn apic_cpuid(v: &V<'_>) -> R<()> {
 
 /// Runs the guest to its end, serving the OUT requests, HLT and MMIO reads.
 fn drive(v: &mut V<'_>, vm: &rhax::Vm<crate::hv::KernelTransport<'_>>, ram: &Ram) -> R<usize> {
+    let mut spins = 0;
     for runs in 0..MAX_RUNS {
-        match next(v, MMIO_ANSWER)? {
+        let ev = step(v, MMIO_ANSWER)?;
+        if ev == Ev::Interrupt {
+            spins += 1;
+            if spins < 1000 {
+                continue;
+            }
+        } else {
+            spins = 0;
+        }
+        match ev {
             Ev::Io {
                 dir: IoDirection::Out,
                 port,
