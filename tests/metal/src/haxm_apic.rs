@@ -17,7 +17,7 @@ use rhax::api::ext::ApicFlags;
 use rhax::api::{CpuidEntry, IoDirection, MmioDirection, RamFlags, VcpuState, VmxMsr};
 
 use crate::arch::rdtsc;
-use crate::haxm::{e, flat, step, qemu_init, qemu_msrs, qemu_reset_state, qemu_set, write_gdt};
+use crate::haxm::{e, flat, qemu_init, qemu_msrs, qemu_reset_state, qemu_set, step, write_gdt};
 use crate::haxm::{Ev, Ram, R, V};
 use crate::haxm_apic_guest as g;
 use crate::hv::Shell;
@@ -150,7 +150,7 @@ fn judge_divide(bank: &str, ram: &Ram, base: u64, fails: &mut Vec<String>) {
 
 /// Page tables at 0x10000: the first 2 MiB and the 4th GiB identity-mapped with 2-MiB pages
 /// (the 4th GiB uncached: the APIC and the relocated base are there).
-fn page_tables(ram: &Ram) {
+pub(crate) fn page_tables(ram: &Ram) {
     ram.write(0x10000, &(0x11000u64 | 3).to_le_bytes());
     ram.write(0x11000, &(0x12000u64 | 3).to_le_bytes());
     ram.write(0x11018, &(0x13000u64 | 3).to_le_bytes());
@@ -162,7 +162,7 @@ fn page_tables(ram: &Ram) {
 }
 
 /// CPUID leaf 1 with x2APIC (ECX bit 21) and TSC-deadline (bit 24), as QEMU sets it.
-fn apic_cpuid(v: &V<'_>) -> R<()> {
+pub(crate) fn apic_cpuid(v: &V<'_>) -> R<()> {
     let leaf1 = CpuidEntry {
         function: 1,
         ecx: (1 << 21) | (1 << 24),
@@ -170,6 +170,25 @@ fn apic_cpuid(v: &V<'_>) -> R<()> {
         ..CpuidEntry::default()
     };
     v.set_cpuid(&[leaf1]).map_err(e("SET_CPUID"))
+}
+
+/// CPUID with the APIC features, then 64-bit mode at [`g::CODE`] with the tables of
+/// [`page_tables`] (CR0.PG, CR4.PAE, CR3 by SET_REGS, EFER by SET_MSRS as QEMU sends them).
+pub(crate) fn long_mode(v: &V<'_>) -> R<()> {
+    apic_cpuid(v)?;
+    let mut s: VcpuState = qemu_reset_state();
+    flat(&mut s, 0xA09B); // L = 1, D = 0
+    s.rip = g::CODE;
+    s.cr0 = 0x8000_0011; // PG | ET | PE
+    s.cr4 = 0x20; // PAE
+    s.cr3 = 0x10000;
+    let mut msrs: Vec<VmxMsr> = qemu_msrs();
+    for m in &mut msrs {
+        if m.entry == 0xC000_0080 {
+            m.value = 0x500; // LME | LMA
+        }
+    }
+    qemu_set(v, &s, &msrs)
 }
 
 /// Runs the guest to its end, serving the OUT requests, HLT and MMIO reads.
@@ -255,20 +274,7 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
     vm.enable_apic(ApicFlags::ENABLE)
         .map_err(e("ENABLE_APIC"))?;
     let mut v = vm.create_vcpu(0).map_err(e("VCPU_CREATE"))?;
-    apic_cpuid(&v)?;
-    let mut s: VcpuState = qemu_reset_state();
-    flat(&mut s, 0xA09B); // L = 1, D = 0
-    s.rip = g::CODE;
-    s.cr0 = 0x8000_0011; // PG | ET | PE
-    s.cr4 = 0x20; // PAE
-    s.cr3 = 0x10000;
-    let mut msrs: Vec<VmxMsr> = qemu_msrs();
-    for m in &mut msrs {
-        if m.entry == 0xC000_0080 {
-            m.value = 0x500; // LME | LMA
-        }
-    }
-    qemu_set(&v, &s, &msrs)?;
+    long_mode(&v)?;
     let runs = drive(&mut v, &vm, &ram)?;
     let mut fails = Vec::new();
     judge("xAPIC", &ram, g::BANK_X, SUITE, &mut fails);
@@ -279,7 +285,11 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
     drop(v);
     drop(vm);
     drop(sys);
-    let checks = 2 * (SUITE.len() + 1) + XONLY.len();
+    let mut checks = 2 * (SUITE.len() + 1) + XONLY.len();
+    match crate::haxm_apic_smp::smp_checks() {
+        Ok(n) => checks += n,
+        Err(f) => fails.push(f),
+    }
     if !fails.is_empty() {
         return Err(format!(
             "{} of {checks} checks failed: {}",
@@ -289,6 +299,6 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
     }
     let ms = (rdtsc() - t0) * 1000 / time::tsc_hz().max(1);
     Ok(format!(
-        "{checks} checks (xAPIC + x2APIC suites, xAPIC-only), {runs} RUNs, {ms} ms"
+        "{checks} checks (xAPIC + x2APIC suites, xAPIC-only, 2-vCPU), {runs} RUNs, {ms} ms"
     ))
 }

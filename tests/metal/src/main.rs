@@ -24,6 +24,7 @@ mod guests;
 mod haxm;
 mod haxm_apic;
 mod haxm_apic_guest;
+mod haxm_apic_smp;
 mod haxm_avx;
 mod haxm_debug;
 mod haxm_events;
