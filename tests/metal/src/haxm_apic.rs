@@ -93,6 +93,16 @@ const SUITE: &[(usize, &str, Want)] = &[
     (34, "IA32_TSC_DEADLINE 0 after it fired", Want::Eq(0)),
     (35, "IA32_TSC_DEADLINE 0 disarms", Want::Eq(1)),
     (36, "NMI by ICR: the NMI handler ran", Want::Eq(0x102)),
+    (
+        37,
+        "version: EOI-broadcast suppression offered",
+        Want::Eq(0x100_0000),
+    ),
+    (
+        38,
+        "SVR bit 12 (suppress EOI broadcast) writable",
+        Want::Eq(0x11FF),
+    ),
 ];
 
 /// The xAPIC-only checks.
@@ -118,6 +128,11 @@ const XONLY: &[(usize, &str, Want)] = &[
         Want::Eq(0xFEE0_0D00),
     ),
     (9, "x2APIC: WRMSR to the ID #GP", Want::Eq(1)),
+    (
+        10,
+        "x2APIC mode: the xAPIC page is plain MMIO",
+        Want::Eq(MMIO_ANSWER as u32),
+    ),
 ];
 
 fn judge(bank: &str, ram: &Ram, base: u64, list: &[(usize, &str, Want)], fails: &mut Vec<String>) {
@@ -253,9 +268,14 @@ fn drive(v: &mut V<'_>, vm: &rhax::Vm<crate::hv::KernelTransport<'_>>, ram: &Ram
     Err(format!("no end after {MAX_RUNS} RUNs"))
 }
 
-/// See the module documentation.
-pub fn haxm_apic(_: &Ctx) -> R<String> {
-    let t0 = rdtsc();
+/// The xAPIC-only checks that fail while the VM has an APIC-access page (issue 12 known
+/// gap: the page stays mapped at 0xFEE00000 for a vCPU whose APIC moved away or went to
+/// x2APIC mode, so the CPU still virtualizes TPR reads there). They are enforced in the run
+/// without the page and reported (not failed) in the run with it.
+const GAP_WITH_ACCESS_PAGE: &[usize] = &[5, 10];
+
+/// One VM, one vCPU: the guest's suites; failures appended, known-gap lines returned.
+fn one_vm(flags: ApicFlags, fails: &mut Vec<String>) -> R<(usize, Vec<String>)> {
     let ram = Ram::zeroed(0x2_0000)?;
     let code = g::code();
     if code.len() as u64 > g::STACK_TOP - 0x1000 - g::CODE {
@@ -271,21 +291,49 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
     unsafe { vm.add_ramblock(ram.addr, ram.len()) }.map_err(e("ADD_RAMBLOCK"))?;
     vm.set_ram(0, ram.len() as u32, ram.addr, RamFlags::empty())
         .map_err(e("SET_RAM"))?;
-    vm.enable_apic(ApicFlags::ENABLE)
+    vm.enable_apic(ApicFlags::ENABLE | flags)
         .map_err(e("ENABLE_APIC"))?;
     let mut v = vm.create_vcpu(0).map_err(e("VCPU_CREATE"))?;
     long_mode(&v)?;
     let runs = drive(&mut v, &vm, &ram)?;
+    let tag = |bank: &str| format!("{bank} {flags:?}");
+    judge(&tag("xAPIC"), &ram, g::BANK_X, SUITE, fails);
+    judge_divide(&tag("xAPIC"), &ram, g::BANK_X, fails);
+    judge(&tag("x2APIC"), &ram, g::BANK_X2, SUITE, fails);
+    judge_divide(&tag("x2APIC"), &ram, g::BANK_X2, fails);
+    let mut gaps = Vec::new();
+    for item in XONLY {
+        let mut one = Vec::new();
+        judge(
+            &tag("xAPIC-only"),
+            &ram,
+            g::XBANK,
+            core::slice::from_ref(item),
+            &mut one,
+        );
+        let gap = !flags.contains(ApicFlags::NO_APIC_ACCESS_PAGE)
+            && GAP_WITH_ACCESS_PAGE.contains(&item.0);
+        if gap {
+            gaps.append(&mut one);
+        } else {
+            fails.append(&mut one);
+        }
+    }
+    Ok((runs, gaps))
+}
+
+/// See the module documentation.
+pub fn haxm_apic(_: &Ctx) -> R<String> {
+    let t0 = rdtsc();
     let mut fails = Vec::new();
-    judge("xAPIC", &ram, g::BANK_X, SUITE, &mut fails);
-    judge_divide("xAPIC", &ram, g::BANK_X, &mut fails);
-    judge("xAPIC-only", &ram, g::XBANK, XONLY, &mut fails);
-    judge("x2APIC", &ram, g::BANK_X2, SUITE, &mut fails);
-    judge_divide("x2APIC", &ram, g::BANK_X2, &mut fails);
-    drop(v);
-    drop(vm);
-    drop(sys);
-    let mut checks = 2 * (SUITE.len() + 1) + XONLY.len();
+    // The accelerations the CPU offers (APIC-access page, TPR shadow, virtual-interrupt
+    // delivery where present), then the xAPIC page as EPT-violation MMIO.
+    let (runs, gaps) = one_vm(ApicFlags::empty(), &mut fails)?;
+    let (runs2, _) = one_vm(ApicFlags::NO_APIC_ACCESS_PAGE, &mut fails)?;
+    for g in &gaps {
+        crate::println!("known-gap: {g}");
+    }
+    let mut checks = 2 * (2 * (SUITE.len() + 1) + XONLY.len());
     match crate::haxm_apic_smp::smp_checks() {
         Ok(n) => checks += n,
         Err(f) => fails.push(f),
@@ -299,6 +347,10 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
     }
     let ms = (rdtsc() - t0) * 1000 / time::tsc_hz().max(1);
     Ok(format!(
-        "{checks} checks (xAPIC + x2APIC suites, xAPIC-only, 2-vCPU), {runs} RUNs, {ms} ms"
+        "{checks} checks (xAPIC + x2APIC suites and xAPIC-only, with and without the \
+         APIC-access page; 2-vCPU), {} RUNs, {ms} ms; {} known gap(s) with the APIC-access \
+         page",
+        runs + runs2,
+        gaps.len()
     ))
 }

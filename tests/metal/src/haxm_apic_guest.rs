@@ -205,6 +205,10 @@ rhax_apic_start:
     wrmsr
     mov eax, dword ptr [{log}]
     APICG_X 9, eax
+    /* x2APIC mode: the xAPIC page is not the APIC (§11.12.1): the client's MMIO answers. */
+    mov eax, 0xFEE00080
+    mov eax, dword ptr [rax]
+    APICG_X 10, eax
     mov r14d, {bank_x2}
     call apicg_suite
     mov eax, 1
@@ -421,6 +425,15 @@ apicg_suite:
     APICG_WAIT 1, 20000
     mov eax, dword ptr [{log} + 4]
     APICG_R 36, eax
+    /* EOI-broadcast suppression offered (version bit 24) and SVR bit 12 writable (§11.8.5);
+       the broadcast itself has no I/O APIC to reach in rhax. */
+    APICG_RD 0x30
+    and eax, 0x1000000
+    APICG_R 37, eax
+    APICG_WR 0xF0, 0x11FF
+    APICG_RD 0xF0
+    APICG_R 38, eax
+    APICG_WR 0xF0, 0x1FF
     cli
     ret
 

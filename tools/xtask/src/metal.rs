@@ -55,8 +55,8 @@ pub const TEST_SCENARIOS: &[&str] = &[
 /// its 30 minutes; `haxm-mmio-hostile` runs the same phases with a 4,000-exit storm on every
 /// model.
 pub const MODEL_EXTRAS: &[(&str, &[&str])] = &[
-    ("corei7_sandy_bridge_2600k", &["haxm-debug"]),
-    ("corei7_skylake_x", &["haxm-debug"]),
+    ("corei7_sandy_bridge_2600k", &["haxm-debug", "haxm-apic"]),
+    ("corei7_skylake_x", &["haxm-debug", "haxm-apic"]),
 ];
 /// Wall-clock limit of one model's run in the test stage.
 const STAGE_TIMEOUT_SECS: u64 = 900;
