@@ -214,7 +214,7 @@ impl GuestCpu<'_> {
                 self.delivered = delivered;
                 false
             }
-            Err(()) => {
+            Err(soft_apic::TprBelowThreshold) => {
                 self.exit(43, 0, 0);
                 true
             }

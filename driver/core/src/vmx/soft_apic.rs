@@ -172,7 +172,11 @@ pub fn read_vtpr(page: &mut VirtualApicPage) -> u8 {
     page.read(VTPR) as u8
 }
 
-/// A write of VTPR followed by TPR virtualization (§30.1.2). `Err(())`: a TPR-below-threshold
+/// The TPR-below-threshold VM exit (reason 43) a VTPR write causes (SDM Vol. 3C §30.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TprBelowThreshold;
+
+/// A write of VTPR followed by TPR virtualization (§30.1.2). `Err(TprBelowThreshold)`: a TPR-below-threshold
 /// VM exit (without "virtual-interrupt delivery", VTPR[7:4] < `threshold`); otherwise the
 /// vector delivered by the evaluation that follows with it.
 pub fn write_vtpr(
@@ -181,11 +185,11 @@ pub fn write_vtpr(
     value: u32,
     vid: bool,
     threshold: u64,
-) -> Result<Option<u8>, ()> {
+) -> Result<Option<u8>, TprBelowThreshold> {
     page.write(VTPR, value);
     if !vid {
         return if u64::from((value >> 4) & 0xf) < threshold {
-            Err(())
+            Err(TprBelowThreshold)
         } else {
             Ok(None)
         };
