@@ -183,6 +183,10 @@ rhax_apic_start:
     wrmsr
     mov eax, 0xFEE00500     /* EXTD without EN */
     wrmsr
+    mov eax, 0xFEE00900     /* bit 52: beyond any MAXPHYADDR */
+    mov edx, 0x100000
+    wrmsr
+    xor edx, edx
     mov eax, 0xFEE00100     /* disable: allowed */
     wrmsr
     mov eax, 0xFEE00D00     /* disabled to x2APIC: invalid */
