@@ -14,7 +14,8 @@ use rhax::api::{IoDirection, RamFlags};
 
 use crate::haxm::{e, qemu_init, step, write_gdt, Ev, Ram, R, V};
 use crate::haxm_apic::{apic_cpuid, long_mode, page_tables};
-use crate::haxm_apic_guest::{smp as g, CODE};
+use crate::haxm_apic_guest::CODE;
+use crate::haxm_apic_smp_guest as g;
 use crate::hv::Shell;
 use crate::smp;
 use crate::sync::SpinLock;

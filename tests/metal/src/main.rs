@@ -25,6 +25,7 @@ mod haxm;
 mod haxm_apic;
 mod haxm_apic_guest;
 mod haxm_apic_smp;
+mod haxm_apic_smp_guest;
 mod haxm_avx;
 mod haxm_debug;
 mod haxm_events;
