@@ -438,6 +438,3 @@ fn apic_access_exits_are_served_like_the_mmio_path() {
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::StateChange));
 }
-
-// Virtual-interrupt delivery (`apic_vid.rs`, SDM Vol. 3C §30.2): the software VMX plays the
-// CPU's part on the virtual-APIC page (`vmx::soft_apic`).

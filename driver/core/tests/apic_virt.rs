@@ -304,3 +304,32 @@ fn x2apic_virtualization_without_vid_and_when_switched_off() {
     t.hook(script(steps));
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 }
+
+#[test]
+fn an_icr_write_virtualized_into_the_page_is_sent_at_the_apic_write_exit() {
+    // xAPIC mode (the reset state), virtual-interrupt delivery on: ICR low with an NMI to
+    // APIC ID 0 (ICR high 0) is not a self-IPI the CPU virtualizes, so it lands in the
+    // virtual-APIC page and exits with reason 56 (SDM Vol. 3C §30.4.3.3); before, rhax
+    // stopped the vCPU (STATECHANGE) there.
+    let (mut t, _bus) = apic_setup(ApicFlags::empty());
+    t.hook(script(vec![
+        Box::new(|c| {
+            assert_ne!(
+                c.read(VmcsField::SecondaryProcessorBasedVmExecutionControls) & VID,
+                0
+            );
+            c.write(VmcsField::GuestRip, 0x1006);
+            c.virtual_icr_write(0x4400); // NMI, assert, physical
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                VALID | (2 << 8) | 2,
+                "the NMI the ICR write sent, injected"
+            );
+            assert_eq!(c.read(VmcsField::GuestRip), 0x1006, "trap-like: RIP kept");
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}

@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use crate::arch::{cpuid, cr0, cr4, rdmsr, rdtsc};
 use crate::vmx::{self, VmxState, IA32_FEATURE_CONTROL, IA32_VMX_BASIC};
 use crate::{
-    bench_table, guests, haxm, haxm_avx, haxm_debug, haxm_events, haxm_fpu, haxm_hostile,
+    bench_table, guests, haxm, haxm_apic, haxm_avx, haxm_debug, haxm_events, haxm_fpu, haxm_hostile,
     haxm_kick, haxm_mmio, haxm_mmio_hostile, haxm_quickboot, haxm_stat, interrupts, mm, println,
     smp,
 };
@@ -57,6 +57,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-smp", haxm::haxm_smp),
     ("haxm-bad-input", haxm::haxm_bad_input),
     ("haxm-events", haxm_events::haxm_events),
+    ("haxm-apic", haxm_apic::haxm_apic),
     ("haxm-kick", haxm_kick::haxm_kick),
     ("haxm-hostile", haxm_hostile::haxm_hostile),
     ("haxm-fpu", haxm_fpu::haxm_fpu),

@@ -53,10 +53,11 @@ pub const TEST_SCENARIOS: &[&str] = &[
 /// docs/reference/bochs-vmx.md). The 100,000-exit MMIO storm (`haxm-mmio-storm`, about 50 s)
 /// is left to `cargo xtask metal --model corei7_skylake_x haxm-mmio-storm` to keep CI under
 /// its 30 minutes; `haxm-mmio-hostile` runs the same phases with a 4,000-exit storm on every
-/// model.
+/// model. `haxm-apic` (the in-kernel APIC, issue 12) runs on the model with virtual-interrupt
+/// delivery (skylake_x) and the one without (sandy_bridge: rhax's injection path).
 pub const MODEL_EXTRAS: &[(&str, &[&str])] = &[
-    ("corei7_sandy_bridge_2600k", &["haxm-debug"]),
-    ("corei7_skylake_x", &["haxm-debug"]),
+    ("corei7_sandy_bridge_2600k", &["haxm-debug", "haxm-apic"]),
+    ("corei7_skylake_x", &["haxm-debug", "haxm-apic"]),
 ];
 /// Wall-clock limit of one model's run in the test stage.
 const STAGE_TIMEOUT_SECS: u64 = 900;

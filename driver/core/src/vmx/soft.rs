@@ -344,6 +344,20 @@ impl GuestCpu<'_> {
         Some(soft_apic::read_register(page, msr))
     }
 
+    /// The guest writes ICR low (xAPIC offset 0x300) a value that is not a self-IPI, with
+    /// "virtual-interrupt delivery" on: the write is virtualized into the virtual-APIC page
+    /// and an APIC-write VM exit (reason 56, trap-like, qualification = the offset) recorded
+    /// (SDM Vol. 3C §30.4.3.3); the hook must then return. Panics without virtual-interrupt
+    /// delivery, as [`GuestCpu::virtual_eoi`] does.
+    pub fn virtual_icr_write(&mut self, value: u32) {
+        let page = self
+            .vapic
+            .as_mut()
+            .expect("ICR virtualization without virtual-interrupt delivery");
+        soft_apic::write_icr_low(page, value);
+        self.exit(56, 0x300, 0);
+    }
+
     /// Records an instruction-caused VM exit: basic reason, qualification, instruction length
     /// (SDM §28.2.1, §28.2.5).
     pub fn exit(&mut self, reason: u32, qualification: u64, instruction_length: u32) {

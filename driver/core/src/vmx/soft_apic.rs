@@ -160,6 +160,13 @@ pub fn eoi(fields: &mut BTreeMap<u32, u64>, page: &mut VirtualApicPage) -> Resul
     Err(deliver(fields, page))
 }
 
+/// A guest write to ICR low (offset 0x300) that is not a self-IPI, with "virtual-interrupt
+/// delivery" (SDM Vol. 3C §30.4.3.3, §30.5): the value goes to the page; the APIC-write VM
+/// exit that follows is the caller's.
+pub fn write_icr_low(page: &mut VirtualApicPage, value: u32) {
+    page.write(0x300, value);
+}
+
 /// The VTPR byte (bits 7:0 of the page's TPR word).
 pub fn read_vtpr(page: &mut VirtualApicPage) -> u8 {
     page.read(VTPR) as u8
