@@ -693,3 +693,67 @@ fn a_level_triggered_vectors_eoi_exits_to_the_model() {
     assert_eq!(bus.deliver(&msi, None), 1);
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 }
+
+#[test]
+fn an_xapic_icr_write_virtualized_by_the_cpu_exits_and_the_model_sends_it() {
+    // Virtual-interrupt delivery with the APIC-access page (skylake_x): a write of ICR low
+    // is virtualized (SDM Vol. 3C §30.4.3.1); anything but a self-IPI is a trap-like
+    // APIC-write exit (reason 56) that the model must act on: here INIT and SIPI to all but
+    // self start vCPU 1, as an xAPIC SMP boot does.
+    let (mut t, bus) = apic_setup_with_access(ApicFlags::empty(), 0x7_7000);
+    let mut v1 = second_vcpu(&t, &bus);
+    t.hook(|_c: &mut GuestCpu<'_>| panic!("vCPU 1 must not enter before its SIPI"));
+    v1.run(&mut t.root, &t.cpuid, &t.platform).unwrap();
+    assert_eq!(v1.tunnel().status().ok(), Some(ExitStatus::Hlt));
+    let rips = Rc::new(Cell::new(0u64));
+    let (r1, r2) = (rips.clone(), rips.clone());
+    t.hook(script(vec![
+        Box::new(move |c| {
+            let proc2 = c.read(VmcsField::SecondaryProcessorBasedVmExecutionControls);
+            assert_ne!(proc2 & VID, 0, "virtual-interrupt delivery");
+            c.write(VmcsField::GuestRflags, 0x202);
+            // INIT, level assert, shorthand all excluding self (bits 19:18 = 11).
+            assert!(c.virtual_icr_write(0x000c_4500), "INIT: APIC-write exit");
+            assert_eq!(c.read(VmcsField::ExitReason), 56);
+            assert_eq!(c.read(VmcsField::ExitQualification), 0x300);
+            // Trap-like: RIP is already past the MOV.
+            let rip = c.read(VmcsField::GuestRip) + 6;
+            c.write(VmcsField::GuestRip, rip);
+            r1.set(rip);
+        }),
+        Box::new(move |c| {
+            assert_eq!(
+                c.read(VmcsField::GuestRip),
+                r2.get(),
+                "resumed where it was"
+            );
+            assert!(c.virtual_icr_write(0x000c_469a), "SIPI: APIC-write exit");
+        }),
+        out_port(),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    assert!(bus.port(1).unwrap().pending(), "INIT/SIPI posted to vCPU 1");
+    t.hook(script(vec![Box::new(|c| {
+        assert_eq!(c.read(VmcsField::GuestCsSelector), 0x9a00);
+        assert_eq!(c.read(VmcsField::GuestCsBase), 0x9a000);
+        assert_eq!(c.read(VmcsField::GuestRip), 0);
+        c.exit(30, 0x0080_0000, 1);
+    })]));
+    v1.run(&mut t.root, &t.cpuid, &t.platform).unwrap();
+    assert_eq!(v1.tunnel().status().ok(), Some(ExitStatus::Io));
+    v1.core().unload(&mut t.root).ok();
+    let _ = v1.destroy(&t.platform);
+}
+
+#[test]
+fn an_xapic_self_ipi_is_virtualized_without_an_exit() {
+    let (mut t, _bus) = apic_setup_with_access(ApicFlags::empty(), 0x7_7000);
+    t.hook(script(vec![Box::new(|c| {
+        c.write(VmcsField::GuestRflags, 0x202);
+        // Fixed, edge, shorthand self, vector 0x45 (§30.1.5 self-IPI virtualization).
+        assert!(!c.virtual_icr_write(0x0004_0045), "no exit");
+        assert_eq!(c.delivered, Some(0x45));
+        c.exit(30, 0x0080_0000, 1);
+    })]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}

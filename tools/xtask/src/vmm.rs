@@ -2,7 +2,8 @@
 //! item 6) on a guest ELF of the user's, or on the test guests of `tests/vmm-guests/`.
 //!
 //! `cargo xtask metal vmm PATH.elf [--cpus N] [--append "CMDLINE"] [--module FILE[,STRING]]...
-//! [--guest-megs N] [--expect N|triple-fault] [--x2apic] [--halt-ms N] [--model M] [--timeout S]`
+//! [--guest-megs N] [--expect N|triple-fault] [--x2apic] [--halt-ms N]
+//! [--apic-flags BITS] [--model M] [--timeout S]`
 //! puts the guest and its modules into the ROM as multiboot2 module tags (the first is the
 //! guest, its string the guest's command line; `rom.rs`), and the VMM's options on the
 //! kernel's command line (`vmm_*=`), then runs the scenario in Bochs.
@@ -57,6 +58,8 @@ pub struct GuestRun {
     pub x2apic: bool,
     /// How long a vCPU may stay halted (guest ms, 0 = forever); `None`: the VMM's default.
     pub halt_ms: Option<u32>,
+    /// ENABLE_APIC flags (`NO_*` bits of `ApicFlags`); `None`: ENABLE only.
+    pub apic_flags: Option<u32>,
 }
 
 impl GuestRun {
@@ -70,6 +73,7 @@ impl GuestRun {
             expect: "0".into(),
             x2apic: false,
             halt_ms: None,
+            apic_flags: None,
         }
     }
 
@@ -85,6 +89,9 @@ impl GuestRun {
         }
         if let Some(ms) = self.halt_ms {
             v.push(format!("vmm_halt_ms={ms}"));
+        }
+        if let Some(f) = self.apic_flags {
+            v.push(format!("vmm_apic_flags={f:#x}"));
         }
         v
     }
@@ -167,6 +174,16 @@ pub fn main(args: &[String]) -> crate::Result {
             "--module" => run.modules.push(parse_module(&value("--module")?)),
             "--expect" => run.expect = parse_expect(&value("--expect")?)?,
             "--x2apic" => run.x2apic = true,
+            "--apic-flags" => {
+                let f = value("--apic-flags")?;
+                run.apic_flags = Some(
+                    match f.strip_prefix("0x") {
+                        Some(h) => u32::from_str_radix(h, 16),
+                        None => f.parse(),
+                    }
+                    .map_err(|e| format!("--apic-flags: {e}"))?,
+                )
+            }
             "--halt-ms" => {
                 run.halt_ms = Some(
                     value("--halt-ms")?

@@ -192,6 +192,28 @@ impl GuestCpu<'_> {
         }
     }
 
+    /// The guest writes `value` to ICR low (xAPIC offset 0x300) through the APIC-access page
+    /// with "virtual-interrupt delivery" on (SDM Vol. 3C §30.4.3): a self-IPI is virtualized
+    /// ([`GuestCpu::delivered`] holds what was delivered, `false`), anything else is a
+    /// trap-like APIC-write VM exit (reason 56, qualification 0x300; recorded: the hook must
+    /// then return, `true`). RIP is the test's to advance. Panics without a virtual-APIC page.
+    pub fn virtual_icr_write(&mut self, value: u32) -> bool {
+        let page = self
+            .vapic
+            .as_mut()
+            .expect("ICR write virtualization without virtual-interrupt delivery");
+        match soft_apic::write_icr_low(self.fields, page, value) {
+            Ok(delivered) => {
+                self.delivered = delivered;
+                false
+            }
+            Err(()) => {
+                self.write(VmcsField::VmExitInstructionLength, 0);
+                true
+            }
+        }
+    }
+
     /// The guest executes MOV to CR8 with "use TPR shadow" on (SDM Vol. 3C §30.3, §30.1.2):
     /// VTPR takes bits 3:0 of `value` in its bits 7:4 (bits 31:8 and 3:0 cleared), then TPR
     /// virtualization: without "virtual-interrupt delivery" a VTPR[7:4] below the TPR

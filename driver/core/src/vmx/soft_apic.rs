@@ -26,6 +26,10 @@ const RFLAGS_IF: u64 = 1 << 9;
 const INTERRUPT_WINDOW_EXITING: u64 = 1 << 2;
 /// Exit reason 45: EOI-induced (SDM Vol. 3C Appendix C).
 pub const EXIT_REASON_EOI_INDUCED: u32 = 45;
+/// Exit reason 56: APIC write (SDM Vol. 3C Appendix C).
+pub const EXIT_REASON_APIC_WRITE: u32 = 56;
+/// ICR low's offset in the page.
+const VICR_LO: usize = 0x300;
 
 /// The virtual-APIC page of one VM entry, borrowed from the test's memory for the entry.
 pub struct VirtualApicPage {
@@ -158,6 +162,40 @@ pub fn eoi(fields: &mut BTreeMap<u32, u64>, page: &mut VirtualApicPage) -> Resul
         return Ok(vector);
     }
     Err(deliver(fields, page))
+}
+
+/// A guest write of ICR low through the APIC-access page with "virtual-interrupt delivery"
+/// (and without APIC-register virtualization): the value goes to the page (§30.4.3.1), then
+/// APIC-write emulation (§30.4.3.3): a fixed, edge-triggered self-IPI with no reserved bit
+/// set and a vector of 16 or more is virtualized (§30.1.5: VIRR bit, RVI raised, evaluation
+/// and delivery); anything else is an APIC-write VM exit with the offset as its
+/// qualification. `Err(())`: the exit (recorded); `Ok(delivered)` otherwise.
+pub fn write_icr_low(
+    fields: &mut BTreeMap<u32, u64>,
+    page: &mut VirtualApicPage,
+    value: u32,
+) -> Result<Option<u8>, ()> {
+    page.write(VICR_LO, value);
+    // Reserved bits 31:20, 17:16, 13 and delivery status 12 clear; shorthand 01 (self);
+    // trigger mode 15 edge; delivery mode 10:8 fixed; vector 7:4 not zero.
+    let self_ipi = value & 0xffff_b700 == 0x0004_0000 && value & 0xf0 != 0;
+    if !self_ipi {
+        fields.insert(
+            VmcsField::ExitReason.encoding(),
+            u64::from(EXIT_REASON_APIC_WRITE),
+        );
+        fields.insert(VmcsField::ExitQualification.encoding(), VICR_LO as u64);
+        return Err(());
+    }
+    let vector = value as u8;
+    page.set_bit(VIRR, vector, true);
+    let status = field(fields, VmcsField::GuestInterruptStatus);
+    let rvi = (status as u8).max(vector);
+    fields.insert(
+        VmcsField::GuestInterruptStatus.encoding(),
+        (status & !0xff) | u64::from(rvi),
+    );
+    Ok(deliver(fields, page))
 }
 
 /// The VTPR byte (bits 7:0 of the page's TPR word).

@@ -7,6 +7,7 @@
 //! `vmm_megs=N` (guest RAM, default 32), `vmm_cpus=N` (vCPUs, default 1), `vmm_expect=N` or
 //! `vmm_expect=stop` (the outcome that passes: exit status N, or the vCPU stopped by a triple
 //! fault; default 0), `vmm_x2apic=1` (advertise x2APIC and TSC-deadline in CPUID),
+//! `vmm_apic_flags=N` (ENABLE_APIC's flags, `NO_*` bits to switch accelerations off),
 //! `vmm_halt_ms=N` (how long a started vCPU may stay halted, in guest milliseconds, before
 //! the run fails; 0 = forever; default 1000), `vmm_max_exits=N`.
 //!
@@ -113,6 +114,8 @@ struct Config {
     x2apic: bool,
     /// `vmm_halt_ms`: 0 = no limit.
     halt_ms: u64,
+    /// `vmm_apic_flags`: the ENABLE_APIC flags (ENABLE and any `NO_*`).
+    apic_flags: ApicFlags,
     max_exits: u64,
 }
 
@@ -143,6 +146,13 @@ fn config(ctx: &Ctx) -> Result<Config, String> {
         expect,
         x2apic: ctx.arg("vmm_x2apic") == Some("1"),
         halt_ms: num(ctx, "vmm_halt_ms", DEFAULT_HALT_MS)?,
+        apic_flags: match ctx.arg("vmm_apic_flags") {
+            None => ApicFlags::ENABLE,
+            Some(s) => parse_u32(s)
+                .and_then(ApicFlags::from_bits)
+                .map(|f| f | ApicFlags::ENABLE)
+                .ok_or_else(|| format!("vmm_apic_flags={s}: not a set of ApicFlags bits"))?,
+        },
         max_exits: num(ctx, "vmm_max_exits", DEFAULT_MAX_EXITS)?,
     })
 }
@@ -257,6 +267,7 @@ fn boot_state(entry: u32) -> VcpuState {
 fn apic_vm<'a>(
     shell: &'a Shell,
     ram: &Ram,
+    flags: ApicFlags,
 ) -> Result<(rhax::System<KernelTransport<'a>>, rhax::Vm<KernelTransport<'a>>, V<'a>), String> {
     let sys = rhax::System::open(shell.transport()).map_err(e("open \\\\.\\HAX"))?;
     let vm = qemu_init(&sys)?;
@@ -264,7 +275,7 @@ fn apic_vm<'a>(
     unsafe { vm.add_ramblock(ram.addr, ram.len()) }.map_err(e("ADD_RAMBLOCK"))?;
     vm.set_ram(0, ram.len() as u32, ram.addr, RamFlags::empty())
         .map_err(e("SET_RAM"))?;
-    vm.enable_apic(ApicFlags::ENABLE).map_err(e("ENABLE_APIC"))?;
+    vm.enable_apic(flags).map_err(e("ENABLE_APIC"))?;
     let v = vm.create_vcpu(0).map_err(e("VCPU_CREATE"))?;
     Ok((sys, vm, v))
 }
@@ -382,7 +393,7 @@ pub fn vmm(ctx: &Ctx) -> Result<String, String> {
     }
     write_gdt(&ram.0, 0x00CF_9B00_0000_FFFF);
     let shell = Shell::new()?;
-    let (_sys, vm, mut v) = apic_vm(&shell, &ram.0)?;
+    let (_sys, vm, mut v) = apic_vm(&shell, &ram.0, cfg.apic_flags)?;
     if cfg.x2apic {
         let (x2, dl) = advertise_x2apic(&v)?;
         println!(

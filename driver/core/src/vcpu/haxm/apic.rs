@@ -225,7 +225,10 @@ impl HaxVcpu {
     }
 
     /// The guest's TSC now (host TSC plus the VMCS offset: the APIC timer's clock).
-    fn guest_tsc<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<u64, HaxError> {
+    pub(in crate::vcpu::haxm) fn guest_tsc<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<u64, HaxError> {
         Ok(self
             .core
             .with_vmcs(root, |vmcs, _| -> Result<u64, VmFail> {

@@ -14,6 +14,10 @@
 //!
 //! The copies are 16 words each way (a few dozen instructions); a vCPU without virtual-
 //! interrupt delivery injects through the VM-entry interruption field as before (`apic.rs`).
+//!
+//! With virtual-interrupt delivery the CPU also virtualizes writes to ICR low through the
+//! APIC-access page (§30.4.3.1): the value lands in the virtual-APIC page and a self-IPI is
+//! virtualized, anything else is an APIC-write VM exit ([`HaxVcpu::apic_write_exit`]).
 
 use rhax_api::ext::ApicFlags;
 
@@ -128,6 +132,34 @@ impl HaxVcpu {
             }
         })?;
         Ok(())
+    }
+
+    /// An APIC-write VM exit (reason 56, SDM Vol. 3C §30.4.3.3; trap-like: the write is done
+    /// and RIP is past the instruction). With virtual-interrupt delivery and without
+    /// APIC-register virtualization only a write to ICR low (0x300) that is not a
+    /// virtualizable self-IPI gets here: the value the guest wrote is in the virtual-APIC page
+    /// at the exit qualification's offset (bits 11:0), and the model takes it as the xAPIC
+    /// MMIO write it is (the IPI is sent). Missing this exit stopped every xAPIC guest that
+    /// sends an IPI (INIT/SIPI of an SMP boot) on a CPU with virtual-interrupt delivery.
+    pub(in crate::vcpu::haxm) fn apic_write_exit<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<Next, HaxError> {
+        let q = self
+            .core
+            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+        // Registers are 16-byte aligned dwords (§11.4.1): the write covered the aligned one.
+        let offset = (q & 0xff0) as u32;
+        let now = self.guest_tsc(root)?;
+        let effect = match self.apic.as_deref_mut() {
+            Some(u) => {
+                let value = u.page_word(offset as usize);
+                u.local.write_mmio(offset, value, now)
+            }
+            None => return Ok(self.panic(PanicReason::UnhandledExit { reason: 56 })),
+        };
+        self.apic_effect(effect);
+        Ok(Next::Resume)
     }
 
     /// An EOI-induced exit (reason 45, SDM Vol. 3C §30.1.4; trap-like, the CPU already

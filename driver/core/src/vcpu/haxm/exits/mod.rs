@@ -159,6 +159,8 @@ impl HaxVcpu {
                 44 => self.apic_access_exit(root)?,
                 // EOI-induced (virtual-interrupt delivery, `apic_vid.rs`).
                 45 => self.apic_eoi_exit(root)?,
+                // APIC write (virtual-interrupt delivery: ICR low, `apic_vid.rs`).
+                56 => self.apic_write_exit(root)?,
                 // DR access: DR0-3/6 kept in software, DR7 in the VMCS.
                 29 => {
                     self.dr_access(root)?;
