@@ -15,7 +15,7 @@
 //! in-kernel APIC, runs on CPU 1), `apic-timer` (periodic and TSC-deadline timer interrupts
 //! with HLT between them; it must fail without `--x2apic`, which advertises TSC-deadline),
 //! `apic-ipi` (2 vCPUs: INIT/SIPI, then fixed IPIs both ways through the xAPIC and x2APIC
-//! ICRs), `fault` (a triple fault, reported and expected), and `bad`, whose misdeeds the VMM
+//! ICRs; again with `--apic-flags 0x2`, NO_TPR_SHADOW), `fault` (a triple fault, reported and expected), and `bad`, whose misdeeds the VMM
 //! must refuse with a clear error (HLT with interrupts off, a halt nothing ends, an unserved
 //! port) or pass only when expected (exit status 42).
 
@@ -342,6 +342,10 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
     let mut apic_ipi = small("apic-ipi");
     apic_ipi.cpus = 2;
     apic_ipi.x2apic = true;
+    // ApicFlags::NO_TPR_SHADOW: no APIC-access page, no virtual-interrupt delivery; xAPIC
+    // accesses are EPT violations served by the kernel's MMIO path.
+    let mut apic_ipi_no_tpr = apic_ipi.clone();
+    apic_ipi_no_tpr.apic_flags = Some(1 << 1);
     let bad = |word: &str, expect: &str| {
         let mut r = small("bad");
         r.append = word.into();
@@ -414,6 +418,15 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
                 "vmm: guest: apic-ipi: BSP got 00000008 IPIs (x2APIC ICR), AP got 00000008"
                     .to_string(),
                 "vmm: guest: apic-ipi: done".to_string(),
+                "vmm: result: exit status 0".to_string(),
+            ],
+        ),
+        pass(
+            "apic-ipi --cpus 2 --x2apic --apic-flags 0x2 (NO_TPR_SHADOW)",
+            apic_ipi_no_tpr,
+            vec![
+                "vmm: guest: apic-ipi: BSP got 00000008 IPIs (x2APIC ICR), AP got 00000008"
+                    .to_string(),
                 "vmm: result: exit status 0".to_string(),
             ],
         ),
