@@ -203,11 +203,11 @@ impl GuestCpu<'_> {
             .as_mut()
             .expect("ICR write virtualization without virtual-interrupt delivery");
         match soft_apic::write_icr_low(self.fields, page, value) {
-            Ok(delivered) => {
+            soft_apic::VirtualWrite::Done(delivered) => {
                 self.delivered = delivered;
                 false
             }
-            Err(()) => {
+            soft_apic::VirtualWrite::Exit => {
                 self.write(VmcsField::VmExitInstructionLength, 0);
                 true
             }
@@ -232,11 +232,11 @@ impl GuestCpu<'_> {
             .as_mut()
             .expect("MOV to CR8 without the TPR shadow exits");
         match soft_apic::write_vtpr(self.fields, page, (value as u32) << 4, vid, threshold) {
-            Ok(delivered) => {
+            soft_apic::VirtualWrite::Done(delivered) => {
                 self.delivered = delivered;
                 false
             }
-            Err(()) => {
+            soft_apic::VirtualWrite::Exit => {
                 self.exit(43, 0, 0);
                 true
             }

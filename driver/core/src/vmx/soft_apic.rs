@@ -31,6 +31,15 @@ pub const EXIT_REASON_APIC_WRITE: u32 = 56;
 /// ICR low's offset in the page.
 const VICR_LO: usize = 0x300;
 
+/// What a virtualized write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtualWrite {
+    /// A VM exit was recorded (the hook must return).
+    Exit,
+    /// No exit; the vector delivered by the evaluation that followed, if any.
+    Done(Option<u8>),
+}
+
 /// The virtual-APIC page of one VM entry, borrowed from the test's memory for the entry.
 pub struct VirtualApicPage {
     page: NonNull<u8>,
@@ -169,12 +178,12 @@ pub fn eoi(fields: &mut BTreeMap<u32, u64>, page: &mut VirtualApicPage) -> Resul
 /// APIC-write emulation (§30.4.3.3): a fixed, edge-triggered self-IPI with no reserved bit
 /// set and a vector of 16 or more is virtualized (§30.1.5: VIRR bit, RVI raised, evaluation
 /// and delivery); anything else is an APIC-write VM exit with the offset as its
-/// qualification. `Err(())`: the exit (recorded); `Ok(delivered)` otherwise.
+/// qualification.
 pub fn write_icr_low(
     fields: &mut BTreeMap<u32, u64>,
     page: &mut VirtualApicPage,
     value: u32,
-) -> Result<Option<u8>, ()> {
+) -> VirtualWrite {
     page.write(VICR_LO, value);
     // Reserved bits 31:20, 17:16, 13 and delivery status 12 clear; shorthand 01 (self);
     // trigger mode 15 edge; delivery mode 10:8 fixed; vector 7:4 not zero.
@@ -185,7 +194,7 @@ pub fn write_icr_low(
             u64::from(EXIT_REASON_APIC_WRITE),
         );
         fields.insert(VmcsField::ExitQualification.encoding(), VICR_LO as u64);
-        return Err(());
+        return VirtualWrite::Exit;
     }
     let vector = value as u8;
     page.set_bit(VIRR, vector, true);
@@ -195,7 +204,7 @@ pub fn write_icr_low(
         VmcsField::GuestInterruptStatus.encoding(),
         (status & !0xff) | u64::from(rvi),
     );
-    Ok(deliver(fields, page))
+    VirtualWrite::Done(deliver(fields, page))
 }
 
 /// The VTPR byte (bits 7:0 of the page's TPR word).
@@ -203,25 +212,26 @@ pub fn read_vtpr(page: &mut VirtualApicPage) -> u8 {
     page.read(VTPR) as u8
 }
 
-/// A write of VTPR followed by TPR virtualization (§30.1.2). `Err(())`: a TPR-below-threshold
-/// VM exit (without "virtual-interrupt delivery", VTPR[7:4] < `threshold`); otherwise the
-/// vector delivered by the evaluation that follows with it.
+/// A write of VTPR followed by TPR virtualization (§30.1.2). [`VirtualWrite::Exit`]: a
+/// TPR-below-threshold VM exit (without "virtual-interrupt delivery", VTPR[7:4] <
+/// `threshold`; not recorded here); otherwise the vector delivered by the evaluation that
+/// follows with it.
 pub fn write_vtpr(
     fields: &mut BTreeMap<u32, u64>,
     page: &mut VirtualApicPage,
     value: u32,
     vid: bool,
     threshold: u64,
-) -> Result<Option<u8>, ()> {
+) -> VirtualWrite {
     page.write(VTPR, value);
     if !vid {
         return if u64::from((value >> 4) & 0xf) < threshold {
-            Err(())
+            VirtualWrite::Exit
         } else {
-            Ok(None)
+            VirtualWrite::Done(None)
         };
     }
     let svi = (field(fields, VmcsField::GuestInterruptStatus) >> 8) as u8;
     virtualize_ppr(page, svi);
-    Ok(deliver(fields, page))
+    VirtualWrite::Done(deliver(fields, page))
 }
