@@ -8,8 +8,9 @@
 //! `vmm_expect=stop` (the outcome that passes: exit status N, or the vCPU stopped by a triple
 //! fault; default 0), `vmm_x2apic=1` (advertise x2APIC and TSC-deadline in CPUID),
 //! `vmm_apic_flags=N` (ENABLE_APIC's flags, `NO_*` bits to switch accelerations off),
-//! `vmm_halt_ms=N` (how long a started vCPU may stay halted, in guest milliseconds, before
-//! the run fails; 0 = forever; default 1000), `vmm_max_exits=N`.
+//! `vmm_halt_ms=N` (how long a started vCPU of several may stay halted with no wake-up
+//! source of its own, in guest milliseconds, before the run fails; 0 = forever; default
+//! 1000), `vmm_max_exits=N`.
 //!
 //! The VM has rhax's in-kernel local APIC (`Vm::enable_apic`, before any vCPU exists), as
 //! QEMU's kernel irqchip: xAPIC at 0xFEE00000 and x2APIC, timer, IPIs, INIT/SIPI. With several

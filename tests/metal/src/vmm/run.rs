@@ -36,11 +36,12 @@ impl Shared {
 pub struct Limits {
     /// Exits before the VMM gives up.
     pub max_exits: u64,
-    /// TSC ticks a started vCPU may stay halted (RUN returning HLT, the guest at the same
-    /// RIP) before the run fails; 0 = no limit.
+    /// TSC ticks a started vCPU of several may stay halted without a wake-up source of its
+    /// own (RUN returning HLT, the guest at the same RIP) before the run fails; 0 = no
+    /// limit.
     pub halt_ticks: u64,
-    /// The VM has this one vCPU: nothing but the VMM could send it an NMI or INIT, so a halt
-    /// with interrupts off is final.
+    /// The VM has this one vCPU: only its own APIC can wake it (this VMM has no
+    /// interrupting device), so a halt without an armed timer is final.
     pub lone: bool,
 }
 
@@ -267,17 +268,40 @@ fn io(
 
 /// HLT with the in-kernel APIC: RUN returned because the vCPU stayed halted through the
 /// kernel's halt polling; running it again continues the halt until the APIC (its timer, an
-/// IPI, an MSI) wakes it. `None`: run again. A lone vCPU halted with interrupts off can be
-/// woken by nothing (only NMI, INIT or SMI end such a halt: SDM Vol. 2A, HLT, and nothing
-/// sends them to it); a halt at one RIP longer than the limit ends the run too.
+/// IPI, an MSI) wakes it. `None`: run again.
+///
+/// This VMM has no device that interrupts, so only the vCPU's own APIC timer or another vCPU
+/// can end a halt. A lone vCPU halted with interrupts off (only NMI, INIT or SMI end that
+/// halt: SDM Vol. 2A, HLT) or with interrupts on and neither an unmasked armed timer nor a
+/// requested vector (GET_APIC_STATE) would sleep forever: the run ends with an error. With
+/// several vCPUs another may still send an IPI: a halt without a wake-up source of its own
+/// ends the run only after the halt limit.
 fn halted(v: &V<'_>, limits: &Limits, halt: &mut Option<Halt>) -> Option<Outcome> {
     let s = match v.get_regs() {
         Ok(s) => s,
         Err(err) => return Some(Outcome::Failed(e("GET_REGS after HLT")(err))),
     };
-    if limits.lone && s.rflags & RFLAGS_IF == 0 {
+    let if_on = s.rflags & RFLAGS_IF != 0;
+    if limits.lone && !if_on {
         return Some(Outcome::Failed(format!(
             "the guest halted with interrupts off (HLT before RIP {:#x}): nothing can wake it",
+            s.rip
+        )));
+    }
+    let apic = match v.get_apic_state() {
+        Ok(a) => a,
+        Err(err) => return Some(Outcome::Failed(e("GET_APIC_STATE after HLT")(err))),
+    };
+    if if_on && wake_source(&apic) {
+        // A wake-up will come: the halt is the guest waiting, not stuck.
+        *halt = None;
+        return None;
+    }
+    if limits.lone {
+        return Some(Outcome::Failed(format!(
+            "the guest halted waiting for an interrupt (HLT before RIP {:#x}) that nothing \
+             can raise: no APIC timer armed and unmasked, no vector requested, no other vCPU \
+             or interrupting device",
             s.rip
         )));
     }
@@ -286,10 +310,11 @@ fn halted(v: &V<'_>, limits: &Limits, halt: &mut Option<Halt>) -> Option<Outcome
         Some(h) if h.rip == s.rip => {
             if limits.halt_ticks != 0 && now.wrapping_sub(h.since) > limits.halt_ticks {
                 return Some(Outcome::Failed(format!(
-                    "the guest halted waiting for an interrupt (HLT before RIP {:#x}) and \
-                     nothing woke it within the halt limit (vmm_halt_ms; interrupts {})",
+                    "the guest halted waiting for an interrupt (HLT before RIP {:#x}, \
+                     interrupts {}) and no other vCPU woke it within the halt limit \
+                     (vmm_halt_ms)",
                     s.rip,
-                    if s.rflags & RFLAGS_IF != 0 { "on" } else { "off" }
+                    if if_on { "on" } else { "off" }
                 )));
             }
         }
@@ -301,4 +326,17 @@ fn halted(v: &V<'_>, limits: &Limits, halt: &mut Option<Halt>) -> Option<Outcome
         }
     }
     None
+}
+
+/// Whether the vCPU's own APIC will raise an interrupt: a vector already requested (IRR), or
+/// a timer armed (one-shot/periodic counting, or a TSC deadline set) whose LVT entry is not
+/// masked, in a software-enabled APIC (SVR bit 8; SDM Vol. 3A §11.4.7.2, §11.5.4).
+fn wake_source(a: &rhax::api::apic::RhaxApicState) -> bool {
+    use rhax::api::apic::RHAX_APIC_TIMER_ARMED;
+    let reg = |o: usize| a.reg(o).unwrap_or(0);
+    let requested = (0..8).any(|i| reg(0x200 + 0x10 * i) != 0);
+    let enabled = reg(0xf0) & (1 << 8) != 0;
+    let timer_unmasked = reg(0x320) & (1 << 16) == 0;
+    let armed = a.flags & RHAX_APIC_TIMER_ARMED != 0 || a.tsc_deadline != 0;
+    requested || (enabled && timer_unmasked && armed)
 }
