@@ -1,6 +1,7 @@
 # bad: misbehaves as its command line's first word says, for the VMM's error paths:
 #   cli-hlt  halts with interrupts off (the VMM: a clear error)
-#   sti-hlt  halts waiting for an interrupt no device raises (the VMM: a clear error)
+#   sti-hlt  halts waiting for an interrupt nothing raises (its APIC is not even enabled):
+#            the VMM ends the run after its halt limit with a clear error
 #   port     writes to port 0x80, which no device of the VMM serves (an error naming it)
 #   exit42   exits with status 42 (passes only with `--expect 42`)
     .code32

@@ -121,3 +121,83 @@ exit:
 1:  cli
     hlt
     jmp 1b
+
+# gdt_init: loads the guests' own GDT (the multiboot machine state leaves GDTR undefined,
+# §3.2) and reloads the segment registers: 0x08 flat 32-bit code, 0x10 flat data.
+    .globl gdt_init
+gdt_init:
+    lgdt lib_gdtr
+    ljmp $0x08, $1f
+1:  push %eax
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    pop %eax
+    ret
+
+# idt_init: every vector of `lib_idt` to `unexpected` (32-bit interrupt gates, SDM Vol. 3A
+# §6.11, Figure 6-2), then LIDT. Handlers are set with idt_set.
+    .globl idt_init
+idt_init:
+    pusha
+    xor %eax, %eax
+    mov $unexpected, %ebx
+1:  call idt_set
+    inc %eax
+    cmp $256, %eax
+    jb 1b
+    lidt lib_idtr
+    popa
+    ret
+
+# idt_load: LIDT of the IDT idt_init filled (for an application processor).
+    .globl idt_load
+idt_load:
+    lidt lib_idtr
+    ret
+
+# idt_set: vector EAX to the handler at EBX (selector 0x08, present, DPL 0, 32-bit
+# interrupt gate: IF cleared on entry).
+    .globl idt_set
+idt_set:
+    push %edx
+    push %ecx
+    lea lib_idt(,%eax,8), %edx
+    mov %ebx, %ecx
+    and $0xffff, %ecx
+    or $0x00080000, %ecx            # selector 0x08 in bits 31:16
+    mov %ecx, (%edx)
+    mov %ebx, %ecx
+    and $0xffff0000, %ecx
+    or $0x8e00, %ecx                # P, DPL 0, type 0xE (32-bit interrupt gate)
+    mov %ecx, 4(%edx)
+    pop %ecx
+    pop %edx
+    ret
+
+# An exception or an interrupt no handler was set for: exit status 0x21.
+unexpected:
+    mov $0x21, %eax
+    jmp exit
+
+    .section .rodata
+    .align 8
+lib_gdt:
+    .quad 0
+    .quad 0x00CF9A000000FFFF        # 0x08: flat 32-bit code
+    .quad 0x00CF92000000FFFF        # 0x10: flat data
+lib_gdtr:
+    .word 23
+    .long lib_gdt
+    .align 4
+lib_idtr:
+    .word 256 * 8 - 1
+    .long lib_idt
+
+    .bss
+    .align 8
+lib_idt:
+    .space 256 * 8

@@ -1,13 +1,14 @@
 # smp: the bootstrap processor starts application processor 1 in real mode at 0x8000 (vector
-# 0x08) through the VMM's start port (the stand-in for INIT/SIPI until the in-kernel APIC),
-# the AP enters protected mode with its own GDT, prints its initial APIC ID (CPUID leaf 1,
-# EBX[31:24]) and reports it in `ap_flag`; the BSP waits for it and exits with 0, or with
+# 0x08) with INIT, SIPI, SIPI through its xAPIC ICR (SDM Vol. 3A §9.4.4.1; the VMM's
+# in-kernel APIC delivers them), the AP enters protected mode with its own GDT, prints its
+# initial APIC ID (CPUID leaf 1, EBX[31:24]) and reports it in `ap_flag`; the BSP waits for it and exits with 0, or with
 #   1 no loader magic   2 the AP never reported   3 the AP's APIC ID is not 1
+#   4 the ICR stayed busy
     .code32
     .set MB_MAGIC, 0x1BADB002
     .set MB_FLAGS, 0x00000003
     .set TRAMPOLINE, 0x8000         # vector 0x08
-    .set START_PORT, 0xf5
+    .set APIC, 0xFEE00000
 
     .section .multiboot, "a"
     .align 4
@@ -31,9 +32,13 @@ _start:
     cld
     rep movsb
     movl $0, ap_flag
-    mov $(1 << 8 | TRAMPOLINE >> 12), %eax
-    mov $START_PORT, %dx
-    out %eax, %dx                   # start AP 1 at vector 0x08
+    movl $0x1ff, APIC + 0xf0        # SVR: software-enabled, spurious vector 0xFF
+    mov $0x4500, %eax               # INIT, level assert
+    call ipi
+    mov $(0x4600 | TRAMPOLINE >> 12), %eax      # start-up, vector 0x08
+    call ipi
+    mov $(0x4600 | TRAMPOLINE >> 12), %eax      # the second SIPI (ignored once started)
+    call ipi
     mov $200000000, %ecx            # bounded wait
 1:  mov ap_flag, %eax
     test %eax, %eax
@@ -49,6 +54,21 @@ _start:
     call puts
     xor %eax, %eax
     jmp exit
+
+# ipi: ICR low = EAX to APIC ID 1 (the high half first: the low write sends), then waits
+# for the delivery status (bit 12) to go idle.
+ipi:
+    movl $(1 << 24), APIC + 0x310
+    mov %eax, APIC + 0x300
+    mov $10000000, %ecx
+1:  mov APIC + 0x300, %eax         # a plain MOV, as OSes read the APIC
+    test $(1 << 12), %eax
+    jz 2f
+    pause
+    loop 1b
+    mov $4, %eax
+    jmp exit
+2:  ret
 
 # The AP, in protected mode (from the trampoline).
 ap32:

@@ -168,6 +168,8 @@ pub enum Error {
     SignalMsi(OsError),
     /// `RHAX_VCPU_IOCTL_APIC_LINT` failed.
     ApicLint(OsError),
+    /// `RHAX_VCPU_IOCTL_GET_APIC_STATE` failed.
+    GetApicState(OsError),
     /// `RHAX_IOCTL_VCPU_STATS` (system device) failed.
     VcpuStats(OsError),
     /// The IOCTL does not exist on this transport's platform (`HAX_VCPU_IOCTL_KICKOFF` off
@@ -274,6 +276,7 @@ impl Error {
             | Self::EnableApic(os)
             | Self::SignalMsi(os)
             | Self::ApicLint(os)
+            | Self::GetApicState(os)
             | Self::VcpuStats(os) => Some(os),
             _ => None,
         }
@@ -327,6 +330,7 @@ impl fmt::Display for Error {
             Self::EnableApic(os) => failed(f, "RHAX_VM_IOCTL_ENABLE_APIC", os),
             Self::SignalMsi(os) => failed(f, "RHAX_VM_IOCTL_SIGNAL_MSI", os),
             Self::ApicLint(os) => failed(f, "RHAX_VCPU_IOCTL_APIC_LINT", os),
+            Self::GetApicState(os) => failed(f, "RHAX_VCPU_IOCTL_GET_APIC_STATE", os),
             Self::Unsupported { ioctl } => {
                 write!(f, "{ioctl} does not exist on this platform")
             }

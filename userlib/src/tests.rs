@@ -608,6 +608,36 @@ fn memory_calls_bytes_and_refusals() {
 }
 
 #[test]
+fn get_apic_state_checks_the_layout_version() {
+    let fake = Fake::new(Platform::Linux);
+    let (_vm, vcpu) = vcpu_on(&fake);
+    let mut st = rhax_api::apic::RhaxApicState {
+        version: rhax_api::apic::RHAX_APIC_STATE_VERSION,
+        flags: rhax_api::apic::RHAX_APIC_TIMER_ARMED,
+        tsc_deadline: 0x1234,
+        ..Default::default()
+    };
+    assert!(st.set_reg(0x320, 0x2_0040));
+    fake.script([Reply::pod(&st)]);
+    assert_eq!(vcpu.get_apic_state().unwrap(), st);
+    st.version = 2;
+    fake.script([Reply::pod(&st)]);
+    assert!(matches!(
+        vcpu.get_apic_state(),
+        Err(Error::Malformed {
+            field: "version",
+            value: 2,
+            ..
+        })
+    ));
+    fake.script([Reply::err(OsError::Errno(6))]);
+    assert_eq!(
+        vcpu.get_apic_state().err(),
+        Some(Error::GetApicState(OsError::Errno(6)))
+    );
+}
+
+#[test]
 fn vcpu_state_calls() {
     let fake = Fake::new(Platform::Windows);
     let (_vm, vcpu) = vcpu_on(&fake);

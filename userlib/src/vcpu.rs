@@ -527,6 +527,18 @@ impl<T: Transport> Vcpu<T> {
             Error::ApicLint,
         )
     }
+
+    /// `RHAX_VCPU_IOCTL_GET_APIC_STATE` (rhax only): the in-kernel local APIC's registers,
+    /// timer and latched events. A layout version other than
+    /// [`rhax_api::apic::RHAX_APIC_STATE_VERSION`] is [`Error::Malformed`].
+    pub fn get_apic_state(&self) -> Result<rhax_api::apic::RhaxApicState> {
+        let def = &rhax_api::ext::RHAX_VCPU_IOCTL_GET_APIC_STATE;
+        let s: rhax_api::apic::RhaxApicState = self.dev.fetch(def, Error::GetApicState)?;
+        if s.version != rhax_api::apic::RHAX_APIC_STATE_VERSION {
+            return Err(malformed(def.name, "version", s.version.into()));
+        }
+        Ok(s)
+    }
 }
 
 fn setup_tunnel<T: Transport>(dev: &Device<T>) -> Result<TunnelInfo> {

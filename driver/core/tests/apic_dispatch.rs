@@ -119,6 +119,30 @@ fn enable_apic_once_before_any_vcpu_with_known_flags() {
 }
 
 #[test]
+fn the_apic_access_page_is_mapped_only_where_the_vcpus_virtualize_accesses() {
+    // A vCPU turns "virtualize APIC accesses" on only with the TPR shadow; the page mapped
+    // at 0xFEE00000 without it would be plain memory under the guest's xAPIC accesses.
+    for (flags, mapped) in [
+        (ApicFlags::ENABLE, true),
+        (ApicFlags::ENABLE | ApicFlags::NO_APIC_ACCESS_PAGE, false),
+        (ApicFlags::ENABLE | ApicFlags::NO_TPR_SHADOW, false),
+    ] {
+        let h = hv();
+        let (vmh, id) = vm(&h);
+        enable(&h, vmh, flags.bits(), 0).unwrap();
+        let snap = h.snapshot();
+        let memory = snap
+            .vms
+            .iter()
+            .find(|v| v.id == id)
+            .and_then(|v| v.memory.as_ref())
+            .expect("the VM's memory");
+        let at_apic = memory.leaves.iter().any(|(gpa, _)| *gpa == 0xfee0_0000);
+        assert_eq!(at_apic, mapped, "{flags:?}");
+    }
+}
+
+#[test]
 fn msi_and_lint_are_checked_and_need_the_apic() {
     let h = hv();
     let (vmh, id) = vm(&h);

@@ -2,7 +2,8 @@
 //! item 6) on a guest ELF of the user's, or on the test guests of `tests/vmm-guests/`.
 //!
 //! `cargo xtask metal vmm PATH.elf [--cpus N] [--append "CMDLINE"] [--module FILE[,STRING]]...
-//! [--guest-megs N] [--expect N|triple-fault] [--x2apic] [--model M] [--timeout S]`
+//! [--guest-megs N] [--expect N|triple-fault] [--x2apic] [--halt-ms N]
+//! [--apic-flags BITS] [--model M] [--timeout S]`
 //! puts the guest and its modules into the ROM as multiboot2 module tags (the first is the
 //! guest, its string the guest's command line; `rom.rs`), and the VMM's options on the
 //! kernel's command line (`vmm_*=`), then runs the scenario in Bochs.
@@ -10,11 +11,13 @@
 //! `cargo xtask metal vmm --selftest`: builds the test guests (GNU as + ld) into
 //! `<target>/vmm-guests/` and runs each on `corei7_skylake_x` and `corei7_sandy_bridge_2600k`,
 //! checking each result: `hello` (command line and module strings in its UART output, exit 0),
-//! `memtest` (exit 0), `smp` (vCPU 1 started by the guest through the VMM's start port, the
-//! stand-in for INIT/SIPI, runs on CPU 1), `fault` (a triple fault, reported and expected),
-//! and `bad`, whose
-//! misdeeds the VMM must refuse with a clear error (HLT with interrupts off or on, an unserved
-//! port) or pass only when expected (exit status 42).
+//! `memtest` (exit 0), `smp` (vCPU 1 started by the guest's INIT/SIPI/SIPI through the
+//! in-kernel APIC, runs on CPU 1), `apic-timer` (periodic and TSC-deadline timer interrupts
+//! with HLT between them; it must fail without `--x2apic`, which advertises TSC-deadline),
+//! `apic-ipi` (2 vCPUs: INIT/SIPI, then fixed IPIs both ways through the xAPIC and x2APIC
+//! ICRs; again with `--apic-flags 0x2`, NO_TPR_SHADOW), `fault` (a triple fault, reported and expected), and `bad`, whose misdeeds the VMM
+//! must refuse with a clear error (HLT with interrupts off, HLT with no APIC timer armed, an
+//! unserved port) or pass only when expected (exit status 42).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,7 +29,15 @@ use crate::rom::Module;
 /// Models of the self-test.
 const SELFTEST_MODELS: [&str; 2] = ["corei7_skylake_x", "corei7_sandy_bridge_2600k"];
 /// The test guests (`tests/vmm-guests/NAME.s`, linked with `lib.s`).
-const GUESTS: [&str; 5] = ["hello", "memtest", "fault", "bad", "smp"];
+const GUESTS: [&str; 7] = [
+    "hello",
+    "memtest",
+    "fault",
+    "bad",
+    "smp",
+    "apic-timer",
+    "apic-ipi",
+];
 
 /// One VMM run: the guest and what the VMM is told.
 #[derive(Debug, Clone)]
@@ -45,6 +56,10 @@ pub struct GuestRun {
     pub expect: String,
     /// Advertise x2APIC and TSC-deadline.
     pub x2apic: bool,
+    /// How long a vCPU may stay halted (guest ms, 0 = forever); `None`: the VMM's default.
+    pub halt_ms: Option<u32>,
+    /// ENABLE_APIC flags (`NO_*` bits of `ApicFlags`); `None`: ENABLE only.
+    pub apic_flags: Option<u32>,
 }
 
 impl GuestRun {
@@ -57,6 +72,8 @@ impl GuestRun {
             megs: 32,
             expect: "0".into(),
             x2apic: false,
+            halt_ms: None,
+            apic_flags: None,
         }
     }
 
@@ -69,6 +86,12 @@ impl GuestRun {
         ];
         if self.x2apic {
             v.push("vmm_x2apic=1".into());
+        }
+        if let Some(ms) = self.halt_ms {
+            v.push(format!("vmm_halt_ms={ms}"));
+        }
+        if let Some(f) = self.apic_flags {
+            v.push(format!("vmm_apic_flags={f:#x}"));
         }
         v
     }
@@ -151,6 +174,23 @@ pub fn main(args: &[String]) -> crate::Result {
             "--module" => run.modules.push(parse_module(&value("--module")?)),
             "--expect" => run.expect = parse_expect(&value("--expect")?)?,
             "--x2apic" => run.x2apic = true,
+            "--apic-flags" => {
+                let f = value("--apic-flags")?;
+                run.apic_flags = Some(
+                    match f.strip_prefix("0x") {
+                        Some(h) => u32::from_str_radix(h, 16),
+                        None => f.parse(),
+                    }
+                    .map_err(|e| format!("--apic-flags: {e}"))?,
+                )
+            }
+            "--halt-ms" => {
+                run.halt_ms = Some(
+                    value("--halt-ms")?
+                        .parse()
+                        .map_err(|e| format!("--halt-ms: {e}"))?,
+                )
+            }
             "--timeout" => {
                 timeout = Duration::from_secs(
                     value("--timeout")?
@@ -295,6 +335,17 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
         "vmm: guest: fault: an empty IDT, then UD2".to_string(),
         "vmm: result: vCPU 0 stopped (triple fault)".to_string(),
     ];
+    let mut apic_timer = small("apic-timer");
+    apic_timer.x2apic = true;
+    let mut apic_timer_no_x2apic = small("apic-timer");
+    apic_timer_no_x2apic.x2apic = false;
+    let mut apic_ipi = small("apic-ipi");
+    apic_ipi.cpus = 2;
+    apic_ipi.x2apic = true;
+    // ApicFlags::NO_TPR_SHADOW: no APIC-access page, no virtual-interrupt delivery; xAPIC
+    // accesses are EPT violations served by the kernel's MMIO path.
+    let mut apic_ipi_no_tpr = apic_ipi.clone();
+    apic_ipi_no_tpr.apic_flags = Some(1 << 1);
     let bad = |word: &str, expect: &str| {
         let mut r = small("bad");
         r.append = word.into();
@@ -320,7 +371,9 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
             hello2,
             vec![
                 hello_lines[0].clone(),
-                "vmm: cpuid: x2APIC and TSC-deadline asked for".to_string(),
+                "vmm: cpuid: x2APIC and TSC-deadline asked for; the driver kept x2APIC true, \
+                 TSC-deadline true"
+                    .to_string(),
                 "vCPU 1: never started".to_string(),
             ],
         ),
@@ -329,9 +382,49 @@ fn selftest_runs(elves: &[PathBuf], env: &Path) -> Vec<Check> {
             "smp --cpus 2",
             smp,
             vec![
-                "vmm: vCPU 1 started at vector 0x08 on CPU 1".to_string(),
+                "vmm: vCPU 1 started (INIT/SIPI) on CPU 1".to_string(),
                 "vmm: guest: smp: AP up, APIC ID 00000001".to_string(),
                 "vmm: guest: smp: the AP reported, done".to_string(),
+                "vmm: result: exit status 0".to_string(),
+            ],
+        ),
+        pass(
+            "apic-timer --x2apic",
+            apic_timer,
+            vec![
+                "vmm: guest: apic-timer: periodic: 0000000A interrupts".to_string(),
+                "vmm: guest: apic-timer: tsc-deadline: 0000000A interrupts, none before its \
+                 deadline"
+                    .to_string(),
+                "vmm: guest: apic-timer: done".to_string(),
+                "vmm: result: exit status 0".to_string(),
+            ],
+        ),
+        Check {
+            label: "apic-timer without --x2apic (must fail)".into(),
+            run: apic_timer_no_x2apic,
+            lines: vec!["vmm: guest: apic-timer: periodic: 0000000A interrupts".to_string()],
+            // Status 2: CPUID shows no TSC-deadline.
+            fails_with: Some("exit status 2, expected exit status 0"),
+        },
+        pass(
+            "apic-ipi --cpus 2 --x2apic",
+            apic_ipi,
+            vec![
+                "vmm: vCPU 1 started (INIT/SIPI) on CPU 1".to_string(),
+                "vmm: guest: apic-ipi: AP up in x2APIC mode, x2APIC ID 00000001".to_string(),
+                "vmm: guest: apic-ipi: BSP got 00000008 IPIs (x2APIC ICR), AP got 00000008"
+                    .to_string(),
+                "vmm: guest: apic-ipi: done".to_string(),
+                "vmm: result: exit status 0".to_string(),
+            ],
+        ),
+        pass(
+            "apic-ipi --cpus 2 --x2apic --apic-flags 0x2 (NO_TPR_SHADOW)",
+            apic_ipi_no_tpr,
+            vec![
+                "vmm: guest: apic-ipi: BSP got 00000008 IPIs (x2APIC ICR), AP got 00000008"
+                    .to_string(),
                 "vmm: result: exit status 0".to_string(),
             ],
         ),
@@ -460,13 +553,15 @@ mod tests {
         run.cpus = 2;
         run.x2apic = true;
         run.expect = "stop".into();
+        run.halt_ms = Some(100);
         assert_eq!(
             run.kernel_args(),
             [
                 "vmm_cpus=2",
                 "vmm_megs=32",
                 "vmm_expect=stop",
-                "vmm_x2apic=1"
+                "vmm_x2apic=1",
+                "vmm_halt_ms=100"
             ]
         );
         let m = run.rom_modules().unwrap();

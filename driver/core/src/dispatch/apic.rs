@@ -44,10 +44,16 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         // The APIC-access page, mapped at the default base in the VM's EPT, where the CPU
         // virtualizes APIC accesses (SDM Vol. 3C §30.4); without it (not offered, switched
         // off, or RAM already there) xAPIC accesses are EPT violations served the same way.
+        // The vCPUs turn "virtualize APIC accesses" on only with the TPR shadow
+        // (`HaxVcpu::attach_apic`): without it, the page mapped here would be plain memory
+        // under the guest's xAPIC accesses (IPIs, EOIs and timer writes silently lost).
+        use crate::vmx::negotiate::OptionalFeatures;
         let virtualize = self.host.as_ref().is_ok_and(|c| {
             c.available
-                .contains(crate::vmx::negotiate::OptionalFeatures::VIRTUALIZE_APIC_ACCESSES)
-        }) && !flags.contains(ApicFlags::NO_APIC_ACCESS_PAGE);
+                .contains(OptionalFeatures::VIRTUALIZE_APIC_ACCESSES)
+                && c.available.contains(OptionalFeatures::TPR_SHADOW)
+        }) && !flags
+            .intersects(ApicFlags::NO_APIC_ACCESS_PAGE | ApicFlags::NO_TPR_SHADOW);
         let mut access = 0;
         if virtualize {
             let memory = self.memory_of(vm, c.ctx)?;

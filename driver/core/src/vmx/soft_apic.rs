@@ -26,7 +26,6 @@ const RFLAGS_IF: u64 = 1 << 9;
 const INTERRUPT_WINDOW_EXITING: u64 = 1 << 2;
 /// Exit reason 45: EOI-induced (SDM Vol. 3C Appendix C).
 pub const EXIT_REASON_EOI_INDUCED: u32 = 45;
-
 /// The virtual-APIC page of one VM entry, borrowed from the test's memory for the entry.
 pub struct VirtualApicPage {
     page: NonNull<u8>,

@@ -14,10 +14,6 @@ use crate::println;
 pub const COM1: u16 = 0x3F8;
 /// The exit port: `out` of a status ends the run with it.
 pub const EXIT_PORT: u16 = 0xF4;
-/// The start port: `outl` of `index << 8 | vector` starts application processor `index` as
-/// a SIPI with `vector` would. A stand-in for the in-kernel APIC's INIT/SIPI (issue 12 item
-/// 1), which will call the same hook ([`super::run::Shared::start_ap`]); remove it then.
-pub const START_PORT: u16 = 0xF5;
 
 /// LSR: THR empty (bit 5) and transmitter empty (bit 6); no data ready (bit 0).
 const LSR_IDLE: u8 = 0x60;

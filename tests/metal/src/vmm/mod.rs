@@ -7,16 +7,22 @@
 //! `vmm_megs=N` (guest RAM, default 32), `vmm_cpus=N` (vCPUs, default 1), `vmm_expect=N` or
 //! `vmm_expect=stop` (the outcome that passes: exit status N, or the vCPU stopped by a triple
 //! fault; default 0), `vmm_x2apic=1` (advertise x2APIC and TSC-deadline in CPUID),
-//! `vmm_max_exits=N`.
+//! `vmm_apic_flags=N` (ENABLE_APIC's flags, `NO_*` bits to switch accelerations off),
+//! `vmm_halt_ms=N` (how long a started vCPU of several may stay halted with no wake-up
+//! source of its own, in guest milliseconds, before the run fails; 0 = forever; default
+//! 1000), `vmm_max_exits=N`.
 //!
-//! With several vCPUs each is created and run on its own CPU (CPU i for vCPU i, as a client's
-//! vCPU threads); the application processors wait for [`run::Shared::start_ap`] (the hook the
-//! in-kernel APIC's INIT/SIPI will call; until then the guest's `outl` to the start port
-//! 0xF5), and the first vCPU whose run ends stops the others.
+//! The VM has rhax's in-kernel local APIC (`Vm::enable_apic`, before any vCPU exists), as
+//! QEMU's kernel irqchip: xAPIC at 0xFEE00000 and x2APIC, timer, IPIs, INIT/SIPI. With several
+//! vCPUs each is created and run on its own CPU (CPU i for vCPU i, as a client's vCPU
+//! threads); an application processor starts in the wait-for-SIPI state (SDM Vol. 3A §9.4),
+//! where its RUN returns HLT without entering the guest, until the guest's INIT/SIPI reaches
+//! it through the APIC. The first vCPU whose run ends stops the others.
 //!
 //! * `loader.rs`: the multiboot header, the image, the information structure.
-//! * `devices.rs`: the 16550 UART at 0x3F8, the exit port 0xF4, the start port 0xF5.
-//! * `run.rs`: the RUN loop and what the vCPUs share.
+//! * `devices.rs`: the 16550 UART at 0x3F8 and the exit port 0xF4.
+//! * `run.rs`: the RUN loop (HLT: run again, the APIC wakes the vCPU) and what the vCPUs
+//!   share.
 
 mod devices;
 mod loader;
@@ -27,10 +33,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
-use rhax::api::{CpuidEntry, SegmentDesc, VcpuState};
+use rhax::api::ext::ApicFlags;
+use rhax::api::{CpuidEntry, RamFlags, VcpuState};
 
 use crate::bootinfo::BootInfo;
-use crate::haxm::{e, flat, qemu_msrs, qemu_reset_state, qemu_set, simple_vm, write_gdt, Ram, V};
+use crate::haxm::{
+    e, flat, qemu_init, qemu_msrs, qemu_reset_state, qemu_set, write_gdt, Ram, V,
+};
 use crate::hv::{KernelTransport, Shell};
 use crate::scenarios::Ctx;
 use crate::sync::SpinLock;
@@ -52,6 +61,8 @@ const MAX_CPUS: u32 = 16;
 const DEFAULT_MAX_EXITS: u64 = 5_000_000;
 /// Multiboot images load at 1 MiB or above (below: the VMM's structures and the PC hole).
 const LOAD_MIN: u64 = 0x10_0000;
+/// How long a started vCPU may stay halted unless `vmm_halt_ms` says otherwise.
+const DEFAULT_HALT_MS: u64 = 1000;
 
 /// CPUID.01H:ECX.x2APIC[bit 21] and TSC-Deadline[bit 24] (SDM Vol. 2A, CPUID, Table 3-10).
 const CPUID1_ECX_X2APIC: u32 = 1 << 21;
@@ -102,6 +113,10 @@ struct Config {
     cpus: u32,
     expect: Expect,
     x2apic: bool,
+    /// `vmm_halt_ms`: 0 = no limit.
+    halt_ms: u64,
+    /// `vmm_apic_flags`: the ENABLE_APIC flags (ENABLE and any `NO_*`).
+    apic_flags: ApicFlags,
     max_exits: u64,
 }
 
@@ -131,6 +146,14 @@ fn config(ctx: &Ctx) -> Result<Config, String> {
         cpus,
         expect,
         x2apic: ctx.arg("vmm_x2apic") == Some("1"),
+        halt_ms: num(ctx, "vmm_halt_ms", DEFAULT_HALT_MS)?,
+        apic_flags: match ctx.arg("vmm_apic_flags") {
+            None => ApicFlags::ENABLE,
+            Some(s) => parse_u32(s)
+                .and_then(ApicFlags::from_bits)
+                .map(|f| f | ApicFlags::ENABLE)
+                .ok_or_else(|| format!("vmm_apic_flags={s}: not a set of ApicFlags bits"))?,
+        },
         max_exits: num(ctx, "vmm_max_exits", DEFAULT_MAX_EXITS)?,
     })
 }
@@ -240,26 +263,27 @@ fn boot_state(entry: u32) -> VcpuState {
     s
 }
 
-/// HOOK(issue 12 item 1): switches the VM's in-kernel local APIC on through the rhax
-/// extension IOCTL the lead is adding. Until then nothing is called and the VMM runs without
-/// an APIC (HLT with IF set cannot be woken). Returns whether the APIC is on.
-fn enable_in_kernel_apic(_vm: &rhax::Vm<crate::hv::KernelTransport<'_>>) -> Result<bool, String> {
-    Ok(false)
+/// The VM with its RAM and vCPU 0, as `haxm::simple_vm`, and the in-kernel local APIC
+/// switched on before the vCPU is created (ENABLE_APIC refuses a VM that has vCPUs).
+fn apic_vm<'a>(
+    shell: &'a Shell,
+    ram: &Ram,
+    flags: ApicFlags,
+) -> Result<(rhax::System<KernelTransport<'a>>, rhax::Vm<KernelTransport<'a>>, V<'a>), String> {
+    let sys = rhax::System::open(shell.transport()).map_err(e("open \\\\.\\HAX"))?;
+    let vm = qemu_init(&sys)?;
+    // SAFETY: `ram` is kernel pages that outlive the VM (the caller declares it first).
+    unsafe { vm.add_ramblock(ram.addr, ram.len()) }.map_err(e("ADD_RAMBLOCK"))?;
+    vm.set_ram(0, ram.len() as u32, ram.addr, RamFlags::empty())
+        .map_err(e("SET_RAM"))?;
+    vm.enable_apic(flags).map_err(e("ENABLE_APIC"))?;
+    let v = vm.create_vcpu(0).map_err(e("VCPU_CREATE"))?;
+    Ok((sys, vm, v))
 }
 
-/// The state a start-up IPI leaves an AP in (SDM Vol. 3A §11.6.1, "Start-Up", and §9.4, the
-/// MP initialization protocol): real mode at `vector << 12` (CS selector `vector << 8`, IP
-/// 0), the rest as after INIT (QEMU's reset state).
-fn sipi_state(vector: u8) -> VcpuState {
-    let mut s = qemu_reset_state();
-    let sel = u16::from(vector) << 8;
-    s.cs = SegmentDesc::new(sel, u64::from(sel) << 4, 0xffff, 0x9b);
-    s.rip = 0;
-    s
-}
-
-/// `--x2apic`: CPUID leaf 1 with x2APIC and TSC-deadline (SET_CPUID). Returns what the
-/// driver kept (rhax-core hides both until its in-kernel APIC exists).
+/// `--x2apic`: CPUID leaf 1 with x2APIC and TSC-deadline (SET_CPUID), as QEMU sets them for
+/// its kernel irqchip. Returns what the driver kept (rhax-core keeps both only for a VM with
+/// the in-kernel APIC).
 fn advertise_x2apic(v: &V<'_>) -> Result<(bool, bool), String> {
     {
         let table = v.get_cpuid().map_err(e("GET_CPUID"))?;
@@ -300,7 +324,12 @@ struct Ends {
 /// the others (their CPUs are kicked so that a guest spinning without exits comes back).
 fn run_vcpu(v: &mut V<'_>, index: usize, shared: &Shared, cfg: &Config, ends: &SpinLock<Ends>) {
     let mut counts = Counts::default();
-    let outcome = run::run(v, shared, cfg.max_exits, &mut counts);
+    let limits = run::Limits {
+        max_exits: cfg.max_exits,
+        halt_ticks: cfg.halt_ms.saturating_mul(crate::time::tsc_hz() / 1000),
+        lone: cfg.cpus == 1,
+    };
+    let outcome = run::run(v, index, shared, &limits, &mut counts);
     let mut e = ends.lock();
     if outcome != Outcome::Cancelled && e.first.is_none() {
         e.first = Some((index, outcome));
@@ -309,15 +338,18 @@ fn run_vcpu(v: &mut V<'_>, index: usize, shared: &Shared, cfg: &Config, ends: &S
             smp::kick(cpu);
         }
     }
+    let started = counts.started;
     e.vcpus.push(VcpuEnd {
         index,
         counts,
-        started: true,
+        started,
     });
 }
 
 /// An application processor on its own CPU (as a client's vCPU thread): creates vCPU
-/// `index`, waits for [`Shared::start_ap`], then runs it from the SIPI state.
+/// `index` in QEMU's reset state and runs it. rhax-core keeps it in wait-for-SIPI (RUN returns
+/// HLT without entering the guest) until the guest's INIT/SIPI arrives through the in-kernel
+/// APIC, which then sets real mode at `vector << 12` (SDM Vol. 3A §11.6.1 "Start-Up").
 fn application_processor(
     vm: &rhax::Vm<KernelTransport<'_>>,
     index: usize,
@@ -329,25 +361,7 @@ fn application_processor(
     if cfg.x2apic {
         advertise_x2apic(&v)?;
     }
-    let vector = loop {
-        if let Some(vector) = shared.start_vector(index) {
-            break vector;
-        }
-        if shared.stop.load(Ordering::SeqCst) {
-            ends.lock().vcpus.push(VcpuEnd {
-                index,
-                counts: Counts::default(),
-                started: false,
-            });
-            return Ok(());
-        }
-        crate::arch::pause();
-    };
-    println!(
-        "vmm: vCPU {index} started at vector {vector:#04x} on CPU {}",
-        smp::cpu_index()
-    );
-    qemu_set(&v, &sipi_state(vector), &qemu_msrs())?;
+    qemu_set(&v, &qemu_reset_state(), &qemu_msrs())?;
     run_vcpu(&mut v, index, shared, cfg, ends);
     Ok(())
 }
@@ -380,8 +394,7 @@ pub fn vmm(ctx: &Ctx) -> Result<String, String> {
     }
     write_gdt(&ram.0, 0x00CF_9B00_0000_FFFF);
     let shell = Shell::new()?;
-    let (_sys, vm, mut v) = simple_vm(&shell, &ram.0)?;
-    let apic = enable_in_kernel_apic(&vm)?;
+    let (_sys, vm, mut v) = apic_vm(&shell, &ram.0, cfg.apic_flags)?;
     if cfg.x2apic {
         let (x2, dl) = advertise_x2apic(&v)?;
         println!(
@@ -390,7 +403,7 @@ pub fn vmm(ctx: &Ctx) -> Result<String, String> {
         );
     }
     qemu_set(&v, &boot_state(entry), &qemu_msrs())?;
-    let shared = Shared::new(cfg.cpus as usize);
+    let shared = Shared::new();
     let ends = SpinLock::new(Ends {
         first: None,
         vcpus: Vec::new(),
@@ -438,8 +451,8 @@ pub fn vmm(ctx: &Ctx) -> Result<String, String> {
             let c = &v.counts;
             if v.started {
                 format!(
-                    "vCPU {}: {} exits ({} IO, {} MMIO, {} INTERRUPT)",
-                    v.index, c.exits, c.io, c.mmio, c.interrupts
+                    "vCPU {}: {} exits ({} IO, {} MMIO, {} INTERRUPT, {} HLT)",
+                    v.index, c.exits, c.io, c.mmio, c.interrupts, c.halts
                 )
             } else {
                 format!("vCPU {}: never started", v.index)
@@ -447,10 +460,9 @@ pub fn vmm(ctx: &Ctx) -> Result<String, String> {
         })
         .collect();
     let stats = format!(
-        "{}; {} UART bytes; APIC {}",
+        "{}; {} UART bytes; in-kernel APIC on",
         per_vcpu.join(", "),
         uart.transmitted,
-        if apic { "on" } else { "off (not yet)" }
     );
     let (who, outcome) = ends.first.take().ok_or("no vCPU reported an outcome")?;
     let result = match &outcome {

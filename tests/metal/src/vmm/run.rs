@@ -4,60 +4,45 @@
 
 use alloc::format;
 use alloc::string::String;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use rhax::api::{IoDirection, MmioDirection};
 use rhax::Exit;
 
-use super::devices::{Uart, EXIT_PORT, START_PORT};
+use super::devices::{Uart, EXIT_PORT};
 use crate::haxm::{e, V};
 use crate::sync::SpinLock;
+use crate::{println, smp};
 
-/// What the vCPU loops share: the devices, the start requests of the application processors
-/// and the end of the run.
+/// What the vCPU loops share: the devices and the end of the run.
 pub struct Shared {
     /// The UART (one for all vCPUs, as on a PC).
     pub uart: SpinLock<Uart>,
     /// Set by the first loop that ends: the others stop at their next exit.
     pub stop: AtomicBool,
-    /// Per vCPU: 0 = waiting for its SIPI, else the start vector + 1.
-    start: [AtomicU32; super::MAX_CPUS as usize],
-    /// vCPUs in the VM.
-    cpus: usize,
 }
 
 impl Shared {
-    /// For a VM of `cpus` vCPUs.
-    pub fn new(cpus: usize) -> Shared {
+    /// For a VM of any number of vCPUs.
+    pub fn new() -> Shared {
         Shared {
             uart: SpinLock::new(Uart::default()),
             stop: AtomicBool::new(false),
-            start: [const { AtomicU32::new(0) }; super::MAX_CPUS as usize],
-            cpus,
         }
     }
+}
 
-    /// HOOK(issue 12 item 1): asks application processor `index` to start as a SIPI with
-    /// `vector` would start it (SDM Vol. 3A §11.4.4.1: real mode at `vector << 12`). The
-    /// AP's loop, waiting on its own CPU, sets the state and runs it. The in-kernel APIC
-    /// calls this when the guest's INIT/SIPI reaches the vCPU; until then the `smp` test guest
-    /// asks through the VMM's start port (0xF5).
-    pub fn start_ap(&self, index: usize, vector: u8) -> Result<(), String> {
-        let slot = self
-            .start
-            .get(index)
-            .filter(|_| index != 0 && index < self.cpus)
-            .ok_or_else(|| format!("start_ap: no application processor {index}"))?;
-        slot.compare_exchange(0, u32::from(vector) + 1, Ordering::SeqCst, Ordering::SeqCst)
-            .map(|_| ())
-            .map_err(|_| format!("start_ap: processor {index} was already started"))
-    }
-
-    /// The start vector of AP `index`, once asked for.
-    pub fn start_vector(&self, index: usize) -> Option<u8> {
-        let v = self.start.get(index)?.load(Ordering::SeqCst);
-        u8::try_from(v.checked_sub(1)?).ok()
-    }
+/// What bounds one vCPU's loop.
+pub struct Limits {
+    /// Exits before the VMM gives up.
+    pub max_exits: u64,
+    /// TSC ticks a started vCPU of several may stay halted without a wake-up source of its
+    /// own (RUN returning HLT, the guest at the same RIP) before the run fails; 0 = no
+    /// limit.
+    pub halt_ticks: u64,
+    /// The VM has this one vCPU: only its own APIC can wake it (this VMM has no
+    /// interrupting device), so a halt without an armed timer is final.
+    pub lone: bool,
 }
 
 /// RFLAGS.IF (SDM Vol. 1 §3.4.3.2).
@@ -87,23 +72,72 @@ pub struct Counts {
     pub mmio: u64,
     /// INTERRUPT exits (run again).
     pub interrupts: u64,
+    /// HLT returns (run again: the in-kernel APIC wakes the vCPU).
+    pub halts: u64,
+    /// The vCPU left QEMU's reset state (for an application processor: its SIPI came).
+    pub started: bool,
 }
 
-/// Runs a vCPU until the guest exits, stops or does something this VMM does not serve, until
-/// `max_exits` exits, or until another vCPU's loop ended the run.
-pub fn run(v: &mut V<'_>, shared: &Shared, max_exits: u64, counts: &mut Counts) -> Outcome {
-    while counts.exits < max_exits {
+/// QEMU's reset CS:IP (F000:FFF0), where an application processor stays until its SIPI.
+const RESET_CS: u16 = 0xf000;
+const RESET_IP: u64 = 0xfff0;
+
+/// A continuing halt: where and since when.
+struct Halt {
+    rip: u64,
+    since: u64,
+}
+
+/// Runs vCPU `index` until the guest exits, stops or does something this VMM does not
+/// serve, until a limit of `limits` is reached, or until another vCPU's loop ended the run.
+pub fn run(
+    v: &mut V<'_>,
+    index: usize,
+    shared: &Shared,
+    limits: &Limits,
+    counts: &mut Counts,
+) -> Outcome {
+    // vCPU 0 starts at the multiboot entry; an application processor when its SIPI comes.
+    counts.started = index == 0;
+    let mut halt: Option<Halt> = None;
+    while counts.exits < limits.max_exits {
         if shared.stop.load(Ordering::SeqCst) {
             return Outcome::Cancelled;
         }
         counts.exits += 1;
+        let served = counts.io + counts.mmio;
         let step = match v.run() {
             Ok(exit) => serve(exit, shared, counts),
             Err(err) => Step::Done(Outcome::Failed(e("RUN")(err))),
         };
+        if !counts.started {
+            match v.get_regs() {
+                Ok(s) if s.cs.selector != RESET_CS || s.rip != RESET_IP => {
+                    counts.started = true;
+                    println!(
+                        "vmm: vCPU {index} started (INIT/SIPI) on CPU {}, first exit at \
+                         {:#x}:{:#x}",
+                        smp::cpu_index(),
+                        s.cs.selector,
+                        s.rip
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => return Outcome::Failed(e("GET_REGS")(err)),
+            }
+        }
         match step {
+            // An IO or MMIO exit: the guest ran, a halt that follows is a new one.
+            Step::Again if counts.io + counts.mmio != served => halt = None,
             Step::Again => {}
-            Step::Halted => return halted(v),
+            Step::Halted => {
+                counts.halts += 1;
+                if counts.started {
+                    if let Some(outcome) = halted(v, limits, &mut halt) {
+                        return outcome;
+                    }
+                }
+            }
             Step::StateChange => {
                 return match v.unemulated() {
                     Some(u) => Outcome::Failed(format!(
@@ -120,7 +154,7 @@ pub fn run(v: &mut V<'_>, shared: &Shared, max_exits: u64, counts: &mut Counts) 
     }
     with_rip(
         v,
-        Outcome::Failed(format!("no exit after {max_exits} VM exits")),
+        Outcome::Failed(format!("no exit after {} VM exits", limits.max_exits)),
     )
 }
 
@@ -179,7 +213,7 @@ fn serve(exit: Exit<'_>, shared: &Shared, counts: &mut Counts) -> Step {
     }
 }
 
-/// Port IO: the exit port, the start port and the UART; anything else ends the run with the
+/// Port IO: the exit port and the UART; anything else ends the run with the
 /// exit described.
 #[allow(clippy::too_many_arguments)]
 fn io(
@@ -200,17 +234,6 @@ fn io(
             *dst = *src;
         }
         return Step::Done(Outcome::Exit(u32::from_le_bytes(b)));
-    }
-    if port == START_PORT && direction == IoDirection::Out && !string && size == 4 {
-        // `outl` of `index << 8 | vector` (the stand-in for INIT/SIPI until the APIC exists).
-        let v = data
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_le_bytes);
-        return match shared.start_ap((v >> 8) as usize, v as u8) {
-            Ok(()) => Step::Again,
-            Err(why) => Step::Done(Outcome::Failed(why)),
-        };
     }
     let last = port.checked_add(u16::from(size as u8).saturating_sub(1));
     if !Uart::claims(port) || !last.is_some_and(Uart::claims) {
@@ -243,19 +266,77 @@ fn io(
     Step::Again
 }
 
-/// HLT: nothing in this VMM raises an interrupt yet (no PIT, no in-kernel APIC), so a halted
-/// guest would never resume: a clear error, worded for the two cases.
-fn halted(v: &V<'_>) -> Outcome {
-    match v.get_regs() {
-        Ok(s) if s.rflags & RFLAGS_IF == 0 => Outcome::Failed(format!(
+/// HLT with the in-kernel APIC: RUN returned because the vCPU stayed halted through the
+/// kernel's halt polling; running it again continues the halt until the APIC (its timer, an
+/// IPI, an MSI) wakes it. `None`: run again.
+///
+/// This VMM has no device that interrupts, so only the vCPU's own APIC timer or another vCPU
+/// can end a halt. A lone vCPU halted with interrupts off (only NMI, INIT or SMI end that
+/// halt: SDM Vol. 2A, HLT) or with interrupts on and neither an unmasked armed timer nor a
+/// requested vector (GET_APIC_STATE) would sleep forever: the run ends with an error. With
+/// several vCPUs another may still send an IPI: a halt without a wake-up source of its own
+/// ends the run only after the halt limit.
+fn halted(v: &V<'_>, limits: &Limits, halt: &mut Option<Halt>) -> Option<Outcome> {
+    let s = match v.get_regs() {
+        Ok(s) => s,
+        Err(err) => return Some(Outcome::Failed(e("GET_REGS after HLT")(err))),
+    };
+    let if_on = s.rflags & RFLAGS_IF != 0;
+    if limits.lone && !if_on {
+        return Some(Outcome::Failed(format!(
             "the guest halted with interrupts off (HLT before RIP {:#x}): nothing can wake it",
             s.rip
-        )),
-        Ok(s) => Outcome::Failed(format!(
-            "the guest halted waiting for an interrupt (HLT before RIP {:#x}), and no device \
-             of this VMM raises one yet (in-kernel APIC: see `vmm::enable_in_kernel_apic`)",
-            s.rip
-        )),
-        Err(err) => Outcome::Failed(e("GET_REGS after HLT")(err)),
+        )));
     }
+    let apic = match v.get_apic_state() {
+        Ok(a) => a,
+        Err(err) => return Some(Outcome::Failed(e("GET_APIC_STATE after HLT")(err))),
+    };
+    if if_on && wake_source(&apic) {
+        // A wake-up will come: the halt is the guest waiting, not stuck.
+        *halt = None;
+        return None;
+    }
+    if limits.lone {
+        return Some(Outcome::Failed(format!(
+            "the guest halted waiting for an interrupt (HLT before RIP {:#x}) that nothing \
+             can raise: no APIC timer armed and unmasked, no vector requested, no other vCPU \
+             or interrupting device",
+            s.rip
+        )));
+    }
+    let now = crate::arch::rdtsc();
+    match halt {
+        Some(h) if h.rip == s.rip => {
+            if limits.halt_ticks != 0 && now.wrapping_sub(h.since) > limits.halt_ticks {
+                return Some(Outcome::Failed(format!(
+                    "the guest halted waiting for an interrupt (HLT before RIP {:#x}, \
+                     interrupts {}) and no other vCPU woke it within the halt limit \
+                     (vmm_halt_ms)",
+                    s.rip,
+                    if if_on { "on" } else { "off" }
+                )));
+            }
+        }
+        _ => {
+            *halt = Some(Halt {
+                rip: s.rip,
+                since: now,
+            })
+        }
+    }
+    None
+}
+
+/// Whether the vCPU's own APIC will raise an interrupt: a vector already requested (IRR), or
+/// a timer armed (one-shot/periodic counting, or a TSC deadline set) whose LVT entry is not
+/// masked, in a software-enabled APIC (SVR bit 8; SDM Vol. 3A §11.4.7.2, §11.5.4).
+fn wake_source(a: &rhax::api::apic::RhaxApicState) -> bool {
+    use rhax::api::apic::RHAX_APIC_TIMER_ARMED;
+    let reg = |o: usize| a.reg(o).unwrap_or(0);
+    let requested = (0..8).any(|i| reg(0x200 + 0x10 * i) != 0);
+    let enabled = reg(0xf0) & (1 << 8) != 0;
+    let timer_unmasked = reg(0x320) & (1 << 16) == 0;
+    let armed = a.flags & RHAX_APIC_TIMER_ARMED != 0 || a.tsc_deadline != 0;
+    requested || (enabled && timer_unmasked && armed)
 }

@@ -14,6 +14,10 @@
 //!
 //! The copies are 16 words each way (a few dozen instructions); a vCPU without virtual-
 //! interrupt delivery injects through the VM-entry interruption field as before (`apic.rs`).
+//!
+//! With virtual-interrupt delivery the CPU also virtualizes writes to ICR low through the
+//! APIC-access page (§30.4.3.1): the value lands in the virtual-APIC page and a self-IPI is
+//! virtualized, anything else is an APIC-write VM exit ([`HaxVcpu::apic_write_exit`]).
 
 use rhax_api::ext::ApicFlags;
 
