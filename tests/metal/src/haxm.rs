@@ -334,7 +334,7 @@ pub(crate) fn qemu_msrs() -> Vec<VmxMsr> {
 }
 
 /// CAPABILITY, VERSION, CREATE_VM (+open), NOTIFY_QEMU_VERSION: QEMU's `hax_init`.
-fn qemu_init<'a>(sys: &System<KernelTransport<'a>>) -> R<Vm<KernelTransport<'a>>> {
+pub(crate) fn qemu_init<'a>(sys: &System<KernelTransport<'a>>) -> R<Vm<KernelTransport<'a>>> {
     let caps = sys.working_capability().map_err(e("CAPABILITY"))?;
     let f = caps
         .features()
