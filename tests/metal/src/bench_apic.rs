@@ -40,8 +40,6 @@ const APIC: u64 = 0xFEE0_0000;
 const RESULT: u64 = 0x2000;
 /// IPIs the receiving vCPU handled (remote-IPI row).
 const REMOTE_COUNT: u64 = 0x2100;
-/// The receiving vCPU is set up (remote-IPI row).
-const REMOTE_READY: u64 = 0x2104;
 /// Code of the measured loop, of the receiver, the handlers, the IDT.
 const CODE: u64 = 0x1000;
 const RECEIVER: u64 = 0x6000;
@@ -475,11 +473,19 @@ static REMOTE_DONE: AtomicBool = AtomicBool::new(false);
 /// x2APIC fixed IPIs from vCPU 0 (CPU 0) to vCPU 1 (CPU 1, halted with IF = 1, its handler
 /// counts and EOIs): the sender's cost per IPI.
 fn remote_ipi(flags: ApicFlags, variant: &'static str, n: u32) -> R<String> {
+    // The sender starts vCPU 1 as a guest does (SDM Vol. 3A §9.4.4: INIT, then a start-up
+    // IPI with vector 0x06: real mode at 0600:0000), and waits until it is ready.
     let pro = cat(&[
         MOV_EBX_APIC,
         X2_ENABLE,
         X2_SVR,
-        // spin: cmp dword [REMOTE_READY], 0; je spin
+        &[0xB9, 0x30, 0x08, 0x00, 0x00], // mov ecx, 0x830 (ICR)
+        &[0xBA, 0x01, 0x00, 0x00, 0x00], // mov edx, 1 (destination: APIC ID 1)
+        &[0xB8, 0x00, 0x45, 0x00, 0x00], // mov eax, 0x4500 (INIT, assert)
+        &[0x0F, 0x30],                   // wrmsr
+        &[0xB8, 0x06, 0x46, 0x00, 0x00], // mov eax, 0x4606 (start-up, vector 6)
+        &[0x0F, 0x30],                   // wrmsr
+        // spin: cmp dword [0x2104], 0; je spin (the receiver is ready)
         &[0x83, 0x3C, 0x25, 0x04, 0x21, 0x00, 0x00, 0x00, 0x74, 0xF6],
     ]);
     let regs = cat(&[
@@ -488,19 +494,28 @@ fn remote_ipi(flags: ApicFlags, variant: &'static str, n: u32) -> R<String> {
         &[0xBA, 0x01, 0x00, 0x00, 0x00],     // mov edx, 1 (destination: APIC ID 1)
     ]);
     let ram = guest_ram(&loop64(n, &pro, &regs, &[0x0F, 0x30]), Handler::None)?;
-    // The receiver's handler (at HANDLER + 0x100, its own IDT copy is not needed: vector
-    // 0x41 of the shared IDT is patched to it): lock inc dword [REMOTE_COUNT]; x2APIC EOI.
-    let mut h: Vec<u8> = [0xF0, 0xFF, 0x04, 0x25].into();
-    h.extend((REMOTE_COUNT as u32).to_le_bytes());
-    h.extend(Handler::X2Apic.code());
-    let rh = HANDLER + 0x100;
-    ram.write(rh, &h);
-    ram.write(IDT + 16 * u64::from(V_REMOTE), &(rh as u16).to_le_bytes());
+    // The receiver runs in real mode: its handler through IVT slot 0x41 (0000:3200) counts
+    // and EOIs: lock inc dword [REMOTE_COUNT]; x2APIC EOI; iret.
+    let rh: u16 = 0x3200;
+    let mut h: Vec<u8> = [0xF0, 0x66, 0xFF, 0x06].into();
+    h.extend((REMOTE_COUNT as u16).to_le_bytes());
+    h.extend([0x66, 0xB9, 0x0B, 0x08, 0x00, 0x00]); // mov ecx, 0x80B
+    h.extend([0x66, 0x31, 0xC0, 0x66, 0x31, 0xD2, 0x0F, 0x30]); // xor eax; xor edx; wrmsr
+    h.push(0xCF); // iret
+    ram.write(u64::from(rh), &h);
+    ram.write(4 * u64::from(V_REMOTE), &[rh as u8, (rh >> 8) as u8, 0, 0]);
     let recv = cat(&[
-        X2_ENABLE,
-        X2_SVR,
-        // mov dword [REMOTE_READY], 1
-        &[0xC7, 0x04, 0x25, 0x04, 0x21, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00],
+        &[0x31, 0xC0, 0x8E, 0xD8, 0x8E, 0xD0], // xor ax, ax; mov ds, ax; mov ss, ax
+        &[0xBC, 0x00, 0x70],                   // mov sp, 0x7000
+        &[0x66, 0xB9, 0x1B, 0x00, 0x00, 0x00], // mov ecx, 0x1B
+        &[0x0F, 0x32],                         // rdmsr
+        &[0x66, 0x0D, 0x00, 0x0C, 0x00, 0x00], // or eax, 0xC00 (x2APIC)
+        &[0x0F, 0x30],                         // wrmsr
+        &[0x66, 0xB9, 0x0F, 0x08, 0x00, 0x00], // mov ecx, 0x80F (SVR)
+        &[0x66, 0xB8, 0xFF, 0x01, 0x00, 0x00], // mov eax, 0x1FF
+        &[0x66, 0x31, 0xD2, 0x0F, 0x30],       // xor edx, edx; wrmsr
+        // mov dword [0x2104], 1 (ready)
+        &[0x66, 0xC7, 0x06, 0x04, 0x21, 0x01, 0x00, 0x00, 0x00],
         STI,
         &[0xF4, 0xEB, 0xFD], // hlt; jmp hlt
     ]);
@@ -518,7 +533,8 @@ fn remote_ipi(flags: ApicFlags, variant: &'static str, n: u32) -> R<String> {
             if cpu == 0 {
                 long_mode(&v, CODE, 0x8000)?;
             } else {
-                long_mode(&v, RECEIVER, 0x7000)?;
+                // QEMU's reset state; the guest's INIT/SIPI starts it.
+                qemu_set(&v, &qemu_reset_state(), &qemu_msrs())?;
             }
             show_apic_features(&v)?;
             if cpu == 1 {
