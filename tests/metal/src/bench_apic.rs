@@ -38,6 +38,8 @@ use crate::{println, smp};
 const APIC: u64 = 0xFEE0_0000;
 /// Guest RAM: the TSC delta the loop stores.
 const RESULT: u64 = 0x2000;
+/// Interrupts the row's handler took.
+const HANDLED: u64 = 0x2200;
 /// IPIs the receiving vCPU handled (remote-IPI row).
 const REMOTE_COUNT: u64 = 0x2100;
 /// Code of the measured loop, of the receiver, the handlers, the IDT.
@@ -81,20 +83,21 @@ const XAPIC_LVT_DEADLINE: &[u8] = &[0xC7, 0x83, 0x20, 0x03, 0x00, 0x00, V_TIMER,
 const ECX_DEADLINE: &[u8] = &[0xB9, 0xE0, 0x06, 0x00, 0x00];
 const STI: &[u8] = &[0xFB];
 
-/// The interrupt handlers: EOI, then `iretq`.
+/// The interrupt handlers: count (`inc dword [HANDLED]`), EOI, `iretq`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Handler {
     /// No interrupt expected.
     None,
-    /// mov dword [rbx + 0xB0], 0; iretq (2 instructions).
+    /// mov dword [rbx + 0xB0], 0; iretq (3 instructions with the count).
     XApic,
-    /// mov ecx, 0x80B; xor eax, eax; xor edx, edx; wrmsr; iretq (5).
+    /// mov ecx, 0x80B; xor eax, eax; xor edx, edx; wrmsr; iretq (6 with the count).
     X2Apic,
 }
 
 impl Handler {
     fn code(self) -> Vec<u8> {
-        let mut c = Vec::new();
+        let mut c: Vec<u8> = [0xFF, 0x04, 0x25].into(); // inc dword [HANDLED]
+        c.extend((HANDLED as u32).to_le_bytes());
         match self {
             Handler::None => c.extend([0xF4]), // hlt: never reached
             Handler::XApic => {
@@ -193,7 +196,7 @@ fn rows() -> Vec<Row> {
         ("NO_FAST_PATHS", Some(on | ApicFlags::NO_FAST_PATHS)),
         ("user-space", None),
     ] {
-        v.push(row("xapic-self-ipi+eoi", variant, apic, xself_pro.clone(), xself.clone(), 5, Handler::XApic));
+        v.push(row("xapic-self-ipi+eoi", variant, apic, xself_pro.clone(), xself.clone(), 6, Handler::XApic));
     }
     // x2APIC SELF IPI (MSR 0x83F) and ICR (0x830, shorthand self), EOI by MSR 0x80B.
     let x2_pro = cat(&[&x2, STI]);
@@ -213,7 +216,7 @@ fn rows() -> Vec<Row> {
             ("NO_FAST_PATHS", Some(on | ApicFlags::NO_FAST_PATHS)),
             ("NO_APIC_VIRTUALIZATION", Some(on | ApicFlags::NO_APIC_VIRTUALIZATION)),
         ] {
-            v.push(row(op, variant, apic, x2_pro.clone(), body.clone(), 10, Handler::X2Apic));
+            v.push(row(op, variant, apic, x2_pro.clone(), body.clone(), 11, Handler::X2Apic));
         }
     }
     // TSC deadline, already expired when written (rdtsc; wrmsr): arm and fire at once.
@@ -241,10 +244,33 @@ fn rows() -> Vec<Row> {
         ("NO_FAST_PATHS", Some(on | ApicFlags::NO_FAST_PATHS)),
         ("NO_PREEMPTION_TIMER", Some(on | ApicFlags::NO_PREEMPTION_TIMER)),
     ] {
-        let mut r = row("tsc-deadline-expired", variant, apic, tsc_pro.clone(), expired.clone(), 6, Handler::XApic);
+        let mut r = row("tsc-deadline-expired", variant, apic, tsc_pro.clone(), expired.clone(), 7, Handler::XApic);
         r.regs = ECX_DEADLINE.into();
         v.push(r);
-        let mut r = row("tsc-deadline-ahead", variant, apic, tsc_pro.clone(), ahead(&[0x0F, 0x30], false), 11, Handler::XApic);
+        let mut r = row("tsc-deadline-ahead", variant, apic, tsc_pro.clone(), ahead(&[0x0F, 0x30], false), 12, Handler::XApic);
+        r.regs = ECX_DEADLINE.into();
+        r.delay = DELAY;
+        v.push(r);
+    }
+    // TSC deadline DELAY ticks ahead while the guest spins (no HLT): the expiry must cut into
+    // the running guest, which the VMX-preemption timer does (SDM Vol. 3C §26.5.1); without
+    // it the timer is seen at the next exit for another reason. mov r8d, [HANDLED]; rdtsc;
+    // add eax, DELAY; adc edx, 0; wrmsr; spin: cmp [HANDLED], r8d; je spin.
+    let mut spin: Vec<u8> = [0x44, 0x8B, 0x04, 0x25].into();
+    spin.extend((HANDLED as u32).to_le_bytes());
+    spin.extend([0x0F, 0x31, 0x05]);
+    spin.extend(DELAY.to_le_bytes());
+    spin.extend([0x83, 0xD2, 0x00, 0x0F, 0x30, 0x44, 0x39, 0x04, 0x25]);
+    spin.extend((HANDLED as u32).to_le_bytes());
+    spin.extend([0x74, 0xF6]);
+    for (variant, apic) in [
+        ("all-on", Some(on)),
+        ("NO_FAST_PATHS", Some(on | ApicFlags::NO_FAST_PATHS)),
+        ("NO_PREEMPTION_TIMER", Some(on | ApicFlags::NO_PREEMPTION_TIMER)),
+    ] {
+        // Guest: the five before the spin, its last cmp/je, the handler, dec, jnz (the
+        // spin's other rounds are the wait, inside DELAY).
+        let mut r = row("tsc-deadline-spin", variant, apic, tsc_pro.clone(), spin.clone(), 12, Handler::XApic);
         r.regs = ECX_DEADLINE.into();
         r.delay = DELAY;
         v.push(r);
@@ -255,8 +281,8 @@ fn rows() -> Vec<Row> {
     let user_pro = cat(&[&xapic, STI]);
     let mut b: Vec<u8> = [0x0F, 0x31, 0x48, 0xC1, 0xE2, 0x20, 0x48, 0x09, 0xD0].into();
     b.extend(mmio_deadline);
-    v.push(row("tsc-deadline-expired", "user-space", None, user_pro.clone(), b, 8, Handler::XApic));
-    let mut r = row("tsc-deadline-ahead", "user-space", None, user_pro, ahead(mmio_deadline, true), 12, Handler::XApic);
+    v.push(row("tsc-deadline-expired", "user-space", None, user_pro.clone(), b, 9, Handler::XApic));
+    let mut r = row("tsc-deadline-ahead", "user-space", None, user_pro, ahead(mmio_deadline, true), 13, Handler::XApic);
     r.delay = DELAY;
     v.push(r);
     v
@@ -465,6 +491,13 @@ fn run_row(r: &Row, n: u32) -> R<String> {
     let what = format!("{} {}", r.op, r.variant);
     let s = drive(&mut v, r.apic.is_none(), &what)?;
     let ticks = u64::from(ram.u32(RESULT));
+    // Every iteration's interrupt was taken (one each: the loop waits for it, or it is
+    // delivered at the next instruction boundary with IF = 1).
+    let handled = ram.u32(HANDLED);
+    let want = if r.handler == Handler::None { 0 } else { n };
+    if handled != want {
+        return Err(format!("{what}: {handled} interrupts handled, expected {want}"));
+    }
     Ok(report(r.op, r.variant, n, ticks, r.guest, r.delay, &s))
 }
 
@@ -565,6 +598,12 @@ fn remote_ipi(flags: ApicFlags, variant: &'static str, n: u32) -> R<String> {
     let [r0, r1] = core::mem::take(&mut *results.lock());
     let sender = r0.ok_or("vCPU 0 did not report")??;
     let receiver = r1.ok_or("vCPU 1 did not report")??;
+    // IPIs sent while one is pending coalesce in the IRR (SDM Vol. 3A §11.8.4); at least
+    // one must have arrived, and never more than were sent.
+    let handled = ram.u32(REMOTE_COUNT);
+    if handled == 0 || handled > n {
+        return Err(format!("remote IPI {variant}: receiver handled {handled} of {n}"));
+    }
     println!("bench-apic: op=x2apic-ipi-other-vcpu variant={variant} {receiver}");
     Ok(sender)
 }
