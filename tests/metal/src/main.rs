@@ -16,6 +16,7 @@
 extern crate alloc;
 
 mod arch;
+mod bench_apic;
 mod bench_table;
 mod boot;
 mod bootinfo;

@@ -73,6 +73,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("haxm-stat", haxm_stat::haxm_stat),
     ("bench-table", bench_table::bench_table),
     ("bench-table-short", bench_table::bench_table_short),
+    ("bench-apic", crate::bench_apic::bench_apic),
     ("vmm", crate::vmm::vmm),
 ];
 
