@@ -183,6 +183,8 @@ fn test() -> Result {
     wine::stage()?; // rhax.sys loaded under Wine, driven by the Windows clients (wine.rs)
     lkm::stage()?; // rhax.ko built against Debian 12's kernel headers and checked (lkm.rs)
     metal::test_stage()?;
+    // The multiboot VMM on the in-kernel APIC: its guests on two models (~15 s).
+    vmm::selftest()?;
     // The benchmark table (one model, few iterations): checks it is produced, not its figures.
     bench::main(&["--short".to_string()])?;
     // The real QEMU 7.2 `-accel hax` on rhax.ko in Debian's Linux in Bochs (linux.rs, qemu.rs).

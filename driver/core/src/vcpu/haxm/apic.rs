@@ -190,7 +190,8 @@ impl HaxVcpu {
             timer_on_preemption,
             halted: false,
             // An AP waits for the guest's INIT/SIPI (SDM Vol. 3A §9.4: only the BSP runs
-            // after reset); user space may still start it with SET_REGS as under HAXM.
+            // after reset), as with KVM's in-kernel irqchip: SET_REGS alone does not start
+            // it (QEMU's reset SET_REGS of every vCPU would otherwise start all of them).
             wait_for_sipi: self.vcpu_id != 0,
             nmi: false,
             extint: None,
