@@ -36,6 +36,7 @@ pub mod timer;
 
 pub use bus::ApicBus;
 pub use local::LocalApic;
+pub use peek::highest_vector;
 pub use port::{ApicPort, ApicView};
 pub use route::route;
 pub use state::ApicStateError;

@@ -5,14 +5,20 @@
 use super::local::{IRR, ISR, LVT_LINT0, LVT_LINT1, TMR};
 use super::LocalApic;
 
+/// The highest vector set in a 256-bit register given as 8 words (bit `v % 32` of word
+/// `v / 32`: IRR, ISR, TMR and the virtual-APIC page's VIRR/VISR), if any.
+pub fn highest_vector(words: &[u32; 8]) -> Option<u8> {
+    (0..8usize).rev().find_map(|w| {
+        let word = words[w];
+        (word != 0).then(|| (w * 32 + 31 - word.leading_zeros() as usize) as u8)
+    })
+}
+
 impl LocalApic {
     /// The highest vector requested in the IRR, whatever the PPR (SDM Vol. 3A §11.8.4): the
     /// TPR threshold is set from it when the TPR holds it back (Vol. 3C §30.1.2).
     pub fn highest_irr(&self) -> Option<u8> {
-        (0..8usize).rev().find_map(|w| {
-            let word = self.reg(IRR + w);
-            (word != 0).then(|| (w * 32 + 31 - word.leading_zeros() as usize) as u8)
-        })
+        highest_vector(&core::array::from_fn(|w| self.reg(IRR + w)))
     }
 
     /// IRR, ISR and TMR as 8 words each, bit `v % 32` of word `v / 32` (the layout of the

@@ -342,20 +342,7 @@ impl Vcpu {
     /// Whether RDMSR (`write` false) or WRMSR of `msr` exits: sets or clears its bit in the
     /// MSR bitmap (SDM Vol. 3C §25.6.9; read by the CPU at each access, no VMCS change).
     pub fn intercept_msr(&mut self, msr: u32, write: bool, exits: bool) {
-        let (base, index) = match msr {
-            0..=0x1fff => (0usize, msr as usize),
-            0xc000_0000..=0xc000_1fff => (1024, (msr - 0xc000_0000) as usize),
-            // Outside both ranges every access exits whatever the bitmap says.
-            _ => return,
-        };
-        let at = if write { 2048 } else { 0 } + base + index / 8;
-        if let Some(b) = self.msr_bitmap.bytes_mut().get_mut(at) {
-            if exits {
-                *b |= 1 << (index % 8);
-            } else {
-                *b &= !(1 << (index % 8));
-            }
-        }
+        setup::set_msr_exits(self.msr_bitmap.bytes_mut(), msr, write, exits);
     }
 
     /// The VMCS configuration (EPTP, VPID, bitmap addresses).

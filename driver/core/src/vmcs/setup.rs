@@ -62,28 +62,42 @@ pub fn fill_msr_bitmap(page: &mut [u8], pass_through: &[u32]) -> bool {
     }
     page.fill(0xff);
     for &msr in pass_through {
-        let (base, index) = match msr {
-            0..=0x1fff => (0usize, msr as usize),
-            0xc000_0000..=0xc000_1fff => (1024, (msr - 0xc000_0000) as usize),
-            _ => continue,
-        };
-        for half in [0, 2048] {
-            page[half + base + index / 8] &= !(1 << (index % 8));
+        for write in [false, true] {
+            set_msr_exits(page, msr, write, false);
         }
     }
     true
 }
 
-/// Whether an MSR access exits, per a bitmap made by [`fill_msr_bitmap`].
-pub fn msr_exits(page: &[u8], msr: u32, write: bool) -> bool {
+/// Where `msr`'s read (`write` false) or write bit lies in a 4-KByte MSR bitmap (layout as
+/// [`fill_msr_bitmap`]): byte and bit; `None` outside both ranges, whose MSRs always exit.
+fn msr_bit(msr: u32, write: bool) -> Option<(usize, u8)> {
     let (base, index) = match msr {
         0..=0x1fff => (0usize, msr as usize),
         0xc000_0000..=0xc000_1fff => (1024, (msr - 0xc000_0000) as usize),
-        _ => return true,
+        _ => return None,
     };
     let half = if write { 2048 } else { 0 };
-    page.get(half + base + index / 8)
-        .is_none_or(|b| b & (1 << (index % 8)) != 0)
+    Some((half + base + index / 8, 1 << (index % 8)))
+}
+
+/// Sets (`exits`) or clears `msr`'s read or write bit in an MSR bitmap; nothing for an MSR
+/// outside both ranges (it exits whatever the bitmap says) or a short `page`.
+pub fn set_msr_exits(page: &mut [u8], msr: u32, write: bool, exits: bool) {
+    if let Some((at, bit)) = msr_bit(msr, write) {
+        if let Some(b) = page.get_mut(at) {
+            if exits {
+                *b |= bit;
+            } else {
+                *b &= !bit;
+            }
+        }
+    }
+}
+
+/// Whether an MSR access exits, per a bitmap made by [`fill_msr_bitmap`].
+pub fn msr_exits(page: &[u8], msr: u32, write: bool) -> bool {
+    msr_bit(msr, write).is_none_or(|(at, bit)| page.get(at).is_none_or(|b| b & bit != 0))
 }
 
 /// Fills both I/O bitmaps so that every port exits (HAXM semantics: all port I/O goes to the

@@ -31,7 +31,7 @@ const VIRR: usize = 0x200;
 
 impl ApicUnit {
     /// The page's word at `offset` (0 without a page).
-    fn page_word(&mut self, offset: usize) -> u32 {
+    pub(in crate::vcpu::haxm) fn page_word(&mut self, offset: usize) -> u32 {
         self.vapic
             .as_mut()
             .and_then(|p| p.bytes_mut().get(offset..offset + 4))
@@ -49,15 +49,9 @@ impl ApicUnit {
     }
 }
 
-/// The highest set bit of 8 words, or 0 (RVI/SVI's "none", SDM Vol. 3C §30.1.1).
+/// The highest vector of 8 words, or 0 (RVI/SVI's "none", SDM Vol. 3C §30.1.1).
 fn highest(words: &[u32; 8]) -> u8 {
-    (0..8usize)
-        .rev()
-        .find_map(|w| {
-            let word = words[w];
-            (word != 0).then(|| (w * 32 + 31 - word.leading_zeros() as usize) as u8)
-        })
-        .unwrap_or(0)
+    crate::apic::highest_vector(words).unwrap_or(0)
 }
 
 impl HaxVcpu {

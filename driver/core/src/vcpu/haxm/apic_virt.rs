@@ -102,9 +102,7 @@ impl HaxVcpu {
             fetch,
         }))
     }
-}
 
-impl HaxVcpu {
     /// An APIC-write exit (reason 56, SDM Vol. 3C §30.4.3.3): with virtual-interrupt delivery
     /// the CPU virtualizes a write to ICR low (offset 0x300) that is not a self-IPI into the
     /// virtual-APIC page, then exits trap-like (RIP already past the instruction), the
@@ -123,18 +121,11 @@ impl HaxVcpu {
         let offset = (q & 0xff0) as usize;
         let now = self.guest_tsc(root)?;
         let effect = match self.apic.as_deref_mut() {
-            Some(u) => {
-                let value = u
-                    .vapic
-                    .as_mut()
-                    .and_then(|p| p.bytes_mut().get(offset..offset + 4))
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                match value {
-                    Some(v) => u.local.write_mmio(offset as u32, v, now),
-                    None => crate::apic::Effect::None,
-                }
+            Some(u) if u.vapic.is_some() => {
+                let value = u.page_word(offset);
+                u.local.write_mmio(offset as u32, value, now)
             }
-            None => crate::apic::Effect::None,
+            _ => crate::apic::Effect::None,
         };
         self.apic_effect(effect);
         Ok(Next::Resume)
