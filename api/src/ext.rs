@@ -60,6 +60,8 @@ bitflags::bitflags! {
         /// [`RHAX_VCPU_IOCTL_APIC_LINT`], [`RHAX_VCPU_IOCTL_GET_APIC_STATE`],
         /// [`RHAX_VCPU_IOCTL_SET_APIC_STATE`].
         const IN_KERNEL_APIC = 1 << 6;
+        /// [`StatsFlags::CYCLES`]: host cycles per exit are measured only when asked for.
+        const STATS_CYCLES = 1 << 7;
     }
 }
 
@@ -67,9 +69,9 @@ bitflags::bitflags! {
     /// [`StatsControl::flags`].
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub struct StatsFlags: u32 {
-        /// Count (the default): every VMX instruction, VM exit and the host cycles from exit
-        /// to entry go into [`VcpuStats`]. Clear, the vCPU's exit path neither counts nor
-        /// reads the TSC for it, and the counters keep their values.
+        /// Count (the default): every VMX instruction and VM exit goes into [`VcpuStats`]
+        /// (host cycles too with [`StatsFlags::CYCLES`]). Clear, the vCPU's exit path neither
+        /// counts nor reads the TSC for it, and the counters keep their values.
         const COUNTING = 1 << 0;
         /// Keep per-field VMREAD/VMWRITE counts ([`RHAX_IOCTL_VCPU_FIELD_STATS`]) for VM
         /// exits with basic reason [`StatsControl::field_reason`] only. Per-field counts are
@@ -78,6 +80,10 @@ bitflags::bitflags! {
         const FIELD_REASON = 1 << 1;
         /// Keep per-field counts for every exit reason (not with `FIELD_REASON`).
         const ALL_FIELDS = 1 << 2;
+        /// With [`StatsFlags::COUNTING`]: also measure the host cycles from each VM exit to
+        /// the next entry ([`ExitReasonStats::cycles`]); two RDTSCs per exit, so off unless
+        /// set (drivers without [`ExtFeatures::STATS_CYCLES`] refuse the bit).
+        const CYCLES = 1 << 3;
     }
 }
 

@@ -252,7 +252,7 @@ fn haxm_kind(k: &Kind, n: u32) -> R<()> {
 }
 
 fn core_kind(name: &str, n: u32, cpuid: bool) -> R<()> {
-    let (count, tsc, stats) = crate::guests::run_exit_loop(n, cpuid, 1, true)?;
+    let (count, tsc, stats) = crate::guests::run_exit_loop(n, cpuid, 1, crate::guests::Counting::On)?;
     if count != u64::from(n) {
         return Err(format!("{name}: {count} exits, expected {n}"));
     }

@@ -15,6 +15,7 @@ use alloc::string::String;
 
 use alloc::vec;
 
+use rhax::api::ext::StatsFlags;
 use rhax_stat::monitor::Monitor;
 use rhax_stat::render::{table, Scope, View};
 use rhax_stat::source::{Observed, StatsSource};
@@ -86,6 +87,10 @@ pub fn haxm_stat(_: &Ctx) -> R<String> {
     if io.vmreads == 0 || io.vmwrites == 0 || io.vmx_other < io.exits {
         return Err(format!("IO row without VMX work: {io:?}"));
     }
+    // Host cycles are measured only when asked for (`StatsFlags::CYCLES`).
+    if io.cycles != 0 {
+        return Err(format!("host cycles measured without CYCLES: {io:?}"));
+    }
     if monitor.history().len() != 1 {
         return Err(format!("timeline: {:?}", monitor.history()));
     }
@@ -99,7 +104,7 @@ pub fn haxm_stat(_: &Ctx) -> R<String> {
 
     // Counting off through the system device: a loop adds nothing.
     Observed::new(&sys, vm, vcpu)
-        .set_counting(false)
+        .set_counting(StatsFlags::empty())
         .map_err(e("RHAX_IOCTL_VCPU_STATS counting off"))?;
     let (off_tsc, _) = one_loop(&mut v, &ram)?;
     let t = monitor.tick(Some(1));
@@ -122,6 +127,20 @@ pub fn haxm_stat(_: &Ctx) -> R<String> {
     if t.interval.per_reason[IO_INSTRUCTION].exits != u64::from(N) {
         return Err(String::from("counting on again: the loop was not counted"));
     }
+    // Counting with host cycles (`rhax-stat --counting cycles`): every exit has some.
+    Observed::new(&sys, vm, vcpu)
+        .set_counting(StatsFlags::COUNTING | StatsFlags::CYCLES)
+        .map_err(e("RHAX_IOCTL_VCPU_STATS cycles on"))?;
+    let (cycles_tsc, _) = one_loop(&mut v, &ram)?;
+    let t = monitor.tick(Some(1));
+    let io = t.interval.per_reason[IO_INSTRUCTION];
+    if io.exits != u64::from(N) || io.cycles < io.exits {
+        return Err(format!("counting with cycles: {io:?}"));
+    }
+    println!(
+        "bench: stat-haxm-out-host-cycles {:.1} emulated-instructions/exit (exit to entry)",
+        io.cycles as f64 / io.exits as f64
+    );
     // Per-field counts for IO exits only (`rhax-stat --fields IO_INSTRUCTION`).
     let observer = Observed::new(&sys, vm, vcpu);
     observer
@@ -165,11 +184,16 @@ pub fn haxm_stat(_: &Ctx) -> R<String> {
         "bench: stat-haxm-out-round-trip-counting-on-again {on2_tsc} emulated-instructions/exit"
     );
     println!("bench: stat-haxm-out-round-trip-counting-off {off_tsc} emulated-instructions/exit");
+    println!("bench: stat-haxm-out-round-trip-cycles-on {cycles_tsc} emulated-instructions/exit");
+    println!(
+        "bench: stat-cycles-overhead-haxm-out {} emulated-instructions/exit",
+        cycles_tsc as i64 - on_tsc.min(on2_tsc) as i64
+    );
     println!(
         "bench: stat-counting-overhead-haxm-out {} emulated-instructions/exit",
         on_tsc.min(on2_tsc) as i64 - off_tsc as i64
     );
     Ok(format!(
-        "delta checked ({N} IO exits), counting off then on checked"
+        "delta checked ({N} IO exits), counting off, on, with cycles checked"
     ))
 }

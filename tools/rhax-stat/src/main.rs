@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! rhax-stat [--vm N] [--vcpu N] [--once] [--json | --csv] [--reset] [--svg FILE]
-//!           [--interval MS] [--count N] [--counting on|off] [--fields REASON|all]
+//!           [--interval MS] [--count N] [--counting on|off|cycles] [--fields REASON|all]
 //! ```
 //!
 //! The counters come through the system device (`RHAX_IOCTL_VCPU_STATS`), since the VMM holds
@@ -13,7 +13,9 @@
 //! or `--count` samples; `--once` prints the counters since the last reset and exits; `--json`
 //! writes one JSON line, `--csv` CSV rows, per sample; `--reset` zeroes the counters first
 //! (alone, it only resets); `--svg FILE` writes the chart (rewritten after every sample);
-//! `--counting on|off` switches the driver's counting (alone, it only switches); `--fields R`
+//! `--counting on|off|cycles` switches the driver's counting (`cycles`: counting and the host
+//! cycles per exit, two RDTSCs per exit the driver skips otherwise; alone, it only switches);
+//! `--fields R`
 //! (an SDM exit-reason name such as `CPUID`, or a number; or `all`) makes the driver keep
 //! per-field VMREAD/VMWRITE counts for that reason only, resets the counters, and adds the
 //! per-field table (most used fields first) under the table view.
@@ -22,7 +24,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use rhax::api::ext::{ExtFeatures, FieldStats};
+use rhax::api::ext::{ExtFeatures, FieldStats, StatsFlags};
 use rhax::api::{HAX_MAX_VCPUS, HAX_MAX_VMS};
 use rhax::System;
 use rhax_stat::monitor::Monitor;
@@ -59,13 +61,14 @@ struct Args {
     svg: Option<String>,
     interval_ms: u64,
     count: Option<u64>,
-    counting: Option<bool>,
+    /// `--counting on|off|cycles`: the stats flags to set.
+    counting: Option<StatsFlags>,
     /// `--fields R|all`: per-field counts for reason R (`Some(None)`: every reason).
     fields: Option<Option<u16>>,
 }
 
 const USAGE: &str = "usage: rhax-stat [--vm N] [--vcpu N] [--once] [--json | --csv] [--reset] \
-                     [--svg FILE] [--interval MS] [--count N] [--counting on|off] [--fields REASON|all]";
+                     [--svg FILE] [--interval MS] [--count N] [--counting on|off|cycles] [--fields REASON|all]";
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
@@ -117,10 +120,11 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 });
             }
             "--counting" => {
-                a.counting = Some(match value("on or off")?.as_str() {
-                    "on" => true,
-                    "off" => false,
-                    other => return Err(format!("--counting: on or off, not {other}")),
+                a.counting = Some(match value("on, off or cycles")?.as_str() {
+                    "on" => StatsFlags::COUNTING,
+                    "off" => StatsFlags::empty(),
+                    "cycles" => StatsFlags::COUNTING | StatsFlags::CYCLES,
+                    other => return Err(format!("--counting: on, off or cycles, not {other}")),
                 })
             }
             "-h" | "--help" => return Err(USAGE.into()),
@@ -206,10 +210,10 @@ fn run(args: &Args) -> Result<(), String> {
     let sys = System::open(transport()).map_err(|e| e.to_string())?;
     let found = attach(&sys, args)?;
     let scope = scope(args, &found);
-    if let Some(on) = args.counting {
+    if let Some(flags) = args.counting {
         for o in &found {
             let (vm, vcpu) = o.ids();
-            o.set_counting(on)
+            o.set_counting(flags)
                 .map_err(|e| format!("vm {vm} vcpu {vcpu}: {e}"))?;
         }
     }
@@ -337,8 +341,15 @@ mod tests {
         assert_eq!(p("--vm 0 --reset").unwrap().count, Some(0));
         assert_eq!(p("--reset --once").unwrap().count, None);
         let a = p("--counting off").unwrap();
-        assert_eq!((a.counting, a.count), (Some(false), Some(0)));
-        assert_eq!(p("--counting on --once").unwrap().counting, Some(true));
+        assert_eq!((a.counting, a.count), (Some(StatsFlags::empty()), Some(0)));
+        assert_eq!(
+            p("--counting on --once").unwrap().counting,
+            Some(StatsFlags::COUNTING)
+        );
+        assert_eq!(
+            p("--counting cycles").unwrap().counting,
+            Some(StatsFlags::COUNTING | StatsFlags::CYCLES)
+        );
         assert!(p("--counting maybe").is_err());
         assert_eq!(p("--fields cpuid").unwrap().fields, Some(Some(10)));
         assert_eq!(p("--fields ALL").unwrap().fields, Some(None));

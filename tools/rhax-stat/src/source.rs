@@ -62,9 +62,12 @@ impl<'a, T: Transport> Observed<'a, T> {
         Self { sys, vm, vcpu }
     }
 
-    /// Switches the vCPU's counting on or off.
-    pub fn set_counting(&self, on: bool) -> Result<(), Error> {
-        self.sys.set_vcpu_counting(self.vm, self.vcpu, on).map(drop)
+    /// Sets the vCPU's counting switches ([`rhax_api::ext::StatsFlags::COUNTING`], and
+    /// `CYCLES` for host cycles per exit); per-field counts off.
+    pub fn set_counting(&self, flags: rhax_api::ext::StatsFlags) -> Result<(), Error> {
+        self.sys
+            .set_vcpu_stats_control(self.vm, self.vcpu, flags, 0)
+            .map(drop)
     }
 
     /// Counting on, per-field counts kept only for exits with basic reason `reason` (`None`:

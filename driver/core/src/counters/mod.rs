@@ -56,44 +56,22 @@ pub struct FieldCounters {
     pub writes: u64,
 }
 
-/// Where the VMX instruction hooks count: a window and a per-field table.
-#[derive(Clone, Copy, Debug)]
-struct Sink {
-    window: ExitCounters,
-    fields: [FieldCounters; VmcsField::COUNT],
-}
-
-impl Default for Sink {
-    fn default() -> Self {
-        Sink {
-            window: ExitCounters::default(),
-            fields: [FieldCounters::default(); VmcsField::COUNT],
-        }
-    }
-}
-
-/// [`VcpuStats::sinks`]: the open window and the per-field counts.
-const LIVE: usize = 0;
-/// [`VcpuStats::sinks`]: windows whose fields are not kept, or everything while counting is
-/// off.
-const SPARE: usize = 1;
-
 /// The counters of one vCPU.
 ///
-/// The VMREAD/VMWRITE hooks test nothing: they count into the sink [`VcpuStats::spare`]
-/// selects, which is chosen once per exit (and when a switch changes), not per operation. A
-/// test per operation (counting off? per-field counts for this window?) cost ~27 emulated
-/// instructions per CPUID round trip with counting on (`docs/bench/README.md`).
+/// The VMX instruction hooks cost one increment of the open window (at a fixed place, counted
+/// whether counting is on or not: what gathers while it is off is dropped) and one test of
+/// [`VcpuStats::fields_live`], chosen once per exit (and when a switch changes): three
+/// emulated instructions per VMREAD/VMWRITE (docs/bench/profile.md).
 #[derive(Clone, Debug)]
 pub struct VcpuStats {
     per_exit: [ExitCounters; BUCKETS],
-    /// `[LIVE]`: the open window and the per-field counts. `[SPARE]`: with counting on, more
-    /// of the open window (readers add it in) and a scratch per-field table (discarded); with
-    /// counting off, scratch entirely (its window is dropped when counting comes back on).
-    sinks: [Sink; 2],
-    /// The hooks count into `sinks[SPARE]` (counting off, or per-field counts not kept for
-    /// the current window), else into `sinks[LIVE]`.
-    spare: bool,
+    /// The open window: everything since the first exit of the current bucket's run
+    /// (junk while counting is off, zeroed when it comes back on).
+    window: ExitCounters,
+    /// Per-field counts, kept while `fields_live`.
+    fields: [FieldCounters; VmcsField::COUNT],
+    /// Counting on and per-field counts kept for the current window.
+    fields_live: bool,
     /// Bucket the current window belongs to.
     bucket: usize,
     /// Counting switched off at run time (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`): nothing is
@@ -102,7 +80,17 @@ pub struct VcpuStats {
     disabled: bool,
     /// The bucket per-field counts are kept for, [`ALL_BUCKETS`] or [`NO_BUCKET`].
     field_bucket: usize,
+    /// The basic reason of the last exit counted, or [`NO_REASON`] (counting off, or the
+    /// bucket changed otherwise): [`VcpuStats::begin_exit`]'s one-compare hot case.
+    same_reason: u32,
+    /// Host cycles from exit to entry measured (with counting on): two RDTSCs and an add per
+    /// exit, ~15 emulated instructions of a ~250-instruction round trip, so off unless asked
+    /// for (`StatsFlags::CYCLES`; rhax-stat asks).
+    timing: bool,
 }
+
+/// [`VcpuStats::same_reason`]: no exit matches it (basic reasons are 16-bit).
+const NO_REASON: u32 = u32::MAX;
 
 /// [`VcpuStats::field_bucket`]: per-field counts for every exit reason.
 const ALL_BUCKETS: usize = usize::MAX;
@@ -122,7 +110,7 @@ pub enum FieldFilter {
 }
 
 // SAFETY: integer counters, a bucket index and bools: all zero is valid (bucket 0, counting
-// on, live sink; `VcpuStats::boxed` sets the setup bucket and the spare sink).
+// on, per-field counts off; `VcpuStats::boxed` sets the setup bucket and the filters).
 unsafe impl crate::heap::Zeroable for VcpuStats {}
 
 impl VcpuStats {
@@ -132,7 +120,7 @@ impl VcpuStats {
         let mut s = crate::heap::try_zeroed::<VcpuStats>()?;
         s.bucket = SETUP_BUCKET;
         s.field_bucket = NO_BUCKET;
-        s.spare = true;
+        s.same_reason = NO_REASON;
         Some(s)
     }
 }
@@ -141,11 +129,14 @@ impl Default for VcpuStats {
     fn default() -> Self {
         VcpuStats {
             per_exit: [ExitCounters::default(); BUCKETS],
-            sinks: [Sink::default(); 2],
-            spare: true,
+            window: ExitCounters::default(),
+            fields: [FieldCounters::default(); VmcsField::COUNT],
+            fields_live: false,
             bucket: SETUP_BUCKET,
             disabled: false,
             field_bucket: NO_BUCKET,
+            same_reason: NO_REASON,
+            timing: false,
         }
     }
 }
@@ -160,55 +151,64 @@ pub const fn bucket_of(basic_reason: u16) -> usize {
 }
 
 impl VcpuStats {
-    /// The sink the hooks count into: an index the compiler knows is in bounds, so no test.
-    #[inline(always)]
-    fn sink(&mut self) -> &mut Sink {
-        &mut self.sinks[usize::from(self.spare)]
-    }
-
     // Inlined into every VMREAD/VMWRITE of `Counted`: with a constant encoding the table
-    // lookup folds away, so counting is a load of the sink choice and two increments.
+    // lookup folds away, so counting is an increment and a test.
     #[inline(always)]
     pub(crate) fn count_read(&mut self, encoding: u32) {
-        let s = self.sink();
-        s.window.vmreads += 1;
-        if let Some(f) = s.fields.get_mut(field_index(encoding)) {
-            f.reads += 1;
+        self.window.vmreads += 1;
+        if self.fields_live {
+            if let Some(f) = self.fields.get_mut(field_index(encoding)) {
+                f.reads += 1;
+            }
         }
     }
 
     #[inline(always)]
     pub(crate) fn count_write(&mut self, encoding: u32) {
-        let s = self.sink();
-        s.window.vmwrites += 1;
-        if let Some(f) = s.fields.get_mut(field_index(encoding)) {
-            f.writes += 1;
+        self.window.vmwrites += 1;
+        if self.fields_live {
+            if let Some(f) = self.fields.get_mut(field_index(encoding)) {
+                f.writes += 1;
+            }
         }
     }
 
-    /// [`VcpuStats::count_write`] for a field known by identity: no encoding to decode.
+    /// [`VcpuStats::count_write`] for a field known by its index: no encoding to decode.
     #[inline(always)]
-    pub(crate) fn count_write_field(&mut self, field: VmcsField) {
-        let s = self.sink();
-        s.window.vmwrites += 1;
-        if let Some(f) = s.fields.get_mut(field.index()) {
-            f.writes += 1;
+    pub(crate) fn count_write_index(&mut self, index: usize) {
+        self.window.vmwrites += 1;
+        if self.fields_live {
+            if let Some(f) = self.fields.get_mut(index) {
+                f.writes += 1;
+            }
         }
     }
 
+    #[inline(always)]
     pub(crate) fn count_other(&mut self) {
-        self.sink().window.other_vmx += 1;
+        self.window.other_vmx += 1;
     }
 
     pub(crate) fn add_host_cycles(&mut self, cycles: u64) {
-        let w = &mut self.sink().window;
-        w.host_cycles = w.host_cycles.wrapping_add(cycles);
+        self.window.host_cycles = self.window.host_cycles.wrapping_add(cycles);
     }
 
     /// Whether counting is on (the default).
     #[inline]
     pub fn counting(&self) -> bool {
         !self.disabled
+    }
+
+    /// Whether host cycles per exit are measured: counting on and timing asked for.
+    #[inline]
+    pub fn timing(&self) -> bool {
+        self.timing && !self.disabled
+    }
+
+    /// Switches the host-cycle measurement on or off (off by default; only counts while
+    /// counting is on).
+    pub fn set_timing(&mut self, on: bool) {
+        self.timing = on;
     }
 
     /// Switches counting on or off; the counters keep their values either way. Switched on
@@ -218,15 +218,18 @@ impl VcpuStats {
             return;
         }
         if on {
-            // What the spare sink gathered while off is not counted.
-            self.sinks[SPARE].window = ExitCounters::default();
+            // What the window gathered while off is not counted.
+            self.window = ExitCounters::default();
         } else {
-            // The spare window is part of the open one only while counting is on.
-            let w = core::mem::take(&mut self.sinks[SPARE].window);
-            self.sinks[LIVE].window.add(&w);
+            // The open window so far is counted; what follows until counting is back is not.
+            let w = core::mem::take(&mut self.window);
+            if let Some(c) = self.per_exit.get_mut(self.bucket) {
+                c.add(&w);
+            }
         }
         self.disabled = !on;
-        self.select_sink();
+        self.same_reason = NO_REASON;
+        self.select_fields();
     }
 
     /// Chooses which VM exits per-field counts are kept for, so a tuner sees which fields one
@@ -239,7 +242,7 @@ impl VcpuStats {
             FieldFilter::All => ALL_BUCKETS,
             FieldFilter::Reason(r) => bucket_of(r),
         };
-        self.select_sink();
+        self.select_fields();
     }
 
     /// Which VM exits per-field counts are kept for.
@@ -251,20 +254,19 @@ impl VcpuStats {
         }
     }
 
-    /// Points the hooks at the live sink only when counting is on and per-field counts are
-    /// kept for the current window.
-    fn select_sink(&mut self) {
-        self.spare =
-            self.disabled || (self.field_bucket != ALL_BUCKETS && self.field_bucket != self.bucket);
+    /// Per-field counts are kept only while counting is on and for the chosen exits.
+    fn select_fields(&mut self) {
+        self.fields_live = !self.disabled
+            && (self.field_bucket == ALL_BUCKETS || self.field_bucket == self.bucket);
     }
 
-    /// The open window: the live sink's, plus the spare's while counting is on.
+    /// The open window (nothing while counting is off).
     fn window(&self) -> ExitCounters {
-        let mut w = self.sinks[LIVE].window;
-        if !self.disabled {
-            w.add(&self.sinks[SPARE].window);
+        if self.disabled {
+            ExitCounters::default()
+        } else {
+            self.window
         }
-        w
     }
 
     /// Starts the window of a VM exit with this basic reason. Call it right after the VMREAD
@@ -275,28 +277,38 @@ impl VcpuStats {
     /// every reader folds the open window in.
     #[inline]
     pub(crate) fn begin_exit(&mut self, basic_reason: u16) {
-        if self.disabled {
-            return;
+        // One compare in the hot case: the same reason as the last exit counted (never true
+        // while counting is off: `same_reason` is then out of the u16 range).
+        if u32::from(basic_reason) == self.same_reason {
+            self.window.exits += 1;
+        } else if !self.disabled {
+            self.begin_other_exit(basic_reason);
         }
+    }
+
+    #[cold]
+    fn begin_other_exit(&mut self, basic_reason: u16) {
+        self.same_reason = u32::from(basic_reason);
         let bucket = bucket_of(basic_reason);
         if bucket != self.bucket {
             self.switch_bucket(bucket);
         }
-        self.per_exit[bucket].exits += 1;
+        self.window.exits += 1;
     }
 
     #[cold]
     fn switch_bucket(&mut self, bucket: usize) {
-        // Only called with counting on: both sinks' windows are the open window.
-        let mut w = core::mem::take(&mut self.sinks[LIVE].window);
-        w.add(&core::mem::take(&mut self.sinks[SPARE].window));
+        // Only called with counting on: the window is the open one.
+        let mut w = core::mem::take(&mut self.window);
         // The exit-reason VMREAD just counted opens the new window.
         let reason_read = w.vmreads.min(1);
         w.vmreads -= reason_read;
-        self.per_exit[self.bucket].add(&w);
-        self.sinks[LIVE].window.vmreads = reason_read;
+        if let Some(c) = self.per_exit.get_mut(self.bucket) {
+            c.add(&w);
+        }
+        self.window.vmreads = reason_read;
         self.bucket = bucket;
-        self.select_sink();
+        self.select_fields();
     }
 
     /// The counters of one bucket, including the still-open window.
@@ -310,7 +322,7 @@ impl VcpuStats {
 
     /// The counters of one field.
     pub fn field(&self, field: VmcsField) -> FieldCounters {
-        self.sinks[LIVE].fields[field.index()]
+        self.fields.get(field.index()).copied().unwrap_or_default()
     }
 
     /// Sum over all buckets (open window included).
@@ -332,7 +344,7 @@ impl VcpuStats {
         }
         StatsSnapshot {
             per_exit,
-            per_field: self.sinks[LIVE].fields,
+            per_field: self.fields,
         }
     }
 
@@ -340,10 +352,8 @@ impl VcpuStats {
     pub fn reset(&mut self) {
         // In place: a `VcpuStats::default()` temporary would put 6 KiB on the kernel stack.
         self.per_exit.fill(ExitCounters::default());
-        for s in &mut self.sinks {
-            s.window = ExitCounters::default();
-            s.fields.fill(FieldCounters::default());
-        }
+        self.window = ExitCounters::default();
+        self.fields.fill(FieldCounters::default());
     }
 }
 
@@ -494,7 +504,7 @@ mod tests {
         s.count_read(VmcsField::GuestRip.encoding());
         s.count_write(VmcsField::EptPointer.encoding() | 1);
         s.count_write(0x7fff_fffe);
-        s.count_write_field(VmcsField::GuestRip);
+        s.count_write_index(VmcsField::GuestRip.index());
         assert_eq!(s.field(VmcsField::GuestRip).reads, 1);
         assert_eq!(s.field(VmcsField::GuestRip).writes, 1);
         assert_eq!(s.field(VmcsField::EptPointer).writes, 1);
@@ -559,11 +569,10 @@ mod tests {
         assert_eq!(s.field(VmcsField::GuestRip).reads, 5);
     }
 
-    /// With per-field counts off the hooks count into the spare sink: its window is part of
-    /// the open one while counting is on, is kept when counting goes off, and what it gathers
-    /// while off is dropped.
+    /// With per-field counts off the window still counts; it is kept when counting goes off,
+    /// and what it gathers while off is dropped.
     #[test]
-    fn the_spare_window_counts_while_on_and_is_dropped_while_off() {
+    fn the_window_counts_while_on_and_is_dropped_while_off() {
         let mut s = VcpuStats::default();
         exit(&mut s, 10, 0, 0, 0);
         s.count_read(VmcsField::GuestRip.encoding());
@@ -580,7 +589,7 @@ mod tests {
         s.count_read(VmcsField::GuestRip.encoding());
         assert_eq!(s.exit(10).vmreads, 3);
         assert_eq!(s.field(VmcsField::GuestRip), FieldCounters::default());
-        // A filter change keeps the open window, whichever sink it is in.
+        // A filter change keeps the open window.
         s.set_field_filter(FieldFilter::All);
         s.count_read(VmcsField::GuestRip.encoding());
         assert_eq!(s.exit(10).vmreads, 4);

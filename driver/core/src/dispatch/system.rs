@@ -107,6 +107,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 .union(ExtFeatures::XSAVE)
                 .union(ExtFeatures::EMULATION_CONTROL)
                 .union(ExtFeatures::IN_KERNEL_APIC)
+                .union(ExtFeatures::STATS_CYCLES)
                 .bits(),
         };
         c.ctx.write(&info, c.output)

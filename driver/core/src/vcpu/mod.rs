@@ -19,7 +19,7 @@ use rhax_api::fpu::{FxLayout, XsaveArea};
 use rhax_api::pod::Pod;
 
 use crate::platform::{CpuIndex, PhysPages, Platform, PlatformError};
-use crate::vmcs::exit::{decode_reason, VmExit};
+use crate::vmcs::exit::{decode_reason, ExitReason, VmExit};
 use crate::vmcs::setup::{self, VmcsConfig, PASS_THROUGH_MSRS, PASS_THROUGH_TSC_AUX};
 use crate::vmcs::stats::VcpuStats;
 use crate::vmcs::{FlushError, Vmcs, VmcsCache, VmcsField};
@@ -98,10 +98,15 @@ pub struct Vcpu {
     initialized: bool,
     needs_setup: bool,
     resident: Option<(CpuIndex, u64)>,
+    /// [`VmxRoot::token`] of the root the VMCS is resident under (0: none): set and cleared
+    /// with `resident`, compared on the hot path instead of it.
+    resident_token: u64,
     controls: VmxControls,
     config: VmcsConfig,
     stats: Box<VcpuStats>,
-    exit_tsc: Option<u64>,
+    /// The TSC at the last exit while timing is on, else 0 (a TSC of 0 at an exit would lose
+    /// one sample; an `Option` cost two more instructions per exit).
+    exit_tsc: u64,
     /// Guest values of [`SWAPPED_MSRS`] while not loaded on the CPU.
     guest_msrs: [u64; 6],
     /// Host values saved while the guest's are loaded.
@@ -203,10 +208,11 @@ impl Vcpu {
             initialized: false,
             needs_setup: true,
             resident: None,
+            resident_token: 0,
             controls: *controls,
             config,
             stats,
-            exit_tsc: None,
+            exit_tsc: 0,
             guest_msrs: [0; 6],
             host_msrs: None,
             xsave,
@@ -247,6 +253,12 @@ impl Vcpu {
     /// Switches counting on or off (`RHAX_VCPU_IOCTL_SET_STATS_CONTROL`).
     pub fn set_counting(&mut self, on: bool) {
         self.stats.set_counting(on);
+    }
+
+    /// Switches the host-cycle measurement per exit on or off (off by default; see
+    /// [`VcpuStats::timing`]).
+    pub fn set_timing(&mut self, on: bool) {
+        self.stats.set_timing(on);
     }
 
     /// Chooses which exits per-field counts are kept for (none by default).
@@ -353,18 +365,12 @@ impl Vcpu {
     /// Makes the VMCS current on `root`'s CPU if needed (see [`Vcpu::make_current`]).
     #[inline(always)]
     fn ensure_current<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), RunError> {
-        // Every run and every handler access passes here: the common case (already current on
-        // this CPU under this VMXON) is three compares inline, the rest out of line.
-        match self.resident {
-            Some((cpu, generation))
-                if cpu == root.cpu
-                    && generation == root.generation
-                    && root.current_vmcs == Some(self.vmcs_page.phys()) =>
-            {
-                Ok(())
-            }
-            _ => self.make_current(root),
+        // Every run and every handler access passes here: the common case (resident under
+        // this root's VMXON, and the current VMCS) is two compares inline, the rest out of line.
+        if self.resident_token == root.token && root.current_vmcs == Some(self.vmcs_page.phys()) {
+            return Ok(());
         }
+        self.make_current(root)
     }
 
     /// The slow part of [`Vcpu::ensure_current`]. On arrival on a CPU: VMCLEAR of a never
@@ -400,6 +406,7 @@ impl Vcpu {
         unsafe { vmx.vmptrld(phys) }?;
         root.current_vmcs = Some(phys);
         self.resident = Some((root.cpu, root.generation));
+        self.resident_token = root.token;
         self.cache.invalidate_all();
         // The HOST_RSP value the stub caches is still the VMCS's (VMCLEAR keeps the data), but
         // this is another CPU's stack: force the stub to write it.
@@ -433,12 +440,40 @@ impl Vcpu {
         Ok(f(&mut vmcs, &mut self.regs))
     }
 
-    /// Enters the guest and returns the decoded VM exit.
+    /// Enters the guest and returns the decoded VM exit: [`Vcpu::enter`] and
+    /// [`decode_reason`] (the VMREADs the reason needs) in one call.
     ///
     /// Runs on `root`'s CPU with interrupts disabled (the contract of [`VmxRoot::enable`]).
     /// The guest's STAR/LSTAR/CSTAR/FMASK/KERNEL_GS_BASE/TSC_AUX stay loaded after the return;
     /// call [`Vcpu::put`] before the thread can reach user mode or be preempted.
     pub fn run<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<VmExit, RunError> {
+        let exit = self.enter(root)?;
+        let mut vmx = Counted::new(&mut root.vmx, &mut self.stats);
+        // SAFETY: `enter` just returned from a VM exit on the root's CPU: this vCPU's VMCS is
+        // current there.
+        let mut vmcs = unsafe { Vmcs::new(&mut self.cache, &mut vmx) };
+        Ok(decode_reason(&mut vmcs, exit.raw())?)
+    }
+
+    /// Decodes an exit [`Vcpu::enter`] returned: the VMREADs its reason needs (through the
+    /// cache, so what the handler already read costs nothing).
+    pub fn decode<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        exit: ExitReason,
+    ) -> Result<VmExit, RunError> {
+        self.with_vmcs(root, |vmcs, _| decode_reason(vmcs, exit.raw()))?
+            .map_err(RunError::from)
+    }
+
+    /// Enters the guest and returns the exit reason, nothing decoded: the handler reads what
+    /// it needs through [`Vcpu::with_vmcs`] (or [`Vcpu::decode`]). Same contract as
+    /// [`Vcpu::run`].
+    // Always inlined: every run loop calls it from one place, and a call of its own (frame,
+    // six callee-saved registers, the result through memory) cost ~25 emulated instructions
+    // per round trip.
+    #[inline(always)]
+    pub fn enter<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<ExitReason, RunError> {
         self.ensure_current(root)?;
         // HOST_CR3 and HOST_FS_BASE belong to the calling thread (SDM §28.5.1, §28.5.2 load
         // them at every exit): refreshed at the first run after a `put`, not per exit. Until
@@ -483,8 +518,9 @@ impl Vcpu {
         // host-owned in the CR4 guest/host mask, tracked in `guest_osxsave`.
         let swap_xcr0 = host_xcr0.filter(|&h| *guest_osxsave && h != xcr0.get());
         vmcs.flush().map_err(RunError::Flush)?;
-        // Host cycles from exit to entry: two RDTSCs per exit, only while counting is on.
-        if let Some(t) = exit_tsc.take() {
+        // Host cycles from exit to entry: two RDTSCs per exit, only while timing is on.
+        if *exit_tsc != 0 {
+            let t = core::mem::take(exit_tsc);
             let now = vmcs.vmx().rdtsc();
             vmcs.vmx().stats().add_host_cycles(now.wrapping_sub(t));
         }
@@ -510,11 +546,9 @@ impl Vcpu {
         }
         // SAFETY: CPL0; the guest's CR2 is still in the register (interrupts off since exit).
         *cr2 = unsafe { vmcs.vmx().read_cr2() };
-        *exit_tsc = if vmcs.vmx().stats().counting() {
-            Some(vmcs.vmx().rdtsc())
-        } else {
-            None
-        };
+        if vmcs.vmx().stats().timing() {
+            *exit_tsc = vmcs.vmx().rdtsc();
+        }
         vmcs.on_exit();
         entered.map_err(RunError::Entry)?;
         let raw = vmcs.exit_reason()?;
@@ -524,7 +558,7 @@ impl Vcpu {
             *launched = true;
         }
         vmcs.vmx().stats().begin_exit(raw as u16);
-        Ok(decode_reason(&mut vmcs, raw)?)
+        Ok(ExitReason::from_raw(raw))
     }
 
     /// VMCLEAR on the CPU where the VMCS is active (call it there, e.g. through
@@ -538,6 +572,7 @@ impl Vcpu {
             // Resident under an older VMXON of this CPU: VMXOFF already made it inactive.
             Some(_) => {
                 self.resident = None;
+                self.resident_token = 0;
                 self.launched = false;
                 self.cache.invalidate_all();
                 return Ok(());
@@ -552,6 +587,7 @@ impl Vcpu {
             root.current_vmcs = None;
         }
         self.resident = None;
+        self.resident_token = 0;
         self.launched = false;
         self.cache.invalidate_all();
         Ok(())
@@ -715,6 +751,9 @@ fn set_power_on_fpu(a: &mut XsaveArea) {
 ///
 /// Blocking by STI or MOV SS ends with the skipped instruction; it is cleared lazily (see
 /// `clear_stale_interrupt_shadow`), which costs nothing unless an event is injected.
+// Always inlined: the run loop's hot handler; out of line it paid a call and two pointer
+// loads per VMREAD (~10 emulated instructions per round trip).
+#[inline(always)]
 pub fn skip_instruction<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<(), VmFail> {
     let len = u64::from(vmcs.vm_exit_instruction_length()?);
     let rip = vmcs.guest_rip()?;
@@ -728,6 +767,7 @@ pub fn skip_instruction<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<(), VmFail> {
 /// STI blocking requires RFLAGS.IF=1; §27.3.1.5 event-injection checks), so the VMREAD is paid
 /// only then. Otherwise the stale blocking at most delays an interrupt-window exit by one
 /// instruction, which the guest cannot tell from a later interrupt.
+#[inline(always)]
 fn clear_stale_interrupt_shadow<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<(), VmFail> {
     let c = vmcs.cache();
     if !c.is_dirty(VmcsField::GuestRip) {

@@ -413,6 +413,48 @@ fn vectoring<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<Option<Interruption>, VmF
     Ok(Some(Interruption::decode(info, code)))
 }
 
+/// A VM exit as [`crate::vcpu::Vcpu::enter`] returns it: the exit-reason field and nothing
+/// else (SDM §28.2.1). Whatever else an exit reports (qualification, interruption
+/// information, guest-physical address, ...) costs a VMREAD each; the handler reads what it
+/// uses through the VMCS cache, or decodes all of it with [`decode_reason`]. Four bytes, so
+/// it travels in a register: building the full [`VmExit`] for every exit cost ~35 emulated
+/// instructions of a ~420-instruction CPUID round trip (docs/bench/profile.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitReason(u32);
+
+impl ExitReason {
+    /// Wraps the raw exit-reason field.
+    pub const fn from_raw(raw: u32) -> ExitReason {
+        ExitReason(raw)
+    }
+
+    /// The raw field (bit 31: VM-entry failure; bits 15:0 the basic reason).
+    pub const fn raw(self) -> u32 {
+        self.0
+    }
+
+    /// Bits 15:0: the basic exit reason ([`reason`]).
+    pub const fn basic(self) -> u16 {
+        self.0 as u16
+    }
+
+    /// Bit 31: the VM entry failed while loading guest state (SDM §27.8); the basic reason
+    /// is then 33, 34 or 41.
+    pub const fn entry_failed(self) -> bool {
+        self.0 & (1 << 31) != 0
+    }
+
+    /// The basic reason of an exit that is not an entry failure, else `None`: what a
+    /// handler matches on.
+    pub const fn exit(self) -> Option<u16> {
+        if self.entry_failed() {
+            None
+        } else {
+            Some(self.basic())
+        }
+    }
+}
+
 /// Reads the exit reason (one VMREAD) and whatever that reason needs.
 pub fn decode<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<VmExit, VmFail> {
     let raw = vmcs.exit_reason()?;
@@ -420,6 +462,9 @@ pub fn decode<V: Vmx>(vmcs: &mut Vmcs<'_, V>) -> Result<VmExit, VmFail> {
 }
 
 /// Decodes an exit whose raw exit-reason field was already read.
+// Inlined into its two callers (`Vcpu::run`, `Vcpu::decode`): out of line, the frame and
+// the `VmExit` returned through memory cost ~20 emulated instructions per exit.
+#[inline]
 pub fn decode_reason<V: Vmx>(vmcs: &mut Vmcs<'_, V>, raw: u32) -> Result<VmExit, VmFail> {
     use self::reason as r;
     let basic = raw as u16;

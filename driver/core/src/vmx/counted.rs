@@ -6,7 +6,7 @@ use rhax_api::fpu::{FxLayout, XsaveArea};
 use crate::counters::VcpuStats;
 use crate::vmcs::VmcsField;
 use crate::vmx::instructions::{
-    DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
+    DescriptorTablePointer, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
 use crate::vmx::VmFail;
 
@@ -77,30 +77,32 @@ impl<V: Vmx> Vmx for Counted<'_, V> {
     }
 
     #[inline(always)]
-    unsafe fn vmwrite_field(&mut self, field: VmcsField, value: u64) -> Result<(), VmFail> {
-        self.stats.count_write_field(field);
+    unsafe fn vmwrite_indexed(
+        &mut self,
+        index: usize,
+        encoding: u32,
+        value: u64,
+    ) -> Result<(), VmFail> {
+        self.stats.count_write_index(index);
         // SAFETY: forwarded under the caller's contract.
-        unsafe { self.inner.vmwrite(field.encoding(), value) }
+        unsafe { self.inner.vmwrite(encoding, value) }
     }
 
+    #[inline(always)]
     unsafe fn vmenter(
         &mut self,
         regs: &mut GuestRegisters,
         launched: bool,
         host_rsp: &mut u64,
-    ) -> Result<EntryReport, VmFail> {
+    ) -> Result<(), VmFail> {
         self.stats.count_other();
         let before = *host_rsp;
         // SAFETY: forwarded under the caller's contract.
         let r = unsafe { self.inner.vmenter(regs, launched, host_rsp) };
-        // The stub's HOST_RSP VMWRITE is a VMWRITE like any other.
-        if matches!(
-            r,
-            Ok(EntryReport {
-                host_rsp_written: true
-            })
-        ) || *host_rsp != before
-        {
+        // The stub's HOST_RSP VMWRITE is a VMWRITE like any other. The stub (and the model)
+        // writes it exactly when the cached value differs, and stores the new one, so the
+        // changed cache says it (one compare; the report is for callers that want it).
+        if *host_rsp != before {
             self.stats.count_write(VmcsField::HostRsp.encoding());
         }
         r

@@ -9,7 +9,7 @@ use core::arch::{asm, global_asm};
 use rhax_api::fpu::{FxLayout, XsaveArea};
 
 use crate::vmx::instructions::{
-    DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
+    DescriptorTablePointer, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
 use crate::vmx::{VmFail, VmInstructionError};
 
@@ -61,6 +61,25 @@ unsafe fn check(cf: u8, zf: u8) -> Result<(), VmFail> {
     } else {
         Ok(())
     }
+}
+
+/// Why VMLAUNCH/VMRESUME (or the stub's HOST_RSP VMWRITE) failed: the stub's code 1 (CF,
+/// VMfailInvalid) or 2 (ZF, VMfailValid with the error number). Out of line: the entry path
+/// only tests the code.
+///
+/// # Safety
+/// CPL0 and VMX root (the error number is read with VMREAD).
+#[cold]
+#[inline(never)]
+unsafe fn entry_failed(code: u8) -> VmFail {
+    let failed = if code == 1 {
+        // SAFETY: the caller's contract.
+        unsafe { check(1, 0) }
+    } else {
+        // SAFETY: as above.
+        unsafe { check(0, 1) }
+    };
+    failed.err().unwrap_or(VmFail::Invalid)
 }
 
 /// The flag code of a VMX instruction into `{c}`: see [`check_code`].
@@ -125,7 +144,8 @@ macro_rules! seh {
 // in rdi, rsi, rdx; result in rax): the Rust declaration below says `extern "sysv64"`, so on
 // Windows x64 (and UEFI), whose own convention passes arguments in rcx, rdx, r8, rustc adapts
 // the call site. The result: bits 7:0 = 0 after a VM exit, 1 = VMfailInvalid, 2 =
-// VMfailValid; bit 8 = HOST_RSP written.
+// VMfailValid; bit 8 = HOST_RSP written (unused: the stub also stores the new value through
+// `host_rsp`, which is how callers see it).
 //
 // Registers preserved: the callee-saved general registers of *both* conventions, System V's
 // rbx, rbp, r12-r15 (System V ABI AMD64 §3.2.1) and Microsoft x64's, which adds rdi and rsi,
@@ -375,27 +395,24 @@ impl Vmx for HwVmx {
         unsafe { check_code(code) }
     }
 
+    // Always inlined into `Vcpu::enter`: a call, a frame and the packing of the result into
+    // one register and out again cost ~15 emulated instructions per round trip.
+    #[inline(always)]
     unsafe fn vmenter(
         &mut self,
         regs: &mut GuestRegisters,
         launched: bool,
         host_rsp: &mut u64,
-    ) -> Result<EntryReport, VmFail> {
+    ) -> Result<(), VmFail> {
         // SAFETY: the stub follows the System V ABI it is declared with (and preserves the
         // callee-saved registers of Microsoft x64 too; the frame is popped on every path); the
         // pointers are live exclusive references; the VMCS preconditions are the caller's.
         let r = unsafe { rhax_vmx_enter(regs, u64::from(launched), host_rsp) };
-        let report = EntryReport {
-            host_rsp_written: r & 0x100 != 0,
-        };
-        match r & 0xff {
-            0 => Ok(report),
-            // SAFETY: the stub reported CF=1 or ZF=1 of VMLAUNCH/VMRESUME/VMWRITE; CPL0 and
-            // VMX root by contract.
-            1 => unsafe { check(1, 0) }.map(|()| report),
-            // SAFETY: as above.
-            _ => unsafe { check(0, 1) }.map(|()| report),
+        if r & 0xff != 0 {
+            // SAFETY: as above (CPL0, VMX root).
+            return Err(unsafe { entry_failed(r as u8) });
         }
+        Ok(())
     }
 
     fn host_rip(&self) -> u64 {

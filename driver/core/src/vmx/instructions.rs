@@ -6,7 +6,6 @@
 
 use rhax_api::fpu::{FxLayout, XsaveArea};
 
-use crate::vmcs::VmcsField;
 use crate::vmx::VmFail;
 
 /// The guest general-purpose registers that VMX does not keep in the VMCS (RSP, RIP and
@@ -91,13 +90,6 @@ pub struct Selectors {
     pub tr: u16,
 }
 
-/// What the entry stub did besides entering the guest.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EntryReport {
-    /// The stub VMWROTE `HOST_RSP` because the stack pointer differed from the cached one.
-    pub host_rsp_written: bool,
-}
-
 /// Every VMX instruction and the privileged reads and writes the core needs.
 ///
 /// All methods are `unsafe`: on real hardware each is a privileged instruction with
@@ -154,24 +146,32 @@ pub trait Vmx {
     /// must describe this CPU's real state, bitmap addresses must point to owned pages).
     unsafe fn vmwrite(&mut self, encoding: u32, value: u64) -> Result<(), VmFail>;
 
-    /// VMWRITE of a field named by identity (the VMCS cache's flush): the same instruction as
-    /// [`Vmx::vmwrite`] with `field.encoding()`. It exists so that [`crate::vmx::Counted`]
-    /// finds the field's counter by its index instead of decoding a run-time encoding (~12
-    /// instructions per flushed field, on every VM entry).
+    /// VMWRITE of the field at `index` of the component table ([`crate::vmcs::VmcsField::index`]), whose
+    /// encoding is `encoding` (the VMCS cache's flush): the same instruction as
+    /// [`Vmx::vmwrite`]. It exists so that [`crate::vmx::Counted`] finds the field's counter
+    /// by its index instead of decoding a run-time encoding (~12 instructions per flushed
+    /// field, on every VM entry).
     ///
     /// # Safety
     /// As [`Vmx::vmwrite`].
     #[inline(always)]
-    unsafe fn vmwrite_field(&mut self, field: VmcsField, value: u64) -> Result<(), VmFail> {
+    unsafe fn vmwrite_indexed(
+        &mut self,
+        index: usize,
+        encoding: u32,
+        value: u64,
+    ) -> Result<(), VmFail> {
+        let _ = index;
         // SAFETY: the caller's contract is vmwrite's.
-        unsafe { self.vmwrite(field.encoding(), value) }
+        unsafe { self.vmwrite(encoding, value) }
     }
 
     /// VM entry: loads the guest GPRs from `regs`, runs VMLAUNCH (`launched == false`) or
     /// VMRESUME (`launched == true`), and on the next VM exit stores the guest GPRs back into
     /// `regs` and returns `Ok`. A failed VMLAUNCH/VMRESUME returns the `VmFail` (the guest did
     /// not run). `host_rsp` caches the value of the HOST_RSP field of the current VMCS; the stub
-    /// VMWRITEs HOST_RSP only when the stack pointer differs from it.
+    /// VMWRITEs HOST_RSP only when the stack pointer differs from it, and then stores the new
+    /// value there (so a changed `host_rsp` is how a caller knows the VMWRITE happened).
     ///
     /// # Safety
     /// CPL0, VMX root, current VMCS, pinned, interrupts disabled; the VMCS host-state area
@@ -182,7 +182,7 @@ pub trait Vmx {
         regs: &mut GuestRegisters,
         launched: bool,
         host_rsp: &mut u64,
-    ) -> Result<EntryReport, VmFail>;
+    ) -> Result<(), VmFail>;
 
     /// The address the host-state field HOST_RIP must hold for [`Vmx::vmenter`] to work.
     fn host_rip(&self) -> u64;

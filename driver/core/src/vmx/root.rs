@@ -147,6 +147,9 @@ impl HostState {
     }
 }
 
+/// The next [`VmxRoot::token`]: 64 bits do not wrap in the life of a machine.
+static NEXT_TOKEN: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+
 /// VMX root operation on one CPU.
 pub struct VmxRoot<V: Vmx> {
     pub(crate) vmx: V,
@@ -156,6 +159,10 @@ pub struct VmxRoot<V: Vmx> {
     /// Incremented by every enable on this CPU; a vCPU compares it to know its host state and
     /// VMCS residency are still this CPU's.
     pub(crate) generation: u64,
+    /// Unique to this enable among all enables on all CPUs (never 0): a vCPU whose recorded
+    /// token equals it knows, with one compare, that it is resident on this CPU under this
+    /// VMXON (CPU and generation together would be two, on every run and VMCS access).
+    pub(crate) token: u64,
     pub(crate) current_vmcs: Option<u64>,
     region: PhysPages,
     old_cr4: u64,
@@ -221,6 +228,7 @@ impl<V: Vmx> VmxRoot<V> {
             caps,
             host,
             generation,
+            token: NEXT_TOKEN.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             current_vmcs: None,
             region,
             old_cr4,

@@ -25,7 +25,7 @@ use crate::vmx::caps::{
     VmxCaps, IA32_FEATURE_CONTROL,
 };
 use crate::vmx::instructions::{
-    DescriptorTablePointer, EntryReport, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
+    DescriptorTablePointer, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
 use crate::vmx::{soft_apic, soft_faults, soft_xstate, VmFail, VmInstructionError};
 
@@ -658,15 +658,13 @@ impl Vmx for SoftVmx {
         regs: &mut GuestRegisters,
         launched: bool,
         host_rsp: &mut u64,
-    ) -> Result<EntryReport, VmFail> {
-        let mut report = EntryReport::default();
+    ) -> Result<(), VmFail> {
         self.current_vmcs()?;
         // The stub's HOST_RSP write, as the real stub does it: only when the stack moved.
         if *host_rsp != self.stack_pointer {
             // SAFETY: the model has no preconditions.
             unsafe { self.vmwrite(VmcsField::HostRsp.encoding(), self.stack_pointer) }?;
             *host_rsp = self.stack_pointer;
-            report.host_rsp_written = true;
         }
         if launched {
             self.counts.vmresume += 1;
@@ -705,7 +703,7 @@ impl Vmx for SoftVmx {
                 vmcs.fields
                     .insert(VmcsField::ExitQualification.encoding(), qualification);
                 clear_entry_intr(vmcs);
-                Ok(report)
+                Ok(())
             }
             Ok(()) => {
                 // SDM Vol. 3C §27.3.2.5: with "virtual-interrupt delivery", the entry
@@ -766,7 +764,7 @@ impl Vmx for SoftVmx {
                 clear_entry_intr(&mut vmcs);
                 *self.current_vmcs()? = vmcs;
                 self.tsc = self.tsc.wrapping_add(1000);
-                Ok(report)
+                Ok(())
             }
         }
     }

@@ -283,7 +283,8 @@ impl HaxVcpu {
         self.mmio_fast_path
     }
 
-    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting on or off and chooses which
+    /// `RHAX_VCPU_IOCTL_SET_STATS_CONTROL`: switches counting and the host-cycle measurement on
+    /// or off and chooses which
     /// exits per-field counts are kept for (none, all, or one reason). A flag this driver does not know, or a
     /// `field_reason` that is not a counted reason (or not 0 without `FIELD_REASON`), is
     /// refused with nothing changed (so a later flag cannot be mistaken for a no-op by an
@@ -306,6 +307,8 @@ impl HaxVcpu {
         };
         self.core
             .set_counting(flags.contains(ext::StatsFlags::COUNTING));
+        self.core
+            .set_timing(flags.contains(ext::StatsFlags::CYCLES));
         self.core.set_field_filter(filter);
         Ok(())
     }
