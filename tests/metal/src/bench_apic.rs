@@ -621,22 +621,26 @@ fn remote_ipi(flags: ApicFlags, variant: &'static str, n: u32) -> R<String> {
     Ok(sender)
 }
 
-/// `bench-apic` (`iters=N` on the command line, default 1000); the IPI between vCPUs needs
-/// a second CPU (`--cpus 2`) and is skipped without one.
+/// `bench-apic` (`iters=N` on the command line, default 1000; `only=OP` runs the rows of
+/// one operation, e.g. for a trace); the IPI between vCPUs needs a second CPU (`--cpus 2`)
+/// and is skipped without one.
 pub fn bench_apic(ctx: &Ctx) -> R<String> {
     let n = ctx
         .arg("iters")
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000u32);
+    let only = ctx.arg("only");
     let mut count = 0;
-    for r in rows() {
+    for r in rows().into_iter().filter(|r| only.is_none_or(|o| o == r.op)) {
         let line = run_row(&r, n)?;
         count += 1;
         if r.op == "calibrate" && !line.contains("inst/op=0.0 ") {
             return Err(format!("calibration: {line}"));
         }
     }
-    if smp::cpu_count() >= 2 {
+    if only.is_some_and(|o| o != "x2apic-ipi-other-vcpu") {
+        // One operation asked for, and not this one.
+    } else if smp::cpu_count() >= 2 {
         for (flags, variant) in [
             (ApicFlags::ENABLE, "all-on"),
             (ApicFlags::ENABLE | ApicFlags::NO_FAST_PATHS, "NO_FAST_PATHS"),

@@ -1,6 +1,6 @@
 //! The bare-metal stage: the `tests/metal` kernel on emulated VT-x in Bochs.
 //!
-//! `cargo xtask metal [--model NAME] [--cpus N] [--megs N] [--timeout SECS] [SCENARIO...]`
+//! `cargo xtask metal [--model NAME] [--cpus N] [--megs N] [--timeout SECS] [--arg KEY=VALUE]... [SCENARIO...]`
 //! (or `cargo xtask metal --stage`: the metal stage of `cargo xtask test`, every test model)
 //! builds the kernel (release, panic=abort, its own Cargo project), puts it and a command line
 //! into a ROM that replaces the BIOS (`rom.rs`), writes `bochsrc` and `continue.rc` into
@@ -162,6 +162,8 @@ pub fn main(args: &[String]) -> crate::Result {
                         .map_err(|e| format!("--timeout: {e}"))?,
                 )
             }
+            // A `key=value` word for the kernel's command line (e.g. `--arg iters=100`).
+            "--arg" => cfg.extra_args.push(value("--arg")?),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
             s => cfg.scenarios.push(s.into()),
         }
