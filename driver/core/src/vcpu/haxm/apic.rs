@@ -51,6 +51,12 @@ pub(in crate::vcpu::haxm) struct ApicUnit {
     pub(in crate::vcpu::haxm) vid: bool,
     /// The EOI-exit bitmap last written (the TMR at that entry).
     pub(in crate::vcpu::haxm) eoi_exit: [u64; 4],
+    /// "APIC-register virtualization" is on (with `vid`, `apic_vid.rs`): the CPU answers
+    /// the guest's reads of the [`crate::apic::PAGE_MIRRORED`] registers from the page.
+    pub(in crate::vcpu::haxm) arv: bool,
+    /// The model may have changed since the page's register image was last written
+    /// (`arv`): set by everything that changes the model, cleared by the rewrite.
+    pub(in crate::vcpu::haxm) image_dirty: bool,
     /// "Virtualize APIC accesses" is used while the guest's APIC is in xAPIC mode.
     pub(in crate::vcpu::haxm) access_virt: bool,
     /// The CPU offers "virtualize x2APIC mode" and the flags allow it (`apic_virt.rs`).
@@ -166,7 +172,11 @@ impl HaxVcpu {
                 access_virt = self.core.use_apic_access(c, page).is_ok();
             }
         }
-        let vid = vapic.is_some() && self.try_virtual_interrupt_delivery(flags);
+        let (vid, arv) = if vapic.is_some() {
+            self.try_virtual_interrupt_delivery(flags)
+        } else {
+            (false, false)
+        };
         let x2apic_virt = vapic.is_some()
             && !flags.contains(ApicFlags::NO_APIC_VIRTUALIZATION)
             && self
@@ -183,6 +193,8 @@ impl HaxVcpu {
             flags,
             vapic,
             vid,
+            arv,
+            image_dirty: true,
             eoi_exit: [0; 4],
             access_virt,
             x2apic_virt,
@@ -268,9 +280,12 @@ impl HaxVcpu {
         if let Some(port) = u.bus.port(u.index) {
             if port.pending() {
                 port.drain_into(&mut u.local);
+                // Acceptance sets TMR bits and ESR errors.
+                u.image_dirty = true;
             }
         }
         if u.bus.lint_pending(u.index) {
+            u.image_dirty = true;
             for change in u.bus.take_lint(u.index).into_iter().flatten() {
                 // The LVT entry of the pin (SDM Vol. 3A §11.5.1, Figure 11-8): vector 7:0,
                 // delivery mode 10:8, trigger 15, mask 16.
@@ -297,7 +312,10 @@ impl HaxVcpu {
                 }
             }
         }
-        u.local.timer_fire(now);
+        if u.local.timer_fire(now) {
+            // A periodic timer reloads; an illegal vector sets ESR.
+            u.image_dirty = true;
+        }
         if u.local.take_nmi() {
             u.nmi = true;
         }
@@ -329,6 +347,7 @@ impl HaxVcpu {
         self.pending = Pending::None;
         if let Some(u) = self.apic.as_deref_mut() {
             u.local.init_reset();
+            u.image_dirty = true;
             u.wait_for_sipi = true;
             u.halted = false;
             u.nmi = false;
@@ -568,6 +587,8 @@ impl HaxVcpu {
         let Some(u) = self.apic.as_deref_mut() else {
             return;
         };
+        // Every register write ends here: the page's image follows the model.
+        u.image_dirty = true;
         if let Some(port) = u.bus.port(u.index) {
             port.publish(&u.local);
         }
@@ -753,6 +774,7 @@ impl HaxVcpu {
         };
         state.as_bytes_mut().copy_from_slice(body);
         u.local.restore(&state).map_err(HaxError::ApicState)?;
+        u.image_dirty = true;
         u.nmi = false;
         u.extint = None;
         let tpr = u.local.tpr();
