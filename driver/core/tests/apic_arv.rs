@@ -129,7 +129,11 @@ fn xapic_register_writes_exit_to_the_model_and_the_page_follows_it() {
             // ICR high only stores (§30.4.3.2: no exit); ICR low, an NMI to APIC ID 5 (this
             // vCPU now), exits and is sent with the page's destination.
             assert!(!c.apic_page_write(0x310, 4, 0x05ff_ffff));
-            assert_eq!(c.apic_page_read(0x310, 4), Some(0x0500_0000), "bytes 2:0 cleared");
+            assert_eq!(
+                c.apic_page_read(0x310, 4),
+                Some(0x0500_0000),
+                "bytes 2:0 cleared"
+            );
             assert!(c.apic_page_write(0x300, 4, 0x4400));
         }),
         Box::new(|c| {

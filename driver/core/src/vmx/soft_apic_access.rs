@@ -34,8 +34,8 @@ fn read_virtualized(register: u32) -> bool {
 fn write_virtualized(register: u32) -> bool {
     matches!(
         register,
-        0x020 | 0x080 | 0x0b0 | 0x0d0 | 0x0e0 | 0x0f0 | 0x280 | 0x300 | 0x310 | 0x320..=0x370
-            | 0x380 | 0x3e0
+        0x020 | 0x080 | 0x0b0 | 0x0d0 | 0x0e0 | 0x0f0 | 0x280 | 0x300 | 0x310 | 0x320
+            ..=0x370 | 0x380 | 0x3e0
     )
 }
 
@@ -53,8 +53,7 @@ fn virtualized_self_ipi(icr: u32) -> bool {
 
 impl GuestCpu<'_> {
     fn proc2_has(&self, c: SecondaryProcControls) -> bool {
-        self.read(VmcsField::SecondaryProcessorBasedVmExecutionControls) & u64::from(c.bits())
-            != 0
+        self.read(VmcsField::SecondaryProcessorBasedVmExecutionControls) & u64::from(c.bits()) != 0
     }
 
     /// The common conditions of §30.4.2 and §30.4.3.1 under which an access to the page is
@@ -142,18 +141,16 @@ impl GuestCpu<'_> {
         page.write(register as usize, word);
         match register {
             // TPR: bytes 3:1 cleared, then TPR virtualization.
-            0x080 => {
-                match soft_apic::write_vtpr(self.fields, page, word & 0xff, vid, threshold) {
-                    soft_apic::TprVirtualized::Delivered(d) => {
-                        self.delivered = d;
-                        false
-                    }
-                    soft_apic::TprVirtualized::BelowThreshold => {
-                        self.exit(EXIT_REASON_TPR_BELOW_THRESHOLD, 0, 0);
-                        true
-                    }
+            0x080 => match soft_apic::write_vtpr(self.fields, page, word & 0xff, vid, threshold) {
+                soft_apic::TprVirtualized::Delivered(d) => {
+                    self.delivered = d;
+                    false
                 }
-            }
+                soft_apic::TprVirtualized::BelowThreshold => {
+                    self.exit(EXIT_REASON_TPR_BELOW_THRESHOLD, 0, 0);
+                    true
+                }
+            },
             // EOI: VEOI cleared, then EOI virtualization (with virtual-interrupt delivery).
             0x0b0 if vid => {
                 page.write(0xb0, 0);

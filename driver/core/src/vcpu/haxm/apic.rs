@@ -109,6 +109,16 @@ impl ApicUnit {
         }
     }
 
+    /// Whether this APIC no longer answers at the default xAPIC base (moved, x2APIC mode or
+    /// disabled: SDM Vol. 3A §11.4.4, §11.12.1) and the VM-wide APIC-access mapping there
+    /// must go: true for the first vCPU that finds it, which then ends its RUN so that the
+    /// dispatcher drops the mapping before the guest runs again ([`ApicBus::request_access_drop`]).
+    pub(in crate::vcpu::haxm) fn left_default_base(&self) -> bool {
+        let default = self.local.mode() == ApicMode::XApic
+            && self.local.base_address() == crate::apic::local::DEFAULT_BASE;
+        !default && self.bus.request_access_drop()
+    }
+
     fn set_vtpr(&mut self, tpr: u8) {
         if let Some(b) = self
             .vapic
@@ -235,6 +245,12 @@ impl HaxVcpu {
     /// Whether this vCPU has an in-kernel APIC.
     pub fn has_apic(&self) -> bool {
         self.apic.is_some()
+    }
+
+    /// The VM's APIC bus, when this vCPU has an in-kernel APIC (the dispatcher acts on its
+    /// APIC-access drop requests after a RUN).
+    pub fn apic_bus(&self) -> Option<&ApicBus> {
+        self.apic.as_deref().map(|u| &*u.bus)
     }
 
     /// The bus slot this vCPU uses, for the dispatcher's running-on bookkeeping.
@@ -660,6 +676,10 @@ impl HaxVcpu {
                 .map_err(|_| ()),
         };
         let base = u.local.base_msr();
+        // A base write that took the APIC away from the default xAPIC base: RUN ends (as
+        // for a kick) so the APIC-access mapping is dropped before the guest goes on.
+        let leave =
+            msr == IA32_APIC_BASE && write.is_some() && result.is_ok() && u.left_default_base();
         match result {
             Err(()) => self.inject_gp(root)?,
             Ok((read, effect)) => {
@@ -671,6 +691,9 @@ impl HaxVcpu {
                 self.apic_effect(effect);
                 self.skip(root)?;
             }
+        }
+        if leave {
+            return Ok(Some(Next::User(ExitStatus::Interrupt)));
         }
         Ok(Some(Next::Resume))
     }
@@ -775,6 +798,9 @@ impl HaxVcpu {
         state.as_bytes_mut().copy_from_slice(body);
         u.local.restore(&state).map_err(HaxError::ApicState)?;
         u.image_dirty = true;
+        // The dispatcher drops the APIC-access mapping after the IOCTL if the restored base
+        // is not the default one.
+        u.left_default_base();
         u.nmi = false;
         u.extint = None;
         let tpr = u.local.tpr();
