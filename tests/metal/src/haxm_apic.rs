@@ -315,6 +315,7 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
         Ok(n) => checks += n,
         Err(f) => fails.push(f),
     }
+    checks += crate::haxm_apic_arv::arv_checks(&mut fails)?;
     if !fails.is_empty() {
         return Err(format!(
             "{} of {checks} checks failed: {}",
@@ -325,7 +326,7 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
     let ms = (rdtsc() - t0) * 1000 / time::tsc_hz().max(1);
     Ok(format!(
         "{checks} checks (xAPIC + x2APIC suites and xAPIC-only, with and without the \
-         APIC-access page; 2-vCPU), {} RUNs, {ms} ms of guest TSC",
+         APIC-access page; 2-vCPU; APIC-register virtualization by exit counts), {} RUNs, {ms} ms of guest TSC",
         runs + runs2,
     ))
 }
