@@ -168,9 +168,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<Next, HaxError> {
-        let q = self
-            .core
-            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+        let q = self.apic_exit_qualification(root)?;
         let vector = q as u8;
         let level = self.apic.as_deref().is_some_and(|u| {
             let (_, _, tmr) = u.local.vector_words();

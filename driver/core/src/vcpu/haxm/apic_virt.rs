@@ -38,6 +38,17 @@ const X2APIC_SELF_IPI: u32 = 0x83f;
 const X2APIC_REGISTERS: core::ops::Range<u32> = 0x800..0x840;
 
 impl HaxVcpu {
+    /// The exit qualification of the APIC exits (APIC access, EOI-induced, APIC write: SDM
+    /// Vol. 3C §28.2.1, Table 28-6: the page offset and access type, or the vector).
+    pub(in crate::vcpu::haxm) fn apic_exit_qualification<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<u64, HaxError> {
+        Ok(self
+            .core
+            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??)
+    }
+
     /// Makes the controls and the MSR bitmap follow the guest's APIC mode (see the module
     /// documentation); called before every entry, a compare when nothing changed.
     pub(in crate::vcpu::haxm) fn apic_follow_mode<V: Vmx>(
@@ -101,9 +112,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<Next, HaxError> {
-        let q = self
-            .core
-            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+        let q = self.apic_exit_qualification(root)?;
         let offset = q & 0xfff;
         let access = match (q >> 12) & 0xf {
             0 => EptAccess::READ,
@@ -135,9 +144,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<Next, HaxError> {
-        let q = self
-            .core
-            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+        let q = self.apic_exit_qualification(root)?;
         let offset = (q & 0xff0) as usize;
         let now = self.guest_tsc(root)?;
         let effect = match self.apic.as_deref_mut() {
