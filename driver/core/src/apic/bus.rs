@@ -118,14 +118,18 @@ impl ApicBus {
     /// now. The drop is for the VM's lifetime: vCPUs at the default base then take their
     /// xAPIC accesses as EPT violations (the MMIO path), as without the page.
     pub fn take_access_drop(&self) -> bool {
-        self.access_state
-            .compare_exchange(
-                ACCESS_DROP,
-                ACCESS_DROPPED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+        // A plain load first: this runs after every RUN, and a compare-exchange would take
+        // the cache line from the other vCPUs each time.
+        self.access_state.load(Ordering::Acquire) == ACCESS_DROP
+            && self
+                .access_state
+                .compare_exchange(
+                    ACCESS_DROP,
+                    ACCESS_DROPPED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
     }
 
     /// Undoes [`ApicBus::take_access_drop`] when the unmap could not be done (out of

@@ -131,6 +131,23 @@ impl LocalApic {
         word(ICR_LOW * 16 + 4, icr_dest);
     }
 
+    /// The TMR as 8 words (what acceptance changes among the [`PAGE_MIRRORED`] registers:
+    /// the vCPU compares it around the interrupts it takes in).
+    pub fn tmr_words(&self) -> [u32; 8] {
+        core::array::from_fn(|i| self.reg(TMR + i))
+    }
+
+    /// The ICR's words of [`LocalApic::page_image`] alone, (offset, value): after an ICR
+    /// write, which changes nothing else the page mirrors.
+    pub fn icr_image(&self) -> [(usize, u32); 3] {
+        let (low, high) = (self.reg(ICR_LOW), self.reg(ICR_HIGH));
+        match self.mode() {
+            ApicMode::X2Apic => [(0x300, low), (0x304, high), (0x310, 0)],
+            ApicMode::XApic => [(0x300, low), (0x304, 0), (0x310, high)],
+            ApicMode::Disabled => [(0x300, 0), (0x304, 0), (0x310, 0)],
+        }
+    }
+
     /// The ICR the guest wrote into the virtual-APIC page without an exit (xAPIC mode with
     /// "APIC-register virtualization": a write of ICR high only stores, SDM Vol. 3C
     /// §30.4.3.2; a self-IPI written to ICR low is virtualized without an exit, §30.1.5),

@@ -293,12 +293,14 @@ impl HaxVcpu {
         };
         u.now = now;
         u.sync_from_vtpr();
-        if let Some(port) = u.bus.port(u.index) {
-            if port.pending() {
-                port.drain_into(&mut u.local);
-                // Acceptance sets TMR bits and ESR errors.
-                u.image_dirty = true;
-            }
+        // Of the page's mirrored registers, acceptance (posted interrupts, the timer) changes
+        // only the TMR (errors go to the ESR at its next write): the image is rewritten only
+        // if it did, not for every interrupt.
+        let port = u.bus.port(u.index).filter(|p| p.pending());
+        let due = u.local.timer_deadline().is_some_and(|d| now >= d);
+        let tmr = (u.arv && (port.is_some() || due)).then(|| u.local.tmr_words());
+        if let Some(port) = port {
+            port.drain_into(&mut u.local);
         }
         if u.bus.lint_pending(u.index) {
             u.image_dirty = true;
@@ -328,8 +330,8 @@ impl HaxVcpu {
                 }
             }
         }
-        if u.local.timer_fire(now) {
-            // A periodic timer reloads; an illegal vector sets ESR.
+        u.local.timer_fire(now);
+        if tmr.is_some_and(|t| t != u.local.tmr_words()) {
             u.image_dirty = true;
         }
         if u.local.take_nmi() {
@@ -565,6 +567,15 @@ impl HaxVcpu {
         self.apic.as_deref().is_some_and(|u| u.window)
     }
 
+    /// After the model took a register write (any interface) that may change the registers
+    /// the virtual-APIC page mirrors: the image is rewritten before the next entry
+    /// (APIC-register virtualization, `apic_vid.rs`).
+    pub(in crate::vcpu::haxm) fn apic_image_dirty(&mut self) {
+        if let Some(u) = self.apic.as_deref_mut() {
+            u.image_dirty = true;
+        }
+    }
+
     /// Acts on what an APIC register write asks for: an IPI routed on the bus (the targets
     /// in the guest kicked), nothing else needs the vCPU (an EOI broadcast has no IOAPIC to
     /// reach; a timer change is picked up at the next entry).
@@ -572,8 +583,6 @@ impl HaxVcpu {
         let Some(u) = self.apic.as_deref_mut() else {
             return;
         };
-        // Every register write ends here: the page's image follows the model.
-        u.image_dirty = true;
         if let Some(port) = u.bus.port(u.index) {
             port.publish(&u.local);
         }

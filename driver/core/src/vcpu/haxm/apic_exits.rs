@@ -107,6 +107,9 @@ impl HaxVcpu {
                     self.core.regs.gpr[reg::RDX] = v >> 32;
                 }
                 self.apic_base = base;
+                if write.is_some() {
+                    self.apic_image_dirty();
+                }
                 self.apic_effect(effect);
                 self.skip(root)?;
             }
@@ -159,12 +162,21 @@ impl HaxVcpu {
             return Ok(false);
         };
         let effect = if msr == X2APIC_ICR {
-            match u.local.write_msr(msr, value, now) {
+            let e = match u.local.write_msr(msr, value, now) {
                 Ok(e) => e,
                 // A reserved bit: the general path injects the #GP.
                 Err(_) => return Ok(false),
+            };
+            if u.arv {
+                // Only the ICR changed among the page's registers: its words alone, not
+                // the whole image (this path is the IPI's hot path).
+                for (offset, word) in u.local.icr_image() {
+                    u.set_page_word(offset, word);
+                }
             }
+            e
         } else {
+            // IA32_TSC_DEADLINE is not in the page.
             u.local.write_tsc_deadline(value, now)
         };
         u.fast_exits += 1;
@@ -267,6 +279,7 @@ impl HaxVcpu {
                         Some(u) => u.local.write_mmio(offset, value as u32, now),
                         None => Effect::None,
                     };
+                    self.apic_image_dirty();
                     self.apic_effect(effect);
                 }
             }

@@ -112,9 +112,9 @@ impl HaxVcpu {
             isr[i] = u.page_word(VISR + i * 16);
         }
         u.local.set_requests(&irr, &isr);
-        if u.arv {
-            // ICR high written, or a self-IPI virtualized, without an exit (xAPIC mode only;
-            // the model ignores it otherwise).
+        if u.arv && u.local.mode() == crate::apic::ApicMode::XApic {
+            // ICR high written, or a self-IPI virtualized, without an exit (xAPIC mode only:
+            // in x2APIC mode ICR writes always exit).
             let (low, high) = (u.page_word(VICR_LO), u.page_word(VICR_HI));
             u.local.take_page_icr(low, high);
         }

@@ -136,7 +136,7 @@ impl HaxVcpu {
     /// value is taken from the page and written to the model as the MMIO path would (an IPI
     /// is sent; the ICR high half is in the model already: an APIC-access exit, or with
     /// APIC-register virtualization the page's copy taken after every exit); the page's image
-    /// is then rewritten from the model before the next entry (`apic_effect`), so read-only
+    /// is then rewritten from the model before the next entry (`apic_image_dirty`), so read-only
     /// and reserved bits the guest set do not stay visible.
     // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
     #[inline(never)]
@@ -154,6 +154,7 @@ impl HaxVcpu {
             }
             _ => crate::apic::Effect::None,
         };
+        self.apic_image_dirty();
         self.apic_effect(effect);
         Ok(Next::Resume)
     }
