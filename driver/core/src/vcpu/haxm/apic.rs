@@ -297,8 +297,8 @@ impl HaxVcpu {
         // only the TMR (errors go to the ESR at its next write): the image is rewritten only
         // if it did, not for every interrupt.
         let port = u.bus.port(u.index).filter(|p| p.pending());
-        let due = u.local.timer_deadline().is_some_and(|d| now >= d);
-        let tmr = (u.arv && (port.is_some() || due)).then(|| u.local.tmr_words());
+        let tmr = (u.arv && (port.is_some() || u.local.timer_deadline().is_some_and(|d| now >= d)))
+            .then(|| u.local.tmr_words());
         if let Some(port) = port {
             port.drain_into(&mut u.local);
         }
