@@ -24,6 +24,7 @@ mod console;
 mod guests;
 mod haxm;
 mod haxm_apic;
+mod haxm_apic_arv;
 mod haxm_apic_guest;
 mod haxm_apic_smp;
 mod haxm_apic_smp_guest;

@@ -39,7 +39,7 @@ const SVR_WRITABLE: u32 = 0x13ff;
 /// xAPIC ICR low: vector, delivery mode, destination mode, level, trigger mode, shorthand
 /// (§11.6.1, Figure 11-12); delivery status (bit 12) is read-only and always 0 here because
 /// delivery is immediate.
-const ICR_LOW_WRITABLE: u32 = 0x000c_cfff;
+pub(super) const ICR_LOW_WRITABLE: u32 = 0x000c_cfff;
 /// x2APIC ICR (§11.12.9, Figure 11-28): bits 12, 13, 16, 17 and 31:20 are reserved.
 const X2APIC_ICR_ALLOWED: u64 = 0xffff_ffff_000c_cfff;
 

@@ -52,7 +52,17 @@ pub struct ApicBus {
     running_on: [AtomicU32; BUS_SLOTS],
     /// LINT0/LINT1 state per vCPU (RHAX_VCPU_IOCTL_APIC_LINT).
     lint: [AtomicU32; BUS_SLOTS],
+    /// Where the APIC-access page's mapping stands: [`ACCESS_MAPPED`], [`ACCESS_DROP`],
+    /// [`ACCESS_DROPPED`].
+    access_state: AtomicU32,
 }
+
+/// The APIC-access page is mapped at the default base (or the VM has none).
+const ACCESS_MAPPED: u32 = 0;
+/// A vCPU's APIC left the default xAPIC base: the mapping must go before it runs again.
+const ACCESS_DROP: u32 = 1;
+/// The mapping is gone for the VM's lifetime.
+const ACCESS_DROPPED: u32 = 2;
 
 // SAFETY: atomics, flags and ports whose all-zero state is an empty port (`ApicPort` is
 // `Zeroable`); `init` completes the rest before the bus is shared.
@@ -82,6 +92,55 @@ impl ApicBus {
     /// Host-physical address of the VM's APIC-access page, if it has one.
     pub fn apic_access(&self) -> Option<u64> {
         (self.apic_access != 0).then_some(self.apic_access)
+    }
+
+    /// A vCPU's APIC no longer answers at the default xAPIC base (moved, x2APIC mode or
+    /// disabled): the VM-wide APIC-access mapping there must go (KVM inhibits APIC
+    /// virtualization VM-wide for a moved base the same way), else the CPU would go on
+    /// virtualizing that vCPU's accesses to an address that is ordinary memory or MMIO for it
+    /// now. True only for the call that asked first, on a VM with the page: that vCPU then
+    /// returns to its dispatcher (RUN ends) so that [`ApicBus::take_access_drop`] is acted
+    /// on before it enters the guest again.
+    pub fn request_access_drop(&self) -> bool {
+        self.apic_access != 0
+            && self
+                .access_state
+                .compare_exchange(
+                    ACCESS_MAPPED,
+                    ACCESS_DROP,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    /// True once for a requested drop: the caller unmaps the page (and runs the INVEPT)
+    /// now. The drop is for the VM's lifetime: vCPUs at the default base then take their
+    /// xAPIC accesses as EPT violations (the MMIO path), as without the page.
+    pub fn take_access_drop(&self) -> bool {
+        // A plain load first: this runs after every RUN, and a compare-exchange would take
+        // the cache line from the other vCPUs each time.
+        self.access_state.load(Ordering::Acquire) == ACCESS_DROP
+            && self
+                .access_state
+                .compare_exchange(
+                    ACCESS_DROP,
+                    ACCESS_DROPPED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    /// Undoes [`ApicBus::take_access_drop`] when the unmap could not be done (out of
+    /// memory): the next RUN's end tries again.
+    pub fn retry_access_drop(&self) {
+        let _ = self.access_state.compare_exchange(
+            ACCESS_DROPPED,
+            ACCESS_DROP,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The flags of RHAX_VM_IOCTL_ENABLE_APIC.

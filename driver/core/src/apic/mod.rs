@@ -36,7 +36,7 @@ pub mod timer;
 
 pub use bus::ApicBus;
 pub use local::LocalApic;
-pub use peek::highest_vector;
+pub use peek::{highest_vector, x2apic_read_virtualized, PAGE_MIRRORED};
 pub use port::{ApicPort, ApicView};
 pub use route::route;
 pub use state::ApicStateError;

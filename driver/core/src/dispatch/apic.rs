@@ -13,8 +13,10 @@ use super::objects::{VcpuObject, VmObject};
 use super::table::{Call, Ctx};
 use super::{CpuRoots, ErrorKind, Hypervisor, Res, UserMapping};
 use crate::apic::{decode_msi, ApicBus};
+use crate::memory::GuestMemory;
 use crate::platform::{Platform, PlatformError};
 use crate::vcpu::cpuid::CpuidTable;
+use crate::vcpu::haxm::HaxVcpu;
 
 /// The xAPIC base after reset (SDM Vol. 3A §11.4.4).
 const DEFAULT_APIC_BASE: u64 = 0xfee0_0000;
@@ -147,13 +149,17 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))
     }
 
-    /// RHAX_VCPU_IOCTL_SET_APIC_STATE: checked whole; nothing changes on a refusal.
+    /// RHAX_VCPU_IOCTL_SET_APIC_STATE: checked whole; nothing changes on a refusal. A state
+    /// whose APIC is not at the default xAPIC base drops the VM's APIC-access mapping.
     pub(super) fn set_apic_state(
         &self,
-        _vm: &TryArc<VmObject>,
+        vm: &TryArc<VmObject>,
         vcpu: &TryArc<VcpuObject>,
         c: Call<'_>,
     ) -> Res<usize> {
+        // Before the lease: dropped after it (as in RUN), so a vCPU closed meanwhile is torn
+        // down before the last reference to the EPT can go.
+        let memory = self.memory_of(vm, c.ctx)?;
         let mut lease = self.lease(vcpu, c.ctx)?;
         let hax = lease.get()?;
         if !hax.has_apic() {
@@ -161,6 +167,32 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         }
         hax.set_apic_state(c.input)
             .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
+        self.apic_after_run(hax, &memory);
         Ok(0)
+    }
+
+    /// After a RUN or SET_APIC_STATE (at passive level, the vCPU lent, no dispatcher lock):
+    /// when a vCPU's APIC left the default xAPIC base ([`ApicBus::request_access_drop`]), the
+    /// APIC-access page's translation goes and every CPU runs the INVEPT (the IPI also makes
+    /// the VM's running vCPUs leave the guest, so none goes on with the old translation);
+    /// 0xFEE00000 is then what the memslots make it, and xAPIC accesses at the default base
+    /// take the EPT-violation (MMIO) path. The vCPU that asked ended its RUN for this, so it
+    /// cannot run on with the stale translation. Out of memory: the next RUN's end retries.
+    pub(super) fn apic_after_run(&self, hax: &HaxVcpu, memory: &GuestMemory) {
+        let Some(bus) = hax.apic_bus() else {
+            return;
+        };
+        if !bus.take_access_drop() {
+            return;
+        }
+        match memory.unmap_apic_access(DEFAULT_APIC_BASE) {
+            Ok(Some(req)) => {
+                self.roots
+                    .invept_each_cpu(req.eptp, self.single_context_invept());
+                memory.invept_done(&self.platform, req);
+            }
+            Ok(None) => {}
+            Err(_) => bus.retry_access_drop(),
+        }
     }
 }

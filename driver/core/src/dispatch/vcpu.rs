@@ -149,6 +149,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             })?;
             first = false;
             if step == RunStep::Done {
+                self.apic_after_run(hax, &memory);
                 return Ok(0);
             }
             let after = hax

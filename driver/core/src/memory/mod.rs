@@ -366,6 +366,32 @@ impl GuestMemory {
         Ok(hpa)
     }
 
+    /// Drops the APIC-access page's translation at guest-physical `gpa` (where
+    /// [`GuestMemory::map_apic_access`] put it) when a vCPU's APIC no longer answers there
+    /// (its base moved, x2APIC mode, disabled; as KVM drops its APIC-access memslot when it
+    /// inhibits APIC virtualization): the address becomes what the memslots say, RAM or MMIO,
+    /// like any other. The page itself stays allocated until the memory is destroyed (the
+    /// VMCSs keep its address; the CPU only compares translations with it, SDM Vol. 3C
+    /// §30.4). `Ok(None)` when nothing was there (never mapped, already dropped, or replaced
+    /// by a SET_RAM); otherwise the INVEPT the caller must run.
+    pub fn unmap_apic_access(&self, gpa: u64) -> Result<Option<InveptRequest>, MemoryError> {
+        let gfn = gpa >> 12;
+        let mut guard = self.map.lock();
+        let m = &mut *guard;
+        let Some(hpa) = m.apic_access.as_ref().map(PhysPages::phys) else {
+            return Ok(None);
+        };
+        if m.ept.leaf(gpa).map(|l| l.hpa(gpa & !0xfff)) != Some(hpa) {
+            return Ok(None);
+        }
+        let bound = m.ept.zap_bound(gfn, gfn + 1);
+        let mut retired = Vec::new();
+        try_reserve(&mut retired, bound)?;
+        try_reserve(&mut m.retired_tables, bound)?;
+        let flush = m.ept.zap(gfn, gfn + 1, &mut retired);
+        Ok(self.retire(m, flush, retired, Vec::new()))
+    }
+
     /// The EPT pointer for the VMCS (SDM Vol. 3C §25.6.11).
     pub fn eptp(&self) -> u64 {
         self.eptp

@@ -28,6 +28,8 @@ use crate::vmx::instructions::{
     DescriptorTablePointer, GuestRegisters, InveptType, InvvpidType, Selectors, Vmx,
 };
 use crate::vmx::{soft_apic, soft_faults, soft_xstate, VmFail, VmInstructionError};
+#[path = "soft_apic_access.rs"]
+mod apic_access;
 
 /// The IA32_EFER MSR.
 pub const IA32_EFER: u32 = 0xc000_0080;

@@ -39,7 +39,7 @@ impl VirtualApicPage {
         VirtualApicPage { page }
     }
 
-    fn read(&self, offset: usize) -> u32 {
+    pub(crate) fn read(&self, offset: usize) -> u32 {
         debug_assert!(offset + 4 <= 4096 && offset % 4 == 0);
         // SAFETY: in bounds of the 4 KiB page (offsets are constants below 0x280).
         let p = unsafe { self.page.as_ptr().add(offset) }.cast::<u32>();
@@ -48,7 +48,7 @@ impl VirtualApicPage {
         unsafe { p.read_volatile() }
     }
 
-    fn write(&mut self, offset: usize, value: u32) {
+    pub(crate) fn write(&mut self, offset: usize, value: u32) {
         debug_assert!(offset + 4 <= 4096 && offset % 4 == 0);
         // SAFETY: as in `read`.
         let p = unsafe { self.page.as_ptr().add(offset) }.cast::<u32>();
@@ -221,15 +221,10 @@ pub fn self_ipi(
     deliver(fields, page)
 }
 
-/// A virtualized RDMSR of x2APIC MSR `msr` (§30.5): the 32 bits at offset
-/// (`msr` & FFH) << 4 of the virtual-APIC page; the ICR (830H) reads 64 bits, the high half
-/// from offset 310H.
+/// A virtualized RDMSR of x2APIC MSR `msr` (§30.5): the 8 bytes at offset
+/// X = (`msr` & FFH) << 4 of the virtual-APIC page into EDX:EAX, whatever the MSR (so the
+/// 64-bit ICR, 830H, is EAX from 300H and EDX from 304H, not from 310H).
 pub fn read_register(page: &mut VirtualApicPage, msr: u32) -> u64 {
     let offset = ((msr & 0xff) as usize) << 4;
-    let low = u64::from(page.read(offset));
-    if msr == 0x830 {
-        low | u64::from(page.read(0x310)) << 32
-    } else {
-        low
-    }
+    u64::from(page.read(offset)) | u64::from(page.read(offset + 4)) << 32
 }

@@ -9,10 +9,14 @@
 //!   when a lower TPR makes a pending vector deliverable (Vol. 3C §30.1.2);
 //! - the timer on the VMX-preemption timer: the next expiry bounds the entry's timer value
 //!   (Vol. 3C §26.5.1), so a TSC-deadline or one-shot expiry is an exit at the right time;
-//! - the exits: x2APIC MSRs, IA32_APIC_BASE, IA32_TSC_DEADLINE, MOV CR8 without the TPR
-//!   shadow, xAPIC MMIO at the APIC base (the MOV forms decoded by `emulate::decode`), HLT
-//!   (halt polling until an interrupt, the RUN budget or a kick), the fast paths right after
-//!   the exit ([`HaxVcpu::apic_fast_exit`]).
+//! - the exits (`apic_exits.rs`): x2APIC MSRs, IA32_APIC_BASE, IA32_TSC_DEADLINE, MOV CR8
+//!   without the TPR shadow, xAPIC MMIO at the APIC base (the MOV forms decoded by
+//!   `emulate::decode`), HLT (halt polling until an interrupt, the RUN budget or a kick), the
+//!   fast paths right after the exit ([`HaxVcpu::apic_fast_exit`]);
+//! - the CPU's APIC virtualization: virtual-interrupt delivery and APIC-register
+//!   virtualization (`apic_vid.rs`), APIC-access, APIC-write and x2APIC-mode virtualization
+//!   (`apic_virt.rs`);
+//! - the state IOCTLs (`apic_state.rs`).
 
 use rhax_api::ext::ApicFlags;
 
@@ -22,10 +26,6 @@ use crate::memory::try_arc::TryArc;
 
 /// IA32_TSC_DEADLINE (SDM Vol. 3A §11.5.4.1).
 pub(in crate::vcpu::haxm) const IA32_TSC_DEADLINE: u32 = 0x6e0;
-/// The x2APIC MSR range (SDM Vol. 3A §11.12.1.2).
-const X2APIC_MSRS: core::ops::RangeInclusive<u32> = 0x800..=0x8ff;
-/// x2APIC ICR (SDM Vol. 3A Table 11-6).
-const X2APIC_ICR: u32 = 0x830;
 /// Offset of the TPR in the (virtual-)APIC page (SDM Vol. 3C §30.1.1: VTPR).
 const VTPR: usize = 0x80;
 /// APIC timer bus tick in TSC ticks when the TSC frequency is unknown (a 100 MHz bus on a
@@ -51,6 +51,12 @@ pub(in crate::vcpu::haxm) struct ApicUnit {
     pub(in crate::vcpu::haxm) vid: bool,
     /// The EOI-exit bitmap last written (the TMR at that entry).
     pub(in crate::vcpu::haxm) eoi_exit: [u64; 4],
+    /// "APIC-register virtualization" is on (with `vid`, `apic_vid.rs`): the CPU answers
+    /// the guest's reads of the [`crate::apic::PAGE_MIRRORED`] registers from the page.
+    pub(in crate::vcpu::haxm) arv: bool,
+    /// The model may have changed since the page's register image was last written
+    /// (`arv`): set by everything that changes the model, cleared by the rewrite.
+    pub(in crate::vcpu::haxm) image_dirty: bool,
     /// "Virtualize APIC accesses" is used while the guest's APIC is in xAPIC mode.
     pub(in crate::vcpu::haxm) access_virt: bool,
     /// The CPU offers "virtualize x2APIC mode" and the flags allow it (`apic_virt.rs`).
@@ -58,16 +64,16 @@ pub(in crate::vcpu::haxm) struct ApicUnit {
     /// The controls and the MSR bitmap are those of x2APIC mode now.
     pub(in crate::vcpu::haxm) x2apic_virt_on: bool,
     /// The APIC timer runs on the VMX-preemption timer.
-    timer_on_preemption: bool,
+    pub(in crate::vcpu::haxm) timer_on_preemption: bool,
     /// The vCPU executed HLT and waits for an interrupt (SDM Vol. 3A §11.4.7 / HLT).
-    halted: bool,
+    pub(in crate::vcpu::haxm) halted: bool,
     /// INIT arrived: the vCPU waits for a start-up IPI (SDM Vol. 3A §9.4.1, "wait-for-SIPI").
     wait_for_sipi: bool,
     /// An NMI accepted and not yet injected.
-    nmi: bool,
+    pub(in crate::vcpu::haxm) nmi: bool,
     /// An ExtINT (LINT0 in ExtINT mode) waiting for injection, with the vector the
     /// interrupt controller supplied.
-    extint: Option<u8>,
+    pub(in crate::vcpu::haxm) extint: Option<u8>,
     /// The guest TSC at the last collection (the timer's "now").
     now: u64,
     /// The preemption-timer value of the next entry when the APIC timer needs one sooner
@@ -103,7 +109,17 @@ impl ApicUnit {
         }
     }
 
-    fn set_vtpr(&mut self, tpr: u8) {
+    /// Whether this APIC no longer answers at the default xAPIC base (moved, x2APIC mode or
+    /// disabled: SDM Vol. 3A §11.4.4, §11.12.1) and the VM-wide APIC-access mapping there
+    /// must go: true for the first vCPU that finds it, which then ends its RUN so that the
+    /// dispatcher drops the mapping before the guest runs again ([`ApicBus::request_access_drop`]).
+    pub(in crate::vcpu::haxm) fn left_default_base(&self) -> bool {
+        let default = self.local.mode() == ApicMode::XApic
+            && self.local.base_address() == crate::apic::local::DEFAULT_BASE;
+        !default && self.bus.request_access_drop()
+    }
+
+    pub(in crate::vcpu::haxm) fn set_vtpr(&mut self, tpr: u8) {
         if let Some(b) = self
             .vapic
             .as_mut()
@@ -166,7 +182,11 @@ impl HaxVcpu {
                 access_virt = self.core.use_apic_access(c, page).is_ok();
             }
         }
-        let vid = vapic.is_some() && self.try_virtual_interrupt_delivery(flags);
+        let (vid, arv) = if vapic.is_some() {
+            self.try_virtual_interrupt_delivery(flags)
+        } else {
+            (false, false)
+        };
         let x2apic_virt = vapic.is_some()
             && !flags.contains(ApicFlags::NO_APIC_VIRTUALIZATION)
             && self
@@ -183,6 +203,8 @@ impl HaxVcpu {
             flags,
             vapic,
             vid,
+            arv,
+            image_dirty: true,
             eoi_exit: [0; 4],
             access_virt,
             x2apic_virt,
@@ -225,6 +247,12 @@ impl HaxVcpu {
         self.apic.is_some()
     }
 
+    /// The VM's APIC bus, when this vCPU has an in-kernel APIC (the dispatcher acts on its
+    /// APIC-access drop requests after a RUN).
+    pub fn apic_bus(&self) -> Option<&ApicBus> {
+        self.apic.as_deref().map(|u| &*u.bus)
+    }
+
     /// The bus slot this vCPU uses, for the dispatcher's running-on bookkeeping.
     pub fn note_running(&self, cpu: u32) {
         if let Some(u) = self.apic.as_deref() {
@@ -265,12 +293,17 @@ impl HaxVcpu {
         };
         u.now = now;
         u.sync_from_vtpr();
-        if let Some(port) = u.bus.port(u.index) {
-            if port.pending() {
-                port.drain_into(&mut u.local);
-            }
+        // Of the page's mirrored registers, acceptance (posted interrupts, the timer) changes
+        // only the TMR (errors go to the ESR at its next write): the image is rewritten only
+        // if it did, not for every interrupt.
+        let port = u.bus.port(u.index).filter(|p| p.pending());
+        let tmr = (u.arv && (port.is_some() || u.local.timer_deadline().is_some_and(|d| now >= d)))
+            .then(|| u.local.tmr_words());
+        if let Some(port) = port {
+            port.drain_into(&mut u.local);
         }
         if u.bus.lint_pending(u.index) {
+            u.image_dirty = true;
             for change in u.bus.take_lint(u.index).into_iter().flatten() {
                 // The LVT entry of the pin (SDM Vol. 3A §11.5.1, Figure 11-8): vector 7:0,
                 // delivery mode 10:8, trigger 15, mask 16.
@@ -298,6 +331,9 @@ impl HaxVcpu {
             }
         }
         u.local.timer_fire(now);
+        if tmr.is_some_and(|t| t != u.local.tmr_words()) {
+            u.image_dirty = true;
+        }
         if u.local.take_nmi() {
             u.nmi = true;
         }
@@ -329,6 +365,7 @@ impl HaxVcpu {
         self.pending = Pending::None;
         if let Some(u) = self.apic.as_deref_mut() {
             u.local.init_reset();
+            u.image_dirty = true;
             u.wait_for_sipi = true;
             u.halted = false;
             u.nmi = false;
@@ -530,35 +567,13 @@ impl HaxVcpu {
         self.apic.as_deref().is_some_and(|u| u.window)
     }
 
-    /// HLT with an in-kernel APIC: the vCPU halts in the kernel (the next entry polls).
-    pub(in crate::vcpu::haxm) fn apic_halt<V: Vmx>(
-        &mut self,
-        root: &mut VmxRoot<V>,
-    ) -> Result<Next, HaxError> {
-        self.skip(root)?;
+    /// After the model took a register write (any interface) that may change the registers
+    /// the virtual-APIC page mirrors: the image is rewritten before the next entry
+    /// (APIC-register virtualization, `apic_vid.rs`).
+    pub(in crate::vcpu::haxm) fn apic_image_dirty(&mut self) {
         if let Some(u) = self.apic.as_deref_mut() {
-            u.halted = true;
+            u.image_dirty = true;
         }
-        Ok(Next::Resume)
-    }
-
-    /// A VMX-preemption-timer exit: the APIC timer's expiry (resume: the next entry fires
-    /// it) or the end of the slice.
-    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
-    #[inline(never)]
-    pub(in crate::vcpu::haxm) fn apic_timer_exit<V: Vmx>(
-        &mut self,
-        root: &mut VmxRoot<V>,
-    ) -> Result<Option<Next>, HaxError> {
-        let deadline = match self.apic.as_deref() {
-            Some(u) if u.timer_on_preemption => u.local.timer_deadline(),
-            _ => return Ok(None),
-        };
-        let Some(d) = deadline else {
-            return Ok(None);
-        };
-        let now = self.guest_tsc(root)?;
-        Ok((now >= d).then_some(Next::Resume))
     }
 
     /// Acts on what an APIC register write asks for: an IPI routed on the bus (the targets
@@ -589,287 +604,5 @@ impl HaxVcpu {
                     .kick(platform, core::mem::take(&mut u.kicks), Some(cpu));
             }
         }
-    }
-
-    /// RDMSR/WRMSR of an MSR the APIC owns (x2APIC registers, IA32_APIC_BASE,
-    /// IA32_TSC_DEADLINE). `None`: not the APIC's (the HAXM path handles it).
-    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
-    #[inline(never)]
-    pub(in crate::vcpu::haxm) fn apic_msr<V: Vmx>(
-        &mut self,
-        root: &mut VmxRoot<V>,
-        cpuid: &CpuidTable,
-        msr: u32,
-        write: Option<u64>,
-    ) -> Result<Option<Next>, HaxError> {
-        if self.apic.is_none()
-            || !(msr == IA32_APIC_BASE || msr == IA32_TSC_DEADLINE || X2APIC_MSRS.contains(&msr))
-        {
-            return Ok(None);
-        }
-        let now = self.guest_tsc(root)?;
-        let apic_id = self.vcpu_id as u8;
-        let leaf1 = cpuid.lookup(1, 0, apic_id);
-        let x2apic = leaf1[2] & (1 << 21) != 0;
-        let deadline_ok = leaf1[2] & (1 << 24) != 0;
-        let maxphyaddr = cpuid.lookup(0x8000_0008, 0, apic_id)[0] as u8;
-        let Some(u) = self.apic.as_deref_mut() else {
-            return Ok(None);
-        };
-        let result: Result<(Option<u64>, Effect), ()> = match (msr, write) {
-            (IA32_APIC_BASE, None) => Ok((Some(u.local.base_msr()), Effect::None)),
-            (IA32_APIC_BASE, Some(v)) => u
-                .local
-                .write_base_msr(v, x2apic, maxphyaddr)
-                .map(|()| (None, Effect::None))
-                .map_err(|_| ()),
-            // SDM Vol. 3A §11.5.4.1: the MSR exists only where CPUID.1:ECX[24] says so.
-            (IA32_TSC_DEADLINE, _) if !deadline_ok => Err(()),
-            (IA32_TSC_DEADLINE, None) => Ok((Some(u.local.read_tsc_deadline()), Effect::None)),
-            (IA32_TSC_DEADLINE, Some(v)) => Ok((None, u.local.write_tsc_deadline(v, now))),
-            (m, None) => u
-                .local
-                .read_msr(m, now)
-                .map(|v| (Some(v), Effect::None))
-                .map_err(|_| ()),
-            (m, Some(v)) => u
-                .local
-                .write_msr(m, v, now)
-                .map(|e| (None, e))
-                .map_err(|_| ()),
-        };
-        let base = u.local.base_msr();
-        match result {
-            Err(()) => self.inject_gp(root)?,
-            Ok((read, effect)) => {
-                if let Some(v) = read {
-                    self.core.regs.gpr[reg::RAX] = v & 0xffff_ffff;
-                    self.core.regs.gpr[reg::RDX] = v >> 32;
-                }
-                self.apic_base = base;
-                self.apic_effect(effect);
-                self.skip(root)?;
-            }
-        }
-        Ok(Some(Next::Resume))
-    }
-
-    /// The fast paths, right after the exit and before the general handling (issue 12 item
-    /// 3; KVM's `handle_fastpath_set_msr_irqoff`): a WRMSR of the x2APIC ICR or of
-    /// IA32_TSC_DEADLINE in TSC-deadline mode is carried out here and the guest re-entered
-    /// without the exit dispatch, the CPUID-table lookups of the general MSR path or the
-    /// IDT-vectoring check (an instruction exit never interrupts event delivery, SDM Vol. 3C
-    /// §28.2.4). `true`: handled, enter again.
-    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
-    #[inline(never)]
-    pub(in crate::vcpu::haxm) fn apic_fast_exit<V: Vmx>(
-        &mut self,
-        root: &mut VmxRoot<V>,
-        exit: &VmExit,
-    ) -> Result<bool, HaxError> {
-        // Every exit: the model takes what the CPU did without exits (the virtual TPR; with
-        // virtual-interrupt delivery VIRR/VISR) before anything reads or changes it.
-        if let Some(u) = self.apic.as_deref_mut() {
-            u.sync_from_vtpr();
-        }
-        self.apic_vid_pull();
-        if !matches!(exit, VmExit::Wrmsr) {
-            return Ok(false);
-        }
-        let Some(u) = self.apic.as_deref() else {
-            return Ok(false);
-        };
-        if u.flags.contains(ApicFlags::NO_FAST_PATHS) {
-            return Ok(false);
-        }
-        let msr = self.core.regs.gpr[reg::RCX] as u32;
-        let x2 = u.local.mode() == ApicMode::X2Apic;
-        let fast =
-            (msr == X2APIC_ICR && x2) || (msr == IA32_TSC_DEADLINE && u.local.tsc_deadline_mode());
-        if !fast {
-            return Ok(false);
-        }
-        let value =
-            (self.core.regs.gpr[reg::RDX] << 32) | (self.core.regs.gpr[reg::RAX] & 0xffff_ffff);
-        let now = self.guest_tsc(root)?;
-        let Some(u) = self.apic.as_deref_mut() else {
-            return Ok(false);
-        };
-        let effect = if msr == X2APIC_ICR {
-            match u.local.write_msr(msr, value, now) {
-                Ok(e) => e,
-                // A reserved bit: the general path injects the #GP.
-                Err(_) => return Ok(false),
-            }
-        } else {
-            u.local.write_tsc_deadline(value, now)
-        };
-        u.fast_exits += 1;
-        self.apic_effect(effect);
-        self.skip(root)?;
-        Ok(true)
-    }
-
-    /// RHAX_VCPU_IOCTL_GET_APIC_STATE into `out` (the IOCTL's output buffer): what the port
-    /// holds is taken in first, an NMI accepted but not yet injected is reported as pending.
-    /// The state is built on the heap (1 KiB: not on a kernel stack frame).
-    pub fn write_apic_state(&mut self, out: &mut [u8]) -> Result<usize, HaxError> {
-        use rhax_api::apic::{RhaxApicState, RHAX_APIC_NMI_PENDING};
-        let Some(u) = self.apic.as_deref_mut() else {
-            return Err(HaxError::Unsupported("in-kernel APIC not enabled"));
-        };
-        let Some(out) = out.get_mut(..RhaxApicState::SIZE) else {
-            return Err(HaxError::InvalidValue(
-                crate::vcpu::checked::Refused::ReservedBits,
-            ));
-        };
-        u.sync_from_vtpr();
-        if let Some(port) = u.bus.port(u.index) {
-            port.drain_into(&mut u.local);
-        }
-        let mut state = crate::heap::try_zeroed::<RhaxApicState>()
-            .ok_or(HaxError::Platform(PlatformError::OutOfMemory))?;
-        u.local.save(&mut state);
-        if u.nmi {
-            state.flags |= RHAX_APIC_NMI_PENDING;
-        }
-        out.copy_from_slice(state.as_bytes());
-        Ok(RhaxApicState::SIZE)
-    }
-
-    /// RHAX_VCPU_IOCTL_SET_APIC_STATE from `input`: checked whole by the model (nothing
-    /// changes on a refusal); the routing view, the virtual TPR and IA32_APIC_BASE follow.
-    pub fn set_apic_state(&mut self, input: &[u8]) -> Result<(), HaxError> {
-        use rhax_api::apic::RhaxApicState;
-        let Some(u) = self.apic.as_deref_mut() else {
-            return Err(HaxError::Unsupported("in-kernel APIC not enabled"));
-        };
-        let mut state = crate::heap::try_zeroed::<RhaxApicState>()
-            .ok_or(HaxError::Platform(PlatformError::OutOfMemory))?;
-        let Some(body) = input.get(..RhaxApicState::SIZE) else {
-            return Err(HaxError::InvalidValue(
-                crate::vcpu::checked::Refused::ReservedBits,
-            ));
-        };
-        state.as_bytes_mut().copy_from_slice(body);
-        u.local.restore(&state).map_err(HaxError::ApicState)?;
-        u.nmi = false;
-        u.extint = None;
-        let tpr = u.local.tpr();
-        u.set_vtpr(tpr);
-        if let Some(port) = u.bus.port(u.index) {
-            port.publish(&u.local);
-        }
-        self.apic_base = u.local.base_msr();
-        self.publish_apic_base();
-        Ok(())
-    }
-
-    /// MOV to/from CR8 without the TPR shadow: CR8 is TPR[7:4] (SDM Vol. 3A §11.8.6.1); a
-    /// write with bits 63:4 set is #GP(0) (SDM Vol. 2B MOV CR).
-    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
-    #[inline(never)]
-    pub(in crate::vcpu::haxm) fn apic_cr8<V: Vmx>(
-        &mut self,
-        root: &mut VmxRoot<V>,
-        access: CrAccessType,
-        value: Option<u64>,
-    ) -> Result<(), HaxError> {
-        let Some(u) = self.apic.as_deref_mut() else {
-            return Ok(());
-        };
-        match (access, value) {
-            (CrAccessType::MovTo { .. }, Some(v)) if v > 0xf => return self.inject_gp(root),
-            (CrAccessType::MovTo { .. }, Some(v)) => {
-                u.local.set_tpr((v as u8) << 4);
-                u.set_vtpr((v as u8) << 4);
-                if let Some(port) = u.bus.port(u.index) {
-                    port.publish(&u.local);
-                }
-            }
-            (CrAccessType::MovFrom { gpr }, _) => {
-                let v = u64::from(u.local.tpr() >> 4);
-                self.set_gpr(root, gpr, v)?;
-            }
-            _ => {}
-        }
-        self.skip(root)
-    }
-
-    /// An MMIO access to this vCPU's xAPIC page (xAPIC mode only: in x2APIC mode or with the
-    /// APIC disabled the page is ordinary MMIO, SDM Vol. 3A §11.12.1). The plain MOV forms
-    /// are decoded by `emulate::decode` and served here; registers are 32 bits wide at
-    /// 16-byte strides and accessed as aligned dwords (SDM Vol. 3A §11.4.1): a narrower read
-    /// sees its bytes of the dword, other writes are ignored as KVM does. `None`: not the
-    /// APIC's.
-    // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
-    #[inline(never)]
-    pub(in crate::vcpu::haxm) fn apic_mmio<V: Vmx>(
-        &mut self,
-        root: &mut VmxRoot<V>,
-        gpa: u64,
-        bytes: &[u8],
-        cpu_mode: CpuMode,
-    ) -> Result<Option<Next>, HaxError> {
-        let offset = match self.apic.as_deref() {
-            Some(u) if u.local.mode() == ApicMode::XApic => {
-                match gpa.checked_sub(u.local.base_address()) {
-                    Some(o) if o < 0x1000 => o as u32,
-                    _ => return Ok(None),
-                }
-            }
-            _ => return Ok(None),
-        };
-        let Ok(insn) = emulate::decode(bytes, cpu_mode) else {
-            // Not a plain MOV: the vCPU stops with the instruction reported (STATECHANGE and
-            // the RhaxUnemulated record), rather than the access leaving for user space,
-            // which has no APIC.
-            return Ok(Some(
-                self.panic(PanicReason::Unemulated(exits::unemulated(gpa, bytes))),
-            ));
-        };
-        let now = self.guest_tsc(root)?;
-        match insn.operation {
-            Operation::Load {
-                dest,
-                dest_size,
-                extend,
-            } => {
-                let value = match self.apic.as_deref_mut() {
-                    Some(u) if offset & 0xc == 0 => {
-                        u64::from(u.local.read_mmio(offset & 0xff0, now) >> ((offset & 3) * 8))
-                    }
-                    _ => 0,
-                };
-                let old = self.gpr(root, dest.number)?;
-                let new = emulate::merge_load(old, dest, dest_size, insn.size, extend, value);
-                self.set_gpr(root, dest.number, new)?;
-            }
-            Operation::StoreRegister { .. } | Operation::StoreImmediate { .. } => {
-                let value = match insn.operation {
-                    Operation::StoreRegister { src } => {
-                        let r = self.gpr(root, src.number)?;
-                        emulate::store_value(r, src, insn.size)
-                    }
-                    Operation::StoreImmediate { value } => value,
-                    Operation::Load { .. } => 0,
-                };
-                if offset & 0xf == 0 && insn.size >= 4 {
-                    let effect = match self.apic.as_deref_mut() {
-                        Some(u) => u.local.write_mmio(offset, value as u32, now),
-                        None => Effect::None,
-                    };
-                    self.apic_effect(effect);
-                }
-            }
-        }
-        let length = u64::from(insn.length);
-        self.core
-            .with_vmcs(root, |vmcs, _| -> Result<(), VmFail> {
-                let rip = vmcs.guest_rip()?;
-                vmcs.set_guest_rip(rip.wrapping_add(length));
-                Ok(())
-            })??;
-        Ok(Some(Next::Resume))
     }
 }

@@ -18,6 +18,15 @@
 //! With virtual-interrupt delivery the CPU also virtualizes writes to ICR low through the
 //! APIC-access page (§30.4.3.1): the value lands in the virtual-APIC page and a self-IPI is
 //! virtualized, anything else is an APIC-write VM exit ([`HaxVcpu::apic_write_exit`]).
+//!
+//! With APIC-register virtualization (turned on with virtual-interrupt delivery where the CPU
+//! has both, as KVM's APICv pairs them) the CPU answers the guest's reads of the other
+//! registers from the page too (§30.4.2, and x2APIC RDMSR through the MSR bitmap, §30.5):
+//! the page holds the model's image of [`crate::apic::PAGE_MIRRORED`], rewritten before an
+//! entry when anything changed the model (`ApicUnit::image_dirty`). The guest's xAPIC writes
+//! of those registers land in the page and end in APIC-write exits that hand the value to the
+//! model (`apic_virt.rs`); a write of ICR high only stores (§30.4.3.2), so the page's ICR
+//! goes back into the model after every exit ([`HaxVcpu::apic_vid_pull`]).
 
 use rhax_api::ext::ApicFlags;
 
@@ -28,6 +37,9 @@ use super::*;
 /// per 16 bytes.
 const VISR: usize = 0x100;
 const VIRR: usize = 0x200;
+/// VICR_LO and VICR_HI (§30.1.1; §30.4.3.2: a write of ICR high stores without an exit).
+const VICR_LO: usize = 0x300;
+const VICR_HI: usize = 0x310;
 
 impl ApicUnit {
     /// The page's word at `offset` (0 without a page).
@@ -38,14 +50,18 @@ impl ApicUnit {
             .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn set_page_word(&mut self, offset: usize, value: u32) {
-        if let Some(b) = self
-            .vapic
-            .as_mut()
-            .and_then(|p| p.bytes_mut().get_mut(offset..offset + 4))
-        {
-            b.copy_from_slice(&value.to_le_bytes());
-        }
+    pub(in crate::vcpu::haxm) fn set_page_word(&mut self, offset: usize, value: u32) {
+        store(&mut self.vapic, offset, value);
+    }
+}
+
+/// Stores `value` at `offset` of the virtual-APIC page (nothing without a page).
+fn store(vapic: &mut Option<PhysPages>, offset: usize, value: u32) {
+    if let Some(b) = vapic
+        .as_mut()
+        .and_then(|p| p.bytes_mut().get_mut(offset..offset + 4))
+    {
+        b.copy_from_slice(&value.to_le_bytes());
     }
 }
 
@@ -56,21 +72,27 @@ fn highest(words: &[u32; 8]) -> u8 {
 
 impl HaxVcpu {
     /// Turns virtual-interrupt delivery on for this (never run) vCPU when the CPU offers it
-    /// and `flags` allow; the TPR shadow is already on. False: injection stays with rhax.
+    /// and `flags` allow, with APIC-register virtualization where the CPU has that too (as
+    /// KVM's APICv pairs them); the TPR shadow is already on. Returns (virtual-interrupt
+    /// delivery, APIC-register virtualization); (false, false): injection stays with rhax.
     pub(in crate::vcpu::haxm) fn try_virtual_interrupt_delivery(
         &mut self,
         flags: ApicFlags,
-    ) -> bool {
+    ) -> (bool, bool) {
         if flags.contains(ApicFlags::NO_APIC_VIRTUALIZATION) {
-            return false;
+            return (false, false);
         }
-        match self
-            .core
-            .controls()
-            .with(OptionalFeatures::VIRTUAL_INTERRUPT_DELIVERY)
-        {
-            Ok(c) => self.core.use_controls(c).is_ok(),
-            Err(_) => false,
+        let c = *self.core.controls();
+        let both = OptionalFeatures::VIRTUAL_INTERRUPT_DELIVERY
+            | OptionalFeatures::APIC_REGISTER_VIRTUALIZATION;
+        if let Ok(next) = c.with(both) {
+            if self.core.use_controls(next).is_ok() {
+                return (true, true);
+            }
+        }
+        match c.with(OptionalFeatures::VIRTUAL_INTERRUPT_DELIVERY) {
+            Ok(next) => (self.core.use_controls(next).is_ok(), false),
+            Err(_) => (false, false),
         }
     }
 
@@ -90,6 +112,12 @@ impl HaxVcpu {
             isr[i] = u.page_word(VISR + i * 16);
         }
         u.local.set_requests(&irr, &isr);
+        if u.arv && u.local.mode() == crate::apic::ApicMode::XApic {
+            // ICR high written, or a self-IPI virtualized, without an exit (xAPIC mode only:
+            // in x2APIC mode ICR writes always exit).
+            let (low, high) = (u.page_word(VICR_LO), u.page_word(VICR_HI));
+            u.local.take_page_icr(low, high);
+        }
     }
 
     /// Before an entry: the model's IRR/ISR into the page, RVI/SVI into the guest interrupt
@@ -108,6 +136,11 @@ impl HaxVcpu {
         for i in 0..8 {
             u.set_page_word(VIRR + i * 16, irr[i]);
             u.set_page_word(VISR + i * 16, isr[i]);
+        }
+        if u.arv && u.image_dirty {
+            u.image_dirty = false;
+            let ApicUnit { local, vapic, .. } = &mut *u;
+            local.page_image(|offset, value| store(vapic, offset, value));
         }
         // A software-disabled APIC holds nothing in its IRR (acceptance refuses), so RVI is
         // simply the highest request (SDM Vol. 3C §30.2.1 compares it with the VPPR).
@@ -135,9 +168,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<Next, HaxError> {
-        let q = self
-            .core
-            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+        let q = self.apic_exit_qualification(root)?;
         let vector = q as u8;
         let level = self.apic.as_deref().is_some_and(|u| {
             let (_, _, tmr) = u.local.vector_words();

@@ -12,8 +12,15 @@
 //! switches to it for as long as the guest's APIC is in x2APIC mode (KVM's
 //! `vmx_set_virtual_apic_mode`), and the MSR bitmap lets through exactly what the CPU then
 //! virtualizes (§30.5): the TPR (808H) both ways, and with virtual-interrupt delivery the
-//! writes of EOI (80BH) and SELF IPI (83FH). Every other x2APIC MSR access still exits;
-//! outside x2APIC mode all of them do (the guest gets #GP from the model).
+//! writes of EOI (80BH) and SELF IPI (83FH); with APIC-register virtualization also the
+//! reads of every register the virtual-APIC page holds ([`crate::apic::x2apic_read_virtualized`]:
+//! never the current count 839H). Every other x2APIC MSR access still exits; outside x2APIC
+//! mode all of them do (the guest gets #GP from the model).
+//!
+//! APIC-write exits (reason 56, trap-like) come from the CPU's virtualized xAPIC writes: of
+//! ICR low (not a self-IPI) with virtual-interrupt delivery, and with APIC-register
+//! virtualization of every register §30.4.3.1 lists except TPR, EOI and ICR high, which the
+//! CPU completes itself (`apic_vid.rs`).
 
 use crate::apic::ApicMode;
 
@@ -27,8 +34,21 @@ const DEFAULT_APIC_BASE: u64 = 0xfee0_0000;
 const X2APIC_TPR: u32 = 0x808;
 const X2APIC_EOI: u32 = 0x80b;
 const X2APIC_SELF_IPI: u32 = 0x83f;
+/// The x2APIC registers (SDM Vol. 3A Table 11-6: 800H-83FH).
+const X2APIC_REGISTERS: core::ops::Range<u32> = 0x800..0x840;
 
 impl HaxVcpu {
+    /// The exit qualification of the APIC exits (APIC access, EOI-induced, APIC write: SDM
+    /// Vol. 3C §28.2.1, Table 28-6: the page offset and access type, or the vector).
+    pub(in crate::vcpu::haxm) fn apic_exit_qualification<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+    ) -> Result<u64, HaxError> {
+        Ok(self
+            .core
+            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??)
+    }
+
     /// Makes the controls and the MSR bitmap follow the guest's APIC mode (see the module
     /// documentation); called before every entry, a compare when nothing changed.
     pub(in crate::vcpu::haxm) fn apic_follow_mode<V: Vmx>(
@@ -42,7 +62,7 @@ impl HaxVcpu {
         if want == u.x2apic_virt_on {
             return Ok(());
         }
-        let (vid, access_virt) = (u.vid, u.access_virt);
+        let (vid, arv, access_virt) = (u.vid, u.arv, u.access_virt);
         let c = *self.core.controls();
         let next = if want {
             c.without(OptionalFeatures::VIRTUALIZE_APIC_ACCESSES)
@@ -68,6 +88,13 @@ impl HaxVcpu {
             self.core.intercept_msr(X2APIC_EOI, true, !want);
             self.core.intercept_msr(X2APIC_SELF_IPI, true, !want);
         }
+        if arv {
+            // §30.5: with APIC-register virtualization a RDMSR the bitmap lets through reads
+            // the page, whatever the MSR: only the registers the page holds.
+            for msr in X2APIC_REGISTERS.filter(|&m| crate::apic::x2apic_read_virtualized(m)) {
+                self.core.intercept_msr(msr, false, !want);
+            }
+        }
         if let Some(u) = self.apic.as_deref_mut() {
             u.x2apic_virt_on = want;
         }
@@ -85,9 +112,7 @@ impl HaxVcpu {
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<Next, HaxError> {
-        let q = self
-            .core
-            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+        let q = self.apic_exit_qualification(root)?;
         let offset = q & 0xfff;
         let access = match (q >> 12) & 0xf {
             0 => EptAccess::READ,
@@ -103,21 +128,23 @@ impl HaxVcpu {
         }))
     }
 
-    /// An APIC-write exit (reason 56, SDM Vol. 3C §30.4.3.3): with virtual-interrupt delivery
-    /// the CPU virtualizes a write to ICR low (offset 0x300) that is not a self-IPI into the
-    /// virtual-APIC page, then exits trap-like (RIP already past the instruction), the
-    /// qualification giving the offset. The value is taken from the page and written to the
-    /// model as the MMIO path would (the IPI is sent); the ICR high half came through an
-    /// APIC-access exit before, so the model holds the destination.
+    /// An APIC-write exit (reason 56, SDM Vol. 3C §30.4.3.3): the CPU wrote the guest's value
+    /// into the virtual-APIC page, then exited trap-like (RIP already past the instruction),
+    /// the qualification giving the offset (bits 11:0). With virtual-interrupt delivery that
+    /// is a write of ICR low (0x300) that is not a self-IPI; with APIC-register
+    /// virtualization any register of §30.4.3.1's list the CPU does not complete itself. The
+    /// value is taken from the page and written to the model as the MMIO path would (an IPI
+    /// is sent; the ICR high half is in the model already: an APIC-access exit, or with
+    /// APIC-register virtualization the page's copy taken after every exit); the page's image
+    /// is then rewritten from the model before the next entry (`apic_image_dirty`), so read-only
+    /// and reserved bits the guest set do not stay visible.
     // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
     #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_write_exit<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
     ) -> Result<Next, HaxError> {
-        let q = self
-            .core
-            .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+        let q = self.apic_exit_qualification(root)?;
         let offset = (q & 0xff0) as usize;
         let now = self.guest_tsc(root)?;
         let effect = match self.apic.as_deref_mut() {
@@ -127,6 +154,7 @@ impl HaxVcpu {
             }
             _ => crate::apic::Effect::None,
         };
+        self.apic_image_dirty();
         self.apic_effect(effect);
         Ok(Next::Resume)
     }

@@ -71,6 +71,8 @@ use crate::vmx::root::{
 use crate::vmx::{Counted, VmFail, Vmx};
 
 mod apic;
+mod apic_exits;
+mod apic_state;
 mod apic_vid;
 mod apic_virt;
 mod debug;
