@@ -94,19 +94,6 @@ pub struct LocalApic {
     pub(super) isr_words: u8,
 }
 
-/// The highest set bit of a 256-bit vector bitmap (8 words, bit `v % 32` of word `v / 32`).
-pub(super) fn highest_vector(words: &[u32]) -> Option<u8> {
-    let mut i = words.len().min(8);
-    while i > 0 {
-        i -= 1;
-        let w = words.get(i).copied().unwrap_or(0);
-        if w != 0 {
-            return Some((i as u32 * 32 + (31 - w.leading_zeros())) as u8);
-        }
-    }
-    None
-}
-
 impl LocalApic {
     /// The power-up state (§11.4.7.1): enabled in xAPIC mode at 0xFEE00000, the BSP flag as
     /// given, the APIC ID from `apic_id` (its low 8 bits in xAPIC mode), everything else in
@@ -451,23 +438,24 @@ impl LocalApic {
         }
     }
 
-    /// The 8 words of the ISR, TMR or IRR starting at index `base`.
-    pub(super) fn words(&self, base: usize) -> &[u32] {
-        self.regs.get(base..base + 8).unwrap_or(&[])
+    /// The highest vector of the 256-bit register at `base` by a scan of its words.
+    fn scan(&self, base: usize) -> Option<u8> {
+        super::highest_vector(&core::array::from_fn(|w| self.reg(base + w)))
     }
 
-    fn highest(&self, base: usize) -> Option<u8> {
+    /// The highest vector set in the IRR, ISR or TMR at `base`.
+    pub(super) fn highest(&self, base: usize) -> Option<u8> {
         let summary = match base {
             IRR => self.irr_words,
             ISR => self.isr_words,
-            _ => return highest_vector(self.words(base)),
+            _ => return self.scan(base),
         };
         if summary == 0 {
             return None;
         }
         let w = 7 - summary.leading_zeros() as usize;
         match self.reg(base + w) {
-            0 => highest_vector(self.words(base)), // never: the summary follows `set`
+            0 => self.scan(base), // never: the summary follows `set`
             word => Some((w as u32 * 32 + (31 - word.leading_zeros())) as u8),
         }
     }

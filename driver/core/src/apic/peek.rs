@@ -81,7 +81,7 @@ impl LocalApic {
     /// The highest vector requested in the IRR, whatever the PPR (SDM Vol. 3A §11.8.4): the
     /// TPR threshold is set from it when the TPR holds it back (Vol. 3C §30.1.2).
     pub fn highest_irr(&self) -> Option<u8> {
-        highest_vector(&core::array::from_fn(|w| self.reg(IRR + w)))
+        self.highest(IRR)
     }
 
     /// IRR, ISR and TMR as 8 words each, bit `v % 32` of word `v / 32` (the layout of the

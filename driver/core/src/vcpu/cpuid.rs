@@ -223,6 +223,19 @@ pub struct CpuidTable {
     /// The VM has rhax's in-kernel APIC: SET_CPUID may show x2APIC and TSC-deadline, which
     /// the APIC emulates whatever the host has.
     apic: bool,
+    /// What exit handlers ask of the table, answered when it changes rather than by a scan
+    /// per exit (two lookups cost ~180 emulated instructions per x2APIC MSR exit).
+    features: GuestFeatures,
+}
+
+/// The guest-visible CPUID bits exit handlers test, as [`CpuidTable::lookup`] answers them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestFeatures {
+    /// CPUID.1:ECX (x2APIC bit 21, TSC-deadline bit 24, XSAVE bit 26; OSXSAVE as the table
+    /// holds it, not the vCPU's CR4).
+    pub leaf1_ecx: u32,
+    /// CPUID.80000008H:EAX[7:0], MAXPHYADDR.
+    pub maxphyaddr: u8,
 }
 
 fn entry(function: u32, index: u32, r: CpuidRegs) -> CpuidEntry {
@@ -272,6 +285,7 @@ impl CpuidTable {
             host_ext1: host(0x8000_0001, 0),
             xsave,
             apic: false,
+            features: GuestFeatures::default(),
         };
         for (i, &(f, idx)) in DEFAULT_LEAVES.iter().enumerate() {
             let mut r = host(f, idx);
@@ -292,7 +306,21 @@ impl CpuidTable {
         }
         t.len = DEFAULT_LEAVES.len();
         t.add_leaf_d();
+        t.note_features();
         t
+    }
+
+    /// Recomputes [`CpuidTable::features`] after a change of the entries.
+    fn note_features(&mut self) {
+        self.features = GuestFeatures {
+            leaf1_ecx: self.lookup(1, 0, 0)[2],
+            maxphyaddr: self.lookup(0x8000_0008, 0, 0)[0] as u8,
+        };
+    }
+
+    /// The bits exit handlers test (kept current by every change of the table).
+    pub fn features(&self) -> GuestFeatures {
+        self.features
     }
 
     /// Appends leaf 0xD's sub-leaves (0, 1, and one per shown component) when XSAVE is shown.
@@ -380,6 +408,7 @@ impl CpuidTable {
         self.host_ext1 = other.host_ext1;
         self.xsave = other.xsave;
         self.apic = other.apic;
+        self.features = other.features;
     }
 
     /// The VM got the in-kernel APIC: from now on SET_CPUID may show x2APIC (leaf 1 ECX
@@ -436,6 +465,7 @@ impl CpuidTable {
                 }
             }
         }
+        self.note_features();
         Ok(())
     }
 
@@ -560,6 +590,36 @@ impl CpuidTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cached features answer what a lookup answers, after every kind of change.
+    #[test]
+    fn features_follow_the_table() {
+        let mut t = CpuidTable::new(host);
+        let check = |t: &CpuidTable| {
+            let f = t.features();
+            assert_eq!(f.leaf1_ecx, t.lookup(1, 0, 0)[2]);
+            assert_eq!(f.maxphyaddr, t.lookup(0x8000_0008, 0, 0)[0] as u8);
+        };
+        check(&t);
+        t.allow_apic_features();
+        let mut e = *t.entries().iter().find(|e| e.function == 1).unwrap();
+        e.ecx |= 1 << 21;
+        t.set(&[e]).unwrap();
+        assert_ne!(t.features().leaf1_ecx & (1 << 21), 0);
+        check(&t);
+        let mut m = *t
+            .entries()
+            .iter()
+            .find(|e| e.function == 0x8000_0008)
+            .unwrap();
+        m.eax = (m.eax & !0xff) | 36;
+        t.set(&[m]).unwrap();
+        assert_eq!(t.features().maxphyaddr, 36);
+        check(&t);
+        let mut copy = CpuidTable::new(host);
+        copy.copy_from(&t);
+        assert_eq!(copy.features(), t.features());
+    }
 
     fn host(leaf: u32, _sub: u32) -> CpuidRegs {
         match leaf {

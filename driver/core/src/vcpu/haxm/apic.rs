@@ -21,7 +21,7 @@
 use rhax_api::ext::ApicFlags;
 
 use super::*;
-use crate::apic::{ApicBus, ApicMode, DeliveryMode, Effect, Interrupt, LocalApic};
+use crate::apic::{ApicBus, ApicMode, DeliveryMode, Effect, Interrupt, LocalApic, Shorthand};
 use crate::memory::try_arc::TryArc;
 
 /// IA32_TSC_DEADLINE (SDM Vol. 3A §11.5.4.1).
@@ -591,6 +591,16 @@ impl HaxVcpu {
         let tpr = u.local.tpr();
         u.set_vtpr(tpr);
         if let Effect::Ipi(ipi) = effect {
+            if ipi.shorthand == Shorthand::SelfOnly && ipi.irq.mode == DeliveryMode::Fixed {
+                // To this vCPU alone: straight into its model, which the next entry reads
+                // (the port would only hand it over there; a self-IPI is the interrupt
+                // handler's hot case, SDM Vol. 3A §11.6.1).
+                u.local.accept(ipi.irq);
+                // A level-triggered vector sets its TMR bit, which the page mirrors with
+                // APIC-register virtualization.
+                u.image_dirty |= u.arv && ipi.irq.level_triggered;
+                return;
+            }
             let targets = u.bus.deliver(&ipi, Some(u.index));
             u.kicks |= targets & !(1 << u.index);
         }

@@ -7,6 +7,7 @@
 use rhax_api::ext::ApicFlags;
 
 use super::apic::IA32_TSC_DEADLINE;
+use super::apic_virt::{X2APIC_EOI, X2APIC_SELF_IPI};
 use super::*;
 use crate::apic::{ApicMode, Effect};
 
@@ -64,11 +65,10 @@ impl HaxVcpu {
             return Ok(None);
         }
         let now = self.guest_tsc(root)?;
-        let apic_id = self.vcpu_id as u8;
-        let leaf1 = cpuid.lookup(1, 0, apic_id);
-        let x2apic = leaf1[2] & (1 << 21) != 0;
-        let deadline_ok = leaf1[2] & (1 << 24) != 0;
-        let maxphyaddr = cpuid.lookup(0x8000_0008, 0, apic_id)[0] as u8;
+        let features = cpuid.features();
+        let x2apic = features.leaf1_ecx & (1 << 21) != 0;
+        let deadline_ok = features.leaf1_ecx & (1 << 24) != 0;
+        let maxphyaddr = features.maxphyaddr;
         let Some(u) = self.apic.as_deref_mut() else {
             return Ok(None);
         };
@@ -121,8 +121,8 @@ impl HaxVcpu {
     }
 
     /// The fast paths, right after the exit and before the general handling (issue 12 item
-    /// 3; KVM's `handle_fastpath_set_msr_irqoff`): a WRMSR of the x2APIC ICR or of
-    /// IA32_TSC_DEADLINE in TSC-deadline mode is carried out here and the guest re-entered
+    /// 3; KVM's `handle_fastpath_set_msr_irqoff`): a WRMSR of the x2APIC ICR, EOI or SELF IPI
+    /// or of IA32_TSC_DEADLINE in TSC-deadline mode is carried out here and the guest re-entered
     /// without the exit dispatch, the CPUID-table lookups of the general MSR path or the
     /// IDT-vectoring check (an instruction exit never interrupts event delivery, SDM Vol. 3C
     /// §28.2.4). `true`: handled, enter again.
@@ -150,8 +150,10 @@ impl HaxVcpu {
         }
         let msr = self.core.regs.gpr[reg::RCX] as u32;
         let x2 = u.local.mode() == ApicMode::X2Apic;
-        let fast =
-            (msr == X2APIC_ICR && x2) || (msr == IA32_TSC_DEADLINE && u.local.tsc_deadline_mode());
+        // EOI and SELF IPI exit only without virtual-interrupt delivery (with it the CPU
+        // virtualizes them, SDM Vol. 3C §30.5): the interrupt handler's hot pair there.
+        let x2_fast = matches!(msr, X2APIC_ICR | X2APIC_EOI | X2APIC_SELF_IPI);
+        let fast = (x2_fast && x2) || (msr == IA32_TSC_DEADLINE && u.local.tsc_deadline_mode());
         if !fast {
             return Ok(false);
         }
@@ -161,13 +163,15 @@ impl HaxVcpu {
         let Some(u) = self.apic.as_deref_mut() else {
             return Ok(false);
         };
-        let effect = if msr == X2APIC_ICR {
+        let effect = if msr != IA32_TSC_DEADLINE {
             let e = match u.local.write_msr(msr, value, now) {
                 Ok(e) => e,
                 // A reserved bit: the general path injects the #GP.
                 Err(_) => return Ok(false),
             };
-            if u.arv {
+            // EOI and SELF IPI change no register the page mirrors (the ISR and IRR are
+            // VISR/VIRR's business, and without virtual-interrupt delivery not in the page).
+            if u.arv && msr == X2APIC_ICR {
                 // Only the ICR changed among the page's registers: its words alone, not
                 // the whole image (this path is the IPI's hot path).
                 for (offset, word) in u.local.icr_image() {

@@ -32,8 +32,8 @@ const DEFAULT_APIC_BASE: u64 = 0xfee0_0000;
 
 /// The x2APIC MSRs the bitmap lets through in x2APIC mode (§30.5).
 const X2APIC_TPR: u32 = 0x808;
-const X2APIC_EOI: u32 = 0x80b;
-const X2APIC_SELF_IPI: u32 = 0x83f;
+pub(in crate::vcpu::haxm) const X2APIC_EOI: u32 = 0x80b;
+pub(in crate::vcpu::haxm) const X2APIC_SELF_IPI: u32 = 0x83f;
 /// The x2APIC registers (SDM Vol. 3A Table 11-6: 800H-83FH).
 const X2APIC_REGISTERS: core::ops::Range<u32> = 0x800..0x840;
 

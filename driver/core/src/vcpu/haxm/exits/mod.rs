@@ -103,10 +103,10 @@ impl HaxVcpu {
             }
             VmExit::CrAccess(cr) => {
                 // MAXPHYADDR as the guest sees it (CPUID 0x80000008 EAX[7:0]).
-                let apic_id = self.vcpu_id as u8;
-                let maxphyaddr = cpuid.lookup(0x8000_0008, 0, apic_id)[0] as u8;
+                let features = cpuid.features();
+                let maxphyaddr = features.maxphyaddr;
                 // CR4.OSXSAVE: #GP unless CPUID shows XSAVE (SDM Vol. 3A §2.5).
-                let xsave = cpuid.lookup(1, 0, apic_id)[2] & (1 << 26) != 0;
+                let xsave = features.leaf1_ecx & (1 << 26) != 0;
                 self.cr_access(root, cr, maxphyaddr, xsave)?;
                 Next::Resume
             }
