@@ -265,6 +265,24 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     const LINUX_CODES: [u32; IOCTL_COUNT] = Self::row_codes(Codes::Linux);
     const WINDOWS_CODES: [u32; IOCTL_COUNT] = Self::row_codes(Codes::Windows);
 
+    /// RUN's row: the one IOCTL of the hot path (every guest exit served by user space), so
+    /// the lookup tries it before the scan. Found at compile time (a table without RUN does
+    /// not build).
+    const RUN_ROW: usize = {
+        // A (device, Windows function) pair names one definition; RUN has both.
+        let run = codes::HAX_VCPU_IOCTL_RUN.windows_function;
+        let mut i = 0;
+        loop {
+            let def = Self::IOCTLS[i].def;
+            if let (Some(a), Some(b), Scope::Vcpu) = (def.windows_function, run, def.scope) {
+                if a == b {
+                    break i;
+                }
+            }
+            i += 1;
+        }
+    };
+
     /// The row serving `code` on a device of `scope`, by the precomputed codes of the
     /// hypervisor's encoding (a scan of 30 integers instead of working out every row's
     /// encoding and comparing definitions); the other encodings take [`IoctlDef::lookup`].
@@ -275,6 +293,11 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             Codes::Windows => &Self::WINDOWS_CODES,
             _ => return Self::entry(IoctlDef::lookup(codes, scope, code)?, scope),
         };
+        // RUN's code is served on the vCPU device only (its row's scope), so a hit on it
+        // with another scope falls through to the scan, which refuses it the same way.
+        if table[Self::RUN_ROW] == code && scope == Scope::Vcpu {
+            return Some(Self::IOCTLS[Self::RUN_ROW]);
+        }
         let mut i = 0;
         while i < IOCTL_COUNT {
             if table[i] == code {

@@ -146,7 +146,7 @@ impl HaxVcpu {
         t.flags = rhax_api::tunnel::HAX_IO_FLAG_STRING;
         t.vaddr = lowest;
         self.set_payload(TunnelPayload::from_io(t));
-        Ok(Next::Memory(if inward {
+        Ok(self.wait_for_memory(if inward {
             MemoryRequest::ProbeIns {
                 linear: lowest,
                 len: bytes,
