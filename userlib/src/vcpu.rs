@@ -547,13 +547,15 @@ fn setup_tunnel<T: Transport>(dev: &Device<T>) -> Result<TunnelInfo> {
 
 /// Reads the tunnel after RUN and builds the [`Exit`].
 fn decode_exit(tunnel: &mut SharedTunnel) -> Result<Exit<'_>> {
-    let t = tunnel.snapshot();
-    let Ok(status) = ExitStatus::try_from(t.exit_status) else {
-        return Ok(Exit::Unknown(t.exit_status));
+    // Field by field: the status, then only the payload member the status names (not a
+    // snapshot of the whole tunnel per RUN).
+    let raw_status = tunnel.exit_status();
+    let Ok(status) = ExitStatus::try_from(raw_status) else {
+        return Ok(Exit::Unknown(raw_status));
     };
     Ok(match status {
         ExitStatus::Io => {
-            let io = *t.io();
+            let io = *tunnel.payload().io();
             let direction = io
                 .direction()
                 .map_err(|_| malformed(RUN, "io._direction", io.direction.into()))?;
@@ -595,24 +597,26 @@ fn decode_exit(tunnel: &mut SharedTunnel) -> Result<Exit<'_>> {
                 tunnel,
             })
         }
-        ExitStatus::Mmio => Exit::Mmio { gla: t.mmio().gla },
+        ExitStatus::Mmio => Exit::Mmio {
+            gla: tunnel.payload().mmio().gla,
+        },
         ExitStatus::RealMode => Exit::RealMode,
         ExitStatus::Interrupt => Exit::Interrupt,
         ExitStatus::Unknown => Exit::UnknownVmExit {
-            exit_reason: t.exit_reason,
+            exit_reason: tunnel.exit_reason(),
         },
         ExitStatus::Hlt => Exit::Hlt,
         ExitStatus::StateChange => Exit::StateChange,
         ExitStatus::Paused => Exit::Paused,
         ExitStatus::PageFault => {
-            let pf = t.pagefault();
+            let pf = *tunnel.payload().pagefault();
             Exit::PageFault {
                 gpa: pf.gpa,
                 flags: PageFaultFlags::from_bits_retain(pf.flags),
             }
         }
         ExitStatus::Debug => {
-            let d = t.debug();
+            let d = *tunnel.payload().debug();
             Exit::Debug {
                 rip: d.rip,
                 dr6: d.dr6,

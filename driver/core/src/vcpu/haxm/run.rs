@@ -40,16 +40,29 @@ impl HaxVcpu {
         self.step = Step::Idle;
         let r = self.start(root, cpuid, platform);
         self.leave(root);
-        Ok(self.run_step(r?))
+        self.run_step(r)
     }
 
     /// The step's result as the caller sees it: the request that waits is copied out once,
-    /// here, not moved through every frame of the guest loop.
-    fn run_step(&self, flow: Flow) -> RunStep {
-        match (flow, &self.step) {
-            (Flow::Memory, Step::Waiting(request)) => RunStep::NeedMemory(*request),
+    /// here, not moved through every frame of the guest loop. `Done` (every exit served by
+    /// user space) is written as a bare discriminant: the copy of the request lives in
+    /// [`HaxVcpu::waiting_request`], out of line, or the compiler copies the whole enum's
+    /// bytes on both paths.
+    #[inline(always)]
+    fn run_step(&self, r: Result<Flow, HaxError>) -> Result<RunStep, HaxError> {
+        match r {
+            Ok(Flow::Done) => Ok(RunStep::Done),
+            Ok(Flow::Memory) => Ok(self.waiting_request()),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[inline(never)]
+    fn waiting_request(&self) -> RunStep {
+        match &self.step {
+            Step::Waiting(request) => RunStep::NeedMemory(*request),
             _ => {
-                debug_assert!(flow == Flow::Done, "Flow::Memory without a waiting request");
+                debug_assert!(false, "Flow::Memory without a waiting request");
                 RunStep::Done
             }
         }
@@ -82,7 +95,7 @@ impl HaxVcpu {
         self.core.with_vmcs(root, |_, _| ())?;
         let r = self.continue_step(root, cpuid, platform);
         self.leave(root);
-        Ok(self.run_step(r?))
+        self.run_step(r)
     }
 
     /// What [`HaxVcpu::resume`] does for the step that waits: finish it, then (unless it
