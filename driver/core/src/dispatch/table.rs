@@ -293,11 +293,6 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             Codes::Windows => &Self::WINDOWS_CODES,
             _ => return Self::entry(IoctlDef::lookup(codes, scope, code)?, scope),
         };
-        // RUN's code is served on the vCPU device only (its row's scope), so a hit on it
-        // with another scope falls through to the scan, which refuses it the same way.
-        if table[Self::RUN_ROW] == code && scope == Scope::Vcpu {
-            return Some(Self::IOCTLS[Self::RUN_ROW]);
-        }
         let mut i = 0;
         while i < IOCTL_COUNT {
             if table[i] == code {
@@ -309,6 +304,21 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             i += 1;
         }
         None
+    }
+
+    /// RUN's row if `code` is RUN's on the vCPU device, tried inline before [`Self::row`]'s
+    /// scan: RUN is the hot IOCTL (every exit served by user space). The code and the row are
+    /// constants here, so this is one compare, in the caller's frame without the table.
+    /// RUN's code on another device is not RUN there: it falls through to the scan, which
+    /// refuses it.
+    #[inline(always)]
+    pub(super) fn run_row(codes: Codes, scope: Scope, code: u32) -> Option<Entry<P, R>> {
+        let run = match codes {
+            Codes::Windows => Self::WINDOWS_CODES[Self::RUN_ROW],
+            Codes::Linux => Self::LINUX_CODES[Self::RUN_ROW],
+            _ => return None,
+        };
+        (code == run && scope == Scope::Vcpu).then_some(Self::IOCTLS[Self::RUN_ROW])
     }
 
     /// The row serving `def` on a device of `scope`. Out of line: the table is a generic

@@ -43,7 +43,12 @@ impl HaxVcpu {
                 .sum::<u32>()
                 .min(2)
         };
-        let highest = self.highest_vector();
+        // Only looked for when something is queued (most entries: nothing).
+        let highest = if queued > 0 {
+            self.highest_vector()
+        } else {
+            None
+        };
         let preemption = self.entry_preemption_ticks();
         let window_on = self.window_on;
         let apic_window = self.apic_wants_window();
