@@ -197,10 +197,11 @@ const VECTOR: u8 = 0x20;
 const HANDLER: u16 = 0x3000;
 
 /// One row; `user`: the user side's own instructions (between RUNs), in all.
-fn row(k: &str, n: u32, tsc: u64, guest: u32, exiting: u32, reason: u32, s: &VcpuStats, user: u64) {
+fn row(k: &Kind, n: u32, tsc: u64, s: &VcpuStats, user: u64) {
+    let (name, guest, exiting, reason) = (k.name, k.guest, k.exiting, k.reason);
     let r = s.reason(reason).copied().unwrap_or_default();
     println!(
-        "bench-row: kind={k} iters={n} tsc={tsc} guest={guest} exiting={exiting} reason={reason} \
+        "bench-row: kind={name} iters={n} tsc={tsc} guest={guest} exiting={exiting} reason={reason} \
          exits={} vmreads={} vmwrites={} runs={} user={user}",
         r.exits, r.vmreads, r.vmwrites, s.runs
     );
@@ -241,7 +242,7 @@ fn haxm_kind(k: &Kind, n: u32) -> R<()> {
                 if halts > body_halts {
                     let s = v.stats().map_err(e("GET_STATS"))?;
                     let tsc = u64::from(ram.u32(0x2000));
-                    row(k.name, n, tsc, k.guest, k.exiting, k.reason, &s, lp.user);
+                    row(k, n, tsc, &s, lp.user);
                     return Ok(());
                 }
                 if k.inject {
@@ -254,7 +255,7 @@ fn haxm_kind(k: &Kind, n: u32) -> R<()> {
     Err(format!("{}: the loop did not end", k.name))
 }
 
-fn core_kind(name: &str, n: u32, cpuid: bool) -> R<()> {
+fn core_kind(name: &'static str, n: u32, cpuid: bool) -> R<()> {
     let (count, tsc, stats) = crate::guests::run_exit_loop(n, cpuid, 1, true)?;
     if count != u64::from(n) {
         return Err(format!("{name}: {count} exits, expected {n}"));
@@ -267,8 +268,17 @@ fn core_kind(name: &str, n: u32, cpuid: bool) -> R<()> {
         slot.vmwrites = c.vmwrites;
     }
     // xor eax, eax; cpuid; dec; jnz  /  out; dec; jnz
-    let guest = if cpuid { 4 } else { 3 };
-    row(name, n, u64::from(tsc), guest, 1, reason, &s, 0);
+    let k = Kind {
+        name,
+        body: &[],
+        guest: if cpuid { 4 } else { 3 },
+        exiting: 1,
+        reason,
+        inject: false,
+        window: false,
+        fast_path: true,
+    };
+    row(&k, n, u64::from(tsc), &s, 0);
     Ok(())
 }
 
