@@ -159,6 +159,9 @@ pub struct Vcpu<T: Transport> {
     vm: u32,
     id: u32,
     pause_requested: bool,
+    /// `HAX_VCPU_IOCTL_RUN`'s code on the transport's platform, worked out at open (`None`:
+    /// the platform has none, and RUN answers [`Error::Unsupported`]).
+    run_code: Option<u32>,
 }
 
 fn malformed(ioctl: &'static str, field: &'static str, value: u64) -> Error {
@@ -174,6 +177,7 @@ impl<T: Transport> Vcpu<T> {
     /// `HAX_VM_IOCTL_VCPU_CREATE`) and sets up its tunnel.
     pub fn open(transport: T, vm: u32, id: u32) -> Result<Self> {
         let dev = Device::open(transport, DevicePath::Vcpu { vm, vcpu: id })?;
+        let run_code = HAX_VCPU_IOCTL_RUN.code(dev.transport.platform());
         let info = setup_tunnel(&dev)?;
         // SAFETY: the reply came from `T`, whose `Transport` contract says the two areas are
         // mapped in this address space until `dev` is closed; `dev` is dropped after
@@ -186,6 +190,7 @@ impl<T: Transport> Vcpu<T> {
             vm,
             id,
             pause_requested: false,
+            run_code,
         })
     }
 
@@ -259,8 +264,11 @@ impl<T: Transport> Vcpu<T> {
             0
         };
         self.tunnel.set_exit_reason(reason);
+        let code = self.run_code.ok_or(Error::Unsupported {
+            ioctl: HAX_VCPU_IOCTL_RUN.name,
+        })?;
         self.dev
-            .call(&HAX_VCPU_IOCTL_RUN, IoctlBuf::None, Error::Run, 0)?;
+            .call_code(&HAX_VCPU_IOCTL_RUN, code, IoctlBuf::None, Error::Run, 0)?;
         decode_exit(&mut self.tunnel)
     }
 
