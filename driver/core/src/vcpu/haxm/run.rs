@@ -584,10 +584,11 @@ impl HaxVcpu {
         let r = self
             .core
             .with_vmcs(root, |vmcs, _| -> Result<bool, VmFail> {
-                let intr = vmcs.vm_entry_interruption_information()?;
+                // RFLAGS.IF first: with IF clear (a guest inside `cli`) the other two fields
+                // are not read at all.
                 Ok(vmcs.guest_rflags()? & RFLAGS_IF != 0
                     && interrupt_shadow(vmcs)? == 0
-                    && intr & VALID == 0)
+                    && vmcs.vm_entry_interruption_information()? & VALID == 0)
             })??;
         Ok(r)
     }
