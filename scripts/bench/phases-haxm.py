@@ -90,6 +90,11 @@ def phases(symf, rtf):
 def main():
     args = sys.argv[1:]
     cols = [phases(args[i], args[i + 1]) for i in range(0, len(args), 2)]
+    # A column without the transport's RDTSC marks has the two as one row: fold them in all.
+    if any('transport+lookup' in c for c in cols):
+        for c in cols:
+            c['transport+lookup'] = c.get('transport+lookup', 0) + c.pop('transport', 0) \
+                + c.pop('lookup', 0)
     names = ['before', 'after'] if len(cols) == 2 else ['instructions'] * len(cols)
     print('| phase | ' + ' | '.join(names) + (' | change |' if len(cols) == 2 else ' |'))
     print('|---|' + '---|' * (len(cols) + (1 if len(cols) == 2 else 0)))
