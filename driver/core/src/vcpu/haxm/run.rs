@@ -467,18 +467,19 @@ impl HaxVcpu {
             self.arm_debugger(root)?;
             let ran = self.core.run(root);
             self.disarm_step(root)?;
-            let exit = match ran {
+            // Borrowed where `run` returned it, not moved into a copy of its own.
+            let exit = match &ran {
                 Ok(e) => e,
                 Err(e @ RunError::Entry(_)) => {
                     self.set_status(ExitStatus::Unknown, 0);
-                    return Err(e.into());
+                    return Err((*e).into());
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err((*e).into()),
             };
             if let VmExit::EntryFailure {
                 reason,
                 qualification,
-            } = exit
+            } = *exit
             {
                 self.set_status(ExitStatus::Unknown, 0);
                 return Err(HaxError::InvalidGuestState {
@@ -486,12 +487,14 @@ impl HaxVcpu {
                     qualification,
                 });
             }
-            if self.apic_fast_exit(root, &exit)? {
+            // Without the in-kernel APIC (the default) the fast paths have nothing to do:
+            // tested here, inline, instead of in their out-of-line frame.
+            if self.apic.is_some() && self.apic_fast_exit(root, exit)? {
                 self.apic_kick(platform, root.cpu());
                 continue;
             }
-            self.after_exit(root, &exit, injected)?;
-            let next = self.handle(root, cpuid, &exit)?;
+            self.after_exit(root, exit, injected)?;
+            let next = self.handle(root, cpuid, exit)?;
             self.apic_kick(platform, root.cpu());
             if let Some(step) = self.after_handler(root, next, exit.basic_reason(), platform)? {
                 return Ok(step);
