@@ -18,9 +18,9 @@ cd "$root"
 case "$mode" in
 cpuid)
     scenario=bench-table-short
-    # The guest's CPUID (guest-physical 0x20000e, the core loop of bench_table.rs, identity-
-    # mapped by its EPT): a physical breakpoint.
-    brk='pb 0x20000e'
+    # The guest's CPUID (real mode, at 0x100e: guests.rs's loop_code at 0x1000 + 14; its RAM
+    # is kernel pages elsewhere, so a linear breakpoint, as for haxm-out).
+    brk='lb 0x100e'
     mark='cpuid  '
     # Past the first 64 exits, which the harness records.
     skip=60000
