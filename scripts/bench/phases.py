@@ -18,7 +18,7 @@ def add(p):
 state=None
 seen_run_exit=False
 for l in rows:
-    a=int(l.split()[0],16); f=fn(a); ins=l.split(' ',1)[1]
+    a=int(l.split()[0],16); f=fn(a); ins=l.split(' ',2)[2]  # address, selector:offset, instruction
     if f=='GUEST': add('guest (xor, cpuid, dec, jnz)'); continue
     if 'rhax_vmx_exit' in f: add('exit stub: save guest GPRs, restore host'); continue
     if 'rhax_vmx_enter' in f: add('entry stub: HOST_RSP check, load guest GPRs, VMRESUME'); continue

@@ -216,6 +216,19 @@ impl<T: Transport> Device<T> {
         let code = def
             .code(self.transport.platform())
             .ok_or(crate::Error::Unsupported { ioctl: def.name })?;
+        self.call_code(def, code, buf, err, min_reply)
+    }
+
+    /// [`Device::call`] with `def`'s code on this transport's platform already worked out
+    /// (RUN's, once per vCPU: the hot path).
+    pub(crate) fn call_code(
+        &self,
+        def: &'static IoctlDef,
+        code: u32,
+        buf: IoctlBuf<'_>,
+        err: impl FnOnce(OsError) -> crate::Error,
+        min_reply: usize,
+    ) -> crate::Result<usize> {
         let Some(handle) = self.handle.as_ref() else {
             // Unreachable: the handle is only taken in `drop`.
             return Err(crate::Error::InvalidArgument {

@@ -11,7 +11,7 @@
 use core::mem::{align_of, offset_of, size_of};
 use core::ptr::NonNull;
 
-use rhax_api::{FastMmio, Tunnel, TunnelInfo, IOS_MAX_BUFFER};
+use rhax_api::{FastMmio, Tunnel, TunnelInfo, TunnelPayload, IOS_MAX_BUFFER};
 
 use crate::error::{Error, Result};
 
@@ -96,6 +96,22 @@ impl SharedTunnel {
         unsafe { self.tunnel.as_ptr().read_volatile() }
     }
 
+    /// Reads `_exit_status`.
+    pub fn exit_status(&self) -> u32 {
+        self.read(offset_of!(Tunnel, exit_status))
+    }
+
+    /// Reads `_exit_reason`.
+    pub fn exit_reason(&self) -> u32 {
+        self.read(offset_of!(Tunnel, exit_reason))
+    }
+
+    /// A copy of the 24-byte payload union (IO, MMIO, PAGEFAULT, DEBUG) alone: what an exit's
+    /// decoding needs, without the rest of the tunnel ([`SharedTunnel::snapshot`]).
+    pub fn payload(&self) -> TunnelPayload {
+        self.read(offset_of!(Tunnel, payload))
+    }
+
     /// A pointer to the tunnel field at `offset` (an `offset_of!` of `Tunnel`).
     fn field<F>(&self, offset: usize) -> *mut F {
         // Pure address arithmetic inside the checked tunnel area; no access yet.
@@ -111,7 +127,7 @@ impl SharedTunnel {
         // SAFETY: `offset` is the `offset_of!` of a field of type `F` in `Tunnel`, so `p` is
         // in bounds of the >= 56-byte tunnel and aligned (the tunnel is 8-aligned, checked in
         // `new`); the memory is mapped and not written by the driver outside RUN (contract of
-        // `new`), and any bits are a valid `F` (integers only).
+        // `new`), and any bits are a valid `F` (integers, or the `Pod` payload union).
         unsafe { p.read_volatile() }
     }
 

@@ -159,6 +159,9 @@ pub struct Vcpu<T: Transport> {
     vm: u32,
     id: u32,
     pause_requested: bool,
+    /// `HAX_VCPU_IOCTL_RUN`'s code on the transport's platform, worked out at open (`None`:
+    /// the platform has none, and RUN answers [`Error::Unsupported`]).
+    run_code: Option<u32>,
 }
 
 fn malformed(ioctl: &'static str, field: &'static str, value: u64) -> Error {
@@ -174,6 +177,7 @@ impl<T: Transport> Vcpu<T> {
     /// `HAX_VM_IOCTL_VCPU_CREATE`) and sets up its tunnel.
     pub fn open(transport: T, vm: u32, id: u32) -> Result<Self> {
         let dev = Device::open(transport, DevicePath::Vcpu { vm, vcpu: id })?;
+        let run_code = HAX_VCPU_IOCTL_RUN.code(dev.transport.platform());
         let info = setup_tunnel(&dev)?;
         // SAFETY: the reply came from `T`, whose `Transport` contract says the two areas are
         // mapped in this address space until `dev` is closed; `dev` is dropped after
@@ -186,6 +190,7 @@ impl<T: Transport> Vcpu<T> {
             vm,
             id,
             pause_requested: false,
+            run_code,
         })
     }
 
@@ -259,8 +264,11 @@ impl<T: Transport> Vcpu<T> {
             0
         };
         self.tunnel.set_exit_reason(reason);
+        let code = self.run_code.ok_or(Error::Unsupported {
+            ioctl: HAX_VCPU_IOCTL_RUN.name,
+        })?;
         self.dev
-            .call(&HAX_VCPU_IOCTL_RUN, IoctlBuf::None, Error::Run, 0)?;
+            .call_code(&HAX_VCPU_IOCTL_RUN, code, IoctlBuf::None, Error::Run, 0)?;
         decode_exit(&mut self.tunnel)
     }
 
@@ -547,13 +555,15 @@ fn setup_tunnel<T: Transport>(dev: &Device<T>) -> Result<TunnelInfo> {
 
 /// Reads the tunnel after RUN and builds the [`Exit`].
 fn decode_exit(tunnel: &mut SharedTunnel) -> Result<Exit<'_>> {
-    let t = tunnel.snapshot();
-    let Ok(status) = ExitStatus::try_from(t.exit_status) else {
-        return Ok(Exit::Unknown(t.exit_status));
+    // Field by field: the status, then only the payload member the status names (not a
+    // snapshot of the whole tunnel per RUN).
+    let raw_status = tunnel.exit_status();
+    let Ok(status) = ExitStatus::try_from(raw_status) else {
+        return Ok(Exit::Unknown(raw_status));
     };
     Ok(match status {
         ExitStatus::Io => {
-            let io = *t.io();
+            let io = *tunnel.payload().io();
             let direction = io
                 .direction()
                 .map_err(|_| malformed(RUN, "io._direction", io.direction.into()))?;
@@ -595,24 +605,26 @@ fn decode_exit(tunnel: &mut SharedTunnel) -> Result<Exit<'_>> {
                 tunnel,
             })
         }
-        ExitStatus::Mmio => Exit::Mmio { gla: t.mmio().gla },
+        ExitStatus::Mmio => Exit::Mmio {
+            gla: tunnel.payload().mmio().gla,
+        },
         ExitStatus::RealMode => Exit::RealMode,
         ExitStatus::Interrupt => Exit::Interrupt,
         ExitStatus::Unknown => Exit::UnknownVmExit {
-            exit_reason: t.exit_reason,
+            exit_reason: tunnel.exit_reason(),
         },
         ExitStatus::Hlt => Exit::Hlt,
         ExitStatus::StateChange => Exit::StateChange,
         ExitStatus::Paused => Exit::Paused,
         ExitStatus::PageFault => {
-            let pf = t.pagefault();
+            let pf = *tunnel.payload().pagefault();
             Exit::PageFault {
                 gpa: pf.gpa,
                 flags: PageFaultFlags::from_bits_retain(pf.flags),
             }
         }
         ExitStatus::Debug => {
-            let d = t.debug();
+            let d = *tunnel.payload().debug();
             Exit::Debug {
                 rip: d.rip,
                 dr6: d.dr6,

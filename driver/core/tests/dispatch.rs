@@ -572,13 +572,15 @@ fn unknown_codes_per_device_and_platform() {
         let (sys, vmh, id) = vm(&h);
         create_vcpu(&h, vmh, 0).unwrap();
         let vc = h.open_vcpu(id, 0).unwrap();
-        // A VM code on the system and vCPU devices, a vCPU code on the VM device: unknown.
+        // A VM code on the system and vCPU devices, a vCPU code (RUN, which the lookup tries
+        // first) on the VM and system devices: unknown.
         let vm_code = code(&ioctl::HAX_VM_IOCTL_SET_RAM, codes);
         let run = code(&ioctl::HAX_VCPU_IOCTL_RUN, codes);
         for (handle, c, scope) in [
             (sys, vm_code, Scope::System),
             (vc, vm_code, Scope::Vcpu),
             (vmh, run, Scope::Vm),
+            (sys, run, Scope::System),
             (sys, 0xdead_beef, Scope::System),
         ] {
             let before = h.snapshot();

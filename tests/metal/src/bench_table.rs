@@ -17,7 +17,9 @@ use alloc::string::String;
 
 use rhax::api::ext::VcpuStats;
 
-use crate::haxm::{bench_loop, e, qemu_msrs, qemu_set, real_mode_at, simple_vm, step, Ev, Ram, R};
+use crate::haxm::{
+    bench_loop, e, qemu_msrs, qemu_set, real_mode_at, simple_vm, BenchExit, BenchLoop, Ram, R,
+};
 use crate::hv::Shell;
 use crate::println;
 use crate::scenarios::Ctx;
@@ -194,11 +196,13 @@ const KINDS: &[Kind] = &[
 const VECTOR: u8 = 0x20;
 const HANDLER: u16 = 0x3000;
 
-fn row(k: &str, n: u32, tsc: u64, guest: u32, exiting: u32, reason: u32, s: &VcpuStats) {
+/// One row; `user`: the user side's own instructions (between RUNs), in all.
+fn row(k: &Kind, n: u32, tsc: u64, s: &VcpuStats, user: u64) {
+    let (name, guest, exiting, reason) = (k.name, k.guest, k.exiting, k.reason);
     let r = s.reason(reason).copied().unwrap_or_default();
     println!(
-        "bench-row: kind={k} iters={n} tsc={tsc} guest={guest} exiting={exiting} reason={reason} \
-         exits={} vmreads={} vmwrites={} runs={}",
+        "bench-row: kind={name} iters={n} tsc={tsc} guest={guest} exiting={exiting} reason={reason} \
+         exits={} vmreads={} vmwrites={} runs={} user={user}",
         r.exits, r.vmreads, r.vmwrites, s.runs
     );
 }
@@ -220,13 +224,14 @@ fn haxm_kind(k: &Kind, n: u32) -> R<()> {
     v.reset_stats().map_err(e("reset stats"))?;
     let mut halts = 0u64;
     let mut want_window = false;
+    let mut lp = BenchLoop::default();
     // Bounded: every kind makes at most 2 user exits per iteration, plus host interrupts.
     for _ in 0..(u64::from(n) * 4 + 1000) {
         v.request_interrupt_window(want_window);
-        let ev = step(&mut v, 0)?;
-        want_window = k.window && matches!(ev, Ev::Io { .. });
+        let ev = lp.run(&mut v, 0).map_err(|m| format!("{}: {m}", k.name))?;
+        want_window = k.window && ev == BenchExit::Io;
         match ev {
-            Ev::Hlt => {
+            BenchExit::Hlt => {
                 halts += 1;
                 // The last HLT is the loop's `cli; hlt` after the measurement.
                 let body_halts = if k.body.contains(&0xF4) {
@@ -237,22 +242,22 @@ fn haxm_kind(k: &Kind, n: u32) -> R<()> {
                 if halts > body_halts {
                     let s = v.stats().map_err(e("GET_STATS"))?;
                     let tsc = u64::from(ram.u32(0x2000));
-                    row(k.name, n, tsc, k.guest, k.exiting, k.reason, &s);
+                    row(k, n, tsc, &s, lp.user);
                     return Ok(());
                 }
                 if k.inject {
                     v.interrupt(VECTOR).map_err(e("INTERRUPT"))?;
                 }
             }
-            Ev::Io { .. } | Ev::Mmio { .. } | Ev::Interrupt => {}
-            other => return Err(format!("{}: unexpected exit {other:?}", k.name)),
+            BenchExit::Io | BenchExit::Mmio | BenchExit::Interrupt => {}
         }
     }
     Err(format!("{}: the loop did not end", k.name))
 }
 
-fn core_kind(name: &str, n: u32, cpuid: bool) -> R<()> {
-    let (count, tsc, stats) = crate::guests::run_exit_loop(n, cpuid, 1, crate::guests::Counting::On)?;
+fn core_kind(name: &'static str, n: u32, cpuid: bool) -> R<()> {
+    let (count, tsc, stats) =
+        crate::guests::run_exit_loop(n, cpuid, 1, crate::guests::Counting::On)?;
     if count != u64::from(n) {
         return Err(format!("{name}: {count} exits, expected {n}"));
     }
@@ -264,8 +269,17 @@ fn core_kind(name: &str, n: u32, cpuid: bool) -> R<()> {
         slot.vmwrites = c.vmwrites;
     }
     // xor eax, eax; cpuid; dec; jnz  /  out; dec; jnz
-    let guest = if cpuid { 4 } else { 3 };
-    row(name, n, u64::from(tsc), guest, 1, reason, &s);
+    let k = Kind {
+        name,
+        body: &[],
+        guest: if cpuid { 4 } else { 3 },
+        exiting: 1,
+        reason,
+        inject: false,
+        window: false,
+        fast_path: true,
+    };
+    row(&k, n, u64::from(tsc), &s, 0);
     Ok(())
 }
 

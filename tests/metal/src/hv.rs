@@ -316,6 +316,11 @@ impl Drop for Shell {
     }
 }
 
+/// TSC ticks spent inside the dispatcher (every IOCTL through [`KernelTransport`]), so that a
+/// bench can tell the kernel's share of a round trip from the user side's (Bochs's TSC
+/// counts emulated instructions).
+pub static DISPATCH_TSC: AtomicU64 = AtomicU64::new(0);
+
 /// Userlib's view of the in-kernel dispatcher: opens are the dispatcher's opens, IOCTLs its
 /// `dispatch`, errors the Win32 codes `DeviceIoControl` would report.
 #[derive(Clone, Copy)]
@@ -374,9 +379,10 @@ unsafe impl Transport for KernelTransport<'_> {
                 (&copy[..], b)
             }
         };
-        self.hv
-            .dispatch(*handle, req.code, input, output)
-            .map_err(|e| OsError::Win32(win32_of(e.nt_status())))
+        let start = crate::arch::rdtsc();
+        let r = self.hv.dispatch(*handle, req.code, input, output);
+        DISPATCH_TSC.fetch_add(crate::arch::rdtsc().wrapping_sub(start), Ordering::Relaxed);
+        r.map_err(|e| OsError::Win32(win32_of(e.nt_status())))
     }
 
     fn close(&self, handle: Handle) {

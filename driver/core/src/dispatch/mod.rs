@@ -256,7 +256,10 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         let ctx = self.ctx(None, Some(scope));
         let target = self.resolve(handle, ctx)?;
         let unknown = || ctx.err(ErrorKind::UnknownIoctl { code });
-        let entry = Self::row(self.codes, scope, code).ok_or_else(unknown)?;
+        let entry = match Self::run_row(self.codes, scope, code) {
+            Some(e) => e,
+            None => Self::row(self.codes, scope, code).ok_or_else(unknown)?,
+        };
         let ctx = self.ctx(Some(entry.def), Some(scope));
         entry.check_sizes(&ctx, input, output)?;
         let call = Call { ctx, input, output };

@@ -265,6 +265,24 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     const LINUX_CODES: [u32; IOCTL_COUNT] = Self::row_codes(Codes::Linux);
     const WINDOWS_CODES: [u32; IOCTL_COUNT] = Self::row_codes(Codes::Windows);
 
+    /// RUN's row: the one IOCTL of the hot path (every guest exit served by user space), so
+    /// the lookup tries it before the scan. Found at compile time (a table without RUN does
+    /// not build).
+    const RUN_ROW: usize = {
+        // A (device, Windows function) pair names one definition; RUN has both.
+        let run = codes::HAX_VCPU_IOCTL_RUN.windows_function;
+        let mut i = 0;
+        loop {
+            let def = Self::IOCTLS[i].def;
+            if let (Some(a), Some(b), Scope::Vcpu) = (def.windows_function, run, def.scope) {
+                if a == b {
+                    break i;
+                }
+            }
+            i += 1;
+        }
+    };
+
     /// The row serving `code` on a device of `scope`, by the precomputed codes of the
     /// hypervisor's encoding (a scan of 30 integers instead of working out every row's
     /// encoding and comparing definitions); the other encodings take [`IoctlDef::lookup`].
@@ -286,6 +304,21 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             i += 1;
         }
         None
+    }
+
+    /// RUN's row if `code` is RUN's on the vCPU device, tried inline before [`Self::row`]'s
+    /// scan: RUN is the hot IOCTL (every exit served by user space). The code and the row are
+    /// constants here, so this is one compare, in the caller's frame without the table.
+    /// RUN's code on another device is not RUN there: it falls through to the scan, which
+    /// refuses it.
+    #[inline(always)]
+    pub(super) fn run_row(codes: Codes, scope: Scope, code: u32) -> Option<Entry<P, R>> {
+        let run = match codes {
+            Codes::Windows => Self::WINDOWS_CODES[Self::RUN_ROW],
+            Codes::Linux => Self::LINUX_CODES[Self::RUN_ROW],
+            _ => return None,
+        };
+        (code == run && scope == Scope::Vcpu).then_some(Self::IOCTLS[Self::RUN_ROW])
     }
 
     /// The row serving `def` on a device of `scope`. Out of line: the table is a generic

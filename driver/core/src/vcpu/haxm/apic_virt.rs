@@ -120,7 +120,7 @@ impl HaxVcpu {
             _ => return Ok(self.panic(PanicReason::UnhandledExit { reason: 44 })),
         };
         let fetch = self.fetch_site(root)?;
-        Ok(Next::Memory(MemoryRequest::EptViolation {
+        Ok(self.wait_for_memory(MemoryRequest::EptViolation {
             gpa: DEFAULT_APIC_BASE + offset,
             access,
             qualification: access.bits(),

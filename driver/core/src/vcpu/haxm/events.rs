@@ -32,12 +32,23 @@ impl HaxVcpu {
         let want_window_user = self.wants_interrupt_window();
         // While a debugger steps with TF, queued interrupts wait: their frames would carry
         // the debugger's TF into the guest's stack (`debug.rs`).
+        // Only "none, one, more" matters below: counted saturating at 2, without a population
+        // count (not an instruction on this target's baseline: ~20 instructions per word).
         let queued: u32 = if self.tf_stepping() {
             0
         } else {
-            self.vectors.iter().map(|w| w.count_ones()).sum()
+            self.vectors
+                .iter()
+                .map(|&w| u32::from(w != 0) + u32::from(w & w.wrapping_sub(1) != 0))
+                .sum::<u32>()
+                .min(2)
         };
-        let highest = self.highest_vector();
+        // Only looked for when something is queued (most entries: nothing).
+        let highest = if queued > 0 {
+            self.highest_vector()
+        } else {
+            None
+        };
         let preemption = self.entry_preemption_ticks();
         let window_on = self.window_on;
         let apic_window = self.apic_wants_window();

@@ -372,8 +372,11 @@ enum Next {
     Resume,
     /// Return to user space with this status.
     User(ExitStatus),
-    /// End the step: guest memory is needed (outside the non-preemptible region).
-    Memory(MemoryRequest),
+    /// End the step: guest memory is needed (outside the non-preemptible region). The
+    /// request waits in `HaxVcpu::step` ([`HaxVcpu::wait_for_memory`]): `Next` stays two
+    /// bytes, so the RUN path's moves of it and of its `Result` are register moves, not
+    /// copies of the largest request (issue 13).
+    Memory,
 }
 
 /// Basic exit reason of IO instructions (SDM Appendix C).

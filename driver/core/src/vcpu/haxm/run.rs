@@ -4,6 +4,17 @@
 use super::events::interrupt_shadow;
 use super::*;
 
+/// How a step of the RUN state machine ended, inside this module: the request of
+/// [`Flow::Memory`] waits in `HaxVcpu::step`, so this stays one byte on the way out of the
+/// guest loop; [`HaxVcpu::run`] and [`HaxVcpu::resume`] turn it into the [`RunStep`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) enum Flow {
+    /// The RUN is over: the tunnel holds the exit.
+    Done,
+    /// Guest memory is needed (`Step::Waiting`).
+    Memory,
+}
+
 impl HaxVcpu {
     /// `HAX_VCPU_IOCTL_RUN`, first step (inside the non-preemptible region; see the module
     /// documentation). Fills the tunnel; `Ok` for every exit status (as HAXM returns 0), `Err`
@@ -29,7 +40,32 @@ impl HaxVcpu {
         self.step = Step::Idle;
         let r = self.start(root, cpuid, platform);
         self.leave(root);
-        r
+        self.run_step(r)
+    }
+
+    /// The step's result as the caller sees it: the request that waits is copied out once,
+    /// here, not moved through every frame of the guest loop. `Done` (every exit served by
+    /// user space) is written as a bare discriminant: the copy of the request lives in
+    /// [`HaxVcpu::waiting_request`], out of line, or the compiler copies the whole enum's
+    /// bytes on both paths.
+    #[inline(always)]
+    fn run_step(&self, r: Result<Flow, HaxError>) -> Result<RunStep, HaxError> {
+        match r {
+            Ok(Flow::Done) => Ok(RunStep::Done),
+            Ok(Flow::Memory) => Ok(self.waiting_request()),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[inline(never)]
+    fn waiting_request(&self) -> RunStep {
+        match &self.step {
+            Step::Waiting(request) => RunStep::NeedMemory(*request),
+            _ => {
+                debug_assert!(false, "Flow::Memory without a waiting request");
+                RunStep::Done
+            }
+        }
     }
 
     /// Continues a RUN after [`HaxVcpu::complete_memory`] answered [`AfterMemory::Resume`]
@@ -59,7 +95,7 @@ impl HaxVcpu {
         self.core.with_vmcs(root, |_, _| ())?;
         let r = self.continue_step(root, cpuid, platform);
         self.leave(root);
-        r
+        self.run_step(r)
     }
 
     /// What [`HaxVcpu::resume`] does for the step that waits: finish it, then (unless it
@@ -69,7 +105,7 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         cpuid: &CpuidTable,
         platform: &P,
-    ) -> Result<RunStep, HaxError> {
+    ) -> Result<Flow, HaxError> {
         match core::mem::replace(&mut self.step, Step::Idle) {
             Step::Violation(v) => {
                 let next = self.finish_violation(root, &v)?;
@@ -87,7 +123,7 @@ impl HaxVcpu {
                 let next = self.protected_exit(gpa, flags);
                 return Ok(self
                     .after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform)?
-                    .unwrap_or(RunStep::Done));
+                    .unwrap_or(Flow::Done));
             }
             Step::Exception { vector, code } => self.inject_exception(root, vector, Some(code))?,
             Step::TaskSwitched(t) => self.apply_task(root, &t)?,
@@ -101,7 +137,7 @@ impl HaxVcpu {
                         Next::Resume => self.begin_guest(root, cpuid, platform),
                         next => Ok(self
                             .after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform)?
-                            .unwrap_or(RunStep::Done)),
+                            .unwrap_or(Flow::Done)),
                     };
                 }
                 if let Some(step) =
@@ -342,10 +378,10 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         cpuid: &CpuidTable,
         platform: &P,
-    ) -> Result<RunStep, HaxError> {
+    ) -> Result<Flow, HaxError> {
         if self.panicked.is_some() {
             self.set_status(ExitStatus::StateChange, 0);
-            return Ok(RunStep::Done);
+            return Ok(Flow::Done);
         }
         if let Pending::Ins {
             linear,
@@ -361,7 +397,7 @@ impl HaxVcpu {
                 access,
             };
             self.step = Step::Waiting(request);
-            return Ok(RunStep::NeedMemory(request));
+            return Ok(Flow::Memory);
         }
         self.complete_pending(root)?;
         // The general MMIO path's instruction in flight: its read arrived, or its next write
@@ -369,14 +405,13 @@ impl HaxVcpu {
         if let Some(next) = self.emu_continue(root)? {
             return match next {
                 Next::Resume => self.begin_guest(root, cpuid, platform),
-                Next::Memory(request) => {
+                Next::Memory => {
                     self.emu_from_start = true;
-                    self.step = Step::Waiting(request);
-                    Ok(RunStep::NeedMemory(request))
+                    Ok(Flow::Memory)
                 }
                 next => Ok(self
                     .after_handler(root, next, EXIT_REASON_EPT_VIOLATION, platform)?
-                    .unwrap_or(RunStep::Done)),
+                    .unwrap_or(Flow::Done)),
             };
         }
         self.begin_guest(root, cpuid, platform)
@@ -388,17 +423,17 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         cpuid: &CpuidTable,
         platform: &P,
-    ) -> Result<RunStep, HaxError> {
+    ) -> Result<Flow, HaxError> {
         // A debugger's step that ended in user space (IO, MMIO, HLT) is over now that its
         // instruction is complete: the DEBUG exit comes before the guest runs again.
         if self.take_owed_step(root)? {
-            return Ok(RunStep::Done);
+            return Ok(Flow::Done);
         }
         // Quirk 7: `_exit_reason == 8` written by user space asks for an immediate exit. It is
         // consumed (cleared) so the next RUN runs the guest.
         if self.take_pause_request() {
             self.set_status(ExitStatus::Paused, 0);
-            return Ok(RunStep::Done);
+            return Ok(Flow::Done);
         }
         self.run_start = platform.tsc();
         self.run_budget = tsc_ticks(platform, RUN_BUDGET_US);
@@ -413,37 +448,38 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         cpuid: &CpuidTable,
         platform: &P,
-    ) -> Result<RunStep, HaxError> {
+    ) -> Result<Flow, HaxError> {
         loop {
             // The user-space kicks: the tunnel's `user_event_pending` and the shell's
             // (a pending signal on Linux), checked before every entry.
             if self.take_user_event() || platform.user_return_pending() {
                 self.set_status(ExitStatus::Interrupt, 0);
                 self.finish_user_exit(root)?;
-                return Ok(RunStep::Done);
+                return Ok(Flow::Done);
             }
             // The in-kernel APIC (rhax's extension): its interrupts, halt polling, timer.
             if let apic::BeforeEntry::Stay(status) = self.apic_before_entry(root, platform)? {
                 self.set_status(status, 0);
                 self.finish_user_exit(root)?;
-                return Ok(RunStep::Done);
+                return Ok(Flow::Done);
             }
             let injected = self.prepare_entry(root)?;
             self.arm_debugger(root)?;
             let ran = self.core.run(root);
             self.disarm_step(root)?;
-            let exit = match ran {
+            // Borrowed where `run` returned it, not moved into a copy of its own.
+            let exit = match &ran {
                 Ok(e) => e,
                 Err(e @ RunError::Entry(_)) => {
                     self.set_status(ExitStatus::Unknown, 0);
-                    return Err(e.into());
+                    return Err((*e).into());
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err((*e).into()),
             };
             if let VmExit::EntryFailure {
                 reason,
                 qualification,
-            } = exit
+            } = *exit
             {
                 self.set_status(ExitStatus::Unknown, 0);
                 return Err(HaxError::InvalidGuestState {
@@ -451,17 +487,26 @@ impl HaxVcpu {
                     qualification,
                 });
             }
-            if self.apic_fast_exit(root, &exit)? {
+            // Without the in-kernel APIC (the default) the fast paths have nothing to do:
+            // tested here, inline, instead of in their out-of-line frame.
+            if self.apic.is_some() && self.apic_fast_exit(root, exit)? {
                 self.apic_kick(platform, root.cpu());
                 continue;
             }
-            self.after_exit(root, &exit, injected)?;
-            let next = self.handle(root, cpuid, &exit)?;
+            self.after_exit(root, exit, injected)?;
+            let next = self.handle(root, cpuid, exit)?;
             self.apic_kick(platform, root.cpu());
             if let Some(step) = self.after_handler(root, next, exit.basic_reason(), platform)? {
                 return Ok(step);
             }
         }
+    }
+
+    /// A handler's request for guest memory: it waits in `self.step` for the passive-level
+    /// part ([`HaxVcpu::complete_memory`]), and the step ends.
+    pub(in crate::vcpu::haxm) fn wait_for_memory(&mut self, request: MemoryRequest) -> Next {
+        self.step = Step::Waiting(request);
+        Next::Memory
     }
 
     /// Acts on a handler's decision: `Some` ends the step, `None` enters the guest again.
@@ -471,37 +516,40 @@ impl HaxVcpu {
         next: Next,
         reason: u16,
         platform: &P,
-    ) -> Result<Option<RunStep>, HaxError> {
+    ) -> Result<Option<Flow>, HaxError> {
         match next {
             Next::User(status) => {
                 self.note_user_exit(status);
                 self.set_status(status, u32::from(reason));
                 if status == ExitStatus::StateChange {
-                    return Ok(Some(RunStep::Done));
+                    return Ok(Some(Flow::Done));
                 }
                 self.finish_user_exit(root)?;
                 if status == ExitStatus::Hlt {
                     self.set_ready_for_injection(true);
                 }
-                Ok(Some(RunStep::Done))
+                Ok(Some(Flow::Done))
             }
-            Next::Memory(request) => {
-                if let MemoryRequest::StringOut { .. } | MemoryRequest::ProbeIns { .. } = request {
+            Next::Memory => {
+                // The handler left its request in `self.step` (`wait_for_memory`).
+                if let Step::Waiting(
+                    MemoryRequest::StringOut { .. } | MemoryRequest::ProbeIns { .. },
+                ) = self.step
+                {
                     self.note_user_exit(ExitStatus::Io);
                     // The exit is complete but for the data: the tunnel is filled now, while
                     // the VMCS is at hand.
                     self.set_status(ExitStatus::Io, u32::from(reason));
                     self.finish_user_exit(root)?;
                 }
-                self.step = Step::Waiting(request);
-                Ok(Some(RunStep::NeedMemory(request)))
+                Ok(Some(Flow::Memory))
             }
             Next::Resume => {
                 // A debugger's step over an instruction the host completed (RIP moved).
                 if self.step_completed_in_kernel(root)? {
                     self.set_status(ExitStatus::Debug, u32::from(reason));
                     self.finish_user_exit(root)?;
-                    return Ok(Some(RunStep::Done));
+                    return Ok(Some(Flow::Done));
                 }
                 // Rule (b) of status 4: the user asked for a window and the guest can take
                 // an interrupt now, with nothing of ours queued or being injected.
@@ -509,12 +557,12 @@ impl HaxVcpu {
                 if wants && !self.vectors_pending() && self.guest_interruptible(root)? {
                     self.set_status(ExitStatus::Interrupt, u32::from(reason));
                     self.finish_user_exit(root)?;
-                    return Ok(Some(RunStep::Done));
+                    return Ok(Some(Flow::Done));
                 }
                 if platform.tsc().wrapping_sub(self.run_start) >= self.run_budget {
                     self.set_status(ExitStatus::Interrupt, u32::from(reason));
                     self.finish_user_exit(root)?;
-                    return Ok(Some(RunStep::Done));
+                    return Ok(Some(Flow::Done));
                 }
                 Ok(None)
             }
@@ -539,10 +587,11 @@ impl HaxVcpu {
         let r = self
             .core
             .with_vmcs(root, |vmcs, _| -> Result<bool, VmFail> {
-                let intr = vmcs.vm_entry_interruption_information()?;
+                // RFLAGS.IF first: with IF clear (a guest inside `cli`) the other two fields
+                // are not read at all.
                 Ok(vmcs.guest_rflags()? & RFLAGS_IF != 0
                     && interrupt_shadow(vmcs)? == 0
-                    && intr & VALID == 0)
+                    && vmcs.vm_entry_interruption_information()? & VALID == 0)
             })??;
         Ok(r)
     }

@@ -26,9 +26,20 @@ impl HaxVcpu {
             if inward {
                 self.pending = Pending::In { size: io.size };
             } else {
-                let v = self.core.regs.gpr[reg::RAX].to_le_bytes();
-                self.iobuf.bytes_mut()[..usize::from(io.size)]
-                    .copy_from_slice(&v[..usize::from(io.size)]);
+                // AL, AX or EAX into the buffer's first bytes, as one store of the access's
+                // width (not a byte-wise copy: this is every OUT's path).
+                let v = self.core.regs.gpr[reg::RAX];
+                let buf = self.iobuf.bytes_mut();
+                match io.size {
+                    1 => buf[0] = v as u8,
+                    2 => buf[..2].copy_from_slice(&(v as u16).to_le_bytes()),
+                    4 => buf[..4].copy_from_slice(&(v as u32).to_le_bytes()),
+                    // Sizes the CPU never reports (qualification bits 2:0 = 2, 4..7).
+                    n => {
+                        let n = usize::from(n);
+                        buf[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+                    }
+                }
             }
             self.skip(root)?;
             self.set_payload(TunnelPayload::from_io(t));
@@ -146,7 +157,7 @@ impl HaxVcpu {
         t.flags = rhax_api::tunnel::HAX_IO_FLAG_STRING;
         t.vaddr = lowest;
         self.set_payload(TunnelPayload::from_io(t));
-        Ok(Next::Memory(if inward {
+        Ok(self.wait_for_memory(if inward {
             MemoryRequest::ProbeIns {
                 linear: lowest,
                 len: bytes,

@@ -119,7 +119,7 @@ impl HaxVcpu {
                 // ones an MMIO exit reads anyway, so MMIO costs no extra VMREAD and no third
                 // step; a RAM violation (first touch of a chunk, or after a zap) pays them.
                 let fetch = self.fetch_site(root)?;
-                Next::Memory(MemoryRequest::EptViolation {
+                self.wait_for_memory(MemoryRequest::EptViolation {
                     gpa,
                     access: EptAccess::from_exit_qualification(qualification.bits()),
                     qualification: qualification.bits(),

@@ -270,7 +270,7 @@ impl HaxVcpu {
                     error_code,
                 })
             })??;
-        Ok(Next::Memory(MemoryRequest::TaskSwitch(ts)))
+        Ok(self.wait_for_memory(MemoryRequest::TaskSwitch(ts)))
     }
 
     /// The memory part, at passive level: the new task, or why the switch does not happen

@@ -420,7 +420,7 @@ impl HaxVcpu {
                 })??;
             self.emu.ctx = Some(ctx);
         }
-        Ok(Next::Memory(MemoryRequest::Emulate))
+        Ok(self.wait_for_memory(MemoryRequest::Emulate))
     }
 
     /// The passive route (in [`HaxVcpu::complete_memory`]).
