@@ -601,6 +601,14 @@ pub(crate) enum Counting {
     Cycles,
 }
 
+/// What one exit of [`run_exit_loop`]'s guest was.
+#[derive(Clone, Copy)]
+enum Loop {
+    Counted,
+    Halted,
+    Unexpected,
+}
+
 /// Runs a loop guest of `n` exits on this CPU; returns (exits by kind, TSC delta, stats).
 ///
 /// The loop is the shape a kernel's run loop has: `Vcpu::enter` returns the exit reason only,
@@ -614,7 +622,7 @@ pub(crate) fn run_exit_loop(
     vpid: u16,
     counting: Counting,
 ) -> Result<(u64, u32, [ExitCounters; BUCKETS]), String> {
-    use rhax_core::vmcs::exit::{reason, IoAccess};
+    use rhax_core::vmcs::exit::{reason, ExitReason, IoAccess};
     let c = controls()?;
     let mem = GuestMemory::new(16)?;
     mem.write(0x1000, &loop_code(n, cpuid));
@@ -632,39 +640,40 @@ pub(crate) fn run_exit_loop(
                 let mut count = 0u64;
                 let mut halted = false;
                 for _ in 0..u64::from(n) + 2 {
-                    let exit = vcpu.enter(root).map_err(|e| format!("enter: {e:?}"))?;
-                    let expected = match exit.exit() {
-                        Some(reason::CPUID) => cpuid,
-                        Some(reason::IO_INSTRUCTION) => !cpuid,
-                        Some(reason::HLT) => {
+                    // The handler runs on the exit's VMCS (`enter_with`): the reason, then
+                    // only what it needs (the I/O exit's qualification) and the RIP advance.
+                    let step = vcpu
+                        .enter_with(root, |exit, vmcs, regs| -> Result<Loop, _> {
+                            match exit.exit() {
+                                Some(reason::CPUID) if cpuid => regs.gpr[RAX] = 0,
+                                Some(reason::IO_INSTRUCTION) if !cpuid => {
+                                    let q = vmcs.exit_qualification()?;
+                                    if IoAccess::from_qualification(q).port != 0x80 {
+                                        return Ok(Loop::Unexpected);
+                                    }
+                                }
+                                Some(reason::HLT) => return Ok(Loop::Halted),
+                                _ => return Ok(Loop::Unexpected),
+                            }
+                            skip_instruction(vmcs).map(|()| Loop::Counted)
+                        })
+                        .map_err(|e| format!("enter: {e:?}"))?
+                        .map_err(|e| format!("handler: {e:?}"))?;
+                    match step {
+                        Loop::Counted => count += 1,
+                        Loop::Halted => {
                             halted = true;
                             break;
                         }
-                        _ => false,
-                    };
-                    let handled = vcpu
-                        .with_vmcs(root, |vmcs, regs| -> Result<bool, _> {
-                            if !expected {
-                                return Ok(false);
-                            }
-                            if cpuid {
-                                regs.gpr[RAX] = 0;
-                            } else {
-                                let q = vmcs.exit_qualification()?;
-                                if IoAccess::from_qualification(q).port != 0x80 {
-                                    return Ok(false);
-                                }
-                            }
-                            skip_instruction(vmcs).map(|()| true)
-                        })
-                        .map_err(|e| format!("with_vmcs: {e:?}"))?
-                        .map_err(|e| format!("skip: {e:?}"))?;
-                    if !handled {
-                        let decoded = vcpu.decode(root, exit);
-                        vcpu.put(root);
-                        return Err(format!("unexpected exit {decoded:?}"));
+                        Loop::Unexpected => {
+                            let decoded = vcpu
+                                .with_vmcs(root, |v, _| v.exit_reason())
+                                .and_then(|r| Ok(r?))
+                                .and_then(|r| vcpu.decode(root, ExitReason::from_raw(r)));
+                            vcpu.put(root);
+                            return Err(format!("unexpected exit {decoded:?}"));
+                        }
                     }
-                    count += 1;
                 }
                 vcpu.put(root);
                 if !halted {

@@ -68,8 +68,9 @@ pub struct VcpuStats {
     /// The open window: everything since the first exit of the current bucket's run
     /// (junk while counting is off, zeroed when it comes back on).
     window: ExitCounters,
-    /// Per-field counts, kept while `fields_live`.
-    fields: [FieldCounters; VmcsField::COUNT],
+    /// Per-field counts, kept while `fields_live`; [`FIELD_SLOTS`] long so that the flush's
+    /// word-and-bit index needs no bounds test (the slots past the table stay 0).
+    fields: [FieldCounters; FIELD_SLOTS],
     /// Counting on and per-field counts kept for the current window.
     fields_live: bool,
     /// Bucket the current window belongs to.
@@ -88,6 +89,9 @@ pub struct VcpuStats {
     /// for (`StatsFlags::CYCLES`; rhax-stat asks).
     timing: bool,
 }
+
+/// Slots of the per-field table: one per bit of the VMCS cache's 64-bit dirty words.
+const FIELD_SLOTS: usize = VmcsField::COUNT.div_ceil(64) * 64;
 
 /// [`VcpuStats::same_reason`]: no exit matches it (basic reasons are 16-bit).
 const NO_REASON: u32 = u32::MAX;
@@ -130,7 +134,7 @@ impl Default for VcpuStats {
         VcpuStats {
             per_exit: [ExitCounters::default(); BUCKETS],
             window: ExitCounters::default(),
-            fields: [FieldCounters::default(); VmcsField::COUNT],
+            fields: [FieldCounters::default(); FIELD_SLOTS],
             fields_live: false,
             bucket: SETUP_BUCKET,
             disabled: false,
@@ -344,7 +348,7 @@ impl VcpuStats {
         }
         StatsSnapshot {
             per_exit,
-            per_field: self.fields,
+            per_field: core::array::from_fn(|i| self.fields[i]),
         }
     }
 

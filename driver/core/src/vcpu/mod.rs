@@ -447,12 +447,24 @@ impl Vcpu {
     /// The guest's STAR/LSTAR/CSTAR/FMASK/KERNEL_GS_BASE/TSC_AUX stay loaded after the return;
     /// call [`Vcpu::put`] before the thread can reach user mode or be preempted.
     pub fn run<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<VmExit, RunError> {
+        Ok(self.enter_with(root, |exit, vmcs, _| decode_reason(vmcs, exit.raw()))??)
+    }
+
+    /// [`Vcpu::enter`], then `handle` with the exit's VMCS and GPRs at once: the VMCS is
+    /// current (the exit just happened on this CPU), so unlike [`Vcpu::with_vmcs`] nothing is
+    /// checked again. The shape of a run loop's hot handler. Same contract as [`Vcpu::run`].
+    #[inline(always)]
+    pub fn enter_with<V: Vmx, R>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        handle: impl FnOnce(ExitReason, &mut Vmcs<'_, Counted<'_, V>>, &mut GuestRegisters) -> R,
+    ) -> Result<R, RunError> {
         let exit = self.enter(root)?;
         let mut vmx = Counted::new(&mut root.vmx, &mut self.stats);
         // SAFETY: `enter` just returned from a VM exit on the root's CPU: this vCPU's VMCS is
         // current there.
         let mut vmcs = unsafe { Vmcs::new(&mut self.cache, &mut vmx) };
-        Ok(decode_reason(&mut vmcs, exit.raw())?)
+        Ok(handle(exit, &mut vmcs, &mut self.regs))
     }
 
     /// Decodes an exit [`Vcpu::enter`] returned: the VMREADs its reason needs (through the
@@ -546,11 +558,17 @@ impl Vcpu {
         }
         // SAFETY: CPL0; the guest's CR2 is still in the register (interrupts off since exit).
         *cr2 = unsafe { vmcs.vmx().read_cr2() };
+        if let Err(fail) = entered {
+            // VMfailInvalid/VMfailValid: no VM exit happened, so the CPU cleared nothing
+            // (`on_exit` assumes the exit's clearing of the entry's valid bit).
+            vmcs.on_exit();
+            vmcs.forget(VmcsField::VmEntryInterruptionInformation);
+            return Err(RunError::Entry(fail));
+        }
         if vmcs.vmx().stats().timing() {
             *exit_tsc = vmcs.vmx().rdtsc();
         }
         vmcs.on_exit();
-        entered.map_err(RunError::Entry)?;
         let raw = vmcs.exit_reason()?;
         // SDM §27.8: a VM entry that fails while loading guest state leaves the VMCS's launch
         // state as it was; any other exit means the entry succeeded (the VMCS is launched).
