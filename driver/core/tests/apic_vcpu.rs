@@ -438,3 +438,92 @@ fn apic_access_exits_are_served_like_the_mmio_path() {
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::StateChange));
 }
+
+/// An xAPIC EOI write (APIC-access exit, linear write at offset B0H) is KVM's fast EOI: the
+/// model takes the EOI and RIP moves by the VM-exit instruction length, with no fetch of the
+/// instruction (the bytes at RIP are not even an instruction here). Without a plausible
+/// length (an undefined field reads 0 in the model) it takes the general path, which does.
+#[test]
+fn xapic_eoi_takes_the_fast_path_without_a_fetch() {
+    let (mut t, bus) = apic_setup_with_access(INJECT, 0x7_7000);
+    // mov [0xfee000f0], ebx (SVR: software-enable), then bytes that decode to nothing useful.
+    let code = [0x89, 0x1d, 0xf0, 0x00, 0xe0, 0xfe, 0x0f, 0x0b, 0x0f, 0x0b];
+    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr0 = 0x11;
+    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
+    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
+    s.ds = s.ss;
+    s.es = s.ss;
+    s.rip = 0x1000;
+    s.rflags = 0x202;
+    s.regs[reg::RBX] = 0x1ff;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(script(vec![
+        Box::new(|c| c.exit(44, (1 << 12) | 0xf0, 0)), // linear write, SVR (general path)
+        Box::new(|c| {
+            assert_eq!(c.read(VmcsField::GuestRip), 0x1006);
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let ipi = decode_msi(0xfee0_0000, 0x51).unwrap();
+    assert_eq!(bus.deliver(&ipi, None), 1);
+    t.hook(script(vec![
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                VALID | 0x51,
+                "the MSI injected"
+            );
+            // The handler's EOI: a 3-byte MOV the fast path skips by the exit's length.
+            c.exit(44, (1 << 12) | 0xb0, 3);
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::GuestRip),
+                0x100a,
+                "RIP past the EOI write"
+            );
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let mut out = vec![0u8; rhax_api::apic::RhaxApicState::SIZE];
+    t.vcpu.write_apic_state(&mut out).unwrap();
+    let state = <rhax_api::apic::RhaxApicState as rhax_api::pod::Pod>::from_bytes(&out).unwrap();
+    // The ISR: eight registers at offsets 100H-170H.
+    let isr: Vec<u32> = (0..8)
+        .map(|i| state.reg(0x100 + 0x10 * i).unwrap())
+        .collect();
+    assert!(
+        isr.iter().all(|&w| w == 0),
+        "the EOI cleared the ISR: {isr:x?}"
+    );
+}
+
+/// Where the VM-exit instruction length cannot be one (the field is undefined for an
+/// APIC-access exit; the model leaves 0), the EOI write takes the general path: the
+/// instruction is fetched and emulated (here a MOV of EBX to the EOI register).
+#[test]
+fn xapic_eoi_without_a_plausible_length_takes_the_general_path() {
+    let (mut t, _bus) = apic_setup_with_access(INJECT, 0x7_7000);
+    // mov [0xfee000b0], ebx
+    let code = [0x89, 0x1d, 0xb0, 0x00, 0xe0, 0xfe];
+    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.cr0 = 0x11;
+    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
+    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
+    s.ds = s.ss;
+    s.rip = 0x1000;
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.hook(script(vec![
+        Box::new(|c| c.exit(44, (1 << 12) | 0xb0, 0)),
+        Box::new(|c| {
+            assert_eq!(c.read(VmcsField::GuestRip), 0x1006, "decoded: 6 bytes");
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}

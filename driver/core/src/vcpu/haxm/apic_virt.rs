@@ -23,6 +23,7 @@
 //! CPU completes itself (`apic_vid.rs`).
 
 use crate::apic::ApicMode;
+use rhax_api::ext::ApicFlags;
 
 use super::*;
 
@@ -33,6 +34,8 @@ const DEFAULT_APIC_BASE: u64 = 0xfee0_0000;
 /// The x2APIC MSRs the bitmap lets through in x2APIC mode (§30.5).
 const X2APIC_TPR: u32 = 0x808;
 pub(in crate::vcpu::haxm) const X2APIC_EOI: u32 = 0x80b;
+/// The xAPIC EOI register's offset in the APIC page (SDM Vol. 3A Table 11-1).
+const XAPIC_EOI: u64 = 0xb0;
 pub(in crate::vcpu::haxm) const X2APIC_SELF_IPI: u32 = 0x83f;
 /// The x2APIC registers (SDM Vol. 3A Table 11-6: 800H-83FH).
 const X2APIC_REGISTERS: core::ops::Range<u32> = 0x800..0x840;
@@ -119,6 +122,29 @@ impl HaxVcpu {
             1 => EptAccess::WRITE,
             _ => return Ok(self.panic(PanicReason::UnhandledExit { reason: 44 })),
         };
+        if access == EptAccess::WRITE
+            && offset == XAPIC_EOI
+            && self.apic_fast_eoi()
+            && self.exit_length_plausible(root)?
+        {
+            // KVM's fast EOI (`handle_apic_access`): the value of an EOI write does not
+            // matter (SDM Vol. 3A §11.8.5), so no fetch and no decode; the model takes the
+            // EOI and RIP moves by the VM-exit instruction length. The SDM leaves that field
+            // undefined for this exit (Vol. 3C §28.2.5); processors report the instruction's
+            // length there (KVM relies on it, as Bochs does), and a value that cannot be a
+            // length (0, or above 15) sends the write down the general path, which fetches.
+            let now = self.guest_tsc(root)?;
+            let effect = match self.apic.as_deref_mut() {
+                Some(u) => {
+                    u.fast_exits += 1;
+                    u.local.write_mmio(XAPIC_EOI as u32, 0, now)
+                }
+                None => crate::apic::Effect::None,
+            };
+            self.apic_effect(effect);
+            self.skip(root)?;
+            return Ok(Next::Resume);
+        }
         let fetch = self.fetch_site(root)?;
         Ok(self.wait_for_memory(MemoryRequest::EptViolation {
             gpa: DEFAULT_APIC_BASE + offset,
@@ -126,6 +152,22 @@ impl HaxVcpu {
             qualification: access.bits(),
             fetch,
         }))
+    }
+
+    /// Whether the VM-exit instruction length holds a length an instruction can have (1-15).
+    fn exit_length_plausible<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<bool, HaxError> {
+        let len = self
+            .core
+            .with_vmcs(root, |vmcs, _| vmcs.vm_exit_instruction_length())??;
+        Ok((1..=15).contains(&len))
+    }
+
+    /// Whether an xAPIC EOI write may take the fast path: the in-kernel APIC in xAPIC mode
+    /// with its fast paths on.
+    fn apic_fast_eoi(&self) -> bool {
+        self.apic.as_deref().is_some_and(|u| {
+            !u.flags.contains(ApicFlags::NO_FAST_PATHS) && u.local.mode() == ApicMode::XApic
+        })
     }
 
     /// An APIC-write exit (reason 56, SDM Vol. 3C §30.4.3.3): the CPU wrote the guest's value
