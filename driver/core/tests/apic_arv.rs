@@ -9,7 +9,6 @@ mod common;
 use common::apic::*;
 use common::*;
 use rhax_api::ext::ApicFlags;
-use rhax_api::vcpu::SegmentDesc;
 use rhax_core::apic::decode_msi;
 
 /// Secondary control "APIC-register virtualization" (bit 8).
@@ -19,20 +18,6 @@ const ACCESS: u64 = 0x7_7000;
 
 fn proc2(c: &GuestCpu<'_>) -> u64 {
     c.read(VmcsField::SecondaryProcessorBasedVmExecutionControls)
-}
-
-/// 32-bit protected mode at 0x1000 with `code` there (for the accesses that exit and go
-/// the MMIO emulator's way, which fetches the instruction).
-fn protected_mode_at(t: &mut T, code: &[u8]) {
-    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(code);
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cr0 = 0x11;
-    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
-    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
-    s.ds = s.ss;
-    s.es = s.ss;
-    s.rip = 0x1000;
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
 }
 
 #[test]
@@ -59,7 +44,7 @@ fn arv_is_on_where_the_cpu_has_it_and_off_with_the_flag() {
 fn xapic_register_reads_come_from_the_page_and_the_current_count_exits() {
     let (mut t, bus) = apic_setup_with_access(ApicFlags::empty(), ACCESS);
     // mov eax, [0xfee00390] (current count): not virtualized, an APIC-access exit.
-    protected_mode_at(&mut t, &[0xa1, 0x90, 0x03, 0xe0, 0xfe]);
+    t.flat32(&[0xa1, 0x90, 0x03, 0xe0, 0xfe], |_| {});
     t.hook(script(vec![
         Box::new(|c| {
             assert_ne!(proc2(c) & ARV, 0);
@@ -214,7 +199,7 @@ fn without_arv_register_reads_exit_as_before() {
     ] {
         let (mut t, _bus) = apic_setup_full(model, flags, ACCESS);
         // mov eax, [0xfee000f0] (SVR)
-        protected_mode_at(&mut t, &[0xa1, 0xf0, 0x00, 0xe0, 0xfe]);
+        t.flat32(&[0xa1, 0xf0, 0x00, 0xe0, 0xfe], |_| {});
         t.hook(script(vec![
             Box::new(|c| {
                 assert_eq!(proc2(c) & ARV, 0);

@@ -7,7 +7,6 @@
 mod common;
 use common::*;
 use rhax_api::ext::ApicFlags;
-use rhax_api::vcpu::SegmentDesc;
 use rhax_core::apic::decode_msi;
 
 use common::apic::*;
@@ -368,16 +367,9 @@ fn xapic_mmio_is_served_in_the_kernel() {
     let code = [
         0xa1, 0x30, 0x00, 0xe0, 0xfe, 0x89, 0x1d, 0xf0, 0x00, 0xe0, 0xfe, 0xf4,
     ];
-    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cr0 = 0x11;
-    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
-    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
-    s.ds = s.ss;
-    s.es = s.ss;
-    s.rip = 0x1000;
-    s.regs[reg::RBX] = 0x1ff;
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.flat32(&code, |s| {
+        s.regs[reg::RBX] = 0x1ff;
+    });
     let violation = |gpa: u64| -> Step {
         Box::new(move |c| {
             c.write(VmcsField::GuestPhysicalAddress, gpa);
@@ -407,16 +399,9 @@ fn apic_access_exits_are_served_like_the_mmio_path() {
     let code = [
         0x89, 0x1d, 0xf0, 0x00, 0xe0, 0xfe, 0xa1, 0x30, 0x00, 0xe0, 0xfe,
     ];
-    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cr0 = 0x11;
-    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
-    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
-    s.ds = s.ss;
-    s.es = s.ss;
-    s.rip = 0x1000;
-    s.regs[reg::RBX] = 0x1ff;
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.flat32(&code, |s| {
+        s.regs[reg::RBX] = 0x1ff;
+    });
     t.hook(script(vec![
         Box::new(|c| {
             let proc2 = c.read(VmcsField::SecondaryProcessorBasedVmExecutionControls);
@@ -448,17 +433,10 @@ fn xapic_eoi_takes_the_fast_path_without_a_fetch() {
     let (mut t, bus) = apic_setup_with_access(INJECT, 0x7_7000);
     // mov [0xfee000f0], ebx (SVR: software-enable), then bytes that decode to nothing useful.
     let code = [0x89, 0x1d, 0xf0, 0x00, 0xe0, 0xfe, 0x0f, 0x0b, 0x0f, 0x0b];
-    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cr0 = 0x11;
-    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
-    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
-    s.ds = s.ss;
-    s.es = s.ss;
-    s.rip = 0x1000;
-    s.rflags = 0x202;
-    s.regs[reg::RBX] = 0x1ff;
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.flat32(&code, |s| {
+        s.rflags = 0x202;
+        s.regs[reg::RBX] = 0x1ff;
+    });
     t.hook(script(vec![
         Box::new(|c| c.exit(44, (1 << 12) | 0xf0, 0)), // linear write, SVR (general path)
         Box::new(|c| {
@@ -510,14 +488,7 @@ fn xapic_eoi_without_a_plausible_length_takes_the_general_path() {
     let (mut t, _bus) = apic_setup_with_access(INJECT, 0x7_7000);
     // mov [0xfee000b0], ebx
     let code = [0x89, 0x1d, 0xb0, 0x00, 0xe0, 0xfe];
-    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(&code);
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cr0 = 0x11;
-    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
-    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
-    s.ds = s.ss;
-    s.rip = 0x1000;
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.flat32(&code, |_| {});
     t.hook(script(vec![
         Box::new(|c| c.exit(44, (1 << 12) | 0xb0, 0)),
         Box::new(|c| {

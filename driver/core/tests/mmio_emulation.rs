@@ -21,20 +21,6 @@ fn real_mode(t: &mut T, code: &[u8], f: impl FnOnce(&mut VcpuState)) {
     t.vcpu.set_regs(&mut t.root, &s).unwrap();
 }
 
-/// 32-bit flat protected mode (paging off) at 0x1000 with `code` there.
-fn flat32(t: &mut T, code: &[u8], f: impl FnOnce(&mut VcpuState)) {
-    t.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(code);
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cr0 = 0x11;
-    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
-    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
-    s.ds = s.ss;
-    s.es = s.ss;
-    s.rip = 0x1000;
-    f(&mut s);
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
-}
-
 /// An EPT violation at `gpa` (the hook plays the CPU's access to MMIO).
 fn violation(gpa: u64) -> Step {
     Box::new(move |c| {
@@ -135,7 +121,7 @@ fn rep_stosw_to_mmio_exits_per_element_with_the_registers_of_each_step() {
 #[test]
 fn movsd_from_mmio_to_ram_goes_through_guest_memory() {
     let mut t = setup();
-    flat32(&mut t, &[0xa5], |s| {
+    t.flat32(&[0xa5], |s| {
         // movsd
         s.regs[reg::RSI] = 0x20_0000;
         s.regs[reg::RDI] = 0x500;
@@ -160,7 +146,7 @@ fn movsd_from_mmio_to_ram_goes_through_guest_memory() {
 fn movsw_from_ram_to_mmio_is_one_write_exit() {
     let mut t = setup();
     t.mem.0.borrow_mut()[0x600..0x602].copy_from_slice(&[0x34, 0x12]);
-    flat32(&mut t, &[0x66, 0xa5], |s| {
+    t.flat32(&[0x66, 0xa5], |s| {
         s.regs[reg::RSI] = 0x600;
         s.regs[reg::RDI] = 0x30_0010;
         s.rflags = 2 | (1 << 10); // DF: the registers go down
@@ -176,7 +162,7 @@ fn movsw_from_ram_to_mmio_is_one_write_exit() {
 #[test]
 fn movsb_between_two_mmio_addresses_is_one_move_exit() {
     let mut t = setup();
-    flat32(&mut t, &[0xa4], |s| {
+    t.flat32(&[0xa4], |s| {
         s.regs[reg::RSI] = 0x20_0001;
         s.regs[reg::RDI] = 0x30_0002;
     });
@@ -198,7 +184,7 @@ fn movsb_between_two_mmio_addresses_is_one_move_exit() {
 #[test]
 fn movdqu_load_from_mmio_is_two_8_byte_reads_into_the_saved_xmm() {
     let mut t = setup();
-    flat32(&mut t, &[0xf3, 0x0f, 0x6f, 0x0b], |s| {
+    t.flat32(&[0xf3, 0x0f, 0x6f, 0x0b], |s| {
         // movdqu xmm1, [ebx]
         s.regs[reg::RBX] = 0x20_0100;
         s.cr4 = 0x600; // OSFXSR | OSXMMEXCPT
@@ -258,7 +244,7 @@ fn lock_on_a_register_form_is_ud_in_the_guest() {
 fn an_sse_move_without_cr4_osfxsr_is_ud_and_with_cr0_ts_nm() {
     for (cr0, cr4, vector) in [(0x11u64, 0u64, 6u32), (0x19, 0x600, 7)] {
         let mut t = setup();
-        flat32(&mut t, &[0xf3, 0x0f, 0x6f, 0x0b], |s| {
+        t.flat32(&[0xf3, 0x0f, 0x6f, 0x0b], |s| {
             s.regs[reg::RBX] = 0x20_0100;
             s.cr0 = cr0;
             s.cr4 = cr4;

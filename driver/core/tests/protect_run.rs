@@ -110,17 +110,11 @@ fn mmio_instruction_on_a_protected_code_page_is_pagefault_then_emulated() {
 #[test]
 fn movsd_from_mmio_into_a_protected_page_changes_nothing_until_the_unprotect() {
     let mut t = setup();
-    t.mem.0.borrow_mut()[0x1000] = 0xa5; // movsd
-    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
-    s.cr0 = 0x11;
-    s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
-    s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
-    s.ds = s.ss;
-    s.es = s.ss;
-    s.rip = 0x1000;
-    s.regs[reg::RSI] = 0x20_0000;
-    s.regs[reg::RDI] = 0x9000;
-    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.flat32(&[0xa5], |s| {
+        // movsd
+        s.regs[reg::RSI] = 0x20_0000;
+        s.regs[reg::RDI] = 0x9000;
+    });
     t.hook(script(vec![
         Box::new(|c| {
             c.write(VmcsField::GuestPhysicalAddress, 0x20_0000);

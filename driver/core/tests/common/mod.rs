@@ -179,6 +179,21 @@ impl T {
     pub fn rip(&mut self) -> u64 {
         self.vcpu.get_regs(&mut self.root).unwrap().rip
     }
+    /// 32-bit flat protected mode (paging off) at 0x1000 with `code` there; `f` adjusts the
+    /// rest of the state.
+    pub fn flat32(&mut self, code: &[u8], f: impl FnOnce(&mut rhax_api::vcpu::VcpuState)) {
+        use rhax_api::vcpu::SegmentDesc;
+        self.mem.0.borrow_mut()[0x1000..0x1000 + code.len()].copy_from_slice(code);
+        let mut s = self.vcpu.get_regs(&mut self.root).unwrap();
+        s.cr0 = 0x11;
+        s.cs = SegmentDesc::new(8, 0, 0xffff_ffff, 0xc09b);
+        s.ss = SegmentDesc::new(0x10, 0, 0xffff_ffff, 0xc093);
+        s.ds = s.ss;
+        s.es = s.ss;
+        s.rip = 0x1000;
+        f(&mut s);
+        self.vcpu.set_regs(&mut self.root, &s).unwrap();
+    }
 }
 
 /// One scripted guest step.
