@@ -31,6 +31,16 @@ pub(super) const LVT_PERF: usize = 0x34;
 pub(super) const LVT_LINT0: usize = 0x35;
 pub(super) const LVT_LINT1: usize = 0x36;
 pub(super) const LVT_ERROR: usize = 0x37;
+/// Every LVT register (§11.5.1): what reset and a software disable mask.
+pub(super) const LVTS: [usize; 7] = [
+    LVT_CMCI,
+    LVT_TIMER,
+    LVT_THERMAL,
+    LVT_PERF,
+    LVT_LINT0,
+    LVT_LINT1,
+    LVT_ERROR,
+];
 pub(super) const TIMER_INITIAL: usize = 0x38;
 pub(super) const TIMER_CURRENT: usize = 0x39;
 pub(super) const TIMER_DIVIDE: usize = 0x3e;
@@ -129,15 +139,7 @@ impl LocalApic {
         self.set(VERSION, APIC_VERSION);
         self.set(DFR, 0xffff_ffff);
         self.set(SVR, 0xff);
-        for lvt in [
-            LVT_CMCI,
-            LVT_TIMER,
-            LVT_THERMAL,
-            LVT_PERF,
-            LVT_LINT0,
-            LVT_LINT1,
-            LVT_ERROR,
-        ] {
+        for lvt in LVTS {
             self.set(lvt, LVT_MASKED);
         }
         self.esr_pending = 0;

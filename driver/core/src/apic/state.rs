@@ -144,15 +144,7 @@ impl LocalApic {
             }
         }
         if !next.software_enabled() {
-            for lvt in [
-                LVT_CMCI,
-                LVT_TIMER,
-                LVT_THERMAL,
-                LVT_PERF,
-                LVT_LINT0,
-                LVT_LINT1,
-                LVT_ERROR,
-            ] {
+            for lvt in LVTS {
                 if next.reg(lvt) & LVT_MASKED == 0 {
                     return bad(lvt);
                 }
