@@ -615,14 +615,16 @@ impl Vcpu {
         if self.host_msrs.is_some() {
             return;
         }
-        let mut host = [0u64; 6];
-        for (i, &msr) in SWAPPED_MSRS.iter().enumerate() {
+        // KERNEL_GS_BASE is the thread's; the others are the CPU's, read once at VMXON.
+        // SAFETY: CPL0; the MSR exists on every Intel 64 CPU.
+        let kernel_gs_base = unsafe { root.vmx.rdmsr(IA32_KERNEL_GS_BASE) };
+        let [star, lstar, cstar, fmask, tsc_aux] = root.host.syscall_msrs;
+        let host = [kernel_gs_base, star, lstar, cstar, fmask, tsc_aux];
+        for (&msr, &guest) in SWAPPED_MSRS.iter().zip(&self.guest_msrs) {
             // SAFETY: CPL0; the MSRs exist on every Intel 64 CPU (TSC_AUX with RDTSCP, which
-            // every VMX CPU with unrestricted guest has).
-            host[i] = unsafe { root.vmx.rdmsr(msr) };
-            // SAFETY: as above; the host value is restored by `put` before the thread can
-            // leave the non-preemptible region.
-            unsafe { root.vmx.wrmsr(msr, self.guest_msrs[i]) };
+            // every VMX CPU with unrestricted guest has); the host value is restored by `put`
+            // before the thread can leave the non-preemptible region.
+            unsafe { root.vmx.wrmsr(msr, guest) };
         }
         self.load_guest_fpu(root);
         self.host_msrs = Some(host);

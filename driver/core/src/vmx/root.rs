@@ -87,6 +87,12 @@ pub struct HostState {
     pub efer: u64,
     /// IA32_PAT.
     pub pat: u64,
+    /// IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK and IA32_TSC_AUX: set once per CPU by
+    /// the host OS at boot (system-call entry points, the processor number), so the vCPU
+    /// restores them from here after a run instead of reading them before every run (KVM
+    /// reads its user-return MSRs once per CPU too). IA32_KERNEL_GS_BASE is per thread and is
+    /// read at every load.
+    pub syscall_msrs: [u64; 5],
     /// The entry stub's exit label.
     pub rip: u64,
     /// The MXCSR bits this CPU supports (from an FXSAVE image), which every guest MXCSR is
@@ -141,6 +147,10 @@ impl HostState {
             efer: unsafe { vmx.rdmsr(IA32_EFER) },
             // SAFETY: as above.
             pat: unsafe { vmx.rdmsr(IA32_PAT) },
+            // SAFETY: as above; these exist on every Intel 64 CPU (TSC_AUX with RDTSCP, which
+            // every VMX CPU with unrestricted guest has).
+            syscall_msrs: [IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_TSC_AUX]
+                .map(|msr| unsafe { vmx.rdmsr(msr) }),
             rip: vmx.host_rip(),
             mxcsr_mask: crate::vcpu::checked::MxcsrMask::from_host_fxsave(fx.mxcsr_mask),
         }
