@@ -544,8 +544,9 @@ fn run_row(r: &Row, n: u32) -> R<String> {
 }
 
 /// `bench-apic` (`iters=N` on the command line, default 1000; `only=OP` runs the rows of
-/// one operation, e.g. for a trace); the IPI between vCPUs needs a second CPU (`--cpus 2`)
-/// and is skipped without one.
+/// one operation, e.g. for a trace); the IPI between vCPUs (in-kernel rows and the
+/// `user-space` baseline, `bench_apic_remote.rs`) needs a second CPU (`--cpus 2`) and is
+/// skipped without one.
 pub fn bench_apic(ctx: &Ctx) -> R<String> {
     let n = ctx
         .arg("iters")
