@@ -21,7 +21,6 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use rhax::api::ext::{ApicFlags, VcpuStats};
 use rhax::api::{MmioDirection, SegmentDesc, VcpuState, VmxMsr};
@@ -33,24 +32,24 @@ use crate::haxm::{
 };
 use crate::hv::{KernelTransport, Shell};
 use crate::scenarios::Ctx;
-use crate::{println, smp};
+use crate::{bench_apic_remote, println, smp};
 
 /// The xAPIC page (SDM Vol. 3A §11.4.1), identity-mapped by the guest's page tables.
-const APIC: u64 = 0xFEE0_0000;
+pub(crate) const APIC: u64 = 0xFEE0_0000;
 /// Guest RAM: the TSC delta the loop stores.
-const RESULT: u64 = 0x2000;
+pub(crate) const RESULT: u64 = 0x2000;
 /// Interrupts the row's handler took.
 const HANDLED: u64 = 0x2200;
 /// IPIs the receiving vCPU handled (remote-IPI row).
-const REMOTE_COUNT: u64 = 0x2100;
+pub(crate) const REMOTE_COUNT: u64 = 0x2100;
 /// Code of the measured loop, of the receiver, the handlers, the IDT.
-const CODE: u64 = 0x1000;
-const RECEIVER: u64 = 0x6000;
+pub(crate) const CODE: u64 = 0x1000;
+pub(crate) const RECEIVER: u64 = 0x6000;
 const HANDLER: u64 = 0x3000;
 const IDT: u64 = 0x4000;
 /// Vectors: self-IPI, remote IPI, TSC-deadline timer (all go to the row's handler).
 const V_SELF: u8 = 0x40;
-const V_REMOTE: u8 = 0x41;
+pub(crate) const V_REMOTE: u8 = 0x41;
 const V_TIMER: u8 = 0x42;
 /// Ports the loop marks its start and end with.
 const PORT_START: u16 = 0xF0;
@@ -60,33 +59,33 @@ const DELAY: u32 = 4000;
 
 // The guest's building blocks (64-bit mode; RBX holds the xAPIC base throughout).
 /// mov ebx, 0xFEE00000
-const MOV_EBX_APIC: &[u8] = &[0xBB, 0x00, 0x00, 0xE0, 0xFE];
+pub(crate) const MOV_EBX_APIC: &[u8] = &[0xBB, 0x00, 0x00, 0xE0, 0xFE];
 /// IA32_APIC_BASE |= EN | EXTD: x2APIC mode (SDM Vol. 3A §11.12.1).
-const X2_ENABLE: &[u8] = &[
+pub(crate) const X2_ENABLE: &[u8] = &[
     0xB9, 0x1B, 0x00, 0x00, 0x00, // mov ecx, 0x1B
     0x0F, 0x32, // rdmsr
     0x0D, 0x00, 0x0C, 0x00, 0x00, // or eax, 0xC00
     0x0F, 0x30, // wrmsr
 ];
 /// x2APIC SVR = 0x1FF: software-enabled (SDM Vol. 3A §11.4.7.1), spurious vector 0xFF.
-const X2_SVR: &[u8] = &[
+pub(crate) const X2_SVR: &[u8] = &[
     0xB9, 0x0F, 0x08, 0x00, 0x00, // mov ecx, 0x80F
     0xB8, 0xFF, 0x01, 0x00, 0x00, // mov eax, 0x1FF
     0x31, 0xD2, // xor edx, edx
     0x0F, 0x30, // wrmsr
 ];
 /// mov dword [rbx + 0xF0], 0x1FF: the xAPIC SVR, software-enabled.
-const XAPIC_SVR: &[u8] = &[0xC7, 0x83, 0xF0, 0x00, 0x00, 0x00, 0xFF, 0x01, 0x00, 0x00];
+pub(crate) const XAPIC_SVR: &[u8] = &[0xC7, 0x83, 0xF0, 0x00, 0x00, 0x00, 0xFF, 0x01, 0x00, 0x00];
 /// mov dword [rbx + 0x320], 0x40042: LVT timer in TSC-deadline mode (bits 18:17 = 10,
 /// SDM Vol. 3A §11.5.4.1), vector 0x42.
 const XAPIC_LVT_DEADLINE: &[u8] = &[0xC7, 0x83, 0x20, 0x03, 0x00, 0x00, V_TIMER, 0x00, 0x04, 0x00];
 /// mov ecx, IA32_TSC_DEADLINE
 const ECX_DEADLINE: &[u8] = &[0xB9, 0xE0, 0x06, 0x00, 0x00];
-const STI: &[u8] = &[0xFB];
+pub(crate) const STI: &[u8] = &[0xFB];
 
 /// The interrupt handlers: count (`inc dword [HANDLED]`), EOI, `iretq`.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Handler {
+pub(crate) enum Handler {
     /// No interrupt expected.
     None,
     /// mov dword [rbx + 0xB0], 0; iretq (3 instructions with the count).
@@ -131,7 +130,7 @@ struct Row {
     delay: u32,
 }
 
-fn cat(parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn cat(parts: &[&[u8]]) -> Vec<u8> {
     parts.concat()
 }
 
@@ -292,7 +291,7 @@ fn rows() -> Vec<Row> {
 /// The loop: `prologue`, the start mark, `n` × `body` between RDTSCs, the end mark.
 /// `regs` (after the first RDTSC, which overwrites EAX and EDX: a few instructions once,
 /// under 0.01 per iteration) sets the registers the body needs.
-fn loop64(n: u32, prologue: &[u8], regs: &[u8], body: &[u8]) -> Vec<u8> {
+pub(crate) fn loop64(n: u32, prologue: &[u8], regs: &[u8], body: &[u8]) -> Vec<u8> {
     let mut v = Vec::from(prologue);
     v.push(0xBF); // mov edi, n
     v.extend(n.to_le_bytes());
@@ -314,7 +313,7 @@ fn loop64(n: u32, prologue: &[u8], regs: &[u8], body: &[u8]) -> Vec<u8> {
 
 /// Guest RAM with GDT, IDT (every vector this bench uses → `handler`), page tables (the first
 /// 2 MiB and the xAPIC's 2 MiB identity-mapped, the latter uncached) and the loop.
-fn guest_ram(code: &[u8], handler: Handler) -> R<Ram> {
+pub(crate) fn guest_ram(code: &[u8], handler: Handler) -> R<Ram> {
     let ram = Ram::zeroed(0x2_0000)?;
     ram.write(CODE, code);
     write_gdt(&ram, 0x00AF_9B00_0000_FFFF);
@@ -338,7 +337,7 @@ fn guest_ram(code: &[u8], handler: Handler) -> R<Ram> {
 }
 
 /// Long mode with the IDT, at `rip` with stack `rsp`.
-fn long_mode(v: &V<'_>, rip: u64, rsp: u64) -> R<()> {
+pub(crate) fn long_mode(v: &V<'_>, rip: u64, rsp: u64) -> R<()> {
     let mut s: VcpuState = qemu_reset_state();
     flat(&mut s, 0xA09B);
     s.cr0 = 0x8000_0011; // PG | ET | PE
@@ -358,7 +357,7 @@ fn long_mode(v: &V<'_>, rip: u64, rsp: u64) -> R<()> {
 
 /// CPUID leaf 1 ECX shows x2APIC (bit 21) and TSC-deadline (bit 24), as QEMU sets them
 /// for a guest of a VM with the in-kernel APIC.
-fn show_apic_features(v: &V<'_>) -> R<()> {
+pub(crate) fn show_apic_features(v: &V<'_>) -> R<()> {
     let table = v.get_cpuid().map_err(e("GET_CPUID"))?;
     let mut entries = Vec::from(table.entries());
     let leaf1 = entries
@@ -369,17 +368,33 @@ fn show_apic_features(v: &V<'_>) -> R<()> {
     v.set_cpuid(&entries).map_err(e("SET_CPUID"))
 }
 
-/// What the user-space APIC of the HAXM-way rows holds: a timer armed at a host TSC.
-struct UserApic {
+/// How the user side hands a fixed IPI to another vCPU's thread: `(destination APIC ID,
+/// vector)` (QEMU: apic_deliver sets the target's IRR and kicks its vCPU thread).
+pub(crate) type SendIpi<'a> = &'a dyn Fn(u8, u8) -> R<()>;
+
+/// What the user-space APIC of the HAXM-way rows holds: a timer armed at a host TSC, the
+/// ICR's destination (ICR high bits 31:24, SDM Vol. 3A §11.6.1), and where IPIs for other
+/// vCPUs go (the remote-IPI row; `None`: a single-vCPU row).
+struct UserApic<'a> {
     timer_at: Option<u64>,
+    icr_dest: u8,
+    remote: Option<SendIpi<'a>>,
 }
 
-impl UserApic {
+impl UserApic<'_> {
     /// An MMIO write to the APIC page (the HAXM way: no in-kernel APIC).
     fn write(&mut self, v: &V<'_>, offset: u64, value: u64) -> R<()> {
         match offset {
-            // ICR: a fixed self-IPI, injected at once (QEMU: apic_deliver + hax_vcpu_interrupt).
-            0x300 => v.interrupt(value as u8).map_err(e("INTERRUPT"))?,
+            // ICR high: only the destination field (bits 31:24) is defined.
+            0x310 => self.icr_dest = (value >> 24) as u8,
+            // ICR low (SDM Vol. 3A §11.6.1): shorthand "self" (bits 19:18 = 01), or no
+            // shorthand to APIC ID 0 (this vCPU): injected at once (QEMU: apic_deliver +
+            // hax_vcpu_interrupt). Fixed (bits 10:8 = 0) to another ID: that vCPU's thread.
+            0x300 => match ((value >> 18) & 3, self.icr_dest, self.remote) {
+                (1, _, _) | (0, 0, _) => v.interrupt(value as u8).map_err(e("INTERRUPT"))?,
+                (0, dest, Some(send)) if value & 0x700 == 0 => send(dest, value as u8)?,
+                _ => {}
+            },
             // The deadline: armed against the guest's TSC now.
             0x380 => {
                 let mut m = [VmxMsr {
@@ -413,8 +428,22 @@ impl UserApic {
 }
 
 /// Runs vCPU `v` until the loop's end mark; the stats of the loop alone.
-fn drive(v: &mut V<'_>, user: bool, what: &str) -> R<VcpuStats> {
-    let mut apic = UserApic { timer_at: None };
+pub(crate) fn drive(v: &mut V<'_>, user: bool, what: &str) -> R<VcpuStats> {
+    drive_with(v, user, what, None)
+}
+
+/// [`drive`], with the user-space APIC sending IPIs for other vCPUs through `remote`.
+pub(crate) fn drive_with(
+    v: &mut V<'_>,
+    user: bool,
+    what: &str,
+    remote: Option<SendIpi<'_>>,
+) -> R<VcpuStats> {
+    let mut apic = UserApic {
+        timer_at: None,
+        icr_dest: 0,
+        remote,
+    };
     for _ in 0..1_000_000u32 {
         match step(v, 0)? {
             Ev::Io { port, .. } if port == PORT_START => v.reset_stats().map_err(e("reset"))?,
@@ -437,7 +466,7 @@ fn drive(v: &mut V<'_>, user: bool, what: &str) -> R<VcpuStats> {
 }
 
 /// The counters of `s` minus the end mark's OUT, per 1,000 iterations.
-fn report(op: &str, variant: &str, n: u32, ticks: u64, guest: u32, delay: u32, s: &VcpuStats) -> String {
+pub(crate) fn report(op: &str, variant: &str, n: u32, ticks: u64, guest: u32, delay: u32, s: &VcpuStats) -> String {
     let per = |x: u64| x as f64 * 1000.0 / f64::from(n);
     let r = |reason: u32| per(s.reason(reason).map_or(0, |c| c.exits));
     let exits = s.total.exits.saturating_sub(1);
@@ -475,7 +504,7 @@ fn report(op: &str, variant: &str, n: u32, ticks: u64, guest: u32, delay: u32, s
 }
 
 /// A VM over `ram` (at GPA 0), with the in-kernel APIC when `apic` says so.
-fn vm_with<'a>(
+pub(crate) fn vm_with<'a>(
     shell: &'a Shell,
     ram: &Ram,
     apic: Option<ApicFlags>,
@@ -514,116 +543,10 @@ fn run_row(r: &Row, n: u32) -> R<String> {
     Ok(report(r.op, r.variant, n, ticks, r.guest, r.delay, &s))
 }
 
-static REMOTE_DONE: AtomicBool = AtomicBool::new(false);
-
-/// x2APIC fixed IPIs from vCPU 0 (CPU 0) to vCPU 1 (CPU 1, halted with IF = 1, its handler
-/// counts and EOIs): the sender's cost per IPI.
-fn remote_ipi(flags: ApicFlags, variant: &'static str, n: u32) -> R<String> {
-    // The sender starts vCPU 1 as a guest does (SDM Vol. 3A §9.4.4: INIT, then a start-up
-    // IPI with vector 0x06: real mode at 0600:0000), and waits until it is ready.
-    let pro = cat(&[
-        MOV_EBX_APIC,
-        X2_ENABLE,
-        X2_SVR,
-        &[0xB9, 0x30, 0x08, 0x00, 0x00], // mov ecx, 0x830 (ICR)
-        &[0xBA, 0x01, 0x00, 0x00, 0x00], // mov edx, 1 (destination: APIC ID 1)
-        &[0xB8, 0x00, 0x45, 0x00, 0x00], // mov eax, 0x4500 (INIT, assert)
-        &[0x0F, 0x30],                   // wrmsr
-        &[0xB8, 0x06, 0x46, 0x00, 0x00], // mov eax, 0x4606 (start-up, vector 6)
-        &[0x0F, 0x30],                   // wrmsr
-        // spin: cmp dword [0x2104], 0; je spin (the receiver is ready)
-        &[0x83, 0x3C, 0x25, 0x04, 0x21, 0x00, 0x00, 0x00, 0x74, 0xF6],
-    ]);
-    let regs = cat(&[
-        &[0xB9, 0x30, 0x08, 0x00, 0x00],     // mov ecx, 0x830
-        &[0xB8, V_REMOTE, 0x00, 0x00, 0x00], // mov eax, 0x41 (fixed, physical)
-        &[0xBA, 0x01, 0x00, 0x00, 0x00],     // mov edx, 1 (destination: APIC ID 1)
-    ]);
-    let ram = guest_ram(&loop64(n, &pro, &regs, &[0x0F, 0x30]), Handler::None)?;
-    // The receiver runs in real mode: its handler through IVT slot 0x41 (0000:3200) counts
-    // and EOIs: lock inc dword [REMOTE_COUNT]; x2APIC EOI; iret.
-    let rh: u16 = 0x3200;
-    let mut h: Vec<u8> = [0xF0, 0x66, 0xFF, 0x06].into();
-    h.extend((REMOTE_COUNT as u16).to_le_bytes());
-    h.extend([0x66, 0xB9, 0x0B, 0x08, 0x00, 0x00]); // mov ecx, 0x80B
-    h.extend([0x66, 0x31, 0xC0, 0x66, 0x31, 0xD2, 0x0F, 0x30]); // xor eax; xor edx; wrmsr
-    h.push(0xCF); // iret
-    ram.write(u64::from(rh), &h);
-    ram.write(4 * u64::from(V_REMOTE), &[rh as u8, (rh >> 8) as u8, 0, 0]);
-    let recv = cat(&[
-        &[0x31, 0xC0, 0x8E, 0xD8, 0x8E, 0xD0], // xor ax, ax; mov ds, ax; mov ss, ax
-        &[0xBC, 0x00, 0x70],                   // mov sp, 0x7000
-        &[0x66, 0xB9, 0x1B, 0x00, 0x00, 0x00], // mov ecx, 0x1B
-        &[0x0F, 0x32],                         // rdmsr
-        &[0x66, 0x0D, 0x00, 0x0C, 0x00, 0x00], // or eax, 0xC00 (x2APIC)
-        &[0x0F, 0x30],                         // wrmsr
-        &[0x66, 0xB9, 0x0F, 0x08, 0x00, 0x00], // mov ecx, 0x80F (SVR)
-        &[0x66, 0xB8, 0xFF, 0x01, 0x00, 0x00], // mov eax, 0x1FF
-        &[0x66, 0x31, 0xD2, 0x0F, 0x30],       // xor edx, edx; wrmsr
-        // mov dword [0x2104], 1 (ready)
-        &[0x66, 0xC7, 0x06, 0x04, 0x21, 0x01, 0x00, 0x00, 0x00],
-        STI,
-        &[0xF4, 0xEB, 0xFD], // hlt; jmp hlt
-    ]);
-    ram.write(RECEIVER, &recv);
-    let shell = Shell::new()?;
-    let (_sys, vm) = vm_with(&shell, &ram, Some(flags))?;
-    REMOTE_DONE.store(false, Ordering::SeqCst);
-    let results: crate::sync::SpinLock<[Option<R<String>>; 2]> =
-        crate::sync::SpinLock::new([None, None]);
-    let vm_ref = &vm;
-    let ram_ref = &ram;
-    smp::run_on_cpus(0b11, &|cpu| {
-        let r = (|| -> R<String> {
-            let mut v = vm_ref.create_vcpu(cpu as u32).map_err(e("VCPU_CREATE"))?;
-            if cpu == 0 {
-                long_mode(&v, CODE, 0x8000)?;
-            } else {
-                // QEMU's reset state; the guest's INIT/SIPI starts it.
-                qemu_set(&v, &qemu_reset_state(), &qemu_msrs())?;
-            }
-            show_apic_features(&v)?;
-            if cpu == 1 {
-                let mut runs = 0u64;
-                while !REMOTE_DONE.load(Ordering::SeqCst) {
-                    match step(&mut v, 0)? {
-                        Ev::Hlt | Ev::Interrupt => runs += 1,
-                        other => return Err(format!("receiver: unexpected exit {other:?}")),
-                    }
-                }
-                let s = v.stats().map_err(e("GET_STATS"))?;
-                return Ok(format!(
-                    "receiver handled={} exits={} user={} runs={runs}",
-                    ram_ref.u32(REMOTE_COUNT),
-                    s.total.exits,
-                    s.user_exits
-                ));
-            }
-            let s = drive(&mut v, false, "remote-ipi sender");
-            REMOTE_DONE.store(true, Ordering::SeqCst);
-            let s = s?;
-            let ticks = u64::from(ram_ref.u32(RESULT));
-            Ok(report("x2apic-ipi-other-vcpu", variant, n, ticks, 3, 0, &s))
-        })();
-        REMOTE_DONE.store(true, Ordering::SeqCst);
-        results.lock()[cpu] = Some(r);
-    });
-    let [r0, r1] = core::mem::take(&mut *results.lock());
-    let sender = r0.ok_or("vCPU 0 did not report")??;
-    let receiver = r1.ok_or("vCPU 1 did not report")??;
-    // IPIs sent while one is pending coalesce in the IRR (SDM Vol. 3A §11.8.4); at least
-    // one must have arrived, and never more than were sent.
-    let handled = ram.u32(REMOTE_COUNT);
-    if handled == 0 || handled > n {
-        return Err(format!("remote IPI {variant}: receiver handled {handled} of {n}"));
-    }
-    println!("bench-apic: op=x2apic-ipi-other-vcpu variant={variant} {receiver}");
-    Ok(sender)
-}
-
 /// `bench-apic` (`iters=N` on the command line, default 1000; `only=OP` runs the rows of
-/// one operation, e.g. for a trace); the IPI between vCPUs needs a second CPU (`--cpus 2`)
-/// and is skipped without one.
+/// one operation, e.g. for a trace); the IPI between vCPUs (in-kernel rows and the
+/// `user-space` baseline, `bench_apic_remote.rs`) needs a second CPU (`--cpus 2`) and is
+/// skipped without one.
 pub fn bench_apic(ctx: &Ctx) -> R<String> {
     let n = ctx
         .arg("iters")
@@ -645,9 +568,11 @@ pub fn bench_apic(ctx: &Ctx) -> R<String> {
             (ApicFlags::ENABLE, "all-on"),
             (ApicFlags::ENABLE | ApicFlags::NO_FAST_PATHS, "NO_FAST_PATHS"),
         ] {
-            remote_ipi(flags, variant, n)?;
+            bench_apic_remote::remote_ipi(flags, variant, n)?;
             count += 1;
         }
+        bench_apic_remote::remote_ipi_user(n)?;
+        count += 1;
     } else {
         println!("bench-apic: one CPU: the IPI to another vCPU needs --cpus 2");
     }

@@ -17,6 +17,7 @@ extern crate alloc;
 
 mod arch;
 mod bench_apic;
+mod bench_apic_remote;
 mod bench_table;
 mod boot;
 mod bootinfo;
