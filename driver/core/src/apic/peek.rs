@@ -84,6 +84,12 @@ impl LocalApic {
         self.highest(IRR)
     }
 
+    /// The highest vector in service (the ISR), if any: SVI with virtual-interrupt delivery
+    /// (SDM Vol. 3C §30.1.1).
+    pub fn highest_isr(&self) -> Option<u8> {
+        self.highest(ISR)
+    }
+
     /// IRR, ISR and TMR as 8 words each, bit `v % 32` of word `v / 32` (the layout of the
     /// virtual-APIC page's VIRR/VISR, one word per 16 bytes: SDM Vol. 3C §30.1.1).
     pub fn vector_words(&self) -> ([u32; 8], [u32; 8], [u32; 8]) {

@@ -51,6 +51,10 @@ pub(in crate::vcpu::haxm) struct ApicUnit {
     pub(in crate::vcpu::haxm) vid: bool,
     /// The EOI-exit bitmap last written (the TMR at that entry).
     pub(in crate::vcpu::haxm) eoi_exit: [u64; 4],
+    /// With virtual-interrupt delivery: the page's VIRR and VISR words as last read or
+    /// written, so an exit after which neither the CPU nor the model changed them costs a
+    /// compare, not 32 word copies (`apic_vid.rs`).
+    pub(in crate::vcpu::haxm) vid_synced: ([u32; 8], [u32; 8]),
     /// "APIC-register virtualization" is on (with `vid`, `apic_vid.rs`): the CPU answers
     /// the guest's reads of the [`crate::apic::PAGE_MIRRORED`] registers from the page.
     pub(in crate::vcpu::haxm) arv: bool,
@@ -206,6 +210,7 @@ impl HaxVcpu {
             arv,
             image_dirty: true,
             eoi_exit: [0; 4],
+            vid_synced: ([0; 8], [0; 8]),
             access_virt,
             x2apic_virt,
             x2apic_virt_on: false,

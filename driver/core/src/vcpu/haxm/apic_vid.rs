@@ -12,7 +12,8 @@
 //! - after every exit ([`HaxVcpu::apic_vid_pull`]) the page's VIRR/VISR go back into the
 //!   model, before any handler reads or changes them.
 //!
-//! The copies are 16 words each way (a few dozen instructions); a vCPU without virtual-
+//! The copies are 16 words each way, done only for the words that differ from the page as
+//! last synced (`ApicUnit::vid_synced`): most exits change neither side; a vCPU without virtual-
 //! interrupt delivery injects through the VM-entry interruption field as before (`apic.rs`).
 //!
 //! With virtual-interrupt delivery the CPU also virtualizes writes to ICR low through the
@@ -65,10 +66,17 @@ fn store(vapic: &mut Option<PhysPages>, offset: usize, value: u32) {
     }
 }
 
-/// The highest vector of 8 words, or 0 (RVI/SVI's "none", SDM Vol. 3C §30.1.1).
-fn highest(words: &[u32; 8]) -> u8 {
-    crate::apic::highest_vector(words).unwrap_or(0)
+/// The 8 words of VIRR or VISR (`base`) in the page (zeros without one).
+fn page_words(u: &mut ApicUnit, base: usize) -> [u32; 8] {
+    let mut words = [0u32; 8];
+    if let Some(b) = u.vapic.as_mut().and_then(|p| p.bytes_mut().get(base..base + 0x80)) {
+        for (w, chunk) in words.iter_mut().zip(b.chunks_exact(16)) {
+            *w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+    }
+    words
 }
+
 
 impl HaxVcpu {
     /// Turns virtual-interrupt delivery on for this (never run) vCPU when the CPU offers it
@@ -105,13 +113,12 @@ impl HaxVcpu {
         if !u.vid {
             return;
         }
-        let mut irr = [0u32; 8];
-        let mut isr = [0u32; 8];
-        for i in 0..8 {
-            irr[i] = u.page_word(VIRR + i * 16);
-            isr[i] = u.page_word(VISR + i * 16);
+        let words = (page_words(u, VIRR), page_words(u, VISR));
+        if words != u.vid_synced {
+            // The CPU delivered or EOIed something while the guest ran.
+            u.local.set_requests(&words.0, &words.1);
+            u.vid_synced = words;
         }
-        u.local.set_requests(&irr, &isr);
         if u.arv && u.local.mode() == crate::apic::ApicMode::XApic {
             // ICR high written, or a self-IPI virtualized, without an exit (xAPIC mode only:
             // in x2APIC mode ICR writes always exit).
@@ -133,9 +140,17 @@ impl HaxVcpu {
             return Ok(());
         }
         let (irr, isr, tmr) = u.local.vector_words();
-        for i in 0..8 {
-            u.set_page_word(VIRR + i * 16, irr[i]);
-            u.set_page_word(VISR + i * 16, isr[i]);
+        if (irr, isr) != u.vid_synced {
+            // Only the words the model changed since the page was last in step with it.
+            for i in 0..8 {
+                if irr[i] != u.vid_synced.0[i] {
+                    u.set_page_word(VIRR + i * 16, irr[i]);
+                }
+                if isr[i] != u.vid_synced.1[i] {
+                    u.set_page_word(VISR + i * 16, isr[i]);
+                }
+            }
+            u.vid_synced = (irr, isr);
         }
         if u.arv && u.image_dirty {
             u.image_dirty = false;
@@ -144,7 +159,9 @@ impl HaxVcpu {
         }
         // A software-disabled APIC holds nothing in its IRR (acceptance refuses), so RVI is
         // simply the highest request (SDM Vol. 3C §30.2.1 compares it with the VPPR).
-        let status = u16::from(highest(&irr)) | u16::from(highest(&isr)) << 8;
+        // RVI and SVI, 0 for "none" (SDM Vol. 3C §30.1.1).
+        let status = u16::from(u.local.highest_irr().unwrap_or(0))
+            | u16::from(u.local.highest_isr().unwrap_or(0)) << 8;
         let bitmap: [u64; 4] =
             core::array::from_fn(|i| u64::from(tmr[2 * i]) | u64::from(tmr[2 * i + 1]) << 32);
         let changed = bitmap != u.eoi_exit;
