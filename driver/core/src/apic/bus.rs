@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use rhax_api::ext::ApicFlags;
 use rhax_api::HAX_MAX_VCPUS;
 
-use super::{route, ApicMode, ApicPort, ApicView, Interrupt, Ipi, Shorthand};
+use super::{route_with, ApicPort, Interrupt, Ipi, Shorthand};
 use crate::memory::try_arc::TryArc;
 use crate::platform::{CpuIndex, Platform, PlatformError};
 
@@ -175,29 +175,6 @@ impl ApicBus {
         }
     }
 
-    /// The routing views of every slot; absent vCPUs get a view that matches nothing.
-    fn views(&self) -> [ApicView; BUS_SLOTS] {
-        // A globally disabled APIC matches no destination (SDM Vol. 3A §11.4.3).
-        let absent = ApicView {
-            id: 0,
-            ldr: 0,
-            dfr: 0,
-            mode: ApicMode::Disabled,
-            arbitration_priority: 0,
-            enabled: false,
-        };
-        let mut views = [absent; BUS_SLOTS];
-        let mut present = self.present.load(Ordering::Acquire);
-        while present != 0 {
-            let i = present.trailing_zeros() as usize;
-            present &= present - 1;
-            if let (Some(v), Some(port)) = (views.get_mut(i), self.ports.get(i)) {
-                *v = port.view();
-            }
-        }
-        views
-    }
-
     /// Routes `ipi` (sent by vCPU `source`, or by a device when `None`) and posts it into
     /// every target's port. Returns the targets (bit per vCPU id) that got something new and
     /// may need a kick.
@@ -209,16 +186,14 @@ impl ApicBus {
             source.filter(|&s| s < BUS_SLOTS).map_or(0, |s| 1u64 << s)
         } else {
             // Only the slots up to the highest present one are routed over (a VM's vCPUs
-            // take the low ids): the views of 16 slots cost ~500 emulated instructions per
-            // IPI where a 2-vCPU VM needs 2.
+            // take the low ids), each port's published view read as the route asks for it.
             let present = self.present.load(Ordering::Acquire);
             let used = (u32::BITS - present.leading_zeros()) as usize;
-            let views = self.views();
-            route(
-                ipi,
-                source.unwrap_or(BUS_SLOTS),
-                views.get(..used).unwrap_or(&views),
-            )
+            route_with(ipi, source.unwrap_or(BUS_SLOTS), used, |i| {
+                (present & (1 << i) != 0)
+                    .then(|| self.ports.get(i).map(ApicPort::view))
+                    .flatten()
+            })
         };
         let mut woken = 0u32;
         for (i, port) in self.ports.iter().enumerate() {

@@ -38,7 +38,7 @@ pub use bus::ApicBus;
 pub use local::LocalApic;
 pub use peek::{highest_vector, x2apic_read_virtualized, PAGE_MIRRORED};
 pub use port::{ApicPort, ApicView};
-pub use route::route;
+pub use route::{route, route_with};
 pub use state::ApicStateError;
 
 /// The APIC's global mode, from IA32_APIC_BASE bits 11:10 (EN, EXTD) (SDM §11.12.5,

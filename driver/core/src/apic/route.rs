@@ -71,8 +71,23 @@ impl LocalApic {
 /// one with the lowest arbitration priority (any target when none is enabled), ties to the
 /// lowest index, as the SDM leaves ties to the implementation.
 pub fn route(ipi: &Ipi, source: usize, views: &[ApicView]) -> u64 {
+    route_with(ipi, source, views.len(), |i| views.get(i).copied())
+}
+
+/// [`route`] over `count` (at most 64) views produced on demand (`None`: matches nothing,
+/// like a globally disabled APIC): the bus routes over its ports' published views without
+/// building an array of every slot.
+pub fn route_with(
+    ipi: &Ipi,
+    source: usize,
+    count: usize,
+    view: impl Fn(usize) -> Option<ApicView>,
+) -> u64 {
     let mut targets = 0_u64;
-    for (i, view) in views.iter().enumerate().take(64) {
+    for i in 0..count.min(64) {
+        let Some(view) = view(i) else {
+            continue;
+        };
         let hit = match ipi.shorthand {
             Shorthand::None => view.matches(ipi.dest, ipi.logical),
             Shorthand::SelfOnly => i == source,
@@ -87,10 +102,10 @@ pub fn route(ipi: &Ipi, source: usize, views: &[ApicView]) -> u64 {
         return targets;
     }
     let mut best: Option<(bool, u8, usize)> = None;
-    for (i, view) in views.iter().enumerate().take(64) {
-        if targets & (1 << i) == 0 {
+    for i in 0..count.min(64) {
+        let Some(view) = view(i).filter(|_| targets & (1 << i) != 0) else {
             continue;
-        }
+        };
         // Lower is better: enabled first, then the arbitration priority, then the index.
         let key = (!view.enabled, view.arbitration_priority, i);
         if best.is_none_or(|b| key < b) {

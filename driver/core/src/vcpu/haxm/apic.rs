@@ -475,7 +475,14 @@ impl HaxVcpu {
     // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
     #[inline(never)]
     fn apic_inject<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), HaxError> {
-        let can = self.apic_can_inject(root)?;
+        // Whether the guest can take an interrupt now (VMREADs of RFLAGS and the
+        // interruptibility state) matters only when there is one to inject by the entry
+        // field: with virtual-interrupt delivery the CPU takes the fixed vectors itself.
+        let wanted = self
+            .apic
+            .as_deref()
+            .is_some_and(|u| u.extint.is_some() || (!u.vid && u.local.pending_vector().is_some()));
+        let can = wanted && self.apic_can_inject(root)?;
         let rate = self.core.controls().preemption_timer_rate;
         let slice = self.preemption_ticks;
         let Some(u) = self.apic.as_deref_mut() else {

@@ -69,14 +69,17 @@ fn store(vapic: &mut Option<PhysPages>, offset: usize, value: u32) {
 /// The 8 words of VIRR or VISR (`base`) in the page (zeros without one).
 fn page_words(u: &mut ApicUnit, base: usize) -> [u32; 8] {
     let mut words = [0u32; 8];
-    if let Some(b) = u.vapic.as_mut().and_then(|p| p.bytes_mut().get(base..base + 0x80)) {
+    if let Some(b) = u
+        .vapic
+        .as_mut()
+        .and_then(|p| p.bytes_mut().get(base..base + 0x80))
+    {
         for (w, chunk) in words.iter_mut().zip(b.chunks_exact(16)) {
             *w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         }
     }
     words
 }
-
 
 impl HaxVcpu {
     /// Turns virtual-interrupt delivery on for this (never run) vCPU when the CPU offers it
