@@ -34,7 +34,10 @@ impl HaxVcpu {
         // the debugger's TF into the guest's stack (`debug.rs`).
         // Only "none, one, more" matters below: counted saturating at 2, without a population
         // count (not an instruction on this target's baseline: ~20 instructions per word).
-        let queued: u32 = if self.tf_stepping() {
+        // Nothing queued (most entries) is one OR of the four words, not the per-word count
+        // (~25 emulated instructions per entry).
+        let v = &self.vectors;
+        let queued: u32 = if v[0] | v[1] | v[2] | v[3] == 0 || self.tf_stepping() {
             0
         } else {
             self.vectors
