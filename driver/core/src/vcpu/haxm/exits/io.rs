@@ -42,7 +42,7 @@ impl HaxVcpu {
                 }
             }
             self.skip(root)?;
-            self.set_payload(TunnelPayload::from_io(t));
+            self.set_io_payload(&t);
             return Ok(Next::User(ExitStatus::Io));
         }
         // String IO (INS/OUTS), at most 64 bytes per exit (IOS_MAX_BUFFER).
@@ -156,7 +156,7 @@ impl HaxVcpu {
         t.count = n as u16;
         t.flags = rhax_api::tunnel::HAX_IO_FLAG_STRING;
         t.vaddr = lowest;
-        self.set_payload(TunnelPayload::from_io(t));
+        self.set_io_payload(&t);
         Ok(self.wait_for_memory(if inward {
             MemoryRequest::ProbeIns {
                 linear: lowest,
