@@ -17,6 +17,8 @@ impl HaxVcpu {
             .map(|w| (w * 64 + 63 - self.vectors[w].leading_zeros() as usize) as u8)
     }
 
+    // A few instructions, called on every RUN: inline, not a call of its own.
+    #[inline]
     pub(in crate::vcpu::haxm) fn vectors_pending(&self) -> bool {
         self.vectors.iter().any(|&w| w != 0)
     }

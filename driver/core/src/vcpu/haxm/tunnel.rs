@@ -42,6 +42,8 @@ impl HaxVcpu {
     }
 
     /// `user_event_pending`: test-and-clear of bit 0 (quirk 8), atomically.
+    // A few instructions, called on every RUN: inline, not a call of its own.
+    #[inline]
     pub(in crate::vcpu::haxm) fn take_user_event(&mut self) -> bool {
         let a = self.tunnel_u32(offset_of!(Tunnel, user_event_pending));
         a.fetch_and(!1, Ordering::AcqRel) & 1 != 0
@@ -56,6 +58,8 @@ impl HaxVcpu {
 
     /// Quirk 7: `_exit_reason == 8` written by user space before RUN asks for an immediate
     /// exit; consumed (set to 0) only if it is still there.
+    // A few instructions, called on every RUN: inline, not a call of its own.
+    #[inline]
     pub(in crate::vcpu::haxm) fn take_pause_request(&mut self) -> bool {
         let a = self.tunnel_u32(offset_of!(Tunnel, exit_reason));
         a.compare_exchange(
@@ -68,12 +72,16 @@ impl HaxVcpu {
     }
 
     /// `request_interrupt_window != 0`.
+    // A few instructions, called on every RUN: inline, not a call of its own.
+    #[inline]
     pub(in crate::vcpu::haxm) fn wants_interrupt_window(&self) -> bool {
         let a = self.tunnel_u32(offset_of!(Tunnel, request_interrupt_window));
         a.load(Ordering::Acquire) != 0
     }
 
     /// `ready_for_interrupt_injection`.
+    // A few instructions, called on every RUN: inline, not a call of its own.
+    #[inline]
     pub(in crate::vcpu::haxm) fn set_ready_for_injection(&mut self, ready: bool) {
         let a = self.tunnel_u32(offset_of!(Tunnel, ready_for_interrupt_injection));
         // The field is an i32 that is 0 or 1: the same bits as this u32.
@@ -84,6 +92,8 @@ impl HaxVcpu {
     /// event: a kick sets `user_event_pending` and sends an IPI, and when the IPI's exit ends
     /// the RUN first, the event is answered by this very return; leaving the bit set would
     /// make the next RUN come back at once for a kick already served.
+    // A few instructions, called on every RUN: inline, not a call of its own.
+    #[inline]
     pub(in crate::vcpu::haxm) fn set_status(&mut self, status: ExitStatus, reason: u32) {
         if status == ExitStatus::Interrupt {
             self.take_user_event();
@@ -95,6 +105,8 @@ impl HaxVcpu {
     }
 
     /// `apic_base`.
+    // A few instructions, called on every RUN: inline, not a call of its own.
+    #[inline]
     pub(in crate::vcpu::haxm) fn publish_apic_base(&mut self) {
         let p = self
             .tunnel
