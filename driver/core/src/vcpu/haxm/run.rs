@@ -485,6 +485,27 @@ impl HaxVcpu {
                 Err(e) => return Err(e.into()),
             };
             self.disarm_step(root)?;
+            // A port IO exit with nothing else to do (every IN/OUT user space serves): no
+            // in-kernel APIC (no fast path, nothing to kick) and no event injected at this
+            // entry (nothing for `after_exit` to re-inject: an IO exit is not one of the exits
+            // that report IDT-vectoring information, SDM Vol. 3C §28.2.4, and without an
+            // injection it leaves NMI blocking alone). The handler gets the qualification
+            // straight, without the `VmExit` built, matched by `after_exit` and `handle`.
+            if reason.exit() == Some(exit_reason::IO_INSTRUCTION)
+                && !injected
+                && self.apic.is_none()
+            {
+                let q = self
+                    .core
+                    .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
+                let next = self.io(root, IoAccess::from_qualification(q))?;
+                if let Some(step) =
+                    self.after_handler(root, next, exit_reason::IO_INSTRUCTION, platform)?
+                {
+                    return Ok(step);
+                }
+                continue;
+            }
             let decoded = self.decode_exit(root, reason)?;
             let exit = &decoded;
             if let VmExit::EntryFailure {
