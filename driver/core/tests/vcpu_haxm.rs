@@ -199,6 +199,42 @@ fn interrupted_delivery_is_reinjected() {
     assert_eq!(t.run(), Ok(ExitStatus::Hlt));
 }
 
+/// An OUT exit right after an injection takes the guest loop's full path (`after_exit`
+/// looks at IDT-vectoring information), not the IO fast path: the delivered vector is gone,
+/// the OUT reaches user space whole, and the next entry injects nothing.
+#[test]
+fn an_out_exit_after_an_injection_is_served_and_not_reinjected() {
+    let mut t = setup();
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.rflags = 2 | (1 << 9);
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.vcpu.interrupt(0x41);
+    t.hook(script(vec![
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0041
+            );
+            c.write(VmcsField::IdtVectoringInformation, 0);
+            c.regs.gpr[reg::RAX] = 0x77;
+            c.exit(30, 0x0080_0000, 1); // OUT DX, AL
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation) & 0x8000_0000,
+                0,
+                "delivered once, not again"
+            );
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!((io.direction, io.size, io.port), (0, 1, 0x80));
+    assert_eq!(t.vcpu.io_buffer_mut()[0], 0x77);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
 #[test]
 fn user_window_request_returns_interrupt_when_the_guest_can_take_one() {
     let mut t = setup();
