@@ -499,6 +499,13 @@ impl HaxVcpu {
                     .core
                     .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
                 let next = self.io(root, IoAccess::from_qualification(q))?;
+                // IN/OUT (not string IO): `after_handler`'s user-exit arm for IO, inline.
+                if let Next::User(ExitStatus::Io) = next {
+                    self.note_user_exit(ExitStatus::Io);
+                    self.set_status(ExitStatus::Io, u32::from(exit_reason::IO_INSTRUCTION));
+                    self.finish_user_exit(root)?;
+                    return Ok(Flow::Done);
+                }
                 if let Some(step) =
                     self.after_handler(root, next, exit_reason::IO_INSTRUCTION, platform)?
                 {

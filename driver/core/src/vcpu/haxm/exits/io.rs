@@ -41,7 +41,9 @@ impl HaxVcpu {
                     }
                 }
             }
-            self.skip(root)?;
+            // `skip`'s body, inline: this is every IN/OUT's path.
+            self.core
+                .with_vmcs(root, |vmcs, _| skip_instruction(vmcs))??;
             self.set_io_payload(&t);
             return Ok(Next::User(ExitStatus::Io));
         }
