@@ -12,8 +12,8 @@ import bisect, sys
 
 PHASES = [
     ('guest', 'guest (out, dec, jnz)'),
-    ('core-exit', 'rhax-core: exit stub, vmenter wrapper, Vcpu::run after the exit'),
-    ('hax-exit', 'HAXM vCPU: APIC fast-exit test, IO exit (skip, IO buffer), tunnel, ready-for-injection'),
+    ('core-exit', 'rhax-core: exit stub (and, before `Vcpu::enter` was inlined into the guest loop, Vcpu::run after the exit)'),
+    ('hax-exit', 'HAXM vCPU: (since the inlining, `Vcpu::enter` after the exit and the lazy decode), IO exit (skip, IO buffer), tunnel, ready-for-injection'),
     ('leave', 'HAXM vCPU leave: Vcpu::put (guest MSRs, FPU back), apic_base'),
     ('disp-exit', 'dispatcher RUN handler, return: lend end, lease, memory and CPUID references dropped'),
     ('lookup', 'dispatcher: handle resolution, IOCTL row, sizes (both ways)'),
@@ -22,8 +22,8 @@ PHASES = [
     ('userlib', 'userlib: Vcpu::run, IOCTL call, exit decoding'),
     ('harness', 'harness: BenchLoop handler, bench loop, interrupt-window flag'),
     ('disp-entry', 'dispatcher RUN handler, call: CPUID and memory references, lease, CPU lend'),
-    ('hax-entry', 'HAXM vCPU: RUN start, pause handshake, APIC before entry, prepare_entry'),
-    ('core-entry', 'rhax-core: Vcpu::run before the entry, vmenter wrapper, entry stub'),
+    ('hax-entry', 'HAXM vCPU: RUN start, pause handshake, prepare_entry (and, since the inlining, `Vcpu::enter` before the entry: ensure_current, guest MSRs, flush)'),
+    ('core-entry', 'rhax-core: entry stub (and, before the inlining, Vcpu::run before the entry)'),
 ]
 
 

@@ -554,6 +554,10 @@ fn setup_tunnel<T: Transport>(dev: &Device<T>) -> Result<TunnelInfo> {
 }
 
 /// Reads the tunnel after RUN and builds the [`Exit`].
+// Inlined into its one caller (`Vcpu::run`): out of line, the call, six callee-saved
+// registers and the `Exit` returned through memory cost ~15 emulated instructions per RUN
+// (docs/bench/profile.md, "OUT through HAXM RUN").
+#[inline(always)]
 fn decode_exit(tunnel: &mut SharedTunnel) -> Result<Exit<'_>> {
     // Field by field: the status, then only the payload member the status names (not a
     // snapshot of the whole tunnel per RUN).

@@ -199,6 +199,42 @@ fn interrupted_delivery_is_reinjected() {
     assert_eq!(t.run(), Ok(ExitStatus::Hlt));
 }
 
+/// An OUT exit right after an injection takes the guest loop's full path (`after_exit`
+/// looks at IDT-vectoring information), not the IO fast path: the delivered vector is gone,
+/// the OUT reaches user space whole, and the next entry injects nothing.
+#[test]
+fn an_out_exit_after_an_injection_is_served_and_not_reinjected() {
+    let mut t = setup();
+    let mut s = t.vcpu.get_regs(&mut t.root).unwrap();
+    s.rflags = 2 | (1 << 9);
+    t.vcpu.set_regs(&mut t.root, &s).unwrap();
+    t.vcpu.interrupt(0x41);
+    t.hook(script(vec![
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                0x8000_0041
+            );
+            c.write(VmcsField::IdtVectoringInformation, 0);
+            c.regs.gpr[reg::RAX] = 0x77;
+            c.exit(30, 0x0080_0000, 1); // OUT DX, AL
+        }),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation) & 0x8000_0000,
+                0,
+                "delivered once, not again"
+            );
+            c.exit(12, 0, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!((io.direction, io.size, io.port), (0, 1, 0x80));
+    assert_eq!(t.vcpu.io_buffer_mut()[0], 0x77);
+    assert_eq!(t.run(), Ok(ExitStatus::Hlt));
+}
+
 #[test]
 fn user_window_request_returns_interrupt_when_the_guest_can_take_one() {
     let mut t = setup();
@@ -514,6 +550,38 @@ fn an_unusable_segment_survives_qemus_round_trip() {
     t.vcpu.set_regs(&mut t.root, &s).unwrap();
     assert_eq!(t.run(), Ok(ExitStatus::Hlt), "VM entry accepts the state");
     assert_eq!(t.vcpu.get_regs(&mut t.root).unwrap().fs.ar, 0x1_0000);
+}
+
+/// The guest loop decodes an OUT exit lazily (`Vcpu::enter`, then the qualification alone):
+/// the exit still reaches user space whole (port, size, data, RIP moved), and the steady-state
+/// OUT exit reads no more VMCS fields than the full decode did (6: reason, qualification,
+/// instruction length, RIP, and RFLAGS + interruptibility for ready_for_interrupt_injection).
+#[test]
+fn a_lazily_decoded_out_exit_is_whole_and_reads_six_fields() {
+    let mut t = setup();
+    t.hook(|c| {
+        c.regs.gpr[reg::RAX] = 0xabcd;
+        c.exit(30, 0x0080_0000 | 1, 1) // OUT DX, AX
+    });
+    for _ in 0..3 {
+        assert_eq!(t.run(), Ok(ExitStatus::Io));
+    }
+    let rip = t.rip();
+    let c0 = t.vcpu.stats();
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let c1 = t.vcpu.stats();
+    let io = t.vcpu.with_tunnel(|t| *t.io());
+    assert_eq!(
+        (io.direction, io.size, io.port, io.count),
+        (0, 2, 0x80, 1),
+        "the qualification decoded"
+    );
+    assert_eq!(&t.vcpu.io_buffer_mut()[..2], &[0xcd, 0xab]);
+    assert_eq!(t.rip(), rip + 1, "RIP past the OUT");
+    let b = bucket_of(30);
+    let d = c1.per_reason[b].wrapping_sub(c0.per_reason[b]);
+    assert_eq!(d.exits, 1);
+    assert!(d.vmreads <= 6, "{} VMREADs for one OUT exit", d.vmreads);
 }
 
 /// Per-exit VMREAD/VMWRITE of the HAXM run loop, steady state (model count).

@@ -4,7 +4,58 @@
 use super::*;
 
 impl HaxVcpu {
+    // Inlined into the guest loop's IO fast path: IN/OUT (every exit of a device model's
+    // port) stays in its frame; string IO is out of line (`string_io`).
+    #[inline(always)]
     pub(in crate::vcpu::haxm) fn io<V: Vmx>(
+        &mut self,
+        root: &mut VmxRoot<V>,
+        io: crate::vmcs::exit::IoAccess,
+    ) -> Result<Next, HaxError> {
+        if io.string {
+            return self.string_io(root, io);
+        }
+        let inward = io.direction == IoDirection::In;
+        let t = TunnelIo {
+            direction: u8::from(inward),
+            df: 0,
+            size: u16::from(io.size),
+            port: io.port,
+            count: 1,
+            flags: 0,
+            pad0: 0,
+            pad1: 0,
+            pad2: 0,
+            vaddr: 0,
+        };
+        if inward {
+            self.pending = Pending::In { size: io.size };
+        } else {
+            // AL, AX or EAX into the buffer's first bytes, as one store of the access's
+            // width (not a byte-wise copy: this is every OUT's path).
+            let v = self.core.regs.gpr[reg::RAX];
+            let buf = self.iobuf.bytes_mut();
+            match io.size {
+                1 => buf[0] = v as u8,
+                2 => buf[..2].copy_from_slice(&(v as u16).to_le_bytes()),
+                4 => buf[..4].copy_from_slice(&(v as u32).to_le_bytes()),
+                // Sizes the CPU never reports (qualification bits 2:0 = 2, 4..7).
+                n => {
+                    let n = usize::from(n);
+                    buf[..n].copy_from_slice(&v.to_le_bytes()[..n]);
+                }
+            }
+        }
+        // `skip`'s body, inline: this is every IN/OUT's path.
+        self.core
+            .with_vmcs(root, |vmcs, _| skip_instruction(vmcs))??;
+        self.set_io_payload(&t);
+        Ok(Next::User(ExitStatus::Io))
+    }
+
+    /// INS/OUTS.
+    #[inline(never)]
+    fn string_io<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
         io: crate::vmcs::exit::IoAccess,
@@ -22,29 +73,6 @@ impl HaxVcpu {
             pad2: 0,
             vaddr: 0,
         };
-        if !io.string {
-            if inward {
-                self.pending = Pending::In { size: io.size };
-            } else {
-                // AL, AX or EAX into the buffer's first bytes, as one store of the access's
-                // width (not a byte-wise copy: this is every OUT's path).
-                let v = self.core.regs.gpr[reg::RAX];
-                let buf = self.iobuf.bytes_mut();
-                match io.size {
-                    1 => buf[0] = v as u8,
-                    2 => buf[..2].copy_from_slice(&(v as u16).to_le_bytes()),
-                    4 => buf[..4].copy_from_slice(&(v as u32).to_le_bytes()),
-                    // Sizes the CPU never reports (qualification bits 2:0 = 2, 4..7).
-                    n => {
-                        let n = usize::from(n);
-                        buf[..n].copy_from_slice(&v.to_le_bytes()[..n]);
-                    }
-                }
-            }
-            self.skip(root)?;
-            self.set_payload(TunnelPayload::from_io(t));
-            return Ok(Next::User(ExitStatus::Io));
-        }
         // String IO (INS/OUTS), at most 64 bytes per exit (IOS_MAX_BUFFER).
         let size = u64::from(io.size);
         let (la, rflags, cs_ar, mode, info, user, rip) =
@@ -156,7 +184,7 @@ impl HaxVcpu {
         t.count = n as u16;
         t.flags = rhax_api::tunnel::HAX_IO_FLAG_STRING;
         t.vaddr = lowest;
-        self.set_payload(TunnelPayload::from_io(t));
+        self.set_io_payload(&t);
         Ok(self.wait_for_memory(if inward {
             MemoryRequest::ProbeIns {
                 linear: lowest,
