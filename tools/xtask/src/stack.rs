@@ -56,6 +56,12 @@ pub const ALLOWED: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "rhax_metal::bench_apic_remote::",
+        "test-kernel APIC benchmark scenario (bench-apic's IPIs between vCPUs): QEMU's role \
+         above the IOCTLs, on a 64 KiB kernel stack",
+        false,
+    ),
+    (
         "rhax_stat::",
         "rhax-stat's library: user-mode observer code (in the test kernel it plays rhax-stat's \
          part, above the IOCTL)",

@@ -90,8 +90,9 @@ pub struct VcpuStats {
     timing: bool,
 }
 
-/// Slots of the per-field table: one per bit of the VMCS cache's 64-bit dirty words.
-const FIELD_SLOTS: usize = VmcsField::COUNT.div_ceil(64) * 64;
+/// Slots of the per-field table: one per bit of the VMCS cache's 64-bit dirty words (the
+/// slots past [`VmcsField::COUNT`] stay 0).
+pub const FIELD_SLOTS: usize = VmcsField::COUNT.div_ceil(64) * 64;
 
 /// [`VcpuStats::same_reason`]: no exit matches it (basic reasons are 16-bit).
 const NO_REASON: u32 = u32::MAX;
@@ -348,7 +349,7 @@ impl VcpuStats {
         }
         StatsSnapshot {
             per_exit,
-            per_field: core::array::from_fn(|i| self.fields[i]),
+            per_field: self.fields,
         }
     }
 
@@ -366,8 +367,8 @@ impl VcpuStats {
 pub struct StatsSnapshot {
     /// By basic exit reason; index [`SETUP_BUCKET`] holds setup and unknown reasons.
     pub per_exit: [ExitCounters; BUCKETS],
-    /// By field, indexed by [`VmcsField::index`].
-    pub per_field: [FieldCounters; VmcsField::COUNT],
+    /// By field, indexed by [`VmcsField::index`] ([`FIELD_SLOTS`] long; the rest 0).
+    pub per_field: [FieldCounters; FIELD_SLOTS],
 }
 
 /// Bits of an encoding the lookup table keys on: access type (0), index 5:0 (bits 6:1), type
