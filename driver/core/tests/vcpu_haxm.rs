@@ -943,3 +943,38 @@ fn a_pending_user_return_ends_run_before_entry() {
     assert_eq!(t.run(), Ok(ExitStatus::Hlt));
     assert_eq!(t.entries(), before + 1);
 }
+
+/// The system-call MSRs a guest writes once at boot exit on WRMSR (their guest values known
+/// without reading them back at every return to user space); KERNEL_GS_BASE, which SWAPGS
+/// changes without an exit, passes through. A guest's WRMSR of LSTAR lands in the state.
+#[test]
+fn syscall_msr_writes_exit_and_kernel_gs_base_passes_through() {
+    let mut t = setup();
+    t.hook(script(vec![
+        Box::new(|c| {
+            for msr in [
+                0xc000_0081,
+                0xc000_0082,
+                0xc000_0083,
+                0xc000_0084,
+                0xc000_0103,
+            ] {
+                assert!(c.wrmsr_exits(msr), "WRMSR {msr:#x} exits");
+            }
+            assert!(!c.wrmsr_exits(0xc000_0102), "KERNEL_GS_BASE passes through");
+            c.regs.gpr[reg::RCX] = 0xc000_0082;
+            c.regs.gpr[reg::RAX] = 0x1000;
+            c.regs.gpr[reg::RDX] = 0xffff_8000;
+            c.exit(32, 0, 2);
+        }),
+        Box::new(|c| c.exit(30, 0x0080_0000, 1)),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let mut g = MsrData::from_entries(&[VmxMsr {
+        entry: 0xc000_0082,
+        value: 0,
+    }])
+    .unwrap();
+    t.vcpu.get_msrs(&mut t.root, &mut g).unwrap();
+    assert_eq!(g.entries[0].value, 0xffff_8000_0000_1000);
+}

@@ -170,6 +170,9 @@ impl Vcpu {
         pass[..PASS_THROUGH_MSRS.len()].copy_from_slice(&PASS_THROUGH_MSRS);
         pass[PASS_THROUGH_MSRS.len()] = PASS_THROUGH_TSC_AUX;
         setup::fill_msr_bitmap(msr_bitmap.bytes_mut(), &pass);
+        for msr in setup::WRITE_EXITING_MSRS {
+            setup::set_msr_exits(msr_bitmap.bytes_mut(), msr, true, true);
+        }
         let (a, b) = io_bitmaps.bytes_mut().split_at_mut(PhysPages::PAGE_SIZE);
         setup::fill_io_bitmaps(a, b);
         let config = VmcsConfig {
@@ -640,11 +643,13 @@ impl Vcpu {
             return;
         };
         self.put_guest_fpu(root);
-        for (i, &msr) in SWAPPED_MSRS.iter().enumerate() {
-            // SAFETY: CPL0; see load_guest_msrs.
-            self.guest_msrs[i] = unsafe { root.vmx.rdmsr(msr) };
+        // Only KERNEL_GS_BASE can have changed without an exit (SWAPGS); the others' writes
+        // exit (setup::WRITE_EXITING_MSRS) and `set_swapped_msr` kept `guest_msrs` current.
+        // SAFETY: CPL0; see load_guest_msrs.
+        self.guest_msrs[0] = unsafe { root.vmx.rdmsr(IA32_KERNEL_GS_BASE) };
+        for (&msr, &value) in SWAPPED_MSRS.iter().zip(&host) {
             // SAFETY: restores the value read in load_guest_msrs.
-            unsafe { root.vmx.wrmsr(msr, host[i]) };
+            unsafe { root.vmx.wrmsr(msr, value) };
         }
     }
 }

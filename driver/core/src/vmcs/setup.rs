@@ -53,6 +53,14 @@ pub const PASS_THROUGH_MSRS: [u32; 10] = [
 /// Also passed through: RDTSCP/RDPID read it; swapped around runs like STAR.
 pub const PASS_THROUGH_TSC_AUX: u32 = IA32_TSC_AUX;
 
+/// Of the swapped MSRs, those whose guest WRMSR exits while reads pass through: a guest
+/// writes them once at boot (system-call entry points, the processor number), so the vCPU
+/// always knows their guest values and does not read them back at every return to user
+/// space (KVM intercepts their writes too). IA32_KERNEL_GS_BASE stays passed through both
+/// ways: SWAPGS changes it without any exit.
+pub const WRITE_EXITING_MSRS: [u32; 5] =
+    [IA32_STAR, IA32_LSTAR, IA32_CSTAR, IA32_FMASK, IA32_TSC_AUX];
+
 /// Fills a 4-KByte MSR bitmap (SDM §25.6.9): every MSR exits except `pass_through`.
 /// Layout: read-low (MSRs 0-0x1fff) at byte 0, read-high (0xc0000000-0xc0001fff) at 1024,
 /// write-low at 2048, write-high at 3072. Returns false if `page` is not 4096 bytes.

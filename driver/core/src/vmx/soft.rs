@@ -253,6 +253,12 @@ impl GuestCpu<'_> {
         crate::vmcs::setup::msr_exits(bytes, msr, write)
     }
 
+    /// Whether the guest's WRMSR of `msr` exits (the MSR bitmap, SDM Vol. 3C §26.1.3): a
+    /// test asks before scripting the exit (or the write the CPU would do without one).
+    pub fn wrmsr_exits(&self, msr: u32) -> bool {
+        self.msr_exits(msr, true)
+    }
+
     /// The guest executes WRMSR of `msr` (`value` as EDX:EAX), an x2APIC MSR
     /// (800H-8FFH). Returns `true` when it exits (reason 32 recorded: the hook must return)
     /// and `false` when the CPU virtualized it (SDM Vol. 3C §30.5, "virtualize x2APIC mode":
