@@ -37,6 +37,8 @@ struct Raw {
     exits: u64,
     vmreads: u64,
     vmwrites: u64,
+    /// The user side's own instructions over the loop (HAXM kinds; a second, measuring pass).
+    user: u64,
 }
 
 impl Raw {
@@ -78,6 +80,7 @@ fn parse_rows(lines: &[String]) -> crate::Result<BTreeMap<String, Raw>> {
                 "exits" => r.exits = n,
                 "vmreads" => r.vmreads = n,
                 "vmwrites" => r.vmwrites = n,
+                "user" => r.user = n,
                 _ => {}
             }
         }
@@ -169,6 +172,9 @@ struct Cell {
     round_trip: f64,
     vmreads: Option<f64>,
     vmwrites: Option<f64>,
+    /// Of the round trip, the user side's own share (the harness's VMM code, userlib, the
+    /// transport's own code), per iteration; `None` where nothing runs there.
+    user: Option<f64>,
 }
 
 /// An anchor: `(system, round trip, note)`.
@@ -232,6 +238,7 @@ fn cells(
                     round_trip: avg,
                     vmreads: None,
                     vmwrites: None,
+                    user: None,
                 },
             );
             continue;
@@ -240,6 +247,8 @@ fn cells(
             .get(k.id)
             .ok_or_else(|| format!("{model}: no bench-row for {}", k.id))?;
         let mut rt = r.round_trip();
+        let derived = DERIVED.iter().any(|(d, _)| *d == k.id);
+        let user = (r.user > 0 && !derived).then(|| r.user as f64 / r.iters as f64);
         if let Some((_, base)) = DERIVED.iter().find(|(d, _)| *d == k.id) {
             let b = rows
                 .get(*base)
@@ -252,6 +261,7 @@ fn cells(
                 round_trip: rt,
                 vmreads: r.per_exit(r.vmreads),
                 vmwrites: r.per_exit(r.vmwrites),
+                user,
             },
         );
     }
@@ -264,7 +274,12 @@ fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
 
 /// The same per-exit count on every model, or the models' values joined by `/`.
 fn joined(per_model: &[Option<f64>]) -> String {
-    let s: Vec<String> = per_model.iter().map(|v| fmt_opt(*v, 2)).collect();
+    joined_with(per_model, 2)
+}
+
+/// [`joined`] with `decimals` decimals.
+fn joined_with(per_model: &[Option<f64>], decimals: usize) -> String {
+    let s: Vec<String> = per_model.iter().map(|v| fmt_opt(*v, decimals)).collect();
     if s.windows(2).all(|w| w[0] == w[1]) {
         s.first().cloned().unwrap_or_else(|| "-".into())
     } else {
@@ -294,7 +309,11 @@ impl Table {
             let short = m.trim_start_matches("corei7_");
             let _ = write!(out, " {short:>13}");
         }
-        let _ = write!(out, " {:>11} {:>12}", "VMREAD/exit", "VMWRITE/exit");
+        let _ = write!(
+            out,
+            " {:>11} {:>12} {:>9}",
+            "VMREAD/exit", "VMWRITE/exit", "user side"
+        );
         for s in SYSTEMS {
             let _ = write!(out, " {:>9}", s.replace("mitigations=off", "mit-off"));
         }
@@ -309,7 +328,13 @@ impl Table {
                 );
             }
             let (reads, writes) = self.vmx_counts(k.id);
-            let _ = write!(out, " {:>11} {:>12}", joined(&reads), joined(&writes));
+            let _ = write!(
+                out,
+                " {:>11} {:>12} {:>9}",
+                joined(&reads),
+                joined(&writes),
+                joined_with(&self.user_shares(k.id), 1)
+            );
             for s in SYSTEMS {
                 let _ = write!(out, " {:>9}", fmt_opt(self.anchor(k.id, s), 0));
             }
@@ -329,17 +354,25 @@ impl Table {
         (per(|c| c.vmreads), per(|c| c.vmwrites))
     }
 
+    /// The user side's share of kind `id`'s round trip on every model.
+    fn user_shares(&self, id: &str) -> Vec<Option<f64>> {
+        self.cells
+            .iter()
+            .map(|c| c.get(id).and_then(|c| c.user))
+            .collect()
+    }
+
     fn markdown(&self) -> String {
         let mut out = String::from("| exit kind |");
         for m in &self.models {
             let _ = write!(out, " rhax {} |", m.trim_start_matches("corei7_"));
         }
-        out.push_str(" VMREAD/exit | VMWRITE/exit |");
+        out.push_str(" VMREAD/exit | VMWRITE/exit | of which the user side |");
         for s in SYSTEMS {
             let _ = write!(out, " {s} |");
         }
         out.push('\n');
-        out.push_str(&"|---".repeat(self.models.len() + 3 + SYSTEMS.len()));
+        out.push_str(&"|---".repeat(self.models.len() + 4 + SYSTEMS.len()));
         out.push_str("|\n");
         for k in KINDS {
             let _ = write!(out, "| {} |", k.label);
@@ -347,7 +380,13 @@ impl Table {
                 let _ = write!(out, " {} |", fmt_opt(c.get(k.id).map(|c| c.round_trip), 1));
             }
             let (reads, writes) = self.vmx_counts(k.id);
-            let _ = write!(out, " {} | {} |", joined(&reads), joined(&writes));
+            let _ = write!(
+                out,
+                " {} | {} | {} |",
+                joined(&reads),
+                joined(&writes),
+                joined_with(&self.user_shares(k.id), 1)
+            );
             for s in SYSTEMS {
                 let _ = write!(out, " {} |", fmt_opt(self.anchor(k.id, s), 0));
             }
@@ -378,10 +417,11 @@ impl Table {
                 .map(|(m, c)| {
                     let c = c.get(k.id).copied().unwrap_or_default();
                     format!(
-                        "\"{m}\": {{\"round_trip\": {}, \"vmreads_per_exit\": {}, \"vmwrites_per_exit\": {}}}",
+                        "\"{m}\": {{\"round_trip\": {}, \"vmreads_per_exit\": {}, \"vmwrites_per_exit\": {}, \"user_side\": {}}}",
                         num(Some(c.round_trip)),
                         num(c.vmreads),
-                        num(c.vmwrites)
+                        num(c.vmwrites),
+                        num(c.user)
                     )
                 })
                 .collect();
