@@ -16,18 +16,7 @@ impl HaxVcpu {
             return self.string_io(root, io);
         }
         let inward = io.direction == IoDirection::In;
-        let t = TunnelIo {
-            direction: u8::from(inward),
-            df: 0,
-            size: u16::from(io.size),
-            port: io.port,
-            count: 1,
-            flags: 0,
-            pad0: 0,
-            pad1: 0,
-            pad2: 0,
-            vaddr: 0,
-        };
+        let t = tunnel_io(&io);
         if inward {
             self.pending = Pending::In { size: io.size };
         } else {
@@ -61,18 +50,7 @@ impl HaxVcpu {
         io: crate::vmcs::exit::IoAccess,
     ) -> Result<Next, HaxError> {
         let inward = io.direction == IoDirection::In;
-        let mut t = TunnelIo {
-            direction: u8::from(inward),
-            df: 0,
-            size: u16::from(io.size),
-            port: io.port,
-            count: 1,
-            flags: 0,
-            pad0: 0,
-            pad1: 0,
-            pad2: 0,
-            vaddr: 0,
-        };
+        let mut t = tunnel_io(&io);
         // String IO (INS/OUTS), at most 64 bytes per exit (IOS_MAX_BUFFER).
         let size = u64::from(io.size);
         let (la, rflags, cs_ar, mode, info, user, rip) =
@@ -200,5 +178,22 @@ impl HaxVcpu {
                 access,
             }
         }))
+    }
+}
+
+/// The tunnel's IO record of a one-element access (string IO sets its count, flags and
+/// address afterwards).
+fn tunnel_io(io: &crate::vmcs::exit::IoAccess) -> TunnelIo {
+    TunnelIo {
+        direction: u8::from(io.direction == IoDirection::In),
+        df: 0,
+        size: u16::from(io.size),
+        port: io.port,
+        count: 1,
+        flags: 0,
+        pad0: 0,
+        pad1: 0,
+        pad2: 0,
+        vaddr: 0,
     }
 }
