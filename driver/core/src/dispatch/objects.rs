@@ -222,6 +222,30 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         self.create_vm_for(None, ctx)
     }
 
+    /// A VM's CPUID table, a copy of the template built in its allocation (no 2.6 KiB table
+    /// on the kernel stack). Out of line: inlined, its closure's frame pushed VM creation's
+    /// over the 2 KiB budget (`cargo xtask sys`).
+    #[inline(never)]
+    fn new_cpuid_table(&self) -> Result<TryArc<CpuidTable>, ()> {
+        TryArc::try_new_zeroed_with((), |t: &mut CpuidTable| {
+            t.copy_from(&self.cpuid_template);
+            Ok(())
+        })
+        .map_err(drop)
+    }
+
+    /// A VM's guest memory, shared. Out of line for the same reason as
+    /// [`Hypervisor::new_cpuid_table`]: the `GuestMemory` value passes through its frame.
+    #[inline(never)]
+    fn new_memory(&self, large: bool) -> Result<TryArc<GuestMemory>, MemoryError> {
+        let memory = GuestMemory::with_quota(&self.platform, large, self.quota.clone())?;
+        TryArc::try_new(memory).map_err(|(e, m)| {
+            // Never reachable by a vCPU: no INVEPT needed.
+            m.destroy(&self.platform);
+            MemoryError::Platform(e)
+        })
+    }
+
     pub(super) fn create_vm_for(&self, creator: Option<u64>, ctx: Ctx) -> Res<u32> {
         let controls = self
             .host
@@ -235,25 +259,13 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         // Allocate before taking the table lock: allocation may be slow, and a failure then
         // leaves the table untouched.
         let large = controls.available.contains(OptionalFeatures::EPT_2M_PAGES);
-        let memory =
-            GuestMemory::with_quota(&self.platform, large, self.quota.clone()).map_err(|e| {
-                self.roots.vm_destroyed();
-                ctx.err(ErrorKind::Memory(e))
-            })?;
+        let memory = self.new_memory(large).map_err(|e| {
+            self.roots.vm_destroyed();
+            ctx.err(ErrorKind::Memory(e))
+        })?;
         let eptp = memory.eptp();
         let oom = |e| ctx.err(ErrorKind::Memory(MemoryError::Platform(e)));
-        let memory = TryArc::try_new(memory).map_err(|(e, m)| {
-            // Never reachable by a vCPU: no INVEPT needed.
-            m.destroy(&self.platform);
-            self.roots.vm_destroyed();
-            oom(e)
-        })?;
-        // Built in its allocation (no 2.6 KiB table on the kernel stack).
-        let cpuid = TryArc::try_new_zeroed_with((), |t: &mut CpuidTable| {
-            t.copy_from(&self.cpuid_template);
-            Ok(())
-        });
-        let Ok(cpuid) = cpuid else {
+        let Ok(cpuid) = self.new_cpuid_table() else {
             self.release_memory(memory);
             return Err(oom(crate::platform::PlatformError::OutOfMemory));
         };
