@@ -18,7 +18,7 @@ fn measure(name: &str, reason: u32, qualification: u64, len: u32) {
     let controls = negotiate(vmx.caps()).expect("negotiation");
     let page = platform.alloc_pages(1).expect("page");
     // SAFETY: software model, one thread.
-    let mut root = match unsafe { VmxRoot::enable(vmx, 0, page, 1) } {
+    let mut root = match unsafe { VmxRoot::enable(vmx, 0, page) } {
         Ok(r) => r,
         Err(e) => panic!("enable: {:?}", e.0),
     };

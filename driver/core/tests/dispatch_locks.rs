@@ -60,7 +60,7 @@ fn requests_during_a_runs_memory_step_do_not_wait_and_close_is_deferred() {
     let controls = negotiate(vmx.caps()).expect("negotiation");
     let page = platform.alloc_pages(1).expect("page");
     // SAFETY: software model, one thread.
-    let root = match unsafe { VmxRoot::enable(vmx, 0, page, 1) } {
+    let root = match unsafe { VmxRoot::enable(vmx, 0, page) } {
         Ok(r) => r,
         Err(e) => panic!("enable: {:?}", e.0),
     };

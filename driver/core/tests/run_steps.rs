@@ -102,7 +102,7 @@ fn hv() -> Hv {
     let controls = negotiate(vmx.caps()).expect("negotiation");
     let page = platform.alloc_pages(1).expect("page");
     // SAFETY: software model, one thread.
-    let root = match unsafe { VmxRoot::enable(vmx, 0, page, 1) } {
+    let root = match unsafe { VmxRoot::enable(vmx, 0, page) } {
         Ok(r) => r,
         Err(e) => panic!("enable: {:?}", e.0),
     };

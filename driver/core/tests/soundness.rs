@@ -354,7 +354,7 @@ fn every_exit_the_cpu_can_deliver_is_handled_on_every_model() {
             let vmx = SoftVmx::new(msrs.clone());
             let page = platform.alloc_pages(1).unwrap();
             // SAFETY: software model, one thread.
-            let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }
+            let root = unsafe { VmxRoot::enable(vmx, 0, page) }
                 .map_err(|e| e.0)
                 .unwrap();
             let vcpu =

@@ -852,7 +852,7 @@ fn a_step_continues_on_another_cpu_after_vmclear() {
     let vmx = SoftVmx::new(msrs_from_tsv(TSV, "corei7_skylake_x").unwrap());
     let page = t.platform.alloc_pages(1).unwrap();
     // SAFETY: software model, one thread.
-    let mut other = unsafe { VmxRoot::enable(vmx, 1, page, 1) }
+    let mut other = unsafe { VmxRoot::enable(vmx, 1, page) }
         .map_err(|e| e.0)
         .unwrap();
     assert_eq!(

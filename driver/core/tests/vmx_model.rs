@@ -77,7 +77,7 @@ fn setup(model: &str) -> Result<Setup, String> {
     let controls = negotiate(&caps).map_err(|e| e.to_string())?;
     let page = rhax_core::platform::Platform::alloc_pages(&platform, 1).unwrap();
     // SAFETY: software model; the test stays on one thread.
-    let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }.map_err(|e| format!("{:?}", e.0))?;
+    let root = unsafe { VmxRoot::enable(vmx, 0, page) }.map_err(|e| format!("{:?}", e.0))?;
     let eptp = controls.eptp(0x4000_0000);
     let vcpu = Vcpu::new(&platform, &controls, 1, eptp).map_err(|e| format!("{e:?}"))?;
     Ok(Setup {
@@ -422,14 +422,14 @@ fn migration_invalidates_the_cache_and_rewrites_host_state_once() {
         .unwrap()
         .unwrap();
     assert_eq!(s.vcpu.run(&mut s.root), Ok(VmExit::Cpuid));
-    // Move: VMCLEAR here, VMXOFF, VMXON as "CPU 1" (another generation).
+    // Move: VMCLEAR here, VMXOFF, VMXON as "CPU 1" (a new VMXON, so a new residency token).
     s.vcpu.unload(&mut s.root).unwrap();
     let (mut vmx, page) = s.root.disable().map_err(|e| e.1).unwrap();
     vmx.host.gdt.base += 0x1000; // CPU 1 has its own GDT/TSS
     vmx.host.tss_base += 0x1000;
     let writes_before = vmx.counts.writes_by_field.clone();
     // SAFETY: software model.
-    let mut root = unsafe { VmxRoot::enable(vmx, 1, page, 2) }
+    let mut root = unsafe { VmxRoot::enable(vmx, 1, page) }
         .map_err(|e| e.0)
         .unwrap();
     assert_eq!(s.vcpu.run(&mut root), Ok(VmExit::Cpuid));
@@ -459,7 +459,7 @@ fn migration_invalidates_the_cache_and_rewrites_host_state_once() {
     // Running after the move without unloading on the new CPU: refused cleanly.
     let page2 = rhax_core::platform::Platform::alloc_pages(&s.platform, 1).unwrap();
     // SAFETY: software model.
-    let mut other = unsafe { VmxRoot::enable(soft("corei7_skylake_x"), 2, page2, 3) }
+    let mut other = unsafe { VmxRoot::enable(soft("corei7_skylake_x"), 2, page2) }
         .map_err(|e| e.0)
         .unwrap();
     assert_eq!(
@@ -480,7 +480,7 @@ fn pending_writes_survive_migration_and_reach_the_new_cpu() {
     s.vcpu.unload(&mut s.root).unwrap();
     let (vmx, page) = s.root.disable().map_err(|e| e.1).unwrap();
     // SAFETY: software model.
-    let mut root = unsafe { VmxRoot::enable(vmx, 1, page, 2) }
+    let mut root = unsafe { VmxRoot::enable(vmx, 1, page) }
         .map_err(|e| e.0)
         .unwrap();
     let seen = Rc::new(Cell::new(0));

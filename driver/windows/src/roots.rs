@@ -27,7 +27,7 @@
 //! runs at load or unload unless a VM was created.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -74,9 +74,6 @@ impl CpuSlot {
         }
     }
 }
-
-/// Distinct per enable on any CPU (a vCPU compares it to know its VMCS state is current).
-static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// A lock for passive-level callers that may sleep while holding it (enable/disable bind
 /// the thread to other CPUs): waiters sleep 1 ms between attempts.
@@ -229,14 +226,13 @@ fn enable_here(slot: &CpuSlot, cpu: CpuIndex) -> bool {
     let root = unsafe { &mut *slot.root.get() };
     let ok = match (region, root.is_some()) {
         (Some(region), false) => {
-            let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
             // SAFETY: CPL 0; the handle lives in the slot of this CPU, used only here at
             // DISPATCH_LEVEL or above.
             let hw = unsafe { HwVmx::new() };
             // SAFETY: CPL 0, bound to this CPU at DISPATCH_LEVEL; the root stays in this
             // CPU's slot and is used only on it, non-preemptible, with interrupts off around
             // runs (`with_current`); `region` is one page from the platform.
-            match unsafe { VmxRoot::enable(hw, cpu, region, generation) } {
+            match unsafe { VmxRoot::enable(hw, cpu, region) } {
                 Ok(mut r) => {
                     let global = r
                         .caps()

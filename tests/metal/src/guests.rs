@@ -33,8 +33,6 @@ pub use mtf::mtf_probe;
 const RAX: usize = 0;
 const RBX: usize = 3;
 
-static GENERATION: AtomicU64 = AtomicU64::new(0);
-
 /// Guest-physical memory `[0, pages * 4K)` backed by contiguous host pages, mapped by a
 /// 4-level EPT with 4-KByte pages (SDM Vol. 3C §29.3.2, Tables 29-1..29-6): non-leaf entries
 /// RWX, leaf entries RWX with memory type WB (6) in bits 5:3.
@@ -137,12 +135,11 @@ fn with_root<R>(f: impl FnOnce(&mut VmxRoot<HwVmx>) -> Result<R, String>) -> Res
     let region = Metal
         .alloc_pages(1)
         .map_err(|e| format!("VMXON region: {e:?}"))?;
-    let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
     // SAFETY: HwVmx is used only on this CPU, at CPL 0, inside this function.
     let hw = unsafe { HwVmx::new() };
     // SAFETY: CPL 0; this CPU runs nothing else (interrupts are off in scenarios and jobs) until
     // the root is disabled below; the region is one page from the platform.
-    let mut root = match unsafe { VmxRoot::enable(hw, cpu as u32, region, generation) } {
+    let mut root = match unsafe { VmxRoot::enable(hw, cpu as u32, region) } {
         Ok(r) => r,
         Err((e, _, region)) => {
             Metal.free_pages(region);

@@ -69,8 +69,6 @@ static SLOTS: [CpuSlot; MAX_CPUS] = [const {
     }
 }; MAX_CPUS];
 
-static GENERATION: AtomicU64 = AtomicU64::new(1 << 32);
-
 /// The kernel's per-CPU VMX roots, lent to the dispatcher.
 pub struct MetalRoots {
     _private: (),
@@ -254,12 +252,11 @@ impl Shell {
                     return;
                 }
             };
-            let generation = GENERATION.fetch_add(1, Ordering::SeqCst);
             // SAFETY: HwVmx is used only on this CPU, through the root stored in its slot.
             let hw = unsafe { HwVmx::new() };
             // SAFETY: CPL 0; the root stays in this CPU's slot and is only used on this CPU
             // with interrupts off (lends), until `Shell::drop` disables it here again.
-            match unsafe { VmxRoot::enable(hw, cpu as u32, region, generation) } {
+            match unsafe { VmxRoot::enable(hw, cpu as u32, region) } {
                 Ok(root) => {
                     SLOTS[cpu].requested.store(0, Ordering::SeqCst);
                     SLOTS[cpu].done.store(0, Ordering::SeqCst);

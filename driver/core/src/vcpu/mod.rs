@@ -97,10 +97,12 @@ pub struct Vcpu {
     launched: bool,
     initialized: bool,
     needs_setup: bool,
-    resident: Option<(CpuIndex, u64)>,
-    /// [`VmxRoot::token`] of the root the VMCS is resident under (0: none): set and cleared
-    /// with `resident`, compared on the hot path instead of it.
+    /// [`VmxRoot::token`] of the root the VMCS is resident under, 0 when it is not resident
+    /// anywhere: one compare on the hot path says "resident here, under this VMXON" (tokens
+    /// are unique across CPUs and VMXONs).
     resident_token: u64,
+    /// The CPU the VMCS is resident on (meaningful while `resident_token` is not 0).
+    resident_cpu: CpuIndex,
     controls: VmxControls,
     config: VmcsConfig,
     stats: Box<VcpuStats>,
@@ -210,8 +212,8 @@ impl Vcpu {
             launched: false,
             initialized: false,
             needs_setup: true,
-            resident: None,
             resident_token: 0,
+            resident_cpu: 0,
             controls: *controls,
             config,
             stats,
@@ -230,7 +232,7 @@ impl Vcpu {
     /// Frees the pages. The VMCS must not be active on any CPU ([`Vcpu::unload`] first);
     /// otherwise everything is leaked instead ([`StillResident`]).
     pub fn destroy<P: Platform>(self, platform: &P) -> Result<(), StillResident> {
-        if self.resident.is_some() {
+        if self.resident_token != 0 {
             // A CPU may still write this VMCS (SDM Vol. 3C §25.11.1: only VMCLEAR makes it
             // safe to reuse the region): its pages must not go back. Leaked, with no
             // allocation on this path (a close reaches it).
@@ -271,7 +273,7 @@ impl Vcpu {
 
     /// The CPU whose VMCS is this vCPU's, if any.
     pub fn resident_cpu(&self) -> Option<CpuIndex> {
-        self.resident.map(|(c, _)| c)
+        (self.resident_token != 0).then_some(self.resident_cpu)
     }
 
     /// The negotiated controls this vCPU runs with.
@@ -383,8 +385,8 @@ impl Vcpu {
     fn make_current<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), RunError> {
         let phys = self.vmcs_page.phys();
         let mut vmx = Counted::new(&mut root.vmx, &mut self.stats);
-        match self.resident {
-            Some((cpu, generation)) if cpu == root.cpu && generation == root.generation => {
+        match self.resident_token {
+            t if t == root.token => {
                 if root.current_vmcs != Some(phys) {
                     // Another vCPU's VMCS was current here; ours kept its state (no VMCLEAR
                     // needed between VMCSs on one CPU, SDM §25.11.1), so the cache stays valid.
@@ -394,8 +396,13 @@ impl Vcpu {
                 }
                 return Ok(());
             }
-            Some((cpu, _)) => return Err(RunError::ActiveElsewhere { cpu }),
-            None => {}
+            // Resident on another CPU, or on this one under an older VMXON.
+            0 => {}
+            _ => {
+                return Err(RunError::ActiveElsewhere {
+                    cpu: self.resident_cpu,
+                })
+            }
         }
         if !self.initialized {
             let revision = root.caps.basic.revision_id & 0x7fff_ffff;
@@ -408,8 +415,8 @@ impl Vcpu {
         // SAFETY: VMX root; the region is ours, VMCLEARed, not active on another CPU.
         unsafe { vmx.vmptrld(phys) }?;
         root.current_vmcs = Some(phys);
-        self.resident = Some((root.cpu, root.generation));
         self.resident_token = root.token;
+        self.resident_cpu = root.cpu;
         self.cache.invalidate_all();
         // The HOST_RSP value the stub caches is still the VMCS's (VMCLEAR keeps the data), but
         // this is another CPU's stack: force the stub to write it.
@@ -590,18 +597,21 @@ impl Vcpu {
     /// host MSRs first if the guest's are loaded.
     pub fn unload<V: Vmx>(&mut self, root: &mut VmxRoot<V>) -> Result<(), RunError> {
         self.put(root);
-        match self.resident {
-            Some((cpu, generation)) if cpu == root.cpu && generation == root.generation => {}
-            Some((cpu, _)) if cpu != root.cpu => return Err(RunError::ActiveElsewhere { cpu }),
+        match self.resident_token {
+            0 => return Ok(()),
+            t if t == root.token => {}
+            _ if self.resident_cpu != root.cpu => {
+                return Err(RunError::ActiveElsewhere {
+                    cpu: self.resident_cpu,
+                })
+            }
             // Resident under an older VMXON of this CPU: VMXOFF already made it inactive.
-            Some(_) => {
-                self.resident = None;
+            _ => {
                 self.resident_token = 0;
                 self.launched = false;
                 self.cache.invalidate_all();
                 return Ok(());
             }
-            None => return Ok(()),
         }
         let phys = self.vmcs_page.phys();
         let mut vmx = Counted::new(&mut root.vmx, &mut self.stats);
@@ -610,7 +620,6 @@ impl Vcpu {
         if root.current_vmcs == Some(phys) {
             root.current_vmcs = None;
         }
-        self.resident = None;
         self.resident_token = 0;
         self.launched = false;
         self.cache.invalidate_all();

@@ -166,12 +166,10 @@ pub struct VmxRoot<V: Vmx> {
     pub(crate) cpu: CpuIndex,
     pub(crate) caps: VmxCaps,
     pub(crate) host: HostState,
-    /// Incremented by every enable on this CPU; a vCPU compares it to know its host state and
-    /// VMCS residency are still this CPU's.
-    pub(crate) generation: u64,
     /// Unique to this enable among all enables on all CPUs (never 0): a vCPU whose recorded
     /// token equals it knows, with one compare, that it is resident on this CPU under this
-    /// VMXON (CPU and generation together would be two, on every run and VMCS access).
+    /// VMXON (the CPU and a per-CPU count of enables would be two, on every run and VMCS
+    /// access).
     pub(crate) token: u64,
     pub(crate) current_vmcs: Option<u64>,
     region: PhysPages,
@@ -192,7 +190,6 @@ impl<V: Vmx> VmxRoot<V> {
         mut vmx: V,
         cpu: CpuIndex,
         mut region: PhysPages,
-        generation: u64,
     ) -> Result<Self, (EnableError, V, PhysPages)> {
         // SAFETY: CPL0 by contract; the capability MSRs exist on a VMX CPU.
         let caps = VmxCaps::read(|msr| unsafe { vmx.rdmsr(msr) });
@@ -237,7 +234,6 @@ impl<V: Vmx> VmxRoot<V> {
             cpu,
             caps,
             host,
-            generation,
             token: NEXT_TOKEN.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             current_vmcs: None,
             region,

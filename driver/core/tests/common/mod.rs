@@ -132,7 +132,7 @@ pub fn setup_with(mut vmx: SoftVmx, cpuid: CpuidTable) -> T {
     let controls = negotiate(vmx.caps()).unwrap();
     let page = platform.alloc_pages(1).unwrap();
     // SAFETY: software model, one thread.
-    let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }
+    let root = unsafe { VmxRoot::enable(vmx, 0, page) }
         .map_err(|e| e.0)
         .unwrap();
     let vcpu = HaxVcpu::new(&platform, &controls, 0, 0, controls.eptp(0x4000_0000)).unwrap();

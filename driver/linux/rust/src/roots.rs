@@ -23,7 +23,7 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -73,9 +73,6 @@ impl CpuSlot {
         }
     }
 }
-
-/// Distinct per enable on any CPU (a vCPU compares it to know its VMCS state is current).
-static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Holds the glue's state mutex.
 struct StateGuard;
@@ -239,13 +236,12 @@ fn enable_locked(slot: &CpuSlot, cpu: CpuIndex) -> bool {
     };
     // SAFETY: this CPU, interrupts off (cr4_set_bits' rule).
     unsafe { ffi::rhax_glue_cr4_vmxe(true) };
-    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
     // SAFETY: CPL 0; the handle lives in this CPU's slot, used only on it.
     let hw = unsafe { HwVmx::new() };
     // SAFETY: CPL 0, on this CPU non-preemptibly; the root stays in this CPU's slot and is
     // used only on it, with interrupts off around runs (the glue's lend); CR4 changes only
     // through the kernel's shadow, which now includes VMXE; `region` is one platform page.
-    match unsafe { VmxRoot::enable(hw, cpu, region, generation) } {
+    match unsafe { VmxRoot::enable(hw, cpu, region) } {
         Ok(mut r) => {
             let global = r
                 .caps()

@@ -273,7 +273,7 @@ pub fn soft_hypervisor<P: crate::platform::Platform + UserMapping>(
     let page = platform.alloc_pages(1).ok()?;
     // SAFETY: the software model has no CPU state to protect; the root lives in the returned
     // dispatcher's `SoftCpuRoots`, used from one thread.
-    let root = unsafe { VmxRoot::enable(vmx, 0, page, 1) }.ok()?;
+    let root = unsafe { VmxRoot::enable(vmx, 0, page) }.ok()?;
     Some(super::super::Hypervisor::new(
         platform,
         SoftCpuRoots::new(root),
