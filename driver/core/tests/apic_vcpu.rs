@@ -360,6 +360,98 @@ fn tsc_deadline_runs_on_the_preemption_timer() {
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 }
 
+/// vCPU 0 with x2APIC on, its timer in TSC-deadline mode (vector 0x30) armed `ahead` TSC
+/// ticks from the start of the next RUN, and a vCPU 1 on the bus to send IPIs to.
+fn ipi_sender_with_timer(ahead: u64) -> (T, rhax_core::apic::bus::SharedBus, HaxVcpu, u64) {
+    let (mut t, bus) = apic_setup(INJECT);
+    let v1 = second_vcpu(&t, &bus);
+    let mut steps = x2apic_on();
+    steps.push(wrmsr(0x832, 0x30 | (2 << 17))); // LVT timer: TSC-deadline, vector 0x30
+    steps.push(out_port());
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    let deadline = rhax_core::vmx::Vmx::rdtsc(t.root.vmx()) + ahead;
+    (t, bus, v1, deadline)
+}
+
+fn drop_vcpu(t: &mut T, mut v: HaxVcpu) {
+    v.core().unload(&mut t.root).ok();
+    let _ = v.destroy(&t.platform);
+}
+
+#[test]
+fn an_ipi_to_another_vcpu_reenters_with_the_timer_counted_from_the_fast_path() {
+    // The fast path's direct re-entry skips the APIC's entry work but not the timer: the
+    // preemption value of the next entry counts from the fast path, not from the entry
+    // before it (the soft CPU's TSC moves 1,000 ticks per entry).
+    let (mut t, bus, v1, deadline) = ipi_sender_with_timer(1_000_000);
+    let values = Rc::new(RefCell::new(Vec::new()));
+    let mut steps = vec![wrmsr(0x6e0, deadline)];
+    for _ in 0..3 {
+        let v = values.clone();
+        let mut ipi = wrmsr(0x830, (1 << 32) | 0x70); // fixed, physical, to vCPU 1
+        steps.push(Box::new(move |c| {
+            v.borrow_mut()
+                .push(c.read(VmcsField::VmxPreemptionTimerValue));
+            assert_eq!(c.read(VmcsField::VmEntryInterruptionInformation) & VALID, 0);
+            ipi(c);
+        }));
+    }
+    steps.push(out_port());
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    assert!(bus.port(1).unwrap().pending(), "posted into vCPU 1's port");
+    let v = values.borrow();
+    assert_eq!(v.len(), 3);
+    assert!(v[0] > 0, "armed: {v:?}");
+    assert!(
+        v[1] < v[0] && v[2] < v[1],
+        "each entry counts down from its own now: {v:?}"
+    );
+    drop_vcpu(&mut t, v1);
+}
+
+#[test]
+fn a_timer_due_at_an_ipi_fast_path_fires_at_the_next_entry() {
+    // Due between the entry before the IPI and the fast path: the re-entry goes the long
+    // way, which fires it.
+    let (mut t, _bus, v1, deadline) = ipi_sender_with_timer(1_500);
+    t.hook(script(vec![
+        wrmsr(0x6e0, deadline),
+        wrmsr(0x830, (1 << 32) | 0x70),
+        Box::new(|c| {
+            assert_eq!(
+                c.read(VmcsField::VmEntryInterruptionInformation),
+                VALID | 0x30,
+                "the deadline's interrupt at the entry after the IPI"
+            );
+            c.write(VmcsField::VmEntryInterruptionInformation, 0);
+            c.exit(30, 0x0080_0000, 1);
+        }),
+    ]));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+    drop_vcpu(&mut t, v1);
+}
+
+#[test]
+fn an_icr_ipi_to_its_own_id_is_injected_at_the_next_entry() {
+    // Fixed, physical, destination = this vCPU's own ID (not the self shorthand): routed
+    // through the bus into its own port, which the direct re-entry must not pass by.
+    let (mut t, _bus) = apic_setup(INJECT);
+    let mut steps = x2apic_on();
+    steps.push(wrmsr(0x830, 0x71));
+    steps.push(Box::new(|c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation),
+            VALID | 0x71
+        );
+        c.write(VmcsField::VmEntryInterruptionInformation, 0);
+        c.exit(30, 0x0080_0000, 1);
+    }));
+    t.hook(script(steps));
+    assert_eq!(t.run(), Ok(ExitStatus::Io));
+}
+
 #[test]
 fn xapic_mmio_is_served_in_the_kernel() {
     let (mut t, _bus) = apic_setup(ApicFlags::empty());

@@ -166,6 +166,14 @@ pub struct Ipi {
     pub shorthand: Shorthand,
 }
 
+impl Ipi {
+    /// A fixed interrupt to the sender alone (the self shorthand): the sender's own model
+    /// accepts it, without routing (SDM Vol. 3A §11.6.1; the interrupt handler's hot case).
+    pub fn is_fixed_self(&self) -> bool {
+        self.shorthand == Shorthand::SelfOnly && self.irq.mode == DeliveryMode::Fixed
+    }
+}
+
 /// What a register write asks of the vCPU around the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {

@@ -21,7 +21,7 @@
 use rhax_api::ext::ApicFlags;
 
 use super::*;
-use crate::apic::{ApicBus, ApicMode, DeliveryMode, Effect, Interrupt, LocalApic, Shorthand};
+use crate::apic::{ApicBus, ApicMode, DeliveryMode, Effect, Interrupt, LocalApic};
 use crate::memory::try_arc::TryArc;
 
 /// IA32_TSC_DEADLINE (SDM Vol. 3A §11.5.4.1).
@@ -121,6 +121,19 @@ impl ApicUnit {
         let default = self.local.mode() == ApicMode::XApic
             && self.local.base_address() == crate::apic::local::DEFAULT_BASE;
         !default && self.bus.request_access_drop()
+    }
+
+    /// The preemption-timer value that ends the guest at the APIC timer's deadline (from
+    /// `now`), when the timer runs on it and the deadline comes before the `slice` ends;
+    /// `rate`: the preemption timer counts every 2^rate TSC ticks (SDM Vol. 3C §26.5.1).
+    fn timer_preempt(&self, rate: u8, slice: Option<u32>) -> Option<u32> {
+        match (self.timer_on_preemption, self.local.timer_deadline(), slice) {
+            (true, Some(d), Some(s)) => {
+                let ticks = d.saturating_sub(self.now) >> rate;
+                Some(ticks.min(u64::from(s)) as u32)
+            }
+            _ => None,
+        }
     }
 
     pub(in crate::vcpu::haxm) fn set_vtpr(&mut self, tpr: u8) {
@@ -470,6 +483,50 @@ impl HaxVcpu {
         Ok(BeforeEntry::Enter)
     }
 
+    /// After a fast path that left this vCPU's APIC as the last entry's work left it
+    /// ([`FastExit::Unchanged`]): whether the next entry may skip that work
+    /// ([`HaxVcpu::apic_before_entry`]), as KVM's fast paths re-enter the guest unless a
+    /// request is pending (`kvm_vcpu_exit_request`). Everything that work would act on is
+    /// checked here and sends the entry the long way: a user-space kick or the RUN's time
+    /// budget, an interrupt posted to this vCPU's port, a LINT change, an NMI or ExtINT
+    /// waiting, a halt or wait-for-SIPI, the timer due. What is left is the same model as at
+    /// the last entry (the TPR the guest changed through the TPR shadow meanwhile included:
+    /// raising it never unblocks a vector, lowering it below the threshold exits by itself,
+    /// SDM Vol. 3C §30.1.2), so the same injection, window, TPR threshold, virtual-APIC page
+    /// and EOI-exit bitmap: only the timer's preemption value, which counts from the entry,
+    /// is computed again. `now`: the guest TSC the fast path read.
+    #[inline(always)]
+    pub(in crate::vcpu::haxm) fn apic_reenter_direct<P: Platform>(
+        &mut self,
+        platform: &P,
+        now: u64,
+    ) -> bool {
+        if self.user_event_pending()
+            || platform.user_return_pending()
+            || platform.tsc().wrapping_sub(self.run_start) >= self.run_budget
+        {
+            return false;
+        }
+        let rate = self.core.controls().preemption_timer_rate;
+        let slice = self.preemption_ticks;
+        let Some(u) = self.apic.as_deref_mut() else {
+            return false;
+        };
+        if u.nmi
+            || u.extint.is_some()
+            || u.halted
+            || u.wait_for_sipi
+            || u.bus.port(u.index).is_some_and(|p| p.pending())
+            || u.bus.lint_pending(u.index)
+            || u.local.timer_deadline().is_some_and(|d| now >= d)
+        {
+            return false;
+        }
+        u.now = now;
+        u.preempt = u.timer_preempt(rate, slice);
+        true
+    }
+
     /// NMI, ExtINT or the highest deliverable vector into the VM-entry interruption field;
     /// the interrupt window, the TPR threshold and the timer's preemption value.
     // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
@@ -544,15 +601,7 @@ impl HaxVcpu {
             .highest_irr()
             .filter(|&v| still.is_none() && v >> 4 <= tpr >> 4);
         let threshold = blocked_by_tpr.map_or(0, |v| u32::from(v >> 4).min(u32::from(tpr >> 4)));
-        let deadline = u.local.timer_deadline();
-        let now = u.now;
-        u.preempt = match (u.timer_on_preemption, deadline, slice) {
-            (true, Some(d), Some(s)) => {
-                let ticks = d.saturating_sub(now) >> rate;
-                Some(ticks.min(u64::from(s)) as u32)
-            }
-            _ => None,
-        };
+        u.preempt = u.timer_preempt(rate, slice);
         let new_tpr = u.local.tpr();
         u.set_vtpr(new_tpr);
         if vid {
@@ -603,7 +652,7 @@ impl HaxVcpu {
         let tpr = u.local.tpr();
         u.set_vtpr(tpr);
         if let Effect::Ipi(ipi) = effect {
-            if ipi.shorthand == Shorthand::SelfOnly && ipi.irq.mode == DeliveryMode::Fixed {
+            if ipi.is_fixed_self() {
                 // To this vCPU alone: straight into its model, which the next entry reads
                 // (the port would only hand it over there; a self-IPI is the interrupt
                 // handler's hot case, SDM Vol. 3A §11.6.1).

@@ -16,6 +16,22 @@ const X2APIC_MSRS: core::ops::RangeInclusive<u32> = 0x800..=0x8ff;
 /// x2APIC ICR (SDM Vol. 3A Table 11-6).
 const X2APIC_ICR: u32 = 0x830;
 
+/// What [`HaxVcpu::apic_fast_exit`] did with an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in crate::vcpu::haxm) enum FastExit {
+    /// Not a fast path's: the general handling takes it.
+    No,
+    /// Carried out; the next entry does the APIC's usual work first.
+    Handled,
+    /// Carried out, and this vCPU's APIC is as the last entry's work left it (an IPI to other
+    /// vCPUs): the next entry may skip that work ([`HaxVcpu::apic_reenter_direct`]). `now`:
+    /// the guest TSC the fast path read.
+    Unchanged {
+        /// Guest TSC at the fast path.
+        now: u64,
+    },
+}
+
 impl HaxVcpu {
     /// HLT with an in-kernel APIC: the vCPU halts in the kernel (the next entry polls).
     pub(in crate::vcpu::haxm) fn apic_halt<V: Vmx>(
@@ -125,14 +141,14 @@ impl HaxVcpu {
     /// or of IA32_TSC_DEADLINE in TSC-deadline mode is carried out here and the guest re-entered
     /// without the exit dispatch, the CPUID-table lookups of the general MSR path or the
     /// IDT-vectoring check (an instruction exit never interrupts event delivery, SDM Vol. 3C
-    /// §28.2.4). `true`: handled, enter again.
+    /// §28.2.4).
     // Its own frame: the RUN loop's stays within the 2 KiB budget (`cargo xtask stack`).
     #[inline(never)]
     pub(in crate::vcpu::haxm) fn apic_fast_exit<V: Vmx>(
         &mut self,
         root: &mut VmxRoot<V>,
         exit: &VmExit,
-    ) -> Result<bool, HaxError> {
+    ) -> Result<FastExit, HaxError> {
         // Every exit: the model takes what the CPU did without exits (the virtual TPR; with
         // virtual-interrupt delivery VIRR/VISR) before anything reads or changes it.
         if let Some(u) = self.apic.as_deref_mut() {
@@ -140,13 +156,13 @@ impl HaxVcpu {
         }
         self.apic_vid_pull();
         if !matches!(exit, VmExit::Wrmsr) {
-            return Ok(false);
+            return Ok(FastExit::No);
         }
         let Some(u) = self.apic.as_deref() else {
-            return Ok(false);
+            return Ok(FastExit::No);
         };
         if u.flags.contains(ApicFlags::NO_FAST_PATHS) {
-            return Ok(false);
+            return Ok(FastExit::No);
         }
         let msr = self.core.regs.gpr[reg::RCX] as u32;
         let x2 = u.local.mode() == ApicMode::X2Apic;
@@ -155,19 +171,19 @@ impl HaxVcpu {
         let x2_fast = matches!(msr, X2APIC_ICR | X2APIC_EOI | X2APIC_SELF_IPI);
         let fast = (x2_fast && x2) || (msr == IA32_TSC_DEADLINE && u.local.tsc_deadline_mode());
         if !fast {
-            return Ok(false);
+            return Ok(FastExit::No);
         }
         let value =
             (self.core.regs.gpr[reg::RDX] << 32) | (self.core.regs.gpr[reg::RAX] & 0xffff_ffff);
         let now = self.guest_tsc(root)?;
         let Some(u) = self.apic.as_deref_mut() else {
-            return Ok(false);
+            return Ok(FastExit::No);
         };
         let effect = if msr != IA32_TSC_DEADLINE {
             let e = match u.local.write_msr(msr, value, now) {
                 Ok(e) => e,
                 // A reserved bit: the general path injects the #GP.
-                Err(_) => return Ok(false),
+                Err(_) => return Ok(FastExit::No),
             };
             // EOI and SELF IPI change no register the page mirrors (the ISR and IRR are
             // VISR/VIRR's business, and without virtual-interrupt delivery not in the page).
@@ -184,9 +200,20 @@ impl HaxVcpu {
             u.local.write_tsc_deadline(value, now)
         };
         u.fast_exits += 1;
+        // An ICR write that sends an IPI changes nothing of this APIC but the ICR (already in
+        // the page) unless the IPI is for this vCPU too: fixed to self goes straight into the
+        // model below, and any other delivery to this vCPU arrives through its port, which
+        // `apic_reenter_direct` looks at. SELF IPI, EOI and the deadline change the IRR, the
+        // ISR or the timer: the entry's APIC work must see them.
+        let unchanged =
+            msr == X2APIC_ICR && matches!(effect, Effect::Ipi(ipi) if !ipi.is_fixed_self());
         self.apic_effect(effect);
         self.skip(root)?;
-        Ok(true)
+        Ok(if unchanged {
+            FastExit::Unchanged { now }
+        } else {
+            FastExit::Handled
+        })
     }
 
     /// MOV to/from CR8 without the TPR shadow: CR8 is TPR[7:4] (SDM Vol. 3A §11.8.6.1); a

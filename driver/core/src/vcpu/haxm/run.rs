@@ -1,6 +1,7 @@
 //! The RUN state machine: steps inside the non-preemptible region, the guest loop, and the
 //! passive-level memory work between steps (see the parent module's documentation).
 
+use super::apic_exits::FastExit;
 use super::events::interrupt_shadow;
 use super::*;
 use crate::vmcs::exit::{reason as exit_reason, ExitReason, IoAccess};
@@ -454,10 +455,13 @@ impl HaxVcpu {
         cpuid: &CpuidTable,
         platform: &P,
     ) -> Result<Flow, HaxError> {
+        // The entry after an APIC fast path that found nothing for the APIC's entry work
+        // to do (`apic_reenter_direct`, which also looked for the user-space kicks).
+        let mut direct = false;
         loop {
             // The user-space kicks: the tunnel's `user_event_pending` and the shell's
             // (a pending signal on Linux), checked before every entry.
-            if self.take_user_event() || platform.user_return_pending() {
+            if !direct && (self.take_user_event() || platform.user_return_pending()) {
                 self.set_status(ExitStatus::Interrupt, 0);
                 self.finish_user_exit(root)?;
                 return Ok(Flow::Done);
@@ -465,13 +469,14 @@ impl HaxVcpu {
             // The in-kernel APIC (rhax's extension): its interrupts, halt polling, timer.
             // Without one (the default) there is nothing to do: tested here, inline, not in
             // the out-of-line frame (~15 emulated instructions per entry).
-            if self.apic.is_some() {
+            if self.apic.is_some() && !direct {
                 if let apic::BeforeEntry::Stay(status) = self.apic_before_entry(root, platform)? {
                     self.set_status(status, 0);
                     self.finish_user_exit(root)?;
                     return Ok(Flow::Done);
                 }
             }
+            direct = false;
             let injected = self.prepare_entry(root)?;
             self.arm_debugger(root)?;
             // `enter` (inlined here), not `run`: the exit reason only, decoded below as far
@@ -528,9 +533,19 @@ impl HaxVcpu {
             }
             // Without the in-kernel APIC (the default) the fast paths have nothing to do:
             // tested here, inline, instead of in their out-of-line frame.
-            if self.apic.is_some() && self.apic_fast_exit(root, exit)? {
-                self.apic_kick(platform, root.cpu());
-                continue;
+            if self.apic.is_some() {
+                match self.apic_fast_exit(root, exit)? {
+                    FastExit::No => {}
+                    FastExit::Handled => {
+                        self.apic_kick(platform, root.cpu());
+                        continue;
+                    }
+                    FastExit::Unchanged { now } => {
+                        self.apic_kick(platform, root.cpu());
+                        direct = self.apic_reenter_direct(platform, now);
+                        continue;
+                    }
+                }
             }
             self.after_exit(root, exit, injected)?;
             let next = self.handle(root, cpuid, exit)?;
@@ -543,10 +558,12 @@ impl HaxVcpu {
 
     /// The exit as the handlers take it, read as far as its reason needs: a port IO exit
     /// (every IN/OUT served by user space) reads its qualification alone (SDM Vol. 3C Table
-    /// 28-5), CPUID and HLT nothing; every other reason, and a failed entry, goes through the
-    /// core's full decode (`Vcpu::decode`, the same VMREADs `Vcpu::run` made). The result is
-    /// the `VmExit` `Vcpu::run` returns for the same exit (`decode_exit_matches_run`, host
-    /// test): only the call, the jump table and the copies of the full decode are saved.
+    /// 28-5), the reasons without fields (CPUID, HLT, RDMSR/WRMSR, ...: `without_fields`, the
+    /// list the full decode starts with) nothing; every other reason, and a failed entry, goes
+    /// through the core's full decode (`Vcpu::decode`, the same VMREADs `Vcpu::run` made).
+    /// The result is the `VmExit` `Vcpu::run` returns for the same exit (one list, unit test
+    /// `without_fields_gives_each_reasons_own_exit`): only the call, the jump table and the
+    /// copies of the full decode are saved.
     #[inline(always)]
     pub(in crate::vcpu::haxm) fn decode_exit<V: Vmx>(
         &mut self,
@@ -560,9 +577,11 @@ impl HaxVcpu {
                     .with_vmcs(root, |vmcs, _| vmcs.exit_qualification())??;
                 Ok(VmExit::Io(IoAccess::from_qualification(q)))
             }
-            Some(exit_reason::CPUID) => Ok(VmExit::Cpuid),
-            Some(exit_reason::HLT) => Ok(VmExit::Hlt),
-            _ => Ok(self.core.decode(root, reason)?),
+            Some(basic) => match crate::vmcs::exit::without_fields(basic) {
+                Some(exit) => Ok(exit),
+                None => Ok(self.core.decode(root, reason)?),
+            },
+            None => Ok(self.core.decode(root, reason)?),
         }
     }
 
