@@ -146,7 +146,7 @@ fn xapic_register_writes_exit_to_the_model_and_the_page_follows_it() {
 
 #[test]
 fn x2apic_reads_pass_through_except_the_current_count_and_write_only_registers() {
-    let (mut t, _bus) = apic_setup_with_access(ApicFlags::empty(), ACCESS);
+    let (mut t, bus) = apic_setup_with_access(ApicFlags::empty(), ACCESS);
     let mut steps = x2apic_on();
     steps.push(Box::new(|c| {
         assert_eq!(c.x2apic_rdmsr(0x80f), Some(0x1ff), "SVR: no exit");
@@ -188,6 +188,7 @@ fn x2apic_reads_pass_through_except_the_current_count_and_write_only_registers()
     // Leaving the default xAPIC base (x2APIC mode) ends the RUN once: the VM's APIC-access
     // mapping goes (`apic_base.rs`).
     assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    page_dropped(&bus);
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 }
 

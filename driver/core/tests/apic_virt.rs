@@ -184,7 +184,7 @@ const X2APIC_VIRT: u64 = 1 << 4;
 
 #[test]
 fn x2apic_virtualization_follows_the_guests_apic_mode() {
-    let (mut t, _bus) = apic_setup_with_access(ApicFlags::empty(), 0x7_7000);
+    let (mut t, bus) = apic_setup_with_access(ApicFlags::empty(), 0x7_7000);
     let mut steps: Vec<Step> = vec![Box::new(|c| {
         let proc2 = c.read(VmcsField::SecondaryProcessorBasedVmExecutionControls);
         assert_ne!(proc2 & ACCESS_VIRT, 0, "xAPIC mode: the APIC-access page");
@@ -244,9 +244,12 @@ fn x2apic_virtualization_follows_the_guests_apic_mode() {
         c.exit(30, 0x0080_0000, 1);
     }));
     t.hook(script(steps));
-    // Leaving the default xAPIC base (x2APIC mode) ends the RUN once: the VM's APIC-access
-    // mapping goes (`apic_base.rs`).
+    // Leaving the default xAPIC base (x2APIC mode) ends the RUN: the VM's APIC-access
+    // mapping goes; coming back to it ends it again: the mapping returns (`apic_base.rs`).
     assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    page_dropped(&bus);
+    assert_eq!(t.run(), Ok(ExitStatus::Interrupt));
+    page_mapped(&bus);
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 }
 

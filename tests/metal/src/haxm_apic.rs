@@ -316,6 +316,7 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
         Err(f) => fails.push(f),
     }
     checks += crate::haxm_apic_arv::arv_checks(&mut fails)?;
+    checks += crate::haxm_apic_remap::remap_checks(&mut fails)?;
     if !fails.is_empty() {
         return Err(format!(
             "{} of {checks} checks failed: {}",
@@ -326,7 +327,7 @@ pub fn haxm_apic(_: &Ctx) -> R<String> {
     let ms = (rdtsc() - t0) * 1000 / time::tsc_hz().max(1);
     Ok(format!(
         "{checks} checks (xAPIC + x2APIC suites and xAPIC-only, with and without the \
-         APIC-access page; 2-vCPU; APIC-register virtualization by exit counts), {} RUNs, {ms} ms of guest TSC",
+         APIC-access page; 2-vCPU; APIC-register virtualization and the APIC-access page following the base, by exit counts), {} RUNs, {ms} ms of guest TSC",
         runs + runs2,
     ))
 }

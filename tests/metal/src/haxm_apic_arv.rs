@@ -23,21 +23,21 @@ use crate::hv::Shell;
 /// Where the guest stores what it read: SVR (xAPIC), LVT timer, SVR (x2APIC).
 const RESULTS: u64 = 0x3000;
 /// The phase marks and the end.
-const PORT_PHASE: u16 = 0xE8;
-const PORT_END: u16 = 0xE9;
+pub(crate) const PORT_PHASE: u16 = 0xE8;
+pub(crate) const PORT_END: u16 = 0xE9;
 /// Exit reasons counted (SDM Vol. 3C Appendix C), in the order [`counts`] returns them.
 const REASONS: [usize; 4] = [31, 44, 48, 56];
 /// Their positions: RDMSR, APIC access, EPT violation, APIC write.
 const RDMSR: usize = 0;
-const APIC_ACCESS: usize = 1;
-const EPT_VIOLATION: usize = 2;
+pub(crate) const APIC_ACCESS: usize = 1;
+pub(crate) const EPT_VIOLATION: usize = 2;
 const APIC_WRITE: usize = 3;
 /// Loop lengths.
 const READS: u32 = 1000;
 const WRITES: u32 = 100;
 
 /// A counted loop: `mov esi, n`, `body`, `dec esi`, `jnz` back to the body.
-fn counted(code: &mut Vec<u8>, n: u32, body: &[u8]) {
+pub(crate) fn counted(code: &mut Vec<u8>, n: u32, body: &[u8]) {
     code.push(0xBE); // mov esi, imm32
     code.extend(n.to_le_bytes());
     code.extend(body);
@@ -47,12 +47,12 @@ fn counted(code: &mut Vec<u8>, n: u32, body: &[u8]) {
 }
 
 /// `mov [addr32], eax`.
-fn store_eax(code: &mut Vec<u8>, addr: u64) {
+pub(crate) fn store_eax(code: &mut Vec<u8>, addr: u64) {
     code.extend([0x89, 0x04, 0x25]);
     code.extend((addr as u32).to_le_bytes());
 }
 
-const OUT_PHASE: [u8; 2] = [0xE6, PORT_PHASE as u8];
+pub(crate) const OUT_PHASE: [u8; 2] = [0xE6, PORT_PHASE as u8];
 
 fn guest() -> Vec<u8> {
     let mut c = Vec::new();
@@ -85,14 +85,14 @@ fn guest() -> Vec<u8> {
 }
 
 /// The exit counts of the reasons above.
-fn counts(v: &V<'_>) -> R<[u64; 4]> {
+pub(crate) fn counts(v: &V<'_>) -> R<[u64; 4]> {
     let s = v.stats().map_err(e("GET_STATS"))?;
     let n = |r: usize| s.per_reason.get(r).map_or(0, |x| x.exits);
     Ok(REASONS.map(n))
 }
 
 /// Runs the guest; the counts at each phase mark.
-fn drive(v: &mut V<'_>) -> R<Vec<[u64; 4]>> {
+pub(crate) fn drive(v: &mut V<'_>) -> R<Vec<[u64; 4]>> {
     let mut marks = Vec::new();
     for _ in 0..10_000 {
         match step(v, 0)? {
@@ -123,10 +123,15 @@ fn cpu_has_arv() -> bool {
     allowed1 & (0b11 << 8) == 0b11 << 8
 }
 
-/// One VM; the checks' failures appended. Returns the number of checks.
-fn one(flags: ApicFlags, fails: &mut Vec<String>) -> R<usize> {
+/// A VM with the in-kernel APIC (`flags`) and one 64-bit vCPU running `code` at [`CODE`]
+/// (the 4th GiB identity-mapped uncached: the xAPIC pages); `f` drives it.
+pub(crate) fn with_apic_vm<T>(
+    code: &[u8],
+    flags: ApicFlags,
+    f: impl FnOnce(&mut V<'_>, &Ram) -> R<T>,
+) -> R<T> {
     let ram = Ram::zeroed(0x2_0000)?;
-    ram.write(CODE, &guest());
+    ram.write(CODE, code);
     write_gdt(&ram, 0x00AF_9B00_0000_FFFF);
     page_tables(&ram);
     let shell = Shell::new()?;
@@ -140,7 +145,16 @@ fn one(flags: ApicFlags, fails: &mut Vec<String>) -> R<usize> {
         .map_err(e("ENABLE_APIC"))?;
     let mut v = vm.create_vcpu(0).map_err(e("VCPU_CREATE"))?;
     long_mode(&v)?;
-    let marks = drive(&mut v)?;
+    f(&mut v, &ram)
+}
+
+/// One VM; the checks' failures appended. Returns the number of checks.
+fn one(flags: ApicFlags, fails: &mut Vec<String>) -> R<usize> {
+    with_apic_vm(&guest(), flags, |v, ram| judge_arv(v, ram, flags, fails))
+}
+
+fn judge_arv(v: &mut V<'_>, ram: &Ram, flags: ApicFlags, fails: &mut Vec<String>) -> R<usize> {
+    let marks = drive(v)?;
     let [m0, m1, m2, m3, m4, m5] = marks[..] else {
         return Err(format!("ARV guest: {} phase marks, expected 6", marks.len()));
     };

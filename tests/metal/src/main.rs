@@ -27,6 +27,7 @@ mod haxm;
 mod haxm_apic;
 mod haxm_apic_arv;
 mod haxm_apic_guest;
+mod haxm_apic_remap;
 mod haxm_apic_smp;
 mod haxm_apic_smp_guest;
 mod haxm_avx;

@@ -5,7 +5,7 @@
 //! Each vCPU drains its own port before every VM entry (KVM's posted-interrupt request
 //! bitmap, in software).
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rhax_api::ext::ApicFlags;
 use rhax_api::HAX_MAX_VCPUS;
@@ -52,17 +52,36 @@ pub struct ApicBus {
     running_on: [AtomicU32; BUS_SLOTS],
     /// LINT0/LINT1 state per vCPU (RHAX_VCPU_IOCTL_APIC_LINT).
     lint: [AtomicU32; BUS_SLOTS],
-    /// Where the APIC-access page's mapping stands: [`ACCESS_MAPPED`], [`ACCESS_DROP`],
-    /// [`ACCESS_DROPPED`].
-    access_state: AtomicU32,
+    /// The APIC-access page's mapping at the default xAPIC base: bits 0-15, the vCPUs (by
+    /// id) whose APIC does not answer there (moved, x2APIC mode, disabled); bits 62-63, the
+    /// mapping's state ([`PAGE_MAPPED`], [`PAGE_UNMAPPED`], [`PAGE_BUSY`], [`PAGE_GONE`]).
+    /// One word, so a vCPU leaving the default base learns in the same atomic step whether
+    /// the page may still be in the EPT.
+    access: AtomicU64,
 }
 
-/// The APIC-access page is mapped at the default base (or the VM has none).
-const ACCESS_MAPPED: u32 = 0;
-/// A vCPU's APIC left the default xAPIC base: the mapping must go before it runs again.
-const ACCESS_DROP: u32 = 1;
-/// The mapping is gone for the VM's lifetime.
-const ACCESS_DROPPED: u32 = 2;
+/// The page is in the EPT at the default base (or the VM has none: nothing else happens).
+const PAGE_MAPPED: u64 = 0;
+/// The page is out of the EPT: 0xFEE00000 is what the memslots make it.
+const PAGE_UNMAPPED: u64 = 1 << 62;
+/// A dispatcher is mapping or unmapping it ([`ApicBus::claim_access_work`]).
+const PAGE_BUSY: u64 = 2 << 62;
+/// Out for the VM's lifetime: RAM took its place (a SET_RAM over the default base).
+const PAGE_GONE: u64 = 3 << 62;
+const PAGE_STATE: u64 = 3 << 62;
+const OFF_DEFAULT: u64 = (1 << BUS_SLOTS) - 1;
+
+/// What the dispatcher must do with the APIC-access page's mapping, claimed by
+/// [`ApicBus::claim_access_work`] and ended by [`ApicBus::access_work_done`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessWork {
+    /// A vCPU's APIC left the default base: the translation must go (and every CPU
+    /// INVEPT) before that vCPU runs its guest again.
+    Unmap,
+    /// Every vCPU's APIC is at the default base again: the translation comes back (KVM lifts
+    /// its APICv inhibit for a moved base the same way).
+    Map,
+}
 
 // SAFETY: atomics, flags and ports whose all-zero state is an empty port (`ApicPort` is
 // `Zeroable`); `init` completes the rest before the bus is shared.
@@ -94,53 +113,94 @@ impl ApicBus {
         (self.apic_access != 0).then_some(self.apic_access)
     }
 
-    /// A vCPU's APIC no longer answers at the default xAPIC base (moved, x2APIC mode or
-    /// disabled): the VM-wide APIC-access mapping there must go (KVM inhibits APIC
-    /// virtualization VM-wide for a moved base the same way), else the CPU would go on
-    /// virtualizing that vCPU's accesses to an address that is ordinary memory or MMIO for it
-    /// now. True only for the call that asked first, on a VM with the page: that vCPU then
-    /// returns to its dispatcher (RUN ends) so that [`ApicBus::take_access_drop`] is acted
-    /// on before it enters the guest again.
-    pub fn request_access_drop(&self) -> bool {
-        self.apic_access != 0
-            && self
-                .access_state
-                .compare_exchange(
-                    ACCESS_MAPPED,
-                    ACCESS_DROP,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
+    /// Records whether vCPU `index`'s APIC answers at the default xAPIC base (`at_default`;
+    /// not when moved, in x2APIC mode or disabled, SDM Vol. 3A §11.4.4, §11.12.1), after
+    /// anything that may change that (an IA32_APIC_BASE write, SET_APIC_STATE). True when the
+    /// VM-wide APIC-access mapping must change before this vCPU enters its guest again: the
+    /// vCPU ends its RUN so that its dispatcher acts first ([`ApicBus::claim_access_work`]).
+    /// Leaving the default base while the page may be in the EPT must wait for the unmap
+    /// (else the CPU would go on virtualizing this vCPU's accesses to an address that is
+    /// ordinary memory or MMIO for it now: KVM inhibits APIC virtualization VM-wide for a
+    /// moved base the same way); the last vCPU back at the default base asks for the map.
+    /// Always false on a VM without the page.
+    pub fn note_base(&self, index: usize, at_default: bool) -> bool {
+        if self.apic_access == 0 || index >= BUS_SLOTS {
+            return false;
+        }
+        let bit = 1u64 << index;
+        let old = if at_default {
+            self.access.fetch_and(!bit, Ordering::AcqRel)
+        } else {
+            self.access.fetch_or(bit, Ordering::AcqRel)
+        };
+        let state = old & PAGE_STATE;
+        if at_default {
+            old & bit != 0 && old & OFF_DEFAULT == bit && state == PAGE_UNMAPPED
+        } else {
+            old & bit == 0 && (state == PAGE_MAPPED || state == PAGE_BUSY)
+        }
     }
 
-    /// True once for a requested drop: the caller unmaps the page (and runs the INVEPT)
-    /// now. The drop is for the VM's lifetime: vCPUs at the default base then take their
-    /// xAPIC accesses as EPT violations (the MMIO path), as without the page.
-    pub fn take_access_drop(&self) -> bool {
-        // A plain load first: this runs after every RUN, and a compare-exchange would take
-        // the cache line from the other vCPUs each time.
-        self.access_state.load(Ordering::Acquire) == ACCESS_DROP
-            && self
-                .access_state
-                .compare_exchange(
-                    ACCESS_DROP,
-                    ACCESS_DROPPED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
+    /// Whether vCPU `index` may enter its guest as far as the APIC-access page goes: not while
+    /// its APIC is off the default base and the page may still be in the EPT (the unmap of
+    /// another vCPU's dispatcher still under way). Checked before every entry the long way.
+    pub fn may_enter(&self, index: usize) -> bool {
+        let a = self.access.load(Ordering::Acquire);
+        index >= BUS_SLOTS
+            || a & (1 << index) == 0
+            || matches!(a & PAGE_STATE, PAGE_UNMAPPED | PAGE_GONE)
     }
 
-    /// Undoes [`ApicBus::take_access_drop`] when the unmap could not be done (out of
-    /// memory): the next RUN's end tries again.
-    pub fn retry_access_drop(&self) {
-        let _ = self.access_state.compare_exchange(
-            ACCESS_DROPPED,
-            ACCESS_DROP,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+    /// The mapping change due now, claimed by this caller (the page's state is busy until
+    /// [`ApicBus::access_work_done`]); `None` when there is none or another dispatcher has it.
+    /// One load when nothing is due: it runs after every RUN.
+    pub fn claim_access_work(&self) -> Option<AccessWork> {
+        let a = self.access.load(Ordering::Acquire);
+        let work = match (a & PAGE_STATE, a & OFF_DEFAULT != 0) {
+            (PAGE_MAPPED, true) => AccessWork::Unmap,
+            (PAGE_UNMAPPED, false) => AccessWork::Map,
+            _ => return None,
+        };
+        if self.apic_access == 0 {
+            return None;
+        }
+        self.access
+            .compare_exchange(
+                a,
+                (a & !PAGE_STATE) | PAGE_BUSY,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok()
+            .map(|_| work)
+    }
+
+    /// Ends the claimed `work`: `in_ept`, whether the page is in the EPT now (`None`: RAM is
+    /// there, the page stays out for good). A failed attempt leaves the state as it was, and
+    /// the next RUN's end tries again. Returns the work still due, claimed: a vCPU left the
+    /// default base while the page was being mapped (unmap it again now); else `None`, and
+    /// the claim is over.
+    pub fn access_work_done(&self, work: AccessWork, in_ept: Option<bool>) -> Option<AccessWork> {
+        let mut a = self.access.load(Ordering::Acquire);
+        loop {
+            let state = match in_ept {
+                Some(true) if work == AccessWork::Map && a & OFF_DEFAULT != 0 => {
+                    return Some(AccessWork::Unmap)
+                }
+                Some(true) => PAGE_MAPPED,
+                Some(false) => PAGE_UNMAPPED,
+                None => PAGE_GONE,
+            };
+            match self.access.compare_exchange(
+                a,
+                (a & !PAGE_STATE) | state,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return None,
+                Err(now) => a = now,
+            }
+        }
     }
 
     /// The flags of RHAX_VM_IOCTL_ENABLE_APIC.
@@ -164,6 +224,8 @@ impl ApicBus {
     pub fn detach(&self, index: usize) {
         if index < BUS_SLOTS {
             self.present.fetch_and(!(1 << index), Ordering::AcqRel);
+            // Gone, it no longer keeps the APIC-access page out of the EPT.
+            self.access.fetch_and(!(1 << index), Ordering::AcqRel);
             self.running_on[index].store(NOT_RUNNING, Ordering::Release);
         }
     }

@@ -12,6 +12,7 @@ use super::lockorder::LockTracker;
 use super::objects::{VcpuObject, VmObject};
 use super::table::{Call, Ctx};
 use super::{CpuRoots, ErrorKind, Hypervisor, Res, UserMapping};
+use crate::apic::bus::AccessWork;
 use crate::apic::{decode_msi, ApicBus};
 use crate::memory::GuestMemory;
 use crate::platform::{Platform, PlatformError};
@@ -172,27 +173,51 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     }
 
     /// After a RUN or SET_APIC_STATE (at passive level, the vCPU lent, no dispatcher lock):
-    /// when a vCPU's APIC left the default xAPIC base ([`ApicBus::request_access_drop`]), the
-    /// APIC-access page's translation goes and every CPU runs the INVEPT (the IPI also makes
-    /// the VM's running vCPUs leave the guest, so none goes on with the old translation);
-    /// 0xFEE00000 is then what the memslots make it, and xAPIC accesses at the default base
-    /// take the EPT-violation (MMIO) path. The vCPU that asked ended its RUN for this, so it
-    /// cannot run on with the stale translation. Out of memory: the next RUN's end retries.
+    /// the APIC-access mapping change the bus asks for ([`ApicBus::claim_access_work`]), made
+    /// by whichever dispatcher claims it. When a vCPU's APIC left the default xAPIC base, the
+    /// page's translation goes and every CPU runs the INVEPT (the IPI also makes the VM's
+    /// running vCPUs leave the guest, so none goes on with the old translation): 0xFEE00000
+    /// is then what the memslots make it, and xAPIC accesses at the default base take the
+    /// EPT-violation (MMIO) path. That vCPU does not enter its guest before (it ended its
+    /// RUN, and `ApicBus::may_enter` holds it back). When every vCPU is back at the default
+    /// base, the translation comes back (a reset guest, or one that left x2APIC mode, gets
+    /// the APIC-access fast paths again, as KVM lifts its APICv inhibit). Out of memory: the
+    /// next RUN's end retries.
     pub(super) fn apic_after_run(&self, hax: &HaxVcpu, memory: &GuestMemory) {
         let Some(bus) = hax.apic_bus() else {
             return;
         };
-        if !bus.take_access_drop() {
+        let Some(work) = bus.claim_access_work() else {
             return;
+        };
+        // A map can be followed by one unmap (a vCPU left the default base meanwhile); the
+        // end of an unmap never asks for more.
+        if let Some(again) = bus.access_work_done(work, self.change_access(work, memory)) {
+            let in_ept = self.change_access(again, memory);
+            let _ = bus.access_work_done(again, in_ept);
         }
-        match memory.unmap_apic_access(DEFAULT_APIC_BASE) {
-            Ok(Some(req)) => {
-                self.roots
-                    .invept_each_cpu(req.eptp, self.single_context_invept());
-                memory.invept_done(&self.platform, req);
-            }
-            Ok(None) => {}
-            Err(_) => bus.retry_access_drop(),
+    }
+
+    /// Carries out `work` on the APIC-access page's translation; whether the page is in the
+    /// EPT afterwards (`None`: RAM took its place).
+    fn change_access(&self, work: AccessWork, memory: &GuestMemory) -> Option<bool> {
+        match work {
+            AccessWork::Unmap => match memory.unmap_apic_access(DEFAULT_APIC_BASE) {
+                Ok(Some(req)) => {
+                    self.roots
+                        .invept_each_cpu(req.eptp, self.single_context_invept());
+                    memory.invept_done(&self.platform, req);
+                    Some(false)
+                }
+                // Not there (RAM replaced it): out all the same.
+                Ok(None) => Some(false),
+                Err(_) => Some(true),
+            },
+            AccessWork::Map => match memory.remap_apic_access(&self.platform, DEFAULT_APIC_BASE) {
+                Ok(true) => Some(true),
+                Ok(false) => None,
+                Err(_) => Some(false),
+            },
         }
     }
 }

@@ -93,3 +93,20 @@ pub fn x2apic_on() -> Vec<Step> {
         wrmsr(0x80f, 0x1ff),
     ]
 }
+
+/// What the dispatcher does after a RUN that ended for the APIC-access page's drop (a vCPU
+/// left the default base): the bus's unmap claimed and ended (`dispatch/apic.rs`), so the
+/// vCPU may enter its guest again.
+pub fn page_dropped(bus: &rhax_core::apic::bus::SharedBus) {
+    use rhax_core::apic::bus::AccessWork;
+    assert_eq!(bus.claim_access_work(), Some(AccessWork::Unmap));
+    assert_eq!(bus.access_work_done(AccessWork::Unmap, Some(false)), None);
+}
+
+/// As [`page_dropped`], for the RUN that ended because the last vCPU came back to the
+/// default base: the map claimed and ended.
+pub fn page_mapped(bus: &rhax_core::apic::bus::SharedBus) {
+    use rhax_core::apic::bus::AccessWork;
+    assert_eq!(bus.claim_access_work(), Some(AccessWork::Map));
+    assert_eq!(bus.access_work_done(AccessWork::Map, Some(true)), None);
+}

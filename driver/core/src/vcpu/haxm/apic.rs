@@ -113,14 +113,15 @@ impl ApicUnit {
         }
     }
 
-    /// Whether this APIC no longer answers at the default xAPIC base (moved, x2APIC mode or
-    /// disabled: SDM Vol. 3A §11.4.4, §11.12.1) and the VM-wide APIC-access mapping there
-    /// must go: true for the first vCPU that finds it, which then ends its RUN so that the
-    /// dispatcher drops the mapping before the guest runs again ([`ApicBus::request_access_drop`]).
-    pub(in crate::vcpu::haxm) fn left_default_base(&self) -> bool {
-        let default = self.local.mode() == ApicMode::XApic
+    /// Tells the bus whether this APIC answers at the default xAPIC base (not when moved, in
+    /// x2APIC mode or disabled: SDM Vol. 3A §11.4.4, §11.12.1), after anything that may have
+    /// changed that (an IA32_APIC_BASE write, SET_APIC_STATE). True: the VM's APIC-access
+    /// mapping must change before this vCPU runs its guest again, so the RUN ends and the
+    /// dispatcher changes it ([`ApicBus::note_base`]).
+    pub(in crate::vcpu::haxm) fn note_base(&self) -> bool {
+        let at_default = self.local.mode() == ApicMode::XApic
             && self.local.base_address() == crate::apic::local::DEFAULT_BASE;
-        !default && self.bus.request_access_drop()
+        self.bus.note_base(self.index, at_default)
     }
 
     /// The preemption-timer value that ends the guest at the APIC timer's deadline (from
@@ -428,8 +429,15 @@ impl HaxVcpu {
         root: &mut VmxRoot<V>,
         platform: &P,
     ) -> Result<BeforeEntry, HaxError> {
-        if self.apic.is_none() {
-            return Ok(BeforeEntry::Enter);
+        match self.apic.as_deref() {
+            None => return Ok(BeforeEntry::Enter),
+            // Off the default base while the APIC-access page may still be in the EPT (the
+            // unmap on another vCPU's dispatcher is under way, or failed and waits for a
+            // retry at a RUN's end): not into the guest (`ApicBus::may_enter`).
+            Some(u) if !u.bus.may_enter(u.index) => {
+                return Ok(BeforeEntry::Stay(ExitStatus::Interrupt))
+            }
+            Some(_) => {}
         }
         self.apic_collect(root)?;
         self.apic_follow_mode(root)?;

@@ -111,10 +111,10 @@ impl HaxVcpu {
                 .map_err(|_| ()),
         };
         let base = u.local.base_msr();
-        // A base write that took the APIC away from the default xAPIC base: RUN ends (as
-        // for a kick) so the APIC-access mapping is dropped before the guest goes on.
-        let leave =
-            msr == IA32_APIC_BASE && write.is_some() && result.is_ok() && u.left_default_base();
+        // A base write that took the APIC away from the default xAPIC base (or brought the
+        // last one back): RUN ends (as for a kick) so the dispatcher changes the APIC-access
+        // mapping before the guest goes on.
+        let leave = msr == IA32_APIC_BASE && write.is_some() && result.is_ok() && u.note_base();
         match result {
             Err(()) => self.inject_gp(root)?,
             Ok((read, effect)) => {

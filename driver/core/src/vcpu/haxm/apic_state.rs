@@ -48,9 +48,9 @@ impl HaxVcpu {
         state.as_bytes_mut().copy_from_slice(body);
         u.local.restore(&state).map_err(HaxError::ApicState)?;
         u.image_dirty = true;
-        // The dispatcher drops the APIC-access mapping after the IOCTL if the restored base
-        // is not the default one.
-        u.left_default_base();
+        // The dispatcher changes the APIC-access mapping after the IOCTL if the restored
+        // base asks for it (`apic_after_run`).
+        u.note_base();
         u.nmi = false;
         u.extint = None;
         let tpr = u.local.tpr();
