@@ -50,6 +50,9 @@ const WIN_TARGET: &str = "x86_64-pc-windows-gnu";
 /// `err` on, `fixme` off (Wine's own unimplemented-feature notes), DbgPrint on.
 const WINEDEBUG: &str = "fixme-all,warn+debugstr";
 const SC_TIMEOUT: Duration = Duration::from_secs(60);
+/// What Wine's loader prints when a new process cannot map the shared user data at its fixed
+/// address (the process never ran; see `Run::exec_in`).
+const WINE_STARTUP_FAILURE: &str = "failed to map the shared user data";
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where Wine puts the driver, as the service's binPath names it.
@@ -316,8 +319,30 @@ impl Run {
         self.exec_in(label, argv, limit, &dir)
     }
 
-    /// [`Run::exec`] in the directory `cwd`.
+    /// [`Run::exec`] in the directory `cwd`. A Wine process that could not even start (its
+    /// loader found the shared user data's fixed address taken, `virtual_alloc_first_teb`:
+    /// "failed to map the shared user data", an address-space layout accident of the host,
+    /// seen on CI as the `sc start` of a step failing before sc.exe ran) is started once
+    /// more, said out loud: nothing of the command ran, so nothing is repeated.
     fn exec_in(
+        &mut self,
+        label: &str,
+        argv: &[&str],
+        limit: Duration,
+        cwd: &Path,
+    ) -> Result<Output> {
+        let out = self.exec_once(label, argv, limit, cwd)?;
+        if argv[0].starts_with("wine") && out.text.contains(WINE_STARTUP_FAILURE) {
+            println!(
+                "wine: note: {label}: Wine could not start the process (\"{WINE_STARTUP_FAILURE}\"); once more in 2 s"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+            return self.exec_once(label, argv, limit, cwd);
+        }
+        Ok(out)
+    }
+
+    fn exec_once(
         &mut self,
         label: &str,
         argv: &[&str],
