@@ -141,7 +141,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         c: Call<'_>,
     ) -> Res<usize> {
         let mut lease = self.lease(vcpu, c.ctx)?;
-        let hax = lease.get()?;
+        let hax = lease.get();
         if !hax.has_apic() {
             return Err(c.ctx.err(ErrorKind::Apic(ApicRefusal::NotEnabled)));
         }
@@ -161,7 +161,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         // down before the last reference to the EPT can go.
         let memory = self.memory_of(vm, c.ctx)?;
         let mut lease = self.lease(vcpu, c.ctx)?;
-        let hax = lease.get()?;
+        let hax = lease.get();
         if !hax.has_apic() {
             return Err(c.ctx.err(ErrorKind::Apic(ApicRefusal::NotEnabled)));
         }
@@ -178,10 +178,18 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     /// 0xFEE00000 is then what the memslots make it, and xAPIC accesses at the default base
     /// take the EPT-violation (MMIO) path. The vCPU that asked ended its RUN for this, so it
     /// cannot run on with the stale translation. Out of memory: the next RUN's end retries.
+    ///
+    /// The "no APIC" test is inlined into RUN (once per RUN); the rest is out of line.
+    #[inline]
     pub(super) fn apic_after_run(&self, hax: &HaxVcpu, memory: &GuestMemory) {
-        let Some(bus) = hax.apic_bus() else {
-            return;
-        };
+        if let Some(bus) = hax.apic_bus() {
+            self.apic_access_drop(bus, memory);
+        }
+    }
+
+    /// [`Hypervisor::apic_after_run`]'s work for a vCPU with an in-kernel APIC.
+    #[inline(never)]
+    fn apic_access_drop(&self, bus: &ApicBus, memory: &GuestMemory) {
         if !bus.take_access_drop() {
             return;
         }
