@@ -142,7 +142,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         c: Call<'_>,
     ) -> Res<usize> {
         let mut lease = self.lease(vcpu, c.ctx)?;
-        let hax = lease.get()?;
+        let hax = lease.get();
         if !hax.has_apic() {
             return Err(c.ctx.err(ErrorKind::Apic(ApicRefusal::NotEnabled)));
         }
@@ -162,7 +162,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         // down before the last reference to the EPT can go.
         let memory = self.memory_of(vm, c.ctx)?;
         let mut lease = self.lease(vcpu, c.ctx)?;
-        let hax = lease.get()?;
+        let hax = lease.get();
         if !hax.has_apic() {
             return Err(c.ctx.err(ErrorKind::Apic(ApicRefusal::NotEnabled)));
         }
@@ -183,10 +183,18 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     /// base, the translation comes back (a reset guest, or one that left x2APIC mode, gets
     /// the APIC-access fast paths again, as KVM lifts its APICv inhibit). Out of memory: the
     /// next RUN's end retries.
+    ///
+    /// The "no APIC" test is inlined into RUN (once per RUN); the rest is out of line.
+    #[inline]
     pub(super) fn apic_after_run(&self, hax: &HaxVcpu, memory: &GuestMemory) {
-        let Some(bus) = hax.apic_bus() else {
-            return;
-        };
+        if let Some(bus) = hax.apic_bus() {
+            self.apic_access_work(bus, memory);
+        }
+    }
+
+    /// [`Hypervisor::apic_after_run`]'s work for a vCPU with an in-kernel APIC.
+    #[inline(never)]
+    fn apic_access_work(&self, bus: &ApicBus, memory: &GuestMemory) {
         let Some(work) = bus.claim_access_work() else {
             return;
         };

@@ -5,6 +5,7 @@
 use crate::memory::try_arc::TryArc;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::mem::ManuallyDrop;
 use core::ops::Deref;
 use core::sync::atomic::AtomicU32;
 
@@ -144,25 +145,24 @@ pub(super) enum Target {
 /// a destroyed VM's memory flushes every CPU and frees it.
 pub(super) struct MemoryRef<'h, P: Platform + UserMapping, R: CpuRoots> {
     hv: &'h Hypervisor<P, R>,
-    mem: Option<TryArc<GuestMemory>>,
+    /// Taken only by `drop`. Not an `Option`: the field's drop glue would test the `None`
+    /// that `drop` leaves, out of line, on every RUN.
+    mem: ManuallyDrop<TryArc<GuestMemory>>,
 }
 
 impl<P: Platform + UserMapping, R: CpuRoots> Deref for MemoryRef<'_, P, R> {
     type Target = GuestMemory;
     fn deref(&self) -> &GuestMemory {
-        // `mem` is `Some` from construction until `drop`.
-        match &self.mem {
-            Some(m) => m,
-            None => unreachable!("MemoryRef used after drop"),
-        }
+        &self.mem
     }
 }
 
 impl<P: Platform + UserMapping, R: CpuRoots> Drop for MemoryRef<'_, P, R> {
     fn drop(&mut self) {
-        if let Some(m) = self.mem.take() {
-            self.hv.release_memory(m);
-        }
+        // SAFETY: `mem` is initialized from construction until here, taken exactly once (this
+        // is the only place), and the struct is never used after `drop`.
+        let m = unsafe { ManuallyDrop::take(&mut self.mem) };
+        self.hv.release_memory(m);
     }
 }
 
@@ -170,27 +170,23 @@ impl<P: Platform + UserMapping, R: CpuRoots> Drop for MemoryRef<'_, P, R> {
 pub(super) struct VcpuLease<'h, P: Platform + UserMapping, R: CpuRoots> {
     hv: &'h Hypervisor<P, R>,
     obj: &'h VcpuObject,
-    vcpu: Option<Box<HaxVcpu>>,
+    /// Taken only by `drop` (not an `Option`: no test of a `None` in the drop glue, and no
+    /// "missing" case in `get`).
+    vcpu: ManuallyDrop<Box<HaxVcpu>>,
 }
 
 impl<P: Platform + UserMapping, R: CpuRoots> VcpuLease<'_, P, R> {
     /// The vCPU.
-    pub(super) fn get(&mut self) -> Res<&mut HaxVcpu> {
-        // `vcpu` is `Some` from construction until `drop`; a miss would be a broken invariant
-        // of this type, reported as a closed handle rather than a panic.
-        self.vcpu.as_deref_mut().ok_or_else(|| {
-            self.hv
-                .ctx(None, Some(Scope::Vcpu))
-                .err(ErrorKind::InvalidHandle)
-        })
+    pub(super) fn get(&mut self) -> &mut HaxVcpu {
+        &mut self.vcpu
     }
 }
 
 impl<P: Platform + UserMapping, R: CpuRoots> Drop for VcpuLease<'_, P, R> {
     fn drop(&mut self) {
-        let Some(v) = self.vcpu.take() else {
-            return;
-        };
+        // SAFETY: `vcpu` is initialized from construction until here, taken exactly once
+        // (this is the only place), and the struct is never used after `drop`.
+        let v = unsafe { ManuallyDrop::take(&mut self.vcpu) };
         let t = LockTracker::new();
         let mut slot = self.obj.slot.lock(&t);
         if matches!(*slot, VcpuSlot::Lent { destroy: true }) {
@@ -517,7 +513,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             .ok_or_else(|| ctx.err(ErrorKind::InvalidHandle))?;
         Ok(MemoryRef {
             hv: self,
-            mem: Some(mem),
+            mem: ManuallyDrop::new(mem),
         })
     }
 
@@ -530,7 +526,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             VcpuSlot::Idle(v) => Ok(VcpuLease {
                 hv: self,
                 obj,
-                vcpu: Some(v),
+                vcpu: ManuallyDrop::new(v),
             }),
             other => {
                 let kind = match other {

@@ -138,7 +138,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         };
         let obj = self.vcpu_by_id(req.vm, req.vcpu, c.ctx)?;
         let mut lease = self.lease(&obj, c.ctx)?;
-        let hax = lease.get()?;
+        let hax = lease.get();
         if let Some(control) = control {
             hax.set_stats_control(&control)
                 .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
@@ -172,7 +172,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         }
         let obj = self.vcpu_by_id(req.vm, req.vcpu, c.ctx)?;
         let mut lease = self.lease(&obj, c.ctx)?;
-        match lease.get()?.write_field_stats(c.output) {
+        match lease.get().write_field_stats(c.output) {
             0 => Err(c.ctx.err(ErrorKind::OutputSize {
                 expected: rhax_api::ext::VcpuFieldStats::SIZE,
                 got: c.output.len(),

@@ -24,11 +24,14 @@ use crate::vcpu::haxm::{AfterMemory, HaxError, HaxVcpu, RunStep};
 use crate::vcpu::RunError;
 use crate::vmx::root::VmxRoot;
 
-/// Why a lent root could not serve a vCPU operation.
+/// Why a lent root could not serve a vCPU operation. Narrow on purpose: it comes back through
+/// the non-preemptible region on every RUN step, and a `HaxError` in it made every step copy
+/// and re-pack the wide error's fields (the error itself waits in `on_this_cpu`'s slot).
 enum OnCpu {
     /// The vCPU's VMCS is active on this other CPU: clear it there first.
     Migrate(CpuIndex),
-    Hax(HaxError),
+    /// The operation failed; its error is in `on_this_cpu`'s `failed`.
+    Failed,
 }
 
 type VmArc = TryArc<VmObject>;
@@ -128,14 +131,14 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         // (its VMCS cleared) before the last reference to the EPT can go.
         let memory = self.memory_of(vm, ctx)?;
         let mut lease = self.lease(vcpu, ctx)?;
-        let hax = lease.get()?;
+        let hax = lease.get();
         // SAFETY: `UserMapping::guest_page` satisfies `MappedGuestMemory::new`'s contract (the
         // unsafe trait's requirement).
         let mapped = unsafe { MappedGuestMemory::new(&memory, &self.platform, P::guest_page) };
         let running = &vcpu.running_on;
         let mut first = true;
         loop {
-            let step = self.on_this_cpu(hax, ctx, |hax, root| {
+            let done = self.on_this_cpu(hax, ctx, |hax, root| {
                 running.store(root.cpu(), Ordering::Release);
                 hax.note_running(root.cpu());
                 let r = if first {
@@ -145,10 +148,12 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                 };
                 hax.note_running(NOT_RUNNING);
                 running.store(NOT_RUNNING, Ordering::Release);
-                r
+                // Only "done or not" leaves the region: the vCPU keeps its own copy of a
+                // memory request, and the wide `RunStep` is not copied out of it.
+                r.map(|step| matches!(step, RunStep::Done))
             })?;
             first = false;
-            if step == RunStep::Done {
+            if done {
                 self.apic_after_run(hax, &memory);
                 return Ok(0);
             }
@@ -176,7 +181,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             return Err(c.ctx.err(ErrorKind::TooManyMsrs { nr_msr: d.nr_msr }));
         }
         let mut lease = self.lease(vcpu, c.ctx)?;
-        self.on_this_cpu(lease.get()?, c.ctx, |hax, root| {
+        self.on_this_cpu(lease.get(), c.ctx, |hax, root| {
             if set {
                 hax.set_msrs(root, &mut d)
             } else {
@@ -194,21 +199,21 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             .with_current(|root| root.host_state().mxcsr_mask)
             .map_err(|_| c.ctx.err(ErrorKind::NoVmxRoot))?;
         self.lease(vcpu, c.ctx)?
-            .get()?
+            .get()
             .set_fpu(host, &f)
             .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
         Ok(0)
     }
 
     pub(super) fn get_fpu(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
-        let f = self.lease(vcpu, c.ctx)?.get()?.get_fpu();
+        let f = self.lease(vcpu, c.ctx)?.get().get_fpu();
         c.ctx.write(&f, c.output)
     }
 
     pub(super) fn set_regs(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         let s: VcpuState = c.ctx.read(c.input)?;
         let mut lease = self.lease(vcpu, c.ctx)?;
-        self.on_this_cpu(lease.get()?, c.ctx, |hax, root| hax.set_regs(root, &s))?;
+        self.on_this_cpu(lease.get(), c.ctx, |hax, root| hax.set_regs(root, &s))?;
         Ok(0)
     }
 
@@ -217,7 +222,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
         // The 1 KiB state goes straight into the output: no copies through the closure's
         // result on the kernel stack.
         let out = &mut *c.output;
-        let written = self.on_this_cpu(lease.get()?, c.ctx, |hax, root| {
+        let written = self.on_this_cpu(lease.get(), c.ctx, |hax, root| {
             Ok(hax.get_regs(root)?.write_to_prefix(out))
         })?;
         drop(lease);
@@ -232,20 +237,20 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     pub(super) fn interrupt(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         // Linux copies one byte, Windows and Darwin a u32; only bits 7:0 count.
         let v: u32 = c.ctx.read(c.input)?;
-        self.lease(vcpu, c.ctx)?.get()?.interrupt(v & 0xff);
+        self.lease(vcpu, c.ctx)?.get().interrupt(v & 0xff);
         Ok(0)
     }
 
     pub(super) fn vcpu_debug(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         let d: VcpuDebug = c.ctx.read(c.input)?;
         let mut lease = self.lease(vcpu, c.ctx)?;
-        self.on_this_cpu(lease.get()?, c.ctx, |hax, root| hax.debug(root, &d))?;
+        self.on_this_cpu(lease.get(), c.ctx, |hax, root| hax.debug(root, &d))?;
         Ok(0)
     }
 
     pub(super) fn get_stats(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         // Written record by record into the output (no 3312-byte copy on the stack).
-        let n = self.lease(vcpu, c.ctx)?.get()?.write_stats(c.output);
+        let n = self.lease(vcpu, c.ctx)?.get().write_stats(c.output);
         if n == 0 {
             return Err(c.ctx.err(ErrorKind::OutputSize {
                 expected: rhax_api::ext::VcpuStats::SIZE,
@@ -258,7 +263,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     pub(super) fn get_xsave(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         // Written straight into the output from a heap copy (4 KiB never on the stack).
         self.lease(vcpu, c.ctx)?
-            .get()?
+            .get()
             .write_xsave(c.output)
             .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))
     }
@@ -269,14 +274,14 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
             .with_current(|root| root.host_state().mxcsr_mask)
             .map_err(|_| c.ctx.err(ErrorKind::NoVmxRoot))?;
         let mut lease = self.lease(vcpu, c.ctx)?;
-        self.on_this_cpu(lease.get()?, c.ctx, |hax, root| {
+        self.on_this_cpu(lease.get(), c.ctx, |hax, root| {
             hax.set_xsave(root, host, c.input)
         })?;
         Ok(0)
     }
 
     pub(super) fn reset_stats(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
-        self.lease(vcpu, c.ctx)?.get()?.reset_stats();
+        self.lease(vcpu, c.ctx)?.get().reset_stats();
         Ok(0)
     }
 
@@ -288,7 +293,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     ) -> Res<usize> {
         let control: rhax_api::ext::EmulationControl = c.ctx.read(c.input)?;
         self.lease(vcpu, c.ctx)?
-            .get()?
+            .get()
             .set_emulation_control(&control)
             .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
         Ok(0)
@@ -297,7 +302,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     pub(super) fn set_stats_control(&self, _vm: &VmArc, vcpu: &VcpuArc, c: Call<'_>) -> Res<usize> {
         let control: rhax_api::ext::StatsControl = c.ctx.read(c.input)?;
         self.lease(vcpu, c.ctx)?
-            .get()?
+            .get()
             .set_stats_control(&control)
             .map_err(|e| c.ctx.err(ErrorKind::Vcpu(e)))?;
         Ok(0)
@@ -315,6 +320,7 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
     ) -> Res<T> {
         // A thread may be moved between the attempts; two moves in a row are unlikely, three
         // mean something is wrong.
+        let mut failed: Option<HaxError> = None;
         for _ in 0..3 {
             let r = self
                 .roots
@@ -323,14 +329,23 @@ impl<P: Platform + UserMapping, R: CpuRoots> Hypervisor<P, R> {
                         Some(cpu) if cpu != root.cpu() => return Err(OnCpu::Migrate(cpu)),
                         _ => {}
                     }
-                    f(hax, root).map_err(OnCpu::Hax)
+                    f(hax, root).map_err(|e| match e {
+                        HaxError::Vmcs(RunError::ActiveElsewhere { cpu }) => OnCpu::Migrate(cpu),
+                        e => {
+                            failed = Some(e);
+                            OnCpu::Failed
+                        }
+                    })
                 })
                 .map_err(|_| ctx.err(ErrorKind::NoVmxRoot))?;
             let cpu = match r {
                 Ok(v) => return Ok(v),
-                Err(OnCpu::Migrate(cpu))
-                | Err(OnCpu::Hax(HaxError::Vmcs(RunError::ActiveElsewhere { cpu }))) => cpu,
-                Err(OnCpu::Hax(e)) => return Err(ctx.err(ErrorKind::Vcpu(e))),
+                Err(OnCpu::Migrate(cpu)) => cpu,
+                Err(OnCpu::Failed) => match failed.take() {
+                    Some(e) => return Err(ctx.err(ErrorKind::Vcpu(e))),
+                    // Never: `Failed` comes with its error. Reported as the loop's own end.
+                    None => break,
+                },
             };
             let core = hax.core();
             self.roots
