@@ -13,7 +13,7 @@
 
 mod bench;
 mod cpio;
-mod image;
+pub(crate) mod image;
 mod pvh;
 
 use std::io::{Read, Seek, SeekFrom};

@@ -1,9 +1,10 @@
 //! `cargo xtask lkm`: builds `rhax.ko` (driver/linux) against the installed Debian kernel
 //! headers and checks it.
 //!
-//! 1. Tools: gcc, make, and `linux-headers-amd64` (apt) when no
-//!    `/usr/src/linux-headers-*-amd64` is installed; the newest installed one is used (the
-//!    running kernel may not be Debian's, so its `uname -r` is not asked).
+//! 1. Tools: gcc, make, and the headers of the kernel `cargo xtask linux` boots (Debian's
+//!    current 6.1 kernel, `linux-headers-RELEASE` from apt when missing; without Debian's
+//!    package lists the newest installed `/usr/src/linux-headers-*-amd64`). The running
+//!    kernel may not be Debian's, so its `uname -r` is not asked.
 //! 2. The Rust half: `cargo rustc --crate-type staticlib` for x86_64-unknown-none with the
 //!    crate's own flags (kernel code model, static relocations), then one relocatable object:
 //!    `ld -r` pulling only what the exported `rhax_*` functions need, debug sections dropped,
@@ -149,9 +150,32 @@ pub fn main(_args: &[String]) -> crate::Result {
     Ok(())
 }
 
-/// The newest installed `/usr/src/linux-headers-*-amd64`, installing Debian's
-/// `linux-headers-amd64` when there is none.
+/// The headers of the kernel `cargo xtask linux` boots (Debian's current 6.1 kernel, the one
+/// `linux-image-amd64` depends on: `linux::image::kernel_package`), installed when missing:
+/// a module built against other headers is refused by that kernel ("disagrees about version
+/// of symbol module_layout", as on CI once Debian moved from 6.1.0-48 to 6.1.0-57 with -48's
+/// headers still installed). Without the package lists (not Debian) or that package, the
+/// newest installed `/usr/src/linux-headers-*-amd64`, installing `linux-headers-amd64` when
+/// there is none.
 fn headers() -> crate::Result<PathBuf> {
+    if let Ok(pkg) = crate::linux::image::kernel_package() {
+        let release = pkg.strip_prefix("linux-image-").unwrap_or(&pkg);
+        let dir = PathBuf::from(format!("/usr/src/linux-headers-{release}"));
+        if dir.join("Makefile").is_file() {
+            return Ok(dir);
+        }
+        let headers = format!("linux-headers-{release}");
+        match apt::install(&[&headers]) {
+            Ok(()) if dir.join("Makefile").is_file() => return Ok(dir),
+            Ok(()) => println!(
+                "lkm: note: {headers} installed but {} has no Makefile",
+                dir.display()
+            ),
+            Err(e) => println!(
+                "lkm: note: {headers} not installed ({e}); the newest installed headers instead"
+            ),
+        }
+    }
     if let Some(d) = newest_headers() {
         return Ok(d);
     }
