@@ -2,7 +2,7 @@
 //!
 //! Bring-up on one CPU and a run, as a kernel shell does it:
 //! 1. `negotiate(&VmxCaps::read(..))` once (`vmx::negotiate`), pages from a [`platform::Platform`];
-//! 2. per CPU: `VmxRoot::enable(HwVmx::new(), cpu, vmxon_page, generation)` (`vmx::root`);
+//! 2. per CPU: `VmxRoot::enable(HwVmx::new(), cpu, vmxon_page)` (`vmx::root`);
 //! 3. per vCPU: `Vcpu::new(&platform, &controls, vpid, eptp)` (`vcpu`);
 //! 4. loop: `vcpu.run(&mut root)` → [`vmcs::exit::VmExit`], handle it with
 //!    `vcpu.with_vmcs(&mut root, |vmcs, regs| ..)` (e.g. `vcpu::skip_instruction`);

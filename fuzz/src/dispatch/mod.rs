@@ -474,7 +474,7 @@ fn model(input: &Input) -> usize {
 fn fresh_root(m: usize) -> VmxRoot<SoftVmx> {
     let vmx = SoftVmx::new(fixture().models[m].0.iter().copied());
     // SAFETY: software model, one thread.
-    match unsafe { VmxRoot::enable(vmx, 0, vmxon_page(), 1) } {
+    match unsafe { VmxRoot::enable(vmx, 0, vmxon_page()) } {
         Ok(r) => r,
         Err(e) => panic!("VMXON on the model: {:?}", e.0),
     }
