@@ -225,24 +225,21 @@ fn set_apic_state_with_a_moved_base_drops_the_mapping_through_the_dispatcher() {
     let mut out = vec![0u8; RhaxApicState::SIZE];
     call(&h, vc, &RHAX_VCPU_IOCTL_GET_APIC_STATE, &[], &mut out);
     let mut s = RhaxApicState::from_bytes(&out).unwrap();
+    let set_state = |h: &Hv, s: &RhaxApicState| {
+        call(
+            h,
+            vc,
+            &RHAX_VCPU_IOCTL_SET_APIC_STATE,
+            s.as_bytes(),
+            &mut [],
+        );
+    };
     // The same state again: nothing changes.
-    call(
-        &h,
-        vc,
-        &RHAX_VCPU_IOCTL_SET_APIC_STATE,
-        s.as_bytes(),
-        &mut [],
-    );
+    set_state(&h, &s);
     assert_eq!(mapped(&h), (true, epoch));
     let invepts = h.roots().invepts.get();
     s.base_msr = 0xfed0_0900;
-    call(
-        &h,
-        vc,
-        &RHAX_VCPU_IOCTL_SET_APIC_STATE,
-        s.as_bytes(),
-        &mut [],
-    );
+    set_state(&h, &s);
     let (present, later) = mapped(&h);
     assert!(!present, "the mapping dropped");
     assert!(later > epoch);
@@ -250,13 +247,7 @@ fn set_apic_state_with_a_moved_base_drops_the_mapping_through_the_dispatcher() {
     // Back at the default base: the mapping returns (a not-present entry filled: no INVEPT).
     let invepts = h.roots().invepts.get();
     s.base_msr = DEFAULT_BASE | 0x900;
-    call(
-        &h,
-        vc,
-        &RHAX_VCPU_IOCTL_SET_APIC_STATE,
-        s.as_bytes(),
-        &mut [],
-    );
+    set_state(&h, &s);
     assert_eq!(mapped(&h), (true, later), "the mapping back");
     assert_eq!(h.roots().invepts.get(), invepts);
 }

@@ -237,14 +237,7 @@ fn interrupts_wait_for_rflags_if_with_an_interrupt_window() {
         c.write(VmcsField::GuestRflags, 0x202);
         c.exit(7, 0, 0); // the window opens
     }));
-    steps.push(Box::new(|c| {
-        assert_eq!(
-            c.read(VmcsField::VmEntryInterruptionInformation),
-            VALID | 0x60
-        );
-        c.write(VmcsField::VmEntryInterruptionInformation, 0);
-        c.exit(30, 0x0080_0000, 1);
-    }));
+    steps.push(injected_then_out(0x60, "the injected interrupt"));
     t.hook(script(steps));
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 }
@@ -305,14 +298,10 @@ fn an_msi_wakes_a_halted_vcpu() {
     assert_eq!(t.rip(), rip);
     let ipi = decode_msi(0xfee0_0000, 0x41).unwrap();
     assert_eq!(bus.deliver(&ipi, None), 1, "vCPU 0 addressed");
-    t.hook(script(vec![Box::new(|c| {
-        assert_eq!(
-            c.read(VmcsField::VmEntryInterruptionInformation),
-            VALID | 0x41
-        );
-        c.write(VmcsField::VmEntryInterruptionInformation, 0);
-        c.exit(30, 0x0080_0000, 1);
-    })]));
+    t.hook(script(vec![injected_then_out(
+        0x41,
+        "the injected interrupt",
+    )]));
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 }
 
@@ -419,15 +408,7 @@ fn a_timer_due_at_an_ipi_fast_path_fires_at_the_next_entry() {
     t.hook(script(vec![
         wrmsr(0x6e0, deadline),
         wrmsr(0x830, (1 << 32) | 0x70),
-        Box::new(|c| {
-            assert_eq!(
-                c.read(VmcsField::VmEntryInterruptionInformation),
-                VALID | 0x30,
-                "the deadline's interrupt at the entry after the IPI"
-            );
-            c.write(VmcsField::VmEntryInterruptionInformation, 0);
-            c.exit(30, 0x0080_0000, 1);
-        }),
+        injected_then_out(0x30, "the deadline's interrupt at the entry after the IPI"),
     ]));
     assert_eq!(t.run(), Ok(ExitStatus::Io));
     drop_vcpu(&mut t, v1);
@@ -440,14 +421,7 @@ fn an_icr_ipi_to_its_own_id_is_injected_at_the_next_entry() {
     let (mut t, _bus) = apic_setup(INJECT);
     let mut steps = x2apic_on();
     steps.push(wrmsr(0x830, 0x71));
-    steps.push(Box::new(|c| {
-        assert_eq!(
-            c.read(VmcsField::VmEntryInterruptionInformation),
-            VALID | 0x71
-        );
-        c.write(VmcsField::VmEntryInterruptionInformation, 0);
-        c.exit(30, 0x0080_0000, 1);
-    }));
+    steps.push(injected_then_out(0x71, "the injected interrupt"));
     t.hook(script(steps));
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 }

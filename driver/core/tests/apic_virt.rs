@@ -286,14 +286,7 @@ fn x2apic_virtualization_without_vid_and_when_switched_off() {
         assert_eq!(c.read(VmcsField::TprThreshold), 5);
         assert!(c.x2apic_wrmsr(0x808, 0x40), "below the threshold: exit 43");
     }));
-    steps.push(Box::new(|c| {
-        assert_eq!(
-            c.read(VmcsField::VmEntryInterruptionInformation),
-            VALID | 0x52
-        );
-        c.write(VmcsField::VmEntryInterruptionInformation, 0);
-        c.exit(30, 0x0080_0000, 1);
-    }));
+    steps.push(injected_then_out(0x52, "the injected interrupt"));
     t.hook(script(steps));
     assert_eq!(t.run(), Ok(ExitStatus::Io));
 

@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use rhax_api::ext::ApicFlags;
 use rhax_api::HAX_MAX_VCPUS;
 
-use super::{route_with, ApicPort, Interrupt, Ipi, Shorthand};
+use super::{route_with, set_bits, ApicPort, Interrupt, Ipi, Shorthand};
 use crate::memory::try_arc::TryArc;
 use crate::platform::{CpuIndex, Platform, PlatformError};
 
@@ -161,9 +161,8 @@ impl ApicBus {
             (PAGE_UNMAPPED, false) => AccessWork::Map,
             _ => return None,
         };
-        if self.apic_access == 0 {
-            return None;
-        }
+        // A VM without the page never records a vCPU off the default base (`note_base`), so
+        // its word stays "mapped, nobody away": no work ever comes due there.
         self.access
             .compare_exchange(
                 a,
@@ -348,16 +347,4 @@ impl ApicBus {
             })
         })
     }
-}
-
-/// The indices of `bits`' set bits, lowest first.
-fn set_bits(mut bits: u64) -> impl Iterator<Item = usize> {
-    core::iter::from_fn(move || {
-        if bits == 0 {
-            return None;
-        }
-        let i = bits.trailing_zeros() as usize;
-        bits &= bits - 1;
-        Some(i)
-    })
 }

@@ -225,3 +225,16 @@ pub fn decode_msi(address: u64, data: u32) -> Option<Ipi> {
         shorthand: Shorthand::None,
     })
 }
+
+/// The indices of `bits`' set bits, lowest first (the bus's targets, a port's requested
+/// vectors).
+pub(crate) fn set_bits(mut bits: u64) -> impl Iterator<Item = usize> {
+    core::iter::from_fn(move || {
+        if bits == 0 {
+            return None;
+        }
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        Some(i)
+    })
+}

@@ -125,13 +125,11 @@ impl ApicPort {
         }
         let mut new = false;
         for (w, irr) in self.irr.iter().enumerate() {
-            let mut bits = irr.swap(0, Ordering::AcqRel);
+            let bits = irr.swap(0, Ordering::AcqRel);
             let tmr = self.tmr.get(w).map_or(0, |t| t.load(Ordering::Acquire));
-            while bits != 0 {
-                let b = bits.trailing_zeros();
-                bits &= bits - 1;
+            for b in super::set_bits(u64::from(bits)) {
                 let irq = Interrupt {
-                    vector: (w as u32 * 32 + b) as u8,
+                    vector: (w * 32 + b) as u8,
                     mode: DeliveryMode::Fixed,
                     assert: true,
                     level_triggered: tmr & (1 << b) != 0,

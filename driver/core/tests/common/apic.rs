@@ -82,6 +82,20 @@ pub fn hlt() -> Step {
     })
 }
 
+/// The entry injects `vector` as an external interrupt (VM-entry interruption field, SDM
+/// Vol. 3C §26.6); the guest takes it and leaves with an OUT (RUN returns IO).
+pub fn injected_then_out(vector: u8, what: &'static str) -> Step {
+    Box::new(move |c| {
+        assert_eq!(
+            c.read(VmcsField::VmEntryInterruptionInformation),
+            VALID | u64::from(vector),
+            "{what}"
+        );
+        c.write(VmcsField::VmEntryInterruptionInformation, 0);
+        c.exit(30, 0x0080_0000, 1);
+    })
+}
+
 pub fn out_port() -> Step {
     Box::new(|c| c.exit(30, 0x0080_0000, 1))
 }
